@@ -1,0 +1,36 @@
+"""Errors raised by autoshrink.
+
+Every error names what was wrong (the field or layer), the value received and the fix.
+User-input errors also subclass ValueError or TypeError so generic handlers still work.
+"""
+from __future__ import annotations
+
+
+class AutoshrinkError(Exception):
+    """Base class of every error autoshrink raises on purpose."""
+
+
+class ConfigError(AutoshrinkError, ValueError):
+    """A setting, policy or file holds a value autoshrink cannot use."""
+
+
+class PolicyError(ConfigError):
+    """A policy is invalid or does not fit the model it is applied to."""
+
+
+class TaskError(ConfigError):
+    """A Task is malformed (data, metric, loss, example input)."""
+
+
+class TrainingError(AutoshrinkError, RuntimeError):
+    """Fine-tuning could not proceed (a NaN/inf loss, an empty dataset, ...)."""
+
+
+class PackError(AutoshrinkError, ValueError):
+    """A packed artifact (.ashz) cannot be written or read."""
+
+
+def describe(value: object, limit: int = 80) -> str:
+    """Short repr of a user value for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

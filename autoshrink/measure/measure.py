@@ -1,0 +1,91 @@
+"""measure(model, task) -> Measurement: accuracy, packed size, latency and MACs, all measured."""
+from __future__ import annotations
+
+import statistics
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..task import Task
+from .accuracy import evaluate_metric
+from .latency import LatencyConfig, time_forward
+from .macs import count_macs
+from .measurement import LayerStats, Measurement
+from .packing import pack
+from .runtime import int8_runtime, materialize
+
+RUNTIMES = ("auto", "float", "int8")
+
+
+def _pick_runtime(candidates: dict[str, nn.Module], task: Task, device: torch.device,
+                  config: LatencyConfig, rounds: int = 3) -> dict[str, float]:
+    """Median latency of each candidate, timed in interleaved rounds so drift hits all alike."""
+    per_round = LatencyConfig(warmup=config.warmup, min_repeats=max(1, config.min_repeats // rounds),
+                              min_seconds=config.min_seconds / rounds, max_repeats=config.max_repeats)
+    times: dict[str, list[float]] = {k: [] for k in candidates}
+    for _ in range(rounds if len(candidates) > 1 else 1):
+        for key, m in candidates.items():
+            times[key].extend(time_forward(m, task.example_input, device,
+                                           per_round if len(candidates) > 1 else config))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def measure(
+    model: nn.Module,
+    task: Task,
+    *,
+    runtime: str = "auto",
+    latency: LatencyConfig | None = None,
+    skipped: Iterable[str] = (),
+) -> Measurement:
+    """Measure `model` on `task`: metric, packed size, latency, MACs (see Measurement).
+
+    runtime "auto" times every runtime available for this model (float; int8 kernels where
+    Linear layers are quantized to <= 8 bits on CPU) and reports the fastest, measuring the
+    accuracy on that same runtime. "float" / "int8" force one.
+    """
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"measure: runtime={runtime!r}; use one of {', '.join(RUNTIMES)}.")
+    device = task.torch_device
+    config = latency or LatencyConfig()
+    blob, entries = pack(model)
+    plain = materialize(model).to(device)
+    candidates: dict[str, nn.Module] = {}
+    if runtime in ("auto", "float"):
+        candidates["float"] = plain
+    if runtime in ("auto", "int8"):
+        q = int8_runtime(model, device)
+        if q is not None:
+            candidates["int8-dynamic"] = q
+        elif runtime == "int8":
+            raise ConfigError(
+                "measure: runtime='int8' but no Linear layer is quantized to <= 8 bits, or the device "
+                f"({device}) has no int8 kernels; use runtime='auto'."
+            )
+    latencies = _pick_runtime(candidates, task, device, config)
+    chosen = min(latencies, key=latencies.get)
+    accuracy = evaluate_metric(candidates[chosen], task, device)
+    params = [p for p in plain.parameters()]
+    layers = tuple(
+        LayerStats(name=e.name, shape=tuple(e.shape), params=e.numel, nonzero=e.nonzero, bits=e.bits,
+                   encoding=e.encoding, bytes=e.nbytes)
+        for e in entries
+        if e.name.endswith("weight") and len(e.shape) >= 2
+    )
+    return Measurement(
+        accuracy=accuracy,
+        size_bytes=len(blob),
+        latency_ms=latencies[chosen],
+        macs=count_macs(plain, task.example_input, device),
+        device=str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
+        threads=torch.get_num_threads(),
+        batch_size=task.deploy_batch,
+        runtime=chosen,
+        params=sum(p.numel() for p in params),
+        nonzero_params=sum(int((p != 0).sum()) for p in params),
+        latency_by_runtime=latencies,
+        layers=layers,
+        skipped=tuple(skipped),
+    )

@@ -1,0 +1,66 @@
+"""Measurement: what a (compressed) model measured, every number measured, never estimated."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Per-tensor breakdown of the packed artifact (one row per stored weight tensor)."""
+
+    name: str
+    shape: tuple[int, ...]
+    params: int
+    nonzero: int
+    bits: int
+    encoding: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Measured numbers of one model on one task.
+
+    accuracy: the task metric on eval_data (higher is better), on the runtime timed below.
+    size_bytes: exact byte length of the packed artifact (`save_packed`), == its file size.
+    latency_ms: median wall time of one forward of `example_input` (batch `batch_size`) on
+        `device` with `threads` CPU threads, after warm-up, device synchronized, on `runtime`
+        ("float": dense float kernels; "int8-dynamic": int8 Linear kernels), the faster of those
+        available for this model. macs: multiply-accumulates of one forward of example_input.
+    """
+
+    accuracy: float
+    size_bytes: int
+    latency_ms: float
+    macs: int
+    device: str
+    threads: int
+    batch_size: int
+    runtime: str = "float"
+    params: int = 0
+    nonzero_params: int = 0
+    latency_by_runtime: Mapping[str, float] = field(default_factory=dict)
+    layers: tuple[LayerStats, ...] = ()
+    skipped: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["latency_by_runtime"] = dict(self.latency_by_runtime)
+        d["layers"] = [dict(asdict(l), shape=list(l.shape)) for l in self.layers]
+        d["skipped"] = list(self.skipped)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Measurement":
+        d = dict(data)
+        d["layers"] = tuple(LayerStats(**dict(l, shape=tuple(l["shape"]))) for l in d.get("layers", ()))
+        d["skipped"] = tuple(d.get("skipped", ()))
+        d["latency_by_runtime"] = dict(d.get("latency_by_runtime", {}))
+        return cls(**d)
+
+    def summary(self) -> str:
+        return (
+            f"accuracy={self.accuracy:.4f} size={self.size_bytes} B latency={self.latency_ms:.3f} ms "
+            f"({self.runtime}, {self.device}, {self.threads} threads, batch {self.batch_size}) macs={self.macs}"
+        )

@@ -1,0 +1,51 @@
+"""Materialized runtimes of a compressed model: what actually runs when it is deployed.
+
+"float": parametrizations baked into plain float weights (low-rank factors and structurally pruned
+layers are real smaller layers). "int8-dynamic": additionally, every nn.Linear quantized to <= 8 bits
+runs torch's dynamic int8 kernel (int8 weights with our exact codes and per-channel scales,
+activations quantized per batch) -- only on CPU, where the x86/fbgemm backend has the kernel.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..techniques.weights import quantize_codes, strip_parametrizations, weight_bits
+
+INT8_ENGINES = ("x86", "fbgemm", "qnnpack")
+
+
+def materialize(model: nn.Module) -> nn.Module:
+    """A copy of `model` with masks and fake quantization baked into plain weights (eval mode)."""
+    return strip_parametrizations(copy.deepcopy(model)).eval()
+
+
+def int8_available(device: torch.device) -> bool:
+    return device.type == "cpu" and torch.backends.quantized.engine in INT8_ENGINES
+
+
+def int8_runtime(model: nn.Module, device: torch.device) -> nn.Module | None:
+    """A copy of `model` whose <=8-bit Linear layers use dynamic int8 kernels; None if none apply."""
+    if not int8_available(device):
+        return None
+    targets = [n for n, m in model.named_modules() if type(m) is nn.Linear and weight_bits(m) <= 8]
+    if not targets:
+        return None
+    import torch.ao.nn.quantized.dynamic as nnqd  # imported lazily: only used here
+
+    plain = materialize(model).to(device)
+    original = dict(model.named_modules())
+    for name in targets:
+        src = original[name]
+        codes, scales = quantize_codes(src.weight, weight_bits(src))
+        qweight = torch._make_per_channel_quantized_tensor(
+            codes.cpu(), scales.double().cpu(), torch.zeros(codes.shape[0], dtype=torch.long), 0
+        )
+        layer = plain.get_submodule(name)
+        q = nnqd.Linear(layer.in_features, layer.out_features, bias_=layer.bias is not None, dtype=torch.qint8)
+        q.set_weight_bias(qweight, None if layer.bias is None else layer.bias.detach().float().cpu())
+        parent_name, _, child = name.rpartition(".")
+        setattr(plain.get_submodule(parent_name) if parent_name else plain, child, q)
+    return plain.eval()

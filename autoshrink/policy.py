@@ -1,0 +1,138 @@
+"""Compression policies: plain frozen data, validated on construction.
+
+A `LayerPolicy` says what to do to one layer; a `Policy` maps module names (as in
+`model.named_modules()`) to LayerPolicies and says whether to fine-tune with distillation.
+The defaults of LayerPolicy mean "leave alone".
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+from .errors import PolicyError, describe
+
+ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
+_LAYER_KEYS = ("sparsity", "structured", "bits", "rank")
+
+
+@dataclass(frozen=True)
+class LayerPolicy:
+    """What to do to one layer.
+
+    sparsity: fraction in [0, 1) of the weight entries set to zero (unstructured), or of the
+        output channels removed (structured=True).
+    structured: remove whole output channels/neurons physically instead of masking entries.
+    bits: 32 = float32 untouched, 16 = float16 storage, 2..8 = signed symmetric integer codes
+        with one scale per output channel.
+    rank: fraction in (0, 1] of the full rank kept by a truncated-SVD factorization; 1.0 = none.
+    """
+
+    sparsity: float = 0.0
+    structured: bool = False
+    bits: int = 32
+    rank: float = 1.0
+    where: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        where = f"{self.where}." if self.where else ""
+        s = self.sparsity
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or not 0.0 <= s < 1.0:
+            raise PolicyError(
+                f"{where}sparsity: got {describe(s)}; it must be a number in [0, 1) "
+                "(the fraction of weights, or of channels when structured, removed). Fix: use e.g. 0.5."
+            )
+        if not isinstance(self.structured, bool):
+            raise PolicyError(f"{where}structured: got {describe(self.structured)}; it must be true or false.")
+        b = self.bits
+        if isinstance(b, bool) or not isinstance(b, int) or b not in ALLOWED_BITS:
+            raise PolicyError(
+                f"{where}bits: got {describe(b)}; allowed are 2..8 (integer codes), 16 (float16) "
+                "or 32 (untouched). Fix: pick one of " + ", ".join(map(str, ALLOWED_BITS)) + "."
+            )
+        r = self.rank
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or not 0.0 < r <= 1.0:
+            raise PolicyError(
+                f"{where}rank: got {describe(r)}; it must be a fraction of the full rank in (0, 1] "
+                "(1.0 = no factorization). Fix: use e.g. 0.25."
+            )
+        object.__setattr__(self, "sparsity", float(s))
+        object.__setattr__(self, "rank", float(r))
+
+    @property
+    def is_identity(self) -> bool:
+        """True when this policy leaves the layer untouched."""
+        return self.sparsity == 0.0 and self.bits == 32 and self.rank == 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sparsity": self.sparsity, "structured": self.structured, "bits": self.bits, "rank": self.rank}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "") -> "LayerPolicy":
+        if not isinstance(data, Mapping):
+            raise PolicyError(f"{where or 'layer policy'}: got {describe(data)}; expected a mapping with keys {', '.join(_LAYER_KEYS)}.")
+        unknown = sorted(set(data) - set(_LAYER_KEYS))
+        if unknown:
+            raise PolicyError(
+                f"{where or 'layer policy'}: unknown key(s) {', '.join(map(repr, unknown))}; allowed are {', '.join(_LAYER_KEYS)}."
+            )
+        return cls(**{k: data[k] for k in _LAYER_KEYS if k in data}, where=where)
+
+
+@dataclass(frozen=True, eq=False)
+class Policy:
+    """A compression policy for a whole model: per-layer policies keyed by module name.
+
+    Layers not named are left alone. `distill` makes the fine-tune mix the task loss with a
+    KL term to the uncompressed model's outputs.
+    """
+
+    layers: Mapping[str, LayerPolicy] = field(default_factory=dict)
+    distill: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layers, Mapping):
+            raise PolicyError(f"Policy.layers: got {describe(self.layers)}; expected a mapping of module name -> LayerPolicy.")
+        clean: dict[str, LayerPolicy] = {}
+        for name, lp in self.layers.items():
+            if not isinstance(name, str):
+                raise PolicyError(f"Policy.layers: key {describe(name)} is not a module name (str).")
+            if isinstance(lp, Mapping):
+                lp = LayerPolicy.from_dict(lp, where=f"layers.{name}")
+            if not isinstance(lp, LayerPolicy):
+                raise PolicyError(f"Policy.layers[{name!r}]: got {describe(lp)}; expected a LayerPolicy or a mapping.")
+            clean[name] = lp
+        if not isinstance(self.distill, bool):
+            raise PolicyError(f"Policy.distill: got {describe(self.distill)}; it must be true or false.")
+        object.__setattr__(self, "layers", clean)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Policy) and self.distill == other.distill and self.layers == other.layers
+
+    def __hash__(self) -> int:
+        return hash((self.distill, tuple(sorted(self.layers.items()))))
+
+    def __iter__(self) -> Iterator[tuple[str, LayerPolicy]]:
+        return iter(self.layers.items())
+
+    def active(self) -> dict[str, LayerPolicy]:
+        """The layers this policy actually changes."""
+        return {n: lp for n, lp in self.layers.items() if not lp.is_identity}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": {n: lp.to_dict() for n, lp in self.layers.items()}, "distill": self.distill}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Policy":
+        if not isinstance(data, Mapping):
+            raise PolicyError(f"policy: got {describe(data)}; expected a mapping with 'layers' and 'distill'.")
+        unknown = sorted(set(data) - {"layers", "distill"})
+        if unknown:
+            raise PolicyError(f"policy: unknown key(s) {', '.join(map(repr, unknown))}; allowed are 'layers' and 'distill'.")
+        layers = data.get("layers") or {}
+        if not isinstance(layers, Mapping):
+            raise PolicyError(f"policy.layers: got {describe(layers)}; expected a mapping of module name -> layer policy.")
+        return cls(
+            layers={n: LayerPolicy.from_dict(v, where=f"layers.{n}") for n, v in layers.items()},
+            distill=data.get("distill", False),
+        )

@@ -1,0 +1,126 @@
+"""Task: the data, metric, loss and example input a model is compressed for."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Union
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from .errors import TaskError, describe
+
+MetricFn = Callable[[nn.Module, DataLoader, torch.device], float]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+DataLike = Union[Dataset, tuple]
+
+METRICS = ("accuracy",)
+LOSSES = ("cross_entropy", "mse")
+
+
+def _as_dataset(data: Any, field: str) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        x, y = data
+        if x.shape[0] != y.shape[0]:
+            raise TaskError(f"Task.{field}: X has {x.shape[0]} rows but y has {y.shape[0]}; they must match.")
+        return TensorDataset(x, y)
+    raise TaskError(
+        f"Task.{field}: got {describe(data)}; expected a torch Dataset or an (X, y) tuple of tensors."
+    )
+
+
+def _resolve_device(device: Any) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise TaskError(f"Task.device: got {describe(device)}; use 'auto', 'cpu', 'cuda' or 'cuda:N' ({exc}).") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TaskError(f"Task.device: got {device!r} but CUDA is not available here; use 'auto' or 'cpu'.")
+    return dev
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """What a model is compressed for.
+
+    train_data / eval_data: torch Datasets or (X, y) tensor tuples. example_input: one batch
+    shaped like the model's input (its first dimension is the deployment batch size used for
+    latency; any dtype, token ids too). metric: "accuracy" or callable(model, loader, device) ->
+    float, higher is better. loss: "cross_entropy", "mse" or callable(outputs, targets) -> loss.
+    """
+
+    train_data: Any
+    eval_data: Any
+    example_input: Any
+    metric: Union[str, MetricFn] = "accuracy"
+    loss: Union[str, LossFn] = "cross_entropy"
+    batch_size: int = 128
+    device: Any = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "train_data", _as_dataset(self.train_data, "train_data"))
+        object.__setattr__(self, "eval_data", _as_dataset(self.eval_data, "eval_data"))
+        if len(self.eval_data) == 0:  # type: ignore[arg-type]
+            raise TaskError("Task.eval_data: the dataset is empty; give at least one example.")
+        if not isinstance(self.example_input, Tensor):
+            raise TaskError(
+                f"Task.example_input: got {describe(self.example_input)}; expected a tensor shaped like one "
+                "input batch, e.g. torch.randn(1, 1, 28, 28)."
+            )
+        if isinstance(self.metric, str) and self.metric not in METRICS:
+            raise TaskError(f"Task.metric: got {self.metric!r}; use one of {METRICS} or a callable(model, loader, device) -> float.")
+        if not isinstance(self.metric, str) and not callable(self.metric):
+            raise TaskError(f"Task.metric: got {describe(self.metric)}; expected a name or a callable.")
+        if isinstance(self.loss, str) and self.loss not in LOSSES:
+            raise TaskError(f"Task.loss: got {self.loss!r}; use one of {LOSSES} or a callable(outputs, targets) -> loss.")
+        if not isinstance(self.loss, str) and not callable(self.loss):
+            raise TaskError(f"Task.loss: got {describe(self.loss)}; expected a name or a callable.")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise TaskError(f"Task.batch_size: got {describe(self.batch_size)}; it must be a positive integer.")
+        _resolve_device(self.device)
+
+    @property
+    def torch_device(self) -> torch.device:
+        """The device models are fine-tuned, evaluated and timed on."""
+        return _resolve_device(self.device)
+
+    @property
+    def deploy_batch(self) -> int:
+        """Batch size of `example_input` (its first dimension; 1 for a 0-d input)."""
+        return int(self.example_input.shape[0]) if self.example_input.dim() else 1
+
+    def loss_fn(self) -> LossFn:
+        if callable(self.loss):
+            return self.loss
+        if self.loss == "mse":
+            return nn.functional.mse_loss
+        return nn.functional.cross_entropy
+
+    def eval_loader(self) -> DataLoader:
+        return DataLoader(self.eval_data, batch_size=self.batch_size, shuffle=False)
+
+
+def iterate_batches(
+    data: Dataset, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """One pass over `data` in batches; slices tensors directly for TensorDatasets (fast path)."""
+    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
+        x, y = data.tensors
+        n = x.shape[0]
+        order = torch.randperm(n, generator=generator) if shuffle else None
+        for start in range(0, n, batch_size):
+            if order is None:
+                yield x[start : start + batch_size], y[start : start + batch_size]
+            else:
+                idx = order[start : start + batch_size]
+                yield x[idx], y[idx]
+        return
+    loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
+    for batch in loader:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise TaskError("Task data: each example must be an (input, target) pair.")
+        yield batch[0], batch[1]

@@ -1,0 +1,101 @@
+"""Apply a Policy to a copy of a model, technique by technique in the fixed order.
+
+Order: low-rank -> structured pruning -> unstructured pruning -> quantization. The caller's model
+is never modified. Layers a technique cannot handle are reported (ApplyReport.skipped) and
+warned about, never a crash; a policy naming a module the model does not have is an error.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..errors import PolicyError
+from ..policy import Policy
+from .registry import Skipped, techniques
+
+
+class CompressionWarning(UserWarning):
+    """Some layers of a policy could not be compressed as asked (see the message)."""
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    """What apply did beyond the policy: skipped layers and structural notes."""
+
+    skipped: tuple[Skipped, ...] = ()
+    notes: tuple[str, ...] = ()
+    channels: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        return [str(s) for s in self.skipped] + list(self.notes)
+
+
+def check_layer_names(model: nn.Module, policy: Policy) -> None:
+    """Raise PolicyError listing every policy key that names no module of `model`."""
+    names = [n for n, _ in model.named_modules() if n]
+    known = set(names)
+    missing = [n for n in policy.layers if n not in known]
+    if not missing:
+        return
+    parts = []
+    for n in missing:
+        close = difflib.get_close_matches(n, names, n=3)
+        parts.append(f"{n!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
+    shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
+    raise PolicyError(
+        f"policy names {len(missing)} layer(s) the model does not have: {'; '.join(parts)}. "
+        f"Model layers: {shown}. Fix: use names from model.named_modules()."
+    )
+
+
+def apply_policy_with_report(
+    model: nn.Module, policy: Policy, *, example_input: Tensor | None = None
+) -> tuple[nn.Module, ApplyReport]:
+    """Like `apply_policy`, also returning the ApplyReport."""
+    if not isinstance(model, nn.Module):
+        raise PolicyError(f"apply_policy: model must be a torch.nn.Module, got {type(model).__name__}.")
+    if not isinstance(policy, Policy):
+        raise PolicyError(f"apply_policy: policy must be an autoshrink.Policy, got {type(policy).__name__}.")
+    check_layer_names(model, policy)
+    structured = [n for n, lp in policy.layers.items() if lp.structured and lp.sparsity > 0]
+    if structured and example_input is None:
+        raise PolicyError(
+            f"policy asks for structured pruning of {', '.join(structured)}, which needs the model traced: "
+            "pass example_input=<one input batch> (or use a Task)."
+        )
+    small = copy.deepcopy(model)
+    context: dict[str, Any] = {"example_input": example_input}
+    skipped: list[Skipped] = []
+    for technique in techniques():
+        targets = {n: lp for n, lp in policy.layers.items() if technique.selects(lp)}
+        if targets:
+            skipped.extend(technique.apply(small, targets, context))
+    report = ApplyReport(
+        skipped=tuple(skipped),
+        notes=tuple(context.get("structured_notes", ())),
+        channels=dict(context.get("structured", {})),
+    )
+    return small, report
+
+
+def apply_policy(model: nn.Module, policy: Policy, *, example_input: Tensor | None = None) -> nn.Module:
+    """Return a compressed copy of `model` following `policy`; `model` is left untouched.
+
+    Low-rank layers are replaced by two factors, structured pruning makes layers physically
+    smaller (needs `example_input`), unstructured pruning masks entries and quantization
+    simulates integer codes; masks and quantization stay in force through `finetune`.
+    Layers a technique cannot handle are skipped with a CompressionWarning that lists them.
+    """
+    small, report = apply_policy_with_report(model, policy, example_input=example_input)
+    if report.skipped:
+        warnings.warn(
+            "some layers were not compressed as asked: " + "; ".join(map(str, report.skipped)),
+            CompressionWarning,
+            stacklevel=2,
+        )
+    return small

@@ -1,0 +1,22 @@
+"""Which modules the weight techniques (pruning, quantization) can handle."""
+from __future__ import annotations
+
+from torch import nn
+
+from .lowrank import Factorized
+
+# Types whose `weight` has output channels on dim 0 (the per-channel quantization axis).
+WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+
+
+def weight_layers(module: nn.Module) -> list[nn.Module] | str:
+    """The leaf layers whose weights a policy on `module` acts on, or why there are none.
+
+    A Factorized module yields both factors; a supported layer yields itself.
+    """
+    if isinstance(module, Factorized):
+        return [module.first, module.second]
+    if isinstance(module, WEIGHT_LAYERS):
+        return [module]
+    names = ", ".join(t.__name__ for t in WEIGHT_LAYERS)
+    return f"{type(module).__name__} is not supported (weight techniques handle {names})"

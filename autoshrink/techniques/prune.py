@@ -1,0 +1,47 @@
+"""Unstructured magnitude pruning: exactly round(s * n) weight entries of a layer set to zero.
+
+The mask is a parametrization (`weights.PruneMask`), so pruned entries stay zero through
+fine-tuning. Ties in magnitude are broken by position (stable sort), so results are deterministic.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..policy import LayerPolicy
+from .layers import weight_layers
+from .registry import Skipped, Technique, register
+from .weights import add_mask
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Bool mask keeping all but the round(sparsity * n) smallest-magnitude entries."""
+    n = weight.numel()
+    k = int(round(sparsity * n))
+    mask = torch.ones(n, dtype=torch.bool, device=weight.device)
+    if k:
+        order = torch.argsort(weight.detach().abs().flatten(), stable=True)
+        mask[order[:k]] = False
+    return mask.view_as(weight)
+
+
+@register
+class MagnitudePrune(Technique):
+    """Unstructured magnitude pruning (LayerPolicy.sparsity > 0, structured False)."""
+
+    name = "prune"
+    order = 30
+
+    def selects(self, lp: LayerPolicy) -> bool:
+        return lp.sparsity > 0 and not lp.structured
+
+    def apply(self, model: nn.Module, targets: dict[str, LayerPolicy], context: dict) -> list[Skipped]:
+        skipped: list[Skipped] = []
+        for name, lp in targets.items():
+            layers = weight_layers(model.get_submodule(name))
+            if isinstance(layers, str):
+                skipped.append(Skipped(name, self.name, layers))
+                continue
+            for layer in layers:
+                add_mask(layer, magnitude_mask(layer.weight, lp.sparsity))
+        return skipped

@@ -1,0 +1,39 @@
+"""Shared fixtures: small deterministic models and tasks (CPU, 2 threads)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import autoshrink as ash
+from autoshrink.zoo import digits_model, digits_task
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits() -> ash.Task:
+    return digits_task(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def digits_cnn() -> nn.Module:
+    return digits_model("cnn")
+
+
+@pytest.fixture(scope="session")
+def digits_mlp() -> nn.Module:
+    return digits_model("mlp")
+
+
+@pytest.fixture
+def fast_latency() -> ash.LatencyConfig:
+    return ash.LatencyConfig(warmup=1, min_repeats=3, min_seconds=0.0)
+
+
+def state_equal(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
