@@ -8,7 +8,8 @@ from typing import Callable
 from torch import nn
 
 from .evaluate import evaluate
-from .measure import Measurement, measure
+from .measure import LatencyConfig, Measurement, measure
+from .measure.latency import time_forward
 from .policy import LayerPolicy, Policy
 from .task import Task
 from .train import FinetuneConfig
@@ -52,7 +53,13 @@ class Row:
 
 def run(model: nn.Module, task: Task, policies: list[tuple[str, Policy]], *, steps: int = 300,
         seed: int = 0, progress: Callable[[str], None] | None = None) -> tuple[Measurement, list[Row]]:
-    """Measure the baseline and each policy (applied, fine-tuned `steps` steps, measured)."""
+    """Measure the baseline and each policy (applied, fine-tuned `steps` steps, measured).
+
+    The process is warmed up first (allocator, thread pool, CPU clocks), so the baseline -- timed
+    first -- is not penalized against the policies timed after it.
+    """
+    time_forward(model.to(task.torch_device).eval(), task.example_input, task.torch_device,
+                 LatencyConfig(warmup=20, min_repeats=50, min_seconds=1.0))
     baseline = measure(model, task)
     rows = []
     for name, policy in policies:

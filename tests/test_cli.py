@@ -22,8 +22,11 @@ def test_help_for_every_command(capsys) -> None:
 def test_demo_prints_a_measured_table(capsys) -> None:
     assert main(["demo", "--steps", "5", "--quiet"]) == 0
     out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line[:1].isalpha() and ("x " in line)]
-    assert len(rows) >= 10  # baseline + 9 policies
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("-----")) + 1
+    rows = lines[start : lines.index("", start) if "" in lines[start:] else len(lines)]
+    assert len(rows) == 10  # baseline + 9 policies
+    assert all(row.split()[-1].isdigit() for row in rows)  # every row ends with its measured MACs
     assert "baseline (float32, untouched)" in out and "structured 50% channels + KD" in out
 
 

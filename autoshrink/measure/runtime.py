@@ -8,9 +8,11 @@ activations quantized per batch) -- only on CPU, where the x86/fbgemm backend ha
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..techniques.weights import quantize_codes, strip_parametrizations, weight_bits
 
@@ -22,6 +24,12 @@ def materialize(model: nn.Module) -> nn.Module:
     return strip_parametrizations(copy.deepcopy(model)).eval()
 
 
+def _plain_type(module: nn.Module) -> type:
+    """The module's own class (parametrization injects a subclass)."""
+    cls = type(module)
+    return cls.__bases__[0] if parametrize.is_parametrized(module) else cls
+
+
 def int8_available(device: torch.device) -> bool:
     return device.type == "cpu" and torch.backends.quantized.engine in INT8_ENGINES
 
@@ -30,7 +38,7 @@ def int8_runtime(model: nn.Module, device: torch.device) -> nn.Module | None:
     """A copy of `model` whose <=8-bit Linear layers use dynamic int8 kernels; None if none apply."""
     if not int8_available(device):
         return None
-    targets = [n for n, m in model.named_modules() if type(m) is nn.Linear and weight_bits(m) <= 8]
+    targets = [n for n, m in model.named_modules() if _plain_type(m) is nn.Linear and weight_bits(m) <= 8]
     if not targets:
         return None
     import torch.ao.nn.quantized.dynamic as nnqd  # imported lazily: only used here
@@ -40,9 +48,11 @@ def int8_runtime(model: nn.Module, device: torch.device) -> nn.Module | None:
     for name in targets:
         src = original[name]
         codes, scales = quantize_codes(src.weight, weight_bits(src))
-        qweight = torch._make_per_channel_quantized_tensor(
-            codes.cpu(), scales.double().cpu(), torch.zeros(codes.shape[0], dtype=torch.long), 0
-        )
+        with warnings.catch_warnings():  # torch 2.13 flags quantized-tensor creation as deprecated
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+            qweight = torch._make_per_channel_quantized_tensor(
+                codes.cpu(), scales.double().cpu(), torch.zeros(codes.shape[0], dtype=torch.long), 0
+            )
         layer = plain.get_submodule(name)
         q = nnqd.Linear(layer.in_features, layer.out_features, bias_=layer.bias is not None, dtype=torch.qint8)
         q.set_weight_bias(qweight, None if layer.bias is None else layer.bias.detach().float().cpu())

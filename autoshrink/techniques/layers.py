@@ -1,9 +1,13 @@
 """Which modules the weight techniques (pruning, quantization) can handle."""
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
+from ..policy import LayerPolicy
 from .lowrank import Factorized
+from .registry import Skipped, Technique
 
 # Types whose `weight` has output channels on dim 0 (the per-channel quantization axis).
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
@@ -20,3 +24,21 @@ def weight_layers(module: nn.Module) -> list[nn.Module] | str:
         return [module]
     names = ", ".join(t.__name__ for t in WEIGHT_LAYERS)
     return f"{type(module).__name__} is not supported (weight techniques handle {names})"
+
+
+class LayerwiseTechnique(Technique):
+    """A technique acting on each selected layer's weight(s) independently (pruning, quantization)."""
+
+    def apply_layer(self, layer: nn.Module, lp: LayerPolicy) -> None:
+        raise NotImplementedError
+
+    def apply(self, model: nn.Module, targets: dict[str, LayerPolicy], context: dict[str, Any]) -> list[Skipped]:
+        skipped: list[Skipped] = []
+        for name, lp in targets.items():
+            layers = weight_layers(model.get_submodule(name))
+            if isinstance(layers, str):
+                skipped.append(Skipped(name, self.name, layers))
+                continue
+            for layer in layers:
+                self.apply_layer(layer, lp)
+        return skipped

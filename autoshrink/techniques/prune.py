@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ..policy import LayerPolicy
-from .layers import weight_layers
-from .registry import Skipped, Technique, register
+from .layers import LayerwiseTechnique
+from .registry import register
 from .weights import add_mask
 
 
@@ -26,7 +26,7 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 
 @register
-class MagnitudePrune(Technique):
+class MagnitudePrune(LayerwiseTechnique):
     """Unstructured magnitude pruning (LayerPolicy.sparsity > 0, structured False)."""
 
     name = "prune"
@@ -35,13 +35,5 @@ class MagnitudePrune(Technique):
     def selects(self, lp: LayerPolicy) -> bool:
         return lp.sparsity > 0 and not lp.structured
 
-    def apply(self, model: nn.Module, targets: dict[str, LayerPolicy], context: dict) -> list[Skipped]:
-        skipped: list[Skipped] = []
-        for name, lp in targets.items():
-            layers = weight_layers(model.get_submodule(name))
-            if isinstance(layers, str):
-                skipped.append(Skipped(name, self.name, layers))
-                continue
-            for layer in layers:
-                add_mask(layer, magnitude_mask(layer.weight, lp.sparsity))
-        return skipped
+    def apply_layer(self, layer: nn.Module, lp: LayerPolicy) -> None:
+        add_mask(layer, magnitude_mask(layer.weight, lp.sparsity))

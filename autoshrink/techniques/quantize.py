@@ -8,13 +8,13 @@ from __future__ import annotations
 from torch import nn
 
 from ..policy import LayerPolicy
-from .layers import weight_layers
-from .registry import Skipped, Technique, register
+from .layers import LayerwiseTechnique
+from .registry import register
 from .weights import add_fake_quant
 
 
 @register
-class Quantize(Technique):
+class Quantize(LayerwiseTechnique):
     """Per-channel weight quantization (LayerPolicy.bits < 32)."""
 
     name = "quantize"
@@ -23,13 +23,5 @@ class Quantize(Technique):
     def selects(self, lp: LayerPolicy) -> bool:
         return lp.bits != 32
 
-    def apply(self, model: nn.Module, targets: dict[str, LayerPolicy], context: dict) -> list[Skipped]:
-        skipped: list[Skipped] = []
-        for name, lp in targets.items():
-            layers = weight_layers(model.get_submodule(name))
-            if isinstance(layers, str):
-                skipped.append(Skipped(name, self.name, layers))
-                continue
-            for layer in layers:
-                add_fake_quant(layer, lp.bits)
-        return skipped
+    def apply_layer(self, layer: nn.Module, lp: LayerPolicy) -> None:
+        add_fake_quant(layer, lp.bits)

@@ -190,6 +190,7 @@ def test_off_grid_weight_is_refused() -> None:
 def test_plain_fp32_mlp(tmp_path) -> None:
     model = _mlp(20, 16, 8, 3)
     _, report = pack(model)
+    assert all(isinstance(t, PackedTensor) for t in report)
     assert [(t.name, t.encoding, t.bits, t.nbytes) for t in report] == [
         ("0.weight", "dense", 32, 20 * 16 * 4), ("0.bias", "dense", 32, 64), ("2.weight", "dense", 32, 16 * 8 * 4),
         ("2.bias", "dense", 32, 32), ("4.weight", "dense", 32, 8 * 3 * 4), ("4.bias", "dense", 32, 12)]
@@ -380,7 +381,8 @@ def _file(header: bytes, skeleton: bytes, payload: bytes = b"", version: int = 1
 
 def test_disallowed_global_is_refused_and_not_run(tmp_path) -> None:
     marker = tmp_path / "pwned"
-    evil = b"\x80\x02cos\nsystem\nX" + len(f"touch {marker}").to_bytes(4, "little") + f"touch {marker}".encode() + b"\x85R."
+    command = f"touch {marker}".encode()
+    evil = b"\x80\x02cos\nsystem\nX" + len(command).to_bytes(4, "little") + command + b"\x85R."  # os.system(cmd)
     path = tmp_path / "evil.ashz"
     path.write_bytes(_file(b"[]", evil))
     with pytest.raises(PackError, match=r"refers to os\.system, which autoshrink does not load") as info:

@@ -113,7 +113,8 @@ def encode_relidx(positions: np.ndarray, values: np.ndarray, zero: np.ndarray, w
     return data, entries
 
 
-def decode_relidx(data: bytes | memoryview, entries: int, numel: int, zero: np.ndarray, width: int, k: int) -> np.ndarray:
+def decode_relidx(data: bytes | memoryview, entries: int, numel: int, zero: np.ndarray, width: int,
+                  k: int) -> np.ndarray:
     """Symbol rows (numel, nbytes) of a relative-index stream."""
     gap_rows, values = unpack_fields(data, entries, [(2, k), (zero.size, width)])
     positions = np.cumsum(gap_rows.view("<u2").reshape(-1).astype(np.int64) + 1) - 1
@@ -157,7 +158,8 @@ def _symbols(t: Tensor, qbits: int, name: str) -> tuple[bytes, np.ndarray, np.nd
     """(prefix bytes, symbol rows, nonzero flags, zero row, width, sparse allowed) of a tensor."""
     t = t.detach().cpu().contiguous()
     if qbits and not t.is_floating_point():
-        raise PackError(f"{name} is {t.dtype} but marked as quantized to {qbits} bits; only floating weights are quantized")
+        raise PackError(f"{name} is {t.dtype} but marked as quantized to {qbits} bits; "
+                        f"only floating weights are quantized")
     if qbits in QUANT_BITS:
         if t.dim() == 0:
             raise PackError(f"{name} is a scalar; quantization needs an output-channel dimension")

@@ -121,8 +121,9 @@ class _SkeletonPickler(pickle.Pickler):
         if not isinstance(obj, nn.Module) or isinstance(obj, type):
             return NotImplemented
         reduced = obj.__reduce_ex__(5)
-        if not (isinstance(reduced, tuple) and len(reduced) >= 3 and getattr(reduced[0], "__name__", "") == "__newobj__"
-                and reduced[1] == (type(obj),) and isinstance(reduced[2], dict) and all(x is None for x in reduced[3:])):
+        if not (isinstance(reduced, tuple) and len(reduced) >= 3
+                and getattr(reduced[0], "__name__", "") == "__newobj__" and reduced[1] == (type(obj),)
+                and isinstance(reduced[2], dict) and all(x is None for x in reduced[3:])):
             return NotImplemented
         raw, defaults = reduced[2], self._defaults
         # nn.Module's own attributes first, in their usual order: the order a loaded module has
@@ -228,7 +229,7 @@ def _pack(model: nn.Module, where: str) -> tuple[bytes, list[PackedTensor]]:
     skeleton = strip_parametrizations(_untie_parametrized(copy.deepcopy(model)))
     index: dict[int, int] = {}
     tensors: list[tuple[str, Tensor]] = []
-    named = list(skeleton.named_parameters(remove_duplicate=False)) + list(skeleton.named_buffers(remove_duplicate=False))
+    named = [*skeleton.named_parameters(remove_duplicate=False), *skeleton.named_buffers(remove_duplicate=False)]
     for mod_name, module in skeleton.named_modules(remove_duplicate=False):
         named += [(f"{mod_name}.{attr}" if mod_name else attr, value)
                   for attr, value in vars(module).items() if isinstance(value, Tensor)]
@@ -274,10 +275,14 @@ def pack(model: nn.Module) -> tuple[bytes, list[PackedTensor]]:
 def save_packed(model: nn.Module, path: str | os.PathLike[str]) -> int:
     """Write the packed artifact of `model` to `path`; returns its exact size in bytes."""
     data, _ = _pack(model, str(path))
-    try:
-        with open(path, "wb") as f:
+    tmp = f"{os.fspath(path)}.{os.getpid()}.partial"
+    try:  # write then rename: a failure never leaves a half-written artifact at `path`
+        with open(tmp, "wb") as f:
             f.write(data)
+        os.replace(tmp, path)
     except OSError as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
         raise PackError(f"{path}: cannot write the packed model ({exc.strerror}); check the folder exists "
                         f"and is writable") from exc
     return len(data)
