@@ -1,7 +1,7 @@
 """autoshrink: per-layer model compression with honest, measured numbers.
 
-Public API (stable names): Task, LayerPolicy, Policy, apply_policy, finetune, measure,
-Measurement, save_packed, load_packed, evaluate, FinetuneConfig.
+Public API (stable names): Task, load_space, search, SearchResult, LayerPolicy, Policy,
+apply_policy, finetune, measure, Measurement, save_packed, load_packed, evaluate, FinetuneConfig.
 """
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from .errors import AutoshrinkError, ConfigError, PackError, PolicyError, TaskEr
 from .evaluate import evaluate
 from .measure import LatencyConfig, Measurement, load_packed, measure, save_packed
 from .policy import LayerPolicy, Policy
+from .search import Candidate, SearchResult, search
+from .space import SearchSpace, load_space
 from .task import Task
 from .techniques import CompressionWarning, apply_policy
 from .train import FinetuneConfig, finetune
@@ -17,7 +19,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoshrinkError", "CompressionWarning", "ConfigError", "FinetuneConfig", "LatencyConfig",
-    "LayerPolicy", "Measurement", "PackError", "Policy", "PolicyError", "Task", "TaskError",
-    "TrainingError", "apply_policy", "evaluate", "finetune", "load_packed", "measure", "save_packed",
+    "Candidate", "LayerPolicy", "Measurement", "PackError", "Policy", "PolicyError", "SearchResult", "SearchSpace",
+    "Task", "TaskError", "TrainingError", "apply_policy", "evaluate", "finetune", "load_packed", "load_space",
+    "measure", "save_packed", "search",
     "__version__",
 ]

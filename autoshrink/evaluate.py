@@ -23,9 +23,10 @@ def evaluate(
     runtime: str = "auto",
 ) -> Measurement:
     """Compress a copy of `model` by `policy`, fine-tune it (distilling from `model` when the
-    policy says so) and measure it. `model` is not modified."""
+    policy says so) and measure it. `model` is not modified. A policy that changes no layer is
+    measured as is: fine-tuning the untouched model would not be "no compression"."""
     cfg = finetune_config or FinetuneConfig(steps=0)
     small, report = apply_policy_with_report(model, policy, example_input=task.example_input)
-    if cfg.steps:
+    if cfg.steps and policy.active():
         finetune(small, task, config=cfg, teacher=model if policy.distill else None)
     return measure(small, task, runtime=runtime, latency=latency, skipped=report.lines())

@@ -1,0 +1,80 @@
+"""The executor interface: evaluate Policies somewhere, hand back Outcomes as they finish.
+
+The search driver owns the study; an executor only turns (key, Policy) into an Outcome. Local and
+Ray executors implement the same small interface, so swapping them changes nothing else.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import nn
+
+from ..evaluate import evaluate
+from ..measure import LatencyConfig, Measurement
+from ..policy import Policy
+from ..task import Task
+from ..train import FinetuneConfig
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every evaluation shares: the model, the task and how to fine-tune and time."""
+
+    model: nn.Module
+    task: Task
+    finetune: FinetuneConfig
+    latency: LatencyConfig | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one evaluation: a Measurement, or the reason it failed."""
+
+    key: int
+    measurement: Measurement | None
+    error: str | None
+    seconds: float
+    worker: str = "local"
+
+    @property
+    def ok(self) -> bool:
+        return self.measurement is not None
+
+
+def run_job(job: Job, key: int, policy: Policy, worker: str = "local",
+            finetune: FinetuneConfig | None = None) -> Outcome:
+    """Evaluate one policy; any exception becomes a failed Outcome with its type, message and origin.
+
+    `finetune` overrides the job's settings for this evaluation (the baseline uses steps=0)."""
+    t0 = time.perf_counter()
+    try:
+        m = evaluate(job.model, job.task, policy, finetune_config=finetune or job.finetune, latency=job.latency)
+        return Outcome(key, m, None, time.perf_counter() - t0, worker)
+    except Exception as exc:  # noqa: BLE001 - a failed candidate is recorded with its reason, never hidden
+        frames = traceback.extract_tb(exc.__traceback__)
+        origin = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        return Outcome(key, None, f"{type(exc).__name__}: {exc}{origin}", time.perf_counter() - t0, worker)
+
+
+class Executor(Protocol):
+    """Evaluates policies; the driver keeps up to `capacity` of them pending."""
+
+    capacity: int
+
+    def start(self, job: Job) -> None:
+        """Ship the job (model, task, settings) once, before any submit."""
+
+    def submit(self, key: int, policy: Policy, finetune: FinetuneConfig | None = None) -> None:
+        """Queue one evaluation under `key` (`finetune` overrides the job's settings)."""
+
+    def wait(self, timeout: float | None = None) -> list[Outcome]:
+        """Block until at least one pending evaluation finished (or timeout); return those finished."""
+
+    def cancel(self) -> list[int]:
+        """Drop every pending evaluation; return their keys."""
+
+    def shutdown(self) -> None:
+        """Release workers and resources."""

@@ -1,0 +1,42 @@
+"""LocalExecutor: evaluates in the calling process, one policy at a time."""
+from __future__ import annotations
+
+from collections import deque
+
+from ..errors import ConfigError
+from ..policy import Policy
+from ..train import FinetuneConfig
+from .base import Job, Outcome, run_job
+
+
+class LocalExecutor:
+    """In-process evaluation. `capacity` is 1: the driver asks one trial, evaluates it, tells it."""
+
+    capacity = 1
+
+    def __init__(self) -> None:
+        self._job: Job | None = None
+        self._pending: deque[tuple[int, Policy, FinetuneConfig | None]] = deque()
+
+    def start(self, job: Job) -> None:
+        self._job = job
+
+    def submit(self, key: int, policy: Policy, finetune: FinetuneConfig | None = None) -> None:
+        if self._job is None:
+            raise ConfigError("LocalExecutor.submit before start(job).")
+        self._pending.append((key, policy, finetune))
+
+    def wait(self, timeout: float | None = None) -> list[Outcome]:
+        if not self._pending or self._job is None:
+            return []
+        key, policy, finetune = self._pending.popleft()
+        return [run_job(self._job, key, policy, finetune=finetune)]
+
+    def cancel(self) -> list[int]:
+        keys = [k for k, _, _ in self._pending]
+        self._pending.clear()
+        return keys
+
+    def shutdown(self) -> None:
+        self._pending.clear()
+        self._job = None

@@ -1,0 +1,111 @@
+"""Study configs (studies/<name>.yaml): everything `autoshrink search` needs, as frozen data.
+
+    name: digits_cnn                       # study name (storage default sqlite:///studies/<name>.db)
+    model: autoshrink.zoo:digits_model     # "package.module:callable" returning the trained model
+    model_args: {kind: cnn}
+    task: autoshrink.zoo:digits_task       # "package.module:callable" returning an ash.Task
+    task_args: {}
+    space: default                         # a YAML path (relative to this file) or a built-in name
+    objectives: [accuracy, size, latency]
+    sampler: nsga2
+    n_trials: 40
+    timeout: null                          # seconds, optional
+    finetune_steps: 200                    # optional; default: the space's finetune.steps
+    max_accuracy_drop: 0.01                # optional constraint (fraction)
+    storage: null                          # optional Optuna storage URL
+    executor: local                        # local or ray
+    seed: 0
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..errors import ConfigError
+from ..space.yaml_source import Source, load_yaml
+
+_KEYS = {"name", "model", "model_args", "task", "task_args", "space", "objectives", "sampler", "n_trials", "timeout",
+         "finetune_steps", "max_accuracy_drop", "storage", "executor", "seed", "description"}
+_REQUIRED = ("name", "model", "task")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    model: str
+    task: str
+    model_args: Mapping[str, Any] = field(default_factory=dict)
+    task_args: Mapping[str, Any] = field(default_factory=dict)
+    space: str = "default"
+    objectives: tuple[str, ...] = ("accuracy", "size", "latency")
+    sampler: str = "nsga2"
+    n_trials: int | None = 40
+    timeout: float | None = None
+    finetune_steps: int | None = None
+    max_accuracy_drop: float | None = None
+    storage: str | None = None
+    executor: str = "local"
+    seed: int = 0
+    description: str = ""
+    base_dir: str = "."
+    source: Source = field(default_factory=lambda: Source("<config>"), compare=False, repr=False)
+
+    def space_path(self) -> str:
+        """The space as given if it is a built-in name; else resolved relative to the config file."""
+        p = Path(self.space)
+        if p.is_absolute() or not (p.suffix or "/" in self.space):
+            return self.space
+        local = Path(self.base_dir) / p
+        return str(local if local.exists() else p)
+
+
+def load_entry_point(spec: str, path: str, src: Source) -> Callable[..., Any]:
+    """'package.module:callable' -> the callable (imports the module; configs name trusted code)."""
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise src.error(path, f"got {spec!r}; use 'package.module:callable'.")
+    module, _, attr = spec.partition(":")
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as exc:
+        raise src.error(path, f"cannot import {module!r} ({exc}); check the name and that it is installed.") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise src.error(path, f"{module!r} has no attribute {attr!r}.")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise src.error(path, f"{spec!r} is not callable.")
+    return obj
+
+
+def load_study_config(path: str | Path) -> StudyConfig:
+    """Load and validate a study config YAML; errors name the file, line, key and value."""
+    data, src = load_yaml(path)
+    if not isinstance(data, Mapping):
+        raise src.error("<root>", "a study config is a mapping (name, model, task, space, ...).")
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise src.error(unknown[0], f"unknown key {unknown[0]!r}; allowed are {', '.join(sorted(_KEYS))}.")
+    for key in _REQUIRED:
+        if not data.get(key):
+            raise src.error(key, f"missing; a study config needs {', '.join(_REQUIRED)}.")
+    for key in ("model_args", "task_args"):
+        if data.get(key) is not None and not isinstance(data[key], Mapping):
+            raise src.error(key, f"got {data[key]!r}; expected a mapping of keyword arguments.")
+    for key, kind in (("n_trials", int), ("finetune_steps", int), ("seed", int)):
+        v = data.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, kind)):
+            raise src.error(key, f"got {v!r}; expected an integer.")
+    for key in ("timeout", "max_accuracy_drop"):
+        v = data.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise src.error(key, f"got {v!r}; expected a number.")
+    objectives = data.get("objectives", ["accuracy", "size", "latency"])
+    if isinstance(objectives, str):
+        objectives = [objectives]
+    kwargs = {k: v for k, v in data.items() if v is not None}
+    kwargs["objectives"] = tuple(objectives)
+    kwargs["model_args"] = dict(data.get("model_args") or {})
+    kwargs["task_args"] = dict(data.get("task_args") or {})
+    return StudyConfig(**kwargs, base_dir=str(Path(path).resolve().parent), source=src)

@@ -1,0 +1,165 @@
+"""SearchResult: the baseline, the trials, the feasible Pareto front, selection and hypervolume."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from ..errors import ConfigError
+from ..measure import Measurement
+from ..policy import Policy
+from .objectives import OBJECTIVES, Objective
+
+MINIMIZE = {"size": "size_bytes", "latency": "latency_ms", "macs": "macs"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One evaluated trial chosen from a search: its policy and what it measured."""
+
+    trial: int
+    policy: Policy
+    measurement: Measurement
+    baseline: Measurement
+    study_name: str
+    finetune: dict[str, Any]
+
+
+def non_dominated(points: np.ndarray) -> np.ndarray:
+    """Boolean mask of the rows of `points` (minimization) no other row dominates."""
+    n = len(points)
+    keep = np.ones(n, dtype=bool)
+    for i in range(n):
+        dominated = np.all(points <= points[i], axis=1) & np.any(points < points[i], axis=1)
+        keep[i] = not dominated.any()
+    return keep
+
+
+@dataclass
+class SearchResult:
+    """What a search found. `pareto` holds feasible Pareto-optimal trials; see `best`, `hypervolume`."""
+
+    study: optuna.Study
+    baseline: Measurement
+    objectives: tuple[Objective, ...]
+    max_accuracy_drop: float | None = None
+    timing: dict[str, float] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ tables
+    @property
+    def trials(self) -> pd.DataFrame:
+        """Every trial: number, state, measured values, drop/compression/speedup, policy, failure."""
+        rows = []
+        for t in self.study.get_trials(deepcopy=False):
+            u = t.user_attrs
+            row: dict[str, Any] = {"trial": t.number, "state": t.state.name}
+            m = u.get("measurement")
+            if m:
+                row.update(self._derived(m))
+            row["policy"] = u.get("policy")
+            row["failure"] = u.get("failure")
+            row["retry_of"] = u.get("retry_of")
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def _derived(self, m: dict[str, Any]) -> dict[str, Any]:
+        b = self.baseline
+        return {
+            "accuracy": m["accuracy"], "accuracy_drop": b.accuracy - m["accuracy"],
+            "size_bytes": m["size_bytes"], "latency_ms": m["latency_ms"], "macs": m["macs"],
+            "compression": b.size_bytes / m["size_bytes"], "speedup": b.latency_ms / m["latency_ms"],
+            "mac_reduction": b.macs / m["macs"] if m["macs"] else float("nan"),
+            "runtime": m["runtime"], "device": m["device"],
+        }
+
+    def _feasible(self) -> list[optuna.trial.FrozenTrial]:
+        out = []
+        for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            m = t.user_attrs.get("measurement")
+            if not m:
+                continue
+            if self.max_accuracy_drop is not None and self.baseline.accuracy - m["accuracy"] > self.max_accuracy_drop + 1e-12:
+                continue
+            out.append(t)
+        return out
+
+    def _normalized(self, trials: Sequence[optuna.trial.FrozenTrial]) -> np.ndarray:
+        return np.array([[o.normalized(v, self.baseline) for o, v in zip(self.objectives, t.values)] for t in trials],
+                        dtype=float).reshape(len(trials), len(self.objectives))
+
+    @property
+    def pareto(self) -> pd.DataFrame:
+        """Feasible (within max_accuracy_drop) Pareto-optimal trials, best accuracy first."""
+        feasible = self._feasible()
+        if not feasible:
+            return pd.DataFrame(columns=["trial", "accuracy", "accuracy_drop", "size_bytes", "latency_ms", "macs",
+                                         "compression", "speedup", "mac_reduction", "runtime", "device", "policy"])
+        front = [t for t, keep in zip(feasible, non_dominated(self._normalized(feasible))) if keep]
+        rows = [{"trial": t.number, **self._derived(t.user_attrs["measurement"]), "policy": t.user_attrs.get("policy")}
+                for t in front]
+        return pd.DataFrame(rows).sort_values(["accuracy", "size_bytes"], ascending=[False, True]).reset_index(drop=True)
+
+    # ------------------------------------------------------------------ selection
+    def candidate(self, trial_number: int) -> Candidate:
+        """The Candidate of one COMPLETE trial."""
+        try:
+            t = self.study.trials[trial_number]
+        except IndexError:
+            raise ConfigError(f"trial {trial_number}: the study has {len(self.study.trials)} trials.") from None
+        if t.state != optuna.trial.TrialState.COMPLETE or "measurement" not in t.user_attrs:
+            raise ConfigError(f"trial {trial_number} is {t.state.name}, not COMPLETE; pick a completed trial.")
+        return Candidate(t.number, Policy.from_dict(t.user_attrs["policy"]),
+                         Measurement.from_dict(t.user_attrs["measurement"]), self.baseline, self.study.study_name,
+                         dict(self.study.user_attrs.get("finetune", {})))
+
+    def best(self, max_accuracy_drop: float = 0.01, minimize: str = "size") -> Candidate:
+        """The trial with the smallest `minimize` (size, latency or macs) among those within
+        `max_accuracy_drop` (a fraction: 0.01 = 1 pp) of the baseline; ties -> higher accuracy."""
+        if minimize not in MINIMIZE:
+            raise ConfigError(f"best: minimize={minimize!r}; use one of {', '.join(MINIMIZE)}.")
+        if not isinstance(max_accuracy_drop, (int, float)) or max_accuracy_drop < 0:
+            raise ConfigError(f"best: max_accuracy_drop={max_accuracy_drop!r}; use a fraction >= 0 (0.01 = 1 pp).")
+        df = self.trials
+        if df.empty or "accuracy" not in df:
+            raise ConfigError(f"study {self.study.study_name!r} has no completed trial yet; run the search first.")
+        done = df[df["state"] == "COMPLETE"].dropna(subset=["accuracy"])
+        ok = done[done["accuracy_drop"] <= max_accuracy_drop + 1e-12]
+        if ok.empty:
+            closest = done.sort_values("accuracy_drop").iloc[0]
+            raise ConfigError(f"no trial is within {max_accuracy_drop * 100:.2f} pp of the baseline; the closest is "
+                              f"trial {int(closest['trial'])} at {closest['accuracy_drop'] * 100:.2f} pp. "
+                              "Relax max_accuracy_drop or run more trials.")
+        pick = ok.sort_values([MINIMIZE[minimize], "accuracy"], ascending=[True, False]).iloc[0]
+        return self.candidate(int(pick["trial"]))
+
+    # ------------------------------------------------------------------ quality
+    def reference_point(self) -> np.ndarray:
+        """Hypervolume reference (normalized units, see Objective.normalized): 5 pp accuracy drop,
+        1.1x the baseline's size / latency / MACs."""
+        return np.array([o.hv_reference for o in self.objectives], dtype=float)
+
+    def hypervolume(self) -> float:
+        """Hypervolume of the feasible trials in normalized units against `reference_point()`.
+
+        Units: accuracy as drop (fraction), the others as ratios to the baseline, all minimized;
+        points not strictly better than the reference in every objective add nothing.
+        """
+        return hypervolume(self._normalized(self._feasible()), self.reference_point())
+
+
+def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
+    """Hypervolume dominated by `points` (minimization) up to `reference`."""
+    if len(points) == 0:
+        return 0.0
+    inside = points[np.all(points < reference, axis=1)]
+    if len(inside) == 0:
+        return 0.0
+    if points.shape[1] == 1:
+        return float(reference[0] - inside.min())
+    from optuna._hypervolume import compute_hypervolume  # private in Optuna 5; covered by a test
+
+    front = inside[non_dominated(inside)]
+    return float(compute_hypervolume(front, reference, assume_pareto=True))

@@ -1,0 +1,86 @@
+"""Open, create, validate and repair the Optuna study that holds a search."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+
+from ..errors import ConfigError
+from .objectives import Objective
+
+FORMAT = "autoshrink-study/1"
+
+
+def default_storage(study_name: str) -> str:
+    """sqlite:///studies/<study_name>.db (relative to the working directory; folder created)."""
+    Path("studies").mkdir(exist_ok=True)
+    return f"sqlite:///studies/{study_name}.db"
+
+
+def _prepare_sqlite(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if path.parent and not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def open_study(storage: str, study_name: str, objectives: Sequence[Objective], sampler: optuna.samplers.BaseSampler,
+               signature: dict[str, Any]) -> tuple[optuna.Study, bool]:
+    """Create the study or resume it. Resuming checks what Optuna does not: the objectives, their
+    directions and the searched parameters must be those the study was created with."""
+    _prepare_sqlite(storage)
+    try:
+        existing = study_name in optuna.study.get_all_study_names(storage)
+    except Exception as exc:  # noqa: BLE001 - any storage failure: say which storage and why
+        raise ConfigError(f"storage {storage!r}: cannot open it ({type(exc).__name__}: {exc}).") from None
+    study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler, load_if_exists=True,
+                                directions=[o.direction for o in objectives])
+    names = [o.name for o in objectives]
+    if existing:
+        attrs = study.user_attrs
+        if attrs.get("format") != FORMAT:
+            raise ConfigError(f"study {study_name!r} in {storage} was not created by autoshrink search; "
+                              "use another study_name.")
+        stored = attrs.get("objectives")
+        if stored != names or [d.name.lower() for d in study.directions] != [o.direction for o in objectives]:
+            raise ConfigError(f"study {study_name!r} was created with objectives {stored}, not {names}; "
+                              "resume it with the same objectives, or use a new study_name.")
+        old = attrs.get("signature", {})
+        if old != signature:
+            changed = sorted(k for k in set(old) | set(signature) if old.get(k) != signature.get(k))
+            raise ConfigError(f"study {study_name!r} was created with a different search setup "
+                              f"(changed: {', '.join(changed[:8])}); resume with the same model, space and "
+                              "settings, or use a new study_name.")
+    else:
+        study.set_user_attr("format", FORMAT)
+        study.set_user_attr("objectives", names)
+        study.set_user_attr("signature", signature)
+        with warnings.catch_warnings():  # set_metric_names is marked experimental; it only labels axes
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([o.field for o in objectives])
+    return study, not existing
+
+
+def requeue_crashed(study: optuna.Study) -> list[int]:
+    """Trials left RUNNING by a dead driver: tell them FAIL and enqueue their parameters again.
+
+    With one driver per study (autoshrink's model), a RUNNING trial at start-up is a crashed one.
+    """
+    crashed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for t in crashed:
+        # attributes can only be written while the trial is still RUNNING, so before the tell
+        trial = optuna.trial.Trial(study, t._trial_id)
+        trial.set_user_attr("failure", "the search process died while this trial was running; "
+                                       "its parameters were queued again")
+        trial.set_user_attr("crashed", True)
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+    return [t.number for t in crashed]
+
+
+def counted(study: optuna.Study) -> int:
+    """Finished trials that count towards n_trials (COMPLETE, and FAIL that were not re-queued)."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get("crashed"))

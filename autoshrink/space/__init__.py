@@ -1,0 +1,28 @@
+"""Search spaces: YAML -> SearchSpace (validated) -> bound to a model -> sampled Policies."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .bind import BoundSpace, bind
+from .schema import Choice, Rule, SearchSpace, parse_space
+from .yaml_source import Source, load_yaml
+
+BUILTIN_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Load and validate a search space YAML file.
+
+    A bare name ("default", "prune_only.yaml") that is not a file is looked up among the built-in
+    spaces in search_spaces/. Errors name the file, line, YAML path and value.
+    """
+    p = Path(path)
+    if not p.exists():
+        name = p.name if p.suffix else f"{p.name}.yaml"
+        if (BUILTIN_DIR / name).exists() and p.parent == Path("."):
+            p = BUILTIN_DIR / name
+    data, src = load_yaml(p)
+    return parse_space(data, src)
+
+
+__all__ = ["BoundSpace", "Choice", "Rule", "SearchSpace", "Source", "bind", "load_space", "parse_space"]

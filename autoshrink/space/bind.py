@@ -1,0 +1,115 @@
+"""Bind a SearchSpace to a model: the choices of every layer, by module name."""
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+from torch import nn
+
+from ..policy import LayerPolicy, Policy
+from ..techniques.layers import WEIGHT_LAYERS
+from .schema import FIELDS, IDENTITY, Choice, Rule, SearchSpace
+
+# Layers the defaults cover; Embedding is compressed only when a rule names it.
+DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _name_matches(pattern: str, name: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return name == pattern or fnmatch.fnmatchcase(name, pattern)
+
+
+def _rule_matches(rule: Rule, name: str, module: nn.Module) -> bool:
+    if rule.match and not any(_name_matches(p, name) for p in rule.match):
+        return False
+    if rule.types and not any(t == type(module).__name__ or t == type(module).__qualname__ for t in rule.types):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class BoundSpace:
+    """Per-layer choices for one model. Parameter names: '<layer>.<field>' and 'distill'."""
+
+    layers: Mapping[str, Mapping[str, Choice]]
+    distill: Choice
+    space: SearchSpace
+
+    def params(self) -> Iterator[tuple[str, Choice]]:
+        """Every searched parameter (choices with more than one value), in a stable order."""
+        for layer, fields in self.layers.items():
+            for f in FIELDS:
+                if not fields[f].fixed:
+                    yield f"{layer}.{f}", fields[f]
+        if not self.distill.fixed:
+            yield "distill", self.distill
+
+    def policy_from_params(self, params: Mapping[str, Any]) -> Policy:
+        """The Policy for a full parameter assignment (fixed fields take their single value)."""
+        layers = {}
+        for layer, fields in self.layers.items():
+            values = {f: params.get(f"{layer}.{f}", fields[f].values[0]) for f in FIELDS}
+            lp = LayerPolicy(**values, where=f"layers.{layer}")
+            if not lp.is_identity:
+                layers[layer] = lp
+        distill = params.get("distill", self.distill.values[0])
+        return Policy(layers=layers, distill=bool(distill) and bool(layers))
+
+    def sample(self, trial: Any) -> Policy:
+        """Ask `trial` (an Optuna trial, duck-typed) for every searched parameter; return the Policy."""
+        params = {}
+        for name, choice in self.params():
+            params[name] = trial.suggest_categorical(name, list(choice.values))
+        return self.policy_from_params(params)
+
+    def nearest_params(self, targets: Mapping[str, Any]) -> dict[str, Any]:
+        """Searched params set to the allowed values nearest `targets` (field -> value; missing = identity)."""
+        out = {}
+        for name, choice in self.params():
+            fld = name.rsplit(".", 1)[-1] if name != "distill" else "distill"
+            out[name] = choice.nearest(targets.get(fld, IDENTITY.get(fld, False)))
+        return out
+
+
+def bind(space: SearchSpace, model: nn.Module) -> BoundSpace:
+    """Resolve defaults and rules against `model.named_modules()`.
+
+    Errors (naming the file, line and rule): a rule matching no compressible module; a rule that
+    only matches modules no technique compresses (BatchNorm, LayerNorm, ...).
+    """
+    src = space.source
+    modules = [(n, m) for n, m in model.named_modules() if n]
+    compressible = [(n, m) for n, m in modules if isinstance(m, WEIGHT_LAYERS)]
+    chosen: dict[str, dict[str, Choice]] = {
+        n: dict(space.defaults) for n, m in compressible if isinstance(m, DEFAULT_LAYERS)
+    }
+    skipped: set[str] = set()
+    known_types = {type(m).__name__ for _, m in modules} | {n for n in dir(nn) if isinstance(getattr(nn, n), type)}
+    for rule in space.rules:
+        unknown = [t for t in rule.types if t not in known_types]
+        if unknown:
+            raise src.error(f"{rule.path}.type", f"{unknown[0]!r} is not a torch.nn module class nor a class in "
+                                                 f"{type(model).__name__}; check the spelling (e.g. Conv2d, Linear).")
+        hits = [(n, m) for n, m in compressible if _rule_matches(rule, n, m)]
+        if not hits and (rule.optional or not rule.match):
+            continue
+        if not hits:
+            others = [f"{n} ({type(m).__name__})" for n, m in modules if _rule_matches(rule, n, m)]
+            what = " and ".join(filter(None, [f"match {list(rule.match)}" if rule.match else "",
+                                              f"type {list(rule.types)}" if rule.types else ""]))
+            hint = (f"it matches only modules no technique compresses: {', '.join(others[:5])}" if others else
+                    f"the model's compressible layers are: {', '.join(n for n, _ in compressible[:20])}")
+            raise src.error(rule.path, f"{what} matches no compressible layer of {type(model).__name__}; {hint}.")
+        for n, _ in hits:
+            if rule.skip:
+                skipped.add(n)
+                chosen.pop(n, None)
+                continue
+            skipped.discard(n)
+            fields = chosen.setdefault(n, dict(space.defaults))
+            fields.update(rule.fields)
+    order = [n for n, _ in compressible if n in chosen]
+    return BoundSpace(layers={n: chosen[n] for n in order}, distill=space.distill, space=space)

@@ -1,0 +1,200 @@
+"""Search space schema: choices per layer field, rules keyed by module names or types.
+
+YAML form (see search_spaces/default.yaml for a commented example):
+
+    defaults:                  # every Linear/Conv layer, unless a rule says otherwise
+      sparsity: [0.0, 0.5, 0.9]            # a list of choices ...
+      bits: {low: 4, high: 8, step: 2}     # ... or a range {low, high, step}
+      structured: [false]
+      rank: [1.0]
+    rules:                     # applied in order; later rules override earlier ones, field by field
+      - match: "fc2"           # exact name, glob ("features.*") or regex ("re:^blocks\\.\\d+\\.fc$")
+        type: Linear           # optional: module type name(s); a rule needs match and/or type
+        sparsity: [0.0]
+      - match: "embed"
+        skip: true             # leave matched layers alone
+    A rule with `match` must match at least one compressible layer (a typo is an error, not a
+    silent no-op) unless it says `optional: true`; a rule with only `type` may match nothing (it
+    is generic), but its type names must be real module classes.
+    distill: [false, true]
+    finetune: {steps: 200, lr: 0.001}
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+from ..policy import ALLOWED_BITS
+from ..train import FinetuneConfig
+from .yaml_source import Source
+
+FIELDS = ("sparsity", "structured", "bits", "rank")
+IDENTITY = {"sparsity": 0.0, "structured": False, "bits": 32, "rank": 1.0}
+_RULE_KEYS = set(FIELDS) | {"match", "type", "skip", "optional"}
+_TOP_KEYS = {"defaults", "rules", "distill", "finetune", "description", "version"}
+
+
+def _valid_value(fld: str, v: Any) -> str | None:
+    """Why `v` is not a valid value for `fld`, or None."""
+    if fld == "structured" or fld == "distill":
+        return None if isinstance(v, bool) else "must be true or false"
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "must be a number"
+    if fld == "sparsity" and not 0 <= v < 1:
+        return "must be in [0, 1)"
+    if fld == "bits" and (v != int(v) or int(v) not in ALLOWED_BITS):
+        return f"must be one of {', '.join(map(str, ALLOWED_BITS))}"
+    if fld == "rank" and not 0 < v <= 1:
+        return "must be in (0, 1]"
+    return None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The values one field may take: a finite, ordered tuple (lists and expanded ranges)."""
+
+    values: tuple[Any, ...]
+    is_range: bool = False
+
+    @property
+    def fixed(self) -> bool:
+        return len(self.values) == 1
+
+    def nearest(self, target: Any) -> Any:
+        """The allowed value closest to `target` (first on ties)."""
+        if target in self.values:
+            return target
+        if isinstance(target, bool):
+            return self.values[0]
+        return min(self.values, key=lambda v: abs(float(v) - float(target)))
+
+
+def parse_choice(raw: Any, fld: str, path: str, src: Source) -> Choice:
+    """A list of values, a single value, or {low, high, step} -> Choice (validated)."""
+    if isinstance(raw, Mapping):
+        unknown = sorted(set(raw) - {"low", "high", "step"})
+        if unknown or "low" not in raw or "high" not in raw:
+            raise src.error(path, f"got {dict(raw)!r}; a range needs exactly low, high and optional step.")
+        if fld in ("structured", "distill"):
+            raise src.error(path, "a range makes no sense for a true/false field; use [false, true].")
+        low, high = raw["low"], raw["high"]
+        for name, v in (("low", low), ("high", high)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise src.error(f"{path}.{name}", f"got {v!r}; it must be a number.")
+        if not low <= high:
+            raise src.error(path, f"low {low} > high {high}; swap them.")
+        step = raw.get("step", 1 if fld == "bits" else None)
+        if step is None:
+            raise src.error(path, f"a range of {fld} needs a step, e.g. {{low: {low}, high: {high}, step: 0.1}}.")
+        if isinstance(step, bool) or not isinstance(step, (int, float)):
+            raise src.error(f"{path}.step", f"got {step!r}; it must be a number.")
+        if step <= 0:
+            raise src.error(f"{path}.step", f"got {step}; it must be > 0.")
+        n = int(math.floor((high - low) / step + 1e-9)) + 1
+        values = tuple(round(low + i * step, 10) for i in range(n))
+        if fld == "bits":
+            values = tuple(int(v) for v in values)
+        is_range = True
+    else:
+        items = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+        if not items:
+            raise src.error(path, "the list of choices is empty; give at least one value.")
+        values, is_range = tuple(items), False
+    for i, v in enumerate(values):
+        why = _valid_value(fld, v)
+        if why:
+            where = path if is_range or not isinstance(raw, (list, tuple)) else f"{path}[{i}]"
+            raise src.error(where, f"got {v!r}; {fld} {why}.")
+    if fld == "bits":
+        values = tuple(int(v) for v in values)
+    elif fld in ("sparsity", "rank"):
+        values = tuple(float(v) for v in values)
+    if len(set(values)) != len(values):
+        raise src.error(path, f"got {list(values)!r}; the choices repeat a value.")
+    return Choice(values, is_range)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Overrides for the layers it matches (by name patterns and/or module type names)."""
+
+    match: tuple[str, ...]
+    types: tuple[str, ...]
+    fields: Mapping[str, Choice]
+    skip: bool
+    path: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space, not yet bound to a model (see `bind`)."""
+
+    defaults: Mapping[str, Choice]
+    rules: tuple[Rule, ...]
+    distill: Choice
+    finetune: FinetuneConfig
+    source: Source = field(compare=False, repr=False, default_factory=lambda: Source("<space>"))
+    description: str = ""
+
+
+def _str_list(raw: Any, path: str, src: Source) -> tuple[str, ...]:
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(s, str) and s for s in items):
+        raise src.error(path, f"got {raw!r}; expected a non-empty string or list of strings.")
+    return tuple(items)
+
+
+def parse_space(data: Any, src: Source) -> SearchSpace:
+    """Validate the parsed YAML of a search space; errors name the file, line, path and value."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise src.error("<root>", f"got {type(data).__name__}; a search space is a mapping (defaults, rules, ...).")
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise src.error(unknown[0], f"unknown key {unknown[0]!r}; allowed are {', '.join(sorted(_TOP_KEYS))}.")
+    raw_defaults = data.get("defaults") or {}
+    if not isinstance(raw_defaults, Mapping):
+        raise src.error("defaults", f"got {raw_defaults!r}; expected a mapping of field -> choices.")
+    bad = sorted(set(raw_defaults) - set(FIELDS))
+    if bad:
+        raise src.error(f"defaults.{bad[0]}", f"unknown field {bad[0]!r}; allowed are {', '.join(FIELDS)}.")
+    defaults = {f: parse_choice(raw_defaults.get(f, IDENTITY[f]), f, f"defaults.{f}", src) for f in FIELDS}
+    raw_rules = data.get("rules") or []
+    if not isinstance(raw_rules, list):
+        raise src.error("rules", "expected a list of rules (each a mapping with match and/or type).")
+    rules = []
+    for i, r in enumerate(raw_rules):
+        path = f"rules[{i}]"
+        if not isinstance(r, Mapping):
+            raise src.error(path, f"got {r!r}; a rule is a mapping with match and/or type plus fields.")
+        bad = sorted(set(r) - _RULE_KEYS)
+        if bad:
+            raise src.error(f"{path}.{bad[0]}", f"unknown key {bad[0]!r}; allowed are {', '.join(sorted(_RULE_KEYS))}.")
+        if "match" not in r and "type" not in r:
+            raise src.error(path, "a rule needs `match` (module names) and/or `type` (module types).")
+        skip, optional = r.get("skip", False), r.get("optional", False)
+        for key, v in (("skip", skip), ("optional", optional)):
+            if not isinstance(v, bool):
+                raise src.error(f"{path}.{key}", f"got {v!r}; it must be true or false.")
+        rules.append(Rule(
+            match=_str_list(r["match"], f"{path}.match", src) if "match" in r else (),
+            types=_str_list(r["type"], f"{path}.type", src) if "type" in r else (),
+            fields={f: parse_choice(r[f], f, f"{path}.{f}", src) for f in FIELDS if f in r},
+            skip=skip, path=path, optional=optional))
+    distill = parse_choice(data.get("distill", [False]), "distill", "distill", src)
+    raw_ft = data.get("finetune") or {}
+    if not isinstance(raw_ft, Mapping):
+        raise src.error("finetune", f"got {raw_ft!r}; expected a mapping of fine-tune settings.")
+    try:
+        finetune = FinetuneConfig.from_dict(raw_ft)
+    except ConfigError as exc:  # names the field; add the file and line
+        raise src.error("finetune", str(exc)) from None
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise src.error("description", "expected a string.")
+    return SearchSpace(defaults=defaults, rules=tuple(rules), distill=distill, finetune=finetune, source=src,
+                       description=description)
