@@ -1,15 +1,17 @@
 """autoshrink: per-layer model compression with honest, measured numbers.
 
 Public API (stable names): Task, load_space, search, SearchResult, LayerPolicy, Policy,
-apply_policy, finetune, measure, Measurement, save_packed, load_packed, evaluate, FinetuneConfig.
+apply_policy, finetune, measure, Measurement, save_packed, load_packed, evaluate, FinetuneConfig,
+Recipe, apply_recipe.
 """
 from __future__ import annotations
 
-from .errors import AutoshrinkError, ConfigError, PackError, PolicyError, TaskError, TrainingError
+from .errors import AutoshrinkError, ConfigError, PackError, PolicyError, RecipeError, TaskError, TrainingError
 from .evaluate import evaluate
 from .measure import LatencyConfig, Measurement, load_packed, measure, save_packed
 from .policy import LayerPolicy, Policy
-from .search import Candidate, SearchResult, search
+from .recipe import Recipe, apply_recipe
+from .search import SearchResult, search
 from .space import SearchSpace, load_space
 from .task import Task
 from .techniques import CompressionWarning, apply_policy
@@ -17,10 +19,19 @@ from .train import FinetuneConfig, finetune
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):  # RayExecutor is imported on first use: `import autoshrink` never imports Ray
+    if name == "RayExecutor":
+        from .executors.ray import RayExecutor
+
+        return RayExecutor
+    raise AttributeError(f"module 'autoshrink' has no attribute {name!r}")
+
 __all__ = [
     "AutoshrinkError", "CompressionWarning", "ConfigError", "FinetuneConfig", "LatencyConfig",
-    "Candidate", "LayerPolicy", "Measurement", "PackError", "Policy", "PolicyError", "SearchResult", "SearchSpace",
-    "Task", "TaskError", "TrainingError", "apply_policy", "evaluate", "finetune", "load_packed", "load_space",
-    "measure", "save_packed", "search",
+    "LayerPolicy", "Measurement", "PackError", "Policy", "PolicyError", "Recipe", "RecipeError", "SearchResult",
+    "SearchSpace", "Task", "TaskError", "TrainingError", "apply_policy", "apply_recipe", "evaluate", "finetune",
+    "load_packed", "load_space",
+    "measure", "save_packed", "search", "RayExecutor",
     "__version__",
 ]

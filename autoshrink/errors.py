@@ -22,6 +22,10 @@ class TaskError(ConfigError):
     """A Task is malformed (data, metric, loss, example input)."""
 
 
+class RecipeError(ConfigError):
+    """A recipe file is malformed, was modified, or does not fit the model it is applied to."""
+
+
 class TrainingError(AutoshrinkError, RuntimeError):
     """Fine-tuning could not proceed (a NaN/inf loss, an empty dataset, ...)."""
 

@@ -6,14 +6,19 @@ import re
 from pathlib import Path
 
 
-def test_readme_python_example_runs(tmp_path) -> None:
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def test_readme_python_examples_run(tmp_path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 1
+    assert len(blocks) == 3
     cwd = os.getcwd()
     os.chdir(tmp_path)
+    (tmp_path / "search_spaces").symlink_to(root / "search_spaces")
     try:
-        exec(compile(blocks[0], "README.md", "exec"), {"__name__": "__readme__"})
+        for i, block in enumerate(blocks):
+            exec(compile(block, f"README.md python block {i + 1}", "exec"), {"__name__": "__readme__"})
     finally:
         os.chdir(cwd)
     assert (tmp_path / "digits_cnn.ashz").stat().st_size > 0
+    assert (tmp_path / "studies" / "readme.db").stat().st_size > 0
+    assert (tmp_path / "digits_cnn.recipe.yaml").read_text().count("format: autoshrink-recipe/1") == 1

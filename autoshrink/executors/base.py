@@ -38,6 +38,7 @@ class Outcome:
     error: str | None
     seconds: float
     worker: str = "local"
+    attempts: int = 1  # > 1 when the worker died and the evaluation was re-run
 
     @property
     def ok(self) -> bool:

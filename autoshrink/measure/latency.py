@@ -1,9 +1,11 @@
 """Latency: median wall time of one forward pass, after warm-up, device synchronized."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Callable, ContextManager, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +21,47 @@ class LatencyConfig:
     max_repeats: int = 2000
 
 
+_guard: Callable[[], ContextManager[object]] | None = None
+
+
+def set_timing_guard(factory: Callable[[], ContextManager[object]] | None) -> None:
+    """Install a context-manager factory entered around every latency timing in this process.
+
+    Executors running several workers on one machine use it to let one worker time at a time
+    (a per-node lock), so concurrent evaluations do not distort each other's latencies.
+    """
+    global _guard
+    _guard = factory
+
+
+@contextlib.contextmanager
+def timing_guard() -> Iterator[None]:
+    """Enter the installed timing guard, if any."""
+    if _guard is None:
+        yield
+    else:
+        with _guard():
+            yield
+
+
+_warmed: set[str] = set()
+PROCESS_WARMUP_S = 1.0
+
+
+def _warm_process(model: nn.Module, x: Tensor, device: torch.device) -> None:
+    """Once per process and device: run forwards for PROCESS_WARMUP_S so thread pools, allocator and
+    CPU clocks are up before anything is timed. Without it the first model timed in a fresh process
+    (usually the baseline) reads slow and every speedup against it is inflated."""
+    if str(device) in _warmed:
+        return
+    end = time.perf_counter() + PROCESS_WARMUP_S
+    with torch.inference_mode():
+        while time.perf_counter() < end:
+            model(x)
+            _sync(device)
+    _warmed.add(str(device))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -29,6 +72,7 @@ def time_forward(model: nn.Module, example_input: Tensor, device: torch.device,
     """Wall times in ms of repeated forwards of `example_input` (model already on `device`)."""
     x = example_input.to(device)
     model.eval()
+    _warm_process(model, x, device)
     times: list[float] = []
     with torch.inference_mode():
         for _ in range(config.warmup):

@@ -10,7 +10,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..task import Task
 from .accuracy import evaluate_metric
-from .latency import LatencyConfig, time_forward
+from .latency import LatencyConfig, time_forward, timing_guard
 from .macs import count_macs
 from .measurement import LayerStats, Measurement
 from .packing import pack
@@ -64,7 +64,8 @@ def measure(
                 "measure: runtime='int8' but no Linear layer is quantized to <= 8 bits, or the device "
                 f"({device}) has no int8 kernels; use runtime='auto'."
             )
-    latencies = _pick_runtime(candidates, task, device, config)
+    with timing_guard():  # one timing at a time per machine when an executor installed a guard
+        latencies = _pick_runtime(candidates, task, device, config)
     chosen = min(latencies, key=latencies.get)
     accuracy = evaluate_metric(candidates[chosen], task, device)
     params = [p for p in plain.parameters()]

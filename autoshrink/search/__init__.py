@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from .driver import Progress, search
+from .load import load_result
 from .objectives import OBJECTIVES, Objective
-from .result import Candidate, SearchResult, hypervolume, non_dominated
+from .result import SearchResult, hypervolume, non_dominated
 
-__all__ = ["Candidate", "OBJECTIVES", "Objective", "Progress", "SearchResult", "hypervolume", "non_dominated", "search"]
+__all__ = ["OBJECTIVES", "Objective", "Progress", "SearchResult", "hypervolume", "load_result", "non_dominated",
+           "search"]

@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from ..executors import Job, Outcome, make_executor
 from ..measure import LatencyConfig, Measurement
 from ..policy import Policy
+from ..recipe import InputSpec, fingerprint, versions
 from ..space import BoundSpace, SearchSpace, bind
 from ..task import Task
 from ..train import FinetuneConfig
@@ -129,6 +130,10 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
                                 _signature(model, bound, objs, ft, task))
     if created:
         study.set_user_attr("finetune", ft.to_dict())
+        # what a recipe exported later needs without the model: its fingerprint and the input spec
+        study.set_user_attr("fingerprint", fingerprint(model).to_dict())
+        study.set_user_attr("example_input", InputSpec.of(task.example_input).to_dict())
+        study.set_user_attr("versions", versions())
         for params in _baselines(bound):
             study.enqueue_trial(params, user_attrs={"baseline_policy": True})
     requeue_crashed(study)
@@ -139,7 +144,8 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
     try:
         baseline = _baseline(study, ex)
         eval_s += baseline[1]
-        result = SearchResult(study=study, baseline=baseline[0], objectives=objs, max_accuracy_drop=max_accuracy_drop)
+        result = SearchResult(study=study, baseline=baseline[0], objectives=objs, max_accuracy_drop=max_accuracy_drop,
+                              storage=storage)
         eval_s += _loop(study, ex, bound, objs, result, n_trials, timeout, max_accuracy_drop, progress, t_start)
     finally:
         ex.shutdown()
@@ -208,8 +214,8 @@ def _loop(study: optuna.Study, ex: Any, bound: BoundSpace, objs: Sequence[Object
 
 def _tell(study: optuna.Study, trial: optuna.trial.Trial, o: Outcome, objs: Sequence[Objective],
           baseline: Measurement, max_drop: float | None) -> bool:
-    trial.set_user_attr("eval_seconds", round(o.seconds, 4))
-    trial.set_user_attr("worker", o.worker)
+    # few writes per trial: each user attribute is one storage transaction
+    trial.set_user_attr("eval", {"seconds": round(o.seconds, 4), "worker": o.worker, "attempts": o.attempts})
     if not o.ok:
         trial.set_user_attr("failure", o.error)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -221,8 +227,6 @@ def _tell(study: optuna.Study, trial: optuna.trial.Trial, o: Outcome, objs: Sequ
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return False
     trial.set_user_attr("measurement", m.to_dict())
-    for key in ("accuracy", "size_bytes", "latency_ms", "macs", "runtime", "device"):
-        trial.set_user_attr(key, getattr(m, key))
     if max_drop is not None:
         trial.set_constraint("accuracy_drop", (baseline.accuracy - m.accuracy) - max_drop)
     frozen = study.tell(trial, values)

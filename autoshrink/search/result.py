@@ -8,24 +8,12 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RecipeError
 from ..measure import Measurement
-from ..policy import Policy
+from ..recipe import Recipe, recipe_from_search
 from .objectives import OBJECTIVES, Objective
 
 MINIMIZE = {"size": "size_bytes", "latency": "latency_ms", "macs": "macs"}
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One evaluated trial chosen from a search: its policy and what it measured."""
-
-    trial: int
-    policy: Policy
-    measurement: Measurement
-    baseline: Measurement
-    study_name: str
-    finetune: dict[str, Any]
 
 
 def non_dominated(points: np.ndarray) -> np.ndarray:
@@ -47,6 +35,7 @@ class SearchResult:
     objectives: tuple[Objective, ...]
     max_accuracy_drop: float | None = None
     timing: dict[str, float] = field(default_factory=dict)
+    storage: str | None = None  # the Optuna storage URL the study lives in
 
     # ------------------------------------------------------------------ tables
     @property
@@ -103,21 +92,29 @@ class SearchResult:
         return pd.DataFrame(rows).sort_values(["accuracy", "size_bytes"], ascending=[False, True]).reset_index(drop=True)
 
     # ------------------------------------------------------------------ selection
-    def candidate(self, trial_number: int) -> Candidate:
-        """The Candidate of one COMPLETE trial."""
-        try:
-            t = self.study.trials[trial_number]
-        except IndexError:
-            raise ConfigError(f"trial {trial_number}: the study has {len(self.study.trials)} trials.") from None
+    def recipe(self, trial_number: int) -> Recipe:
+        """The Recipe of one COMPLETE trial: its policy, fine-tune, measurement, the baseline and the
+        model fingerprint, all from the study's records (no model needed)."""
+        trials = self.study.trials
+        if isinstance(trial_number, bool) or not isinstance(trial_number, int) or not 0 <= trial_number < len(trials):
+            raise ConfigError(f"trial {trial_number!r}: the study has trials 0..{len(trials) - 1}; pick one of them.")
+        t = trials[trial_number]
         if t.state != optuna.trial.TrialState.COMPLETE or "measurement" not in t.user_attrs:
             raise ConfigError(f"trial {trial_number} is {t.state.name}, not COMPLETE; pick a completed trial.")
-        return Candidate(t.number, Policy.from_dict(t.user_attrs["policy"]),
-                         Measurement.from_dict(t.user_attrs["measurement"]), self.baseline, self.study.study_name,
-                         dict(self.study.user_attrs.get("finetune", {})))
+        attrs = self.study.user_attrs
+        name = self.study.study_name
+        if "fingerprint" not in attrs or "example_input" not in attrs:
+            raise RecipeError(f"study {name!r} holds no model fingerprint (it was created by an older autoshrink), "
+                              "so no recipe can be checked against a model. Fix: run the search in a new study.")
+        return recipe_from_search(study=name, storage=self.storage or "unknown", trial=t.number,
+                                  policy=t.user_attrs["policy"], measurement=t.user_attrs["measurement"],
+                                  baseline=self.baseline.to_dict(), finetune=attrs["finetune"],
+                                  fingerprint=attrs["fingerprint"], example_input=attrs["example_input"],
+                                  produced_by=attrs.get("versions"))
 
-    def best(self, max_accuracy_drop: float = 0.01, minimize: str = "size") -> Candidate:
-        """The trial with the smallest `minimize` (size, latency or macs) among those within
-        `max_accuracy_drop` (a fraction: 0.01 = 1 pp) of the baseline; ties -> higher accuracy."""
+    def best(self, max_accuracy_drop: float = 0.01, minimize: str = "size") -> Recipe:
+        """The Recipe of the trial with the smallest `minimize` (size, latency or macs) among those
+        within `max_accuracy_drop` (a fraction: 0.01 = 1 pp) of the baseline; ties -> higher accuracy."""
         if minimize not in MINIMIZE:
             raise ConfigError(f"best: minimize={minimize!r}; use one of {', '.join(MINIMIZE)}.")
         if not isinstance(max_accuracy_drop, (int, float)) or max_accuracy_drop < 0:
@@ -133,7 +130,7 @@ class SearchResult:
                               f"trial {int(closest['trial'])} at {closest['accuracy_drop'] * 100:.2f} pp. "
                               "Relax max_accuracy_drop or run more trials.")
         pick = ok.sort_values([MINIMIZE[minimize], "accuracy"], ascending=[True, False]).iloc[0]
-        return self.candidate(int(pick["trial"]))
+        return self.recipe(int(pick["trial"]))
 
     # ------------------------------------------------------------------ quality
     def reference_point(self) -> np.ndarray:

@@ -19,29 +19,46 @@ def default_storage(study_name: str) -> str:
     return f"sqlite:///studies/{study_name}.db"
 
 
-def _prepare_sqlite(url: str) -> None:
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
-        if path.parent and not path.parent.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+def make_storage(url: str) -> Any:
+    """An Optuna storage for `url`. SQLite files get WAL journaling and synchronous=NORMAL: about
+    half the cost per trial (measured 45 -> 25 ms), and the dashboard can read while a search writes."""
+    if not url.startswith("sqlite:///"):
+        return url
+    path = Path(url[len("sqlite:///"):])
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    from sqlalchemy import event
+
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+
+    @event.listens_for(storage.engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    storage.engine.dispose()  # later connections get the pragmas
+    return storage
 
 
 def open_study(storage: str, study_name: str, objectives: Sequence[Objective], sampler: optuna.samplers.BaseSampler,
                signature: dict[str, Any]) -> tuple[optuna.Study, bool]:
     """Create the study or resume it. Resuming checks what Optuna does not: the objectives, their
     directions and the searched parameters must be those the study was created with."""
-    _prepare_sqlite(storage)
+    url = storage
     try:
+        storage = make_storage(url)
         existing = study_name in optuna.study.get_all_study_names(storage)
     except Exception as exc:  # noqa: BLE001 - any storage failure: say which storage and why
-        raise ConfigError(f"storage {storage!r}: cannot open it ({type(exc).__name__}: {exc}).") from None
+        raise ConfigError(f"storage {url!r}: cannot open it ({type(exc).__name__}: {exc}).") from None
     study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler, load_if_exists=True,
                                 directions=[o.direction for o in objectives])
     names = [o.name for o in objectives]
     if existing:
         attrs = study.user_attrs
         if attrs.get("format") != FORMAT:
-            raise ConfigError(f"study {study_name!r} in {storage} was not created by autoshrink search; "
+            raise ConfigError(f"study {study_name!r} in {url} was not created by autoshrink search; "
                               "use another study_name.")
         stored = attrs.get("objectives")
         if stored != names or [d.name.lower() for d in study.directions] != [o.direction for o in objectives]:

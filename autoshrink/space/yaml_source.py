@@ -54,6 +54,9 @@ def load_yaml(path: str | Path) -> tuple[Any, Source]:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark else str(p)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if isinstance(exc, yaml.constructor.ConstructorError):  # e.g. !!python/object/apply: never constructed
+            raise ConfigError(f"{where}: not valid YAML here, tag refused ({problem}); only plain YAML is accepted "
+                              "(tags that build Python objects could run code). Remove the tag.") from None
         raise ConfigError(f"{where}: not valid YAML ({problem}); fix the syntax there.") from None
     lines: dict[str, int] = {}
     if node is not None:

@@ -2,6 +2,6 @@
 from __future__ import annotations
 
 from .digits import digits_model, digits_task
-from .models import DigitsCNN, DigitsMLP, LeNet5, LeNet300
+from .models import DigitsCNN, DigitsMLP, DigitsResNet, LeNet5, LeNet300
 
-__all__ = ["DigitsCNN", "DigitsMLP", "LeNet300", "LeNet5", "digits_model", "digits_task"]
+__all__ = ["DigitsCNN", "DigitsMLP", "DigitsResNet", "LeNet300", "LeNet5", "digits_model", "digits_task"]

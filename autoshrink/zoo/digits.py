@@ -9,9 +9,9 @@ from torch import nn
 
 from ..task import Task
 from ..train import finetune
-from .models import DigitsCNN, DigitsMLP
+from .models import DigitsCNN, DigitsMLP, DigitsResNet
 
-MODELS = {"mlp": DigitsMLP, "cnn": DigitsCNN}
+MODELS = {"mlp": DigitsMLP, "cnn": DigitsCNN, "resnet": DigitsResNet}
 
 
 @functools.lru_cache(maxsize=4)
@@ -47,7 +47,7 @@ def _trained(kind: str, seed: int, steps: int) -> nn.Module:
 
 
 def digits_model(kind: str = "cnn", *, seed: int = 0, steps: int = 1500) -> nn.Module:
-    """A digits model ("mlp" or "cnn") trained from scratch on CPU (deterministic, a few seconds).
+    """A digits model ("mlp", "cnn" or "resnet") trained from scratch on CPU (deterministic, a few seconds).
 
     Trained models are cached in process; each call returns a fresh copy.
     """

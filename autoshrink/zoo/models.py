@@ -41,6 +41,45 @@ class DigitsCNN(nn.Module):
         return self.fc2(x)
 
 
+class BasicBlock(nn.Module):
+    """ResNet basic block: conv-BN-ReLU-conv-BN plus the shortcut (a 1x1 conv + BN where the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        return self.act(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class DigitsResNet(nn.Module):
+    """ResNet-style CNN for 1x8x8 digits: stem conv 16 + BN, a residual block at 16 channels, one at 32
+    (stride 2, 1x1 projection shortcut), global average pool, fc 10 (19,706 parameters incl. BatchNorm)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.layer1 = BasicBlock(16, 16)
+        self.layer2 = BasicBlock(16, 32, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, 10)
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act(self.bn(self.stem(x)))
+        x = self.layer2(self.layer1(x))
+        return self.fc(self.pool(x).flatten(1))
+
+
 class LeNet5(nn.Module):
     """LeNet-5 for 1x28x28 inputs, channel widths multiplied by `width` (width 1: 6/16/120/84)."""
 

@@ -58,9 +58,14 @@ def test_baselines_are_the_first_trials(tiny_model, tiny_space, tmp_path) -> Non
 def test_trial_attributes_hold_measurement_and_breakdown(tiny_model, tiny_space, tmp_path) -> None:
     r = run(tiny_model, tiny_space, tmp_path, n_trials=4)
     attrs = r.study.trials[1].user_attrs
-    assert attrs["size_bytes"] == attrs["measurement"]["size_bytes"] and attrs["runtime"] in ("float", "int8-dynamic")
-    assert [layer["name"] for layer in attrs["measurement"]["layers"]] == ["fc1.weight", "fc2.weight"]
-    assert attrs["measurement"]["layers"][0]["bits"] == 8 and attrs["eval_seconds"] > 0
+    m = attrs["measurement"]
+    assert list(r.study.trials[1].values) == [m["accuracy"], m["size_bytes"], m["latency_ms"]]
+    assert m["runtime"] in ("float", "int8-dynamic") and m["device"] == "cpu"
+    assert [layer["name"] for layer in m["layers"]] == ["fc1.weight", "fc2.weight"]
+    assert m["layers"][0]["bits"] == 8 and attrs["eval"]["seconds"] > 0 and attrs["eval"]["worker"] == "local"
+    assert attrs["policy"] == {"layers": {"fc1": {"sparsity": 0.0, "structured": False, "bits": 8, "rank": 1.0},
+                                          "fc2": {"sparsity": 0.0, "structured": False, "bits": 8, "rank": 1.0}},
+                               "distill": False}
 
 
 class FailingExecutor(LocalExecutor):

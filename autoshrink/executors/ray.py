@@ -1,0 +1,297 @@
+"""RayExecutor: long-lived Ray actors evaluate candidates in parallel, on one machine or a cluster.
+
+The model, teacher and datasets travel to the object store once (one `ray.put` of the Job); each
+actor fetches them when it starts. The driver keeps up to `actors` trials in flight and takes
+results as they finish. An exception inside an evaluation fails that trial only (the actor lives
+on); an actor that dies is replaced and its trial re-run up to `max_retries` times, then failed
+with the reason. Latency timings take a per-node lock, so concurrent actors on one machine never
+time at the same moment. This is the only module that imports Ray.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import ray
+from ray.exceptions import RayActorError
+
+from ..errors import ConfigError
+from ..policy import Policy
+from ..train import FinetuneConfig
+from .base import Job, Outcome, run_job
+
+# Ray rewrites 127.0.0.1 to the machine's network address; other loopback addresses are kept.
+LOOPBACK = "127.0.0.2"
+LOCK_LEASE_S = 120.0  # a timing never holds the node lock longer; a dead holder frees it after this
+
+
+@ray.remote(num_cpus=0)
+class _NodeTimingLock:
+    """One per node: lets one actor time at a time. Leases expire, so a dead holder cannot block."""
+
+    def __init__(self) -> None:
+        self._holder: str | None = None
+        self._expires = 0.0
+
+    async def acquire(self, holder: str, lease_s: float = LOCK_LEASE_S) -> None:
+        import asyncio
+
+        while self._holder is not None and self._holder != holder and time.monotonic() < self._expires:
+            await asyncio.sleep(0.002)
+        self._holder, self._expires = holder, time.monotonic() + lease_s
+
+    async def release(self, holder: str) -> None:
+        if self._holder == holder:
+            self._holder = None
+
+
+def _lock_name(node_id: str) -> str:
+    return f"autoshrink-timing-lock-{node_id}"
+
+
+class _Worker:
+    """Actor body: holds the job; evaluates policies (see RayExecutor for the resources)."""
+
+    def __init__(self, job: Job, use_lock: bool) -> None:
+        import torch
+
+        from ..measure.latency import set_timing_guard
+
+        self.job = job
+        ctx = ray.get_runtime_context()
+        self.node_id = ctx.get_node_id()
+        address = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == self.node_id), "?")
+        self.name = f"{address}:{os.getpid()}"  # the node's own address (127.0.0.x on a loopback cluster)
+        gpu_ids = ray.get_gpu_ids()
+        self.device = f"cuda ({len(gpu_ids)} of GPU ids {gpu_ids})" if gpu_ids else "cpu"
+        self.threads = torch.get_num_threads()
+        if use_lock:
+            lock = ray.get_actor(_lock_name(self.node_id))
+            me = self.name
+
+            @contextlib.contextmanager
+            def guard() -> Iterator[None]:
+                ray.get(lock.acquire.remote(me))
+                try:
+                    yield
+                finally:
+                    ray.get(lock.release.remote(me))
+
+            set_timing_guard(guard)
+
+    def info(self) -> dict[str, Any]:
+        return {"worker": self.name, "node_id": self.node_id, "device": self.device, "threads": self.threads,
+                "pid": os.getpid()}
+
+    def evaluate(self, key: int, policy: Policy, finetune: FinetuneConfig | None) -> Outcome:
+        return run_job(self.job, key, policy, worker=self.name, finetune=finetune)
+
+
+_RemoteWorker = ray.remote(_Worker)
+
+
+@dataclass
+class _Slot:
+    handle: Any
+    busy_key: int | None = None
+    ref: Any = None
+    info: dict[str, Any] | None = None
+
+
+class RayExecutor:
+    """Evaluate candidates on Ray actors.
+
+    address: None starts a private local Ray instance (loopback only, stopped at the end);
+        "host:port" joins an existing cluster (see README: RAY_AUTH_MODE). actors: how many;
+        default as many as the cluster's CPUs (and GPUs) fit. cpus_per_actor: CPUs (torch threads)
+        each holds. gpus_per_actor: 0, or a fraction (0.25 = four actors share a GPU).
+        max_retries: re-runs of a trial whose actor died. init_kwargs: extra ray.init arguments.
+    """
+
+    def __init__(self, address: str | None = None, *, actors: int | None = None, cpus_per_actor: float = 1,
+                 gpus_per_actor: float = 0, max_retries: int = 2, init_kwargs: dict[str, Any] | None = None,
+                 lock_timings: bool = True) -> None:
+        if actors is not None and (isinstance(actors, bool) or not isinstance(actors, int) or actors < 1):
+            raise ConfigError(f"RayExecutor.actors: got {actors!r}; use a positive integer or None (as many as fit).")
+        if not isinstance(cpus_per_actor, (int, float)) or cpus_per_actor <= 0:
+            raise ConfigError(f"RayExecutor.cpus_per_actor: got {cpus_per_actor!r}; use a number > 0.")
+        if not isinstance(gpus_per_actor, (int, float)) or gpus_per_actor < 0 or (gpus_per_actor > 1 and gpus_per_actor % 1):
+            raise ConfigError(f"RayExecutor.gpus_per_actor: got {gpus_per_actor!r}; use 0, a fraction in (0, 1], "
+                              "or a whole number of GPUs.")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigError(f"RayExecutor.max_retries: got {max_retries!r}; use an integer >= 0.")
+        self.address = address
+        self.requested_actors = actors
+        self.cpus_per_actor = cpus_per_actor
+        self.gpus_per_actor = gpus_per_actor
+        self.max_retries = max_retries
+        self.init_kwargs = dict(init_kwargs or {})
+        self.lock_timings = lock_timings
+        self.capacity = actors or 1
+        self._started_ray = False
+        self._slots: list[_Slot] = []
+        self._locks: list[Any] = []
+        self._queue: deque[tuple[int, Policy, FinetuneConfig | None]] = deque()
+        self._work: dict[int, tuple[Policy, FinetuneConfig | None]] = {}
+        self._retries: dict[int, int] = {}
+        self._job_ref: Any = None
+        self.dispatch_s = 0.0  # driver time spent submitting and collecting (for overhead figures)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _init_ray(self) -> None:
+        if ray.is_initialized():
+            return
+        kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
+        if self.address:
+            kwargs["address"] = self.address
+        else:  # a private instance: loopback only, no dashboard
+            kwargs.update(include_dashboard=False, _node_ip_address=LOOPBACK)
+        kwargs.update(self.init_kwargs)
+        try:
+            ray.init(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - say what could not be reached and how to fix it
+            where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
+            hint = (" If the cluster uses token auth (Ray 2.60 default), set RAY_AUTH_MODE=token and put its token in "
+                    "~/.ray/auth_token, or start the head with RAY_AUTH_MODE=disabled." if self.address else "")
+            raise ConfigError(f"cannot start or join {where}: {type(exc).__name__}: {exc}.{hint}") from None
+        self._started_ray = True
+
+    def _actor_count(self) -> int:
+        res = ray.cluster_resources()
+        cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
+        if self.gpus_per_actor and gpus <= 0:
+            raise ConfigError(f"RayExecutor: gpus_per_actor={self.gpus_per_actor} but the Ray cluster has no GPU "
+                              "(it would wait forever); use gpus_per_actor=0 or add GPU nodes.")
+        fit = int(cpus // self.cpus_per_actor)
+        if self.gpus_per_actor:
+            fit = min(fit, int(round(gpus / self.gpus_per_actor, 6)))
+        if self.requested_actors is None:
+            if fit < 1:
+                raise ConfigError(f"RayExecutor: no actor fits (the cluster has {cpus:g} CPU and {gpus:g} GPU; each actor "
+                                  f"needs {self.cpus_per_actor:g} CPU and {self.gpus_per_actor:g} GPU).")
+            return fit
+        if self.requested_actors > fit:
+            n = self.requested_actors
+            raise ConfigError(f"RayExecutor: {n} actors need {n * self.cpus_per_actor:g} CPU and "
+                              f"{n * self.gpus_per_actor:g} GPU, but the cluster has {cpus:g} CPU and {gpus:g} GPU; "
+                              f"ask for fewer actors (at most {fit}).")
+        return self.requested_actors
+
+    def start(self, job: Job) -> None:
+        self._init_ray()
+        n = self._actor_count()
+        self.capacity = n
+        if self.lock_timings:
+            for node in ray.nodes():
+                if node.get("Alive"):
+                    strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+                    self._locks.append(_NodeTimingLock.options(name=_lock_name(node["NodeID"]), get_if_exists=True,
+                                                               scheduling_strategy=strategy).remote())
+        self._job_ref = ray.put(job)
+        self._slots = [_Slot(self._new_actor()) for _ in range(n)]
+        infos = ray.get([s.handle.info.remote() for s in self._slots])
+        for slot, info in zip(self._slots, infos):
+            slot.info = info
+
+    def _new_actor(self) -> Any:
+        return _RemoteWorker.options(num_cpus=self.cpus_per_actor, num_gpus=self.gpus_per_actor,
+                                     max_restarts=0, max_task_retries=0).remote(self._job_ref, self.lock_timings)
+
+    @property
+    def workers(self) -> list[dict[str, Any]]:
+        """Where the actors run (worker name, node id, device, threads, pid)."""
+        return [s.info for s in self._slots if s.info]
+
+    def shutdown(self) -> None:
+        for s in self._slots:
+            with contextlib.suppress(Exception):
+                ray.kill(s.handle)
+        for lock in self._locks:
+            with contextlib.suppress(Exception):
+                ray.kill(lock)
+        self._slots, self._locks = [], []
+        self._queue.clear()
+        self._work.clear()
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+        self._started_ray = False
+
+    # ------------------------------------------------------------------ work
+    def submit(self, key: int, policy: Policy, finetune: FinetuneConfig | None = None) -> None:
+        if not self._slots:
+            raise ConfigError("RayExecutor.submit before start(job).")
+        self._work[key] = (policy, finetune)
+        self._queue.append((key, policy, finetune))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        t0 = time.perf_counter()
+        for slot in self._slots:
+            if not self._queue:
+                break
+            if slot.busy_key is None:
+                key, policy, finetune = self._queue.popleft()
+                slot.busy_key, slot.ref = key, slot.handle.evaluate.remote(key, policy, finetune)
+        self.dispatch_s += time.perf_counter() - t0
+
+    def wait(self, timeout: float | None = None) -> list[Outcome]:
+        busy = {s.ref: s for s in self._slots if s.busy_key is not None}
+        if not busy:
+            return []
+        ready, _ = ray.wait(list(busy), num_returns=1, timeout=timeout)
+        t0 = time.perf_counter()
+        done: list[Outcome] = []
+        for ref in ready:
+            slot = busy[ref]
+            key = slot.busy_key
+            slot.busy_key, slot.ref = None, None
+            try:
+                outcome: Outcome | None = ray.get(ref)
+                deaths = self._retries.get(key, 0)
+                outcome = dataclasses.replace(outcome, attempts=deaths + 1)
+            except RayActorError as exc:
+                outcome = self._actor_died(slot, key, exc)  # None: re-queued for another attempt
+            if outcome is not None:
+                self._work.pop(key, None)
+                self._retries.pop(key, None)
+                done.append(outcome)
+        self.dispatch_s += time.perf_counter() - t0
+        self._dispatch()
+        return done
+
+    def _actor_died(self, slot: _Slot, key: int, exc: Exception) -> Outcome | None:
+        """Replace the dead actor; re-queue its trial unless it has used up its retries."""
+        who = slot.info["worker"] if slot.info else "an actor"
+        with contextlib.suppress(Exception):
+            ray.kill(slot.handle)
+        slot.handle = self._new_actor()
+        slot.info = None
+        tries = self._retries.get(key, 0) + 1
+        self._retries[key] = tries
+        reason = str(getattr(exc, "error_msg", "") or type(exc).__name__).splitlines()[0]
+        if tries > self.max_retries:
+            return Outcome(key, None, f"WorkerDied: the Ray actor ({who}) died {tries} time(s) evaluating this trial; "
+                                      f"last: {type(exc).__name__}: {reason}", 0.0, who, attempts=tries)
+        policy, finetune = self._work[key]
+        self._queue.appendleft((key, policy, finetune))
+        return None
+
+    def in_flight(self) -> dict[int, dict[str, Any]]:
+        """Trial key -> worker info (name, node, device, pid) for evaluations running now."""
+        return {s.busy_key: dict(s.info or {}) for s in self._slots if s.busy_key is not None}
+
+    def cancel(self) -> list[int]:
+        keys = [k for k, _, _ in self._queue] + [s.busy_key for s in self._slots if s.busy_key is not None]
+        self._queue.clear()
+        for s in self._slots:
+            if s.ref is not None:
+                with contextlib.suppress(Exception):
+                    ray.cancel(s.ref)
+            s.busy_key, s.ref = None, None
+        return keys

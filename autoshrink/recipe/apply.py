@@ -1,0 +1,122 @@
+"""apply_recipe: check a model against a recipe's fingerprint, then replay its policy and fine-tune."""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from ..errors import RecipeError
+from ..evaluate import compress
+from ..measure import LatencyConfig, Measurement, measure
+from ..policy import Policy
+from ..task import Task
+from ..techniques import ApplyReport, CompressionWarning
+from .fingerprint import Mismatch, compare, fingerprint, normalize, unwrap
+from .recipe import Recipe
+
+
+@dataclass(frozen=True)
+class RecipeReport:
+    """What apply_recipe did beyond the recipe: the model's mismatches against the fingerprint,
+    the policy layers left alone because of them (strict=False), and the policy's ApplyReport."""
+
+    mismatch: Mismatch
+    not_applied: tuple[str, ...]
+    applied: ApplyReport
+    finetuned: bool
+
+    def lines(self) -> list[str]:
+        out = self.mismatch.lines(limit=1000)
+        if self.not_applied:
+            out.append(f"not applied to {len(self.not_applied)} layer(s) that do not fit: "
+                       + ", ".join(self.not_applied))
+        return out + self.applied.lines()
+
+
+def _where(recipe: Recipe) -> str:
+    return f"recipe {recipe.path}" if recipe.path else f"recipe of study {recipe.source.study!r} trial {recipe.trial}"
+
+
+def _fitting_policy(target: nn.Module, recipe: Recipe, mismatch: Mismatch) -> tuple[Policy, tuple[str, ...]]:
+    """The recipe's policy keyed by the target's own module names, without layers that do not fit."""
+    actual = {normalize(n): n for n, _ in target.named_modules() if n}
+    bad = mismatch.names()
+    layers, left = {}, []
+    for name, lp in recipe.policy.layers.items():
+        key = normalize(name)
+        if key in bad or key not in actual:
+            left.append(name)
+        else:
+            layers[actual[key]] = lp
+    return Policy(layers=layers, distill=recipe.policy.distill), tuple(left)
+
+
+def apply_recipe_with_report(model: nn.Module, recipe: Recipe | str | os.PathLike[str], task: Task | None = None, *,
+                             strict: bool = True) -> tuple[nn.Module, RecipeReport]:
+    """Like `apply_recipe`, also returning the RecipeReport."""
+    if isinstance(recipe, (str, os.PathLike)):
+        recipe = Recipe.load(recipe)
+    if not isinstance(recipe, Recipe):
+        raise RecipeError(f"apply_recipe: recipe must be an autoshrink.Recipe or a path, got {type(recipe).__name__}.")
+    if not isinstance(model, nn.Module):
+        raise RecipeError(f"apply_recipe: model must be a torch.nn.Module, got {type(model).__name__}.")
+    if task is not None and not isinstance(task, Task):
+        raise RecipeError(f"apply_recipe: task must be an autoshrink.Task or None, got {type(task).__name__}.")
+    target = unwrap(model)
+    mismatch = compare(recipe.model, fingerprint(target))
+    if mismatch and strict:
+        raise RecipeError(
+            f"{_where(recipe)}: the model does not match the recipe's fingerprint ({recipe.model.model_class}): "
+            + "; ".join(mismatch.lines()) + ". Fix: apply it to the architecture it was made for (retrained "
+            "weights are fine), or pass strict=False (CLI: --no-strict) to apply the policy to the layers that match.")
+    policy, left = _fitting_policy(target, recipe, mismatch)
+    x = task.example_input if task is not None else recipe.example_input.zeros()
+    small, applied = compress(target, policy, task=task, finetune_config=recipe.finetune, example_input=x)
+    report = RecipeReport(mismatch, left, applied, finetuned=task is not None and recipe.finetune.steps > 0
+                          and bool(policy.active()))
+    if mismatch:
+        warnings.warn(f"{_where(recipe)} applied with strict=False to a model that does not match: "
+                      + "; ".join(report.lines()), CompressionWarning, stacklevel=3)
+    elif applied.skipped:
+        warnings.warn("some layers were not compressed as asked: " + "; ".join(map(str, applied.skipped)),
+                      CompressionWarning, stacklevel=3)
+    return small, report
+
+
+def apply_recipe(model: nn.Module, recipe: Recipe | str | os.PathLike[str], task: Task | None = None, *,
+                 strict: bool = True) -> nn.Module:
+    """Replay `recipe` on `model` and return the compressed copy (`model` is untouched).
+
+    The model must match the recipe's fingerprint (module names, types and parameter shapes;
+    weights may differ, e.g. a retrained copy); `module.` / `_orig_mod.` wrapper prefixes are
+    normalized and DDP / torch.compile wrappers are unwrapped (the result is the plain model). A
+    mismatch raises RecipeError listing missing, extra and reshaped layers; `strict=False` applies
+    the policy to the layers that fit and warns about the rest (see apply_recipe_with_report).
+    With `task`, the recorded fine-tune runs with the recorded seed (distilling from `model` when
+    the policy says so): on CPU the result is bitwise the weights the search measured. Without a
+    task only the policy is applied, traced with zeros of the recorded example-input shape.
+    """
+    return apply_recipe_with_report(model, recipe, task, strict=strict)[0]
+
+
+def _unmeasured(model: nn.Module, loader: object, device: torch.device) -> float:
+    return 0.0  # placeholder metric of the task-less measurement; reported as NaN below
+
+
+def measure_recipe(model: nn.Module, recipe: Recipe, task: Task | None = None, *,
+                   latency: LatencyConfig | None = None) -> Measurement:
+    """Measure a re-applied model comparably to the recipe: on the runtime the recipe recorded.
+
+    Without a task: size, MACs and latency on zeros of the recorded example-input shape; the
+    accuracy is NaN (not measured)."""
+    if task is not None:
+        return measure(model, task, runtime=recipe.measure_runtime, latency=latency)
+    x = recipe.example_input.zeros()
+    batch = x if x.dim() else x.reshape(1)
+    data = (batch, torch.zeros(batch.shape[0], dtype=torch.long))
+    zeros = Task(train_data=data, eval_data=data, example_input=x, metric=_unmeasured,
+                 device="cpu" if recipe.device == "cpu" else "auto")
+    return replace(measure(model, zeros, runtime=recipe.measure_runtime, latency=latency), accuracy=float("nan"))

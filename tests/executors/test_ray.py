@@ -1,0 +1,299 @@
+"""Ray executor: same numbers as local, faults, GPU fail-fast, a real two-node loopback cluster.
+
+Ray runs with explicit small resources on loopback; every process a test starts is stopped by PID.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import autoshrink as ash
+from autoshrink.errors import ConfigError
+from autoshrink.executors import Job, LocalExecutor
+from autoshrink.zoo import digits_task
+
+from ..search.conftest import FAST, Tiny
+
+ray = pytest.importorskip("ray")
+ROOT = Path(__file__).resolve().parents[2]
+L = ash.LayerPolicy
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One private Ray instance for this module: 2 CPUs, loopback (127.0.0.2: Ray rewrites .1), small store."""
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=200 * 1024**2,
+             _node_ip_address="127.0.0.2", logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_trained():
+    torch.manual_seed(0)
+    model = Tiny()
+    ash.finetune(model, digits_task(device="cpu"), steps=200, lr=3e-3)
+    return model
+
+
+POLICIES = [ash.Policy(), ash.Policy(layers={"fc1": L(bits=8)}),
+            ash.Policy(layers={"fc1": L(sparsity=0.8, bits=4), "fc2": L(bits=8)}, distill=True),
+            ash.Policy(layers={"fc1": L(rank=0.25), "fc2": L(sparsity=0.5)})]
+
+
+def _run_all(ex, job, policies):
+    ex.start(job)
+    try:
+        for i, p in enumerate(policies):
+            ex.submit(i, p)
+        out = {}
+        while len(out) < len(policies):
+            for o in ex.wait():
+                out[o.key] = o
+        return out
+    finally:
+        ex.shutdown()
+
+
+def test_import_autoshrink_does_not_import_ray() -> None:
+    code = "import sys, autoshrink; assert 'ray' not in sys.modules, 'ray imported'; autoshrink.RayExecutor"
+    proc = subprocess.run([sys.executable, "-c", code + "; assert 'ray' in sys.modules"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+
+
+def test_ray_and_local_measure_the_same(ray_local, tiny_trained) -> None:
+    job = Job(model=tiny_trained, task=digits_task(device="cpu"), finetune=ash.FinetuneConfig(steps=20), latency=FAST)
+    local = _run_all(LocalExecutor(), job, POLICIES)
+    remote = _run_all(ash.RayExecutor(actors=2), job, POLICIES)
+    for i in range(len(POLICIES)):
+        a, b = local[i].measurement, remote[i].measurement
+        assert a.size_bytes == b.size_bytes and a.macs == b.macs and a.params == b.params
+        assert b.accuracy == pytest.approx(a.accuracy, abs=1 / 360 + 1e-9)  # at most one image of 360
+        assert remote[i].worker.startswith("127.0.0.2:") and remote[i].attempts == 1
+    assert {remote[i].worker for i in remote} and all(remote[i].measurement.threads == 1 for i in remote)
+
+
+def test_an_exception_fails_one_trial_and_the_actor_lives_on(ray_local, tiny_trained) -> None:
+    job = Job(model=tiny_trained, task=digits_task(device="cpu"), finetune=ash.FinetuneConfig(steps=0), latency=FAST)
+    ex = ash.RayExecutor(actors=1)
+    out = _run_all(ex, job, [ash.Policy(layers={"nope": L(bits=8)}), ash.Policy(layers={"fc1": L(bits=8)})])
+    assert out[0].error.startswith("PolicyError: policy names 1 layer(s) the model does not have: 'nope'")
+    assert out[1].ok and out[1].worker == out[0].worker  # same actor process served both
+
+
+def test_gpu_request_without_gpus_fails_fast(ray_local, tiny_trained) -> None:
+    job = Job(model=tiny_trained, task=digits_task(device="cpu"), finetune=ash.FinetuneConfig(steps=0))
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"gpus_per_actor=0.25 but the Ray cluster has no GPU"):
+        ash.RayExecutor(actors=2, gpus_per_actor=0.25).start(job)
+    assert time.perf_counter() - t0 < 10
+
+
+def test_too_many_actors_is_a_clear_error(ray_local, tiny_trained) -> None:
+    job = Job(model=tiny_trained, task=digits_task(device="cpu"), finetune=ash.FinetuneConfig(steps=0))
+    with pytest.raises(ConfigError, match=r"3 actors need 3 CPU and 0 GPU, but the cluster has 2 CPU and 0 GPU; ask for fewer actors \(at most 2\)"):
+        ash.RayExecutor(actors=3).start(job)
+
+
+def test_actor_killed_mid_search_is_replaced_and_its_trial_retried(ray_local, tiny_trained, tmp_path) -> None:
+    space_file = tmp_path / "s.yaml"
+    space_file.write_text("defaults: {sparsity: [0.0, 0.5, 0.9], bits: [32, 8, 4]}\nfinetune: {steps: 150}\n")
+    ex = ash.RayExecutor(actors=2)
+    killed: dict[str, object] = {}
+
+    def kill_a_busy_actor(progress) -> None:
+        if killed or progress.done < 2:
+            return
+        busy = ex.in_flight()
+        if busy:
+            key, info = next(iter(busy.items()))
+            os.kill(info["pid"], signal.SIGKILL)
+            killed.update(key=key, pid=info["pid"])
+
+    r = ash.search(tiny_trained, digits_task(device="cpu"), ash.load_space(space_file), n_trials=8, executor=ex,
+                   storage=f"sqlite:///{tmp_path}/k.db", study_name="k", latency=FAST, progress=kill_a_busy_actor)
+    assert killed, "no actor was busy to kill"
+    trials = r.study.trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 8
+    retried = trials[killed["key"]]
+    assert retried.user_attrs["eval"]["attempts"] == 2
+    assert not retried.user_attrs["eval"]["worker"].endswith(f":{killed['pid']}")
+
+
+# ----------------------------------------------------------------------------- two-node cluster
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.2", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(pid: int) -> set[int]:
+    """PIDs below `pid` (walks /proc; no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _with_arg(text: str) -> set[int]:
+    """PIDs whose command line contains `text`."""
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if text in Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace"):
+                    out.add(int(entry))
+            except OSError:
+                continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+DRIVER = textwrap.dedent("""
+    import json, sys, torch
+    sys.path.insert(0, {root!r})
+    import autoshrink as ash
+    from autoshrink.zoo import digits_task
+    from tests.search.conftest import Tiny, FAST
+    torch.manual_seed(0)
+    model = Tiny()
+    ex = ash.RayExecutor(address={address!r}, actors=2)
+    space = ash.load_space({space!r})
+    r = ash.search(model, digits_task(device="cpu"), space, n_trials=6, executor=ex, latency=FAST,
+                   storage={storage!r}, study_name="cluster", sampler="random")
+    print(json.dumps([t.user_attrs["eval"]["worker"] for t in r.study.trials]))
+""")
+
+
+def test_two_node_loopback_cluster(tmp_path) -> None:
+    port = _free_port()
+    temp = tempfile.mkdtemp(prefix="ashray", dir="/tmp")  # short: Ray's socket paths are length-limited
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    common = ["--num-cpus=1", "--num-gpus=0", "--memory=1000000000", "--object-store-memory=150000000",
+              f"--temp-dir={temp}", "--block"]
+    head = subprocess.Popen([ray_bin, "start", "--head", "--node-ip-address=127.0.0.2", f"--port={port}",
+                             "--include-dashboard=false", *common],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    started = [head]
+    pids: set[int] = set()
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:  # the head is up when its GCS port accepts connections
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.2", port)) == 0:
+                    break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the Ray head did not come up in 60 s")
+        worker = subprocess.Popen([ray_bin, "start", f"--address=127.0.0.2:{port}", "--node-ip-address=127.0.0.3",
+                                   *common], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        started.append(worker)
+        space = tmp_path / "s.yaml"
+        space.write_text("defaults: {bits: [32, 8, 4], sparsity: [0.0, 0.5]}\nfinetune: {steps: 20}\n")
+        code = DRIVER.format(root=str(ROOT), address=f"127.0.0.2:{port}", space=str(space),
+                             storage=f"sqlite:///{tmp_path}/c.db")
+        time.sleep(3)  # let the second node register
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        import json
+
+        workers = json.loads(proc.stdout.strip().splitlines()[-1])
+        nodes = {w.split(":")[0] for w in workers}
+        assert nodes == {"127.0.0.2", "127.0.0.3"}, workers
+    finally:
+        for p in started:
+            pids |= _descendants(p.pid) | {p.pid}
+        pids |= _with_arg(temp)  # daemons re-parented away from `ray start` still name our temp dir
+        for p in started:
+            p.send_signal(signal.SIGTERM)
+        for p in started:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        deadline = time.time() + 20
+        while time.time() < deadline and any(_alive(pid) for pid in pids):
+            time.sleep(0.5)
+        for pid in pids:  # anything the blocked `ray start` left behind, by PID
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not [pid for pid in pids if _alive(pid)]
+
+
+CTRL_C_DRIVER = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {root!r})
+    import autoshrink as ash
+    from autoshrink.zoo import digits_task
+    from tests.search.conftest import Tiny, FAST
+    torch.manual_seed(0)
+    ex = ash.RayExecutor(actors=2, init_kwargs={{"num_cpus": 2, "object_store_memory": 150 * 1024**2}})
+    def show(p):
+        print("done", p.done, flush=True)
+    ash.search(Tiny(), digits_task(device="cpu"), ash.load_space({space!r}), n_trials=40, executor=ex, latency=FAST,
+               storage={storage!r}, study_name="c", progress=show)
+""")
+
+
+def test_ctrl_c_fails_and_requeues_pending_trials_and_releases_ray(tmp_path) -> None:
+    import optuna
+
+    space = tmp_path / "s.yaml"
+    space.write_text("defaults: {bits: [32, 8, 4], sparsity: [0.0, 0.5]}\nfinetune: {steps: 300}\n")
+    storage = f"sqlite:///{tmp_path}/c.db"
+    code = CTRL_C_DRIVER.format(root=str(ROOT), space=str(space), storage=storage)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # wait until two trials finished, so two more are in flight
+            if line.startswith("done 2"):
+                break
+        below = _descendants(proc.pid)
+        assert below, "the driver started no Ray processes"
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr.read()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_alive(p) for p in below):
+        time.sleep(0.5)
+    assert not [p for p in below if _alive(p)], "Ray processes outlived the interrupted driver"
+    study = optuna.load_study(study_name="c", storage=storage)
+    interrupted = [t for t in study.trials if t.user_attrs.get("crashed")]
+    assert interrupted and all(t.state.name == "FAIL" for t in interrupted)
+    waiting = {t.user_attrs.get("retry_of"): t.system_attrs["fixed_params"]  # queued trials hold their params here
+               for t in study.trials if t.state.name == "WAITING"}
+    assert {t.number: t.params for t in interrupted} == waiting  # same parameters queued again
