@@ -71,6 +71,7 @@ class _Worker:
         gpu_ids = ray.get_gpu_ids()
         self.device = f"cuda ({len(gpu_ids)} of GPU ids {gpu_ids})" if gpu_ids else "cpu"
         self.threads = torch.get_num_threads()
+        self._warm_up()
         if use_lock:
             lock = ray.get_actor(_lock_name(self.node_id))
             me = self.name
@@ -84,6 +85,18 @@ class _Worker:
                     ray.get(lock.release.remote(me))
 
             set_timing_guard(guard)
+
+    def _warm_up(self) -> None:
+        """Pay one-off costs at construction, in parallel across actors, not in the first trial:
+        the MAC counter's first use imports torch._dynamo (~1 s) and the process timing warm-up."""
+        from ..measure.latency import LatencyConfig, time_forward
+        from ..measure.macs import count_macs
+
+        x = self.job.task.example_input
+        device = self.job.task.torch_device
+        model = self.job.model.to(device).eval()
+        count_macs(model, x, device)
+        time_forward(model, x, device, LatencyConfig(warmup=1, min_repeats=1, min_seconds=0.0))
 
     def info(self) -> dict[str, Any]:
         return {"worker": self.name, "node_id": self.node_id, "device": self.device, "threads": self.threads,

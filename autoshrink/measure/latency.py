@@ -17,7 +17,7 @@ class LatencyConfig:
 
     warmup: int = 5
     min_repeats: int = 20
-    min_seconds: float = 0.25
+    min_seconds: float = 0.1
     max_repeats: int = 2000
 
 
@@ -45,7 +45,7 @@ def timing_guard() -> Iterator[None]:
 
 
 _warmed: set[str] = set()
-PROCESS_WARMUP_S = 1.0
+PROCESS_WARMUP_S = 0.5
 
 
 def _warm_process(model: nn.Module, x: Tensor, device: torch.device) -> None:
