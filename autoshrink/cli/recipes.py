@@ -1,0 +1,136 @@
+"""`autoshrink export` and `autoshrink apply`: recipes from the shell."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def _study_location(study: str, storage: str | None) -> tuple[str, str]:
+    """STUDY is a study config YAML (its name and storage) or a study name (default SQLite storage)."""
+    from pathlib import Path
+
+    if Path(study).suffix in (".yaml", ".yml") or Path(study).is_file():
+        from ..search.config import load_study_config
+
+        cfg = load_study_config(study)
+        return cfg.name, storage or cfg.storage or f"sqlite:///studies/{cfg.name}.db"
+    return study, storage or f"sqlite:///studies/{study}.db"
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..search import load_result
+
+    if args.trial is not None and args.minimize is not None:
+        raise ConfigError("export: --minimize goes with --max-accuracy-drop, not with --trial; drop one of them.")
+    name, storage = _study_location(args.study, args.storage)
+    result = load_result(name, storage)
+    if args.trial is not None:
+        recipe = result.recipe(args.trial)
+    else:
+        recipe = result.best(max_accuracy_drop=args.max_accuracy_drop, minimize=args.minimize or "size")
+    recipe.save(args.output)
+    m, b = recipe.metrics, recipe.baseline
+    print(f"wrote {args.output}: study {name!r} trial {recipe.trial}: accuracy {m.accuracy * 100:.2f}% (baseline "
+          f"{b.accuracy * 100:.2f}%), {m.size_bytes} B ({b.size_bytes / m.size_bytes:.1f}x smaller), "
+          f"{m.latency_ms:.3f} ms ({m.runtime}, batch {m.batch_size}, {recipe.device}), {m.macs} MACs")
+    return 0
+
+
+def _json_kwargs(text: str | None, flag: str) -> dict:
+    from ..errors import ConfigError
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{flag}: not valid JSON ({exc.msg} at column {exc.colno}): {text!r}; "
+                          """use an object such as '{"kind": "cnn"}'.""") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{flag}: got {text!r}; use a JSON object of keyword arguments, e.g. '{{\"seed\": 1}}'.")
+    return value
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from torch import nn
+
+    from ..errors import ConfigError
+    from ..measure import save_packed
+    from ..recipe import Recipe, apply_recipe_with_report, measure_recipe
+    from ..search.config import load_entry_point
+    from ..space.yaml_source import Source
+    from ..task import Task
+
+    recipe = Recipe.load(args.recipe)
+    cli = Source("command line")
+    model = load_entry_point(args.model, "--model", cli)(**_json_kwargs(args.model_args, "--model-args"))
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--model {args.model} returned {type(model).__name__}, not a torch.nn.Module; "
+                          "name a factory that returns the trained model.")
+    task = None
+    if args.task:
+        task = load_entry_point(args.task, "--task", cli)(**_json_kwargs(args.task_args, "--task-args"))
+        if not isinstance(task, Task):
+            raise ConfigError(f"--task {args.task} returned {type(task).__name__}, not an autoshrink.Task.")
+    small, report = apply_recipe_with_report(model, recipe, task, strict=not args.no_strict)
+    written = save_packed(small, args.out)
+    got, rec = measure_recipe(small, recipe, task), recipe.metrics
+    keys = ("accuracy", "size_bytes", "latency_ms", "macs")
+    measured = {k: (None if k == "accuracy" and task is None else getattr(got, k)) for k in keys}
+    if args.json:
+        print(json.dumps({"recipe": args.recipe, "study": recipe.source.study, "trial": recipe.trial, "out": args.out,
+                          "file_bytes": written, "finetuned": report.finetuned, "runtime": got.runtime,
+                          "recorded": {k: getattr(rec, k) for k in keys}, "measured": measured,
+                          "notes": report.lines()}, indent=1))
+        return 0
+    how = (f"with the task and the recorded fine-tune ({recipe.finetune.steps} steps, seed {recipe.seed})"
+           if report.finetuned else "policy only" + ("" if task else f" (no --task: no fine-tune, traced with zeros "
+                                                                   f"of shape {list(recipe.example_input.shape)})"))
+    print(f"applied {args.recipe} (study {recipe.source.study!r} trial {recipe.trial}) to "
+          f"{type(small).__name__}, {how}")
+    print(f"{'':<12}{'recorded':>14}{'re-applied':>14}")
+    for k in keys:
+        fmt = (lambda v: "-" if v is None else f"{v * 100:.2f}%") if k == "accuracy" else (
+            (lambda v: f"{v:.4f}") if k == "latency_ms" else str)
+        print(f"{k:<12}{fmt(getattr(rec, k)):>14}{fmt(measured[k]):>14}")
+    print(f"latency: {got.runtime} runtime, batch {got.batch_size}, {got.device}, {got.threads} threads "
+          f"(recorded: {rec.runtime}, batch {rec.batch_size}, {recipe.device}, {rec.threads} threads)")
+    for line in report.lines():
+        print(f"note: {line}")
+    print(f"wrote {args.out} ({written} bytes)")
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    exp = sub.add_parser("export", help="export a trial of a study as a recipe YAML (no model needed)",
+                         description="Write the recipe of one trial of a finished search: a trial by number, or "
+                                     "the smallest (or fastest) within an accuracy drop. Opens the study read-only.")
+    exp.add_argument("study", metavar="STUDY", help="a study config YAML (its name and storage) or a study name")
+    pick = exp.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--trial", type=int, help="the trial number to export")
+    pick.add_argument("--max-accuracy-drop", type=float, metavar="X",
+                      help="export the best trial within this accuracy drop (a fraction: 0.01 = 1 pp)")
+    exp.add_argument("--minimize", choices=("size", "latency", "macs"),
+                     help="with --max-accuracy-drop: what the best trial minimizes (default size)")
+    exp.add_argument("-o", "--output", required=True, help="the recipe YAML to write, e.g. recipe.yaml")
+    exp.add_argument("--storage", help="Optuna storage URL (default: the config's, or sqlite:///studies/<name>.db)")
+    exp.set_defaults(func=_cmd_export)
+
+    app = sub.add_parser("apply", help="apply a recipe to a model and write the packed .ashz",
+                         description="Check the model against the recipe's fingerprint, replay its policy (and, with "
+                                     "--task, its fine-tune), write the packed artifact and print its measured "
+                                     "numbers next to the recipe's.")
+    app.add_argument("recipe", help="recipe YAML written by `autoshrink export` or Recipe.save")
+    app.add_argument("--model", required=True, metavar="MODULE:FACTORY",
+                     help="'package.module:callable' returning the trained model")
+    app.add_argument("--model-args", metavar="JSON", help="keyword arguments of the model factory, a JSON object")
+    app.add_argument("--task", metavar="MODULE:FACTORY",
+                     help="'package.module:callable' returning an ash.Task: fine-tune as recorded, measure accuracy")
+    app.add_argument("--task-args", metavar="JSON", help="keyword arguments of the task factory, a JSON object")
+    app.add_argument("--out", required=True, help="the packed model to write, e.g. model.ashz")
+    app.add_argument("--no-strict", action="store_true",
+                     help="apply the policy to the layers that match the fingerprint and report the others")
+    app.add_argument("--json", action="store_true", help="print the result as JSON")
+    app.set_defaults(func=_cmd_apply)
