@@ -38,3 +38,8 @@ def describe(value: object, limit: int = 80) -> str:
     """Short repr of a user value for error messages."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class ExecutorUnavailable(ConfigError):
+    """An executor cannot run here (Ray cannot start or join, or the requested resources do not exist)."""
+

@@ -7,6 +7,8 @@ import sys
 import pytest
 import torch
 
+import autoshrink as ash
+
 from autoshrink.cli import main
 
 
@@ -14,13 +16,14 @@ def test_help_for_every_command(capsys) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0 and "demo" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as e:
-        main(["demo", "--help"])
-    assert e.value.code == 0 and "--steps" in capsys.readouterr().out
+    for command in ("demo", "walkthrough", "search", "export", "apply"):
+        with pytest.raises(SystemExit) as e:
+            main([command, "--help"])
+        assert e.value.code == 0 and "usage: autoshrink " + command in capsys.readouterr().out
 
 
-def test_demo_prints_a_measured_table(capsys) -> None:
-    assert main(["demo", "--steps", "5", "--quiet"]) == 0
+def test_walkthrough_prints_a_measured_table(capsys) -> None:
+    assert main(["walkthrough", "--steps", "5", "--quiet"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("-----")) + 1
@@ -30,8 +33,8 @@ def test_demo_prints_a_measured_table(capsys) -> None:
     assert "baseline (float32, untouched)" in out and "structured 50% channels + KD" in out
 
 
-def test_demo_json(capsys) -> None:
-    assert main(["demo", "--steps", "2", "--json"]) == 0
+def test_walkthrough_json(capsys) -> None:
+    assert main(["walkthrough", "--steps", "2", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert len(data["rows"]) == 9 and data["baseline"]["macs"] == 1330432
     assert all(r["size_bytes"] < data["baseline"]["size_bytes"] for r in data["rows"])
@@ -39,8 +42,49 @@ def test_demo_json(capsys) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error path")
 def test_user_error_is_one_line_exit_2() -> None:
-    proc = subprocess.run([sys.executable, "-m", "autoshrink.cli", "demo", "--device", "cuda"],
+    proc = subprocess.run([sys.executable, "-m", "autoshrink.cli", "walkthrough", "--device", "cuda"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("autoshrink: error: Task.device")
     assert "Traceback" not in proc.stderr
+
+
+def _demo_args(tmp_path, *extra: str) -> list[str]:
+    return ["demo", "--trials", "5", "--steps", "5", "--max-accuracy-drop", "0.05", *extra]
+
+
+def test_demo_smoke_local(tmp_path, monkeypatch, capsys) -> None:
+    """The main job with a tiny budget: search, front, recipe, report, next commands."""
+    monkeypatch.chdir(tmp_path)
+    assert main(_demo_args(tmp_path, "--executor", "local")) == 0
+    out = capsys.readouterr().out
+    assert "[  5/5]" in out and "Pareto front" in out and "chosen (smallest within 5 pp)" in out
+    assert "autoshrink dashboard studies/demo/demo.db" in out and "autoshrink apply studies/demo/recipe.yaml" in out
+    recipe = ash.Recipe.load(tmp_path / "studies/demo/recipe.yaml")
+    assert recipe.source.study == "demo" and recipe.source.trial == recipe.trial
+    assert (tmp_path / "studies/demo/report.html").stat().st_size > 1_000_000  # plotly inlined
+    assert (tmp_path / "studies/demo/digits_cnn-seed0.pt").exists()
+    # a second run resumes the finished study instead of redoing it
+    assert main(_demo_args(tmp_path, "--executor", "local", "--json")) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["executor"] == "local" and data["chosen_trial"] == recipe.trial
+    import optuna
+
+    assert len(optuna.load_study(study_name="demo", storage="sqlite:///studies/demo/demo.db").trials) == 5
+
+
+def test_demo_smoke_ray_subprocess(tmp_path) -> None:
+    """Default executor (Ray, 2 actors) in a fresh process, as `make demo` runs it."""
+    proc = subprocess.run([sys.executable, "-m", "autoshrink.cli", *_demo_args(tmp_path, "--json")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout)
+    assert data["executor"] in ("ray", "local")
+    if data["executor"] == "local":
+        assert "notice: Ray is not available" in proc.stdout + proc.stderr
+    import optuna
+
+    trials = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path}/studies/demo/demo.db").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 5
+    if data["executor"] == "ray":
+        assert all(t.user_attrs["eval"]["worker"].startswith("127.0.0.2:") for t in trials)

@@ -7,9 +7,9 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import AutoshrinkError
-from . import demo, recipes, search
+from . import dashboard, demo, recipes, report, search, walkthrough
 
-COMMANDS = (demo, search, recipes)
+COMMANDS = (demo, search, recipes, walkthrough, dashboard, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

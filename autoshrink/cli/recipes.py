@@ -32,6 +32,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         recipe = result.best(max_accuracy_drop=args.max_accuracy_drop, minimize=args.minimize or "size")
     recipe.save(args.output)
     m, b = recipe.metrics, recipe.baseline
+    if args.json:
+        print(json.dumps({"recipe": args.output, "study": name, "trial": recipe.trial, "metrics": m.to_dict(),
+                          "baseline": b.to_dict(), "policy": recipe.policy.to_dict()}, indent=1))
+        return 0
     print(f"wrote {args.output}: study {name!r} trial {recipe.trial}: accuracy {m.accuracy * 100:.2f}% (baseline "
           f"{b.accuracy * 100:.2f}%), {m.size_bytes} B ({b.size_bytes / m.size_bytes:.1f}x smaller), "
           f"{m.latency_ms:.3f} ms ({m.runtime}, batch {m.batch_size}, {recipe.device}), {m.macs} MACs")
@@ -116,6 +120,7 @@ def add_parser(sub: Any) -> None:
                      help="with --max-accuracy-drop: what the best trial minimizes (default size)")
     exp.add_argument("-o", "--output", required=True, help="the recipe YAML to write, e.g. recipe.yaml")
     exp.add_argument("--storage", help="Optuna storage URL (default: the config's, or sqlite:///studies/<name>.db)")
+    exp.add_argument("--json", action="store_true", help="print what was exported as JSON")
     exp.set_defaults(func=_cmd_export)
 
     app = sub.add_parser("apply", help="apply a recipe to a model and write the packed .ashz",

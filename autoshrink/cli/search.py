@@ -5,12 +5,7 @@ import argparse
 import json
 from typing import Any
 
-
-def _fmt_s(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"
+from .common import front_table, progress_printer
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -25,40 +20,23 @@ def _cmd_search(args: argparse.Namespace) -> int:
     task = load_entry_point(cfg.task, "task", src)(**cfg.task_args)
     model = load_entry_point(cfg.model, "model", src)(**cfg.model_args)
     n_trials = args.n_trials if args.n_trials is not None else cfg.n_trials
-
-    def show(p) -> None:
-        last = p.last
-        what = (f"acc {last['accuracy'] * 100:.2f}%  {last['size_bytes']} B  {last['latency_ms']:.3f} ms" if last["ok"]
-                else f"FAILED: {last['error']}")
-        best = f"{p.best_compression:.1f}x" if p.best_compression else "-"
-        print(f"[{p.done:>3}/{p.target}] trial {last['trial']:>3} {what} | failed {p.failed} | front {p.front_size} "
-              f"| best size within the drop {best} | {_fmt_s(p.elapsed_s)} elapsed, ~{_fmt_s(p.remaining_s)} left",
-              flush=True)
+    drop = cfg.max_accuracy_drop
+    drop_label = f"{drop * 100:g} pp" if drop is not None else "1 pp"
 
     result = search(model, task, space, objectives=cfg.objectives, n_trials=n_trials,
                     timeout=args.timeout if args.timeout is not None else cfg.timeout,
                     finetune_steps=cfg.finetune_steps, executor=args.executor or cfg.executor,
                     storage=args.storage or cfg.storage, study_name=args.study_name or cfg.name,
                     sampler=cfg.sampler, seed=cfg.seed if args.seed is None else args.seed,
-                    max_accuracy_drop=cfg.max_accuracy_drop, progress=None if quiet else show)
+                    max_accuracy_drop=cfg.max_accuracy_drop, progress=None if quiet else progress_printer(drop_label))
     front = result.pareto
     if args.json:
         print(json.dumps({"study": result.study.study_name, "baseline": result.baseline.to_dict(),
                           "timing": result.timing, "hypervolume": result.hypervolume(),
                           "pareto": json.loads(front.to_json(orient="records"))}, indent=1))
         return 0
-    b = result.baseline
-    print(f"\nbaseline: accuracy {b.accuracy * 100:.2f}%, {b.size_bytes} B, {b.latency_ms:.3f} ms at batch "
-          f"{b.batch_size} on {b.device} ({b.threads} threads), {b.macs} MACs")
-    cols = ["trial", "accuracy", "accuracy_drop", "size_bytes", "compression", "latency_ms", "speedup", "macs", "runtime"]
-    if front.empty:
-        print("no feasible trial yet")
-    else:
-        table = front[cols].copy()
-        table["accuracy"] = (table["accuracy"] * 100).round(2)
-        table["accuracy_drop"] = (table["accuracy_drop"] * 100).round(2)
-        print(f"Pareto front ({len(front)} trials; accuracy and drop in %):")
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print()
+    print(front_table(result))
     t = result.timing
     print(f"\n{t['wall_s']:.1f} s wall, {t['eval_s']:.1f} s evaluating, engine overhead "
           f"{t['overhead_fraction'] * 100:.1f}%; hypervolume {result.hypervolume():.4f}; "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ExecutorUnavailable
 from .base import Executor, Job, Outcome, run_job
 from .local import LocalExecutor
 
@@ -16,7 +16,7 @@ def make_executor(spec: Any) -> Any:
         try:
             from .ray import RayExecutor  # noqa: PLC0415 - Ray is imported only when asked for
         except ImportError as exc:
-            raise ConfigError(f"executor='ray': the Ray executor is not available ({exc}); use executor='local'.") from None
+            raise ExecutorUnavailable(f"executor='ray': the Ray executor is not available ({exc}); use executor='local'.") from None
         return RayExecutor()
     if isinstance(spec, str):
         raise ConfigError(f"executor: got {spec!r}; use 'local', 'ray' or an executor object.")

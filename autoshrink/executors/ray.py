@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import ray
 from ray.exceptions import RayActorError
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ExecutorUnavailable
 from ..policy import Policy
 from ..train import FinetuneConfig
 from .base import Job, Outcome, run_job
@@ -163,8 +163,8 @@ class RayExecutor:
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
         if self.address:
             kwargs["address"] = self.address
-        else:  # a private instance: loopback only, no dashboard
-            kwargs.update(include_dashboard=False, _node_ip_address=LOOPBACK)
+        else:  # a private instance: loopback only, no dashboard, no notices about cluster-wide settings
+            kwargs.update(include_dashboard=False, _node_ip_address=LOOPBACK, logging_level=logging.ERROR)
         kwargs.update(self.init_kwargs)
         try:
             ray.init(**kwargs)
@@ -172,26 +172,26 @@ class RayExecutor:
             where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
             hint = (" If the cluster uses token auth (Ray 2.60 default), set RAY_AUTH_MODE=token and put its token in "
                     "~/.ray/auth_token, or start the head with RAY_AUTH_MODE=disabled." if self.address else "")
-            raise ConfigError(f"cannot start or join {where}: {type(exc).__name__}: {exc}.{hint}") from None
+            raise ExecutorUnavailable(f"cannot start or join {where}: {type(exc).__name__}: {exc}.{hint}") from None
         self._started_ray = True
 
     def _actor_count(self) -> int:
         res = ray.cluster_resources()
         cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
         if self.gpus_per_actor and gpus <= 0:
-            raise ConfigError(f"RayExecutor: gpus_per_actor={self.gpus_per_actor} but the Ray cluster has no GPU "
+            raise ExecutorUnavailable(f"RayExecutor: gpus_per_actor={self.gpus_per_actor} but the Ray cluster has no GPU "
                               "(it would wait forever); use gpus_per_actor=0 or add GPU nodes.")
         fit = int(cpus // self.cpus_per_actor)
         if self.gpus_per_actor:
             fit = min(fit, int(round(gpus / self.gpus_per_actor, 6)))
         if self.requested_actors is None:
             if fit < 1:
-                raise ConfigError(f"RayExecutor: no actor fits (the cluster has {cpus:g} CPU and {gpus:g} GPU; each actor "
+                raise ExecutorUnavailable(f"RayExecutor: no actor fits (the cluster has {cpus:g} CPU and {gpus:g} GPU; each actor "
                                   f"needs {self.cpus_per_actor:g} CPU and {self.gpus_per_actor:g} GPU).")
             return fit
         if self.requested_actors > fit:
             n = self.requested_actors
-            raise ConfigError(f"RayExecutor: {n} actors need {n * self.cpus_per_actor:g} CPU and "
+            raise ExecutorUnavailable(f"RayExecutor: {n} actors need {n * self.cpus_per_actor:g} CPU and "
                               f"{n * self.gpus_per_actor:g} GPU, but the cluster has {cpus:g} CPU and {gpus:g} GPU; "
                               f"ask for fewer actors (at most {fit}).")
         return self.requested_actors

@@ -136,26 +136,45 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
         study.set_user_attr("versions", versions())
         for params in _baselines(bound):
             study.enqueue_trial(params, user_attrs={"baseline_policy": True})
+    study.set_user_attr("max_accuracy_drop", max_accuracy_drop)  # this run's constraint, read by load_result
     requeue_crashed(study)
 
     ex = make_executor(executor)
     eval_s = 0.0
+    clock = _WaitClock()
     ex.start(Job(model=model, task=task, finetune=ft, latency=latency))
     try:
-        baseline = _baseline(study, ex)
+        baseline = _baseline(study, ex, clock)
         eval_s += baseline[1]
         result = SearchResult(study=study, baseline=baseline[0], objectives=objs, max_accuracy_drop=max_accuracy_drop,
                               storage=storage)
-        eval_s += _loop(study, ex, bound, objs, result, n_trials, timeout, max_accuracy_drop, progress, t_start)
+        eval_s += _loop(study, ex, bound, objs, result, n_trials, timeout, max_accuracy_drop, progress, t_start, clock)
     finally:
         ex.shutdown()
     wall = time.perf_counter() - t_start
-    result.timing = {"wall_s": wall, "eval_s": eval_s, "overhead_s": wall - eval_s,
-                     "overhead_fraction": (wall - eval_s) / wall if wall else 0.0}
+    # overhead: driver wall time not spent waiting for evaluations (study I/O, sampling, executor
+    # start-up and dispatch); eval_s sums the workers' evaluation time (> wall with parallel workers)
+    busy = wall - clock.waited
+    result.timing = {"wall_s": wall, "eval_s": eval_s, "wait_s": clock.waited, "overhead_s": busy,
+                     "overhead_fraction": busy / wall if wall else 0.0}
     return result
 
 
-def _baseline(study: optuna.Study, ex: Any) -> tuple[Measurement, float]:
+class _WaitClock:
+    """Accumulates the driver's time blocked in executor.wait()."""
+
+    def __init__(self) -> None:
+        self.waited = 0.0
+
+    def wait(self, ex: Any) -> list[Outcome]:
+        t0 = time.perf_counter()
+        try:
+            return ex.wait()
+        finally:
+            self.waited += time.perf_counter() - t0
+
+
+def _baseline(study: optuna.Study, ex: Any, clock: _WaitClock) -> tuple[Measurement, float]:
     """The untouched model's Measurement, measured by the executor once and kept in the study."""
     stored = study.user_attrs.get("baseline")
     if stored:
@@ -163,7 +182,7 @@ def _baseline(study: optuna.Study, ex: Any) -> tuple[Measurement, float]:
     ex.submit(BASELINE_KEY, Policy(), FinetuneConfig(steps=0))
     outcomes: list[Outcome] = []
     while not outcomes:
-        outcomes = ex.wait()
+        outcomes = clock.wait(ex)
     o = outcomes[0]
     if not o.ok:
         raise ConfigError(f"measuring the untouched model failed, so nothing can be compared: {o.error}")
@@ -173,7 +192,7 @@ def _baseline(study: optuna.Study, ex: Any) -> tuple[Measurement, float]:
 
 def _loop(study: optuna.Study, ex: Any, bound: BoundSpace, objs: Sequence[Objective], result: SearchResult,
           n_trials: int | None, timeout: float | None, max_drop: float | None,
-          progress: Callable[[Progress], None] | None, t_start: float) -> float:
+          progress: Callable[[Progress], None] | None, t_start: float, clock: _WaitClock) -> float:
     pending: dict[int, optuna.trial.Trial] = {}
     done = counted(study)
     failed = 0
@@ -191,7 +210,7 @@ def _loop(study: optuna.Study, ex: Any, bound: BoundSpace, objs: Sequence[Object
                 pending[trial.number] = trial
             if not pending:
                 break
-            for o in ex.wait():
+            for o in clock.wait(ex):
                 trial = pending.pop(o.key)
                 eval_s += o.seconds
                 ok = _tell(study, trial, o, objs, result.baseline, max_drop)

@@ -112,7 +112,7 @@ def test_too_many_actors_is_a_clear_error(ray_local, tiny_trained) -> None:
 
 def test_actor_killed_mid_search_is_replaced_and_its_trial_retried(ray_local, tiny_trained, tmp_path) -> None:
     space_file = tmp_path / "s.yaml"
-    space_file.write_text("defaults: {sparsity: [0.0, 0.5, 0.9], bits: [32, 8, 4]}\nfinetune: {steps: 150}\n")
+    space_file.write_text("defaults: {sparsity: [0.0, 0.5, 0.9], bits: [32, 8, 4]}\nfinetune: {steps: 600}\n")
     ex = ash.RayExecutor(actors=2)
     killed: dict[str, object] = {}
 
@@ -130,9 +130,12 @@ def test_actor_killed_mid_search_is_replaced_and_its_trial_retried(ray_local, ti
     assert killed, "no actor was busy to kill"
     trials = r.study.trials
     assert [t.state.name for t in trials] == ["COMPLETE"] * 8
-    retried = trials[killed["key"]]
-    assert retried.user_attrs["eval"]["attempts"] == 2
-    assert not retried.user_attrs["eval"]["worker"].endswith(f":{killed['pid']}")
+    # The retried trial is the killed one, or -- if the kill landed just after it returned -- the next
+    # trial sent to the dead actor. Either way exactly one trial needed a second attempt, on a live actor.
+    retried = [t for t in trials if t.user_attrs["eval"]["attempts"] == 2]
+    assert len(retried) == 1 and retried[0].number >= killed["key"]
+    assert not retried[0].user_attrs["eval"]["worker"].endswith(f":{killed['pid']}")
+    assert all(t.user_attrs["eval"]["attempts"] == 1 for t in trials if t is not retried[0])
 
 
 # ----------------------------------------------------------------------------- two-node cluster

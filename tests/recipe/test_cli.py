@@ -115,3 +115,14 @@ def test_help(command, capsys) -> None:
 def test_a_storage_password_is_never_written(searched) -> None:
     result = dataclasses.replace(searched.result, storage="postgresql://bob:hunter2@db:5432/studies")
     assert result.recipe(3).source.storage == "postgresql://bob:***@db:5432/studies"
+
+
+
+def test_export_json(searched, tmp_path, capsys) -> None:
+    out = tmp_path / "t2.yaml"
+    assert main(["export", "tiny", "--storage", searched.storage, "--trial", "2", "-o", str(out), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    recipe = searched.result.recipe(2)
+    assert data["trial"] == 2 and data["recipe"] == str(out) and data["study"] == "tiny"
+    assert data["metrics"]["size_bytes"] == recipe.metrics.size_bytes
+    assert data["policy"] == recipe.policy.to_dict()

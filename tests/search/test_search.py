@@ -202,3 +202,19 @@ def test_hypervolume_matches_a_hand_computed_case() -> None:
     assert list(non_dominated(pts)) == [True, True, False, True]
     assert hypervolume(np.array([[0.02]]), np.array([0.05])) == pytest.approx(0.03)
     assert hypervolume(np.zeros((0, 2)), ref) == 0.0
+
+
+def test_timing_accounts_for_the_driver(tiny_model, tiny_space, tmp_path) -> None:
+    r = run(tiny_model, tiny_space, tmp_path, n_trials=6)
+    t = r.timing
+    assert 0 < t["overhead_fraction"] < 1 and t["overhead_s"] == pytest.approx(t["wall_s"] - t["wait_s"])
+    assert t["wait_s"] == pytest.approx(t["eval_s"], rel=0.05)  # local: waiting is evaluating
+
+
+def test_load_result_restores_the_constraint(tiny_model, tiny_space, tmp_path) -> None:
+    from autoshrink.search import load_result
+
+    r = run(tiny_model, tiny_space, tmp_path, n_trials=8, max_accuracy_drop=0.01)
+    loaded = load_result("s", f"sqlite:///{tmp_path}/s.db")
+    assert loaded.max_accuracy_drop == 0.01
+    assert list(loaded.pareto.trial) == list(r.pareto.trial) and loaded.hypervolume() == r.hypervolume()

@@ -1,0 +1,56 @@
+"""Shared CLI output: the live progress line and the Pareto table."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+from ..search import Progress, SearchResult
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def progress_printer(drop_label: str = "1 pp", stream: Any = None) -> Callable[[Progress], None]:
+    """One line per finished trial: done/failed, the front size, the best size within the drop,
+    elapsed and remaining time. On a terminal the line is rewritten in place."""
+    out = stream or sys.stdout
+    tty = out.isatty()
+
+    def show(p: Progress) -> None:
+        last = p.last
+        what = (f"trial {last['trial']:>3}: acc {last['accuracy'] * 100:5.2f}% {last['size_bytes']:>8} B "
+                f"{last['latency_ms']:.3f} ms" if last["ok"] else f"trial {last['trial']:>3}: FAILED ({last['error']})")
+        best = f"{p.best_compression:.1f}x" if p.best_compression else "-"
+        line = (f"[{p.done:>3}/{p.target}] {what} | failed {p.failed} | front {p.front_size} | best size within "
+                f"{drop_label}: {best} | {fmt_seconds(p.elapsed_s)} elapsed, ~{fmt_seconds(p.remaining_s)} left")
+        if tty and last["ok"]:
+            out.write("\r\033[K" + line)
+            if p.done >= p.target:
+                out.write("\n")
+        else:
+            out.write(("\n" if tty else "") + line + "\n")
+        out.flush()
+
+    return show
+
+
+def front_table(result: SearchResult) -> str:
+    """The baseline line and the Pareto front as text (accuracy and drop in %)."""
+    b = result.baseline
+    lines = [f"baseline: accuracy {b.accuracy * 100:.2f}%, {b.size_bytes} B, {b.latency_ms:.3f} ms at batch "
+             f"{b.batch_size} on {b.device} ({b.threads} thread{'s' if b.threads != 1 else ''}), {b.macs} MACs"]
+    front = result.pareto
+    if front.empty:
+        lines.append("no feasible trial yet")
+        return "\n".join(lines)
+    cols = ["trial", "accuracy", "accuracy_drop", "size_bytes", "compression", "latency_ms", "speedup", "macs", "runtime"]
+    table = front[cols].copy()
+    table["accuracy"] = (table["accuracy"] * 100).round(2)
+    table["accuracy_drop"] = (table["accuracy_drop"] * 100).round(2)
+    lines.append(f"Pareto front ({len(front)} trials; accuracy and drop in %):")
+    lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return "\n".join(lines)

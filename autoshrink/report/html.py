@@ -1,0 +1,218 @@
+"""The report page: one self-contained HTML file (plotly.js inlined once, no network needed)."""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import uuid
+from html import escape
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from .. import __version__
+from ..errors import ConfigError
+from ..search.result import SearchResult
+from .figures import (hypervolume_figure, pareto_scatter, pareto_scatter_3d, policy_heatmaps, reference_text,
+                      trial_frame, with_recorded_constraint)
+
+SLOWER_WHY = ("Unstructured sparsity and sub-8-bit codes shrink the packed file, not dense-kernel latency: the "
+              "model still runs the same dense float (or int8) kernels at the same shapes, so a smaller file can "
+              "time the same or slower (differences of a few percent are timing noise). Only structured pruning, "
+              "low-rank factorization and int8 kernels change the work done, and on small layers at a small batch "
+              "even these can lose to the cost of an extra kernel.")
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
+     padding:0 1em;color:#202124}
+h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #dadce0}
+table{border-collapse:collapse;font-size:.9em;margin:.5em 0} th,td{padding:.25em .6em;text-align:right}
+th{background:#f1f3f4} tr:nth-child(even) td{background:#fafafa} td.text,th.text{text-align:left}
+dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em} dt{font-weight:600} dd{margin:0}
+.caption{color:#5f6368;font-size:.9em} .empty{color:#b3261e;font-weight:600}
+.badge{display:inline-block;padding:0 .5em;border-radius:.8em;font-size:.8em;white-space:nowrap}
+.badge.slower{background:#fce8e6;color:#b3261e} tr.slower td{background:#fff4f2}
+.note{background:#f1f3f4;padding:.6em 1em;border-radius:4px}
+"""
+
+
+def mask_url(url: str | None) -> str:
+    """A storage URL with any password replaced by '***' (scheme://user:***@host/...)."""
+    if not url:
+        return "unknown"
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+class _Figures:
+    """Renders figures to HTML divs; the first one carries plotly.js, the rest reuse it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, fig: go.Figure, key: str) -> str:
+        self.count += 1
+        return fig.to_html(full_html=False, include_plotlyjs=self.count == 1, div_id=f"fig-{key}",
+                           default_height=f"{int(fig.layout.height or 450)}px",
+                           config={"displaylogo": False, "responsive": True})
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.2f}"
+
+
+def _num(value: float, fmt: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+
+def _header(result: SearchResult, frame: pd.DataFrame) -> str:
+    b = result.baseline
+    states = frame["state"].value_counts().to_dict() if len(frame) else {}
+    complete, failed = int(frame["complete"].sum()) if len(frame) else 0, int(states.get("FAIL", 0))
+    counts = f"{len(frame)} ({complete} complete, {failed} failed" + "".join(
+        f", {n} {s.lower()}" for s, n in sorted(states.items()) if s not in ("COMPLETE", "FAIL")) + ")"
+    objectives = ", ".join(f"{o.name} ({o.field}, {o.direction})" for o in result.objectives)
+    limit = result.max_accuracy_drop
+    if limit is None:
+        constraint = "none (every completed trial is feasible)"
+    else:
+        beyond = int((frame["complete"] & ~frame["feasible"]).sum()) if len(frame) else 0
+        constraint = (f"accuracy drop &le; {limit * 100:g} pp (an Optuna constraint): {beyond} of {complete} "
+                      "completed trials are beyond it and kept out of the front")
+    baseline = (f"accuracy {_pct(b.accuracy)}%, {b.size_bytes} bytes packed, {b.latency_ms:.4f} ms latency "
+                f"(median at batch {b.batch_size} on {escape(b.device)} with {b.threads} threads, "
+                f"{escape(b.runtime)} runtime), {b.macs} MACs, {b.params} parameters")
+    rows = [("study", escape(result.study.study_name)), ("storage", escape(mask_url(result.storage))),
+            ("trials", counts), ("objectives", escape(objectives)), ("constraint", constraint),
+            ("baseline (untouched model)", baseline)]
+    if result.timing.get("wall_s"):
+        rows.append(("search time", f"{result.timing['wall_s']:.1f} s wall, {result.timing.get('eval_s', 0):.1f} s "
+                                    "evaluating"))
+    items = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
+    how = ("<p class=\"note\"><b>How to read this report.</b> Sizes are the exact byte lengths of the packed "
+           "artifacts (<code>.ashz</code>), never estimates; compression is the baseline's size divided by the "
+           f"trial's. Latency is the median wall time of one forward at the deployment batch ({b.batch_size}) on "
+           f"the device that measured it ({escape(b.device)}, {b.threads} threads); speedup is the baseline's "
+           "latency divided by the trial's, so below 1 means slower. Accuracy drops are in percentage points "
+           "(pp) against the baseline; a negative drop is a gain. The Pareto front holds the feasible trials "
+           "no other feasible trial beats in every objective.</p>")
+    return (f"<h1>autoshrink report: {escape(result.study.study_name)}</h1>"
+            f"<dl>{items}</dl>{how}")
+
+
+def _front_table(result: SearchResult, frame: pd.DataFrame) -> str:
+    front = result.pareto
+    if front.empty:
+        return "<p class=\"empty\">No feasible trial: the front is empty.</p>"
+    info = frame.set_index("trial")
+    head = ("<tr><th>trial</th><th>accuracy (%)</th><th>drop (pp)</th><th>size_bytes</th><th>compression (x)</th>"
+            "<th>latency_ms</th><th>speedup (x)</th><th>MACs</th><th class=\"text\">runtime</th>"
+            "<th class=\"text\">device</th><th class=\"text\">policy</th><th class=\"text\">note</th></tr>")
+    body = []
+    for r in front.itertuples():
+        slower = bool(info.loc[r.trial, "slower"])
+        badge = "<span class=\"badge slower\">smaller but slower</span>" if slower else ""
+        cls = " class=\"slower\"" if slower else ""
+        body.append(
+            f"<tr data-trial=\"{int(r.trial)}\"{cls}><td>{int(r.trial)}</td>"
+            f"<td>{_pct(r.accuracy)}</td><td>{_pct(r.accuracy_drop)}</td><td>{int(r.size_bytes)}</td>"
+            f"<td>{_num(r.compression, '.2f')}</td><td>{_num(r.latency_ms, '.4f')}</td><td>{_num(r.speedup, '.2f')}</td>"
+            f"<td>{int(r.macs)}</td><td class=\"text\">{escape(str(r.runtime))}</td>"
+            f"<td class=\"text\">{escape(str(r.device))}</td>"
+            f"<td class=\"text\">{escape(str(info.loc[r.trial, 'summary']))}</td><td class=\"text\">{badge}</td></tr>")
+    why = ""
+    flagged = int(sum(bool(info.loc[t, "slower"]) for t in front["trial"]))
+    if flagged:
+        why = (f"<p class=\"caption\"><span class=\"badge slower\">smaller but slower</span> marks {flagged} "
+               f"trial(s) with compression &gt; 1 but speedup &lt; 1. {SLOWER_WHY}</p>")
+    return f"<table id=\"front-table\">{head}{''.join(body)}</table>{why}"
+
+
+def _failed_table(frame: pd.DataFrame) -> str:
+    failed = frame[frame["state"] == "FAIL"] if len(frame) else frame
+    if not len(failed):
+        return "<p>No trial failed.</p>"
+    rows = "".join(
+        f"<tr data-trial=\"{int(r.trial)}\"><td>{int(r.trial)}</td>"
+        f"<td class=\"text\">{escape(str(r.failure)) if isinstance(r.failure, str) else 'no reason recorded'}</td></tr>"
+        for r in failed.itertuples())
+    return f"<table id=\"failed-table\"><tr><th>trial</th><th class=\"text\">failure reason</th></tr>{rows}</table>"
+
+
+def build_report(result: SearchResult) -> str:
+    """One self-contained HTML page for `result`: header, Pareto scatters, hypervolume history, the
+    front's per-layer policies, the front as a table and the failed trials. Works offline."""
+    result = with_recorded_constraint(result)
+    frame = trial_frame(result)
+    render = _Figures()
+    parts = [_header(result, frame)]
+    has_complete = bool(len(frame)) and bool(frame["complete"].any())
+    fields = [o.field for o in result.objectives]
+
+    parts.append("<h2>Pareto front</h2>")
+    if not has_complete:
+        parts.append("<p class=\"empty\">No completed trials yet: nothing to plot. Run (or resume) the search.</p>")
+    else:
+        if frame["feasible"].sum() == 0:
+            parts.append("<p class=\"empty\">No feasible trial: every completed trial is beyond the accuracy-drop "
+                         "constraint, so the front is empty.</p>")
+        parts.append("<p class=\"caption\">Completed trials: feasible ones in grey, infeasible ones (beyond the "
+                     "accuracy-drop constraint) as orange crosses, the feasible Pareto front as blue diamonds; where "
+                     "both axes are objectives a step line joins the trials no other feasible trial beats in these "
+                     "two. Hover a point for its numbers and policy.</p>")
+        for x in ["size_bytes"] + [f for f in ("latency_ms", "macs") if f in fields]:
+            parts.append(render(pareto_scatter(result, x, frame), f"pareto-{x}"))
+        fig3d = pareto_scatter_3d(result, frame)
+        if fig3d is not None:
+            parts.append(render(fig3d, "pareto-3d"))
+
+    parts.append("<h2>Hypervolume history</h2>")
+    if has_complete:
+        hv = result.hypervolume()
+        parts.append(render(hypervolume_figure(result, frame), "hypervolume"))
+        parts.append(f"<p class=\"caption\">Hypervolume of the feasible trials finished up to each trial number, "
+                     f"now {hv:.6g}; units are normalized (accuracy as drop, the others as ratios to the baseline, "
+                     f"all minimized) against the reference point ({escape(reference_text(result))}). Trials "
+                     "worse than the reference in any objective add nothing.</p>")
+    else:
+        parts.append("<p class=\"empty\">No completed trials yet.</p>")
+
+    parts.append("<h2>Per-layer policy of the front</h2>")
+    heat = policy_heatmaps(result) if has_complete else None
+    if heat is None:
+        parts.append("<p class=\"empty\">No feasible trial, so no front to show.</p>" if has_complete
+                     else "<p class=\"empty\">No completed trials yet.</p>")
+    else:
+        parts.append("<p class=\"caption\">One row per front trial (best accuracy first; +KD = fine-tuned with "
+                     "distillation), one column per layer. Labels: bits (4b, fp16, fp32 = untouched), sparsity "
+                     "(90%s), rank fraction (r0.25), S = structured.</p>")
+        parts.append(render(heat, "policy"))
+
+    parts.append("<h2>The front</h2>")
+    parts.append(_front_table(result, frame) if has_complete else "<p class=\"empty\">No completed trials yet.</p>")
+    parts.append("<h2>Failed trials</h2>")
+    parts.append(_failed_table(frame))
+    parts.append(f"<p class=\"caption\">Written by autoshrink {__version__} from the study's records.</p>")
+    title = escape(f"autoshrink report: {result.study.study_name}")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def write_report(result: SearchResult, path: str | os.PathLike[str]) -> Path:
+    """Write `build_report(result)` to `path` atomically (a temporary file, then a rename); parent
+    folders are created. Returns the path."""
+    target = Path(path)
+    page = build_report(result)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "x", encoding="utf-8") as fh:  # a plain open: the file gets the usual permissions
+            fh.write(page)
+        os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise ConfigError(f"report: cannot write {str(target)!r} ({exc.strerror or exc}). "
+                          "Fix: pass a writable path with -o.") from None
+    return target
