@@ -88,3 +88,11 @@ def test_demo_smoke_ray_subprocess(tmp_path) -> None:
     assert [t.state.name for t in trials] == ["COMPLETE"] * 5
     if data["executor"] == "ray":
         assert all(t.user_attrs["eval"]["worker"].startswith("127.0.0.2:") for t in trials)
+
+
+def test_compression_warnings_print_as_one_plain_line(capsys) -> None:
+    from autoshrink.cli import _show_warning
+    from autoshrink.techniques import CompressionWarning
+
+    _show_warning(CompressionWarning("fc2: structured skipped: output layer"), CompressionWarning, "x.py", 3)
+    assert capsys.readouterr().err == "autoshrink: warning: fc2: structured skipped: output layer\n"

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Sequence
 
 from .. import __version__
 from ..errors import AutoshrinkError
+from ..techniques import CompressionWarning
 from . import dashboard, demo, recipes, report, search, walkthrough
 
 COMMANDS = (demo, search, recipes, walkthrough, dashboard, report)
@@ -21,8 +23,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """autoshrink's own warnings as one plain line; others in Python's usual format."""
+    if issubclass(category, CompressionWarning):
+        print(f"autoshrink: warning: {message}", file=file or sys.stderr)
+    else:
+        _default_show(message, category, filename, lineno, file, line)
+
+
+_default_show = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: user errors are one line on stderr with exit code 2, never a traceback."""
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
