@@ -13,6 +13,8 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -28,7 +30,8 @@ from .base import Job, Outcome, run_job
 
 # Ray rewrites 127.0.0.1 to the machine's network address; other loopback addresses are kept.
 LOOPBACK = "127.0.0.2"
-LOCK_LEASE_S = 120.0  # a timing never holds the node lock longer; a dead holder frees it after this
+LOCK_LEASE_S = 120.0
+POLL_S = 0.2  # the driver waits for results in polls this long, so Ctrl-C is seen promptly  # a timing never holds the node lock longer; a dead holder frees it after this
 
 
 @ray.remote(num_cpus=0)
@@ -155,6 +158,8 @@ class RayExecutor:
         self._retries: dict[int, int] = {}
         self._job_ref: Any = None
         self.dispatch_s = 0.0  # driver time spent submitting and collecting (for overhead figures)
+        self._interrupted = False
+        self._prev_sigint: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     def _init_ray(self) -> None:
@@ -198,6 +203,7 @@ class RayExecutor:
 
     def start(self, job: Job) -> None:
         self._init_ray()
+        self._watch_sigint()
         n = self._actor_count()
         self.capacity = n
         if self.lock_timings:
@@ -208,7 +214,15 @@ class RayExecutor:
                                                                scheduling_strategy=strategy).remote())
         self._job_ref = ray.put(job)
         self._slots = [_Slot(self._new_actor()) for _ in range(n)]
-        infos = ray.get([s.handle.info.remote() for s in self._slots])
+        try:
+            infos = ray.get([s.handle.info.remote() for s in self._slots])
+        except RayActorError as exc:
+            reason = str(getattr(exc, "error_msg", exc)).strip().splitlines()[-1]
+            self.shutdown()
+            raise ConfigError(f"the Ray workers could not load the job ({reason}). The model, task and their "
+                              "classes must be importable on every worker: define them in a module (not in "
+                              "__main__ or a notebook cell), installed or on the workers' path (clusters: "
+                              "runtime_env).") from None
         for slot, info in zip(self._slots, infos):
             slot.info = info
 
@@ -222,6 +236,7 @@ class RayExecutor:
         return [s.info for s in self._slots if s.info]
 
     def shutdown(self) -> None:
+        self._unwatch_sigint()
         for s in self._slots:
             with contextlib.suppress(Exception):
                 ray.kill(s.handle)
@@ -253,11 +268,32 @@ class RayExecutor:
                 slot.busy_key, slot.ref = key, slot.handle.evaluate.remote(key, policy, finetune)
         self.dispatch_s += time.perf_counter() - t0
 
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        # A KeyboardInterrupt raised while the main thread is inside Ray's C++ wait can be lost;
+        # note it here and raise it from Python between short waits instead.
+        self._interrupted = True
+
+    def _watch_sigint(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._prev_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _unwatch_sigint(self) -> None:
+        if self._prev_sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._prev_sigint)
+        self._prev_sigint = None
+
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         busy = {s.ref: s for s in self._slots if s.busy_key is not None}
         if not busy:
             return []
-        ready, _ = ray.wait(list(busy), num_returns=1, timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            ready, _ = ray.wait(list(busy), num_returns=1, timeout=POLL_S)
+            if self._interrupted:
+                self._interrupted = False
+                raise KeyboardInterrupt
+            if ready or (deadline is not None and time.monotonic() >= deadline):
+                break
         t0 = time.perf_counter()
         done: list[Outcome] = []
         for ref in ready:

@@ -18,6 +18,7 @@ from ..policy import Policy
 from ..recipe import InputSpec, fingerprint, versions
 from ..space import BoundSpace, SearchSpace, bind
 from ..task import Task
+from ..techniques.structured import structured_blockers
 from ..train import FinetuneConfig
 from .objectives import Objective, resolve
 from .result import SearchResult, non_dominated
@@ -119,6 +120,9 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
         raise ConfigError(f"search: max_accuracy_drop={max_accuracy_drop!r}; use a fraction in [0, 1) (0.01 = 1 pp).")
     objs = resolve(objectives)
     bound = bind(space, model)
+    # layers structured pruning cannot touch (e.g. the classifier) would only waste trials on no-ops
+    blocked = structured_blockers(model, bound.structured_candidates(), task.example_input)
+    bound = bound.without_structured(blocked)
     ft = space.finetune if finetune_steps is None else FinetuneConfig.from_dict({**space.finetune.to_dict(),
                                                                                  "steps": finetune_steps})
     ft = FinetuneConfig.from_dict({**ft.to_dict(), "seed": seed})
@@ -130,6 +134,7 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
                                 _signature(model, bound, objs, ft, task))
     if created:
         study.set_user_attr("finetune", ft.to_dict())
+        study.set_user_attr("structured_excluded", blocked)
         # what a recipe exported later needs without the model: its fingerprint and the input spec
         study.set_user_attr("fingerprint", fingerprint(model).to_dict())
         study.set_user_attr("example_input", InputSpec.of(task.example_input).to_dict())
@@ -142,8 +147,8 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
     ex = make_executor(executor)
     eval_s = 0.0
     clock = _WaitClock()
-    ex.start(Job(model=model, task=task, finetune=ft, latency=latency))
     try:
+        ex.start(Job(model=model, task=task, finetune=ft, latency=latency))
         baseline = _baseline(study, ex, clock)
         eval_s += baseline[1]
         result = SearchResult(study=study, baseline=baseline[0], objectives=objs, max_accuracy_drop=max_accuracy_drop,

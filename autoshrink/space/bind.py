@@ -58,6 +58,15 @@ class BoundSpace:
         distill = params.get("distill", self.distill.values[0])
         return Policy(layers=layers, distill=bool(distill) and bool(layers))
 
+    def without_structured(self, layers: Mapping[str, str]) -> "BoundSpace":
+        """A copy where the named layers can only be pruned unstructured (structured fixed false)."""
+        fixed = {n: ({**f, "structured": Choice((False,))} if n in layers else f) for n, f in self.layers.items()}
+        return BoundSpace(layers=fixed, distill=self.distill, space=self.space)
+
+    def structured_candidates(self) -> list[str]:
+        """Layers whose `structured` choice includes true."""
+        return [n for n, f in self.layers.items() if True in f["structured"].values]
+
     def sample(self, trial: Any) -> Policy:
         """Ask `trial` (an Optuna trial, duck-typed) for every searched parameter; return the Policy."""
         params = {}

@@ -20,6 +20,8 @@ recorded in `context["structured"]` (name -> (channels_before, channels_after)) 
 """
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -315,3 +317,17 @@ class StructuredPrune(Technique):
             notes.append(f"{', '.join(m.name for m in members)}: output channels coupled; "
                          f"pruned together by {n} channels (the largest request)")
         return None, False
+
+
+def structured_blockers(model: nn.Module, names: list[str], example_input: Tensor | None) -> dict[str, str]:
+    """Layers among `names` that structured pruning cannot touch, with the reason (e.g. the
+    classifier, whose output channels are the model's outputs). Probed once on a copy: every
+    layer pruned by one channel-fraction step, and whatever the technique skips is reported."""
+    if not names:
+        return {}
+    if example_input is None:
+        return {n: NO_INPUT for n in names}
+    probe = copy.deepcopy(model)
+    targets = {n: LayerPolicy(sparsity=0.25, structured=True) for n in names}
+    skipped = StructuredPrune().apply(probe, targets, {"example_input": example_input})
+    return {s.layer: s.reason for s in skipped}

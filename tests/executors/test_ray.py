@@ -279,7 +279,8 @@ def test_ctrl_c_fails_and_requeues_pending_trials_and_releases_ray(tmp_path) -> 
     import optuna
 
     space = tmp_path / "s.yaml"
-    space.write_text("defaults: {bits: [32, 8, 4], sparsity: [0.0, 0.5]}\nfinetune: {steps: 300}\n")
+    # long trials: the search cannot finish in the moment between "done 2" and the signal
+    space.write_text("defaults: {bits: [32, 8, 4], sparsity: [0.0, 0.5]}\nfinetune: {steps: 2000}\n")
     storage = f"sqlite:///{tmp_path}/c.db"
     code = CTRL_C_DRIVER.format(root=str(ROOT), space=str(space), storage=storage)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -294,7 +295,8 @@ def test_ctrl_c_fails_and_requeues_pending_trials_and_releases_ray(tmp_path) -> 
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr.read()
+    err, rest = proc.stderr.read(), proc.stdout.read()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err, (proc.returncode, rest[-500:], err[-2000:])
     deadline = time.time() + 20
     while time.time() < deadline and any(_alive(p) for p in below):
         time.sleep(0.5)
@@ -305,3 +307,33 @@ def test_ctrl_c_fails_and_requeues_pending_trials_and_releases_ray(tmp_path) -> 
     waiting = {t.user_attrs.get("retry_of"): t.system_attrs["fixed_params"]  # queued trials hold their params here
                for t in study.trials if t.state.name == "WAITING"}
     assert {t.number: t.params for t in interrupted} == waiting  # same parameters queued again
+
+
+def test_a_job_the_workers_cannot_load_is_a_clear_error(ray_local, tmp_path) -> None:
+    """A model whose class the workers cannot import: one clear message, no actor left behind."""
+    import types
+
+    mod = types.ModuleType("autoshrink_test_vanishing_module")
+    exec("import torch\nclass Gone(torch.nn.Linear):\n    pass\n", mod.__dict__)
+    sys.modules[mod.__name__] = mod  # importable here, not in the Ray workers
+    try:
+        job = Job(model=mod.Gone(64, 10), task=digits_task(device="cpu"), finetune=ash.FinetuneConfig(steps=0))
+        ex = ash.RayExecutor(actors=1)
+        with pytest.raises(ConfigError, match=r"the Ray workers could not load the job .*must be importable on every"):
+            ex.start(job)
+        assert ex.in_flight() == {} and not ex._slots
+    finally:
+        del sys.modules[mod.__name__]
+
+
+def test_a_failed_start_releases_ray_and_the_sigint_handler(tiny_trained, tmp_path) -> None:
+    import signal as _signal
+
+    before = _signal.getsignal(_signal.SIGINT)
+    was_running = ray.is_initialized()  # a Ray the executor did not start must be left alone
+    with pytest.raises(ConfigError, match="ask for fewer actors"):
+        ash.search(tiny_trained, digits_task(device="cpu"), ash.load_space("quantize_only"), n_trials=2,
+                   executor=ash.RayExecutor(actors=64, init_kwargs={"num_cpus": 2}),
+                   storage=f"sqlite:///{tmp_path}/f.db", study_name="f")
+    assert _signal.getsignal(_signal.SIGINT) is before
+    assert ray.is_initialized() == was_running

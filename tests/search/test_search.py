@@ -218,3 +218,12 @@ def test_load_result_restores_the_constraint(tiny_model, tiny_space, tmp_path) -
     loaded = load_result("s", f"sqlite:///{tmp_path}/s.db")
     assert loaded.max_accuracy_drop == 0.01
     assert list(loaded.pareto.trial) == list(r.pareto.trial) and loaded.hypervolume() == r.hypervolume()
+
+
+def test_structured_is_not_searched_where_it_cannot_apply(tiny_model, tmp_path) -> None:
+    p = tmp_path / "st.yaml"
+    p.write_text("defaults: {sparsity: [0.0, 0.5], structured: [false, true]}\nfinetune: {steps: 2}\n")
+    r = run(tiny_model, ash.load_space(p), tmp_path, n_trials=4)
+    names = set(r.study.trials[-1].params)
+    assert "fc1.structured" in names and "fc2.structured" not in names  # fc2 is the classifier
+    assert "output" in r.study.user_attrs["structured_excluded"]["fc2"]
