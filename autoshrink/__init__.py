@@ -27,11 +27,13 @@ def __getattr__(name: str):  # RayExecutor is imported on first use: `import aut
         return RayExecutor
     raise AttributeError(f"module 'autoshrink' has no attribute {name!r}")
 
+
+# RayExecutor is public but left out of __all__, so `from autoshrink import *` does not import Ray.
 __all__ = [
     "AutoshrinkError", "CompressionWarning", "ConfigError", "FinetuneConfig", "LatencyConfig",
     "LayerPolicy", "Measurement", "PackError", "Policy", "PolicyError", "Recipe", "RecipeError", "SearchResult",
     "SearchSpace", "Task", "TaskError", "TrainingError", "apply_policy", "apply_recipe", "evaluate", "finetune",
     "load_packed", "load_space",
-    "measure", "save_packed", "search", "RayExecutor",
+    "measure", "save_packed", "search",
     "__version__",
 ]
