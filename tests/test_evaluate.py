@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import pytest
 
 import autoshrink as ash
 from tests.conftest import state_equal

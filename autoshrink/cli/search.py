@@ -40,7 +40,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     t = result.timing
     print(f"\n{t['wall_s']:.1f} s wall, {t['eval_s']:.1f} s evaluating, engine overhead "
           f"{t['overhead_fraction'] * 100:.1f}%; hypervolume {result.hypervolume():.4f}; "
-          f"study {result.study.study_name!r} in {args.storage or cfg.storage or 'sqlite:///studies/' + cfg.name + '.db'}")
+          f"study {result.study.study_name!r} in {result.storage}")
     return 0
 
 

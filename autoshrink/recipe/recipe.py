@@ -292,7 +292,7 @@ def _policy(c: _Checker, value: Any, fp: Fingerprint) -> Policy:
     layers = {}
     for name, lp in (c.mapping(m["layers"], "policy.layers") if m["layers"] is not None else {}).items():
         if normalize(str(name)) not in known:
-            raise c.error(f"policy.layers.{name}", f"names a layer that is not in the model fingerprint "
+            raise c.error(f"policy.layers.{name}", "names a layer that is not in the model fingerprint "
                                                    "(model.layers). Fix: use a layer listed there, or remove it.")
         try:
             layers[str(name)] = LayerPolicy.from_dict(lp, where=f"policy.layers.{name}")

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import optuna
 from torch import nn
 
@@ -278,8 +279,6 @@ def _progress(done: int, failed: int, target: int | None, pending: int, pts: lis
     front = 0
     best = None
     if pts:
-        import numpy as np
-
         arr = np.array([p[1] for p in pts])
         front = int(non_dominated(arr).sum())
         best = max(p[2] for p in pts)

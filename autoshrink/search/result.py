@@ -11,7 +11,7 @@ import pandas as pd
 from ..errors import ConfigError, RecipeError
 from ..measure import Measurement
 from ..recipe import Recipe, recipe_from_search
-from .objectives import OBJECTIVES, Objective
+from .objectives import Objective
 
 MINIMIZE = {"size": "size_bytes", "latency": "latency_ms", "macs": "macs"}
 

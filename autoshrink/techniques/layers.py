@@ -1,6 +1,7 @@
 """Which modules the weight techniques (pruning, quantization) can handle."""
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 from torch import nn
@@ -29,8 +30,9 @@ def weight_layers(module: nn.Module) -> list[nn.Module] | str:
 class LayerwiseTechnique(Technique):
     """A technique acting on each selected layer's weight(s) independently (pruning, quantization)."""
 
+    @abstractmethod
     def apply_layer(self, layer: nn.Module, lp: LayerPolicy) -> None:
-        raise NotImplementedError
+        """Apply the technique to one leaf layer's weight."""
 
     def apply(self, model: nn.Module, targets: dict[str, LayerPolicy], context: dict[str, Any]) -> list[Skipped]:
         skipped: list[Skipped] = []

@@ -1,6 +1,7 @@
 """Technique registry: each technique is one class registered by name, applied in `order`."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ class Skipped:
         return f"{self.layer}: {self.technique} skipped: {self.reason}"
 
 
-class Technique:
+class Technique(ABC):
     """One compression technique.
 
     `selects(lp)` says whether a layer policy asks for it; `apply(model, targets, context)`
@@ -34,11 +35,13 @@ class Technique:
     name: str = ""
     order: int = 0
 
+    @abstractmethod
     def selects(self, lp: LayerPolicy) -> bool:
-        raise NotImplementedError
+        """Whether a layer policy asks for this technique."""
 
+    @abstractmethod
     def apply(self, model: nn.Module, targets: dict[str, LayerPolicy], context: dict[str, Any]) -> list[Skipped]:
-        raise NotImplementedError
+        """Change `model` in place for `targets`; return the layers left alone, with reasons."""
 
 
 def register(cls: type[Technique]) -> type[Technique]:

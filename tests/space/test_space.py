@@ -4,7 +4,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 from torch import nn
 
 import autoshrink as ash

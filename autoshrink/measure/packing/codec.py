@@ -322,7 +322,7 @@ _ZDICT_CLASSES = (
     ("torch.nn.modules.conv", ("Conv1d", "Conv2d")),
     ("autoshrink.techniques.lowrank", ("Factorized",)),
     ("torch.nn.modules.linear", ("NonDynamicallyQuantizableLinear", "Identity", "Linear")),
-    ("autoshrink.measure.packing.container", ("_new_module", "_set_module_state")),
+    ("autoshrink.measure.packing.skeleton", ("_new_module", "_set_module_state")),
 )
 _ZDICT_NAMES = (
     "activation_relu_or_gelu", "norm_first", "linear1", "linear2", "norm1", "norm2", "dropout1", "dropout2",
