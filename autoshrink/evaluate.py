@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .errors import TrainingError
 from .measure import LatencyConfig, Measurement, measure
-from .policy import Policy
+from .policy import LayerPolicy, Policy
 from .task import Task
 from .techniques import ApplyReport, apply_policy_with_report
-from .train import FinetuneConfig, finetune
+from .train import FinetuneConfig, StructuredPlan, recalibrate_batchnorm, run_finetune
 
 
 def compress(
@@ -23,13 +24,53 @@ def compress(
 ) -> tuple[nn.Module, ApplyReport]:
     """Apply `policy` to a copy of `model` and, given a task, fine-tune it (distilling from `model`
     when the policy says so): the compressed model that `evaluate` measures and `apply_recipe`
-    returns. `example_input` (default: the task's) traces the model for structured pruning. A
-    policy that changes no layer is not fine-tuned: that would not be "no compression"."""
+    returns. `example_input` (default: the task's) traces the model for structured pruning.
+
+    With a task, BatchNorm statistics are re-estimated where channels were removed or layers
+    factorized (FinetuneConfig.bn_batches), before fine-tuning and also when there is none. With
+    schedule="gradual" the structured channels are removed in rounds during the fine-tune (see
+    train/gradual.py), ending exactly where the one-shot prune would. A policy that changes no
+    layer is not fine-tuned: that would not be "no compression"."""
     x = example_input if example_input is not None or task is None else task.example_input
     cfg = finetune_config or FinetuneConfig(steps=0)
+    train = task is not None and cfg.steps > 0 and bool(policy.active())
+    teacher = model if policy.distill else None
+    structured = {n for n, lp in policy.layers.items() if lp.structured and lp.sparsity > 0}
+    if train and cfg.schedule == "gradual" and structured:
+        return _gradual_structured(model, policy, structured, task, cfg, x)
     small, report = apply_policy_with_report(model, policy, example_input=x)
-    if task is not None and cfg.steps and policy.active():
-        finetune(small, task, config=cfg, teacher=model if policy.distill else None)
+    if task is not None and report.restructured:
+        recalibrate_batchnorm(small, task, batches=cfg.bn_batches, seed=cfg.seed)
+    if train:
+        run_finetune(small, task, cfg, teacher=teacher)
+    return small, report
+
+
+def _gradual_structured(model: nn.Module, policy: Policy, structured: set[str], task: Task, cfg: FinetuneConfig,
+                        x: Tensor | None) -> tuple[nn.Module, ApplyReport]:
+    """A one-shot dry run says which channels the policy removes (and what it skips); the fine-tune
+    then starts from the model with everything but the channel removal applied and removes them in
+    rounds. The returned report is the dry run's; the final channel counts must equal it."""
+    _, report = apply_policy_with_report(model, policy, example_input=x)
+    removals = {n: before - after for n, (before, after) in report.channels.items() if n in structured}
+    rest = {}
+    for name, lp in policy.layers.items():
+        if name in structured:
+            lp = LayerPolicy(bits=lp.bits, rank=lp.rank)
+        if not lp.is_identity:
+            rest[name] = lp
+    small, rest_report = apply_policy_with_report(model, Policy(layers=rest, distill=policy.distill), example_input=x)
+    if rest_report.restructured:
+        recalibrate_batchnorm(small, task, batches=cfg.bn_batches, seed=cfg.seed)
+    plan = StructuredPlan(removals=removals, layers=dict(policy.layers), example_input=x)
+    run_finetune(small, task, cfg, teacher=model if policy.distill else None, plan=plan)
+    for name, (_, after) in report.channels.items():
+        module = small.get_submodule(name)
+        layer = getattr(module, "second", module)
+        got = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+        if got != after:
+            raise TrainingError(f"gradual structured pruning left {name} with {got} channels where one-shot "
+                                f"leaves {after}. Fix: use schedule='oneshot' for this policy.")
     return small, report
 
 
@@ -40,10 +81,11 @@ def evaluate(
     *,
     finetune_config: FinetuneConfig | None = None,
     latency: LatencyConfig | None = None,
-    runtime: str = "auto",
+    runtime: str | None = None,
 ) -> Measurement:
     """Compress a copy of `model` by `policy`, fine-tune it (distilling from `model` when the
-    policy says so) and measure it. `model` is not modified. A policy that changes no layer is
-    measured as is: fine-tuning the untouched model would not be "no compression"."""
+    policy says so) and measure it on `runtime` (see `measure`). `model` is not modified. A policy
+    that changes no layer is measured as is: fine-tuning the untouched model would not be "no
+    compression"."""
     small, report = compress(model, policy, task=task, finetune_config=finetune_config)
     return measure(small, task, runtime=runtime, latency=latency, skipped=report.lines())

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +51,11 @@ class Task:
     shaped like the model's input (its first dimension is the deployment batch size used for
     latency; any dtype, token ids too). metric: "accuracy" or callable(model, loader, device) ->
     float, higher is better. loss: "cross_entropy", "mse" or callable(outputs, targets) -> loss.
+    train_transform: optional augmentation, called as `inputs, targets = transform(inputs, targets)`
+    on every fine-tuning batch on the training device (never on eval_data, never on the batches
+    that re-estimate BatchNorm statistics). It should draw its randomness from torch's global
+    generator (the fine-tune seeds it, so runs replay); it travels to Ray workers by pickling, and
+    its name (`transform_name`) is recorded in studies and recipes.
     """
 
     train_data: Any
@@ -60,6 +65,7 @@ class Task:
     loss: Union[str, LossFn] = "cross_entropy"
     batch_size: int = 128
     device: Any = "auto"
+    train_transform: Optional[Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train_data", _as_dataset(self.train_data, "train_data"))
@@ -81,7 +87,16 @@ class Task:
             raise TaskError(f"Task.loss: got {describe(self.loss)}; expected a name or a callable.")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise TaskError(f"Task.batch_size: got {describe(self.batch_size)}; it must be a positive integer.")
+        if self.train_transform is not None and not callable(self.train_transform):
+            raise TaskError(f"Task.train_transform: got {describe(self.train_transform)}; expected a callable "
+                            "(inputs, targets) -> (inputs, targets), e.g. autoshrink.zoo.random_shift(2), or None.")
         _resolve_device(self.device)
+
+    @property
+    def transform_name(self) -> str | None:
+        """How studies and recipes name `train_transform`: its `name` attribute when it has one (the
+        zoo helpers do, e.g. "random_shift(pixels=2)"), else module.qualname; None without one."""
+        return transform_name(self.train_transform)
 
     @property
     def torch_device(self) -> torch.device:
@@ -124,3 +139,25 @@ def iterate_batches(
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise TaskError("Task data: each example must be an (input, target) pair.")
         yield batch[0], batch[1]
+
+
+def transform_name(transform: Any) -> str | None:
+    """A stable, human-readable name of an augmentation callable (None for None)."""
+    if transform is None:
+        return None
+    name = getattr(transform, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    target = transform if hasattr(transform, "__qualname__") else type(transform)
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(transform).__name__)}"
+
+
+def apply_transform(task: Task, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Run the task's train_transform on one training batch; its output must be an (inputs, targets) pair."""
+    if task.train_transform is None:
+        return x, y
+    out = task.train_transform(x, y)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TaskError(f"Task.train_transform {task.transform_name!r} returned {describe(out)}; it must return "
+                        "an (inputs, targets) pair.")
+    return out[0], out[1]

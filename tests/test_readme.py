@@ -21,4 +21,4 @@ def test_readme_python_examples_run(tmp_path) -> None:
         os.chdir(cwd)
     assert (tmp_path / "digits_cnn.ashz").stat().st_size > 0
     assert (tmp_path / "studies" / "readme.db").stat().st_size > 0
-    assert (tmp_path / "digits_cnn.recipe.yaml").read_text().count("format: autoshrink-recipe/1") == 1
+    assert (tmp_path / "digits_cnn.recipe.yaml").read_text().count("format: autoshrink-recipe/2") == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError, ExecutorUnavailable
-from .base import Executor, Job, Outcome, run_job
+from .base import Executor, Job, Outcome, Request, run_job
 from .local import LocalExecutor
 
 
@@ -26,4 +26,4 @@ def make_executor(spec: Any) -> Any:
     return spec
 
 
-__all__ = ["Executor", "Job", "LocalExecutor", "Outcome", "make_executor", "run_job"]
+__all__ = ["Executor", "Job", "LocalExecutor", "Outcome", "Request", "make_executor", "run_job"]

@@ -21,12 +21,24 @@ from ..train import FinetuneConfig
 
 @dataclass(frozen=True)
 class Job:
-    """What every evaluation shares: the model, the task and how to fine-tune and time."""
+    """What every evaluation shares: the model, the task, how to fine-tune and time, and the runtime
+    ("float" or "int8", decided once per study) every measurement runs on."""
 
     model: nn.Module
     task: Task
     finetune: FinetuneConfig
     latency: LatencyConfig | None = None
+    runtime: str = "float"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One evaluation: a policy, and overrides of the job's fine-tune settings and runtime (the
+    baseline and sensitivity rows use steps=0, screening fewer steps, refining more)."""
+
+    policy: Policy
+    finetune: FinetuneConfig | None = None
+    runtime: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,14 +57,12 @@ class Outcome:
         return self.measurement is not None
 
 
-def run_job(job: Job, key: int, policy: Policy, worker: str = "local",
-            finetune: FinetuneConfig | None = None) -> Outcome:
-    """Evaluate one policy; any exception becomes a failed Outcome with its type, message and origin.
-
-    `finetune` overrides the job's settings for this evaluation (the baseline uses steps=0)."""
+def run_job(job: Job, key: int, request: Request, worker: str = "local") -> Outcome:
+    """Evaluate one request; any exception becomes a failed Outcome with its type, message and origin."""
     t0 = time.perf_counter()
     try:
-        m = evaluate(job.model, job.task, policy, finetune_config=finetune or job.finetune, latency=job.latency)
+        m = evaluate(job.model, job.task, request.policy, finetune_config=request.finetune or job.finetune,
+                     latency=job.latency, runtime=request.runtime or job.runtime)
         return Outcome(key, m, None, time.perf_counter() - t0, worker)
     except Exception as exc:  # noqa: BLE001 - a failed candidate is recorded with its reason, never hidden
         frames = traceback.extract_tb(exc.__traceback__)
@@ -68,8 +78,9 @@ class Executor(Protocol):
     def start(self, job: Job) -> None:
         """Ship the job (model, task, settings) once, before any submit."""
 
-    def submit(self, key: int, policy: Policy, finetune: FinetuneConfig | None = None) -> None:
-        """Queue one evaluation under `key` (`finetune` overrides the job's settings)."""
+    def submit(self, key: int, policy: Policy, finetune: FinetuneConfig | None = None, *,
+               runtime: str | None = None) -> None:
+        """Queue one evaluation under `key` (`finetune` and `runtime` override the job's)."""
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         """Block until at least one pending evaluation finished (or timeout); return those finished."""

@@ -6,7 +6,7 @@ from collections import deque
 from ..errors import ConfigError
 from ..policy import Policy
 from ..train import FinetuneConfig
-from .base import Job, Outcome, run_job
+from .base import Job, Outcome, Request, run_job
 
 
 class LocalExecutor:
@@ -16,24 +16,25 @@ class LocalExecutor:
 
     def __init__(self) -> None:
         self._job: Job | None = None
-        self._pending: deque[tuple[int, Policy, FinetuneConfig | None]] = deque()
+        self._pending: deque[tuple[int, Request]] = deque()
 
     def start(self, job: Job) -> None:
         self._job = job
 
-    def submit(self, key: int, policy: Policy, finetune: FinetuneConfig | None = None) -> None:
+    def submit(self, key: int, policy: Policy, finetune: FinetuneConfig | None = None, *,
+               runtime: str | None = None) -> None:
         if self._job is None:
             raise ConfigError("LocalExecutor.submit before start(job).")
-        self._pending.append((key, policy, finetune))
+        self._pending.append((key, Request(policy, finetune, runtime)))
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         if not self._pending or self._job is None:
             return []
-        key, policy, finetune = self._pending.popleft()
-        return [run_job(self._job, key, policy, finetune=finetune)]
+        key, request = self._pending.popleft()
+        return [run_job(self._job, key, request)]
 
     def cancel(self) -> list[int]:
-        keys = [k for k, _, _ in self._pending]
+        keys = [k for k, _ in self._pending]
         self._pending.clear()
         return keys
 

@@ -26,7 +26,7 @@ from ray.exceptions import RayActorError
 from ..errors import ConfigError, ExecutorUnavailable
 from ..policy import Policy
 from ..train import FinetuneConfig
-from .base import Job, Outcome, run_job
+from .base import Job, Outcome, Request, run_job
 
 # Ray rewrites 127.0.0.1 to the machine's network address; other loopback addresses are kept.
 LOOPBACK = "127.0.0.2"
@@ -105,8 +105,8 @@ class _Worker:
         return {"worker": self.name, "node_id": self.node_id, "device": self.device, "threads": self.threads,
                 "pid": os.getpid()}
 
-    def evaluate(self, key: int, policy: Policy, finetune: FinetuneConfig | None) -> Outcome:
-        return run_job(self.job, key, policy, worker=self.name, finetune=finetune)
+    def evaluate(self, key: int, request: Request) -> Outcome:
+        return run_job(self.job, key, request, worker=self.name)
 
 
 _RemoteWorker = ray.remote(_Worker)
@@ -153,8 +153,8 @@ class RayExecutor:
         self._started_ray = False
         self._slots: list[_Slot] = []
         self._locks: list[Any] = []
-        self._queue: deque[tuple[int, Policy, FinetuneConfig | None]] = deque()
-        self._work: dict[int, tuple[Policy, FinetuneConfig | None]] = {}
+        self._queue: deque[tuple[int, Request]] = deque()
+        self._work: dict[int, Request] = {}
         self._retries: dict[int, int] = {}
         self._job_ref: Any = None
         self.dispatch_s = 0.0  # driver time spent submitting and collecting (for overhead figures)
@@ -251,11 +251,13 @@ class RayExecutor:
         self._started_ray = False
 
     # ------------------------------------------------------------------ work
-    def submit(self, key: int, policy: Policy, finetune: FinetuneConfig | None = None) -> None:
+    def submit(self, key: int, policy: Policy, finetune: FinetuneConfig | None = None, *,
+               runtime: str | None = None) -> None:
         if not self._slots:
             raise ConfigError("RayExecutor.submit before start(job).")
-        self._work[key] = (policy, finetune)
-        self._queue.append((key, policy, finetune))
+        request = Request(policy, finetune, runtime)
+        self._work[key] = request
+        self._queue.append((key, request))
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -264,8 +266,8 @@ class RayExecutor:
             if not self._queue:
                 break
             if slot.busy_key is None:
-                key, policy, finetune = self._queue.popleft()
-                slot.busy_key, slot.ref = key, slot.handle.evaluate.remote(key, policy, finetune)
+                key, request = self._queue.popleft()
+                slot.busy_key, slot.ref = key, slot.handle.evaluate.remote(key, request)
         self.dispatch_s += time.perf_counter() - t0
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
@@ -327,8 +329,7 @@ class RayExecutor:
         if tries > self.max_retries:
             return Outcome(key, None, f"WorkerDied: the Ray actor ({who}) died {tries} time(s) evaluating this trial; "
                                       f"last: {type(exc).__name__}: {reason}", 0.0, who, attempts=tries)
-        policy, finetune = self._work[key]
-        self._queue.appendleft((key, policy, finetune))
+        self._queue.appendleft((key, self._work[key]))
         return None
 
     def in_flight(self) -> dict[int, dict[str, Any]]:
@@ -336,7 +337,7 @@ class RayExecutor:
         return {s.busy_key: dict(s.info or {}) for s in self._slots if s.busy_key is not None}
 
     def cancel(self) -> list[int]:
-        keys = [k for k, _, _ in self._queue] + [s.busy_key for s in self._slots if s.busy_key is not None]
+        keys = [k for k, _ in self._queue] + [s.busy_key for s in self._slots if s.busy_key is not None]
         self._queue.clear()
         for s in self._slots:
             if s.ref is not None:

@@ -14,9 +14,9 @@ from .latency import LatencyConfig, time_forward, timing_guard
 from .macs import count_macs
 from .measurement import LayerStats, Measurement
 from .packing import pack
-from .runtime import int8_runtime, materialize
+from .runtime import deploy_runtime, int8_available, int8_runtime, materialize
 
-RUNTIMES = ("auto", "float", "int8")
+RUNTIMES = ("float", "int8", "auto")
 
 
 def _pick_runtime(candidates: dict[str, nn.Module], task: Task, device: torch.device,
@@ -36,34 +36,40 @@ def measure(
     model: nn.Module,
     task: Task,
     *,
-    runtime: str = "auto",
+    runtime: str | None = None,
     latency: LatencyConfig | None = None,
     skipped: Iterable[str] = (),
 ) -> Measurement:
     """Measure `model` on `task`: metric, packed size, latency, MACs (see Measurement).
 
-    runtime "auto" times every runtime available for this model (float; int8 kernels where
-    Linear layers are quantized to <= 8 bits on CPU) and reports the fastest, measuring the
-    accuracy on that same runtime. "float" / "int8" force one.
+    runtime: where the model runs, for its latency *and* its accuracy.
+      "float"  plain float kernels (masks and fake quantization baked into the weights);
+      "int8"   torch's dynamic int8 kernels for every Linear quantized to <= 8 bits (our exact codes
+               and scales; CPU only), float for the rest; a model with no such layer runs all-float
+               and reports runtime "float";
+      "auto"   times both in interleaved rounds and reports the faster -- timing-dependent, so two
+               calls can pick differently; use it to explore, not to compare.
+      None     (default) the runtime recorded for this model by `apply_recipe` (the recipe's), else
+               "float". A search decides its runtime once per study (see `search(runtime=...)`).
+    The same model measured twice on "float" or "int8" gives the same accuracy.
     """
+    if runtime is None:
+        runtime = deploy_runtime(model) or "float"
     if runtime not in RUNTIMES:
-        raise ConfigError(f"measure: runtime={runtime!r}; use one of {', '.join(RUNTIMES)}.")
+        raise ConfigError(f"measure: runtime={runtime!r}; use one of {', '.join(RUNTIMES)} (or None).")
     device = task.torch_device
     config = latency or LatencyConfig()
+    if runtime == "int8" and not int8_available(device):
+        raise ConfigError(f"measure: runtime='int8' but the device ({device}) has no int8 kernels (torch's dynamic "
+                          "int8 Linear runs on CPU); use runtime='float'.")
     blob, entries = pack(model)
     plain = materialize(model).to(device)
     candidates: dict[str, nn.Module] = {}
-    if runtime in ("auto", "float"):
+    q = int8_runtime(model, device) if runtime in ("auto", "int8") else None
+    if q is not None:
+        candidates["int8-dynamic"] = q
+    if runtime in ("auto", "float") or q is None:
         candidates["float"] = plain
-    if runtime in ("auto", "int8"):
-        q = int8_runtime(model, device)
-        if q is not None:
-            candidates["int8-dynamic"] = q
-        elif runtime == "int8":
-            raise ConfigError(
-                "measure: runtime='int8' but no Linear layer is quantized to <= 8 bits, or the device "
-                f"({device}) has no int8 kernels; use runtime='auto'."
-            )
     with timing_guard():  # one timing at a time per machine when an executor installed a guard
         latencies = _pick_runtime(candidates, task, device, config)
     chosen = min(latencies, key=latencies.get)

@@ -11,6 +11,7 @@ from torch import nn
 from ..errors import RecipeError
 from ..evaluate import compress
 from ..measure import LatencyConfig, Measurement, measure
+from ..measure.runtime import set_deploy_runtime
 from ..policy import Policy
 from ..task import Task
 from ..techniques import ApplyReport, CompressionWarning
@@ -73,8 +74,13 @@ def apply_recipe_with_report(model: nn.Module, recipe: Recipe | str | os.PathLik
             + "; ".join(mismatch.lines()) + ". Fix: apply it to the architecture it was made for (retrained "
             "weights are fine), or pass strict=False (CLI: --no-strict) to apply the policy to the layers that match.")
     policy, left = _fitting_policy(target, recipe, mismatch)
+    if task is not None and task.transform_name != recipe.train_transform and recipe.finetune.steps:
+        warnings.warn(f"{_where(recipe)} was fine-tuned with train_transform {recipe.train_transform!r} but the task "
+                      f"has {task.transform_name!r}: the replayed fine-tune will not reproduce the recorded weights. "
+                      "Fix: give the task the same train_transform.", CompressionWarning, stacklevel=3)
     x = task.example_input if task is not None else recipe.example_input.zeros()
     small, applied = compress(target, policy, task=task, finetune_config=recipe.finetune, example_input=x)
+    set_deploy_runtime(small, recipe.measure_runtime)
     report = RecipeReport(mismatch, left, applied, finetuned=task is not None and recipe.finetune.steps > 0
                           and bool(policy.active()))
     if mismatch:
@@ -97,7 +103,9 @@ def apply_recipe(model: nn.Module, recipe: Recipe | str | os.PathLike[str], task
     the policy to the layers that fit and warns about the rest (see apply_recipe_with_report).
     With `task`, the recorded fine-tune runs with the recorded seed (distilling from `model` when
     the policy says so): on CPU the result is bitwise the weights the search measured. Without a
-    task only the policy is applied, traced with zeros of the recorded example-input shape.
+    task only the policy is applied, traced with zeros of the recorded example-input shape. The
+    returned model remembers the recipe's runtime: `ash.measure(small, task)` measures on it, so it
+    reproduces the recorded accuracy.
     """
     return apply_recipe_with_report(model, recipe, task, strict=strict)[0]
 

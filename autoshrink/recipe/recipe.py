@@ -1,6 +1,6 @@
 """Recipe: the chosen policy and everything needed to replay and check it, as versioned YAML.
 
-    format: autoshrink-recipe/1
+    format: autoshrink-recipe/2
     autoshrink_version, torch_version       what produced it
     source: {study, storage, trial}         where it came from
     seed                                    the fine-tune replays with it (== finetune.seed)
@@ -8,12 +8,15 @@
     example_input: {shape, dtype}           zeros of it trace the model for structured pruning
     metrics / baseline                      accuracy, size_bytes, latency_ms, macs, runtime, batch_size, threads
     finetune                                FinetuneConfig (steps, lr, optimizer, weight_decay, alpha,
-                                            temperature, seed)
+                                            temperature, schedule, ramp, ramp_updates, bn_batches, seed)
+    train_transform                         name of the task's augmentation the fine-tune used (or null)
     policy                                  Policy (per-layer, keyed by module name; distill)
     model: {class, sha256, layers}          the fingerprint: names, types, parameter shapes
     checksum                                sha256 of the canonical content; delete the line to accept hand edits
 
 Loading uses yaml.safe_load only and validates every field; errors name the file, line, field and value.
+Format 1 files (autoshrink 0.1, before gradual pruning, BatchNorm re-estimation and train_transform)
+still load: their fine-tune replays as then (schedule oneshot, bn_batches 0, no augmentation).
 """
 from __future__ import annotations
 
@@ -36,10 +39,14 @@ from ..space.yaml_source import Source, load_yaml
 from ..train import FinetuneConfig
 from .fingerprint import Fingerprint, InputSpec, LayerSignature, normalize
 
-FORMAT = "autoshrink-recipe/1"
+FORMAT = "autoshrink-recipe/2"
+FORMAT_V1 = "autoshrink-recipe/1"
 _FORMAT_RE = re.compile(r"autoshrink-recipe/(\d+)")
 KEYS = ("format", "autoshrink_version", "torch_version", "source", "seed", "device", "example_input", "metrics",
-        "baseline", "finetune", "policy", "model")
+        "baseline", "finetune", "train_transform", "policy", "model")
+KEYS_V1 = tuple(k for k in KEYS if k != "train_transform")
+# what a format-1 fine-tune did (its settings lack these keys)
+FINETUNE_V1 = {"schedule": "oneshot", "ramp": 0.5, "ramp_updates": 10, "bn_batches": 0}
 METRIC_KEYS = ("accuracy", "size_bytes", "latency_ms", "macs", "runtime", "batch_size", "threads")
 RUNTIMES = {"float": "float", "int8-dynamic": "int8"}  # recorded runtime -> measure(runtime=...)
 HEADER = ("# autoshrink recipe: a compression policy and how to replay it (docs: README, 'Recipes').\n"
@@ -91,6 +98,7 @@ class Recipe:
     metrics: Measurement
     baseline: Measurement
     source: Origin
+    train_transform: str | None = None
     autoshrink_version: str = field(default_factory=_version)
     torch_version: str = torch.__version__
     path: str = field(default="", compare=False, repr=False)
@@ -127,7 +135,8 @@ class Recipe:
             "seed": self.seed, "device": self.device, "example_input": self.example_input.to_dict(),
             "metrics": {k: getattr(self.metrics, k) for k in METRIC_KEYS},
             "baseline": {k: getattr(self.baseline, k) for k in METRIC_KEYS},
-            "finetune": self.finetune.to_dict(), "policy": self.policy.to_dict(), "model": self.model.to_dict(),
+            "finetune": self.finetune.to_dict(), "train_transform": self.train_transform,
+            "policy": self.policy.to_dict(), "model": self.model.to_dict(),
         }
 
     def to_yaml(self) -> str:
@@ -233,12 +242,15 @@ class _Checker:
         return self.check(value, path, lambda v: isinstance(v, str) and v != "", "expected a non-empty string")
 
 
-def _check_format(data: Any, src: Source) -> None:
+def _check_format(data: Any, src: Source) -> int:
+    """The format version (1 or 2) of a recipe, or a one-line error."""
     fmt = data.get("format") if isinstance(data, Mapping) else None
     if fmt == FORMAT:
-        return
+        return 2
+    if fmt == FORMAT_V1:
+        return 1
     m = _FORMAT_RE.fullmatch(fmt) if isinstance(fmt, str) else None
-    if m and int(m.group(1)) > 1:
+    if m and int(m.group(1)) > 2:
         raise RecipeError(f"{src.at('format')}: written by a newer autoshrink (format {fmt}); this one reads "
                           f"{FORMAT}. Fix: upgrade autoshrink.")
     got = "no 'format' field" if fmt is None else f"format {describe(fmt)}"
@@ -301,8 +313,11 @@ def _policy(c: _Checker, value: Any, fp: Fingerprint) -> Policy:
     return Policy(layers=layers, distill=m["distill"])
 
 
-def _finetune(c: _Checker, value: Any, seed: Any) -> FinetuneConfig:
+def _finetune(c: _Checker, value: Any, seed: Any, version: int) -> FinetuneConfig:
     keys = tuple(FinetuneConfig.__dataclass_fields__)
+    if version == 1:
+        v1 = tuple(k for k in keys if k not in FINETUNE_V1)
+        value = {**FINETUNE_V1, **c.mapping(value, "finetune", v1, v1)}
     m = c.mapping(value, "finetune", keys, keys)
     try:
         cfg = FinetuneConfig.from_dict(m)
@@ -316,10 +331,14 @@ def _finetune(c: _Checker, value: Any, seed: Any) -> FinetuneConfig:
 
 
 def _parse(data: Any, src: Source) -> Recipe:
-    _check_format(data, src)
+    version = _check_format(data, src)
     c = _Checker(src)
     _check_checksum(data, c)
-    c.mapping(data, "<root>", KEYS + ("checksum",), KEYS)
+    keys = KEYS if version == 2 else KEYS_V1
+    c.mapping(data, "<root>", keys + ("checksum",), keys)
+    transform = data.get("train_transform")
+    if transform is not None:
+        c.text(transform, "train_transform")
     device = c.text(data["device"], "device")
     spec = c.mapping(data["example_input"], "example_input", ("shape", "dtype"), ("shape", "dtype"))
     shape = c.check(spec["shape"], "example_input.shape", lambda v: isinstance(v, list) and all(
@@ -329,7 +348,8 @@ def _parse(data: Any, src: Source) -> Recipe:
     source = c.mapping(data["source"], "source", ("study", "storage", "trial"), ("study", "storage", "trial"))
     fp = _fingerprint(c, data["model"])
     return Recipe(
-        model=fp, policy=_policy(c, data["policy"], fp), finetune=_finetune(c, data["finetune"], data["seed"]),
+        model=fp, policy=_policy(c, data["policy"], fp),
+        finetune=_finetune(c, data["finetune"], data["seed"], version), train_transform=transform,
         example_input=InputSpec(tuple(shape), dtype),
         metrics=_metrics(c, data["metrics"], "metrics", device),
         baseline=_metrics(c, data["baseline"], "baseline", device),
@@ -343,7 +363,7 @@ def _parse(data: Any, src: Source) -> Recipe:
 def recipe_from_search(*, study: str, storage: str, trial: int, policy: Mapping[str, Any],
                        measurement: Mapping[str, Any], baseline: Mapping[str, Any], finetune: Mapping[str, Any],
                        fingerprint: Mapping[str, Any], example_input: Mapping[str, Any],
-                       produced_by: Mapping[str, str] | None = None) -> Recipe:
+                       train_transform: str | None = None, produced_by: Mapping[str, str] | None = None) -> Recipe:
     """A Recipe from a study's stored records (plain dicts: no model needed). A password in the
     storage URL is masked."""
     produced = {**versions(), **(produced_by or {})}
@@ -353,6 +373,7 @@ def recipe_from_search(*, study: str, storage: str, trial: int, policy: Mapping[
         "source": {"study": study, "storage": storage, "trial": trial}, "seed": finetune.get("seed"),
         "device": measurement.get("device"), "example_input": dict(example_input),
         "metrics": {k: measurement.get(k) for k in METRIC_KEYS}, "baseline": {k: baseline.get(k) for k in METRIC_KEYS},
-        "finetune": dict(finetune), "policy": dict(policy), "model": dict(fingerprint),
+        "finetune": {**FINETUNE_V1, **dict(finetune)}, "train_transform": train_transform, "policy": dict(policy),
+        "model": dict(fingerprint),
     }
     return _parse(data, Source(f"study {study!r} trial {trial}"))

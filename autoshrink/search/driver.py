@@ -1,14 +1,15 @@
-"""ash.search: the ask/tell loop. The driver owns the study; the executor only evaluates."""
+"""ash.search: set up (or resume) the study and run its stages. The driver owns the study; executors evaluate.
+
+Stages, in order: the study's runtime (decided once), the untouched baseline, the ask/tell loop
+(loop.py), then the optional refine stage (refine.py).
+"""
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import optuna
 from torch import nn
 
@@ -21,27 +22,17 @@ from ..space import BoundSpace, SearchSpace, bind
 from ..task import Task
 from ..techniques.structured import structured_blockers
 from ..train import FinetuneConfig
+from .loop import LoopContext, Progress, WaitClock, run_loop
 from .objectives import Objective, resolve
-from .result import SearchResult, non_dominated
+from .refine import REFINE_STEP_FACTOR, refine_candidates, refine_config, run_refine
+from .result import SearchResult, Session
+from .runtime import check_runtime, study_runtime
 from .samplers import make_sampler
 from .study import counted, default_storage, open_study, requeue_crashed
 
 BASELINE_KEY = -1
 
-
-@dataclass(frozen=True)
-class Progress:
-    """Reported after every finished trial (for live displays)."""
-
-    done: int
-    failed: int
-    target: int
-    pending: int
-    front_size: int
-    best_compression: float | None  # best size ratio within 1 pp (or max_accuracy_drop) so far
-    elapsed_s: float
-    remaining_s: float | None
-    last: dict[str, Any]
+__all__ = ["Progress", "search"]
 
 
 def _baselines(bound: BoundSpace) -> list[dict[str, Any]]:
@@ -59,11 +50,12 @@ def _signature(model: nn.Module, bound: BoundSpace, objectives: Sequence[Objecti
     space = {name: list(choice.values) for name, choice in bound.params()}
     digest = hashlib.sha256(json.dumps(space, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return {"model": type(model).__name__, "space": digest, "finetune": ft.to_dict(),
-            "example_input": list(task.example_input.shape)}
+            "example_input": list(task.example_input.shape), "train_transform": task.transform_name}
 
 
-def _values(objectives: Sequence[Objective], m: Measurement) -> list[float]:
-    return [o.value(m) for o in objectives]
+def _positive_int(value: Any, name: str, zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if zero else 1):
+        raise ConfigError(f"search: {name}={value!r}; use an integer >= {0 if zero else 1}.")
 
 
 def search(
@@ -82,6 +74,10 @@ def search(
     seed: int = 0,
     max_accuracy_drop: float | None = None,
     latency: LatencyConfig | None = None,
+    runtime: str = "auto",
+    refine_top: int = 0,
+    refine_steps: int | None = None,
+    refine_finetune: Mapping[str, Any] | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> SearchResult:
     """Search per-layer compression policies for `model` on `task`; return the SearchResult.
@@ -89,8 +85,13 @@ def search(
     An Optuna study (storage default sqlite:///studies/<study_name>.db) keeps every trial; the same
     storage and study_name resume it (trials left RUNNING by a dead run are re-queued). The first
     trials are uniform baselines (no compression, 8-bit, 50% sparsity). `n_trials` counts finished
-    trials in the study; `timeout` (seconds) stops asking new ones. `max_accuracy_drop` (fraction)
-    is an Optuna constraint: trials past it stay in the study but not in the front.
+    candidate trials in the study; `timeout` (seconds) stops asking new ones. `max_accuracy_drop`
+    (fraction) is an Optuna constraint: trials past it stay in the study but not in the front.
+    `runtime` ("auto", "float", "int8") is the runtime every trial's latency and accuracy are
+    measured on, decided once per study (see search/runtime.py). `refine_top=k` re-runs the k best
+    feasible or near-feasible candidates with `refine_steps` fine-tune steps (default 5x the
+    search's), gradual pruning and distillation, as trials of their own (see search/refine.py;
+    `refine_finetune` overrides those settings).
     """
     t_start = time.perf_counter()
     verbosity = optuna.logging.get_verbosity()
@@ -99,7 +100,8 @@ def search(
         return _search(model, task, space, objectives=objectives, n_trials=n_trials, timeout=timeout,
                        finetune_steps=finetune_steps, executor=executor, storage=storage, study_name=study_name,
                        sampler=sampler, seed=seed, max_accuracy_drop=max_accuracy_drop, latency=latency,
-                       progress=progress, t_start=t_start)
+                       runtime=runtime, refine_top=refine_top, refine_steps=refine_steps,
+                       refine_finetune=refine_finetune, progress=progress, t_start=t_start)
     finally:
         optuna.logging.set_verbosity(verbosity)
 
@@ -107,18 +109,21 @@ def search(
 def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Sequence[str], n_trials: int | None,
             timeout: float | None, finetune_steps: int | None, executor: Any, storage: str | None,
             study_name: str | None, sampler: Any, seed: int, max_accuracy_drop: float | None,
-            latency: LatencyConfig | None, progress: Callable[[Progress], None] | None,
+            latency: LatencyConfig | None, runtime: str, refine_top: int, refine_steps: int | None,
+            refine_finetune: Mapping[str, Any] | None, progress: Callable[[Progress], None] | None,
             t_start: float) -> SearchResult:
     if not isinstance(space, SearchSpace):
         raise ConfigError(f"search: space must be a SearchSpace (use ash.load_space), got {type(space).__name__}.")
     if n_trials is None and timeout is None:
         raise ConfigError("search: give n_trials and/or timeout, or it would never stop.")
-    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
-        raise ConfigError(f"search: n_trials={n_trials!r}; use a positive integer.")
+    if n_trials is not None:
+        _positive_int(n_trials, "n_trials")
     if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
         raise ConfigError(f"search: timeout={timeout!r}; use seconds > 0.")
     if max_accuracy_drop is not None and not (isinstance(max_accuracy_drop, (int, float)) and 0 <= max_accuracy_drop < 1):
         raise ConfigError(f"search: max_accuracy_drop={max_accuracy_drop!r}; use a fraction in [0, 1) (0.01 = 1 pp).")
+    check_runtime(runtime)
+    _positive_int(refine_top, "refine_top", zero=True)
     objs = resolve(objectives)
     bound = bind(space, model)
     # layers structured pruning cannot touch (e.g. the classifier) would only waste trials on no-ops
@@ -127,6 +132,8 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
     ft = space.finetune if finetune_steps is None else FinetuneConfig.from_dict({**space.finetune.to_dict(),
                                                                                  "steps": finetune_steps})
     ft = FinetuneConfig.from_dict({**ft.to_dict(), "seed": seed})
+    refine_cfg = refine_config(ft, refine_steps if refine_steps is not None else max(1, REFINE_STEP_FACTOR * ft.steps),
+                               refine_finetune) if refine_top else None
     study_name = study_name or f"autoshrink-{type(model).__name__.lower()}"
     storage = storage or default_storage(study_name)
     grid = {name: list(choice.values) for name, choice in bound.params()}
@@ -139,6 +146,7 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
         # what a recipe exported later needs without the model: its fingerprint and the input spec
         study.set_user_attr("fingerprint", fingerprint(model).to_dict())
         study.set_user_attr("example_input", InputSpec.of(task.example_input).to_dict())
+        study.set_user_attr("train_transform", task.transform_name)
         study.set_user_attr("versions", versions())
         for params in _baselines(bound):
             study.enqueue_trial(params, user_attrs={"baseline_policy": True})
@@ -146,46 +154,38 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
     requeue_crashed(study)
 
     ex = make_executor(executor)
-    eval_s = 0.0
-    clock = _WaitClock()
+    clock = WaitClock()
+    session = Session(model=model, task=task, executor=executor, latency=latency, finetune=ft)
     try:
         ex.start(Job(model=model, task=task, finetune=ft, latency=latency))
-        baseline = _baseline(study, ex, clock)
-        eval_s += baseline[1]
-        result = SearchResult(study=study, baseline=baseline[0], objectives=objs, max_accuracy_drop=max_accuracy_drop,
-                              storage=storage)
-        eval_s += _loop(study, ex, bound, objs, result, n_trials, timeout, max_accuracy_drop, progress, t_start, clock)
+        chosen, probe_s = study_runtime(study, runtime, model, ex, clock.wait)
+        baseline, base_s = _baseline(study, ex, clock, chosen)
+        result = SearchResult(study=study, baseline=baseline, objectives=objs, max_accuracy_drop=max_accuracy_drop,
+                              storage=storage, session=session)
+        ctx = LoopContext(study=study, ex=ex, clock=clock, objectives=objs, baseline=baseline, runtime=chosen,
+                          max_drop=max_accuracy_drop, progress=progress, t_start=t_start, timeout=timeout,
+                          eval_s=probe_s + base_s)
+        run_loop(ctx, bound, n_trials, counted(study))
+        if refine_cfg is not None:
+            sources = refine_candidates(study, baseline, objs, max_accuracy_drop, refine_top)
+            run_refine(ctx, sources, refine_cfg)
     finally:
         ex.shutdown()
     wall = time.perf_counter() - t_start
     # overhead: driver wall time not spent waiting for evaluations (study I/O, sampling, executor
     # start-up and dispatch); eval_s sums the workers' evaluation time (> wall with parallel workers)
     busy = wall - clock.waited
-    result.timing = {"wall_s": wall, "eval_s": eval_s, "wait_s": clock.waited, "overhead_s": busy,
+    result.timing = {"wall_s": wall, "eval_s": ctx.eval_s, "wait_s": clock.waited, "overhead_s": busy,
                      "overhead_fraction": busy / wall if wall else 0.0}
     return result
 
 
-class _WaitClock:
-    """Accumulates the driver's time blocked in executor.wait()."""
-
-    def __init__(self) -> None:
-        self.waited = 0.0
-
-    def wait(self, ex: Any) -> list[Outcome]:
-        t0 = time.perf_counter()
-        try:
-            return ex.wait()
-        finally:
-            self.waited += time.perf_counter() - t0
-
-
-def _baseline(study: optuna.Study, ex: Any, clock: _WaitClock) -> tuple[Measurement, float]:
+def _baseline(study: optuna.Study, ex: Any, clock: WaitClock, runtime: str) -> tuple[Measurement, float]:
     """The untouched model's Measurement, measured by the executor once and kept in the study."""
     stored = study.user_attrs.get("baseline")
     if stored:
         return Measurement.from_dict(stored), 0.0
-    ex.submit(BASELINE_KEY, Policy(), FinetuneConfig(steps=0))
+    ex.submit(BASELINE_KEY, Policy(), FinetuneConfig(steps=0), runtime=runtime)
     outcomes: list[Outcome] = []
     while not outcomes:
         outcomes = clock.wait(ex)
@@ -194,101 +194,3 @@ def _baseline(study: optuna.Study, ex: Any, clock: _WaitClock) -> tuple[Measurem
         raise ConfigError(f"measuring the untouched model failed, so nothing can be compared: {o.error}")
     study.set_user_attr("baseline", o.measurement.to_dict())
     return o.measurement, o.seconds
-
-
-def _loop(study: optuna.Study, ex: Any, bound: BoundSpace, objs: Sequence[Objective], result: SearchResult,
-          n_trials: int | None, timeout: float | None, max_drop: float | None,
-          progress: Callable[[Progress], None] | None, t_start: float, clock: _WaitClock) -> float:
-    pending: dict[int, optuna.trial.Trial] = {}
-    done = counted(study)
-    failed = 0
-    eval_s = 0.0
-    capacity = max(1, int(getattr(ex, "capacity", 1)))
-    feasible_pts: list[tuple[int, list[float], float]] = []  # (trial, normalized values, compression)
-    try:
-        while True:
-            while (len(pending) < capacity and (n_trials is None or done + len(pending) < n_trials)
-                   and (timeout is None or time.perf_counter() - t_start < timeout)):
-                trial = study.ask()
-                policy = bound.sample(trial)
-                trial.set_user_attr("policy", policy.to_dict())
-                ex.submit(trial.number, policy)
-                pending[trial.number] = trial
-            if not pending:
-                break
-            for o in clock.wait(ex):
-                trial = pending.pop(o.key)
-                eval_s += o.seconds
-                ok = _tell(study, trial, o, objs, result.baseline, max_drop)
-                done += 1
-                failed += 0 if ok else 1
-                if ok:
-                    m = o.measurement
-                    drop = result.baseline.accuracy - m.accuracy
-                    if drop <= (0.01 if max_drop is None else max_drop) + 1e-12:
-                        feasible_pts.append((o.key, [ob.normalized(v, result.baseline)
-                                                     for ob, v in zip(objs, _values(objs, m))],
-                                             result.baseline.size_bytes / m.size_bytes))
-                if progress:
-                    progress(_progress(done, failed, n_trials, len(pending), feasible_pts, t_start, timeout, o))
-    except BaseException:
-        _abandon(study, ex, pending)
-        raise
-    return eval_s
-
-
-def _tell(study: optuna.Study, trial: optuna.trial.Trial, o: Outcome, objs: Sequence[Objective],
-          baseline: Measurement, max_drop: float | None) -> bool:
-    # few writes per trial: each user attribute is one storage transaction
-    trial.set_user_attr("eval", {"seconds": round(o.seconds, 4), "worker": o.worker, "attempts": o.attempts})
-    if not o.ok:
-        trial.set_user_attr("failure", o.error)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        return False
-    m = o.measurement
-    values = _values(objs, m)
-    if not all(math.isfinite(v) for v in values):
-        trial.set_user_attr("failure", f"non-finite objective values {values}")
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        return False
-    trial.set_user_attr("measurement", m.to_dict())
-    if max_drop is not None:
-        trial.set_constraint("accuracy_drop", (baseline.accuracy - m.accuracy) - max_drop)
-    frozen = study.tell(trial, values)
-    if frozen.state != optuna.trial.TrialState.COMPLETE:  # Optuna fails a bad tell silently
-        raise ConfigError(f"trial {trial.number}: Optuna did not accept values {values} (state {frozen.state.name}).")
-    return True
-
-
-def _abandon(study: optuna.Study, ex: Any, pending: dict[int, optuna.trial.Trial]) -> None:
-    """Interrupted (Ctrl-C or an error): fail pending trials and queue their parameters again."""
-    ex.cancel()
-    for number, trial in pending.items():
-        try:
-            trial.set_user_attr("failure", "the search was interrupted while this trial was pending; re-queued")
-            trial.set_user_attr("crashed", True)
-            study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": number})
-        except Exception:  # noqa: BLE001 - best effort while unwinding; resume re-queues RUNNING trials anyway
-            continue
-
-
-def _progress(done: int, failed: int, target: int | None, pending: int, pts: list, t_start: float,
-              timeout: float | None, o: Outcome) -> Progress:
-    elapsed = time.perf_counter() - t_start
-    front = 0
-    best = None
-    if pts:
-        arr = np.array([p[1] for p in pts])
-        front = int(non_dominated(arr).sum())
-        best = max(p[2] for p in pts)
-    remaining = None
-    if target:
-        remaining = elapsed / max(done, 1) * max(target - done, 0)
-    if timeout is not None:
-        remaining = min(remaining, max(timeout - elapsed, 0)) if remaining is not None else max(timeout - elapsed, 0)
-    last = {"trial": o.key, "ok": o.ok, "error": o.error}
-    if o.ok:
-        last.update(accuracy=o.measurement.accuracy, size_bytes=o.measurement.size_bytes,
-                    latency_ms=o.measurement.latency_ms)
-    return Progress(done, failed, target or 0, pending, front, best, elapsed, remaining, last)

@@ -1,8 +1,9 @@
 """SearchResult: the baseline, the trials, the feasible Pareto front, selection and hypervolume."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import optuna
@@ -14,6 +15,17 @@ from ..recipe import Recipe, recipe_from_search
 from .objectives import Objective
 
 MINIMIZE = {"size": "size_bytes", "latency": "latency_ms", "macs": "macs"}
+
+
+@dataclass(frozen=True)
+class Session:
+    """What the search that produced a result ran with (for `SearchResult.refine` afterwards)."""
+
+    model: Any
+    task: Any
+    executor: Any
+    latency: Any
+    finetune: Any
 
 
 def non_dominated(points: np.ndarray) -> np.ndarray:
@@ -36,6 +48,7 @@ class SearchResult:
     max_accuracy_drop: float | None = None
     timing: dict[str, float] = field(default_factory=dict)
     storage: str | None = None  # the Optuna storage URL the study lives in
+    session: Session | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ tables
     @property
@@ -44,13 +57,15 @@ class SearchResult:
         rows = []
         for t in self.study.get_trials(deepcopy=False):
             u = t.user_attrs
-            row: dict[str, Any] = {"trial": t.number, "state": t.state.name}
+            row: dict[str, Any] = {"trial": t.number, "state": t.state.name, "stage": u.get("stage")}
             m = u.get("measurement")
             if m:
                 row.update(self._derived(m))
             row["policy"] = u.get("policy")
             row["failure"] = u.get("failure")
             row["retry_of"] = u.get("retry_of")
+            row["refined_from"] = u.get("refined_from")
+            row["finetune_steps"] = (u.get("finetune") or self.study.user_attrs.get("finetune", {})).get("steps")
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -85,9 +100,11 @@ class SearchResult:
         feasible = self._feasible()
         if not feasible:
             return pd.DataFrame(columns=["trial", "accuracy", "accuracy_drop", "size_bytes", "latency_ms", "macs",
-                                         "compression", "speedup", "mac_reduction", "runtime", "device", "policy"])
+                                         "compression", "speedup", "mac_reduction", "runtime", "device", "policy",
+                                         "stage", "refined_from"])
         front = [t for t, keep in zip(feasible, non_dominated(self._normalized(feasible))) if keep]
-        rows = [{"trial": t.number, **self._derived(t.user_attrs["measurement"]), "policy": t.user_attrs.get("policy")}
+        rows = [{"trial": t.number, **self._derived(t.user_attrs["measurement"]), "policy": t.user_attrs.get("policy"),
+                 "stage": t.user_attrs.get("stage"), "refined_from": t.user_attrs.get("refined_from")}
                 for t in front]
         return pd.DataFrame(rows).sort_values(["accuracy", "size_bytes"], ascending=[False, True]).reset_index(drop=True)
 
@@ -108,9 +125,10 @@ class SearchResult:
                               "so no recipe can be checked against a model. Fix: run the search in a new study.")
         return recipe_from_search(study=name, storage=self.storage or "unknown", trial=t.number,
                                   policy=t.user_attrs["policy"], measurement=t.user_attrs["measurement"],
-                                  baseline=self.baseline.to_dict(), finetune=attrs["finetune"],
+                                  baseline=self.baseline.to_dict(),
+                                  finetune=t.user_attrs.get("finetune") or attrs["finetune"],
                                   fingerprint=attrs["fingerprint"], example_input=attrs["example_input"],
-                                  produced_by=attrs.get("versions"))
+                                  train_transform=attrs.get("train_transform"), produced_by=attrs.get("versions"))
 
     def best(self, max_accuracy_drop: float = 0.01, minimize: str = "size") -> Recipe:
         """The Recipe of the trial with the smallest `minimize` (size, latency or macs) among those
@@ -131,6 +149,61 @@ class SearchResult:
                               "Relax max_accuracy_drop or run more trials.")
         pick = ok.sort_values([MINIMIZE[minimize], "accuracy"], ascending=[True, False]).iloc[0]
         return self.recipe(int(pick["trial"]))
+
+    # ------------------------------------------------------------------ refine
+    def refine(self, k: int = 1, *, steps: int | None = None, trials: Sequence[int] | None = None,
+               model: Any = None, task: Any = None, executor: Any = None,
+               finetune: Mapping[str, Any] | None = None, progress: Callable[[Any], None] | None = None
+               ) -> pd.DataFrame:
+        """Refine stage after the search (see search/refine.py): re-run the k best feasible or
+        near-feasible candidates (or the given `trials`) with `steps` fine-tune steps (default 5x the
+        study's), gradual pruning and distillation, each as a new trial of this study. Model, task and
+        executor default to the search's own (needed after `load_result`). Returns the new trials'
+        rows of `trials` (with `refined_from`)."""
+        from ..executors import Job, make_executor
+        from ..recipe.fingerprint import fingerprint
+        from ..train import FinetuneConfig
+        from .loop import LoopContext, WaitClock
+        from .refine import REFINE_STEP_FACTOR, refine_candidates, refine_config, run_refine
+
+        s = self.session
+        model = model if model is not None else (s.model if s else None)
+        task = task if task is not None else (s.task if s else None)
+        if model is None or task is None:
+            raise ConfigError("refine: this result was loaded from storage; pass model= and task= (the ones the "
+                              "search used).")
+        stored = self.study.user_attrs.get("fingerprint")
+        if stored and stored.get("sha256") != fingerprint(model).sha256:
+            raise ConfigError(f"refine: the model does not match the architecture study {self.study.study_name!r} "
+                              f"searched ({stored.get('class')}). Fix: pass the model the search used.")
+        ft = FinetuneConfig.from_dict(self.study.user_attrs["finetune"])
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ConfigError(f"refine: k={k!r}; use a positive integer.")
+        cfg = refine_config(ft, steps if steps is not None else max(1, REFINE_STEP_FACTOR * ft.steps), finetune)
+        if trials is not None:
+            sources = []
+            for n in trials:
+                if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < len(self.study.trials):
+                    raise ConfigError(f"refine: trial {n!r} is not in the study (0..{len(self.study.trials) - 1}).")
+                t = self.study.trials[n]
+                if t.state != optuna.trial.TrialState.COMPLETE or "policy" not in t.user_attrs:
+                    raise ConfigError(f"refine: trial {n} is {t.state.name}; pick a completed trial.")
+                sources.append(t)
+        else:
+            sources = refine_candidates(self.study, self.baseline, self.objectives, self.max_accuracy_drop, k)
+        runtime = (self.study.user_attrs.get("runtime") or {}).get("runtime", "float")
+        ex = make_executor(executor if executor is not None else (s.executor if s else "local"))
+        clock = WaitClock()
+        ctx = LoopContext(study=self.study, ex=ex, clock=clock, objectives=self.objectives, baseline=self.baseline,
+                          runtime=runtime, max_drop=self.max_accuracy_drop, progress=progress,
+                          t_start=time.perf_counter())
+        try:
+            ex.start(Job(model=model, task=task, finetune=ft, latency=s.latency if s else None))
+            numbers = run_refine(ctx, sources, cfg)
+        finally:
+            ex.shutdown()
+        df = self.trials
+        return df[df["trial"].isin(numbers)].reset_index(drop=True)
 
     # ------------------------------------------------------------------ quality
     def reference_point(self) -> np.ndarray:

@@ -81,23 +81,31 @@ def open_study(storage: str, study_name: str, objectives: Sequence[Objective], s
 
 
 def requeue_crashed(study: optuna.Study) -> list[int]:
-    """Trials left RUNNING by a dead driver: tell them FAIL and enqueue their parameters again.
+    """Trials left RUNNING by a dead driver: tell them FAIL and enqueue their parameters again (with
+    how they came to be: baseline, warm start). A crashed refine trial is not re-queued: the refine
+    stage redoes every source that has no refined trial yet.
 
     With one driver per study (autoshrink's model), a RUNNING trial at start-up is a crashed one.
     """
+    from .loop import requeue_attrs  # the loop module imports this one
+
     crashed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for t in crashed:
         # attributes can only be written while the trial is still RUNNING, so before the tell
         trial = optuna.trial.Trial(study, t._trial_id)
-        trial.set_user_attr("failure", "the search process died while this trial was running; "
-                                       "its parameters were queued again")
+        refined = t.user_attrs.get("refined_from") is not None
+        trial.set_user_attr("failure", "the search process died while this trial was running; " + (
+            "the refine stage runs it again" if refined else "its parameters were queued again"))
         trial.set_user_attr("crashed", True)
         study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        if not refined:
+            study.enqueue_trial(t.params, user_attrs=requeue_attrs(t, t.number), skip_if_exists=False)
     return [t.number for t in crashed]
 
 
 def counted(study: optuna.Study) -> int:
-    """Finished trials that count towards n_trials (COMPLETE, and FAIL that were not re-queued)."""
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get("crashed"))
+    """Finished candidates that count towards n_trials: COMPLETE, PRUNED (screened out) and FAIL
+    trials, except those re-queued after a crash and the refine stage's trials."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=states)
+               if not t.user_attrs.get("crashed") and t.user_attrs.get("refined_from") is None)

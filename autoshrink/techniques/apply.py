@@ -30,9 +30,15 @@ class ApplyReport:
     skipped: tuple[Skipped, ...] = ()
     notes: tuple[str, ...] = ()
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)
+    factorized: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
         return [str(s) for s in self.skipped] + list(self.notes)
+
+    @property
+    def restructured(self) -> bool:
+        """Whether channels were removed or layers factorized (BatchNorm statistics are then stale)."""
+        return bool(self.channels) or bool(self.factorized)
 
 
 def check_layer_names(model: nn.Module, policy: Policy) -> None:
@@ -79,6 +85,7 @@ def apply_policy_with_report(
         skipped=tuple(skipped),
         notes=tuple(context.get("structured_notes", ())),
         channels=dict(context.get("structured", {})),
+        factorized=tuple(context.get("factorized", ())),
     )
     return small, report
 

@@ -109,6 +109,7 @@ class LowRank(Technique):
 
     def apply(self, model: nn.Module, targets: dict[str, LayerPolicy], context: dict) -> list[Skipped]:
         skipped: list[Skipped] = []
+        done: list[str] = context.setdefault("factorized", [])
         for name, lp in targets.items():
             layer = model.get_submodule(name)
             result = factorize(layer, lp.rank)
@@ -116,4 +117,5 @@ class LowRank(Technique):
                 skipped.append(Skipped(name, self.name, result))
             else:
                 _set_submodule(model, name, result)
+                done.append(name)
         return skipped

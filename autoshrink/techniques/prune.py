@@ -16,8 +16,12 @@ from .weights import add_mask
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Bool mask keeping all but the round(sparsity * n) smallest-magnitude entries."""
+    return prune_smallest(weight, int(round(sparsity * weight.numel())))
+
+
+def prune_smallest(weight: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask dropping exactly the `k` smallest-magnitude entries (ties: lower position first)."""
     n = weight.numel()
-    k = int(round(sparsity * n))
     mask = torch.ones(n, dtype=torch.bool, device=weight.device)
     if k:
         order = torch.argsort(weight.detach().abs().flatten(), stable=True)

@@ -13,6 +13,9 @@ example input is run again and the output shapes compared, and a prune that brea
 rolled back (the touched layers restored) and reported as Skipped. Groups coupled to grouped
 (non-depthwise) convolutions or parametrized layers are skipped.
 
+Gradual pruning removes the channels in rounds: `context["structured_counts"]` (name -> channels to
+remove in this round) then overrides round(sparsity * C) of the current C.
+
 Coupled targets: several targets whose output channels are tied (e.g. two convs feeding one
 residual add) are pruned together once, by the largest n requested among them. Each of them is
 recorded in `context["structured"]` (name -> (channels_before, channels_after)) and
@@ -53,8 +56,9 @@ def _out_channels(layer: nn.Module) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
-def _resolve(model: nn.Module, name: str, lp: LayerPolicy) -> _Target | str:
-    """The layer to prune for target `name`, or the reason it cannot be pruned."""
+def _resolve(model: nn.Module, name: str, lp: LayerPolicy, count: int | None = None) -> _Target | str:
+    """The layer to prune for target `name`, or the reason it cannot be pruned. `count` (channels to
+    remove now) overrides round(sparsity * channels): the rounds of gradual pruning use it."""
     try:
         module = model.get_submodule(name)
     except AttributeError:
@@ -68,7 +72,7 @@ def _resolve(model: nn.Module, name: str, lp: LayerPolicy) -> _Target | str:
     if torch.nn.utils.parametrize.is_parametrized(layer):
         return "the layer's weight is parametrized (masked or quantized); prune it structurally before that"
     channels = _out_channels(layer)
-    n = min(int(round(lp.sparsity * channels)), channels - 1)
+    n = min(int(round(lp.sparsity * channels)) if count is None else count, channels - 1)
     if n < 1:
         return f"sparsity {lp.sparsity} of {channels} output channels removes no channel"
     return _Target(name, layer, channels, n)
@@ -205,8 +209,9 @@ class StructuredPrune(Technique):
             return [Skipped(name, self.name, NO_INPUT) for name in targets]
         skipped: list[Skipped] = []
         pending: list[_Target] = []
+        counts: dict[str, int] = context.get("structured_counts", {})
         for name, lp in targets.items():
-            t = _resolve(model, name, lp)
+            t = _resolve(model, name, lp, counts.get(name))
             if isinstance(t, str):
                 skipped.append(Skipped(name, self.name, t))
             else:

@@ -178,3 +178,21 @@ def strip_parametrizations(model: nn.Module) -> nn.Module:
             else:
                 module.register_buffer(name, value)
     return model
+
+
+def unparametrize(model: nn.Module) -> None:
+    """Remove every weight parametrization in place, keeping the trainable original as `weight`, with
+    its pruning mask (if any) multiplied in, so pruned entries stay exactly zero. Quantization is
+    dropped (re-attach it with `add_fake_quant`). The Parameter objects are kept (optimizer state
+    stays valid). Used between the rounds of gradual structured pruning."""
+    for module in list(model.modules()):
+        if not parametrize.is_parametrized(module, "weight"):
+            continue
+        original = module.parametrizations["weight"].original  # type: ignore[index]
+        mask = weight_mask(module)
+        with torch.no_grad():
+            if mask is not None:
+                original.mul_(mask)
+        module.__class__ = module.__class__.__bases__[0]  # see strip_parametrizations: only this instance
+        del module._modules["parametrizations"]
+        module.register_parameter("weight", original)

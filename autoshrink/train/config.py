@@ -8,13 +8,27 @@ from typing import Any, Mapping
 from ..errors import ConfigError, describe
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("oneshot", "gradual")
 
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneConfig:
     """Budgeted fine-tuning: `steps` optimizer steps of `optimizer` at `lr` with cosine decay.
 
-    With distillation the loss is alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * task loss.
+    With distillation the loss is alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * task loss;
+    alpha = 1.0 is distillation only (the label term is not computed at all).
+
+    schedule: "oneshot" prunes to the final sparsity before the first step; "gradual" starts dense
+    and raises each layer's sparsity (unstructured entries, and structured channels where a whole
+    policy is fine-tuned by search / apply_recipe / evaluate) to its target on the cubic schedule of
+    Zhu & Gupta (2017): s_k = s * (1 - (1 - k / ramp_updates)^3) from update k = 0 to ramp_updates,
+    the updates spread evenly over the first `ramp` share of the steps; the masks (and the channels
+    removed) are recomputed by magnitude at each update, then frozen for the remaining steps. The end
+    state is exactly the one-shot count: round(s * n) zero entries, or the same number of channels.
+
+    bn_batches: after structured pruning or low-rank factorization changed a model's structure,
+    BatchNorm running statistics are re-estimated on this many training batches (train mode, no
+    gradients, no augmentation) before fine-tuning and before any zero-step evaluation; 0 = never.
     """
 
     steps: int = 200
@@ -23,13 +37,20 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     alpha: float = 0.7
     temperature: float = 4.0
+    schedule: str = "oneshot"
+    ramp: float = 0.5
+    ramp_updates: int = 10
+    bn_batches: int = 8
     seed: int = 0
 
     def __post_init__(self) -> None:
         def bad(field: str, rule: str) -> ConfigError:
             return ConfigError(f"finetune.{field}: got {describe(getattr(self, field))}; {rule}.")
 
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+        def integer(v: Any, low: int) -> bool:
+            return not isinstance(v, bool) and isinstance(v, int) and v >= low
+
+        if not integer(self.steps, 0):
             raise bad("steps", "it must be an integer >= 0 (0 = no fine-tune)")
         for name in ("lr", "weight_decay", "temperature"):
             v = getattr(self, name)
@@ -40,11 +61,21 @@ class FinetuneConfig:
         if self.temperature <= 0:
             raise bad("temperature", "it must be > 0, e.g. 4")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
-            raise bad("alpha", "it must be in [0, 1] (the weight of the distillation term)")
+            raise bad("alpha", "it must be in [0, 1] (the weight of the distillation term; 1 = distillation only)")
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"use one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", f"use one of {', '.join(SCHEDULES)}")
+        r = self.ramp
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or not 0 <= r <= 1:
+            raise bad("ramp", "it must be a share of the steps in [0, 1], e.g. 0.5")
+        if not integer(self.ramp_updates, 1):
+            raise bad("ramp_updates", "it must be an integer >= 1 (how often masks are recomputed during the ramp)")
+        if not integer(self.bn_batches, 0):
+            raise bad("bn_batches", "it must be an integer >= 0 (0 = never re-estimate BatchNorm statistics)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise bad("seed", "it must be an integer")
+        object.__setattr__(self, "ramp", float(r))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,6 +1,8 @@
 """Budgeted fine-tuning that keeps masks and quantization in force (they are parametrizations)."""
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 from typing import Any, Iterator
 
@@ -8,9 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import TaskError, TrainingError
-from ..task import Task, iterate_batches
+from ..task import Task, apply_transform, iterate_batches
 from .config import FinetuneConfig
-from .distill import distillation_loss
+from .distill import distillation_loss, kd_term
+from .gradual import GradualPruning, StructuredPlan
 
 
 def _endless(task: Task, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
@@ -31,10 +34,47 @@ def _optimizer(cfg: FinetuneConfig, params: list[nn.Parameter]) -> torch.optim.O
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def _rebuild(cfg: FinetuneConfig, model: nn.Module, old: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """A new optimizer over the model's current parameters (a structured round replaced some); the
+    state of the parameters that survived is carried over, the replaced ones start fresh."""
+    params = _trainable(model)
+    opt = _optimizer(cfg, params)
+    for p in params:
+        if p in old.state:
+            opt.state[p] = old.state[p]
+    return opt
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("finetune: the model has no trainable parameters; nothing to fine-tune (use steps=0).")
+    return params
+
+
 def _logits(output: Any, where: str) -> Tensor:
     if isinstance(output, Tensor):
         return output
     raise TrainingError(f"{where}: the model returned {type(output).__name__}; fine-tuning needs a tensor output (logits).")
+
+
+@contextlib.contextmanager
+def _frozen_teacher(teacher: nn.Module | None, device: torch.device) -> Iterator[nn.Module | None]:
+    """The teacher in eval mode on `device`, never updated: a copy when it lives elsewhere (the
+    caller's model is not moved), its own training flags restored afterwards."""
+    if teacher is None:
+        yield None
+        return
+    param = next(teacher.parameters(), None)
+    if param is not None and param.device != device:
+        teacher = copy.deepcopy(teacher).to(device)
+    modes = [(m, m.training) for m in teacher.modules()]
+    teacher.eval()
+    try:
+        yield teacher
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def finetune(
@@ -44,6 +84,7 @@ def finetune(
     steps: int | None = None,
     teacher: nn.Module | None = None,
     seed: int | None = None,
+    schedule: str | None = None,
     config: FinetuneConfig | None = None,
     **settings: Any,
 ) -> nn.Module:
@@ -51,51 +92,67 @@ def finetune(
 
     Masks and quantization applied by `apply_policy` stay in force: the optimizer updates the
     underlying float weights, the forward always uses the pruned/quantized values. With a
-    `teacher` (usually the uncompressed model) the loss adds distillation. Other settings (lr,
-    optimizer, weight_decay, alpha, temperature) as in FinetuneConfig.
+    `teacher` (usually the uncompressed model, kept in eval mode and never updated) the loss adds
+    distillation (alpha = 1: distillation only). `schedule="gradual"` starts from the dense weights
+    and ramps every mask to the zero count it has now (see FinetuneConfig); channels that
+    `apply_policy` already removed stay removed (search, `evaluate` and `apply_recipe` ramp those
+    too). The task's `train_transform` augments every batch. Other settings (lr, optimizer,
+    weight_decay, alpha, temperature, ramp, ramp_updates) as in FinetuneConfig.
     """
     base = config or FinetuneConfig()
     overrides = dict(settings)
-    if steps is not None:
-        overrides["steps"] = steps
-    if seed is not None:
-        overrides["seed"] = seed
+    for key, value in (("steps", steps), ("seed", seed), ("schedule", schedule)):
+        if value is not None:
+            overrides[key] = value
     cfg = FinetuneConfig.from_dict({**base.to_dict(), **overrides})
+    return run_finetune(model, task, cfg, teacher=teacher)
+
+
+def run_finetune(model: nn.Module, task: Task, cfg: FinetuneConfig, *, teacher: nn.Module | None = None,
+                 plan: StructuredPlan | None = None) -> nn.Module:
+    """The fine-tune loop of `finetune`; `plan` adds gradual structured pruning (see train/gradual.py)."""
     if cfg.steps == 0:
         return model.eval()
     device = task.torch_device
     model.to(device)
-    if teacher is not None:
-        teacher = teacher.to(device).eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise TrainingError("finetune: the model has no trainable parameters; nothing to fine-tune (use steps=0).")
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    opt = _optimizer(cfg, params)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / cfg.steps)))
+    pruning = GradualPruning(model, cfg, plan) if cfg.schedule == "gradual" else None
+    if pruning is not None:
+        pruning.update(model, 0)  # the dense start (or one-shot at step 0 when ramp = 0)
+    opt = _optimizer(cfg, _trainable(model))
     loss_fn = task.loss_fn()
     batches = _endless(task, generator)
     model.train()
-    try:
-        for step in range(cfg.steps):
-            x, y = next(batches)
-            x, y = x.to(device), y.to(device)
-            out = _logits(model(x), "finetune")
-            loss = loss_fn(out, y)
-            if teacher is not None and cfg.alpha > 0:
-                with torch.no_grad():
-                    t_out = _logits(teacher(x), "finetune (teacher)")
-                loss = distillation_loss(out, t_out, loss, alpha=cfg.alpha, temperature=cfg.temperature)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"finetune step {step}: the loss is {loss.item()}; training diverged. "
-                    f"Fix: lower lr (now {cfg.lr}) or check the data and the loss for NaN/inf."
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    finally:
-        model.eval()
+    with _frozen_teacher(teacher, device) as t_model:
+        try:
+            for step in range(cfg.steps):
+                if pruning is not None and step and pruning.update(model, step):
+                    opt = _rebuild(cfg, model, opt)
+                    model.train()
+                for group in opt.param_groups:  # cosine decay (what LambdaLR computes: base lr * factor)
+                    group["lr"] = cfg.lr * (0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+                x, y = next(batches)
+                x, y = apply_transform(task, x.to(device), y.to(device))
+                out = _logits(model(x), "finetune")
+                if t_model is not None and cfg.alpha > 0:
+                    with torch.no_grad():
+                        t_out = _logits(t_model(x), "finetune (teacher)")
+                    if cfg.alpha == 1.0:  # distillation only: no label term at all
+                        loss = kd_term(out, t_out, cfg.temperature)
+                    else:
+                        loss = distillation_loss(out, t_out, loss_fn(out, y), alpha=cfg.alpha,
+                                                 temperature=cfg.temperature)
+                else:
+                    loss = loss_fn(out, y)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"finetune step {step}: the loss is {loss.item()}; training diverged. "
+                        f"Fix: lower lr (now {cfg.lr}) or check the data and the loss for NaN/inf."
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        finally:
+            model.eval()
     return model

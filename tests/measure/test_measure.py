@@ -69,16 +69,41 @@ def test_int8_runtime_uses_real_int8_kernels_with_our_codes(digits_mlp, digits) 
     x = digits.eval_data.tensors[0][:64]
     ref = materialize(small)(x)
     assert (q(x) - ref).abs().max().item() < 0.05 * ref.abs().max().item()
-    m = ash.measure(small, digits, runtime="int8", latency=ash.LatencyConfig(warmup=1, min_repeats=3, min_seconds=0))
-    assert m.runtime == "int8-dynamic" and m.accuracy >= 0.95
-    auto = ash.measure(small, digits, latency=ash.LatencyConfig(warmup=1, min_repeats=3, min_seconds=0))
+    fast = ash.LatencyConfig(warmup=1, min_repeats=3, min_seconds=0)
+    m = ash.measure(small, digits, runtime="int8", latency=fast)
+    assert m.runtime == "int8-dynamic" and m.accuracy >= 0.95 and set(m.latency_by_runtime) == {"int8-dynamic"}
+    auto = ash.measure(small, digits, runtime="auto", latency=fast)
     assert set(auto.latency_by_runtime) == {"float", "int8-dynamic"}
     assert auto.latency_ms == min(auto.latency_by_runtime.values())
+    plain = ash.measure(small, digits, latency=fast)  # the default is the float runtime, never a timing race
+    assert plain.runtime == "float" and set(plain.latency_by_runtime) == {"float"}
 
 
-def test_int8_runtime_refused_when_nothing_is_int8(digits_mlp, digits) -> None:
-    with pytest.raises(ash.ConfigError, match="runtime='int8'"):
-        ash.measure(digits_mlp, digits, runtime="int8")
+def test_accuracy_does_not_depend_on_timing(digits_mlp, digits, fast_latency) -> None:
+    """Measuring one model twice gives the same accuracy, on either fixed runtime (the int8 runtime
+    quantizes activations per batch, so its accuracy differs from float's, deterministically)."""
+    small = ash.apply_policy(digits_mlp, ash.Policy(layers={"fc1": L(bits=8), "fc2": L(sparsity=0.5, bits=6)}))
+    for runtime in ("float", "int8", None):
+        a = ash.measure(small, digits, runtime=runtime, latency=fast_latency)
+        b = ash.measure(small, digits, runtime=runtime, latency=fast_latency)
+        assert a.accuracy == b.accuracy and a.runtime == b.runtime
+
+
+def test_int8_runtime_of_a_model_with_nothing_int8_is_float(digits_mlp, digits, fast_latency) -> None:
+    m = ash.measure(digits_mlp, digits, runtime="int8", latency=fast_latency)
+    assert m.runtime == "float" and set(m.latency_by_runtime) == {"float"}
+    with pytest.raises(ash.ConfigError, match="runtime='fast'"):
+        ash.measure(digits_mlp, digits, runtime="fast")
+
+
+def test_apply_recipe_model_measures_on_the_recipe_runtime(digits_mlp, digits, fast_latency) -> None:
+    from autoshrink.measure.runtime import deploy_runtime, set_deploy_runtime
+
+    small = ash.apply_policy(digits_mlp, ash.Policy(layers={"fc1": L(bits=8)}))
+    assert deploy_runtime(small) is None
+    set_deploy_runtime(small, "int8")  # what apply_recipe does with an int8 recipe
+    assert ash.measure(small, digits, latency=fast_latency).runtime == "int8-dynamic"
+    assert deploy_runtime(ash.apply_policy(small, ash.Policy())) is None  # a copy does not inherit it
 
 
 def test_measurement_dict_round_trip(digits_mlp, digits, fast_latency) -> None:

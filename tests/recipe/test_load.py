@@ -43,13 +43,13 @@ CASES = [  # (edit, keep checksum, expected message; {line:<prefix>} is the line
     (sub("size_bytes: ", "size_bytes: 1"), True,
      r"{path}:{line:checksum}: checksum: the recipe was modified after it was written \(checksum mismatch\). Fix: "
      r"if the edit is intended, delete the checksum line to accept hand edits"),
-    (sub("format: autoshrink-recipe/1", "format: autoshrink-recipe/2"), True,
-     r"{path}:{line:format}: format: written by a newer autoshrink \(format autoshrink-recipe/2\); this one "
-     r"reads autoshrink-recipe/1. Fix: upgrade autoshrink."),
-    (sub("format: autoshrink-recipe/1\n", ""), True,
-     r"{path}: format: not an autoshrink recipe \(no 'format' field; expected 'format: autoshrink-recipe/1'\)"),
+    (sub("format: autoshrink-recipe/2", "format: autoshrink-recipe/3"), True,
+     r"{path}:{line:format}: format: written by a newer autoshrink \(format autoshrink-recipe/3\); this one "
+     r"reads autoshrink-recipe/2. Fix: upgrade autoshrink."),
+    (sub("format: autoshrink-recipe/2\n", ""), True,
+     r"{path}: format: not an autoshrink recipe \(no 'format' field; expected 'format: autoshrink-recipe/2'\)"),
     (lambda t: "- just\n- a list\n", True, r"{path}: format: not an autoshrink recipe"),
-    (sub("format: autoshrink-recipe/1", "format: onnx"), True,
+    (sub("format: autoshrink-recipe/2", "format: onnx"), True,
      r"{path}:{line:format}: format: not an autoshrink recipe \(format 'onnx'"),
     (lambda t: re.sub(r"(?m)^policy:\n(  .*\n)+", "", t), False,
      r"{path}: policy: missing; a recipe needs format, autoshrink_version, .*, model. Fix: re-export"),

@@ -71,10 +71,10 @@ def test_trial_attributes_hold_measurement_and_breakdown(tiny_model, tiny_space,
 class FailingExecutor(LocalExecutor):
     """Makes trial 4's evaluation fail for real (a policy naming a layer the model lacks)."""
 
-    def submit(self, key, policy, finetune=None):
+    def submit(self, key, policy, finetune=None, **kw):
         if key == 4:
             policy = ash.Policy(layers={"no_such_layer": ash.LayerPolicy(bits=8)})
-        super().submit(key, policy, finetune)
+        super().submit(key, policy, finetune, **kw)
 
 
 def test_a_failing_evaluation_is_recorded_and_the_search_goes_on(tiny_model, tiny_space, tmp_path) -> None:

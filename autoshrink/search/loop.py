@@ -1,0 +1,209 @@
+"""The ask/tell loop: ask the sampler, hand policies to the executor, tell the study what came back."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import optuna
+
+from ..errors import ConfigError
+from ..executors import Outcome
+from ..measure import Measurement
+from ..policy import Policy
+from ..space import BoundSpace
+from ..train import FinetuneConfig
+from .objectives import Objective
+from .result import non_dominated
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported after every finished trial (for live displays)."""
+
+    done: int
+    failed: int
+    target: int
+    pending: int
+    front_size: int
+    best_compression: float | None  # best size ratio within 1 pp (or max_accuracy_drop) so far
+    elapsed_s: float
+    remaining_s: float | None
+    last: dict[str, Any]
+
+
+class WaitClock:
+    """Accumulates the driver's time blocked in executor.wait()."""
+
+    def __init__(self) -> None:
+        self.waited = 0.0
+
+    def wait(self, ex: Any) -> list[Outcome]:
+        t0 = time.perf_counter()
+        try:
+            return ex.wait()
+        finally:
+            self.waited += time.perf_counter() - t0
+
+
+@dataclass
+class LoopContext:
+    """What the loop and the later stages share: the study, executor and the study's fixed settings."""
+
+    study: optuna.Study
+    ex: Any
+    clock: WaitClock
+    objectives: tuple[Objective, ...]
+    baseline: Measurement
+    runtime: str
+    max_drop: float | None
+    progress: Callable[[Progress], None] | None
+    t_start: float
+    timeout: float | None = None
+    eval_s: float = 0.0
+    done: int = 0
+    failed: int = 0
+    target: int | None = None
+    feasible: list[tuple[int, list[float], float]] = field(default_factory=list)  # (trial, normalized, ratio)
+
+    def values(self, m: Measurement) -> list[float]:
+        return [o.value(m) for o in self.objectives]
+
+    def report(self, o: Outcome, pending: int, counts: bool = True) -> None:
+        """Count a finished trial (unless it does not count towards n_trials) and report progress."""
+        self.done += 1 if counts else 0
+        self.failed += 0 if o.ok else 1
+        if o.ok:
+            m = o.measurement
+            if self.baseline.accuracy - m.accuracy <= (0.01 if self.max_drop is None else self.max_drop) + 1e-12:
+                self.feasible.append((o.key, [ob.normalized(v, self.baseline) for ob, v in zip(self.objectives,
+                                                                                              self.values(m))],
+                                      self.baseline.size_bytes / m.size_bytes))
+        if self.progress:
+            self.progress(_progress(self, pending, o))
+
+
+def stage_of(trial: optuna.trial.Trial | optuna.trial.FrozenTrial) -> str:
+    """How a trial came to be: baseline, warm-start, search (sampled) or refined."""
+    attrs = trial.user_attrs
+    for key, stage in (("refined_from", "refined"), ("baseline_policy", "baseline"), ("warm_start", "warm-start")):
+        if attrs.get(key) is not None:
+            return stage
+    return "search"
+
+
+def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted: int) -> None:
+    """Ask, evaluate and tell until `n_trials` trials are finished in the study or the timeout passes."""
+    study, ex = ctx.study, ctx.ex
+    pending: dict[int, optuna.trial.Trial] = {}
+    capacity = max(1, int(getattr(ex, "capacity", 1)))
+    ctx.done = counted
+    ctx.target = n_trials
+    try:
+        while True:
+            while (len(pending) < capacity and (n_trials is None or ctx.done + len(pending) < n_trials)
+                   and (ctx.timeout is None or time.perf_counter() - ctx.t_start < ctx.timeout)):
+                trial = study.ask()
+                policy = bound.sample(trial)
+                trial.set_user_attr("policy", policy.to_dict())
+                trial.set_user_attr("stage", stage_of(trial))
+                ex.submit(trial.number, policy, runtime=ctx.runtime)
+                pending[trial.number] = trial
+            if not pending:
+                break
+            for o in ctx.clock.wait(ex):
+                trial = pending.pop(o.key)
+                ctx.eval_s += o.seconds
+                tell_outcome(ctx, trial, o)
+                ctx.report(o, len(pending))
+    except BaseException:
+        abandon(study, ex, pending)
+        raise
+
+
+def tell_outcome(ctx: LoopContext, trial: optuna.trial.Trial, o: Outcome) -> bool:
+    """Tell the study one evaluation: COMPLETE with its values (and the constraint), or FAIL with the reason."""
+    study = ctx.study
+    # few writes per trial: each user attribute is one storage transaction
+    trial.set_user_attr("eval", {"seconds": round(o.seconds, 4), "worker": o.worker, "attempts": o.attempts})
+    if not o.ok:
+        trial.set_user_attr("failure", o.error)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return False
+    m = o.measurement
+    values = ctx.values(m)
+    if not all(math.isfinite(v) for v in values):
+        trial.set_user_attr("failure", f"non-finite objective values {values}")
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return False
+    trial.set_user_attr("measurement", m.to_dict())
+    if ctx.max_drop is not None:
+        trial.set_constraint("accuracy_drop", (ctx.baseline.accuracy - m.accuracy) - ctx.max_drop)
+    frozen = study.tell(trial, values)
+    if frozen.state != optuna.trial.TrialState.COMPLETE:  # Optuna fails a bad tell silently
+        raise ConfigError(f"trial {trial.number}: Optuna did not accept values {values} (state {frozen.state.name}).")
+    return True
+
+
+def abandon(study: optuna.Study, ex: Any, pending: dict[int, optuna.trial.Trial]) -> None:
+    """Interrupted (Ctrl-C or an error): fail pending trials and queue their parameters again."""
+    ex.cancel()
+    for number, trial in pending.items():
+        try:
+            trial.set_user_attr("failure", "the search was interrupted while this trial was pending; re-queued")
+            trial.set_user_attr("crashed", True)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            study.enqueue_trial(trial.params, user_attrs=requeue_attrs(trial, number))
+        except Exception:  # noqa: BLE001 - best effort while unwinding; resume re-queues RUNNING trials anyway
+            continue
+
+
+REQUEUE_KEEP = ("baseline_policy", "warm_start")
+
+
+def requeue_attrs(trial: optuna.trial.Trial | optuna.trial.FrozenTrial, number: int) -> dict[str, Any]:
+    """User attributes a re-queued trial keeps (how it came to be), plus retry_of."""
+    return {**{k: trial.user_attrs[k] for k in REQUEUE_KEEP if k in trial.user_attrs}, "retry_of": number}
+
+
+def collect(ctx: LoopContext, submitted: dict[int, Any]) -> dict[int, Outcome]:
+    """Wait for every key in `submitted`; on interruption cancel the rest and re-raise."""
+    out: dict[int, Outcome] = {}
+    try:
+        while len(out) < len(submitted):
+            for o in ctx.clock.wait(ctx.ex):
+                out[o.key] = o
+                ctx.eval_s += o.seconds
+    except BaseException:
+        ctx.ex.cancel()
+        raise
+    return out
+
+
+def submit_policy(ctx: LoopContext, key: int, policy: Policy, finetune: FinetuneConfig | None = None) -> None:
+    ctx.ex.submit(key, policy, finetune, runtime=ctx.runtime)
+
+
+def _progress(ctx: LoopContext, pending: int, o: Outcome) -> Progress:
+    elapsed = time.perf_counter() - ctx.t_start
+    pts = ctx.feasible
+    front = 0
+    best = None
+    if pts:
+        arr = np.array([p[1] for p in pts])
+        front = int(non_dominated(arr).sum())
+        best = max(p[2] for p in pts)
+    remaining = None
+    target = ctx.target
+    if target:
+        remaining = elapsed / max(ctx.done, 1) * max(target - ctx.done, 0)
+    if ctx.timeout is not None:
+        left = max(ctx.timeout - elapsed, 0)
+        remaining = min(remaining, left) if remaining is not None else left
+    last = {"trial": o.key, "ok": o.ok, "error": o.error}
+    if o.ok:
+        last.update(accuracy=o.measurement.accuracy, size_bytes=o.measurement.size_bytes,
+                    latency_ms=o.measurement.latency_ms)
+    return Progress(ctx.done, ctx.failed, target or 0, pending, front, best, elapsed, remaining, last)

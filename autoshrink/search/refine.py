@@ -1,0 +1,108 @@
+"""Refine stage: the best feasible or near-feasible candidates get a long recovery fine-tune.
+
+A search fine-tunes every candidate briefly; some of its most compressed candidates lose a little
+too much accuracy only because the budget was short. The refine stage takes the front of the
+completed trials within `max_accuracy_drop` (1 pp without one) + REFINE_SLACK, orders it by the
+first non-accuracy objective (smallest size / latency / MACs first; higher accuracy on ties) and
+re-runs the first k with `steps` fine-tune steps, gradual pruning and distillation from the
+uncompressed model (the refine fine-tune; see `refine_config`). Each result is a trial of its own
+in the same study -- user attributes `refined_from` (the source trial), `finetune` (its settings),
+`stage: refined` -- so it enters the front, shows in the dashboard, and a recipe exported from it
+replays the refined fine-tune. Refine trials do not count towards n_trials; a source that already
+has a completed refined trial is not refined again (a resume goes on where it stopped).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import optuna
+
+from ..errors import ConfigError
+from ..measure import Measurement
+from ..policy import Policy
+from ..train import FinetuneConfig
+from .loop import LoopContext, submit_policy, tell_outcome
+from .objectives import Objective
+from .result import non_dominated
+
+REFINE_SLACK = 0.02
+REFINE_STEP_FACTOR = 5  # default refine steps: this many times the search's fine-tune steps
+REFINE_DEFAULTS: dict[str, Any] = {"schedule": "gradual"}
+
+
+def refine_config(base: FinetuneConfig, steps: int, overrides: Mapping[str, Any] | None = None) -> FinetuneConfig:
+    """The refine fine-tune: the study's settings with `steps`, gradual pruning, then `overrides`."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"refine: steps={steps!r}; use a positive integer (e.g. 5x the search's fine-tune steps).")
+    return FinetuneConfig.from_dict({**base.to_dict(), **REFINE_DEFAULTS, "steps": steps, **dict(overrides or {})})
+
+
+def refined_sources(study: optuna.Study) -> set[int]:
+    """Trials that already have a completed refined trial."""
+    return {t.user_attrs["refined_from"] for t in study.get_trials(deepcopy=False,
+                                                                    states=(optuna.trial.TrialState.COMPLETE,))
+            if t.user_attrs.get("refined_from") is not None}
+
+
+def refine_candidates(study: optuna.Study, baseline: Measurement, objectives: Sequence[Objective],
+                      max_drop: float | None, k: int, slack: float = REFINE_SLACK) -> list[optuna.trial.FrozenTrial]:
+    """The k trials the refine stage takes (see the module docstring for the rule)."""
+    limit = (0.01 if max_drop is None else max_drop) + slack
+    done = refined_sources(study)
+    near = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if "measurement" in t.user_attrs and t.user_attrs.get("refined_from") is None and t.number not in done
+            and Policy.from_dict(t.user_attrs["policy"]).active()
+            and baseline.accuracy - t.user_attrs["measurement"]["accuracy"] <= limit + 1e-12]
+    if not near:
+        return []
+    import numpy as np
+
+    points = np.array([[o.normalized(v, baseline) for o, v in zip(objectives, t.values)] for t in near], dtype=float)
+    front = [t for t, keep in zip(near, non_dominated(points)) if keep]
+    primary = next((i for i, o in enumerate(objectives) if not o.maximize), None)
+    acc = next((i for i, o in enumerate(objectives) if o.maximize), None)
+
+    def key(t: optuna.trial.FrozenTrial) -> tuple[float, float]:
+        return (t.values[primary] if primary is not None else 0.0, -t.values[acc] if acc is not None else 0.0)
+
+    return sorted(front, key=key)[:k]
+
+
+def run_refine(ctx: LoopContext, sources: Sequence[optuna.trial.FrozenTrial], cfg: FinetuneConfig,
+               distill: bool = True) -> list[int]:
+    """Evaluate each source's policy with the refine fine-tune as a new trial; return the new numbers."""
+    study = ctx.study
+    trials: dict[int, optuna.trial.Trial] = {}
+    for src in sources:
+        policy = Policy.from_dict(src.user_attrs["policy"])
+        if distill:
+            policy = Policy(layers=policy.layers, distill=True)
+        params = dict(src.params)
+        if distill and "distill" in params:
+            params["distill"] = True
+        attrs = {"refined_from": src.number, "stage": "refined", "finetune": cfg.to_dict(),
+                 "policy": policy.to_dict()}
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, params=params,
+                                                  distributions=src.distributions, user_attrs=attrs))
+        frozen = study.get_trials(deepcopy=False)[-1]
+        trial = optuna.trial.Trial(study, frozen._trial_id)
+        trials[frozen.number] = trial
+        submit_policy(ctx, frozen.number, policy, cfg)
+    pending = dict(trials)
+    try:
+        while pending:
+            for o in ctx.clock.wait(ctx.ex):
+                ctx.eval_s += o.seconds
+                tell_outcome(ctx, pending.pop(o.key), o)
+                ctx.report(o, len(pending), counts=False)
+    except BaseException:
+        ctx.ex.cancel()
+        for trial in pending.values():  # not re-queued: the refine stage redoes sources without a refined trial
+            try:
+                trial.set_user_attr("failure", "the search was interrupted while this refine trial was pending")
+                trial.set_user_attr("crashed", True)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            except Exception:  # noqa: BLE001 - best effort while unwinding
+                continue
+        raise
+    return sorted(trials)

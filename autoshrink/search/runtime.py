@@ -1,0 +1,75 @@
+"""The study's deployment runtime: decided once, recorded, used for every trial's latency and accuracy.
+
+Measuring each trial on whichever runtime happened to be faster in that run made a trial's
+accuracy depend on a timing race. A study therefore runs every measurement on one runtime:
+"float", or "int8" (torch's dynamic int8 kernels for every Linear quantized to <= 8 bits, float for
+the rest), chosen by the user or, with "auto", by timing float against int8 once on the model with
+every Linear at 8 bits, at the task's example-input shape, on the evaluating device. The choice and
+how it was made are stored in the study (user attribute "runtime"); a resume keeps it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import optuna
+from torch import nn
+
+from ..errors import ConfigError
+from ..executors import Outcome
+from ..policy import LayerPolicy, Policy
+from ..train import FinetuneConfig
+
+RUNTIME_CHOICES = ("auto", "float", "int8")
+PROBE_KEY = -2
+
+
+def check_runtime(runtime: Any) -> str:
+    if runtime not in RUNTIME_CHOICES:
+        raise ConfigError(f"search: runtime={runtime!r}; use 'auto' (timed once on the baseline), 'float' or 'int8'.")
+    return runtime
+
+
+def probe_policy(model: nn.Module) -> Policy:
+    """Every nn.Linear at 8 bits: the model the int8 runtime would run fastest on."""
+    return Policy(layers={n: LayerPolicy(bits=8) for n, m in model.named_modules() if type(m) is nn.Linear})
+
+
+def study_runtime(study: optuna.Study, requested: str, model: nn.Module, ex: Any,
+                  wait: Callable[[Any], list[Outcome]]) -> tuple[str, float]:
+    """The runtime of this study and the evaluation seconds spent deciding it: the stored one on resume
+    (a different explicit request is refused), else the requested one, else ("auto") the faster of
+    float and int8 on the probe policy."""
+    stored = study.user_attrs.get("runtime")
+    if stored:
+        if requested != "auto" and requested != stored["runtime"]:
+            raise ConfigError(f"study {study.study_name!r} measures on runtime {stored['runtime']!r} "
+                              f"({stored['decided_by']}); resume it with runtime={stored['runtime']!r} or 'auto', "
+                              "or use a new study_name.")
+        return stored["runtime"], 0.0
+    seconds = 0.0
+    if requested != "auto":
+        decision = {"runtime": requested, "decided_by": "the user"}
+    else:
+        decision, seconds = _probe(model, ex, wait)
+    study.set_user_attr("runtime", decision)
+    return decision["runtime"], seconds
+
+
+def _probe(model: nn.Module, ex: Any, wait: Callable[[Any], list[Outcome]]) -> tuple[dict[str, Any], float]:
+    policy = probe_policy(model)
+    if not policy.layers:
+        return {"runtime": "float", "decided_by": "auto: the model has no nn.Linear layer for int8 kernels"}, 0.0
+    ex.submit(PROBE_KEY, policy, FinetuneConfig(steps=0), runtime="auto")
+    outcomes: list[Outcome] = []
+    while not outcomes:
+        outcomes = wait(ex)
+    o = outcomes[0]
+    if not o.ok:
+        raise ConfigError(f"deciding the runtime (timing float against int8 on the model with every Linear at 8 bits) "
+                          f"failed: {o.error}. Fix: pass runtime='float' or 'int8'.")
+    lat = o.measurement.latency_by_runtime
+    timed = ", ".join(f"{k} {v:.4g} ms" for k, v in sorted(lat.items()))
+    chosen = "int8" if o.measurement.runtime == "int8-dynamic" else "float"
+    how = (f"auto: every Linear at 8 bits, batch {o.measurement.batch_size} on {o.measurement.device}: {timed}"
+           if len(lat) > 1 else f"auto: no int8 kernels on {o.measurement.device}")
+    return {"runtime": chosen, "decided_by": how}, o.seconds

@@ -1,0 +1,97 @@
+"""Full Fashion-MNIST (60k / 10k) and a LeNet-300-100 trained on it (benchmark task).
+
+Data: Debian's `dataset-fashion-mnist` (idx files under /usr/share/datasets/fashion-mnist/,
+`apt-get install dataset-fashion-mnist`; `FASHION_MNIST_DIR` points elsewhere), pixels / 255
+normalised with the training set's mean 0.2860 and std 0.3530. The model is trained here once
+(Adam 1e-3, batch 128, cosine, `epochs` epochs, deterministic on CPU for a given thread count) and
+cached as a plain state_dict under $AUTOSHRINK_CACHE (default ~/.cache/autoshrink).
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import TaskError
+from ..task import Task
+from .models import LeNet300
+
+DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
+MEAN, STD = 0.2860, 0.3530
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("FASHION_MNIST_DIR", DEFAULT_DIR))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AUTOSHRINK_CACHE", Path.home() / ".cache" / "autoshrink"))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An idx file (gzipped or not) as a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise TaskError(f"{path}: not an idx file of unsigned bytes; check FASHION_MNIST_DIR.")
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find(stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        p = data_dir() / name
+        if p.exists():
+            return p
+    raise TaskError(f"Fashion-MNIST: {data_dir() / stem}(.gz) not found. Fix: apt-get install "
+                    "dataset-fashion-mnist (or set FASHION_MNIST_DIR to a folder with the idx files).")
+
+
+@functools.lru_cache(maxsize=1)
+def _fashion_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def images(stem: str) -> torch.Tensor:
+        x = torch.from_numpy(_read_idx(_find(stem)).copy()).float().unsqueeze(1) / 255.0
+        return (x - MEAN) / STD
+
+    def labels(stem: str) -> torch.Tensor:
+        return torch.from_numpy(_read_idx(_find(stem)).copy()).long()
+
+    return (images("train-images-idx3-ubyte"), labels("train-labels-idx1-ubyte"),
+            images("t10k-images-idx3-ubyte"), labels("t10k-labels-idx1-ubyte"))
+
+
+def fashion_task(*, batch_size: int = 128, deploy_batch: int = 1, device: str = "auto",
+                 train_transform: object = None) -> Task:
+    """Fashion-MNIST: 60,000 training / 10,000 test images; example_input = `deploy_batch` test images."""
+    x_tr, y_tr, x_te, y_te = _fashion_tensors()
+    return Task(train_data=(x_tr, y_tr), eval_data=(x_te, y_te), example_input=x_te[:deploy_batch].clone(),
+                batch_size=batch_size, device=device, train_transform=train_transform)
+
+
+def lenet300_fashion(*, seed: int = 0, epochs: int = 10) -> nn.Module:
+    """LeNet-300-100 trained on Fashion-MNIST (cached after the first call; a fresh copy each call)."""
+    from ..train import finetune
+
+    cache = cache_dir() / f"lenet300-fashion-seed{seed}-e{epochs}.pt"
+    model = LeNet300()
+    if cache.exists():
+        model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))  # plain tensors only
+        return model.eval()
+    torch.manual_seed(seed)
+    model = LeNet300()
+    task = fashion_task(device="cpu")
+    steps = epochs * -(-len(task.train_data) // task.batch_size)
+    finetune(model, task, steps=steps, lr=1e-3, seed=seed)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.partial")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(cache)
+    return model.eval()
