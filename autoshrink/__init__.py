@@ -1,6 +1,6 @@
 """autoshrink: per-layer model compression with honest, measured numbers.
 
-Public API (stable names): Task, load_space, search, SearchResult, LayerPolicy, Policy,
+Public API (stable names): Task, load_space, search, sensitivity, SearchResult, LayerPolicy, Policy,
 apply_policy, finetune, measure, Measurement, save_packed, load_packed, evaluate, FinetuneConfig,
 Recipe, apply_recipe.
 """
@@ -12,6 +12,7 @@ from .measure import LatencyConfig, Measurement, load_packed, measure, save_pack
 from .policy import LayerPolicy, Policy
 from .recipe import Recipe, apply_recipe
 from .search import SearchResult, search
+from .search.sensitivity import sensitivity
 from .space import SearchSpace, load_space
 from .task import Task
 from .techniques import CompressionWarning, apply_policy
@@ -34,6 +35,6 @@ __all__ = [
     "LayerPolicy", "Measurement", "PackError", "Policy", "PolicyError", "Recipe", "RecipeError", "SearchResult",
     "SearchSpace", "Task", "TaskError", "TrainingError", "apply_policy", "apply_recipe", "evaluate", "finetune",
     "load_packed", "load_space",
-    "measure", "save_packed", "search",
+    "measure", "save_packed", "search", "sensitivity",
     "__version__",
 ]

@@ -47,7 +47,8 @@ def front_table(result: SearchResult) -> str:
     if front.empty:
         lines.append("no feasible trial yet")
         return "\n".join(lines)
-    cols = ["trial", "accuracy", "accuracy_drop", "size_bytes", "compression", "latency_ms", "speedup", "macs", "runtime"]
+    cols = ["trial", "stage", "accuracy", "accuracy_drop", "size_bytes", "compression", "latency_ms", "speedup", "macs",
+            "runtime"]
     table = front[cols].copy()
     table["accuracy"] = (table["accuracy"] * 100).round(2)
     table["accuracy_drop"] = (table["accuracy_drop"] * 100).round(2)

@@ -28,7 +28,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
                     finetune_steps=cfg.finetune_steps, executor=args.executor or cfg.executor,
                     storage=args.storage or cfg.storage, study_name=args.study_name or cfg.name,
                     sampler=cfg.sampler, seed=cfg.seed if args.seed is None else args.seed,
-                    max_accuracy_drop=cfg.max_accuracy_drop, progress=None if quiet else progress_printer(drop_label))
+                    max_accuracy_drop=cfg.max_accuracy_drop, runtime=args.runtime or cfg.runtime,
+                    refine_top=cfg.refine_top if args.refine_top is None else args.refine_top,
+                    refine_steps=cfg.refine_steps if args.refine_steps is None else args.refine_steps,
+                    progress=None if quiet else progress_printer(drop_label))
     front = result.pareto
     if args.json:
         print(json.dumps({"study": result.study.study_name, "baseline": result.baseline.to_dict(),
@@ -38,6 +41,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print()
     print(front_table(result))
     t = result.timing
+    rt = result.study.user_attrs.get("runtime") or {}
+    if rt:
+        print(f"\nruntime: {rt.get('runtime')} ({rt.get('decided_by')})")
     print(f"\n{t['wall_s']:.1f} s wall, {t['eval_s']:.1f} s evaluating, engine overhead "
           f"{t['overhead_fraction'] * 100:.1f}%; hypervolume {result.hypervolume():.4f}; "
           f"study {result.study.study_name!r} in {result.storage}")
@@ -54,6 +60,12 @@ def add_parser(sub: Any) -> None:
     srch.add_argument("--storage", help="override the Optuna storage URL")
     srch.add_argument("--study-name", help="override the study name")
     srch.add_argument("--seed", type=int, help="override the seed")
+    srch.add_argument("--runtime", choices=("auto", "float", "int8"),
+                      help="the runtime every trial is measured on (decided once per study; default auto)")
+    srch.add_argument("--refine-top", type=int, metavar="K",
+                      help="refine stage: re-run the K best feasible or near-feasible candidates with a long fine-tune")
+    srch.add_argument("--refine-steps", type=int, metavar="N",
+                      help="fine-tune steps of the refine stage (default 5x the search's)")
     srch.add_argument("--json", action="store_true", help="print the result as JSON")
     srch.add_argument("--quiet", action="store_true", help="no live progress")
     srch.set_defaults(func=_cmd_search)

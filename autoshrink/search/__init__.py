@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from .driver import Progress, search
+from .fidelity import Screening
 from .load import load_result
 from .objectives import OBJECTIVES, Objective
 from .result import SearchResult, hypervolume, non_dominated
 
-__all__ = ["OBJECTIVES", "Objective", "Progress", "SearchResult", "hypervolume", "load_result", "non_dominated",
-           "search"]
+__all__ = ["OBJECTIVES", "Objective", "Progress", "Screening", "SearchResult", "hypervolume", "load_result",
+           "non_dominated", "search"]

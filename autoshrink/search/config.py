@@ -15,6 +15,9 @@
     storage: null                          # optional Optuna storage URL
     executor: local                        # local or ray
     seed: 0
+    runtime: auto                          # auto (timed once), float or int8: every trial runs on it
+    refine_top: 0                          # refine stage: re-run the k best candidates ...
+    refine_steps: null                     # ... with this many fine-tune steps (default 5x finetune_steps)
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ from typing import Any, Callable, Mapping
 from ..space.yaml_source import Source, load_yaml
 
 _KEYS = {"name", "model", "model_args", "task", "task_args", "space", "objectives", "sampler", "n_trials", "timeout",
-         "finetune_steps", "max_accuracy_drop", "storage", "executor", "seed", "description"}
+         "finetune_steps", "max_accuracy_drop", "storage", "executor", "seed", "description", "runtime", "refine_top",
+         "refine_steps"}
 _REQUIRED = ("name", "model", "task")
 
 
@@ -48,6 +52,9 @@ class StudyConfig:
     executor: str = "local"
     seed: int = 0
     description: str = ""
+    runtime: str = "auto"
+    refine_top: int = 0
+    refine_steps: int | None = None
     base_dir: str = "."
     source: Source = field(default_factory=lambda: Source("<config>"), compare=False, repr=False)
 
@@ -92,7 +99,8 @@ def load_study_config(path: str | Path) -> StudyConfig:
     for key in ("model_args", "task_args"):
         if data.get(key) is not None and not isinstance(data[key], Mapping):
             raise src.error(key, f"got {data[key]!r}; expected a mapping of keyword arguments.")
-    for key, kind in (("n_trials", int), ("finetune_steps", int), ("seed", int)):
+    for key, kind in (("n_trials", int), ("finetune_steps", int), ("seed", int), ("refine_top", int),
+                      ("refine_steps", int)):
         v = data.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, kind)):
             raise src.error(key, f"got {v!r}; expected an integer.")
@@ -100,6 +108,8 @@ def load_study_config(path: str | Path) -> StudyConfig:
         v = data.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise src.error(key, f"got {v!r}; expected a number.")
+    if data.get("runtime") is not None and data["runtime"] not in ("auto", "float", "int8"):
+        raise src.error("runtime", f"got {data['runtime']!r}; use auto, float or int8.")
     objectives = data.get("objectives", ["accuracy", "size", "latency"])
     if isinstance(objectives, str):
         objectives = [objectives]

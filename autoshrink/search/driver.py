@@ -1,7 +1,10 @@
 """ash.search: set up (or resume) the study and run its stages. The driver owns the study; executors evaluate.
 
-Stages, in order: the study's runtime (decided once), the untouched baseline, the ask/tell loop
-(loop.py), then the optional refine stage (refine.py).
+Stages, in order: the study's runtime (decided once, runtime.py), the untouched baseline, the
+sensitivity pre-pass (sensitivity.py) and the narrowed space (narrow.py), the uniform baselines
+and the warm start (warmstart.py) enqueued, the ask/tell loop with multi-fidelity screening
+(loop.py, fidelity.py), then the optional refine stage (refine.py). Every stage submits its work
+through the executor like any trial, and records what it did in the study.
 """
 from __future__ import annotations
 
@@ -22,13 +25,18 @@ from ..space import BoundSpace, SearchSpace, bind
 from ..task import Task
 from ..techniques.structured import structured_blockers
 from ..train import FinetuneConfig
+from .fidelity import Screening
 from .loop import LoopContext, Progress, WaitClock, run_loop
+from .narrow import narrow
+from .narrow import narrow_cutoff as cutoff_for
 from .objectives import Objective, resolve
 from .refine import REFINE_STEP_FACTOR, refine_candidates, refine_config, run_refine
 from .result import SearchResult, Session
 from .runtime import check_runtime, study_runtime
+from .sensitivity import choices, run_choices
 from .samplers import make_sampler
 from .study import counted, default_storage, open_study, requeue_crashed
+from .warmstart import warm_start_params
 
 BASELINE_KEY = -1
 
@@ -46,11 +54,36 @@ def _baselines(bound: BoundSpace) -> list[dict[str, Any]]:
 
 
 def _signature(model: nn.Module, bound: BoundSpace, objectives: Sequence[Objective], ft: FinetuneConfig,
-               task: Task) -> dict[str, Any]:
+               task: Task, cutoff: float | None) -> dict[str, Any]:
     space = {name: list(choice.values) for name, choice in bound.params()}
     digest = hashlib.sha256(json.dumps(space, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return {"model": type(model).__name__, "space": digest, "finetune": ft.to_dict(),
-            "example_input": list(task.example_input.shape), "train_transform": task.transform_name}
+            "example_input": list(task.example_input.shape), "train_transform": task.transform_name,
+            "narrow_cutoff": cutoff}
+
+
+def _screening(screen: Any) -> Screening | None:
+    if screen is False or screen is None:
+        return None
+    if screen is True:
+        return Screening()
+    if isinstance(screen, Screening):
+        return screen
+    if isinstance(screen, (int, float)) and not isinstance(screen, bool):
+        return Screening(share=float(screen))
+    raise ConfigError(f"search: screen={screen!r}; use True (default), False, a share of the steps (e.g. 0.25) "
+                      "or autoshrink.search.Screening(...).")
+
+
+def _warm_count(warm_start: Any, n_trials: int | None) -> int:
+    """How many warm-start policies: True -> min(8, max(2, n_trials // 5)); an int as given; False -> 0."""
+    if warm_start is False or warm_start is None:
+        return 0
+    if warm_start is True:
+        return 8 if n_trials is None else min(8, max(2, n_trials // 5))
+    if isinstance(warm_start, int) and not isinstance(warm_start, bool) and warm_start >= 0:
+        return warm_start
+    raise ConfigError(f"search: warm_start={warm_start!r}; use True (default), False or a count >= 0.")
 
 
 def _positive_int(value: Any, name: str, zero: bool = False) -> None:
@@ -75,6 +108,10 @@ def search(
     max_accuracy_drop: float | None = None,
     latency: LatencyConfig | None = None,
     runtime: str = "auto",
+    sensitivity: bool = True,
+    narrow_cutoff: float | None = None,
+    warm_start: bool | int = True,
+    screen: Any = True,
     refine_top: int = 0,
     refine_steps: int | None = None,
     refine_finetune: Mapping[str, Any] | None = None,
@@ -88,10 +125,14 @@ def search(
     candidate trials in the study; `timeout` (seconds) stops asking new ones. `max_accuracy_drop`
     (fraction) is an Optuna constraint: trials past it stay in the study but not in the front.
     `runtime` ("auto", "float", "int8") is the runtime every trial's latency and accuracy are
-    measured on, decided once per study (see search/runtime.py). `refine_top=k` re-runs the k best
-    feasible or near-feasible candidates with `refine_steps` fine-tune steps (default 5x the
-    search's), gradual pruning and distillation, as trials of their own (see search/refine.py;
-    `refine_finetune` overrides those settings).
+    measured on, decided once per study (see search/runtime.py).
+    `sensitivity` runs the pre-pass (every single choice alone, search/sensitivity.py), narrows the
+    space by it (choices that alone cost more than `narrow_cutoff`, search/narrow.py) and, with
+    `warm_start`, enqueues policies allocated from it for a sweep of budgets (search/warmstart.py).
+    `screen` fine-tunes each candidate briefly first and only promising ones in full
+    (search/fidelity.py). `refine_top=k` re-runs the k best feasible or near-feasible candidates with
+    `refine_steps` fine-tune steps (default 5x the search's), gradual pruning and distillation, as
+    trials of their own (see search/refine.py; `refine_finetune` overrides those settings).
     """
     t_start = time.perf_counter()
     verbosity = optuna.logging.get_verbosity()
@@ -100,7 +141,8 @@ def search(
         return _search(model, task, space, objectives=objectives, n_trials=n_trials, timeout=timeout,
                        finetune_steps=finetune_steps, executor=executor, storage=storage, study_name=study_name,
                        sampler=sampler, seed=seed, max_accuracy_drop=max_accuracy_drop, latency=latency,
-                       runtime=runtime, refine_top=refine_top, refine_steps=refine_steps,
+                       runtime=runtime, sensitivity=sensitivity, narrow_cutoff=narrow_cutoff, warm_start=warm_start,
+                       screen=screen, refine_top=refine_top, refine_steps=refine_steps,
                        refine_finetune=refine_finetune, progress=progress, t_start=t_start)
     finally:
         optuna.logging.set_verbosity(verbosity)
@@ -109,7 +151,8 @@ def search(
 def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Sequence[str], n_trials: int | None,
             timeout: float | None, finetune_steps: int | None, executor: Any, storage: str | None,
             study_name: str | None, sampler: Any, seed: int, max_accuracy_drop: float | None,
-            latency: LatencyConfig | None, runtime: str, refine_top: int, refine_steps: int | None,
+            latency: LatencyConfig | None, runtime: str, sensitivity: bool, narrow_cutoff: float | None,
+            warm_start: Any, screen: Any, refine_top: int, refine_steps: int | None,
             refine_finetune: Mapping[str, Any] | None, progress: Callable[[Progress], None] | None,
             t_start: float) -> SearchResult:
     if not isinstance(space, SearchSpace):
@@ -124,6 +167,13 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
         raise ConfigError(f"search: max_accuracy_drop={max_accuracy_drop!r}; use a fraction in [0, 1) (0.01 = 1 pp).")
     check_runtime(runtime)
     _positive_int(refine_top, "refine_top", zero=True)
+    if not isinstance(sensitivity, bool):
+        raise ConfigError(f"search: sensitivity={sensitivity!r}; use True or False.")
+    if narrow_cutoff is not None and (isinstance(narrow_cutoff, bool) or not isinstance(narrow_cutoff, (int, float))
+                                      or not 0 < narrow_cutoff <= 1):
+        raise ConfigError(f"search: narrow_cutoff={narrow_cutoff!r}; use a drop in (0, 1] (0.1 = 10 pp), or None.")
+    screening = _screening(screen)
+    n_warm = _warm_count(warm_start, n_trials)
     objs = resolve(objectives)
     bound = bind(space, model)
     # layers structured pruning cannot touch (e.g. the classifier) would only waste trials on no-ops
@@ -137,9 +187,10 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
     study_name = study_name or f"autoshrink-{type(model).__name__.lower()}"
     storage = storage or default_storage(study_name)
     grid = {name: list(choice.values) for name, choice in bound.params()}
+    cutoff = cutoff_for(max_accuracy_drop, narrow_cutoff) if sensitivity else None
     study, created = open_study(storage, study_name, objs, make_sampler(sampler, seed=seed, n_trials=n_trials,
                                                                          search_space=grid),
-                                _signature(model, bound, objs, ft, task))
+                                _signature(model, bound, objs, ft, task, cutoff))
     if created:
         study.set_user_attr("finetune", ft.to_dict())
         study.set_user_attr("structured_excluded", blocked)
@@ -148,8 +199,6 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
         study.set_user_attr("example_input", InputSpec.of(task.example_input).to_dict())
         study.set_user_attr("train_transform", task.transform_name)
         study.set_user_attr("versions", versions())
-        for params in _baselines(bound):
-            study.enqueue_trial(params, user_attrs={"baseline_policy": True})
     study.set_user_attr("max_accuracy_drop", max_accuracy_drop)  # this run's constraint, read by load_result
     requeue_crashed(study)
 
@@ -165,7 +214,18 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
         ctx = LoopContext(study=study, ex=ex, clock=clock, objectives=objs, baseline=baseline, runtime=chosen,
                           max_drop=max_accuracy_drop, progress=progress, t_start=t_start, timeout=timeout,
                           eval_s=probe_s + base_s)
-        run_loop(ctx, bound, n_trials, counted(study))
+        pre_s = 0.0
+        if cutoff is not None:
+            rows, pre_s = _sensitivity(ctx, bound, ft)
+            bound, removed = narrow(bound, rows, cutoff)
+            if "narrowed" not in study.user_attrs:
+                study.set_user_attr("narrowed", removed)
+            if sampler == "grid":  # the grid is the narrowed space's
+                study.sampler = make_sampler(sampler, seed=seed, n_trials=n_trials,
+                                             search_space={n: list(c.values) for n, c in bound.params()})
+        if not study.user_attrs.get("enqueued"):
+            _enqueue(study, model, bound, baseline, objs, n_warm if cutoff is not None else 0)
+        tally = run_loop(ctx, bound, n_trials, counted(study), screening, ft)
         if refine_cfg is not None:
             sources = refine_candidates(study, baseline, objs, max_accuracy_drop, refine_top)
             run_refine(ctx, sources, refine_cfg)
@@ -176,8 +236,41 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
     # start-up and dispatch); eval_s sums the workers' evaluation time (> wall with parallel workers)
     busy = wall - clock.waited
     result.timing = {"wall_s": wall, "eval_s": ctx.eval_s, "wait_s": clock.waited, "overhead_s": busy,
-                     "overhead_fraction": busy / wall if wall else 0.0}
+                     "overhead_fraction": busy / wall if wall else 0.0,
+                     "sensitivity_s": pre_s,
+                     "screening": tally.summary()}
     return result
+
+
+def _sensitivity(ctx: LoopContext, bound: BoundSpace, ft: FinetuneConfig) -> tuple[list[dict[str, Any]], float]:
+    """The stored pre-pass table, or run it now on the executor and store it (with its cost); and the
+    wall seconds this run spent on it."""
+    stored = ctx.study.user_attrs.get("sensitivity")
+    if stored:
+        return stored["rows"], 0.0
+    t0 = time.perf_counter()
+    rows, seconds = run_choices(ctx.ex, ctx.clock.wait, choices(bound), ctx.baseline, ctx.runtime, ft.bn_batches,
+                                ft.seed)
+    ctx.eval_s += seconds
+    wall = time.perf_counter() - t0
+    ctx.study.set_user_attr("sensitivity", {"rows": rows, "eval_s": round(seconds, 3), "wall_s": round(wall, 3)})
+    return rows, wall
+
+
+def _enqueue(study: optuna.Study, model: nn.Module, bound: BoundSpace, baseline: Measurement,
+             objs: Sequence[Objective], n_warm: int) -> None:
+    """The uniform baselines, then the warm-start policies, once per study."""
+    base = _baselines(bound)
+    for params in base:
+        study.enqueue_trial(params, user_attrs={"baseline_policy": True})
+    warm = []
+    if n_warm:
+        rows = study.user_attrs["sensitivity"]["rows"]
+        warm = [(p, d) for p, d in warm_start_params(model, bound, rows, baseline, [o.name for o in objs], n_warm)
+                if p not in base]
+        for params, description in warm:
+            study.enqueue_trial(params, user_attrs={"warm_start": description})
+    study.set_user_attr("enqueued", {"baselines": len(base), "warm_start": len(warm)})
 
 
 def _baseline(study: optuna.Study, ex: Any, clock: WaitClock, runtime: str) -> tuple[Measurement, float]:

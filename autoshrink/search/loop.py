@@ -71,11 +71,12 @@ class LoopContext:
     def values(self, m: Measurement) -> list[float]:
         return [o.value(m) for o in self.objectives]
 
-    def report(self, o: Outcome, pending: int, counts: bool = True) -> None:
-        """Count a finished trial (unless it does not count towards n_trials) and report progress."""
+    def report(self, o: Outcome, pending: int, counts: bool = True, full: bool = True) -> None:
+        """Count a finished trial (unless it does not count towards n_trials) and report progress;
+        `full`: its measurement is a full-fidelity one (a screened-out one never joins the front)."""
         self.done += 1 if counts else 0
         self.failed += 0 if o.ok else 1
-        if o.ok:
+        if o.ok and full:
             m = o.measurement
             if self.baseline.accuracy - m.accuracy <= (0.01 if self.max_drop is None else self.max_drop) + 1e-12:
                 self.feasible.append((o.key, [ob.normalized(v, self.baseline) for ob, v in zip(self.objectives,
@@ -94,33 +95,100 @@ def stage_of(trial: optuna.trial.Trial | optuna.trial.FrozenTrial) -> str:
     return "search"
 
 
-def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted: int) -> None:
-    """Ask, evaluate and tell until `n_trials` trials are finished in the study or the timeout passes."""
+@dataclass
+class _Pending:
+    trial: optuna.trial.Trial
+    policy: Policy
+    stage: str  # "screen" or "full"
+
+
+@dataclass
+class ScreenTally:
+    """What screening did in this run: counts and evaluation seconds per fidelity."""
+
+    promoted: int = 0
+    stopped: int = 0
+    screen_s: float = 0.0
+    full_s: list[float] = field(default_factory=list)  # full evaluations of promoted candidates
+
+    def summary(self) -> dict[str, Any]:
+        """Counts, seconds, and the full-evaluation time the stopped candidates did not spend --
+        an estimate: stopped candidates times the mean full evaluation of the promoted ones."""
+        mean_full = sum(self.full_s) / len(self.full_s) if self.full_s else None
+        return {"screened": self.promoted + self.stopped, "promoted": self.promoted, "stopped": self.stopped,
+                "screen_s": round(self.screen_s, 3), "full_s": round(sum(self.full_s), 3),
+                "saved_s_estimated": None if mean_full is None else round(self.stopped * mean_full, 3)}
+
+
+def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted: int,
+             screening: Any = None, full: FinetuneConfig | None = None) -> ScreenTally:
+    """Ask, evaluate and tell until `n_trials` candidates are finished in the study or the timeout
+    passes. With `screening` (fidelity.Screening) and the full fine-tune settings, candidates are
+    screened first and only promoted ones fine-tuned in full (see fidelity.py)."""
     study, ex = ctx.study, ctx.ex
-    pending: dict[int, optuna.trial.Trial] = {}
+    pending: dict[int, _Pending] = {}
     capacity = max(1, int(getattr(ex, "capacity", 1)))
     ctx.done = counted
     ctx.target = n_trials
+    tally = ScreenTally()
+    screened: list[Measurement] = []
+    screen_cfg = screening.config(full) if screening is not None and full is not None else None
     try:
         while True:
             while (len(pending) < capacity and (n_trials is None or ctx.done + len(pending) < n_trials)
                    and (ctx.timeout is None or time.perf_counter() - ctx.t_start < ctx.timeout)):
                 trial = study.ask()
                 policy = bound.sample(trial)
+                stage = stage_of(trial)
                 trial.set_user_attr("policy", policy.to_dict())
-                trial.set_user_attr("stage", stage_of(trial))
-                ex.submit(trial.number, policy, runtime=ctx.runtime)
-                pending[trial.number] = trial
+                trial.set_user_attr("stage", stage)
+                if screen_cfg is not None and stage != "baseline" and policy.active():
+                    ex.submit(trial.number, policy, screen_cfg, runtime=ctx.runtime)
+                    pending[trial.number] = _Pending(trial, policy, "screen")
+                else:
+                    ex.submit(trial.number, policy, runtime=ctx.runtime)
+                    pending[trial.number] = _Pending(trial, policy, "full")
             if not pending:
                 break
             for o in ctx.clock.wait(ex):
-                trial = pending.pop(o.key)
+                p = pending.pop(o.key)
                 ctx.eval_s += o.seconds
-                tell_outcome(ctx, trial, o)
+                if p.stage == "screen" and o.ok:
+                    tally.screen_s += o.seconds
+                    promote, why = screening.promote(o.measurement, ctx.baseline, ctx.max_drop, ctx.objectives,
+                                                     screened)
+                    screened.append(o.measurement)
+                    p.trial.set_user_attr("screen", {"steps": screen_cfg.steps, "seconds": round(o.seconds, 4),
+                                                     "decision": "promoted" if promote else "stopped",
+                                                     "reason": why, "measurement": o.measurement.to_dict()})
+                    if promote:
+                        tally.promoted += 1
+                        ex.submit(o.key, p.policy, runtime=ctx.runtime)
+                        pending[o.key] = _Pending(p.trial, p.policy, "full")
+                        continue
+                    tally.stopped += 1
+                    tell_screened_out(ctx, p.trial, o)
+                    ctx.report(o, len(pending), full=False)
+                    continue
+                else:
+                    if p.stage == "screen":
+                        o = Outcome(o.key, None, f"screening fine-tune: {o.error}", o.seconds, o.worker, o.attempts)
+                    elif p.trial.user_attrs.get("screen"):
+                        tally.full_s.append(o.seconds)
+                    tell_outcome(ctx, p.trial, o)
                 ctx.report(o, len(pending))
     except BaseException:
-        abandon(study, ex, pending)
+        abandon(study, ex, {k: p.trial for k, p in pending.items()})
         raise
+    return tally
+
+
+def tell_screened_out(ctx: LoopContext, trial: optuna.trial.Trial, o: Outcome) -> None:
+    """A candidate the screen stopped: PRUNED, with its screened measurement kept as "screen"."""
+    trial.set_user_attr("eval", {"seconds": round(o.seconds, 4), "worker": o.worker, "attempts": o.attempts})
+    frozen = ctx.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    if frozen.state != optuna.trial.TrialState.PRUNED:
+        raise ConfigError(f"trial {trial.number}: Optuna did not accept the PRUNED state ({frozen.state.name}).")
 
 
 def tell_outcome(ctx: LoopContext, trial: optuna.trial.Trial, o: Outcome) -> bool:

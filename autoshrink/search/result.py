@@ -153,13 +153,13 @@ class SearchResult:
     # ------------------------------------------------------------------ refine
     def refine(self, k: int = 1, *, steps: int | None = None, trials: Sequence[int] | None = None,
                model: Any = None, task: Any = None, executor: Any = None,
-               finetune: Mapping[str, Any] | None = None, progress: Callable[[Any], None] | None = None
-               ) -> pd.DataFrame:
+               finetune: Mapping[str, Any] | None = None, slack: float | None = None,
+               progress: Callable[[Any], None] | None = None) -> pd.DataFrame:
         """Refine stage after the search (see search/refine.py): re-run the k best feasible or
         near-feasible candidates (or the given `trials`) with `steps` fine-tune steps (default 5x the
         study's), gradual pruning and distillation, each as a new trial of this study. Model, task and
         executor default to the search's own (needed after `load_result`). Returns the new trials'
-        rows of `trials` (with `refined_from`)."""
+        rows of `trials` (with `refined_from`). `slack` widens "near-feasible" (default REFINE_SLACK)."""
         from ..executors import Job, make_executor
         from ..recipe.fingerprint import fingerprint
         from ..train import FinetuneConfig
@@ -190,7 +190,15 @@ class SearchResult:
                     raise ConfigError(f"refine: trial {n} is {t.state.name}; pick a completed trial.")
                 sources.append(t)
         else:
-            sources = refine_candidates(self.study, self.baseline, self.objectives, self.max_accuracy_drop, k)
+            from .refine import REFINE_SLACK
+
+            slack = REFINE_SLACK if slack is None else slack
+            sources = refine_candidates(self.study, self.baseline, self.objectives, self.max_accuracy_drop, k, slack)
+            if not sources:
+                limit = (0.01 if self.max_accuracy_drop is None else self.max_accuracy_drop) + slack
+                raise ConfigError(f"refine: no completed, not yet refined trial is within {limit * 100:.2f} pp of the "
+                                  "baseline, so nothing can be refined. Fix: pass trials=[...], a larger slack, or "
+                                  "run more trials.")
         runtime = (self.study.user_attrs.get("runtime") or {}).get("runtime", "float")
         ex = make_executor(executor if executor is not None else (s.executor if s else "local"))
         clock = WaitClock()

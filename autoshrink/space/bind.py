@@ -63,6 +63,20 @@ class BoundSpace:
         fixed = {n: ({**f, "structured": Choice((False,))} if n in layers else f) for n, f in self.layers.items()}
         return BoundSpace(layers=fixed, distill=self.distill, space=self.space)
 
+    def restricted(self, values: Mapping[str, Mapping[str, tuple[Any, ...]]]) -> "BoundSpace":
+        """A copy where the given layers' fields take only the given values (layer -> field -> values);
+        each must be a non-empty subset of the field's choices, kept in their order."""
+        layers = {}
+        for name, fields in self.layers.items():
+            new = dict(fields)
+            for f, keep in values.get(name, {}).items():
+                kept = tuple(v for v in fields[f].values if v in keep)
+                if not kept:
+                    raise ValueError(f"restricting {name}.{f} to {keep!r} leaves no choice")
+                new[f] = Choice(kept, fields[f].is_range)
+            layers[name] = new
+        return BoundSpace(layers=layers, distill=self.distill, space=self.space)
+
     def structured_candidates(self) -> list[str]:
         """Layers whose `structured` choice includes true."""
         return [n for n, f in self.layers.items() if True in f["structured"].values]

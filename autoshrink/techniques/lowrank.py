@@ -41,7 +41,7 @@ def factor_params(weight_shape: tuple[int, ...], k: int) -> int:
     return k * (math.prod(weight_shape[1:]) + weight_shape[0])
 
 
-def _svd_factors(weight: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def svd_factors(weight: Tensor, k: int) -> tuple[Tensor, Tensor]:
     w = weight.detach().double().reshape(weight.shape[0], -1)
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     root = s[:k].sqrt()
@@ -57,7 +57,7 @@ def factorize(layer: nn.Module, rank: float) -> nn.Module | str:
         k = target_rank(shape, rank)
         if factor_params(shape, k) >= layer.weight.numel():
             return f"rank {rank} keeps {k} of {min(shape)} singular values: {factor_params(shape, k)} factor weights >= {layer.weight.numel()} original; no saving"
-        a, b = _svd_factors(layer.weight, k)
+        a, b = svd_factors(layer.weight, k)
         dev, dt = layer.weight.device, layer.weight.dtype
         first = nn.Linear(layer.in_features, k, bias=False, device=dev, dtype=dt)
         second = nn.Linear(k, layer.out_features, bias=layer.bias is not None, device=dev, dtype=dt)
@@ -76,7 +76,7 @@ def factorize(layer: nn.Module, rank: float) -> nn.Module | str:
         k = target_rank(shape, rank)
         if factor_params(shape, k) >= layer.weight.numel():
             return f"rank {rank} keeps {k} channels: {factor_params(shape, k)} factor weights >= {layer.weight.numel()} original; no saving"
-        a, b = _svd_factors(layer.weight, k)
+        a, b = svd_factors(layer.weight, k)
         conv = type(layer)
         dev, dt = layer.weight.device, layer.weight.dtype
         first = conv(layer.in_channels, k, layer.kernel_size, stride=layer.stride, padding=layer.padding,

@@ -305,7 +305,7 @@ def test_ctrl_c_fails_and_requeues_pending_trials_and_releases_ray(tmp_path) -> 
     interrupted = [t for t in study.trials if t.user_attrs.get("crashed")]
     assert interrupted and all(t.state.name == "FAIL" for t in interrupted)
     waiting = {t.user_attrs.get("retry_of"): t.system_attrs["fixed_params"]  # queued trials hold their params here
-               for t in study.trials if t.state.name == "WAITING"}
+               for t in study.trials if t.state.name == "WAITING" and t.user_attrs.get("retry_of") is not None}
     assert {t.number: t.params for t in interrupted} == waiting  # same parameters queued again
 
 

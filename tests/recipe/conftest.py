@@ -33,8 +33,9 @@ def searched(tmp_path_factory) -> SimpleNamespace:
     torch.save(model.state_dict(), weights)
     (tmp / "space.yaml").write_text(SPACE)
     storage = f"sqlite:///{tmp}/tiny.db"
+    # no pre-pass / screening: every kind of trial (structured ones included) stays in, each fine-tuned in full
     result = ash.search(model, digits_task(device="cpu"), ash.load_space(tmp / "space.yaml"), n_trials=10,
-                        storage=storage, study_name="tiny", latency=FAST, seed=0)
+                        storage=storage, study_name="tiny", latency=FAST, seed=0, sensitivity=False, screen=False)
     return SimpleNamespace(model=model, weights=str(weights), result=result, storage=storage, dir=tmp)
 
 

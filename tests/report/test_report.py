@@ -95,7 +95,7 @@ def searched(tmp_path_factory) -> dict:
     out = {"url": url, "root": root}
     for name, objectives in (("three", ("accuracy", "size", "latency")), ("two", ("accuracy", "size"))):
         out[name] = ash.search(model, task, space, objectives=objectives, n_trials=10, storage=url, study_name=name,
-                               seed=0, max_accuracy_drop=0.02, latency=FAST)
+                               seed=0, max_accuracy_drop=0.02, latency=FAST, screen=False)
     return out
 
 

@@ -83,7 +83,9 @@ def test_a_failing_evaluation_is_recorded_and_the_search_goes_on(tiny_model, tin
     assert states.count(optuna.trial.TrialState.FAIL) == 1 and states[4] == optuna.trial.TrialState.FAIL
     assert states.count(optuna.trial.TrialState.COMPLETE) == 7
     reason = r.study.trials[4].user_attrs["failure"]
-    assert reason.startswith("PolicyError: policy names 1 layer(s) the model does not have: 'no_such_layer'")
+    # trial 4 is screened first (a short fine-tune), which is where it fails
+    assert reason.startswith("screening fine-tune: PolicyError: policy names 1 layer(s) the model does not have: "
+                             "'no_such_layer'")
 
 
 def test_constraint_excludes_infeasible_points_from_the_front(tiny_model, tiny_space, tmp_path) -> None:
@@ -104,9 +106,15 @@ def test_same_seed_same_trials(tiny_model, tiny_space, tmp_path) -> None:
     c = run(tiny_model, tiny_space, tmp_path, name="c", n_trials=10, seed=4)
     params = lambda r: [t.params for t in r.study.trials]  # noqa: E731
     assert params(a) == params(b) and params(a) != params(c)
-    acc = lambda r: [t.user_attrs["measurement"]["accuracy"] for t in r.study.trials]  # noqa: E731
-    size = lambda r: [t.user_attrs["measurement"]["size_bytes"] for t in r.study.trials]  # noqa: E731
-    assert acc(a) == acc(b) and size(a) == size(b)
+    def measured(r):  # the full measurement, or the screen's for a candidate the screen stopped
+        return [(t.state.name, (t.user_attrs.get("measurement") or t.user_attrs["screen"]["measurement"])["accuracy"],
+                 (t.user_attrs.get("measurement") or t.user_attrs["screen"]["measurement"])["size_bytes"])
+                for t in r.study.trials]
+
+    assert measured(a) == measured(b)
+    exact = ("layer", "field", "value", "accuracy", "size_bytes", "macs_saved")  # not the timings
+    rows = lambda r: [{k: row[k] for k in exact} for row in r.study.user_attrs["sensitivity"]["rows"]]  # noqa: E731
+    assert rows(a) == rows(b)
 
 
 KILL_SCRIPT = textwrap.dedent("""
@@ -223,7 +231,7 @@ def test_load_result_restores_the_constraint(tiny_model, tiny_space, tmp_path) -
 def test_structured_is_not_searched_where_it_cannot_apply(tiny_model, tmp_path) -> None:
     p = tmp_path / "st.yaml"
     p.write_text("defaults: {sparsity: [0.0, 0.5], structured: [false, true]}\nfinetune: {steps: 2}\n")
-    r = run(tiny_model, ash.load_space(p), tmp_path, n_trials=4)
+    r = run(tiny_model, ash.load_space(p), tmp_path, n_trials=4, sensitivity=False)
     names = set(r.study.trials[-1].params)
     assert "fc1.structured" in names and "fc2.structured" not in names  # fc2 is the classifier
     assert "output" in r.study.user_attrs["structured_excluded"]["fc2"]

@@ -1,0 +1,75 @@
+"""Multi-fidelity: screen every candidate with a short fine-tune; only promising ones get the full one.
+
+A candidate (every sampled or warm-start trial; the uniform baselines always run in full) is first
+fine-tuned for round(SCREEN_SHARE * steps) steps (at least 1) with the same settings, and measured.
+It is promoted to the full fine-tune when
+- with `max_accuracy_drop`: its screened drop is within max_accuracy_drop + slack (SCREEN_SLACK);
+- without one: no screened candidate so far beats it by more than `margin` (SCREEN_MARGIN) of
+  accuracy while being at least as good in every other objective -- latency counted by its MACs,
+  since a decision on a timing would not replay (the same seed gives the same trials).
+Otherwise it is told PRUNED (Optuna's state for a trial stopped early): it stays in the study with
+its screened measurement (user attribute "screen"), counts towards n_trials like any candidate,
+and is never on the front. A promoted trial keeps both fidelities: "screen" and its full
+"measurement". The full fine-tune starts from the compressed model again (it does not continue the
+screen), so a recipe replays exactly the full run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..measure import Measurement
+from ..train import FinetuneConfig
+from .objectives import OBJECTIVES, Objective
+
+SCREEN_SHARE = 0.25
+SCREEN_SLACK = 0.02
+SCREEN_MARGIN = 0.01
+
+
+@dataclass(frozen=True)
+class Screening:
+    """The multi-fidelity rule's settings (see the module docstring)."""
+
+    share: float = SCREEN_SHARE
+    slack: float = SCREEN_SLACK
+    margin: float = SCREEN_MARGIN
+
+    def __post_init__(self) -> None:
+        if isinstance(self.share, bool) or not isinstance(self.share, (int, float)) or not 0 < self.share < 1:
+            raise ConfigError(f"search: screen share={self.share!r}; use a fraction of the steps in (0, 1), e.g. 0.25 "
+                              "(or screen=False to fine-tune every candidate in full).")
+        for name in ("slack", "margin"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise ConfigError(f"search: screen {name}={v!r}; use a fraction in [0, 1) (0.01 = 1 pp).")
+
+    def config(self, full: FinetuneConfig) -> FinetuneConfig:
+        """The screening fine-tune: the full settings with round(share * steps) steps (at least 1)."""
+        return FinetuneConfig.from_dict({**full.to_dict(), "steps": max(1, int(round(self.share * full.steps)))})
+
+    def promote(self, screened: Measurement, baseline: Measurement, max_drop: float | None,
+                objectives: Sequence[Objective], others: Sequence[Measurement]) -> tuple[bool, str]:
+        """Whether a screened candidate gets the full fine-tune, and why (`others`: the screened
+        measurements of the candidates before it)."""
+        drop = baseline.accuracy - screened.accuracy
+        if max_drop is not None:
+            limit = max_drop + self.slack
+            if drop <= limit + 1e-12:
+                return True, f"screened drop {drop * 100:.2f} pp <= {limit * 100:.2f} pp (max_accuracy_drop + slack)"
+            return False, f"screened drop {drop * 100:.2f} pp > {limit * 100:.2f} pp (max_accuracy_drop + slack)"
+        objectives = [OBJECTIVES["macs"] if o.name == "latency" else o for o in objectives]
+        me = np.array([o.normalized(o.value(screened), baseline) for o in objectives])
+        acc = [i for i, o in enumerate(objectives) if o.maximize]
+        if not acc:
+            return True, "accuracy is not an objective: every candidate is promoted"
+        for m in others:
+            q = np.array([o.normalized(o.value(m), baseline) for o in objectives])
+            rest = [i for i in range(len(objectives)) if i not in acc]
+            if all(q[i] + self.margin <= me[i] for i in acc) and all(q[i] <= me[i] for i in rest):
+                return False, (f"a screened candidate is {(me[acc[0]] - q[acc[0]]) * 100:.2f} pp more accurate "
+                               f"(> margin {self.margin * 100:.2f} pp) and no worse otherwise")
+        return True, "not dominated beyond the margin by any screened candidate"

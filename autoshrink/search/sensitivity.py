@@ -1,0 +1,141 @@
+"""Sensitivity pre-pass: every single choice of the space, applied alone to one layer, measured.
+
+One row per (layer, choice): unstructured sparsity s ("sparsity"), structured sparsity s
+("structured"), bit-width b ("bits") and rank fraction r ("rank"), each applied to that layer
+only, with no fine-tuning (BatchNorm statistics re-estimated where the structure changed, as
+FinetuneConfig.bn_batches says), measured on the study's runtime like any trial: the accuracy drop
+against the untouched model, and the bytes, MACs and latency it saves. The rows run in parallel on
+the executor (Ray actors too). The table drives the narrowed space (narrow.py) and the warm start
+(warmstart.py); a search stores it in the study (user attribute "sensitivity"), so a resume does
+not measure it again.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+from torch import nn
+
+from ..executors import Job, Outcome, make_executor
+from ..measure import LatencyConfig, Measurement
+from ..policy import LayerPolicy, Policy
+from ..space import BoundSpace, SearchSpace, bind
+from ..task import Task
+from ..techniques.structured import structured_blockers
+from ..train import FinetuneConfig
+
+COLUMNS = ["layer", "field", "value", "accuracy", "accuracy_drop", "size_bytes", "bytes_saved", "macs_saved",
+           "latency_ms", "latency_saved", "skipped", "error", "seconds"]
+FIRST_KEY = -1000  # executor keys of the rows: FIRST_KEY - i (trials use numbers >= 0)
+
+
+@dataclass(frozen=True)
+class Choice1:
+    """One choice of one layer, applied alone."""
+
+    layer: str
+    field: str  # sparsity | structured | bits | rank
+    value: float
+
+    def policy(self) -> Policy:
+        if self.field == "sparsity":
+            lp = LayerPolicy(sparsity=self.value)
+        elif self.field == "structured":
+            lp = LayerPolicy(sparsity=self.value, structured=True)
+        elif self.field == "bits":
+            lp = LayerPolicy(bits=int(self.value))
+        else:
+            lp = LayerPolicy(rank=self.value)
+        return Policy(layers={self.layer: lp})
+
+
+def choices(bound: BoundSpace) -> list[Choice1]:
+    """Every non-identity single choice of the bound space, layer by layer."""
+    out: list[Choice1] = []
+    for layer, fields in bound.layers.items():
+        structured = fields["structured"].values
+        for s in fields["sparsity"].values:
+            if s > 0 and False in structured:
+                out.append(Choice1(layer, "sparsity", s))
+            if s > 0 and True in structured:
+                out.append(Choice1(layer, "structured", s))
+        out += [Choice1(layer, "bits", b) for b in fields["bits"].values if b != 32]
+        out += [Choice1(layer, "rank", r) for r in fields["rank"].values if r < 1.0]
+    return out
+
+
+def row(c: Choice1, o: Outcome, baseline: Measurement) -> dict[str, Any]:
+    """A table row from one measured choice (a failed one keeps its error and no numbers)."""
+    r: dict[str, Any] = {"layer": c.layer, "field": c.field, "value": c.value, "seconds": round(o.seconds, 4),
+                         "skipped": None, "error": o.error}
+    if o.ok:
+        m = o.measurement
+        r.update(accuracy=m.accuracy, accuracy_drop=baseline.accuracy - m.accuracy, size_bytes=m.size_bytes,
+                 bytes_saved=baseline.size_bytes - m.size_bytes, macs_saved=baseline.macs - m.macs,
+                 latency_ms=m.latency_ms, latency_saved=baseline.latency_ms - m.latency_ms,
+                 skipped="; ".join(m.skipped) or None)
+    return r
+
+
+def table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=COLUMNS)
+
+
+def run_choices(ex: Any, wait: Callable[[Any], list[Outcome]], items: Sequence[Choice1], baseline: Measurement,
+                runtime: str, bn_batches: int, seed: int) -> tuple[list[dict[str, Any]], float]:
+    """Measure every choice on the executor (all submitted at once: the executor keeps its workers
+    busy); return the rows in `items` order and the summed evaluation seconds."""
+    cfg = FinetuneConfig(steps=0, bn_batches=bn_batches, seed=seed)
+    keys = {FIRST_KEY - i: c for i, c in enumerate(items)}
+    for key, c in keys.items():
+        ex.submit(key, c.policy(), cfg, runtime=runtime)
+    got: dict[int, Outcome] = {}
+    try:
+        while len(got) < len(keys):
+            for o in wait(ex):
+                got[o.key] = o
+    except BaseException:
+        ex.cancel()
+        raise
+    rows = [row(keys[k], got[k], baseline) for k in keys]
+    return rows, sum(o.seconds for o in got.values())
+
+
+def sensitivity(model: nn.Module, task: Task, space: SearchSpace, *, executor: Any = "local",
+                runtime: str = "float", latency: LatencyConfig | None = None, bn_batches: int | None = None,
+                seed: int = 0) -> pd.DataFrame:
+    """The sensitivity table of `model` on `task` over `space` (see the module docstring): one row per
+    layer and single choice, with columns layer, field, value, accuracy, accuracy_drop (fraction),
+    size_bytes, bytes_saved, macs_saved, latency_ms, latency_saved (ms), skipped (what the technique
+    left undone), error, seconds. `runtime` is "float" or "int8"; the untouched model is measured
+    first (`.attrs["baseline"]`, and `.attrs["seconds"]` the evaluation time)."""
+    from .runtime import check_runtime
+
+    if check_runtime(runtime) == "auto":
+        runtime = "float"
+    bound = bind(space, model)
+    bound = bound.without_structured(structured_blockers(model, bound.structured_candidates(), task.example_input))
+    ex = make_executor(executor)
+    cfg = space.finetune
+    t0 = time.perf_counter()
+    try:
+        ex.start(Job(model=model, task=task, finetune=cfg, latency=latency))
+        ex.submit(FIRST_KEY + 1, Policy(), FinetuneConfig(steps=0), runtime=runtime)
+        base: list[Outcome] = []
+        while not base:
+            base = ex.wait()
+        if not base[0].ok:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"measuring the untouched model failed: {base[0].error}")
+        baseline = base[0].measurement
+        rows, _ = run_choices(ex, lambda e: e.wait(), choices(bound), baseline, runtime,
+                              cfg.bn_batches if bn_batches is None else bn_batches, seed)
+    finally:
+        ex.shutdown()
+    df = table(rows)
+    df.attrs["baseline"] = baseline.to_dict()
+    df.attrs["seconds"] = time.perf_counter() - t0
+    return df

@@ -1,0 +1,229 @@
+"""Warm start: policies allocated from the sensitivity table for a sweep of budgets.
+
+For each budget the allocation picks one combination per layer -- sparsity (structured or not),
+bit-width, rank, from the (narrowed) space -- minimizing the summed predicted drop under the
+budget: a multiple-choice knapsack solved by Lagrangian relaxation (each layer independently
+minimizes drop + lambda * cost; lambda is bisected to the smallest value whose allocation fits
+the budget, so every allocation respects its budget). Predictions:
+- drop of a combination: the sum of its single choices' drops in the sensitivity table (each at
+  least 0; no fine-tune, so pessimistic for pruning, which is what makes sensitive layers pay);
+- size: exact payload bytes of the layer's weight(s) pruned by magnitude at that sparsity and
+  stored at that bit-width (the packer's own layout choice: dense, bitmap or relative indices;
+  low-rank factors from the truncated SVD), structured pruning from its measured row; the rest of
+  the file (biases, BatchNorm, header) as in the untouched model;
+- MACs / latency: the baseline minus the single choices' measured savings (structured, rank).
+Budgets: BUDGETS_PER_OBJECTIVE of them per minimized objective (size always; MACs and latency when
+they are objectives), geometric between the smallest predicted value and half the baseline's.
+The policies are enqueued after the uniform baselines, marked `warm_start` (the budget and the
+predictions), so NSGA-II's first generation spans the trade-off instead of sampling blindly.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..measure import Measurement
+from ..measure.packing.codec import gaps_of, stream_sizes
+from ..space import BoundSpace
+from ..techniques.lowrank import svd_factors, factor_params, target_rank
+from ..techniques.prune import magnitude_mask
+
+BUDGETS_PER_OBJECTIVE = 6
+_BITS_WIDTH = {16: 16, 32: 32}
+
+
+@dataclass(frozen=True)
+class Combo:
+    """One layer's combination of choices and its predictions."""
+
+    sparsity: float
+    structured: bool
+    bits: int
+    rank: float
+    drop: float
+    bytes: float
+    macs: float
+    latency: float
+
+    def params(self, layer: str, searched: set[str]) -> dict[str, Any]:
+        values = {"sparsity": self.sparsity, "structured": self.structured, "bits": self.bits, "rank": self.rank}
+        return {f"{layer}.{f}": v for f, v in values.items() if f"{layer}.{f}" in searched}
+
+
+def _payload(weight: torch.Tensor, sparsity: float, bits: int) -> int:
+    """Exact payload bytes of `weight` pruned by magnitude to `sparsity` and stored at `bits`."""
+    mask = magnitude_mask(weight, sparsity).reshape(-1).numpy()
+    width = _BITS_WIDTH.get(bits, bits)
+    scales = 2 * weight.shape[0] if bits <= 8 else 0
+    gaps = gaps_of(np.flatnonzero(mask))
+    return scales + min(v[0] for v in stream_sizes(mask.size, gaps, width).values())
+
+
+def _weights(module: nn.Module, rank: float) -> list[torch.Tensor] | None:
+    """The weight tensor(s) a layer stores at this rank (two factors), or None where no saving."""
+    w = module.weight.detach().float().cpu()
+    if rank >= 1.0:
+        return [w]
+    shape = tuple(w.shape)
+    k = target_rank(shape, rank)
+    if factor_params(shape, k) >= w.numel() or not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        return None
+    a, b = svd_factors(w, k)
+    return [a, b]
+
+
+def _rows(table: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, float], Mapping[str, Any]]:
+    return {(r["layer"], r["field"], float(r["value"])): r for r in table}
+
+
+def layer_combos(model: nn.Module, bound: BoundSpace, table: Sequence[Mapping[str, Any]], baseline: Measurement
+                 ) -> dict[str, list[Combo]]:
+    """Every combination of each layer's choices with its predicted drop, bytes, MACs and latency."""
+    rows = _rows(table)
+    base_bytes = {l.name.rsplit(".weight", 1)[0]: l.bytes for l in baseline.layers}
+    out: dict[str, list[Combo]] = {}
+    for layer, fields in bound.layers.items():
+        module = model.get_submodule(layer)
+        if not hasattr(module, "weight") or module.weight is None:
+            continue
+
+        def row(field: str, value: Any) -> Mapping[str, Any]:
+            return rows.get((layer, field, float(value)), {})
+
+        def drop(field: str, value: Any) -> float:
+            d = row(field, value).get("accuracy_drop")
+            return max(0.0, float(d)) if d is not None and math.isfinite(d) else 0.0
+
+        def saved(field: str, value: Any, key: str) -> float:
+            v = row(field, value).get(key)
+            return max(0.0, float(v)) if v is not None and math.isfinite(v) else 0.0
+
+        combos = []
+        factors = {r: _weights(module, r) for r in fields["rank"].values}
+        for s, structured, b, r in itertools.product(fields["sparsity"].values, fields["structured"].values,
+                                                      fields["bits"].values, fields["rank"].values):
+            if structured and s == 0.0:
+                continue  # the same as unstructured at 0
+            if factors[r] is None:
+                continue  # low-rank gives no saving here: the technique would skip it
+            d = (drop("structured" if structured else "sparsity", s) if s > 0 else 0.0) + \
+                (drop("bits", b) if b != 32 else 0.0) + (drop("rank", r) if r < 1 else 0.0)
+            if structured:
+                width = _BITS_WIDTH.get(b, b)
+                kept = sum(t.numel() for t in factors[r]) * (1 - s)
+                own = kept * width / 8 + (2 * module.weight.shape[0] * (1 - s) if b <= 8 else 0)
+                # the rest of the measured saving: the next layers' inputs shrank
+                other = max(0.0, saved("structured", s, "bytes_saved") - (base_bytes.get(layer, 0) -
+                                                                           module.weight.numel() * (1 - s) * 4))
+                nbytes = own - other
+            else:
+                nbytes = float(sum(_payload(t, s, b) for t in factors[r]))
+            macs = -(saved("structured", s, "macs_saved") if structured else 0.0) - (
+                saved("rank", r, "macs_saved") if r < 1 else 0.0)
+            lat = -(saved("structured", s, "latency_saved") if structured else 0.0) - (
+                saved("rank", r, "latency_saved") if r < 1 else 0.0)
+            combos.append(Combo(s, structured, b, r, d, nbytes, macs, lat))
+        out[layer] = combos
+    return out
+
+
+def allocate(combos: Mapping[str, Sequence[Combo]], cost: str, budget: float) -> dict[str, Combo] | None:
+    """Per layer, the combination minimizing the summed drop with summed `cost` <= `budget` (Lagrangian
+    relaxation, bisected); None when even the cheapest combinations exceed the budget."""
+    layers = list(combos)
+    drops = [np.array([c.drop for c in combos[l]]) for l in layers]
+    costs = [np.array([getattr(c, cost) for c in combos[l]], dtype=float) for l in layers]
+
+    def pick(lam: float) -> tuple[list[int], float]:
+        idx = [int(np.lexsort((c, d + lam * c))[0]) for d, c in zip(drops, costs)]
+        return idx, float(sum(c[i] for c, i in zip(costs, idx)))
+
+    cheapest = sum(float(c.min()) for c in costs)
+    if cheapest > budget + 1e-9:
+        return None
+    idx, total = pick(0.0)
+    if total > budget + 1e-9:
+        lo, hi = 0.0, 1.0
+        while pick(hi)[1] > budget + 1e-9:
+            hi *= 4.0
+            if hi > 1e30:  # the cheapest choices fit, lambda large enough selects them
+                idx = [int(np.argmin(c)) for c in costs]
+                return {l: combos[l][i] for l, i in zip(layers, idx)}
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if pick(mid)[1] > budget + 1e-9:
+                lo = mid
+            else:
+                hi = mid
+        idx, total = pick(hi)
+    return {l: combos[l][i] for l, i in zip(layers, idx)}
+
+
+def budgets(lowest: float, base: float, n: int) -> list[float]:
+    """n budgets, geometric from `lowest` (inclusive) to half of `base`."""
+    top = 0.5 * base
+    if n <= 0 or lowest >= top:
+        return [top] if n > 0 else []
+    ratio = (top / lowest) ** (1 / max(n - 1, 1))
+    return [lowest * ratio ** i for i in range(n)]
+
+
+def warm_start_params(model: nn.Module, bound: BoundSpace, table: Sequence[Mapping[str, Any]],
+                      baseline: Measurement, objectives: Sequence[str], count: int
+                      ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Up to `count` (params, description) pairs, deduplicated, spread over the objectives' budgets."""
+    combos = layer_combos(model, bound, table, baseline)
+    combos = {l: c for l, c in combos.items() if c}
+    if not combos or count <= 0:
+        return []
+    searched = {name for name, _ in bound.params()}
+    weight_bytes = {l.name.rsplit(".weight", 1)[0]: l.bytes for l in baseline.layers}
+    fixed = baseline.size_bytes - sum(weight_bytes.get(l, 0) for l in combos)
+    plans: list[tuple[str, float, float]] = []  # (cost field, offset, budget)
+    costs = {"bytes": (fixed, float(baseline.size_bytes))}
+    if "macs" in objectives:
+        costs["macs"] = (float(baseline.macs), float(baseline.macs))
+    if "latency" in objectives:
+        costs["latency"] = (float(baseline.latency_ms), float(baseline.latency_ms))
+    per = max(1, math.ceil(count / len(costs)))
+    for cost, (offset, base) in costs.items():
+        lowest = offset + sum(min(getattr(c, cost) for c in cs) for cs in combos.values())
+        if cost != "bytes" and lowest >= base * 0.99:
+            continue  # nothing in the space reduces it
+        for b in budgets(max(lowest, 1e-9), base, per):
+            plans.append((cost, offset, b))
+    out: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    seen: list[dict[str, Any]] = []
+    for cost, offset, b in plans:
+        alloc = allocate(combos, cost, b - offset)
+        if alloc is None:
+            continue
+        params: dict[str, Any] = {}
+        for layer, c in alloc.items():
+            params.update(c.params(layer, searched))
+        for name, choice in bound.params():  # distillation on where the space offers it
+            params.setdefault(name, choice.nearest(True if name == "distill" else _identity(name)))
+        if params in seen:
+            continue
+        seen.append(params)
+        label = {"bytes": "size", "macs": "MACs", "latency": "latency"}[cost]
+        total = offset + sum(getattr(c, cost) for c in alloc.values())
+        base = costs[cost][1]
+        out.append((params, {"budget": f"{label} <= {b / base * 100:.3g}% of the baseline",
+                             f"budget_{label.lower()}": round(b, 6),
+                             "predicted_drop": round(sum(c.drop for c in alloc.values()), 6),
+                             f"predicted_{label.lower()}": round(total, 6)}))
+        if len(out) >= count:
+            break
+    return out
+
+
+def _identity(name: str) -> Any:
+    field = name.rsplit(".", 1)[-1]
+    return {"sparsity": 0.0, "structured": False, "bits": 32, "rank": 1.0}[field]

@@ -1,0 +1,32 @@
+"""Recipes written by autoshrink 0.1 (format 1) still load and replay exactly as they did then."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+import autoshrink as ash
+from autoshrink.zoo import digits_task
+
+from ..search.conftest import FAST
+from .conftest import state_digest, trained_tiny
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_a_format1_recipe_loads_and_replays_bitwise() -> None:
+    """The fixture was written by commit 70d55c7 (format 1, one-shot pruning, no BatchNorm
+    re-estimation, no augmentation); its replay here must give the same weights, size and accuracy."""
+    recipe = ash.Recipe.load(FIXTURES / "format1.recipe.yaml")
+    expected = json.loads((FIXTURES / "format1.expected.json").read_text())
+    ft = recipe.finetune
+    assert (ft.schedule, ft.bn_batches, ft.steps, recipe.train_transform) == ("oneshot", 0, 10, None)
+    assert recipe.to_dict()["format"] == "autoshrink-recipe/2"  # saved again, it is written as format 2
+    task = digits_task(device="cpu")
+    small = ash.apply_recipe(trained_tiny(0), recipe, task=task)
+    if torch.get_num_threads() == 2:  # float reductions depend on the thread count (the fixture used 2)
+        assert state_digest(small) == expected["state_sha256"]
+    m = ash.measure(small, task, latency=FAST)
+    assert m.size_bytes == expected["size_bytes"] == recipe.metrics.size_bytes
+    assert m.accuracy == expected["accuracy"] == recipe.metrics.accuracy

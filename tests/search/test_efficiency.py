@@ -1,0 +1,213 @@
+"""Sensitivity pre-pass, narrowed space, warm start and multi-fidelity screening."""
+from __future__ import annotations
+
+import copy
+
+import optuna
+import pytest
+import torch
+
+import autoshrink as ash
+from autoshrink.executors import LocalExecutor, Outcome
+from autoshrink.measure import Measurement
+from autoshrink.search.fidelity import Screening
+from autoshrink.search.narrow import narrow, narrow_cutoff
+from autoshrink.search.objectives import OBJECTIVES
+from autoshrink.search.sensitivity import FIRST_KEY
+from autoshrink.search.warmstart import Combo, allocate, warm_start_params
+from autoshrink.space import bind
+from autoshrink.zoo import digits_task
+
+from .conftest import FAST
+
+L = ash.LayerPolicy
+
+
+@pytest.fixture(scope="module")
+def trap_model(tiny_model):
+    """The tiny MLP with one huge weight per fc1 row on input pixel 0, which is 0 in every digits image:
+    the function is unchanged, but at 2 bits each row's scale is that weight and every other weight of
+    fc1 rounds to 0 -- fc1 at 2 bits is catastrophic, every other choice harmless."""
+    assert bool((digits_task(device="cpu").train_data.tensors[0].flatten(1)[:, 0] == 0).all())
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        model.fc1.weight[:, 0] = 10 * model.fc1.weight.abs().amax(dim=1)
+    return model
+
+
+@pytest.fixture
+def trap_space(tmp_path):
+    p = tmp_path / "trap.yaml"
+    p.write_text("defaults:\n  sparsity: [0.0, 0.5]\n  bits: [32, 8]\nrules:\n  - match: fc1\n    bits: [32, 8, 2]\n"
+                 "distill: [false]\nfinetune: {steps: 4}\n")
+    return ash.load_space(p)
+
+
+def test_the_table_shows_the_catastrophic_choice_and_narrowing_drops_exactly_it(trap_model, trap_space) -> None:
+    task = digits_task(device="cpu")
+    table = ash.sensitivity(trap_model, task, trap_space, latency=FAST)
+    got = {(r.layer, r.field, r.value) for r in table.itertuples()}
+    assert got == {("fc1", "sparsity", 0.5), ("fc1", "bits", 8), ("fc1", "bits", 2),
+                   ("fc2", "sparsity", 0.5), ("fc2", "bits", 8)}
+    drops = {(r.layer, r.field, r.value): r.accuracy_drop for r in table.itertuples()}
+    assert drops[("fc1", "bits", 2)] > 0.5  # near chance: the model is broken by this one choice
+    assert max(v for k, v in drops.items() if k != ("fc1", "bits", 2)) < 0.05
+    assert (table.bytes_saved > 0).all() and (table.macs_saved == 0).all() and table.error.isna().all()
+    base = ash.Measurement.from_dict(table.attrs["baseline"])
+    row = table[(table.layer == "fc1") & (table.field == "bits") & (table.value == 8)].iloc[0]
+    assert row.bytes_saved == base.size_bytes - row.size_bytes and row.accuracy_drop == base.accuracy - row.accuracy
+    bound = bind(trap_space, trap_model)
+    narrowed, removed = narrow(bound, table.to_dict("records"), narrow_cutoff(0.01))
+    assert [(r["layer"], r["field"], r["value"]) for r in removed] == [("fc1", "bits", 2)]
+    assert narrowed.layers["fc1"]["bits"].values == (32, 8) and narrowed.layers["fc2"] == bound.layers["fc2"]
+    assert "alone it costs" in removed[0]["reason"] and removed[0]["accuracy_drop"] == drops[("fc1", "bits", 2)]
+
+
+def test_search_narrows_stores_the_prepass_and_a_resume_does_not_repeat_it(trap_model, trap_space, tmp_path) -> None:
+    class Counting(LocalExecutor):
+        prepass = 0
+
+        def submit(self, key, policy, finetune=None, **kw):
+            Counting.prepass += key <= FIRST_KEY
+            super().submit(key, policy, finetune, **kw)
+
+    kw = dict(storage=f"sqlite:///{tmp_path}/n.db", study_name="n", latency=FAST, objectives=("accuracy", "size"))
+    r = ash.search(trap_model, digits_task(device="cpu"), trap_space, n_trials=6, executor=Counting(), **kw)
+    attrs = r.study.user_attrs
+    assert Counting.prepass == 5 and len(attrs["sensitivity"]["rows"]) == 5 and r.timing["sensitivity_s"] > 0
+    assert [(x["layer"], x["field"], x["value"]) for x in attrs["narrowed"]] == [("fc1", "bits", 2)]
+    assert all(t.params.get("fc1.bits") != 2 for t in r.study.trials)
+    again = ash.search(trap_model, digits_task(device="cpu"), trap_space, n_trials=9, executor=Counting(), **kw)
+    assert Counting.prepass == 5 and again.timing["sensitivity_s"] == 0.0 and len(again.study.trials) == 9
+    with pytest.raises(ash.ConfigError, match="different search setup.*narrow_cutoff"):
+        ash.search(trap_model, digits_task(device="cpu"), trap_space, n_trials=10, sensitivity=False, **kw)
+
+
+def _combo(drop: float, nbytes: float, **kw) -> Combo:
+    return Combo(sparsity=kw.get("s", 0.0), structured=False, bits=kw.get("b", 32), rank=1.0, drop=drop,
+                 bytes=nbytes, macs=0.0, latency=0.0)
+
+
+def test_allocation_respects_the_budget_and_prefers_the_less_sensitive_layer() -> None:
+    # two layers of 1000 bytes; compressing "sensitive" to 100 B costs 5 pp, "robust" the same for 0.1 pp
+    combos = {"sensitive": [_combo(0.0, 1000), _combo(0.01, 400, b=8), _combo(0.05, 100, b=2)],
+              "robust": [_combo(0.0, 1000), _combo(0.0005, 400, b=8), _combo(0.001, 100, b=2)]}
+    for budget, expected in ((2000, (1000, 1000)), (1500, (1000, 400)), (1100, (1000, 100)), (800, (400, 100)),
+                             (500, (400, 100)), (200, (100, 100))):
+        alloc = allocate(combos, "bytes", budget)
+        got = (alloc["sensitive"].bytes, alloc["robust"].bytes)
+        assert got == expected, (budget, got)
+        assert sum(got) <= budget
+    assert allocate(combos, "bytes", 199) is None  # nothing fits
+
+
+def test_warm_start_policies_respect_their_predicted_budgets(trap_model, trap_space) -> None:
+    task = digits_task(device="cpu")
+    table = ash.sensitivity(trap_model, task, trap_space, latency=FAST)
+    base = ash.Measurement.from_dict(table.attrs["baseline"])
+    bound, _ = narrow(bind(trap_space, trap_model), table.to_dict("records"), 0.2)
+    out = warm_start_params(trap_model, bound, table.to_dict("records"), base, ["accuracy", "size"], 4)
+    assert 1 <= len(out) <= 4 and len({tuple(sorted(p.items())) for p, _ in out}) == len(out)
+    for params, what in out:
+        assert what["budget"].startswith("size <= ") and what["predicted_size"] <= what["budget_size"]
+        assert params.get("fc1.bits") != 2 and set(params) == {n for n, _ in bound.params()}
+        policy = bound.policy_from_params(params)
+        small = ash.apply_policy(trap_model, policy)
+        measured = ash.measure(small, task, latency=FAST).size_bytes
+        assert abs(measured - what["predicted_size"]) <= 0.1 * measured  # the size prediction is close
+
+
+class StubExecutor:
+    """Evaluates nothing: a policy's accuracy is 0.95 - 0.02 per layer at <= 4 bits - 0.01 per layer at
+    sparsity >= 0.8, its size 100 bytes per untouched layer and less per compressed one, and a screen
+    (fewer steps than the full fine-tune) reads 0.015 lower."""
+
+    capacity = 1
+
+    def __init__(self) -> None:
+        self.queue: list = []
+        self.full_steps = None
+        self.requests: list[tuple[int, int]] = []
+
+    def start(self, job) -> None:
+        self.full_steps = job.finetune.steps
+
+    def submit(self, key, policy, finetune=None, *, runtime=None) -> None:
+        self.queue.append((key, policy, finetune))
+
+    @staticmethod
+    def accuracy(policy: ash.Policy, screened: bool) -> float:
+        acc = 0.95 - sum(0.02 for lp in policy.layers.values() if lp.bits <= 4)
+        acc -= sum(0.01 for lp in policy.layers.values() if lp.sparsity >= 0.8)
+        return acc - (0.015 if screened else 0.0)
+
+    def wait(self, timeout=None) -> list[Outcome]:
+        if not self.queue:
+            return []
+        key, policy, ft = self.queue.pop(0)
+        steps = self.full_steps if ft is None else ft.steps
+        screened = 0 < steps < self.full_steps and bool(policy.active())
+        self.requests.append((key, steps))
+        size = sum(100 * (lp.bits / 32) * (1 - lp.sparsity) for lp in policy.layers.values())
+        size += 100 * (2 - len(policy.layers))
+        m = Measurement(accuracy=self.accuracy(policy, screened), size_bytes=max(1, int(size)), latency_ms=1.0,
+                        macs=100, device="cpu", threads=1, batch_size=1, runtime="float")
+        return [Outcome(key, m, None, 0.01, "stub")]
+
+    def cancel(self) -> list[int]:
+        keys = [k for k, _, _ in self.queue]
+        self.queue.clear()
+        return keys
+
+    def shutdown(self) -> None:
+        self.queue.clear()
+
+
+def test_multi_fidelity_promotes_and_stops_exactly_the_expected_candidates(tiny_model, tiny_space, tmp_path) -> None:
+    ex = StubExecutor()
+    r = ash.search(tiny_model, digits_task(device="cpu"), tiny_space, n_trials=24, executor=ex, seed=1,
+                   storage=f"sqlite:///{tmp_path}/mf.db", study_name="mf", objectives=("accuracy", "size"),
+                   max_accuracy_drop=0.03, sensitivity=False, screen=Screening(share=0.4, slack=0.01),
+                   finetune_steps=10)
+    stopped = promoted = 0
+    for t in r.study.trials:
+        policy = ash.Policy.from_dict(t.user_attrs["policy"])
+        if t.user_attrs["stage"] == "baseline" or not policy.active():
+            assert t.state == optuna.trial.TrialState.COMPLETE and "screen" not in t.user_attrs
+            assert [s for k, s in ex.requests if k == t.number] == [10]
+            continue
+        screened_drop = 0.95 - StubExecutor.accuracy(policy, screened=True)
+        expect_promoted = screened_drop <= 0.03 + 0.01 + 1e-12
+        assert t.user_attrs["screen"]["decision"] == ("promoted" if expect_promoted else "stopped")
+        assert t.user_attrs["screen"]["steps"] == 4
+        if expect_promoted:
+            promoted += 1
+            assert t.state == optuna.trial.TrialState.COMPLETE
+            assert t.user_attrs["measurement"]["accuracy"] == pytest.approx(StubExecutor.accuracy(policy, False))
+            assert [s for k, s in ex.requests if k == t.number] == [4, 10]
+        else:
+            stopped += 1
+            assert t.state == optuna.trial.TrialState.PRUNED and t.values is None
+            assert [s for k, s in ex.requests if k == t.number] == [4]
+    assert promoted and stopped
+    assert r.timing["screening"]["promoted"] == promoted and r.timing["screening"]["stopped"] == stopped
+    assert r.timing["screening"]["saved_s_estimated"] == pytest.approx(stopped * 0.01)
+    assert len(r.study.trials) == 24  # n_trials counts every candidate, stopped ones too
+    assert not set(r.pareto.trial) & {t.number for t in r.study.trials if t.state.name == "PRUNED"}
+
+
+def test_without_a_constraint_screening_stops_what_a_screened_candidate_beats() -> None:
+    s = Screening(margin=0.01)
+    obj = OBJECTIVES
+    base = Measurement(accuracy=0.9, size_bytes=1000, latency_ms=1.0, macs=100, device="cpu", threads=1, batch_size=1)
+    m = lambda acc, size, macs=100, lat=1.0: Measurement(accuracy=acc, size_bytes=size, latency_ms=lat,  # noqa: E731
+                                                         macs=macs, device="cpu", threads=1, batch_size=1)
+    objs = (obj["accuracy"], obj["size"], obj["latency"])
+    others = [m(0.88, 500)]
+    assert s.promote(m(0.875, 400), base, None, objs, others)[0]  # smaller: not dominated
+    assert s.promote(m(0.875, 500), base, None, objs, others)[0]  # within the margin
+    ok, why = s.promote(m(0.86, 600), base, None, objs, others)  # worse in both, by 2 pp
+    assert not ok and "2.00 pp more accurate" in why
+    assert s.promote(m(0.86, 600, macs=50, lat=9.0), base, None, objs, others)[0]  # fewer MACs: latency's proxy
+    with pytest.raises(ash.ConfigError, match="screen share=1.5"):
+        Screening(share=1.5)
