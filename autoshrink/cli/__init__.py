@@ -9,9 +9,9 @@ from typing import Sequence
 from .. import __version__
 from ..errors import AutoshrinkError
 from ..techniques import CompressionWarning
-from . import dashboard, demo, recipes, report, search, walkthrough
+from . import dashboard, demo, recipes, report, search, sensitivity, walkthrough
 
-COMMANDS = (demo, search, recipes, walkthrough, dashboard, report)
+COMMANDS = (demo, search, sensitivity, recipes, walkthrough, dashboard, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..search.result import SearchResult
 from .figures import (hypervolume_figure, pareto_scatter, pareto_scatter_3d, policy_heatmaps, reference_text,
                       trial_frame, with_recorded_constraint)
+from .stages import narrowed_table, refined_table, sensitivity_heatmap, stages_section
 
 SLOWER_WHY = ("Unstructured sparsity and sub-8-bit codes shrink the packed file, not dense-kernel latency: the "
               "model still runs the same dense float (or int8) kernels at the same shapes, so a smaller file can "
@@ -141,14 +142,28 @@ def _failed_table(frame: pd.DataFrame) -> str:
 
 
 def build_report(result: SearchResult) -> str:
-    """One self-contained HTML page for `result`: header, Pareto scatters, hypervolume history, the
-    front's per-layer policies, the front as a table and the failed trials. Works offline."""
+    """One self-contained HTML page for `result`: header, the search's stages (trials by stage and
+    fidelity, runtime, pre-pass and screening costs), the sensitivity heatmap and the narrowed
+    choices, Pareto scatters, hypervolume history, the front's per-layer policies, the front and the
+    refined trials as tables, and the failed trials. Works offline."""
     result = with_recorded_constraint(result)
     frame = trial_frame(result)
     render = _Figures()
     parts = [_header(result, frame)]
     has_complete = bool(len(frame)) and bool(frame["complete"].any())
     fields = [o.field for o in result.objectives]
+
+    parts.append("<h2>Search stages</h2>")
+    parts.append(stages_section(result, frame))
+
+    parts.append("<h2>Sensitivity and the narrowed space</h2>")
+    heat = sensitivity_heatmap(result)
+    if heat is not None:
+        parts.append("<p class=\"caption\">Each cell: the accuracy drop (pp) of one choice applied to one layer "
+                     "alone, without fine-tuning (BatchNorm statistics re-estimated where the structure changed); "
+                     "\"removed\" marks the choices the narrowed space dropped.</p>")
+        parts.append(render(heat, "sensitivity"))
+    parts.append(narrowed_table(result))
 
     parts.append("<h2>Pareto front</h2>")
     if not has_complete:
@@ -191,6 +206,12 @@ def build_report(result: SearchResult) -> str:
 
     parts.append("<h2>The front</h2>")
     parts.append(_front_table(result, frame) if has_complete else "<p class=\"empty\">No completed trials yet.</p>")
+    refined = refined_table(frame)
+    if refined:
+        parts.append("<h2>Refined trials</h2>")
+        parts.append("<p class=\"caption\">Each refine trial re-ran a front candidate's policy with the long "
+                     "refine fine-tune (gradual pruning, distillation); its recipe replays that fine-tune.</p>")
+        parts.append(refined)
     parts.append("<h2>Failed trials</h2>")
     parts.append(_failed_table(frame))
     parts.append(f"<p class=\"caption\">Written by autoshrink {__version__} from the study's records.</p>")

@@ -239,6 +239,8 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
                      "overhead_fraction": busy / wall if wall else 0.0,
                      "sensitivity_s": pre_s,
                      "screening": tally.summary()}
+    study.set_user_attr("last_run", {k: (round(v, 4) if isinstance(v, float) else v)
+                                     for k, v in result.timing.items()})
     return result
 
 

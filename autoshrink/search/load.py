@@ -43,4 +43,4 @@ def load_result(study_name: str, storage: str | None = None) -> SearchResult:
                           "before measuring the untouched model); run the search again to resume it.")
     return SearchResult(study=study, baseline=Measurement.from_dict(attrs["baseline"]),
                         max_accuracy_drop=attrs.get("max_accuracy_drop"),
-                        objectives=resolve(attrs["objectives"]), storage=url)
+                        objectives=resolve(attrs["objectives"]), storage=url, timing=dict(attrs.get("last_run") or {}))

@@ -9,11 +9,16 @@ the budget, so every allocation respects its budget). Predictions:
   least 0; no fine-tune, so pessimistic for pruning, which is what makes sensitive layers pay);
 - size: exact payload bytes of the layer's weight(s) pruned by magnitude at that sparsity and
   stored at that bit-width (the packer's own layout choice: dense, bitmap or relative indices;
-  low-rank factors from the truncated SVD), structured pruning from its measured row; the rest of
+  low-rank factors from the truncated SVD); structured pruning as the kept channels' dense rows --
+  the bytes it also removes from the next layers' inputs are not counted (they belong to another
+  layer's choice, and counting them there too would promise sizes no policy reaches); the rest of
   the file (biases, BatchNorm, header) as in the untouched model;
 - MACs / latency: the baseline minus the single choices' measured savings (structured, rank).
-Budgets: BUDGETS_PER_OBJECTIVE of them per minimized objective (size always; MACs and latency when
-they are objectives), geometric between the smallest predicted value and half the baseline's.
+Combinations that prune low-rank factors are left out (the additive drop cannot see how the two
+losses compound). Budgets: up to `count` spread over the minimized objectives (size always; MACs
+and latency when they are objectives), geometric between the smallest predicted value and the
+cost of the allocation with no budget pressure (where every choice that costs no accuracy alone
+is taken; at most half the baseline's) -- above that every budget gives the same policy.
 The policies are enqueued after the uniform baselines, marked `warm_start` (the budget and the
 predictions), so NSGA-II's first generation spans the trade-off instead of sampling blindly.
 """
@@ -86,7 +91,6 @@ def layer_combos(model: nn.Module, bound: BoundSpace, table: Sequence[Mapping[st
                  ) -> dict[str, list[Combo]]:
     """Every combination of each layer's choices with its predicted drop, bytes, MACs and latency."""
     rows = _rows(table)
-    base_bytes = {l.name.rsplit(".weight", 1)[0]: l.bytes for l in baseline.layers}
     out: dict[str, list[Combo]] = {}
     for layer, fields in bound.layers.items():
         module = model.get_submodule(layer)
@@ -110,18 +114,16 @@ def layer_combos(model: nn.Module, bound: BoundSpace, table: Sequence[Mapping[st
                                                       fields["bits"].values, fields["rank"].values):
             if structured and s == 0.0:
                 continue  # the same as unstructured at 0
+            if r < 1.0 and s > 0.0:
+                continue  # pruning low-rank factors compounds two losses the additive drop does not see
             if factors[r] is None:
                 continue  # low-rank gives no saving here: the technique would skip it
             d = (drop("structured" if structured else "sparsity", s) if s > 0 else 0.0) + \
                 (drop("bits", b) if b != 32 else 0.0) + (drop("rank", r) if r < 1 else 0.0)
-            if structured:
+            if structured:  # dense rows of the kept channels; what the next layers lose is not counted
                 width = _BITS_WIDTH.get(b, b)
                 kept = sum(t.numel() for t in factors[r]) * (1 - s)
-                own = kept * width / 8 + (2 * module.weight.shape[0] * (1 - s) if b <= 8 else 0)
-                # the rest of the measured saving: the next layers' inputs shrank
-                other = max(0.0, saved("structured", s, "bytes_saved") - (base_bytes.get(layer, 0) -
-                                                                           module.weight.numel() * (1 - s) * 4))
-                nbytes = own - other
+                nbytes = kept * width / 8 + (2 * module.weight.shape[0] * (1 - s) if b <= 8 else 0)
             else:
                 nbytes = float(sum(_payload(t, s, b) for t in factors[r]))
             macs = -(saved("structured", s, "macs_saved") if structured else 0.0) - (
@@ -165,9 +167,8 @@ def allocate(combos: Mapping[str, Sequence[Combo]], cost: str, budget: float) ->
     return {l: combos[l][i] for l, i in zip(layers, idx)}
 
 
-def budgets(lowest: float, base: float, n: int) -> list[float]:
-    """n budgets, geometric from `lowest` (inclusive) to half of `base`."""
-    top = 0.5 * base
+def budgets(lowest: float, top: float, n: int) -> list[float]:
+    """n budgets, geometric from `lowest` to `top` (both inclusive)."""
     if n <= 0 or lowest >= top:
         return [top] if n > 0 else []
     ratio = (top / lowest) ** (1 / max(n - 1, 1))
@@ -196,7 +197,9 @@ def warm_start_params(model: nn.Module, bound: BoundSpace, table: Sequence[Mappi
         lowest = offset + sum(min(getattr(c, cost) for c in cs) for cs in combos.values())
         if cost != "bytes" and lowest >= base * 0.99:
             continue  # nothing in the space reduces it
-        for b in budgets(max(lowest, 1e-9), base, per):
+        free = allocate(combos, cost, math.inf)
+        top = min(0.5 * base, offset + sum(getattr(c, cost) for c in free.values()))
+        for b in budgets(max(lowest, 1e-9), top, per):
             plans.append((cost, offset, b))
     out: list[tuple[dict[str, Any], dict[str, Any]]] = []
     seen: list[dict[str, Any]] = []

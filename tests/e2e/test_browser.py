@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from autoshrink.cli import main
+from autoshrink.search import non_dominated
 
 from .browser import (STUDY, dump_dom, get_json, js_number, needs_chromium, screenshot, start_dashboard, stop,
                       study, visible_text)  # noqa: F401 (fixture)
@@ -27,13 +30,16 @@ def test_dashboard_renders_the_study_in_chromium(study, tmp_path) -> None:
     assert f"{STUDY} (id={sid})" in text  # the app bar's study title
     assert "Pareto Front" in text and "Best Trials" in text
     assert overview.count('class="main-svg"') >= 2  # plotly drew the charts (Pareto front, history, ...)
-    for t in expected.best_trials:  # the Best Trials cards: number and objective values, as optuna has them
+    done = [t for t in expected.trials if t.state.name == "COMPLETE"]  # the dashboard's front ignores constraints
+    front = [t for t, keep in zip(done, non_dominated(np.array([[-t.values[0], t.values[1]] for t in done]))) if keep]
+    for t in front:  # the Best Trials cards: number and objective values, as optuna has them
         assert f"Trial {t.number} Objective Values = [{', '.join(js_number(v) for v in t.values)}]" in text
 
     listed = visible_text(trials)
     assert f"{len(expected.trials)} Trials" in listed  # the trial list's header
-    numbers = [str(t.number) for t in expected.trials]
-    assert re.findall(r"Trial (\d+) Complete", listed)[:len(numbers)] == numbers
+    shown = [(str(t.number), t.state.name.capitalize()) for t in expected.trials]  # Complete, or Pruned (screened)
+    assert re.findall(r"Trial (\d+) (Complete|Pruned)", listed)[:len(shown)] == shown
+    assert ("3", "Pruned") in shown
     first = expected.trials[0]  # the selected trial's detail panel
     assert re.search(r"Trial 0 \(trial_id=\d+\) Complete", listed)
     assert f"Value {', '.join(js_number(v) for v in first.values)}" in listed

@@ -88,6 +88,24 @@ def test_ray_and_local_measure_the_same(ray_local, tiny_trained) -> None:
     assert {remote[i].worker for i in remote} and all(remote[i].measurement.threads == 1 for i in remote)
 
 
+def test_the_sensitivity_prepass_runs_on_ray_actors_as_locally(ray_local, tiny_trained, tmp_path) -> None:
+    """The pre-pass goes through the executor like any trial: on 2 actors it gives the local table."""
+    space = tmp_path / "s.yaml"
+    space.write_text("defaults: {sparsity: [0.0, 0.5], bits: [32, 8, 4], rank: [1.0, 0.25]}\n"
+                     "finetune: {steps: 2}\n")
+    space = ash.load_space(space)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # like the 1-CPU actors
+    try:
+        local = ash.sensitivity(tiny_trained, digits_task(device="cpu"), space, latency=FAST)
+    finally:
+        torch.set_num_threads(threads)
+    remote = ash.sensitivity(tiny_trained, digits_task(device="cpu"), space, executor=ash.RayExecutor(actors=2),
+                             latency=FAST)
+    exact = ["layer", "field", "value", "accuracy", "size_bytes", "bytes_saved", "macs_saved"]
+    assert len(local) == 8 and local[exact].equals(remote[exact])
+
+
 def test_an_exception_fails_one_trial_and_the_actor_lives_on(ray_local, tiny_trained) -> None:
     job = Job(model=tiny_trained, task=digits_task(device="cpu"), finetune=ash.FinetuneConfig(steps=0), latency=FAST)
     ex = ash.RayExecutor(actors=1)

@@ -337,3 +337,41 @@ def test_constraint_is_recovered_from_a_loaded_study(searched) -> None:
     assert recovered.max_accuracy_drop == pytest.approx(0.02, abs=1e-12)
     assert recovered.pareto["trial"].tolist() == searched["three"].pareto["trial"].tolist()
     assert policy_heatmaps(synthetic([])) is None
+
+
+# ------------------------------------------------------------------ the search's stages
+def test_report_shows_stages_sensitivity_narrowing_and_refined_trials(tmp_path) -> None:
+    torch.manual_seed(0)
+    task = digits_task(device="cpu")
+    model = Tiny()
+    ash.finetune(model, task, steps=300, lr=3e-3)
+    (tmp_path / "s.yaml").write_text(SPACE)
+    r = ash.search(model, task, ash.load_space(tmp_path / "s.yaml"), objectives=("accuracy", "size"), n_trials=12,
+                   storage=f"sqlite:///{tmp_path}/st.db", study_name="st", seed=0, max_accuracy_drop=0.05,
+                   latency=FAST, refine_top=1, refine_steps=6, narrow_cutoff=0.3)
+    loaded = load_result("st", f"sqlite:///{tmp_path}/st.db")
+    assert loaded.timing["screening"] == r.timing["screening"]  # the last run's timing is kept in the study
+    page = build_report(loaded)
+    figs = figures_in(page)
+    heat = figs["fig-sensitivity"][0]
+    rows = r.study.user_attrs["sensitivity"]["rows"]
+    assert heat["y"] == ["fc1", "fc2"] and len(heat["x"]) == len({(x["field"], x["value"]) for x in rows}) == 6
+    removed = r.study.user_attrs["narrowed"]
+    assert sum("removed" in cell for row in heat["text"] for cell in row) == len(removed)
+    table = page[page.index('<table id="stage-table">'):]
+    table = table[:table.index("</table>")]
+    states = [t.state.name for t in r.study.trials]
+    stages = [t.user_attrs["stage"] for t in r.study.trials]
+    for stage in set(stages):
+        full = sum(1 for s, st in zip(stages, states) if s == stage and st == "COMPLETE")
+        pruned = sum(1 for s, st in zip(stages, states) if s == stage and st == "PRUNED")
+        assert f'<tr><td class="text">{stage}</td><td>{full}</td><td>{pruned}</td>' in table
+    assert "refined" in stages and '<table id="refined-table">' in page
+    src = next(t.user_attrs["refined_from"] for t in r.study.trials if t.user_attrs["stage"] == "refined")
+    assert f"[refined from {src}]" in page
+    if removed:
+        narrowed = page[page.index('<table id="narrowed-table">'):]
+        assert narrowed[:narrowed.index("</table>")].count("<tr><td") == len(removed)
+    else:
+        assert "No choice exceeded the cutoff alone" in page
+    assert "runtime of every measurement" in page and "sensitivity pre-pass: 12 single choices" in page

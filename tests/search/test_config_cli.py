@@ -83,3 +83,26 @@ def test_cli_search_bad_config_is_one_line_exit_2(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "autoshrink.cli", "search", str(p)], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("autoshrink: error:")
+
+
+def test_cli_sensitivity_measures_then_reads_the_stored_table(tmp_path, capsys) -> None:
+    cfg = _config(tmp_path)
+    assert main(["sensitivity", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "sensitivity of 'clitest' (measured now" in out and "baseline accuracy" in out
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("choice"))
+    assert header.split()[1:] == ["8", "bits", "4", "bits"]
+    assert [line.split()[0] for line in lines if line.startswith("fc")] == ["fc1", "fc2", "fc3"]
+    assert not (tmp_path / "clitest.db").exists()  # measuring alone writes nothing
+    assert main(["search", str(cfg), "--quiet", "--refine-top", "1", "--refine-steps", "4"]) == 0
+    capsys.readouterr()
+    assert main(["sensitivity", str(cfg), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["source"].startswith("stored in study 'clitest'") and len(data["rows"]) == 6
+    assert {(r["layer"], r["field"], r["value"]) for r in data["rows"]} == {
+        (f"fc{i}", "bits", b) for i in (1, 2, 3) for b in (8.0, 4.0)}
+    import optuna
+
+    trials = optuna.load_study(study_name="clitest", storage=f"sqlite:///{tmp_path}/clitest.db").trials
+    assert sum(1 for t in trials if t.user_attrs.get("stage") == "refined") == 1

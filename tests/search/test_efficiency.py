@@ -211,3 +211,15 @@ def test_without_a_constraint_screening_stops_what_a_screened_candidate_beats() 
     assert s.promote(m(0.86, 600, macs=50, lat=9.0), base, None, objs, others)[0]  # fewer MACs: latency's proxy
     with pytest.raises(ash.ConfigError, match="screen share=1.5"):
         Screening(share=1.5)
+
+
+def test_default_screening_slack_is_at_least_one_pp_or_the_constraint() -> None:
+    s = Screening()
+    obj = (OBJECTIVES["accuracy"], OBJECTIVES["size"])
+    base = Measurement(accuracy=0.9, size_bytes=1000, latency_ms=1.0, macs=100, device="cpu", threads=1, batch_size=1)
+    m = lambda drop: Measurement(accuracy=0.9 - drop, size_bytes=10, latency_ms=1.0, macs=100,  # noqa: E731
+                                 device="cpu", threads=1, batch_size=1)
+    assert s.promote(m(0.0149), base, 0.005, obj, [])[0] and not s.promote(m(0.0151), base, 0.005, obj, [])[0]
+    assert s.promote(m(0.0399), base, 0.02, obj, [])[0] and not s.promote(m(0.0401), base, 0.02, obj, [])[0]
+    assert "1.51 pp > 1.50 pp" in s.promote(m(0.0151), base, 0.005, obj, [])[1]
+    assert s.config(ash.FinetuneConfig(steps=300)).steps == 75 and s.config(ash.FinetuneConfig(steps=2)).steps == 1
