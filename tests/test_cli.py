@@ -85,7 +85,14 @@ def test_demo_smoke_ray_subprocess(tmp_path) -> None:
     import optuna
 
     trials = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path}/studies/demo/demo.db").trials
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 5
+    # with 2 actors the screen's threshold depends on which trials finished first: a candidate may be
+    # stopped after its short screening run (PRUNED, its screened measurement kept) instead of completing
+    assert len(trials) == 5
+    for t in trials:
+        assert t.state.name in ("COMPLETE", "PRUNED"), (t.number, t.state.name)
+        assert ("measurement" in t.user_attrs) == (t.state.name == "COMPLETE")
+        if t.state.name == "PRUNED":  # only sampled candidates are screened, never the uniform baselines
+            assert t.user_attrs["stage"] != "baseline" and t.user_attrs["screen"]["decision"] == "stopped"
     if data["executor"] == "ray":
         assert all(t.user_attrs["eval"]["worker"].startswith("127.0.0.2:") for t in trials)
 

@@ -210,7 +210,7 @@ def build_report(result: SearchResult) -> str:
     if refined:
         parts.append("<h2>Refined trials</h2>")
         parts.append("<p class=\"caption\">Each refine trial re-ran a front candidate's policy with the long "
-                     "refine fine-tune (gradual pruning, distillation); its recipe replays that fine-tune.</p>")
+                     "refine fine-tune (gradual pruning, the source's own policy); its recipe replays that fine-tune.</p>")
         parts.append(refined)
     parts.append("<h2>Failed trials</h2>")
     parts.append(_failed_table(frame))

@@ -130,9 +130,9 @@ def search(
     space by it (choices that alone cost more than `narrow_cutoff`, search/narrow.py) and, with
     `warm_start`, enqueues policies allocated from it for a sweep of budgets (search/warmstart.py).
     `screen` fine-tunes each candidate briefly first and only promising ones in full
-    (search/fidelity.py). `refine_top=k` re-runs the k best feasible or near-feasible candidates with
-    `refine_steps` fine-tune steps (default 5x the search's), gradual pruning and distillation, as
-    trials of their own (see search/refine.py; `refine_finetune` overrides those settings).
+    (search/fidelity.py). `refine_top=k` re-runs the k best feasible or near-feasible candidates
+    with `refine_steps` fine-tune steps (default 5x the search's) and gradual pruning, each keeping
+    its own policy, as trials of their own (search/refine.py; `refine_finetune` overrides settings).
     """
     t_start = time.perf_counter()
     verbosity = optuna.logging.get_verbosity()

@@ -4,8 +4,11 @@ A search fine-tunes every candidate briefly; some of its most compressed candida
 too much accuracy only because the budget was short. The refine stage takes the front of the
 completed trials within `max_accuracy_drop` (1 pp without one) + REFINE_SLACK, orders it by the
 first non-accuracy objective (smallest size / latency / MACs first; higher accuracy on ties) and
-re-runs the first k with `steps` fine-tune steps, gradual pruning and distillation from the
-uncompressed model (the refine fine-tune; see `refine_config`). Each result is a trial of its own
+re-runs the first k with `steps` fine-tune steps and gradual pruning (the refine fine-tune; see
+`refine_config`), keeping the source's policy as the search found it -- distillation included or
+not: with plenty of labels distilling cost accuracy (LeNet-300-100 on Fashion-MNIST, 3,000 steps:
+0.47 pp drop with labels only, 0.67 pp at alpha 0.7), with few it helped (benchmarks/RESULTS.md,
+"Fine-tune defaults"), and the search has measured which one this task prefers. Each result is a trial of its own
 in the same study -- user attributes `refined_from` (the source trial), `finetune` (its settings),
 `stage: refined` -- so it enters the front, shows in the dashboard, and a recipe exported from it
 replays the refined fine-tune. Refine trials do not count towards n_trials; a source that already
@@ -69,17 +72,18 @@ def refine_candidates(study: optuna.Study, baseline: Measurement, objectives: Se
 
 
 def run_refine(ctx: LoopContext, sources: Sequence[optuna.trial.FrozenTrial], cfg: FinetuneConfig,
-               distill: bool = True) -> list[int]:
-    """Evaluate each source's policy with the refine fine-tune as a new trial; return the new numbers."""
+               distill: bool | None = None) -> list[int]:
+    """Evaluate each source's policy with the refine fine-tune as a new trial; return the new numbers.
+    `distill` forces distillation on or off (default: the source's own choice)."""
     study = ctx.study
     trials: dict[int, optuna.trial.Trial] = {}
     for src in sources:
         policy = Policy.from_dict(src.user_attrs["policy"])
-        if distill:
-            policy = Policy(layers=policy.layers, distill=True)
         params = dict(src.params)
-        if distill and "distill" in params:
-            params["distill"] = True
+        if distill is not None:  # force distillation on or off instead of the source's choice
+            policy = Policy(layers=policy.layers, distill=distill)
+            if "distill" in params:
+                params["distill"] = distill
         attrs = {"refined_from": src.number, "stage": "refined", "finetune": cfg.to_dict(),
                  "policy": policy.to_dict()}
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, params=params,

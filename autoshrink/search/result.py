@@ -157,9 +157,9 @@ class SearchResult:
                progress: Callable[[Any], None] | None = None) -> pd.DataFrame:
         """Refine stage after the search (see search/refine.py): re-run the k best feasible or
         near-feasible candidates (or the given `trials`) with `steps` fine-tune steps (default 5x the
-        study's), gradual pruning and distillation, each as a new trial of this study. Model, task and
-        executor default to the search's own (needed after `load_result`). Returns the new trials'
-        rows of `trials` (with `refined_from`). `slack` widens "near-feasible" (default REFINE_SLACK)."""
+        study's) and gradual pruning, each keeping its own policy, as a new trial of this study. Model,
+        task and executor default to the search's own (needed after `load_result`). Returns the new
+        trials' rows of `trials` (with `refined_from`). `slack` widens "near-feasible" (default REFINE_SLACK)."""
         from ..executors import Job, make_executor
         from ..recipe.fingerprint import fingerprint
         from ..train import FinetuneConfig

@@ -112,7 +112,7 @@ def test_front_trials_and_sizes_are_in_the_plot_data(searched, pages) -> None:
     assert 0 < drop_ok.sum() < 10  # the constraint leaves some trials out: the case under test
     figs = figures_in(pages["three"])
     assert set(figs) == {"fig-pareto-size_bytes", "fig-pareto-latency_ms", "fig-pareto-3d", "fig-hypervolume",
-                         "fig-policy"}
+                         "fig-policy", "fig-sensitivity"}  # the sensitivity pre-pass runs by default
     expected = [(int(r.trial), int(r.size_bytes)) for r in result.pareto.itertuples()]
     for key in ("fig-pareto-size_bytes", "fig-pareto-latency_ms", "fig-pareto-3d"):
         front = trace(figs[key], FRONT)
@@ -153,7 +153,7 @@ def test_heatmap_has_a_row_per_front_trial_and_a_column_per_layer(searched, page
 
 def test_page_is_offline_with_plotly_inlined_once(pages) -> None:
     page = pages["three"]
-    assert page.count(BUNDLE) == 1 and len(figures_in(page)) == 5
+    assert page.count(BUNDLE) == 1 and len(figures_in(page)) == 6
 
     class Links(HTMLParser):
         def __init__(self) -> None:
@@ -210,7 +210,8 @@ def test_hypervolume_history_exact_values() -> None:
 
 # ------------------------------------------------------------------ edge cases
 def test_latency_not_an_objective_gives_no_latency_or_3d_plot(pages) -> None:
-    assert set(figures_in(pages["two"])) == {"fig-pareto-size_bytes", "fig-hypervolume", "fig-policy"}
+    assert set(figures_in(pages["two"])) == {"fig-pareto-size_bytes", "fig-hypervolume", "fig-policy",
+                                             "fig-sensitivity"}
 
 
 def test_single_objective() -> None:

@@ -31,16 +31,15 @@ def test_refined_trials_are_trials_of_their_own_and_replay_bitwise(tiny_model, t
         src = trials[t.user_attrs["refined_from"]]
         assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["stage"] == "refined"
         assert t.user_attrs["finetune"]["steps"] == 12 and t.user_attrs["finetune"]["schedule"] == "gradual"
-        assert ash.Policy.from_dict(t.user_attrs["policy"]).layers == ash.Policy.from_dict(src.user_attrs["policy"]).layers
-        assert t.user_attrs["policy"]["distill"] is True and t.params["distill"] is True
-        assert {k: v for k, v in t.params.items() if k != "distill"} == {k: v for k, v in src.params.items()
-                                                                         if k != "distill"}
+        assert t.user_attrs["policy"] == src.user_attrs["policy"]  # the source's policy, distillation choice too
+        assert t.params == src.params
     df = r.trials
     assert list(df[df.trial.isin([8, 9])].stage) == ["refined", "refined"]
     # the recipe of a refined trial carries the refine fine-tune and replays it bitwise
     task = digits_task(device="cpu")
     recipe = r.recipe(9)
-    assert recipe.finetune.steps == 12 and recipe.finetune.schedule == "gradual" and recipe.policy.distill
+    assert recipe.finetune.steps == 12 and recipe.finetune.schedule == "gradual"
+    assert recipe.policy == ash.Policy.from_dict(r.study.trials[9].user_attrs["policy"])
     small = ash.apply_recipe(tiny_model, recipe, task=task)
     again = ash.apply_recipe(tiny_model, recipe, task=task)
     assert state_equal(small, again)
