@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -17,11 +19,14 @@ def test_exact_zero_counts_before_and_after_finetune(digits_mlp, digits) -> None
     zeros = {n: int((getattr(small, n).weight == 0).sum()) for n in expected}
     assert zeros == expected == {"fc1": 11469, "fc2": 11469, "fc3": 128}
     positions = {n: getattr(small, n).weight == 0 for n in expected}
-    ash.finetune(small, digits, steps=30, lr=1e-2)
+    gradual = copy.deepcopy(small)
+    ash.finetune(small, digits, steps=30, lr=1e-2, schedule="oneshot")  # one-shot: the mask is fixed
     for n in expected:
         w = getattr(small, n).weight
         assert int((w == 0).sum()) == expected[n]
         assert torch.equal(w == 0, positions[n]), f"{n}: pruned positions moved during fine-tune"
+    ash.finetune(gradual, digits, steps=30, lr=1e-2)  # gradual (the default) re-selects by magnitude
+    assert {n: int((getattr(gradual, n).weight == 0).sum()) for n in expected} == expected
 
 
 def test_magnitude_pruning_removes_the_smallest_weights() -> None:
