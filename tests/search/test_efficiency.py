@@ -63,6 +63,12 @@ def test_the_table_shows_the_catastrophic_choice_and_narrowing_drops_exactly_it(
     assert "alone it costs" in removed[0]["reason"] and removed[0]["accuracy_drop"] == drops[("fc1", "bits", 2)]
 
 
+def test_narrow_cutoff_values() -> None:
+    # max(20 x constraint, 35 pp); 1 pp stands in for no constraint; an override wins
+    assert narrow_cutoff(0.005) == 0.35 and narrow_cutoff(None) == 0.35 and narrow_cutoff(0.01) == 0.35
+    assert narrow_cutoff(0.02) == pytest.approx(0.40, abs=1e-15) and narrow_cutoff(0.005, 0.1) == 0.1
+
+
 def test_search_narrows_stores_the_prepass_and_a_resume_does_not_repeat_it(trap_model, trap_space, tmp_path) -> None:
     class Counting(LocalExecutor):
         prepass = 0
