@@ -17,9 +17,14 @@ Methods, per seed, in this order:
 Reported per run: wall time, trials (full / screened out), the share of fully fine-tuned
 trials beyond 0.5 pp, the best size ratio within 0.5 pp (after refine for autoshrink), hypervolume
 (result.hypervolume(): normalized units, reference 5 pp drop and 1.1x the baseline's size; only
-feasible trials); then the medians over seeds.
+feasible trials) and "log_hv", the same with the size as log2 of its ratio to the baseline
+(reference log2 1.1): with the 0.5 pp constraint the linear hypervolume cannot exceed
+0.05 x 1.1 = 0.055 and uniform int8 (4x) alone reaches 0.043 of it, so it hardly tells 4x from 100x;
+compression is multiplicative and log2 counts its halvings. Then the medians over seeds and the
+ratios of autoshrink's medians to the others'.
 
 Usage: make bench-deps; .venv/bin/python benchmarks/search_efficiency.py --task ccexam --budget 1800 [--seeds 0 1 2]
+       .venv/bin/python benchmarks/search_efficiency.py --rescore OUT.json [--dbdir DIR]  (re-summarize stored studies)
 """
 from __future__ import annotations
 
@@ -31,7 +36,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 import autoshrink as ash
+from autoshrink.search import load_result
+from autoshrink.search.result import hypervolume
 from autoshrink.train import FinetuneConfig
 
 MAX_DROP = 0.005
@@ -48,6 +57,16 @@ def task_and_model(name: str):
     raise SystemExit(f"unknown task {name!r}")
 
 
+def log_hypervolume(r: ash.SearchResult) -> float:
+    """Hypervolume of the feasible completed trials over (accuracy drop, log2 size ratio), reference (5 pp, log2 1.1)."""
+    df = r.trials
+    ok = df[(df.state == "COMPLETE") & (df.accuracy_drop <= MAX_DROP + 1e-12)]
+    if not len(ok):
+        return 0.0
+    pts = np.column_stack([ok.accuracy_drop.to_numpy(float), np.log2(1.0 / ok.compression.to_numpy(float))])
+    return hypervolume(pts, np.array([0.05, np.log2(1.1)]))
+
+
 def summarize(r: ash.SearchResult, wall: float) -> dict:
     df = r.trials
     full = df[(df.state == "COMPLETE") & (df.stage != "baseline")]
@@ -60,20 +79,57 @@ def summarize(r: ash.SearchResult, wall: float) -> dict:
             "screened_out": int((df.state == "PRUNED").sum()), "failed": int((df.state == "FAIL").sum()),
             "refined": int((df.stage == "refined").sum()), "beyond_share": round(beyond, 3),
             "best_ratio": round(best, 2), "best_ratio_before_refine": round(best_search, 2),
-            "hypervolume": round(r.hypervolume(), 5), "sensitivity_s": round(r.timing.get("sensitivity_s", 0.0), 1)}
+            "hypervolume": round(r.hypervolume(), 5), "log_hv": round(log_hypervolume(r), 4),
+            "sensitivity_s": round(r.timing.get("sensitivity_s", 0.0), 1)}
+
+
+def report(runs: dict[str, list[dict]], seeds: list[int]) -> None:
+    """Medians over seeds per method, and autoshrink's median over each other method's."""
+    keys = ("wall_s", "full", "screened_out", "beyond_share", "best_ratio", "hypervolume", "log_hv")
+    meds = {m: {k: statistics.median(r[k] for r in rs) for k in keys} for m, rs in runs.items() if rs}
+    print()
+    for method, med in meds.items():
+        print(f"{method:>10} median over seeds {seeds}: " + ", ".join(f"{k} {v}" for k, v in med.items()))
+    ours = meds.get("autoshrink")
+    for method, med in meds.items():
+        if ours is not None and method != "autoshrink":
+            ratio = {k: (ours[k] / med[k] if med[k] else float("inf")) for k in ("best_ratio", "hypervolume", "log_hv")}
+            print(f"autoshrink / {method}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()))
+
+
+def rescore(path: str, dbdir: str | None) -> None:
+    """Re-summarize the studies of an earlier run (its --out JSON) with the current summary."""
+    data = json.loads(Path(path).read_text())
+    where = Path(dbdir or data["dbdir"])
+    seeds = data.get("seeds") or list(range(max(len(rs) for rs in data["runs"].values())))  # the default 0, 1, 2
+    runs: dict[str, list[dict]] = {}
+    for method, rs in data["runs"].items():
+        runs[method] = []
+        for seed, old in zip(seeds, rs):
+            name = f"{data['task']}-{method}-{seed}"
+            s = summarize(load_result(name, f"sqlite:///{where}/{name}.db"), old["wall_s"])
+            runs[method].append(s)
+            print(f"{method:>10} seed {seed}: " + ", ".join(f"{k} {v}" for k, v in s.items()), flush=True)
+    report(runs, seeds)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", choices=("lenet300", "ccexam"), required=True)
-    ap.add_argument("--budget", type=float, required=True, help="autoshrink's budget in seconds (search + refine)")
+    ap.add_argument("--task", choices=("lenet300", "ccexam"))
+    ap.add_argument("--budget", type=float, help="autoshrink's budget in seconds (search + refine)")
     ap.add_argument("--refine-share", type=float, default=0.3)
     ap.add_argument("--refine-top", type=int, default=3)
     ap.add_argument("--refine-steps", type=int, default=None, help="default: 5x the per-trial steps")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=["autoshrink", "today", "random"])
     ap.add_argument("--out", default=None, help="write every run's summary as JSON here")
+    ap.add_argument("--rescore", metavar="OUT_JSON", help="re-summarize the stored studies of an earlier --out")
+    ap.add_argument("--dbdir", help="with --rescore: where that run's study databases are")
     args = ap.parse_args()
+    if args.rescore:
+        return rescore(args.rescore, args.dbdir)
+    if args.task is None or args.budget is None:
+        ap.error("--task and --budget are required (or --rescore)")
     model, task, steps = task_and_model(args.task)
     space = ash.load_space("default")
     today_space = dataclasses.replace(space, finetune=FinetuneConfig.from_dict({**space.finetune.to_dict(), **TODAY_FT}))
@@ -98,13 +154,10 @@ def main() -> None:
             s = summarize(r, time.perf_counter() - t0)
             runs[method].append(s)
             print(f"{method:>10} seed {seed}: " + ", ".join(f"{k} {v}" for k, v in s.items()), flush=True)
-    print()
-    for method, rs in runs.items():
-        med = {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "full", "screened_out", "beyond_share",
-                                                                 "best_ratio", "hypervolume")}
-        print(f"{method:>10} median over seeds {args.seeds}: " + ", ".join(f"{k} {v}" for k, v in med.items()))
+    report(runs, args.seeds)
     if args.out:
-        Path(args.out).write_text(json.dumps({"task": args.task, "budget": args.budget, "runs": runs}, indent=1))
+        Path(args.out).write_text(json.dumps({"task": args.task, "budget": args.budget, "seeds": args.seeds,
+                                              "dbdir": str(tmp), "runs": runs}, indent=1))
 
 
 if __name__ == "__main__":
