@@ -16,6 +16,7 @@ from plotly.subplots import make_subplots
 
 from ..measure import Measurement
 from ..search.result import SearchResult, hypervolume, non_dominated
+from .stages import stage_note
 
 MEASURED = ("accuracy", "accuracy_drop", "size_bytes", "latency_ms", "macs", "compression", "speedup",
             "mac_reduction", "runtime", "device")
@@ -84,8 +85,6 @@ def trial_frame(result: SearchResult) -> pd.DataFrame:
     df["feasible"] = df["complete"] if limit is None else df["complete"] & (df["accuracy_drop"] <= limit + TOLERANCE)
     df["front"] = df["trial"].isin(set(result.pareto["trial"]))
     df["slower"] = df["complete"] & (df["compression"] > 1.0) & (df["speedup"] < 1.0)
-    from .stages import stage_note
-
     df["summary"] = [policy_summary(p) + stage_note(r) for p, r in zip(df["policy"], df.itertuples())]
     return df.sort_values("trial").reset_index(drop=True) if len(df) else df
 

@@ -5,13 +5,13 @@ too much accuracy only because the budget was short. The refine stage takes the 
 completed trials within `max_accuracy_drop` (1 pp without one) + REFINE_SLACK, orders it by the
 first non-accuracy objective (smallest size / latency / MACs first; higher accuracy on ties) and
 re-runs the first k with `steps` fine-tune steps and gradual pruning (the refine fine-tune; see
-`refine_config`), keeping the source's policy as the search found it -- distillation included or
-not: with plenty of labels distilling cost accuracy (LeNet-300-100 on Fashion-MNIST, 3,000 steps:
-0.47 pp drop with labels only, 0.67 pp at alpha 0.7), with few it helped (benchmarks/RESULTS.md,
-"Fine-tune defaults"), and the search has measured which one this task prefers. Each result is a trial of its own
-in the same study -- user attributes `refined_from` (the source trial), `finetune` (its settings),
-`stage: refined` -- so it enters the front, shows in the dashboard, and a recipe exported from it
-replays the refined fine-tune. Refine trials do not count towards n_trials; a source that already
+`refine_config`), keeping the source's policy as the search found it, distillation on or off:
+which one helps depends on the task (LeNet-300-100 on 60k Fashion-MNIST images, 3,000 steps: 0.47 pp
+drop with labels only, 0.67 pp at alpha 0.7; the ccexam CNN on 3k images: 0.55 vs 0.20 pp;
+benchmarks/RESULTS.md, "Fine-tune defaults"), and the source's accuracy was measured with its own
+choice. Each result is a trial of its own in the same study -- user attributes `refined_from` (the
+source trial), `finetune` (its settings), `stage: refined` -- so it enters the front, shows in the
+dashboard, and a recipe exported from it replays the refined fine-tune. Refine trials do not count towards n_trials; a source that already
 has a completed refined trial is not refined again (a resume goes on where it stopped).
 """
 from __future__ import annotations

@@ -18,12 +18,13 @@ class FinetuneConfig:
     With distillation the loss is alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * task loss;
     alpha = 1.0 is distillation only (the label term is not computed at all).
 
-    schedule: "gradual" (default) starts dense and raises each layer's sparsity (unstructured entries, and structured channels where a whole
-    policy is fine-tuned by search / apply_recipe / evaluate) to its target on the cubic schedule of
-    Zhu & Gupta (2017): s_k = s * (1 - (1 - k / ramp_updates)^3) from update k = 0 to ramp_updates,
-    the updates spread evenly over the first `ramp` share of the steps; the masks (and the channels
-    removed) are recomputed by magnitude at each update, then frozen for the remaining steps. The end
-    state is exactly the one-shot count: round(s * n) zero entries, or the same number of channels.
+    schedule: "gradual" (default) starts dense and raises each layer's sparsity (unstructured
+    entries, and structured channels where a whole policy is fine-tuned by search / apply_recipe /
+    evaluate) to its target on the cubic schedule of Zhu & Gupta (2017):
+    s_k = s * (1 - (1 - k / ramp_updates)^3) from update k = 0 to ramp_updates, the updates spread
+    evenly over the first `ramp` share of the steps; the masks (and the channels removed) are
+    recomputed by magnitude at each update, then frozen for the remaining steps. The end state is
+    exactly the one-shot count: round(s * n) zero entries, or the same number of channels.
     "oneshot" prunes to the final sparsity before the first step (autoshrink 0.1's behaviour).
     Measured (benchmarks/RESULTS.md, "Fine-tune defaults"): gradual 0.20 pp vs one-shot 0.60 pp on the
     ccexam CNN's Deep Compression policy (2,000 steps, alpha 0.7), 0.67 vs 1.14 pp on LeNet-300-100.
