@@ -63,7 +63,8 @@ def add_parser(sub: Any) -> None:
     srch.add_argument("--runtime", choices=("auto", "float", "int8"),
                       help="the runtime every trial is measured on (decided once per study; default auto)")
     srch.add_argument("--refine-top", type=int, metavar="K",
-                      help="refine stage: re-run the K best feasible or near-feasible candidates with a long fine-tune")
+                      help="refine stage: re-run the K best feasible or near-feasible policies with a long fine-tune "
+                           "(each with and without distillation where the space searches it)")
     srch.add_argument("--refine-steps", type=int, metavar="N",
                       help="fine-tune steps of the refine stage (default 5x the search's)")
     srch.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -130,9 +130,10 @@ def search(
     space by it (choices that alone cost more than `narrow_cutoff`, search/narrow.py) and, with
     `warm_start`, enqueues policies allocated from it for a sweep of budgets (search/warmstart.py).
     `screen` fine-tunes each candidate briefly first and only promising ones in full
-    (search/fidelity.py). `refine_top=k` re-runs the k best feasible or near-feasible candidates
+    (search/fidelity.py). `refine_top=k` re-runs the k best feasible or near-feasible policies
     with `refine_steps` fine-tune steps (default 5x the search's) and gradual pruning, each keeping
-    its own policy, as trials of their own (search/refine.py; `refine_finetune` overrides settings).
+    its own layer choices, with and without distillation where the space searches it, as trials of
+    their own (search/refine.py; `refine_finetune` overrides settings).
     """
     t_start = time.perf_counter()
     verbosity = optuna.logging.get_verbosity()
@@ -224,7 +225,7 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
                 study.sampler = make_sampler(sampler, seed=seed, n_trials=n_trials,
                                              search_space={n: list(c.values) for n, c in bound.params()})
         if not study.user_attrs.get("enqueued"):
-            _enqueue(study, model, bound, baseline, objs, n_warm if cutoff is not None else 0)
+            _enqueue(study, model, bound, baseline, objs, n_warm if cutoff is not None else 0, n_trials)
         tally = run_loop(ctx, bound, n_trials, counted(study), screening, ft)
         if refine_cfg is not None:
             sources = refine_candidates(study, baseline, objs, max_accuracy_drop, refine_top)
@@ -260,8 +261,9 @@ def _sensitivity(ctx: LoopContext, bound: BoundSpace, ft: FinetuneConfig) -> tup
 
 
 def _enqueue(study: optuna.Study, model: nn.Module, bound: BoundSpace, baseline: Measurement,
-             objs: Sequence[Objective], n_warm: int) -> None:
-    """The uniform baselines, then the warm-start policies, once per study."""
+             objs: Sequence[Objective], n_warm: int, n_trials: int | None) -> None:
+    """The uniform baselines, then the warm-start policies (no more than n_trials leaves room for,
+    so that none is left waiting when the budget ends), once per study."""
     base = _baselines(bound)
     for params in base:
         study.enqueue_trial(params, user_attrs={"baseline_policy": True})
@@ -270,6 +272,8 @@ def _enqueue(study: optuna.Study, model: nn.Module, bound: BoundSpace, baseline:
         rows = study.user_attrs["sensitivity"]["rows"]
         warm = [(p, d) for p, d in warm_start_params(model, bound, rows, baseline, [o.name for o in objs], n_warm)
                 if p not in base]
+        if n_trials is not None:
+            warm = warm[:max(0, n_trials - len(base))]
         for params, description in warm:
             study.enqueue_trial(params, user_attrs={"warm_start": description})
     study.set_user_attr("enqueued", {"baselines": len(base), "warm_start": len(warm)})

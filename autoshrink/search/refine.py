@@ -4,18 +4,24 @@ A search fine-tunes every candidate briefly; some of its most compressed candida
 too much accuracy only because the budget was short. The refine stage takes the front of the
 completed trials within `max_accuracy_drop` (1 pp without one) + REFINE_SLACK, orders it by the
 first non-accuracy objective (smallest size / latency / MACs first; higher accuracy on ties) and
-re-runs the first k with `steps` fine-tune steps and gradual pruning (the refine fine-tune; see
-`refine_config`), keeping the source's policy as the search found it, distillation on or off:
-which one helps depends on the task (LeNet-300-100 on 60k Fashion-MNIST images, 3,000 steps: 0.47 pp
-drop with labels only, 0.67 pp at alpha 0.7; the ccexam CNN on 3k images: 0.55 vs 0.20 pp;
-benchmarks/RESULTS.md, "Fine-tune defaults"), and the source's accuracy was measured with its own
-choice. Each result is a trial of its own in the same study -- user attributes `refined_from` (the
-source trial), `finetune` (its settings), `stage: refined` -- so it enters the front, shows in the
-dashboard, and a recipe exported from it replays the refined fine-tune. Refine trials do not count towards n_trials; a source that already
-has a completed refined trial is not refined again (a resume goes on where it stopped).
+re-runs the first k policies with `steps` fine-tune steps and gradual pruning (the refine
+fine-tune; see `refine_config`). Candidates are policies: trials that differ only in the
+distillation choice (the warm start's twins) count once. Where the space searches distillation,
+each policy is refined twice, with the source's own choice and with the other one, because the
+short fine-tune does not tell which one recovers better in the long one: LeNet-300-100 on 60k
+Fashion-MNIST images, fc1 rank 0.1 / fc2 rank 0.25 at 3 bits: with the teacher 0.58 pp, with
+labels only 0.78 pp after 1,000 steps -- and after 6,000 refine steps 0.58 pp with the teacher,
+-0.20 pp with labels only; the ccexam CNN on 3k images needs the teacher (0.20 vs 0.55 pp after
+2,000 steps; benchmarks/RESULTS.md). `distill=True/False` forces one setting instead. Each result is
+a trial of its own in the same study -- user attributes `refined_from` (the source trial),
+`finetune` (its settings), `stage: refined` -- so it enters the front, shows in the dashboard, and
+a recipe exported from it replays the refined fine-tune. Refine trials do not count towards
+n_trials; a policy that already has a completed refined trial is not refined again (a resume goes
+on where it stopped).
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping, Sequence
 
 import optuna
@@ -40,11 +46,16 @@ def refine_config(base: FinetuneConfig, steps: int, overrides: Mapping[str, Any]
     return FinetuneConfig.from_dict({**base.to_dict(), **REFINE_DEFAULTS, "steps": steps, **dict(overrides or {})})
 
 
-def refined_sources(study: optuna.Study) -> set[int]:
-    """Trials that already have a completed refined trial."""
-    return {t.user_attrs["refined_from"] for t in study.get_trials(deepcopy=False,
-                                                                    states=(optuna.trial.TrialState.COMPLETE,))
-            if t.user_attrs.get("refined_from") is not None}
+def layers_key(policy: Mapping[str, Any]) -> str:
+    """A policy's per-layer choices without its distillation choice: twins share it."""
+    return json.dumps(policy.get("layers", {}), sort_keys=True)
+
+
+def refined_sources(study: optuna.Study) -> set[str]:
+    """The policies (layers_key) that already have a completed refined trial."""
+    return {layers_key(t.user_attrs["policy"]) for t in study.get_trials(deepcopy=False,
+                                                                          states=(optuna.trial.TrialState.COMPLETE,))
+            if t.user_attrs.get("refined_from") is not None and "policy" in t.user_attrs}
 
 
 def refine_candidates(study: optuna.Study, baseline: Measurement, objectives: Sequence[Objective],
@@ -53,7 +64,8 @@ def refine_candidates(study: optuna.Study, baseline: Measurement, objectives: Se
     limit = (0.01 if max_drop is None else max_drop) + slack
     done = refined_sources(study)
     near = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if "measurement" in t.user_attrs and t.user_attrs.get("refined_from") is None and t.number not in done
+            if "measurement" in t.user_attrs and t.user_attrs.get("refined_from") is None
+            and layers_key(t.user_attrs["policy"]) not in done
             and Policy.from_dict(t.user_attrs["policy"]).active()
             and baseline.accuracy - t.user_attrs["measurement"]["accuracy"] <= limit + 1e-12]
     if not near:
@@ -68,22 +80,34 @@ def refine_candidates(study: optuna.Study, baseline: Measurement, objectives: Se
     def key(t: optuna.trial.FrozenTrial) -> tuple[float, float]:
         return (t.values[primary] if primary is not None else 0.0, -t.values[acc] if acc is not None else 0.0)
 
-    return sorted(front, key=key)[:k]
+    picked: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in sorted(front, key=key):
+        picked.setdefault(layers_key(t.user_attrs["policy"]), t)  # twins: the first in this order stands for both
+    return list(picked.values())[:k]
 
 
 def run_refine(ctx: LoopContext, sources: Sequence[optuna.trial.FrozenTrial], cfg: FinetuneConfig,
                distill: bool | None = None) -> list[int]:
-    """Evaluate each source's policy with the refine fine-tune as a new trial; return the new numbers.
-    `distill` forces distillation on or off (default: the source's own choice)."""
+    """Evaluate each source's policy with the refine fine-tune as new trials; return the new numbers.
+    `distill` forces distillation on or off; by default the source's own choice, then the other one
+    where the space searches it (the source's params name `distill`)."""
     study = ctx.study
     trials: dict[int, optuna.trial.Trial] = {}
+    variants = []
     for src in sources:
-        policy = Policy.from_dict(src.user_attrs["policy"])
+        own = Policy.from_dict(src.user_attrs["policy"])
+        if distill is not None:
+            choices = [distill]
+        elif "distill" in src.params:
+            choices = [own.distill, not own.distill]
+        else:
+            choices = [own.distill]
+        variants += [(src, c) for c in choices]
+    for src, choice in variants:
+        policy = Policy(layers=Policy.from_dict(src.user_attrs["policy"]).layers, distill=choice)
         params = dict(src.params)
-        if distill is not None:  # force distillation on or off instead of the source's choice
-            policy = Policy(layers=policy.layers, distill=distill)
-            if "distill" in params:
-                params["distill"] = distill
+        if "distill" in params:
+            params["distill"] = choice
         attrs = {"refined_from": src.number, "stage": "refined", "finetune": cfg.to_dict(),
                  "policy": policy.to_dict()}
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, params=params,

@@ -154,17 +154,19 @@ class SearchResult:
     def refine(self, k: int = 1, *, steps: int | None = None, trials: Sequence[int] | None = None,
                model: Any = None, task: Any = None, executor: Any = None,
                finetune: Mapping[str, Any] | None = None, slack: float | None = None,
-               progress: Callable[[Any], None] | None = None) -> pd.DataFrame:
+               distill: bool | None = None, progress: Callable[[Any], None] | None = None) -> pd.DataFrame:
         """Refine stage after the search (see search/refine.py): re-run the k best feasible or
-        near-feasible candidates (or the given `trials`) with `steps` fine-tune steps (default 5x the
-        study's) and gradual pruning, each keeping its own policy, as a new trial of this study. Model,
-        task and executor default to the search's own (needed after `load_result`). Returns the new
-        trials' rows of `trials` (with `refined_from`). `slack` widens "near-feasible" (default REFINE_SLACK)."""
+        near-feasible policies (or the given `trials`) with `steps` fine-tune steps (default 5x the
+        study's) and gradual pruning, each keeping its own policy, as new trials of this study: with
+        the source's distillation choice and, where the space searches it, the other one (`distill`
+        forces one). Model, task and executor default to the search's own (needed after
+        `load_result`). Returns the new trials' rows of `trials` (with `refined_from`). `slack` widens
+        "near-feasible" (default REFINE_SLACK)."""
         from ..executors import Job, make_executor
         from ..recipe.fingerprint import fingerprint
         from ..train import FinetuneConfig
         from .loop import LoopContext, WaitClock
-        from .refine import REFINE_STEP_FACTOR, refine_candidates, refine_config, run_refine
+        from .refine import REFINE_STEP_FACTOR, layers_key, refine_candidates, refine_config, run_refine
 
         s = self.session
         model = model if model is not None else (s.model if s else None)
@@ -180,6 +182,8 @@ class SearchResult:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ConfigError(f"refine: k={k!r}; use a positive integer.")
         cfg = refine_config(ft, steps if steps is not None else max(1, REFINE_STEP_FACTOR * ft.steps), finetune)
+        if distill is not None and not isinstance(distill, bool):
+            raise ConfigError(f"refine: distill={distill!r}; use True, False or None (both where the space searches it).")
         if trials is not None:
             sources = []
             for n in trials:
@@ -188,7 +192,8 @@ class SearchResult:
                 t = self.study.trials[n]
                 if t.state != optuna.trial.TrialState.COMPLETE or "policy" not in t.user_attrs:
                     raise ConfigError(f"refine: trial {n} is {t.state.name}; pick a completed trial.")
-                sources.append(t)
+                if all(layers_key(o.user_attrs["policy"]) != layers_key(t.user_attrs["policy"]) for o in sources):
+                    sources.append(t)  # twins (same layers, other distillation choice) are refined once
         else:
             from .refine import REFINE_SLACK
 
@@ -207,7 +212,7 @@ class SearchResult:
                           t_start=time.perf_counter())
         try:
             ex.start(Job(model=model, task=task, finetune=ft, latency=s.latency if s else None))
-            numbers = run_refine(ctx, sources, cfg)
+            numbers = run_refine(ctx, sources, cfg, distill=distill)
         finally:
             ex.shutdown()
         df = self.trials

@@ -19,6 +19,13 @@ losses compound). Budgets: up to `count` spread over the minimized objectives (s
 and latency when they are objectives), geometric between the smallest predicted value and the
 cost of the allocation with no budget pressure (where every choice that costs no accuracy alone
 is taken; at most half the baseline's) -- above that every budget gives the same policy.
+Where the space searches distillation (`distill: [true, false]`), each allocation is enqueued twice,
+with the teacher and without: which one recovers better depends on the task and the table cannot
+tell (LeNet-300-100 on 60k Fashion-MNIST images, fc1 rank 0.1 / fc2 rank 0.25 at 3 bits, 3,000
+gradual steps: 0.22 pp drop with labels only, 0.64 pp at alpha 0.7; the ccexam CNN on 3k images
+needs the teacher: 0.20 vs 0.55 pp; benchmarks/RESULTS.md). The worse twin is usually stopped by the
+screen at a quarter of its steps, and only the better one can be on the front (same size, lower
+accuracy), so the refine stage takes it with its own choice. `count` counts allocations.
 The policies are enqueued after the uniform baselines, marked `warm_start` (the budget and the
 predictions), so NSGA-II's first generation spans the trade-off instead of sampling blindly.
 """
@@ -178,7 +185,8 @@ def budgets(lowest: float, top: float, n: int) -> list[float]:
 def warm_start_params(model: nn.Module, bound: BoundSpace, table: Sequence[Mapping[str, Any]],
                       baseline: Measurement, objectives: Sequence[str], count: int
                       ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Up to `count` (params, description) pairs, deduplicated, spread over the objectives' budgets."""
+    """Up to `count` allocations as (params, description) pairs, deduplicated, spread over the objectives'
+    budgets; each twice (distillation on, then off) where the space searches both."""
     combos = layer_combos(model, bound, table, baseline)
     combos = {l: c for l, c in combos.items() if c}
     if not combos or count <= 0:
@@ -218,13 +226,26 @@ def warm_start_params(model: nn.Module, bound: BoundSpace, table: Sequence[Mappi
         label = {"bytes": "size", "macs": "MACs", "latency": "latency"}[cost]
         total = offset + sum(getattr(c, cost) for c in alloc.values())
         base = costs[cost][1]
-        out.append((params, {"budget": f"{label} <= {b / base * 100:.3g}% of the baseline",
-                             f"budget_{label.lower()}": round(b, 6),
-                             "predicted_drop": round(sum(c.drop for c in alloc.values()), 6),
-                             f"predicted_{label.lower()}": round(total, 6)}))
+        what = {"budget": f"{label} <= {b / base * 100:.3g}% of the baseline", f"budget_{label.lower()}": round(b, 6),
+                "predicted_drop": round(sum(c.drop for c in alloc.values()), 6),
+                f"predicted_{label.lower()}": round(total, 6)}
+        out.append((params, what))
         if len(out) >= count:
             break
-    return out
+    return _both_distill(out, bound)
+
+
+def _both_distill(out: list[tuple[dict[str, Any], dict[str, Any]]], bound: BoundSpace
+                  ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each allocation with distillation on, then off, where the space searches both (see the module docstring)."""
+    choice = dict(bound.params()).get("distill")
+    if choice is None or set(choice.values) != {True, False}:
+        return out
+    paired = []
+    for params, what in out:
+        paired.append((params, what))
+        paired.append(({**params, "distill": not params["distill"]}, what))
+    return paired
 
 
 def _identity(name: str) -> Any:

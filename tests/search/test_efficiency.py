@@ -123,6 +123,25 @@ def test_warm_start_policies_respect_their_predicted_budgets(trap_model, trap_sp
         assert abs(measured - what["predicted_size"]) <= 0.1 * measured  # the size prediction is close
 
 
+def test_warm_start_enqueues_each_allocation_with_and_without_the_teacher(trap_model, trap_space, tmp_path) -> None:
+    task = digits_task(device="cpu")
+    table = ash.sensitivity(trap_model, task, trap_space, latency=FAST)
+    base = ash.Measurement.from_dict(table.attrs["baseline"])
+    rows = table.to_dict("records")
+    bound, _ = narrow(bind(trap_space, trap_model), rows, 0.2)
+    single = warm_start_params(trap_model, bound, rows, base, ["accuracy", "size"], 3)
+    assert all("distill" not in p for p, _ in single)  # distill: [false] -- nothing to pair
+    p = tmp_path / "both.yaml"
+    p.write_text((tmp_path / "trap.yaml").read_text().replace("distill: [false]", "distill: [false, true]"))
+    both_space = ash.load_space(p)
+    bound2, _ = narrow(bind(both_space, trap_model), rows, 0.2)
+    paired = warm_start_params(trap_model, bound2, rows, base, ["accuracy", "size"], 3)
+    assert [p["distill"] for p, _ in paired] == [True, False] * len(single)
+    for (on, what_on), (off, what_off), (alone, what) in zip(paired[::2], paired[1::2], single):
+        assert {k: v for k, v in on.items() if k != "distill"} == alone == {k: v for k, v in off.items() if k != "distill"}
+        assert what_on == what_off == what
+
+
 class StubExecutor:
     """Evaluates nothing: a policy's accuracy is 0.95 - 0.02 per layer at <= 4 bits - 0.01 per layer at
     sparsity >= 0.8, its size 100 bytes per untouched layer and less per compressed one, and a screen

@@ -25,16 +25,20 @@ def test_refined_trials_are_trials_of_their_own_and_replay_bitwise(tiny_model, t
             refine_top=2, refine_steps=12, runtime="float")
     trials = r.study.trials
     refined = [t for t in trials if t.user_attrs.get("refined_from") is not None]
-    assert len(refined) == 2 and [t.number for t in refined] == [8, 9]
+    # two policies, each with the source's distillation choice, then the other (the space searches it)
+    assert len(refined) == 4 and [t.number for t in refined] == [8, 9, 10, 11]
+    assert refined[0].user_attrs["refined_from"] == refined[1].user_attrs["refined_from"] != \
+        refined[2].user_attrs["refined_from"] == refined[3].user_attrs["refined_from"]
     assert sum(1 for t in trials if t.user_attrs.get("refined_from") is None) == 8  # n_trials: candidates only
-    for t in refined:
+    for i, t in enumerate(refined):
         src = trials[t.user_attrs["refined_from"]]
         assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["stage"] == "refined"
         assert t.user_attrs["finetune"]["steps"] == 12 and t.user_attrs["finetune"]["schedule"] == "gradual"
-        assert t.user_attrs["policy"] == src.user_attrs["policy"]  # the source's policy, distillation choice too
-        assert t.params == src.params
+        own = src.user_attrs["policy"]
+        assert t.user_attrs["policy"] == (own if i % 2 == 0 else {**own, "distill": not own["distill"]})
+        assert t.params == {**src.params, "distill": t.user_attrs["policy"]["distill"]}
     df = r.trials
-    assert list(df[df.trial.isin([8, 9])].stage) == ["refined", "refined"]
+    assert list(df[df.trial.isin([8, 9, 10, 11])].stage) == ["refined"] * 4
     # the recipe of a refined trial carries the refine fine-tune and replays it bitwise
     task = digits_task(device="cpu")
     recipe = r.recipe(9)
@@ -64,16 +68,21 @@ def test_refine_candidates_are_the_near_feasible_front_most_compressed_first(tin
 
 
 def test_result_refine_after_loading_from_storage(tiny_model, tiny_space, tmp_path) -> None:
-    r = run(tiny_model, tiny_space, tmp_path, name="late", objectives=("accuracy", "size"), n_trials=6,
-            max_accuracy_drop=0.1)
+    r = run(tiny_model, tiny_space, tmp_path, name="late", objectives=("accuracy", "size"), n_trials=7,
+            max_accuracy_drop=0.1)  # 3 baselines + 2 warm-start allocations x (with, without the teacher)
+    assert len(r.study.trials) == 7 and all(t.state.is_finished() for t in r.study.trials)
     loaded = load_result("late", f"sqlite:///{tmp_path}/late.db")
     with pytest.raises(ConfigError, match="pass model= and task="):
         loaded.refine(1)
-    rows = loaded.refine(trials=[1], steps=6, model=tiny_model, task=digits_task(device="cpu"))
-    assert list(rows.trial) == [6] and list(rows.refined_from) == [1] and list(rows.finetune_steps) == [6]
+    rows = loaded.refine(trials=[1], steps=6, model=tiny_model, task=digits_task(device="cpu"), distill=False)
+    assert list(rows.trial) == [7] and list(rows.refined_from) == [1] and list(rows.finetune_steps) == [6]
+    assert r.study.trials[7].user_attrs["policy"]["distill"] is False  # forced off
     again = r.refine(1, steps=6)  # the search's own model, task and executor; trial 1 already refined
-    assert len(again) == 1 and int(again.refined_from[0]) in range(6) and int(again.trial[0]) == 7
-    with pytest.raises(ConfigError, match=r"refine: trial 99 is not in the study \(0\.\.7\)"):
+    assert list(again.trial) == [8, 9] and set(again.refined_from) == {int(again.refined_from[0])} != {1}
+    assert [r.study.trials[n].user_attrs["policy"]["distill"] for n in (8, 9)] in ([True, False], [False, True])
+    with pytest.raises(ConfigError, match=r"refine: distill='yes'; use True, False or None"):
+        r.refine(1, distill="yes")
+    with pytest.raises(ConfigError, match=r"refine: trial 99 is not in the study \(0\.\.9\)"):
         loaded.refine(trials=[99], model=tiny_model, task=digits_task(device="cpu"))
     with pytest.raises(ConfigError, match=r"refine: no completed, not yet refined trial is within -40\.00 pp"):
         r.refine(1, slack=-0.5)
@@ -101,3 +110,25 @@ def test_trials_say_how_they_came_to_be(tiny_model, tiny_space, tmp_path) -> Non
     r = run(tiny_model, tiny_space, tmp_path, name="st", n_trials=6)
     stages = [t.user_attrs["stage"] for t in r.study.trials]
     assert stages[:3] == ["baseline"] * 3 and set(stages[3:]) <= {"search", "warm-start"}
+
+
+def test_refine_candidates_count_distillation_twins_once() -> None:
+    from autoshrink.measure import Measurement
+    from autoshrink.search.objectives import OBJECTIVES
+
+    base = Measurement(accuracy=0.9, size_bytes=1000, latency_ms=1.0, macs=100, device="cpu", threads=1, batch_size=1)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    dist = {"distill": optuna.distributions.CategoricalDistribution((False, True))}
+
+    def add(acc: float, size: int, sparsity: float, distill: bool) -> None:
+        policy = ash.Policy(layers={"fc1": ash.LayerPolicy(sparsity=sparsity)}, distill=distill).to_dict()
+        study.add_trial(optuna.trial.create_trial(values=[acc, size], params={"distill": distill}, distributions=dist,
+                                                  user_attrs={"policy": policy, "measurement": {"accuracy": acc}}))
+
+    add(0.890, 100, 0.9, True)   # 0: twins of one policy, both on the front (the packer's bytes differ a little)
+    add(0.895, 101, 0.9, False)  # 1
+    add(0.899, 300, 0.5, True)   # 2: another policy
+    add(0.850, 50, 0.95, True)   # 3: beyond max drop + slack
+    objs = [OBJECTIVES["accuracy"], OBJECTIVES["size"]]
+    picked = refine_candidates(study, base, objs, 0.01, k=2, slack=0.02)
+    assert [t.number for t in picked] == [0, 2]  # the twin 1 is the same policy as 0: not a second candidate
