@@ -2,12 +2,13 @@
 
 Public API (stable names): Task, load_space, search, sensitivity, SearchResult, LayerPolicy, Policy,
 apply_policy, finetune, measure, Measurement, save_packed, load_packed, evaluate, FinetuneConfig,
-Recipe, apply_recipe.
+Recipe, apply_recipe, export_onnx.
 """
 from __future__ import annotations
 
 from .errors import AutoshrinkError, ConfigError, PackError, PolicyError, RecipeError, TaskError, TrainingError
 from .evaluate import evaluate
+from .export import export_onnx
 from .measure import LatencyConfig, Measurement, load_packed, measure, save_packed
 from .policy import LayerPolicy, Policy
 from .recipe import Recipe, apply_recipe
@@ -33,7 +34,7 @@ def __getattr__(name: str):  # RayExecutor is imported on first use: `import aut
 __all__ = [
     "AutoshrinkError", "CompressionWarning", "ConfigError", "FinetuneConfig", "LatencyConfig",
     "LayerPolicy", "Measurement", "PackError", "Policy", "PolicyError", "Recipe", "RecipeError", "SearchResult",
-    "SearchSpace", "Task", "TaskError", "TrainingError", "apply_policy", "apply_recipe", "evaluate", "finetune",
+    "SearchSpace", "Task", "TaskError", "TrainingError", "apply_policy", "apply_recipe", "evaluate", "export_onnx", "finetune",
     "load_packed", "load_space",
     "measure", "save_packed", "search", "sensitivity",
     "__version__",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 
@@ -78,8 +79,25 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         task = load_entry_point(args.task, "--task", cli)(**_json_kwargs(args.task_args, "--task-args"))
         if not isinstance(task, Task):
             raise ConfigError(f"--task {args.task} returned {type(task).__name__}, not an autoshrink.Task.")
+    onnx = None
+    if args.onnx:
+        from ..export.onnx import check_target
+
+        if os.path.abspath(args.onnx) in (os.path.abspath(args.out), os.path.abspath(args.recipe)):
+            raise ConfigError(f"--onnx {args.onnx}: the same file as --out or the recipe; name a new .onnx file.")
+        check_target(args.onnx)
     small, report = apply_recipe_with_report(model, recipe, task, strict=not args.no_strict)
+    if args.onnx:  # built before anything is written: a model that cannot be exported leaves no file behind
+        from ..export.onnx import to_onnx
+
+        onnx = to_onnx(small, task.example_input if task is not None else recipe.example_input.zeros(),
+                       activations=args.onnx_activations)
     written = save_packed(small, args.out)
+    exported = None
+    if onnx is not None:
+        from ..export.onnx import write_onnx
+
+        exported = write_onnx(*onnx, args.onnx, activations=args.onnx_activations)
     got, rec = measure_recipe(small, recipe, task), recipe.metrics
     keys = ("accuracy", "size_bytes", "latency_ms", "macs")
     measured = {k: (None if k == "accuracy" and task is None else getattr(got, k)) for k in keys}
@@ -87,7 +105,13 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         print(json.dumps({"recipe": args.recipe, "study": recipe.source.study, "trial": recipe.trial, "out": args.out,
                           "file_bytes": written, "finetuned": report.finetuned, "runtime": got.runtime,
                           "recorded": {k: getattr(rec, k) for k in keys}, "measured": measured,
-                          "notes": report.lines()}, indent=1))
+                          "notes": report.lines(),
+                          "onnx": None if exported is None else {"path": exported.path, "bytes": exported.size_bytes,
+                                                                 "activations": exported.activations,
+                                                                 "int8_kernels": list(exported.int8_kernels),
+                                                                 "qdq_weights": list(exported.qdq_weights),
+                                                                 "float16_weights": list(exported.float16_weights)}},
+                         indent=1))
         return 0
     how = (f"with the task and the recorded fine-tune ({recipe.finetune.steps} steps, seed {recipe.seed})"
            if report.finetuned else "policy only" + ("" if task else f" (no --task: no fine-tune, traced with zeros "
@@ -104,6 +128,10 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     for line in report.lines():
         print(f"note: {line}")
     print(f"wrote {args.out} ({written} bytes)")
+    if exported is not None:
+        print(f"wrote {exported.path} ({exported.size_bytes} bytes, ONNX opset {exported.opset}; int8 kernels: "
+              f"{', '.join(exported.int8_kernels) or 'none'}; int8 weights dequantized to float: "
+              f"{', '.join(exported.qdq_weights) or 'none'}; float16: {', '.join(exported.float16_weights) or 'none'})")
     return 0
 
 
@@ -135,6 +163,11 @@ def add_parser(sub: Any) -> None:
                      help="'package.module:callable' returning an ash.Task: fine-tune as recorded, measure accuracy")
     app.add_argument("--task-args", metavar="JSON", help="keyword arguments of the task factory, a JSON object")
     app.add_argument("--out", required=True, help="the packed model to write, e.g. model.ashz")
+    app.add_argument("--onnx", metavar="PATH", help="also write the compressed model as ONNX (int8 codes as int8 "
+                                                     "initializers; needs autoshrink[onnx])")
+    app.add_argument("--onnx-activations", choices=("dynamic", "weights"), default="dynamic",
+                     help="with --onnx: 'dynamic' runs quantized Linear layers on ONNX Runtime's int8 GEMM "
+                          "(activations quantized per batch); 'weights' dequantizes the weights (float compute)")
     app.add_argument("--no-strict", action="store_true",
                      help="apply the policy to the layers that match the fingerprint and report the others")
     app.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -16,7 +16,7 @@ from .measurement import LayerStats, Measurement
 from .packing import pack
 from .runtime import deploy_runtime, int8_available, int8_runtime, materialize
 
-RUNTIMES = ("float", "int8", "auto")
+RUNTIMES = ("float", "int8", "onnxruntime", "auto")
 
 
 def _pick_runtime(candidates: dict[str, nn.Module], task: Task, device: torch.device,
@@ -47,7 +47,9 @@ def measure(
       "int8"   torch's dynamic int8 kernels for every Linear quantized to <= 8 bits (our exact codes
                and scales; CPU only), float for the rest; a model with no such layer runs all-float
                and reports runtime "float";
-      "auto"   times both in interleaved rounds and reports the faster -- timing-dependent, so two
+      "onnxruntime"  the ONNX export (ash.export_onnx, int8 GEMM for every Linear at <= 8 bits,
+               activations quantized per batch) in an ONNX Runtime session with torch's thread count;
+      "auto"   times float and int8 in interleaved rounds and reports the faster -- timing-dependent, so two
                calls can pick differently; use it to explore, not to compare.
       None     (default) the runtime recorded for this model by `apply_recipe` (the recipe's), else
                "float". A search decides its runtime once per study (see `search(runtime=...)`).
@@ -65,10 +67,14 @@ def measure(
     blob, entries = pack(model)
     plain = materialize(model).to(device)
     candidates: dict[str, nn.Module] = {}
+    if runtime == "onnxruntime":
+        from .onnxruntime import ort_runtime
+
+        candidates["onnxruntime"] = ort_runtime(model, task.example_input, device)
     q = int8_runtime(model, device) if runtime in ("auto", "int8") else None
     if q is not None:
         candidates["int8-dynamic"] = q
-    if runtime in ("auto", "float") or q is None:
+    if runtime in ("auto", "float") or (q is None and not candidates):
         candidates["float"] = plain
     with timing_guard():  # one timing at a time per machine when an executor installed a guard
         latencies = _pick_runtime(candidates, task, device, config)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..space.yaml_source import Source, load_yaml
+from .runtime import RUNTIME_CHOICES
 
 _KEYS = {"name", "model", "model_args", "task", "task_args", "space", "objectives", "sampler", "n_trials", "timeout",
          "finetune_steps", "max_accuracy_drop", "storage", "executor", "seed", "description", "runtime", "refine_top",
@@ -108,8 +109,8 @@ def load_study_config(path: str | Path) -> StudyConfig:
         v = data.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise src.error(key, f"got {v!r}; expected a number.")
-    if data.get("runtime") is not None and data["runtime"] not in ("auto", "float", "int8"):
-        raise src.error("runtime", f"got {data['runtime']!r}; use auto, float or int8.")
+    if data.get("runtime") is not None and data["runtime"] not in RUNTIME_CHOICES:
+        raise src.error("runtime", f"got {data['runtime']!r}; use {', '.join(RUNTIME_CHOICES)}.")
     objectives = data.get("objectives", ["accuracy", "size", "latency"])
     if isinstance(objectives, str):
         objectives = [objectives]

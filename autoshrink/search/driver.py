@@ -124,7 +124,7 @@ def search(
     trials are uniform baselines (no compression, 8-bit, 50% sparsity). `n_trials` counts finished
     candidate trials in the study; `timeout` (seconds) stops asking new ones. `max_accuracy_drop`
     (fraction) is an Optuna constraint: trials past it stay in the study but not in the front.
-    `runtime` ("auto", "float", "int8") is the runtime every trial's latency and accuracy are
+    `runtime` ("auto", "float", "int8", "onnxruntime") is the runtime every trial's latency and accuracy are
     measured on, decided once per study (see search/runtime.py).
     `sensitivity` runs the pre-pass (every single choice alone, search/sensitivity.py), narrows the
     space by it (choices that alone cost more than `narrow_cutoff`, search/narrow.py) and, with

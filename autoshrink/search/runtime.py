@@ -2,8 +2,9 @@
 
 Measuring each trial on whichever runtime happened to be faster in that run made a trial's
 accuracy depend on a timing race. A study therefore runs every measurement on one runtime:
-"float", or "int8" (torch's dynamic int8 kernels for every Linear quantized to <= 8 bits, float for
-the rest), chosen by the user or, with "auto", by timing float against int8 once on the model with
+"float", "int8" (torch's dynamic int8 kernels for every Linear quantized to <= 8 bits, float for
+the rest) or "onnxruntime" (the ONNX export in an ONNX Runtime session, measure/onnxruntime.py),
+chosen by the user or, with "auto", by timing float against int8 once on the model with
 every Linear at 8 bits, at the task's example-input shape, on the evaluating device. The choice and
 how it was made are stored in the study (user attribute "runtime"); a resume keeps it.
 """
@@ -19,13 +20,14 @@ from ..executors import Outcome
 from ..policy import LayerPolicy, Policy
 from ..train import FinetuneConfig
 
-RUNTIME_CHOICES = ("auto", "float", "int8")
+RUNTIME_CHOICES = ("auto", "float", "int8", "onnxruntime")
 PROBE_KEY = -2
 
 
 def check_runtime(runtime: Any) -> str:
     if runtime not in RUNTIME_CHOICES:
-        raise ConfigError(f"search: runtime={runtime!r}; use 'auto' (timed once on the baseline), 'float' or 'int8'.")
+        raise ConfigError(f"search: runtime={runtime!r}; use 'auto' (float or int8, timed once on the baseline), 'float', "
+                          "'int8' or 'onnxruntime'.")
     return runtime
 
 

@@ -126,3 +126,33 @@ def test_export_json(searched, tmp_path, capsys) -> None:
     assert data["trial"] == 2 and data["recipe"] == str(out) and data["study"] == "tiny"
     assert data["metrics"]["size_bytes"] == recipe.metrics.size_bytes
     assert data["policy"] == recipe.policy.to_dict()
+
+
+def test_apply_also_writes_onnx_that_onnx_runtime_runs(searched, recipe, tmp_path, capsys) -> None:
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import torch
+
+    from autoshrink.export import ort_session, run_session
+
+    path = tmp_path / "r.yaml"
+    recipe.save(path)
+    model_args = json.dumps({"weights": searched.weights})
+    out, onnx_path = tmp_path / "m.ashz", tmp_path / "m.onnx"
+    assert main(["apply", str(path), "--model", "tests.recipe.models:tiny", "--model-args", model_args,
+                 "--out", str(out), "--onnx", str(onnx_path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["onnx"]["path"] == str(onnx_path) and data["onnx"]["bytes"] == onnx_path.stat().st_size
+    assert data["onnx"]["activations"] == "dynamic"
+    small = ash.load_packed(out)
+    x = ash.zoo.digits_task(device="cpu").eval_data.tensors[0][:200]
+    with torch.no_grad():
+        ref = small(x).numpy()
+    got = run_session(ort_session(onnx_path), [x])[0]  # the documented tolerance of dynamic int8 activations
+    assert got.shape == ref.shape and np.abs(got - ref).max() <= 0.05 * (1 + np.abs(ref).max())
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.98
+    # --onnx onto the recipe or the .ashz is refused before anything is written
+    assert main(["apply", str(path), "--model", "tests.recipe.models:tiny", "--model-args", model_args,
+                 "--out", str(tmp_path / "n.ashz"), "--onnx", str(path)]) == 2
+    assert "--onnx" in capsys.readouterr().err and not (tmp_path / "n.ashz").exists()
+    assert ash.Recipe.load(path) == recipe

@@ -1,0 +1,54 @@
+"""ONNX Runtime as a measured runtime: the exported model (export/onnx.py) in an ORT session.
+
+`ort_runtime(model, example_input, device)` returns a module whose forward runs the ONNX export of
+`model` (activations "dynamic": ONNX Runtime's int8 GEMM for every Linear quantized to <= 8 bits) in
+an InferenceSession with as many intra-op threads as torch uses here, on the CPU execution provider
+(CUDA's where the device is a GPU and onnxruntime-gpu is installed). `measure` times it and runs the
+task's metric through it, so latency *and* accuracy are ONNX Runtime's.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+
+class OrtModule(nn.Module):
+    """A torch-callable wrapper of an ORT session (inputs to CPU numpy, outputs back to torch)."""
+
+    def __init__(self, session: Any, activations: str) -> None:
+        super().__init__()
+        self.session = session
+        self.activations = activations
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        from ..export.onnx import run_session
+
+        outs = [torch.from_numpy(o) for o in run_session(self.session, inputs)]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def ort_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+        import onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ort_runtime(model: nn.Module, example_input: Any, device: torch.device, activations: str = "dynamic") -> OrtModule:
+    """The ONNX export of `model` in an ORT session on `device` (see the module docstring)."""
+    if not ort_available():
+        raise ConfigError("runtime='onnxruntime' needs onnx and onnxruntime: pip install 'autoshrink[onnx]'.")
+    from ..export.onnx import ExportError, ort_session, to_onnx
+
+    try:
+        proto, _ = to_onnx(model, example_input, activations=activations)
+        session = ort_session(proto, threads=torch.get_num_threads(), device=device.type)
+    except ExportError as e:
+        raise ConfigError(f"runtime='onnxruntime': {e}") from e
+    return OrtModule(session, activations)
