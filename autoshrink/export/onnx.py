@@ -99,12 +99,20 @@ def _torch_export(plain: nn.Module, example: tuple[torch.Tensor, ...], opset: in
     """The float graph from torch's TorchScript-based exporter (initializers keep the state_dict names)."""
     onnx = _onnx()
     inputs = ["input" if len(example) == 1 else f"input_{i}" for i in range(len(example))]
+    try:
+        with torch.no_grad():
+            y = plain(*example)
+    except Exception as e:  # noqa: BLE001 - one clear error
+        raise ExportError(f"export_onnx: the model fails on example_input ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); pass one batch shaped like its input.") from e
+    n_out = len(y) if isinstance(y, (tuple, list)) else 1
+    outputs = ["output" if n_out == 1 else f"output_{i}" for i in range(n_out)]
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notices; errors still raise
         try:
             with torch.no_grad():
-                torch.onnx.export(plain, example, buf, dynamo=False, input_names=inputs, output_names=None,
+                torch.onnx.export(plain, example, buf, dynamo=False, input_names=inputs, output_names=outputs,
                                   dynamic_axes={n: {0: "batch"} for n in inputs}, do_constant_folding=False,
                                   opset_version=opset)
         except Exception as e:  # noqa: BLE001 - re-raised as one clear error

@@ -58,6 +58,7 @@ def test_every_technique_exports_with_exact_int8_codes_and_a_dynamic_batch(tmp_p
     out = export_onnx(small, tmp_path / "w.onnx", example_input=x1, activations="weights")
     assert out.qdq_weights == ("fc1.first", "fc1.second", "fc2", "fc3") and out.int8_kernels == ()
     assert out.float16_weights == ("fc4",) and out.size_bytes == (tmp_path / "w.onnx").stat().st_size
+    assert out.inputs == ("input",) and out.outputs == ("output",)
     proto = onnx.load(out.path)
     inits = _inits(proto)
     modules = dict(small.named_modules())
@@ -139,6 +140,8 @@ def test_errors_are_one_clear_message_and_leave_no_file(tmp_path) -> None:
         export_onnx(small, tmp_path / "a.onnx", example_input=x1, activations="int4")
     with pytest.raises(ExportError, match=r"example_input=\[\]; pass a tensor"):
         export_onnx(small, tmp_path / "a.onnx", example_input=[])
+    with pytest.raises(ExportError, match=r"the model fails on example_input \(RuntimeError: .*\); pass one batch"):
+        export_onnx(small, tmp_path / "a.onnx", example_input=torch.randn(1, 5))
     with pytest.raises(ExportError, match="is a directory"):
         export_onnx(small, tmp_path, example_input=x1)
     with pytest.raises(ExportError, match="does not exist; create it first"):
