@@ -203,7 +203,7 @@ def _dequantize_weights(graph: _Graph, quantized: dict[str, int], model: nn.Modu
     return codes_of, halves
 
 
-def _integer_gemm(graph: _Graph, weight: str, codes: np.ndarray, scales: np.ndarray) -> bool:
+def _integer_gemm(graph: _Graph, weight: str, codes: np.ndarray) -> bool:
     """Rewrite the Linear that consumes `weight` (Gemm transB=1, or Transpose -> MatMul [-> Add]) into
     DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul -> (Add bias). False where the pattern differs."""
     from onnx import TensorProto, helper
@@ -272,8 +272,8 @@ def to_onnx(model: nn.Module, example_input: Any, *, activations: str = "dynamic
     linear = {f"{n}.weight" for n, m in plain.named_modules() if isinstance(m, nn.Linear)}
     int8 = []
     if activations == "dynamic":
-        for name, (codes, scales) in codes_of.items():
-            if name in linear and _integer_gemm(graph, name, codes, scales):
+        for name, (codes, _) in codes_of.items():
+            if name in linear and _integer_gemm(graph, name, codes):
                 int8.append(name.rsplit(".weight", 1)[0])
     qdq = [n.rsplit(".weight", 1)[0] for n in codes_of if n.rsplit(".weight", 1)[0] not in int8]
     onnx = _onnx()

@@ -31,24 +31,13 @@ class OrtModule(nn.Module):
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
-def ort_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-        import onnx  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def ort_runtime(model: nn.Module, example_input: Any, device: torch.device, activations: str = "dynamic") -> OrtModule:
     """The ONNX export of `model` in an ORT session on `device` (see the module docstring)."""
-    if not ort_available():
-        raise ConfigError("runtime='onnxruntime' needs onnx and onnxruntime: pip install 'autoshrink[onnx]'.")
     from ..export.onnx import ExportError, ort_session, to_onnx
 
     try:
         proto, _ = to_onnx(model, example_input, activations=activations)
         session = ort_session(proto, threads=torch.get_num_threads(), device=device.type)
-    except ExportError as e:
+    except ExportError as e:  # also onnx / onnxruntime missing: the message says which extra to install
         raise ConfigError(f"runtime='onnxruntime': {e}") from e
     return OrtModule(session, activations)

@@ -102,9 +102,9 @@ def run_refine(ctx: LoopContext, sources: Sequence[optuna.trial.FrozenTrial], cf
             choices = [own.distill, not own.distill]
         else:
             choices = [own.distill]
-        variants += [(src, c) for c in choices]
-    for src, choice in variants:
-        policy = Policy(layers=Policy.from_dict(src.user_attrs["policy"]).layers, distill=choice)
+        variants += [(src, Policy(layers=own.layers, distill=c)) for c in choices]
+    for src, policy in variants:
+        choice = policy.distill
         params = dict(src.params)
         if "distill" in params:
             params["distill"] = choice
