@@ -30,7 +30,7 @@ from .loop import LoopContext, Progress, WaitClock, run_loop
 from .narrow import narrow
 from .narrow import narrow_cutoff as cutoff_for
 from .objectives import Objective, resolve
-from .refine import REFINE_STEP_FACTOR, refine_candidates, refine_config, run_refine
+from .refine import REFINE_STEP_FACTOR, refine_candidates, refine_config, run_refine, screened_refine_limit
 from .result import SearchResult, Session
 from .runtime import check_runtime, study_runtime
 from .sensitivity import choices, run_choices
@@ -201,6 +201,7 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
         study.set_user_attr("train_transform", task.transform_name)
         study.set_user_attr("versions", versions())
     study.set_user_attr("max_accuracy_drop", max_accuracy_drop)  # this run's constraint, read by load_result
+    study.set_user_attr("screen", _screen_attr(screening, max_accuracy_drop))  # this run's rule, read by refine
     requeue_crashed(study)
 
     ex = make_executor(executor)
@@ -228,7 +229,8 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
             _enqueue(study, model, bound, baseline, objs, n_warm if cutoff is not None else 0, n_trials)
         tally = run_loop(ctx, bound, n_trials, counted(study), screening, ft)
         if refine_cfg is not None:
-            sources = refine_candidates(study, baseline, objs, max_accuracy_drop, refine_top)
+            sources = refine_candidates(study, baseline, objs, max_accuracy_drop, refine_top,
+                                        screened_limit=screened_refine_limit(study.user_attrs["screen"]))
             run_refine(ctx, sources, refine_cfg)
     finally:
         ex.shutdown()
@@ -243,6 +245,14 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
     study.set_user_attr("last_run", {k: (round(v, 4) if isinstance(v, float) else v)
                                      for k, v in result.timing.items()})
     return result
+
+
+def _screen_attr(screening: Screening | None, max_drop: float | None) -> dict[str, Any] | None:
+    """The screening rule as stored in the study: its settings and, under a constraint, its limit."""
+    if screening is None:
+        return None
+    return {"share": screening.share, "slack": screening.slack, "margin": screening.margin,
+            "limit": None if max_drop is None else round(screening.limit(max_drop), 6)}
 
 
 def _sensitivity(ctx: LoopContext, bound: BoundSpace, ft: FinetuneConfig) -> tuple[list[dict[str, Any]], float]:

@@ -2,7 +2,9 @@
 
 A search fine-tunes every candidate briefly; some of its most compressed candidates lose a little
 too much accuracy only because the budget was short. The refine stage takes the front of the
-completed trials within `max_accuracy_drop` (1 pp without one) + REFINE_SLACK, orders it by the
+completed trials within `max_accuracy_drop` (1 pp without one) + REFINE_SLACK -- together with the
+trials the multi-fidelity screen stopped whose screened drop is within REFINE_SCREEN_FACTOR times the
+screen's limit (their screened numbers stand for them; fidelity.py) -- orders it by the
 first non-accuracy objective (smallest size / latency / MACs first; higher accuracy on ties) and
 re-runs the first k policies with `steps` fine-tune steps and gradual pruning (the refine
 fine-tune; see `refine_config`). Candidates are policies: trials that differ only in the
@@ -35,6 +37,10 @@ from .objectives import Objective
 from .result import non_dominated
 
 REFINE_SLACK = 0.02
+# screened-out near misses: a screened drop up to this many times the screen's limit (1.0 pp -> 1.5 pp
+# for max_accuracy_drop 0.5 pp; LeNet-300-100's 61x policy screened at 1.08-1.37 pp with labels only
+# and refined to -0.05..0.14 pp)
+REFINE_SCREEN_FACTOR = 1.5
 REFINE_STEP_FACTOR = 5  # default refine steps: this many times the search's fine-tune steps
 REFINE_DEFAULTS: dict[str, Any] = {"schedule": "gradual"}
 
@@ -58,30 +64,48 @@ def refined_sources(study: optuna.Study) -> set[str]:
             if t.user_attrs.get("refined_from") is not None and "policy" in t.user_attrs}
 
 
+def screened_refine_limit(screen: Mapping[str, Any] | None) -> float | None:
+    """The largest screened drop a screened-out trial may have to be refined, from the study's stored
+    screening rule ("screen" user attribute); None without a screen or a constraint."""
+    limit = (screen or {}).get("limit")
+    return None if limit is None else REFINE_SCREEN_FACTOR * limit
+
+
 def refine_candidates(study: optuna.Study, baseline: Measurement, objectives: Sequence[Objective],
-                      max_drop: float | None, k: int, slack: float = REFINE_SLACK) -> list[optuna.trial.FrozenTrial]:
-    """The k trials the refine stage takes (see the module docstring for the rule)."""
+                      max_drop: float | None, k: int, slack: float = REFINE_SLACK,
+                      screened_limit: float | None = None) -> list[optuna.trial.FrozenTrial]:
+    """The k trials the refine stage takes (see the module docstring for the rule). `screened_limit`:
+    the largest screened drop of a screened-out (PRUNED) trial that may be taken (None: none is)."""
     limit = (0.01 if max_drop is None else max_drop) + slack
     done = refined_sources(study)
-    near = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if "measurement" in t.user_attrs and t.user_attrs.get("refined_from") is None
-            and layers_key(t.user_attrs["policy"]) not in done
-            and Policy.from_dict(t.user_attrs["policy"]).active()
-            and baseline.accuracy - t.user_attrs["measurement"]["accuracy"] <= limit + 1e-12]
+    near: list[tuple[optuna.trial.FrozenTrial, list[float]]] = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                      optuna.trial.TrialState.PRUNED)):
+        if ("policy" not in t.user_attrs or t.user_attrs.get("refined_from") is not None
+                or layers_key(t.user_attrs["policy"]) in done or not Policy.from_dict(t.user_attrs["policy"]).active()):
+            continue
+        if t.state == optuna.trial.TrialState.COMPLETE and "measurement" in t.user_attrs:
+            if baseline.accuracy - t.user_attrs["measurement"]["accuracy"] <= limit + 1e-12:
+                near.append((t, list(t.values)))
+        elif screened_limit is not None and "measurement" in (t.user_attrs.get("screen") or {}):
+            m = Measurement.from_dict(t.user_attrs["screen"]["measurement"])
+            if baseline.accuracy - m.accuracy <= screened_limit + 1e-12:
+                near.append((t, [o.value(m) for o in objectives]))
     if not near:
         return []
     import numpy as np
 
-    points = np.array([[o.normalized(v, baseline) for o, v in zip(objectives, t.values)] for t in near], dtype=float)
-    front = [t for t, keep in zip(near, non_dominated(points)) if keep]
+    points = np.array([[o.normalized(v, baseline) for o, v in zip(objectives, vals)] for _, vals in near], dtype=float)
+    front = [tv for tv, keep in zip(near, non_dominated(points)) if keep]
     primary = next((i for i, o in enumerate(objectives) if not o.maximize), None)
     acc = next((i for i, o in enumerate(objectives) if o.maximize), None)
 
-    def key(t: optuna.trial.FrozenTrial) -> tuple[float, float]:
-        return (t.values[primary] if primary is not None else 0.0, -t.values[acc] if acc is not None else 0.0)
+    def key(tv: tuple[optuna.trial.FrozenTrial, list[float]]) -> tuple[float, float, int]:
+        vals = tv[1]
+        return (vals[primary] if primary is not None else 0.0, -vals[acc] if acc is not None else 0.0, tv[0].number)
 
     picked: dict[str, optuna.trial.FrozenTrial] = {}
-    for t in sorted(front, key=key):
+    for t, _ in sorted(front, key=key):
         picked.setdefault(layers_key(t.user_attrs["policy"]), t)  # twins: the first in this order stands for both
     return list(picked.values())[:k]
 

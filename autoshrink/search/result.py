@@ -166,7 +166,8 @@ class SearchResult:
         from ..recipe.fingerprint import fingerprint
         from ..train import FinetuneConfig
         from .loop import LoopContext, WaitClock
-        from .refine import REFINE_STEP_FACTOR, layers_key, refine_candidates, refine_config, run_refine
+        from .refine import (REFINE_STEP_FACTOR, layers_key, refine_candidates, refine_config, run_refine,
+                             screened_refine_limit)
 
         s = self.session
         model = model if model is not None else (s.model if s else None)
@@ -190,20 +191,24 @@ class SearchResult:
                 if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < len(self.study.trials):
                     raise ConfigError(f"refine: trial {n!r} is not in the study (0..{len(self.study.trials) - 1}).")
                 t = self.study.trials[n]
-                if t.state != optuna.trial.TrialState.COMPLETE or "policy" not in t.user_attrs:
-                    raise ConfigError(f"refine: trial {n} is {t.state.name}; pick a completed trial.")
+                screened_out = t.state == optuna.trial.TrialState.PRUNED and "screen" in t.user_attrs
+                if (t.state != optuna.trial.TrialState.COMPLETE and not screened_out) or "policy" not in t.user_attrs:
+                    raise ConfigError(f"refine: trial {n} is {t.state.name}; pick a completed or screened-out trial.")
                 if all(layers_key(o.user_attrs["policy"]) != layers_key(t.user_attrs["policy"]) for o in sources):
                     sources.append(t)  # twins (same layers, other distillation choice) are refined once
         else:
             from .refine import REFINE_SLACK
 
             slack = REFINE_SLACK if slack is None else slack
-            sources = refine_candidates(self.study, self.baseline, self.objectives, self.max_accuracy_drop, k, slack)
+            screened = screened_refine_limit(self.study.user_attrs.get("screen"))
+            sources = refine_candidates(self.study, self.baseline, self.objectives, self.max_accuracy_drop, k, slack,
+                                        screened_limit=screened)
             if not sources:
                 limit = (0.01 if self.max_accuracy_drop is None else self.max_accuracy_drop) + slack
+                also = "" if screened is None else f" (nor a screened-out one within {screened * 100:.2f} pp screened)"
                 raise ConfigError(f"refine: no completed, not yet refined trial is within {limit * 100:.2f} pp of the "
-                                  "baseline, so nothing can be refined. Fix: pass trials=[...], a larger slack, or "
-                                  "run more trials.")
+                                  f"baseline{also}, so nothing can be refined. Fix: pass trials=[...], a larger "
+                                  "slack, or run more trials.")
         runtime = (self.study.user_attrs.get("runtime") or {}).get("runtime", "float")
         ex = make_executor(executor if executor is not None else (s.executor if s else "local"))
         clock = WaitClock()

@@ -219,6 +219,7 @@ def test_multi_fidelity_promotes_and_stops_exactly_the_expected_candidates(tiny_
     assert r.timing["screening"]["saved_s_estimated"] == pytest.approx(stopped * 0.01)
     assert len(r.study.trials) == 24  # n_trials counts every candidate, stopped ones too
     assert not set(r.pareto.trial) & {t.number for t in r.study.trials if t.state.name == "PRUNED"}
+    assert r.study.user_attrs["screen"] == {"share": 0.4, "slack": 0.01, "margin": 0.01, "limit": 0.04}
 
 
 def test_without_a_constraint_screening_stops_what_a_screened_candidate_beats() -> None:
@@ -238,13 +239,15 @@ def test_without_a_constraint_screening_stops_what_a_screened_candidate_beats() 
         Screening(share=1.5)
 
 
-def test_default_screening_slack_is_at_least_one_pp_or_the_constraint() -> None:
+def test_default_screening_limit_is_twice_the_constraint_with_half_a_pp_at_least() -> None:
     s = Screening()
     obj = (OBJECTIVES["accuracy"], OBJECTIVES["size"])
     base = Measurement(accuracy=0.9, size_bytes=1000, latency_ms=1.0, macs=100, device="cpu", threads=1, batch_size=1)
     m = lambda drop: Measurement(accuracy=0.9 - drop, size_bytes=10, latency_ms=1.0, macs=100,  # noqa: E731
                                  device="cpu", threads=1, batch_size=1)
-    assert s.promote(m(0.0149), base, 0.005, obj, [])[0] and not s.promote(m(0.0151), base, 0.005, obj, [])[0]
+    assert s.promote(m(0.0099), base, 0.005, obj, [])[0] and not s.promote(m(0.0101), base, 0.005, obj, [])[0]
     assert s.promote(m(0.0399), base, 0.02, obj, [])[0] and not s.promote(m(0.0401), base, 0.02, obj, [])[0]
-    assert "1.51 pp > 1.50 pp" in s.promote(m(0.0151), base, 0.005, obj, [])[1]
+    assert s.promote(m(0.0069), base, 0.002, obj, [])[0] and not s.promote(m(0.0071), base, 0.002, obj, [])[0]
+    assert "1.01 pp > 1.00 pp" in s.promote(m(0.0101), base, 0.005, obj, [])[1]
+    assert s.limit(0.005) == pytest.approx(0.01) and Screening(slack=0.0).limit(0.005) == pytest.approx(0.005)
     assert s.config(ash.FinetuneConfig(steps=300)).steps == 75 and s.config(ash.FinetuneConfig(steps=2)).steps == 1

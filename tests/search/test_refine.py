@@ -132,3 +132,34 @@ def test_refine_candidates_count_distillation_twins_once() -> None:
     objs = [OBJECTIVES["accuracy"], OBJECTIVES["size"]]
     picked = refine_candidates(study, base, objs, 0.01, k=2, slack=0.02)
     assert [t.number for t in picked] == [0, 2]  # the twin 1 is the same policy as 0: not a second candidate
+
+
+def test_refine_takes_screened_out_near_misses_within_the_screened_limit() -> None:
+    from autoshrink.measure import Measurement
+    from autoshrink.search.objectives import OBJECTIVES
+    from autoshrink.search.refine import screened_refine_limit
+
+    base = Measurement(accuracy=0.9, size_bytes=1000, latency_ms=1.0, macs=100, device="cpu", threads=1, batch_size=1)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    dist = {"distill": optuna.distributions.CategoricalDistribution((False, True))}
+
+    def policy(sparsity: float, distill: bool = False) -> dict:
+        return ash.Policy(layers={"fc1": ash.LayerPolicy(sparsity=sparsity)}, distill=distill).to_dict()
+
+    def screened_out(acc: float, size: int, sparsity: float) -> None:
+        m = Measurement(accuracy=acc, size_bytes=size, latency_ms=1.0, macs=100, device="cpu", threads=1,
+                        batch_size=1).to_dict()
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={"distill": False},
+                                                  distributions=dist, user_attrs={"policy": policy(sparsity),
+                                                                                  "screen": {"measurement": m}}))
+
+    study.add_trial(optuna.trial.create_trial(values=[0.898, 300], params={"distill": False}, distributions=dist,
+                                              user_attrs={"policy": policy(0.5), "measurement": {"accuracy": 0.898}}))
+    screened_out(0.887, 80, 0.95)  # 1: screened 1.3 pp: within 1.5 x the 1.0 pp screen limit
+    screened_out(0.880, 40, 0.98)  # 2: screened 2.0 pp: beyond it
+    objs = [OBJECTIVES["accuracy"], OBJECTIVES["size"]]
+    limit = screened_refine_limit({"limit": 0.01})
+    assert limit == pytest.approx(0.015) and screened_refine_limit(None) is None
+    assert screened_refine_limit({"limit": None}) is None
+    assert [t.number for t in refine_candidates(study, base, objs, 0.005, k=3, screened_limit=limit)] == [1, 0]
+    assert [t.number for t in refine_candidates(study, base, objs, 0.005, k=3)] == [0]  # no screened limit: none
