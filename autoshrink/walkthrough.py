@@ -7,7 +7,7 @@ from typing import Callable
 
 from torch import nn
 
-from .evaluate import evaluate
+from .evaluate import compress
 from .measure import LatencyConfig, Measurement, measure
 from .measure.latency import time_forward
 from .policy import LayerPolicy, Policy
@@ -49,43 +49,67 @@ class Row:
     name: str
     measurement: Measurement
     seconds: float
+    onnxruntime: Measurement | None = None  # the same model exported to ONNX Runtime (where installed, CPU)
+
+
+def ort_ready(task: Task) -> bool:
+    """Whether the walk-through can add its ONNX Runtime column: onnx and onnxruntime installed, CPU."""
+    import importlib.util
+
+    return (task.torch_device.type == "cpu" and importlib.util.find_spec("onnx") is not None
+            and importlib.util.find_spec("onnxruntime") is not None)
 
 
 def run(model: nn.Module, task: Task, policies: list[tuple[str, Policy]], *, steps: int = 300,
-        seed: int = 0, progress: Callable[[str], None] | None = None) -> tuple[Measurement, list[Row]]:
+        seed: int = 0, progress: Callable[[str], None] | None = None) -> tuple[Row, list[Row]]:
     """Measure the baseline and each policy (applied, fine-tuned `steps` steps, measured on the faster
-    of the float and int8 runtimes in this run: the walk-through shows where int8 kernels pay off).
+    of the float and int8 runtimes in this run: the walk-through shows where int8 kernels pay off) and,
+    where ONNX Runtime is installed and the device is the CPU, the same model on ONNX Runtime too.
 
     The process is warmed up first (allocator, thread pool, CPU clocks), so the baseline -- timed
     first -- is not penalized against the policies timed after it.
     """
     time_forward(model.to(task.torch_device).eval(), task.example_input, task.torch_device,
                  LatencyConfig(warmup=20, min_repeats=50, min_seconds=1.0))
-    baseline = measure(model, task)
+    ort = ort_ready(task)
+    baseline = Row("baseline (float32, untouched)", measure(model, task), 0.0,
+                   measure(model, task, runtime="onnxruntime") if ort else None)
     rows = []
     for name, policy in policies:
         t0 = time.perf_counter()
-        m = evaluate(model, task, policy, finetune_config=FinetuneConfig(steps=steps, seed=seed), runtime="auto")
-        rows.append(Row(name, m, time.perf_counter() - t0))
+        small, report = compress(model, policy, task=task, finetune_config=FinetuneConfig(steps=steps, seed=seed))
+        m = measure(small, task, runtime="auto", skipped=report.lines())
+        rows.append(Row(name, m, time.perf_counter() - t0, measure(small, task, runtime="onnxruntime") if ort else None))
         if progress:
             progress(f"  {name}: done in {rows[-1].seconds:.1f} s")
     return baseline, rows
 
 
-def format_table(baseline: Measurement, rows: list[Row]) -> str:
-    """Plain-text table: accuracy and drop, packed bytes and ratio, latency and speedup, MACs."""
-    head = f"{'policy':44} {'acc %':>6} {'drop pp':>7} {'bytes':>8} {'ratio':>6} {'lat ms':>7} {'speedup':>7} {'runtime':>12} {'MACs':>9}"
+def format_table(baseline: Row, rows: list[Row]) -> str:
+    """Plain-text table: accuracy and drop, packed bytes and ratio, latency and speedup (against the
+    float32 torch baseline), runtime, MACs and, where measured, latency and speedup on ONNX Runtime."""
+    ort = baseline.onnxruntime is not None
+    b = baseline.measurement
+    head = (f"{'policy':44} {'acc %':>6} {'drop pp':>7} {'bytes':>8} {'ratio':>6} {'lat ms':>7} {'speedup':>7} "
+            f"{'runtime':>12} {'MACs':>9}" + (f" {'ORT ms':>7} {'ORT x':>6}" if ort else ""))
     lines = [head, "-" * len(head)]
 
-    def line(name: str, m: Measurement) -> str:
-        drop = (baseline.accuracy - m.accuracy) * 100
-        return (f"{name[:44]:44} {m.accuracy * 100:6.2f} {drop:7.2f} {m.size_bytes:8d} "
-                f"{baseline.size_bytes / m.size_bytes:5.1f}x {m.latency_ms:7.3f} "
-                f"{baseline.latency_ms / m.latency_ms:6.2f}x {m.runtime:>12} {m.macs:9d}")
+    def line(r: Row) -> str:
+        m = r.measurement
+        drop = (b.accuracy - m.accuracy) * 100
+        text = (f"{r.name[:44]:44} {m.accuracy * 100:6.2f} {drop:7.2f} {m.size_bytes:8d} "
+                f"{b.size_bytes / m.size_bytes:5.1f}x {m.latency_ms:7.3f} "
+                f"{b.latency_ms / m.latency_ms:6.2f}x {m.runtime:>12} {m.macs:9d}")
+        if ort and r.onnxruntime is not None:
+            text += f" {r.onnxruntime.latency_ms:7.3f} {b.latency_ms / r.onnxruntime.latency_ms:5.2f}x"
+        return text
 
-    lines.append(line("baseline (float32, untouched)", baseline))
-    lines += [line(r.name, r.measurement) for r in rows]
+    lines += [line(baseline)] + [line(r) for r in rows]
     notes = [f"  {r.name}: {s}" for r in rows for s in r.measurement.skipped]
     if notes:
         lines += ["", "not compressed as asked:"] + notes
+    if ort:
+        lines += ["", "ORT: the same model exported to ONNX (int8 GEMM for Linear layers at <= 8 bits, activations "
+                  "quantized per batch) in an ONNX Runtime session with the same threads; ORT x is its speedup over "
+                  "the float32 torch baseline."]
     return "\n".join(lines)

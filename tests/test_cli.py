@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -10,6 +11,9 @@ import torch
 import autoshrink as ash
 
 from autoshrink.cli import main
+
+# the walk-through adds ONNX Runtime columns where onnxruntime is installed and it runs on the CPU
+ORT_COLUMN = importlib.util.find_spec("onnxruntime") is not None and not torch.cuda.is_available()
 
 
 def test_help_for_every_command(capsys) -> None:
@@ -29,7 +33,11 @@ def test_walkthrough_prints_a_measured_table(capsys) -> None:
     start = next(i for i, line in enumerate(lines) if line.startswith("-----")) + 1
     rows = lines[start : lines.index("", start) if "" in lines[start:] else len(lines)]
     assert len(rows) == 10  # baseline + 9 policies
-    assert all(row.split()[-1].isdigit() for row in rows)  # every row ends with its measured MACs
+    if ORT_COLUMN:  # ORT columns: latency and speedup after the MACs
+        assert "ORT ms" in lines[start - 2] and "ORT: the same model exported to ONNX" in out
+        assert all(row.split()[-3].isdigit() and row.split()[-1].endswith("x") for row in rows)
+    else:
+        assert all(row.split()[-1].isdigit() for row in rows)  # every row ends with its measured MACs
     assert "baseline (float32, untouched)" in out and "structured 50% channels + KD" in out
 
 
@@ -38,6 +46,8 @@ def test_walkthrough_json(capsys) -> None:
     data = json.loads(capsys.readouterr().out)
     assert len(data["rows"]) == 9 and data["baseline"]["macs"] == 1330432
     assert all(r["size_bytes"] < data["baseline"]["size_bytes"] for r in data["rows"])
+    if ORT_COLUMN:
+        assert all(r["onnxruntime"]["runtime"] == "onnxruntime" for r in data["rows"] + [data["baseline"]])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error path")

@@ -52,6 +52,13 @@ def front_table(result: SearchResult) -> str:
     table = front[cols].copy()
     table["accuracy"] = (table["accuracy"] * 100).round(2)
     table["accuracy_drop"] = (table["accuracy_drop"] * 100).round(2)
-    lines.append(f"Pareto front ({len(front)} trials; accuracy and drop in %):")
+    slower = (table["compression"] > 1) & (table["speedup"] < 1)
+    table["note"] = ["smaller but slower" if s else "" for s in slower]
+    runtime = (result.study.user_attrs.get("runtime") or {}).get("runtime", "float")
+    lines.append(f"Pareto front ({len(front)} trials; accuracy and drop in %; latency on the study's runtime, "
+                 f"{runtime}):")
     lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if slower.any():
+        lines.append(f"smaller but slower: {int(slower.sum())} front trial(s) are smaller than the baseline but slower "
+                     f"on {runtime} (sparsity and sub-8-bit codes shrink the file, not the dense kernels' work).")
     return "\n".join(lines)

@@ -90,8 +90,16 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     if args.onnx:  # built before anything is written: a model that cannot be exported leaves no file behind
         from ..export.onnx import to_onnx
 
+        calibration = None
+        if args.onnx_activations == "static":
+            if task is None:
+                raise ConfigError("--onnx-activations static calibrates the activations on training batches: pass "
+                                  "--task (or use --onnx-activations dynamic).")
+            from ..measure.onnxruntime import calibration_batches
+
+            calibration = calibration_batches(task)
         onnx = to_onnx(small, task.example_input if task is not None else recipe.example_input.zeros(),
-                       activations=args.onnx_activations)
+                       activations=args.onnx_activations, calibration=calibration)
     written = save_packed(small, args.out)
     exported = None
     if onnx is not None:
@@ -165,9 +173,11 @@ def add_parser(sub: Any) -> None:
     app.add_argument("--out", required=True, help="the packed model to write, e.g. model.ashz")
     app.add_argument("--onnx", metavar="PATH", help="also write the compressed model as ONNX (int8 codes as int8 "
                                                      "initializers; needs autoshrink[onnx])")
-    app.add_argument("--onnx-activations", choices=("dynamic", "weights"), default="dynamic",
+    app.add_argument("--onnx-activations", choices=("dynamic", "static", "weights"), default="dynamic",
                      help="with --onnx: 'dynamic' runs quantized Linear layers on ONNX Runtime's int8 GEMM "
-                          "(activations quantized per batch); 'weights' dequantizes the weights (float compute)")
+                          "(activations quantized per batch); 'static' the same with activation scales calibrated "
+                          "on the task's first 4 training batches (needs --task); 'weights' dequantizes the weights "
+                          "(float compute)")
     app.add_argument("--no-strict", action="store_true",
                      help="apply the policy to the layers that match the fingerprint and report the others")
     app.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -5,6 +5,7 @@ import argparse
 import json
 from typing import Any
 
+from ..search.runtime import RUNTIME_CHOICES
 from .common import front_table, progress_printer
 
 
@@ -60,7 +61,7 @@ def add_parser(sub: Any) -> None:
     srch.add_argument("--storage", help="override the Optuna storage URL")
     srch.add_argument("--study-name", help="override the study name")
     srch.add_argument("--seed", type=int, help="override the seed")
-    srch.add_argument("--runtime", choices=("auto", "float", "int8", "onnxruntime"),
+    srch.add_argument("--runtime", choices=RUNTIME_CHOICES,
                       help="the runtime every trial is measured on (decided once per study; default auto)")
     srch.add_argument("--refine-top", type=int, metavar="K",
                       help="refine stage: re-run the K best feasible or near-feasible policies with a long fine-tune "

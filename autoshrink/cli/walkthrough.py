@@ -26,10 +26,11 @@ def _cmd_walkthrough(args: argparse.Namespace) -> int:
     baseline, rows = walkthrough.run(model, task, walkthrough.cnn_policies(), steps=args.steps, seed=args.seed,
                                      progress=say)
     if args.json:
-        print(json.dumps({"baseline": baseline.to_dict(),
-                          "rows": [{"policy": r.name, **r.measurement.to_dict()} for r in rows]}, indent=1))
+        ort = lambda r: {"onnxruntime": r.onnxruntime.to_dict()} if r.onnxruntime else {}  # noqa: E731
+        print(json.dumps({"baseline": {**baseline.measurement.to_dict(), **ort(baseline)},
+                          "rows": [{"policy": r.name, **r.measurement.to_dict(), **ort(r)} for r in rows]}, indent=1))
         return 0
-    m = baseline
+    m = baseline.measurement
     print(f"\nlatency: median of repeated forwards at batch {m.batch_size} on {m.device}, {m.threads} threads; "
           "size: exact bytes of the packed .ashz file\n")
     print(walkthrough.format_table(baseline, rows))

@@ -15,6 +15,11 @@ What the file holds:
   -> scaled back to float (`x_scale * channel scales`) -> bias: ONNX Runtime's integer GEMM, as
   `onnxruntime.quantization.quantize_dynamic` would emit, but with autoshrink's codes and scales.
   Other quantized layers (convolutions, embeddings) keep their QDQ weights and float compute.
+- "static": the same integer GEMM with the activations' uint8 scale and zero point fixed ahead of
+  time from calibration batches (`calibration=`: a few batches of training inputs; the range each
+  such Linear's input spans over them, widened to hold 0, as `DynamicQuantizeLinear` would compute it)
+  -> `QuantizeLinear` with constant scale -> `MatMulInteger` -> one constant rescale: no per-batch
+  min/max. Inputs outside the calibrated range saturate.
 - "weights": QDQ weights only, float compute everywhere (exact up to float summation order).
 Tolerance (tested): "weights" with ORT's basic graph optimizations -- outputs within
 1e-5 x (1 + max |output|) of the PyTorch model (float summation order only); at ORT's full
@@ -22,7 +27,8 @@ optimizations ORT may fuse DequantizeLinear -> MatMul into its own quantized ker
 which moved outputs by 0.3 % of their range on an MLP. "dynamic" -- activations are rounded to 8
 bits per batch (a uint8 grid over the batch's range), so outputs move by up to a few percent of
 their range: the tests bound the difference by 5 % of (1 + max |output|) and require the top-1
-prediction to agree on >= 98 % of real eval samples.
+prediction to agree on >= 98 % of real eval samples. "static" is held to the same bounds, calibrated on
+training batches.
 """
 from __future__ import annotations
 
@@ -43,7 +49,7 @@ from ..errors import ConfigError, describe
 from ..techniques.weights import quantize_codes, strip_parametrizations, weight_bits, weight_parametrizations
 
 OPSET = 17
-ACTIVATIONS = ("dynamic", "weights")
+ACTIVATIONS = ("dynamic", "static", "weights")
 
 
 class ExportError(ConfigError):
@@ -203,9 +209,38 @@ def _dequantize_weights(graph: _Graph, quantized: dict[str, int], model: nn.Modu
     return codes_of, halves
 
 
-def _integer_gemm(graph: _Graph, weight: str, codes: np.ndarray) -> bool:
+def _calibrate(plain: nn.Module, modules: Sequence[str], batches: Sequence[Any]) -> dict[str, tuple[float, int]]:
+    """The uint8 (scale, zero point) of each named module's input over the calibration batches: the
+    range [min(0, lo), max(0, hi)] over 255 steps, as DynamicQuantizeLinear computes it per batch."""
+    lo: dict[str, float] = {}
+    hi: dict[str, float] = {}
+    hooks = []
+    for name in modules:
+        def seen(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+            x = args[0].detach()
+            lo[name] = min(lo.get(name, 0.0), float(x.min()))
+            hi[name] = max(hi.get(name, 0.0), float(x.max()))
+        hooks.append(plain.get_submodule(name).register_forward_pre_hook(seen))
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                plain(*_example_tuple(batch))
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for name in modules:
+        a, b = lo.get(name, 0.0), hi.get(name, 0.0)
+        scale = (b - a) / 255.0 if b > a else 1.0
+        out[name] = (scale, int(np.clip(round(-a / scale), 0, 255)))
+    return out
+
+
+def _integer_gemm(graph: _Graph, weight: str, codes: np.ndarray, static: tuple[float, int] | None = None) -> bool:
     """Rewrite the Linear that consumes `weight` (Gemm transB=1, or Transpose -> MatMul [-> Add]) into
-    DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul -> (Add bias). False where the pattern differs."""
+    DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul -> (Add bias), or with `static` (the
+    activations' calibrated scale and zero point) QuantizeLinear -> MatMulInteger -> Cast -> Mul by the
+    constant product of the scales -> (Add bias). False where the pattern differs."""
     from onnx import TensorProto, helper
 
     users = graph.consumers(weight)
@@ -235,11 +270,17 @@ def _integer_gemm(graph: _Graph, weight: str, codes: np.ndarray) -> bool:
     xq, xs, xz = graph.fresh(f"{stem}_x_q"), graph.fresh(f"{stem}_x_scale"), graph.fresh(f"{stem}_x_zero_point")
     acc, accf, scale = graph.fresh(f"{stem}_int32"), graph.fresh(f"{stem}_int32_float"), graph.fresh(f"{stem}_scale")
     mm_out = graph.fresh(f"{stem}_matmul") if bias else out
-    nodes = [helper.make_node("DynamicQuantizeLinear", [x], [xq, xs, xz], name=graph.fresh(f"{stem}_quantize_x")),
-             helper.make_node("MatMulInteger", [xq, wt, xz, wzp], [acc], name=graph.fresh(f"{stem}_matmul_integer")),
-             helper.make_node("Cast", [acc], [accf], to=TensorProto.FLOAT, name=graph.fresh(f"{stem}_cast")),
-             helper.make_node("Mul", [xs, f"{weight}_scale"], [scale], name=graph.fresh(f"{stem}_scales")),
-             helper.make_node("Mul", [accf, scale], [mm_out], name=graph.fresh(f"{stem}_rescale"))]
+    if static is None:
+        nodes = [helper.make_node("DynamicQuantizeLinear", [x], [xq, xs, xz], name=graph.fresh(f"{stem}_quantize_x")),
+                 helper.make_node("Mul", [xs, f"{weight}_scale"], [scale], name=graph.fresh(f"{stem}_scales"))]
+    else:
+        xs = graph.add_init(xs, np.array(static[0], dtype=np.float32))
+        xz = graph.add_init(xz, np.array(static[1], dtype=np.uint8))
+        scale = graph.add_init(scale, (graph.array(f"{weight}_scale") * np.float32(static[0])).astype(np.float32))
+        nodes = [helper.make_node("QuantizeLinear", [x, xs, xz], [xq], name=graph.fresh(f"{stem}_quantize_x"))]
+    nodes += [helper.make_node("MatMulInteger", [xq, wt, xz, wzp], [acc], name=graph.fresh(f"{stem}_matmul_integer")),
+              helper.make_node("Cast", [acc], [accf], to=TensorProto.FLOAT, name=graph.fresh(f"{stem}_cast")),
+              helper.make_node("Mul", [accf, scale], [mm_out], name=graph.fresh(f"{stem}_rescale"))]
     if bias:
         nodes.append(helper.make_node("Add", [mm_out, bias], [out], name=graph.fresh(f"{stem}_bias")))
     at = min(list(graph.g.node).index(n) for n in removed)
@@ -252,15 +293,23 @@ def _integer_gemm(graph: _Graph, weight: str, codes: np.ndarray) -> bool:
         graph.g.node.remove(dq)
         graph.drop_init(f"{weight}_quantized")
         graph.drop_init(f"{weight}_zero_point")
+        if not graph.consumers(f"{weight}_scale"):  # static: folded into the constant rescale
+            graph.drop_init(f"{weight}_scale")
     return True
 
 
-def to_onnx(model: nn.Module, example_input: Any, *, activations: str = "dynamic", opset: int = OPSET
-            ) -> tuple[Any, dict[str, Any]]:
-    """The compressed model as an onnx ModelProto, and what was done to each compressed layer."""
+def to_onnx(model: nn.Module, example_input: Any, *, activations: str = "dynamic", opset: int = OPSET,
+            calibration: Sequence[Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The compressed model as an onnx ModelProto, and what was done to each compressed layer.
+    `calibration`: input batches (tensors or tuples of tensors) for activations="static"."""
     if activations not in ACTIVATIONS:
         raise ExportError(f"export_onnx: activations={activations!r}; use one of {', '.join(ACTIVATIONS)} "
-                          "(dynamic: int8 kernels for quantized Linear layers; weights: QDQ weights, float compute).")
+                          "(dynamic: int8 kernels for quantized Linear layers, activations quantized per batch; "
+                          "static: the same with calibrated activation scales; weights: QDQ weights, float compute).")
+    if activations == "static" and (calibration is None or isinstance(calibration, torch.Tensor)
+                                    or len(calibration) == 0):
+        raise ExportError("export_onnx: activations='static' needs calibration=[a few input batches] (e.g. training "
+                          "inputs) to fix the activations' scales; or use activations='dynamic'.")
     if isinstance(opset, bool) or not isinstance(opset, int) or not 13 <= opset <= 21:
         raise ExportError(f"export_onnx: opset={opset!r}; use an ONNX opset between 13 and 21 (default {OPSET}).")
     example = _example_tuple(example_input)
@@ -271,10 +320,14 @@ def to_onnx(model: nn.Module, example_input: Any, *, activations: str = "dynamic
     codes_of, halves = _dequantize_weights(graph, quantized, plain)
     linear = {f"{n}.weight" for n, m in plain.named_modules() if isinstance(m, nn.Linear)}
     int8 = []
-    if activations == "dynamic":
-        for name, (codes, _) in codes_of.items():
-            if name in linear and _integer_gemm(graph, name, codes):
-                int8.append(name.rsplit(".weight", 1)[0])
+    if activations in ("dynamic", "static"):
+        gemm = [n for n in codes_of if n in linear]
+        static = (_calibrate(plain, [n.rsplit(".weight", 1)[0] for n in gemm], calibration)
+                  if activations == "static" else {})
+        for name in gemm:
+            stem = name.rsplit(".weight", 1)[0]
+            if _integer_gemm(graph, name, codes_of[name][0], static.get(stem)):
+                int8.append(stem)
     qdq = [n.rsplit(".weight", 1)[0] for n in codes_of if n.rsplit(".weight", 1)[0] not in int8]
     onnx = _onnx()
     try:
@@ -287,11 +340,12 @@ def to_onnx(model: nn.Module, example_input: Any, *, activations: str = "dynamic
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, example_input: Any, activations: str = "dynamic",
-                opset: int = OPSET) -> OnnxExport:
-    """Write the compressed `model` as ONNX to `path` (see the module docstring for what the file holds).
+                opset: int = OPSET, calibration: Sequence[Any] | None = None) -> OnnxExport:
+    """Write the compressed `model` as ONNX to `path` (see the module docstring for what the file holds;
+    `calibration`: input batches for activations="static").
     The file is written to a temporary name and renamed, so a failure leaves nothing behind."""
     check_target(path)
-    proto, info = to_onnx(model, example_input, activations=activations, opset=opset)
+    proto, info = to_onnx(model, example_input, activations=activations, opset=opset, calibration=calibration)
     return write_onnx(proto, info, path, activations=activations, opset=opset)
 
 

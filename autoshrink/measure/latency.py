@@ -13,12 +13,15 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class LatencyConfig:
-    """How long to time: at least `min_repeats` forwards and `min_seconds`, at most `max_repeats`."""
+    """How long to time: at least `min_repeats` forwards and `min_seconds`, at most `max_repeats`.
+    `layers`: module names also timed alone (Measurement.layer_latency_ms; the entries of a search's
+    latency lookup table, see measure/layer_latency.py); a search fills it where latency is an objective."""
 
     warmup: int = 5
     min_repeats: int = 20
     min_seconds: float = 0.1
     max_repeats: int = 2000
+    layers: tuple[str, ...] = ()
 
 
 _guard: Callable[[], ContextManager[object]] | None = None

@@ -11,12 +11,13 @@ from ..errors import ConfigError
 from ..task import Task
 from .accuracy import evaluate_metric
 from .latency import LatencyConfig, time_forward, timing_guard
+from .layer_latency import layer_latencies
 from .macs import count_macs
 from .measurement import LayerStats, Measurement
 from .packing import pack
 from .runtime import deploy_runtime, int8_available, int8_runtime, materialize
 
-RUNTIMES = ("float", "int8", "onnxruntime", "auto")
+RUNTIMES = ("float", "int8", "onnxruntime", "onnxruntime-static", "auto")
 
 
 def _pick_runtime(candidates: dict[str, nn.Module], task: Task, device: torch.device,
@@ -49,6 +50,8 @@ def measure(
                and reports runtime "float";
       "onnxruntime"  the ONNX export (ash.export_onnx, int8 GEMM for every Linear at <= 8 bits,
                activations quantized per batch) in an ONNX Runtime session with torch's thread count;
+      "onnxruntime-static"  the same with static activation quantization: the activations' scales
+               calibrated on the task's first 4 training batches (no per-batch min/max);
       "auto"   times float and int8 in interleaved rounds and reports the faster -- timing-dependent, so two
                calls can pick differently; use it to explore, not to compare.
       None     (default) the runtime recorded for this model by `apply_recipe` (the recipe's), else
@@ -67,10 +70,12 @@ def measure(
     blob, entries = pack(model)
     plain = materialize(model).to(device)
     candidates: dict[str, nn.Module] = {}
-    if runtime == "onnxruntime":
-        from .onnxruntime import ort_runtime
+    if runtime in ("onnxruntime", "onnxruntime-static"):
+        from .onnxruntime import calibration_batches, ort_runtime
 
-        candidates["onnxruntime"] = ort_runtime(model, task.example_input, device)
+        static = runtime == "onnxruntime-static"
+        candidates[runtime] = ort_runtime(model, task.example_input, device, activations="static" if static else "dynamic",
+                                          calibration=calibration_batches(task) if static else None)
     q = int8_runtime(model, device) if runtime in ("auto", "int8") else None
     if q is not None:
         candidates["int8-dynamic"] = q
@@ -79,6 +84,11 @@ def measure(
     with timing_guard():  # one timing at a time per machine when an executor installed a guard
         latencies = _pick_runtime(candidates, task, device, config)
     chosen = min(latencies, key=latencies.get)
+    layer_ms: dict[str, float] = {}
+    if config.layers:
+        with timing_guard():
+            layer_ms = layer_latencies(model, plain, candidates.get("int8-dynamic"), chosen, task.example_input,
+                                       config.layers, device)
     accuracy = evaluate_metric(candidates[chosen], task, device)
     params = [p for p in plain.parameters()]
     layers = tuple(
@@ -101,4 +111,5 @@ def measure(
         latency_by_runtime=latencies,
         layers=layers,
         skipped=tuple(skipped),
+        layer_latency_ms=layer_ms,
     )

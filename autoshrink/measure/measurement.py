@@ -28,6 +28,8 @@ class Measurement:
         `device` with `threads` CPU threads, after warm-up, device synchronized, on `runtime`
         ("float": dense float kernels; "int8-dynamic": int8 Linear kernels), the faster of those
         available for this model. macs: multiply-accumulates of one forward of example_input.
+    layer_latency_ms: the layers named in LatencyConfig.layers, each timed alone on the same runtime
+        (measure/layer_latency.py); empty unless asked for.
     """
 
     accuracy: float
@@ -43,12 +45,14 @@ class Measurement:
     latency_by_runtime: Mapping[str, float] = field(default_factory=dict)
     layers: tuple[LayerStats, ...] = ()
     skipped: tuple[str, ...] = ()
+    layer_latency_ms: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["latency_by_runtime"] = dict(self.latency_by_runtime)
         d["layers"] = [dict(asdict(l), shape=list(l.shape)) for l in self.layers]
         d["skipped"] = list(self.skipped)
+        d["layer_latency_ms"] = dict(self.layer_latency_ms)
         return d
 
     @classmethod
@@ -57,6 +61,7 @@ class Measurement:
         d["layers"] = tuple(LayerStats(**dict(l, shape=tuple(l["shape"]))) for l in d.get("layers", ()))
         d["skipped"] = tuple(d.get("skipped", ()))
         d["latency_by_runtime"] = dict(d.get("latency_by_runtime", {}))
+        d["layer_latency_ms"] = dict(d.get("layer_latency_ms", {}))
         return cls(**d)
 
     def summary(self) -> str:

@@ -18,13 +18,13 @@ from torch.nn.utils import parametrize
 from ..techniques.weights import quantize_codes, strip_parametrizations, weight_bits
 
 INT8_ENGINES = ("x86", "fbgemm", "qnnpack")
-DEPLOY_RUNTIMES = ("float", "int8", "onnxruntime")
+DEPLOY_RUNTIMES = ("float", "int8", "onnxruntime", "onnxruntime-static")
 
 _deployed: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
 def set_deploy_runtime(model: nn.Module, runtime: str) -> None:
-    """Remember the runtime `model` is deployed on ("float", "int8" or "onnxruntime"): `measure(model, task)` then uses
+    """Remember the runtime `model` is deployed on (one of DEPLOY_RUNTIMES): `measure(model, task)` then uses
     it by default. Kept beside the model (weakly), not in it: packing and state_dicts do not change."""
     if runtime not in DEPLOY_RUNTIMES:
         raise ValueError(f"deploy runtime must be one of {DEPLOY_RUNTIMES}, got {runtime!r}")

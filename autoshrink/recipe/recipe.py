@@ -48,7 +48,8 @@ KEYS_V1 = tuple(k for k in KEYS if k != "train_transform")
 # what a format-1 fine-tune did (its settings lack these keys)
 FINETUNE_V1 = {"schedule": "oneshot", "ramp": 0.5, "ramp_updates": 10, "bn_batches": 0}
 METRIC_KEYS = ("accuracy", "size_bytes", "latency_ms", "macs", "runtime", "batch_size", "threads")
-RUNTIMES = {"float": "float", "int8-dynamic": "int8", "onnxruntime": "onnxruntime"}  # recorded runtime -> measure(runtime=...)
+RUNTIMES = {"float": "float", "int8-dynamic": "int8", "onnxruntime": "onnxruntime",
+            "onnxruntime-static": "onnxruntime-static"}  # recorded runtime -> measure(runtime=...)
 HEADER = ("# autoshrink recipe: a compression policy and how to replay it (docs: README, 'Recipes').\n"
           "# autoshrink apply <this file> --model pkg.module:factory [--task pkg.module:factory] --out model.ashz\n"
           "# Hand edits: delete the checksum line at the end, or loading refuses the modified file.\n")

@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..search.result import SearchResult
 from .figures import (hypervolume_figure, pareto_scatter, pareto_scatter_3d, policy_heatmaps, reference_text,
                       trial_frame, with_recorded_constraint)
+from .latency import latency_section
 from .stages import narrowed_table, refined_table, sensitivity_heatmap, stages_section
 
 SLOWER_WHY = ("Unstructured sparsity and sub-8-bit codes shrink the packed file, not dense-kernel latency: the "
@@ -24,6 +25,21 @@ SLOWER_WHY = ("Unstructured sparsity and sub-8-bit codes shrink the packed file,
               "time the same or slower (differences of a few percent are timing noise). Only structured pruning, "
               "low-rank factorization and int8 kernels change the work done, and on small layers at a small batch "
               "even these can lose to the cost of an extra kernel.")
+RUNTIME_WHY = {
+    "float": "This study's runtime is torch float: every layer runs dense float kernels.",
+    "int8": "This study's runtime is torch int8: Linear layers at <= 8 bits run torch's dynamic int8 kernel "
+            "(activations quantized per batch, a cost that can outweigh the faster GEMM at batch 1).",
+    "onnxruntime": "This study's runtime is ONNX Runtime: the exported model, Linear layers at <= 8 bits as int8 "
+                   "GEMM with activations quantized per batch (a cost that can outweigh the faster GEMM at batch 1), "
+                   "the rest float.",
+    "onnxruntime-static": "This study's runtime is ONNX Runtime with static activation quantization: Linear layers "
+                          "at <= 8 bits as int8 GEMM with calibrated activation scales, the rest float.",
+}
+
+
+def study_runtime(result: SearchResult) -> str:
+    """The deployment runtime the study measured every trial on ("float" where none is recorded)."""
+    return (result.study.user_attrs.get("runtime") or {}).get("runtime", "float")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
@@ -86,7 +102,9 @@ def _header(result: SearchResult, frame: pd.DataFrame) -> str:
                 f"{escape(b.runtime)} runtime), {b.macs} MACs, {b.params} parameters")
     rows = [("study", escape(result.study.study_name)), ("storage", escape(mask_url(result.storage))),
             ("trials", counts), ("objectives", escape(objectives)), ("constraint", constraint),
-            ("baseline (untouched model)", baseline)]
+            ("baseline (untouched model)", baseline),
+            ("deployment runtime", f"{escape(study_runtime(result))}: every trial's latency and accuracy are "
+                                   "measured on it, and speedups compare on it")]
     if result.timing.get("wall_s"):
         rows.append(("search time", f"{result.timing['wall_s']:.1f} s wall, {result.timing.get('eval_s', 0):.1f} s "
                                     "evaluating"))
@@ -126,7 +144,8 @@ def _front_table(result: SearchResult, frame: pd.DataFrame) -> str:
     flagged = int(sum(bool(info.loc[t, "slower"]) for t in front["trial"]))
     if flagged:
         why = (f"<p class=\"caption\"><span class=\"badge slower\">smaller but slower</span> marks {flagged} "
-               f"trial(s) with compression &gt; 1 but speedup &lt; 1. {SLOWER_WHY}</p>")
+               f"trial(s) with compression &gt; 1 but speedup &lt; 1 on the study's runtime. {SLOWER_WHY} "
+               f"{RUNTIME_WHY.get(study_runtime(result), '')}</p>")
     return f"<table id=\"front-table\">{head}{''.join(body)}</table>{why}"
 
 
@@ -145,7 +164,8 @@ def build_report(result: SearchResult) -> str:
     """One self-contained HTML page for `result`: header, the search's stages (trials by stage and
     fidelity, runtime, pre-pass and screening costs), the sensitivity heatmap and the narrowed
     choices, Pareto scatters, hypervolume history, the front's per-layer policies, the front and the
-    refined trials as tables, and the failed trials. Works offline."""
+    refined trials as tables, the latency lookup table with its prediction errors, and the failed
+    trials. Works offline."""
     result = with_recorded_constraint(result)
     frame = trial_frame(result)
     render = _Figures()
@@ -206,12 +226,14 @@ def build_report(result: SearchResult) -> str:
 
     parts.append("<h2>The front</h2>")
     parts.append(_front_table(result, frame) if has_complete else "<p class=\"empty\">No completed trials yet.</p>")
-    refined = refined_table(frame)
+    refined = refined_table(frame, result)
     if refined:
         parts.append("<h2>Refined trials</h2>")
         parts.append("<p class=\"caption\">Each refine trial re-ran a front candidate's policy with the long "
                      "refine fine-tune (gradual pruning, the source's own policy); its recipe replays that fine-tune.</p>")
         parts.append(refined)
+    parts.append("<h2>Latency lookup table</h2>")
+    parts.append(latency_section(result))
     parts.append("<h2>Failed trials</h2>")
     parts.append(_failed_table(frame))
     parts.append(f"<p class=\"caption\">Written by autoshrink {__version__} from the study's records.</p>")

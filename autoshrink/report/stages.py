@@ -128,15 +128,21 @@ def stages_section(result: SearchResult, frame: pd.DataFrame) -> str:
     return "".join(parts)
 
 
-def refined_table(frame: pd.DataFrame) -> str:
+def refined_table(frame: pd.DataFrame, result: SearchResult) -> str:
+    """The refined trials beside their sources' drops (a screened-out source: its screened drop)."""
     if "refined_from" not in frame or not frame["refined_from"].notna().any():
         return ""
     rows = []
     info = frame.set_index("trial")
+    trials = result.study.get_trials(deepcopy=False)
     for r in frame[frame["refined_from"].notna()].itertuples():
         src = int(r.refined_from)
         before = info.loc[src, "accuracy_drop"] if src in info.index else float("nan")
-        rows.append(f"<tr><td>{int(r.trial)}</td><td>{src}</td><td>{before * 100:.2f}</td>"
+        screen = trials[src].user_attrs.get("screen") if src < len(trials) else None
+        shown = f"{before * 100:.2f}"
+        if before != before and screen and "measurement" in screen:  # screened out: no full measurement
+            shown = f"{(result.baseline.accuracy - screen['measurement']['accuracy']) * 100:.2f} (screened)"
+        rows.append(f"<tr><td>{int(r.trial)}</td><td>{src}</td><td>{shown}</td>"
                     f"<td>{r.accuracy_drop * 100:.2f}</td><td>{r.compression:.2f}</td>"
                     f"<td>{int(r.finetune_steps) if r.finetune_steps == r.finetune_steps else '-'}</td></tr>")
     return ("<table id=\"refined-table\"><tr><th>refined trial</th><th>from trial</th><th>drop before (pp)</th>"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna
@@ -26,6 +27,7 @@ from ..task import Task
 from ..techniques.structured import structured_blockers
 from ..train import FinetuneConfig
 from .fidelity import Screening
+from .latency_records import load_table, save_table
 from .loop import LoopContext, Progress, WaitClock, run_loop
 from .narrow import narrow
 from .narrow import narrow_cutoff as cutoff_for
@@ -33,7 +35,7 @@ from .objectives import Objective, resolve
 from .refine import REFINE_STEP_FACTOR, refine_candidates, refine_config, run_refine, screened_refine_limit
 from .result import SearchResult, Session
 from .runtime import check_runtime, study_runtime
-from .sensitivity import choices, run_choices
+from .sensitivity import Choice1, choices, run_choices
 from .samplers import make_sampler
 from .study import counted, default_storage, open_study, requeue_crashed
 from .warmstart import warm_start_params
@@ -180,6 +182,8 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
     # layers structured pruning cannot touch (e.g. the classifier) would only waste trials on no-ops
     blocked = structured_blockers(model, bound.structured_candidates(), task.example_input)
     bound = bound.without_structured(blocked)
+    if any(o.name == "latency" for o in objs):  # time each searched layer too: the latency lookup table
+        latency = replace(latency or LatencyConfig(), layers=tuple(bound.layers))
     ft = space.finetune if finetune_steps is None else FinetuneConfig.from_dict({**space.finetune.to_dict(),
                                                                                  "steps": finetune_steps})
     ft = FinetuneConfig.from_dict({**ft.to_dict(), "seed": seed})
@@ -216,9 +220,20 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
         ctx = LoopContext(study=study, ex=ex, clock=clock, objectives=objs, baseline=baseline, runtime=chosen,
                           max_drop=max_accuracy_drop, progress=progress, t_start=t_start, timeout=timeout,
                           eval_s=probe_s + base_s)
+        if latency is not None and latency.layers:
+            ctx.latency_table = load_table(study)
+            if base_s:  # measured in this run (a stored baseline's timings are in the stored table)
+                ctx.observe_latency(Policy(), Outcome(BASELINE_KEY, baseline, None, base_s))
         pre_s = 0.0
         if cutoff is not None:
             rows, pre_s = _sensitivity(ctx, bound, ft)
+            if pre_s and ctx.latency_table is not None:  # measured in this run: its timings join the table
+                for r in rows:
+                    if r.get("layer_latency_ms"):
+                        ctx.latency_table.observe(Choice1(r["layer"], r["field"], r["value"]).policy(),
+                                                  r["layer_latency_ms"], chosen, baseline.device,
+                                                  baseline.batch_size)
+                save_table(study, ctx.latency_table)
             bound, removed = narrow(bound, rows, cutoff)
             if "narrowed" not in study.user_attrs:
                 study.set_user_attr("narrowed", removed)

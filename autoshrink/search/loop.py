@@ -15,6 +15,7 @@ from ..measure import Measurement
 from ..policy import Policy
 from ..space import BoundSpace
 from ..train import FinetuneConfig
+from .latency_records import save_table
 from .objectives import Objective
 from .result import non_dominated
 
@@ -67,6 +68,22 @@ class LoopContext:
     failed: int = 0
     target: int | None = None
     feasible: list[tuple[int, list[float], float]] = field(default_factory=list)  # (trial, normalized, ratio)
+    latency_table: Any = None  # measure.latency_table.LatencyTable where latency is an objective
+
+    def predict_latency(self, trial: optuna.trial.Trial, policy: Policy) -> None:
+        """Store the lookup table's sum-rule latency on the trial before it is evaluated (if it has one)."""
+        if self.latency_table is not None and policy.active():
+            predicted = self.latency_table.predict(policy, self.baseline, self.runtime)
+            if predicted is not None:
+                trial.set_user_attr("latency_predicted_ms", round(predicted, 6))
+
+    def observe_latency(self, policy: Policy, o: Outcome) -> None:
+        """Add an evaluation's per-layer timings to the lookup table and store it in the study."""
+        if self.latency_table is None or not o.ok:
+            return
+        m = o.measurement
+        if self.latency_table.observe(policy, m.layer_latency_ms, self.runtime, m.device, m.batch_size):
+            save_table(self.study, self.latency_table)
 
     def values(self, m: Measurement) -> list[float]:
         return [o.value(m) for o in self.objectives]
@@ -142,6 +159,7 @@ def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted:
                 stage = stage_of(trial)
                 trial.set_user_attr("policy", policy.to_dict())
                 trial.set_user_attr("stage", stage)
+                ctx.predict_latency(trial, policy)
                 if screen_cfg is not None and stage != "baseline" and policy.active():
                     ex.submit(trial.number, policy, screen_cfg, runtime=ctx.runtime)
                     pending[trial.number] = _Pending(trial, policy, "screen")
@@ -153,6 +171,7 @@ def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted:
             for o in ctx.clock.wait(ex):
                 p = pending.pop(o.key)
                 ctx.eval_s += o.seconds
+                ctx.observe_latency(p.policy, o)
                 if p.stage == "screen" and o.ok:
                     tally.screen_s += o.seconds
                     promote, why = screening.promote(o.measurement, ctx.baseline, ctx.max_drop, ctx.objectives,

@@ -223,6 +223,21 @@ class SearchResult:
         df = self.trials
         return df[df["trial"].isin(numbers)].reset_index(drop=True)
 
+    # ------------------------------------------------------------------ latency lookup table
+    def latency_table(self) -> pd.DataFrame:
+        """The study's latency lookup table (measure/latency_table.py): one row per (layer, choice, runtime,
+        device, batch) with the median latency_ms of its observations; empty unless latency is an objective."""
+        from .latency_records import load_table
+
+        return load_table(self.study).frame()
+
+    def latency_predictions(self) -> pd.DataFrame:
+        """Each trial's sum-rule latency predicted from the table before it ran, against its measured
+        latency: columns trial, fidelity, predicted_ms, measured_ms, error (predicted / measured - 1)."""
+        from .latency_records import prediction_errors
+
+        return prediction_errors(self.study)
+
     # ------------------------------------------------------------------ quality
     def reference_point(self) -> np.ndarray:
         """Hypervolume reference (normalized units, see Objective.normalized): 5 pp accuracy drop,

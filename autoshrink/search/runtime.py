@@ -3,7 +3,8 @@
 Measuring each trial on whichever runtime happened to be faster in that run made a trial's
 accuracy depend on a timing race. A study therefore runs every measurement on one runtime:
 "float", "int8" (torch's dynamic int8 kernels for every Linear quantized to <= 8 bits, float for
-the rest) or "onnxruntime" (the ONNX export in an ONNX Runtime session, measure/onnxruntime.py),
+the rest), "onnxruntime" (the ONNX export in an ONNX Runtime session, measure/onnxruntime.py) or
+"onnxruntime-static" (the same with calibrated static activation quantization),
 chosen by the user or, with "auto", by timing float against int8 once on the model with
 every Linear at 8 bits, at the task's example-input shape, on the evaluating device. The choice and
 how it was made are stored in the study (user attribute "runtime"); a resume keeps it.
@@ -20,14 +21,14 @@ from ..executors import Outcome
 from ..policy import LayerPolicy, Policy
 from ..train import FinetuneConfig
 
-RUNTIME_CHOICES = ("auto", "float", "int8", "onnxruntime")
+RUNTIME_CHOICES = ("auto", "float", "int8", "onnxruntime", "onnxruntime-static")
 PROBE_KEY = -2
 
 
 def check_runtime(runtime: Any) -> str:
     if runtime not in RUNTIME_CHOICES:
         raise ConfigError(f"search: runtime={runtime!r}; use 'auto' (float or int8, timed once on the baseline), 'float', "
-                          "'int8' or 'onnxruntime'.")
+                          "'int8', 'onnxruntime' or 'onnxruntime-static'.")
     return runtime
 
 

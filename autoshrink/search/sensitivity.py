@@ -76,6 +76,8 @@ def row(c: Choice1, o: Outcome, baseline: Measurement) -> dict[str, Any]:
                  bytes_saved=baseline.size_bytes - m.size_bytes, macs_saved=baseline.macs - m.macs,
                  latency_ms=m.latency_ms, latency_saved=baseline.latency_ms - m.latency_ms,
                  skipped="; ".join(m.skipped) or None)
+        if m.layer_latency_ms:  # the latency lookup table's entries (not a column of the table)
+            r["layer_latency_ms"] = dict(m.layer_latency_ms)
     return r
 
 

@@ -93,6 +93,42 @@ def test_every_technique_exports_with_exact_int8_codes_and_a_dynamic_batch(tmp_p
     _close(got, ref, 0.02)
 
 
+def test_static_activations_use_calibrated_constant_scales(tmp_path) -> None:
+    torch.manual_seed(0)
+    x1 = torch.randn(1, 1, 8, 8)
+    small = ash.apply_policy(MLP(), EVERY, example_input=x1)
+    calib = [torch.randn(32, 1, 8, 8) for _ in range(3)]
+    out = export_onnx(small, tmp_path / "s.onnx", example_input=x1, activations="static", calibration=calib)
+    assert out.activations == "static" and out.int8_kernels == ("fc1.first", "fc1.second", "fc2", "fc3")
+    proto = onnx.load(out.path)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("MatMulInteger") == 4 and ops.count("QuantizeLinear") == 4
+    assert "DynamicQuantizeLinear" not in ops and "DequantizeLinear" not in ops
+    inits = _inits(proto)
+    # fc1.first's input is the flattened model input: its calibrated range, over 255 uint8 steps
+    lo = min(0.0, min(float(c.min()) for c in calib))
+    hi = max(0.0, max(float(c.max()) for c in calib))
+    q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.name.startswith("fc1.first"))
+    assert inits[q.input[1]] == pytest.approx((hi - lo) / 255) and int(inits[q.input[2]]) == round(-lo / ((hi - lo) / 255))
+    assert inits[q.input[2]].dtype == np.uint8 and "fc1.first.weight_scale" not in inits  # folded into the rescale
+    x = torch.randn(7, 1, 8, 8)
+    _close(run_session(ort_session(out.path), [x])[0], _torch(small, x), 0.05)
+
+
+def test_measure_on_static_onnx_runtime_is_deterministic() -> None:
+    from autoshrink.zoo import digits_task
+
+    torch.manual_seed(0)
+    task = digits_task(device="cpu")
+    small = ash.apply_policy(MLP(), ash.Policy(layers={"fc1": L(bits=8), "fc2": L(sparsity=0.5, bits=4)}))
+    fast = ash.LatencyConfig(warmup=1, min_repeats=3, min_seconds=0.0)
+    m = ash.measure(small, task, runtime="onnxruntime-static", latency=fast)
+    f = ash.measure(small, task, runtime="float", latency=fast)
+    assert m.runtime == "onnxruntime-static" and m.size_bytes == f.size_bytes
+    assert abs(m.accuracy - f.accuracy) <= 0.03
+    assert ash.measure(small, task, runtime="onnxruntime-static", latency=fast).accuracy == m.accuracy
+
+
 def test_residual_structured_and_depthwise_convolutions(tmp_path) -> None:
     torch.manual_seed(0)
     res = DigitsResNet().eval()
@@ -136,8 +172,10 @@ def test_attention_from_linear_and_token_id_inputs(tmp_path) -> None:
 def test_errors_are_one_clear_message_and_leave_no_file(tmp_path) -> None:
     small = ash.apply_policy(MLP(), ash.Policy(layers={"fc1": L(bits=4)}))
     x1 = torch.randn(1, 64)
-    with pytest.raises(ExportError, match=r"activations='int4'; use one of dynamic, weights"):
+    with pytest.raises(ExportError, match=r"activations='int4'; use one of dynamic, static, weights"):
         export_onnx(small, tmp_path / "a.onnx", example_input=x1, activations="int4")
+    with pytest.raises(ExportError, match=r"activations='static' needs calibration=\[a few input batches\]"):
+        export_onnx(small, tmp_path / "a.onnx", example_input=x1, activations="static")
     with pytest.raises(ExportError, match=r"example_input=\[\]; pass a tensor"):
         export_onnx(small, tmp_path / "a.onnx", example_input=[])
     with pytest.raises(ExportError, match=r"the model fails on example_input \(RuntimeError: .*\); pass one batch"):

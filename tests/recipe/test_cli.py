@@ -155,4 +155,10 @@ def test_apply_also_writes_onnx_that_onnx_runtime_runs(searched, recipe, tmp_pat
     assert main(["apply", str(path), "--model", "tests.recipe.models:tiny", "--model-args", model_args,
                  "--out", str(tmp_path / "n.ashz"), "--onnx", str(path)]) == 2
     assert "--onnx" in capsys.readouterr().err and not (tmp_path / "n.ashz").exists()
+    # static activations are calibrated on the task's training batches: without --task, one message
+    assert main(["apply", str(path), "--model", "tests.recipe.models:tiny", "--model-args", model_args,
+                 "--out", str(tmp_path / "s.ashz"), "--onnx", str(tmp_path / "s.onnx"),
+                 "--onnx-activations", "static"]) == 2
+    assert "--onnx-activations static calibrates" in capsys.readouterr().err
+    assert not (tmp_path / "s.ashz").exists() and not (tmp_path / "s.onnx").exists()
     assert ash.Recipe.load(path) == recipe

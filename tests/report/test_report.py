@@ -376,3 +376,16 @@ def test_report_shows_stages_sensitivity_narrowing_and_refined_trials(tmp_path) 
     else:
         assert "No choice exceeded the cutoff alone" in page
     assert "runtime of every measurement" in page and "sensitivity pre-pass: 12 single choices" in page
+
+
+def test_latency_lookup_table_section(searched, pages) -> None:
+    table = searched["three"].latency_table()
+    assert set(table.layer) == {"fc1", "fc2"} and (table.choice == "none").sum() == 2
+    page = pages["three"]
+    assert "<h2>Latency lookup table</h2>" in page
+    sect = page[page.index('<table id="latency-table">'):]
+    assert sect[:sect.index("</table>")].count("<tr><td>") == len(table)  # a row per entry (fewer than the cap)
+    pred = searched["three"].latency_predictions()
+    if len(pred):
+        assert f"all: {len(pred)} trials, median |error|" in page
+    assert "No latency lookup table: latency is not an objective" in pages["two"]

@@ -1,0 +1,77 @@
+"""Per-layer latency: each named layer of a compressed model timed alone, on the model's runtime.
+
+The entries of a search's latency lookup table (measure/latency_table.py). Each layer is fed the input
+it receives in the whole model (captured once with a forward pre-hook on the materialized float model,
+batch = the task's deploy batch) and timed alone, like `time_forward` times a model:
+- "float": the materialized layer (masks and fake quantization baked in; a low-rank layer is its two
+  smaller layers, a structurally pruned one its smaller shape);
+- "int8-dynamic": the layer of torch's dynamic-int8 copy of the model;
+- "onnxruntime" / "onnxruntime-static": the layer exported alone (export/onnx.py) in its own ORT
+  session, so its int8 GEMM and QDQ weights are what is timed (static: calibrated on the captured
+  input; the scale's value does not change the time).
+A layer whose input is not one tensor (several arguments, keywords) is left out, as is a layer the
+model never calls; the caller sees which ones are missing.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .latency import LatencyConfig, time_forward
+from .runtime import materialize
+
+# one layer's timing: short, it runs for every layer of every trial
+LAYER_TIMING = LatencyConfig(warmup=3, min_repeats=15, min_seconds=0.02, max_repeats=500)
+
+
+def layer_inputs(plain: nn.Module, example_input: Any, names: Sequence[str], device: torch.device) -> dict[str, Tensor]:
+    """The single-tensor input each named submodule of `plain` receives when `plain` runs example_input."""
+    seen: dict[str, Tensor] = {}
+    hooks = []
+    for name in names:
+        try:
+            module = plain.get_submodule(name)
+        except AttributeError:
+            continue
+
+        def grab(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+            if name not in seen and len(args) == 1 and isinstance(args[0], Tensor):
+                seen[name] = args[0].detach().clone()
+        hooks.append(module.register_forward_pre_hook(grab))
+    try:
+        with torch.inference_mode():
+            x = example_input.to(device)
+            plain(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def layer_latencies(model: nn.Module, plain: nn.Module, runtime_model: nn.Module | None, runtime: str,
+                    example_input: Any, names: Sequence[str], device: torch.device,
+                    config: LatencyConfig = LAYER_TIMING) -> dict[str, float]:
+    """Median ms of each named layer alone on `runtime` ("float", "int8-dynamic" or "onnxruntime"; see
+    the module docstring). `model`: the compressed model (parametrizations in place), `plain`: its
+    materialized copy on `device`, `runtime_model`: the int8 copy for "int8-dynamic"."""
+    inputs = layer_inputs(plain, example_input, names, device)
+    out: dict[str, float] = {}
+    for name in names:
+        if name not in inputs:
+            continue
+        x = inputs[name]
+        if runtime.startswith("onnxruntime"):
+            from .onnxruntime import ort_runtime
+
+            static = runtime == "onnxruntime-static"
+            layer = ort_runtime(model.get_submodule(name), x.cpu(), device,
+                                activations="static" if static else "dynamic", calibration=[x.cpu()] if static else None)
+        elif runtime == "int8-dynamic" and runtime_model is not None:
+            layer = runtime_model.get_submodule(name)
+        else:
+            layer = plain.get_submodule(name)
+        out[name] = statistics.median(time_forward(layer, x, device, config))
+    return out
