@@ -1,7 +1,7 @@
 """ONNX Runtime as the study's runtime: LeNet-300-100 searches on accuracy, size and latency.
 
 LeNet-300-100 trained on full Fashion-MNIST (autoshrink.zoo.lenet300_fashion), 1 thread, CPU. For each
-deploy batch (--batches) and seed: `ash.search(..., runtime="onnxruntime", objectives=("accuracy",
+deploy batch (--batches) and seed: `ash.search(..., runtime="onnxruntime" (or --runtime onnxruntime-static), objectives=("accuracy",
 "size", "latency"), max_accuracy_drop=0.01)` on the default space, --steps fine-tune steps per trial,
 --budget seconds (timeout), local executor. Every trial's latency is its ONNX export's in an ORT
 session (1 intra-op thread). Then, in the same process:
@@ -29,7 +29,7 @@ import torch
 import autoshrink as ash
 from autoshrink import zoo
 from autoshrink.measure.latency import LatencyConfig
-from autoshrink.measure.onnxruntime import ort_runtime
+from autoshrink.measure.onnxruntime import calibration_batches, ort_runtime
 from onnx_runtime import latencies as interleaved  # benchmarks/onnx_runtime.py: interleaved rounds, medians
 
 
@@ -37,7 +37,7 @@ def one(model: torch.nn.Module, batch: int, seed: int, args: argparse.Namespace,
     task = zoo.fashion_task(device="cpu", deploy_batch=batch)
     t0 = time.perf_counter()
     r = ash.search(model, task, ash.load_space("default"), objectives=("accuracy", "size", "latency"),
-                   runtime="onnxruntime", max_accuracy_drop=0.01, timeout=args.budget, n_trials=None,
+                   runtime=args.runtime, max_accuracy_drop=0.01, timeout=args.budget, n_trials=None,
                    finetune_steps=args.steps, seed=seed, storage=f"sqlite:///{tmp}/b{batch}-s{seed}.db",
                    study_name=f"b{batch}-s{seed}")
     wall = time.perf_counter() - t0
@@ -54,9 +54,12 @@ def one(model: torch.nn.Module, batch: int, seed: int, args: argparse.Namespace,
     pick = ok.sort_values("latency_ms").iloc[0]
     small = ash.apply_recipe(model, r.recipe(int(pick.trial)), task)
     x = task.example_input
+    static = args.runtime == "onnxruntime-static"
+    pick_ort = ort_runtime(small, x, torch.device("cpu"), activations="static" if static else "dynamic",
+                           calibration=calibration_batches(task) if static else None)
     lat = interleaved({"torch_fp32": model.eval(), "ort_fp32": ort_runtime(model, x, torch.device("cpu")),
-                       "pick_ort": ort_runtime(small, x, torch.device("cpu"))}, x)
-    m = ash.measure(small, task, runtime="onnxruntime", latency=LatencyConfig(min_seconds=0.05))
+                       "pick_ort": pick_ort}, x)
+    m = ash.measure(small, task, runtime=args.runtime, latency=LatencyConfig(min_seconds=0.05))
     out.update(trial=int(pick.trial), ratio=float(pick.compression), search_drop_pp=float(pick.accuracy_drop) * 100,
                replay_drop_pp=(r.baseline.accuracy - m.accuracy) * 100 if r.baseline else float("nan"),
                torch_fp32_ms=lat["torch_fp32"], ort_fp32_ms=lat["ort_fp32"], pick_ms=lat["pick_ort"],
@@ -78,6 +81,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=240.0, help="search timeout per run (s)")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--min-ratio", type=float, default=10.0)
+    ap.add_argument("--runtime", choices=("onnxruntime", "onnxruntime-static"), default="onnxruntime")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = zoo.lenet300_fashion()
