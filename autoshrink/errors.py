@@ -14,6 +14,10 @@ class ConfigError(AutoshrinkError, ValueError):
     """A setting, policy or file holds a value autoshrink cannot use."""
 
 
+class ExportError(ConfigError):
+    """A model cannot be written as ONNX (an operator the exporter or ONNX Runtime lacks, a bad input)."""
+
+
 class PolicyError(ConfigError):
     """A policy is invalid or does not fit the model it is applied to."""
 

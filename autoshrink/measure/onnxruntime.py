@@ -27,7 +27,7 @@ class OrtModule(nn.Module):
         self.activations = activations
 
     def forward(self, *inputs: torch.Tensor) -> Any:
-        from ..export.onnx import run_session
+        from ..export.ort_session import run_session
 
         outs = [torch.from_numpy(o) for o in run_session(self.session, inputs)]
         return outs[0] if len(outs) == 1 else tuple(outs)
@@ -52,7 +52,8 @@ def calibration_batches(task: Any, n: int = CALIBRATION_BATCHES) -> list[torch.T
 def ort_runtime(model: nn.Module, example_input: Any, device: torch.device, activations: str = "dynamic",
                 calibration: Any = None) -> OrtModule:
     """The ONNX export of `model` in an ORT session on `device` (see the module docstring)."""
-    from ..export.onnx import ExportError, ort_session, to_onnx
+    from ..export.onnx import ExportError, to_onnx
+    from ..export.ort_session import ort_session
 
     try:
         proto, _ = to_onnx(model, example_input, activations=activations, calibration=calibration)

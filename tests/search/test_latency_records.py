@@ -10,45 +10,32 @@ from autoshrink.measure import Measurement
 from autoshrink.search.latency_records import load_table
 from autoshrink.zoo import digits_task
 
+from .test_efficiency import StubExecutor
+
 L = ash.LayerPolicy
 
 
-class AdditiveStub:
-    """Evaluates nothing; each layer takes a fixed time per choice (0.4 ms x bits/32 x density), the
-    model 0.3 ms more, so the sum rule is exact."""
-
-    capacity = 1
+class AdditiveStub(StubExecutor):
+    """The efficiency tests' stub (queue, cancel, shutdown), timing each layer: a fixed time per choice
+    (0.4 ms x bits/32 x density), the model 0.3 ms more, so the sum rule is exact."""
 
     def __init__(self) -> None:
-        self.queue: list = []
+        super().__init__()
         self.layers: tuple[str, ...] = ()
 
     def start(self, job) -> None:
         self.layers = job.latency.layers
 
-    def submit(self, key, policy, finetune=None, *, runtime=None) -> None:
-        self.queue.append((key, policy))
-
     def wait(self, timeout=None) -> list[Outcome]:
         if not self.queue:
             return []
-        key, policy = self.queue.pop(0)
-        per = {}
-        for name in self.layers:
-            lp = policy.layers.get(name, L())
-            per[name] = 0.4 * lp.bits / 32 * (1 - lp.sparsity)
+        key, policy, _ = self.queue.pop(0)
+        per = {name: 0.4 * policy.layers.get(name, L()).bits / 32 * (1 - policy.layers.get(name, L()).sparsity)
+               for name in self.layers}
         m = Measurement(accuracy=0.95 - 0.001 * len(policy.active()), size_bytes=1 + int(100 * sum(per.values())),
                         latency_ms=0.3 + sum(per.values()), macs=100, device="cpu", threads=1, batch_size=1,
                         layer_latency_ms=per)
         return [Outcome(key, m, None, 0.01, "stub")]
-
-    def cancel(self) -> list[int]:
-        keys = [k for k, _ in self.queue]
-        self.queue.clear()
-        return keys
-
-    def shutdown(self) -> None:
-        self.queue.clear()
 
 
 def test_a_search_fills_the_table_and_predicts_exactly_on_an_additive_stub(tiny_model, tiny_space, tmp_path) -> None:
