@@ -7,7 +7,7 @@
     task_args: {}
     space: default                         # a YAML path (relative to this file) or a built-in name
     objectives: [accuracy, size, latency]
-    sampler: nsga2
+    sampler: front
     n_trials: 40
     timeout: null                          # seconds, optional
     finetune_steps: 200                    # optional; default: the space's finetune.steps
@@ -44,7 +44,7 @@ class StudyConfig:
     task_args: Mapping[str, Any] = field(default_factory=dict)
     space: str = "default"
     objectives: tuple[str, ...] = ("accuracy", "size", "latency")
-    sampler: str = "nsga2"
+    sampler: str = "front"
     n_trials: int | None = 40
     timeout: float | None = None
     finetune_steps: int | None = None

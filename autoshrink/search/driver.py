@@ -31,7 +31,7 @@ from .latency_records import load_table, save_table
 from .loop import LoopContext, Progress, WaitClock, run_loop
 from .narrow import narrow
 from .narrow import narrow_cutoff as cutoff_for
-from .objectives import Objective, resolve
+from .objectives import Objective, replayable_values, resolve
 from .refine import REFINE_STEP_FACTOR, refine_candidates, refine_config, run_refine, screened_refine_limit
 from .result import SearchResult, Session
 from .runtime import check_runtime, study_runtime
@@ -105,7 +105,7 @@ def search(
     executor: Any = "local",
     storage: str | None = None,
     study_name: str | None = None,
-    sampler: Any = "nsga2",
+    sampler: Any = "front",
     seed: int = 0,
     max_accuracy_drop: float | None = None,
     latency: LatencyConfig | None = None,
@@ -194,7 +194,8 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
     grid = {name: list(choice.values) for name, choice in bound.params()}
     cutoff = cutoff_for(max_accuracy_drop, narrow_cutoff) if sensitivity else None
     study, created = open_study(storage, study_name, objs, make_sampler(sampler, seed=seed, n_trials=n_trials,
-                                                                         search_space=grid),
+                                                                         search_space=grid,
+                                                                         values_of=replayable_values(objs)),
                                 _signature(model, bound, objs, ft, task, cutoff))
     if created:
         study.set_user_attr("finetune", ft.to_dict())
@@ -237,9 +238,10 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
             bound, removed = narrow(bound, rows, cutoff)
             if "narrowed" not in study.user_attrs:
                 study.set_user_attr("narrowed", removed)
-            if sampler == "grid":  # the grid is the narrowed space's
+            if sampler in ("grid", "front"):  # they sample the narrowed space
                 study.sampler = make_sampler(sampler, seed=seed, n_trials=n_trials,
-                                             search_space={n: list(c.values) for n, c in bound.params()})
+                                             search_space={n: list(c.values) for n, c in bound.params()},
+                                             values_of=replayable_values(objs))
         if not study.user_attrs.get("enqueued"):
             _enqueue(study, model, bound, baseline, objs, n_warm if cutoff is not None else 0, n_trials)
         tally = run_loop(ctx, bound, n_trials, counted(study), screening, ft)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
 from ..measure import Measurement
@@ -55,3 +55,19 @@ def resolve(objectives: Sequence[str]) -> tuple[Objective, ...]:
     if not out:
         raise ConfigError("objectives: empty; give at least one of " + ", ".join(OBJECTIVES) + ".")
     return tuple(out)
+
+
+def replayable_values(objectives: Sequence[Objective]) -> Callable[[Any], list[float] | None]:
+    """A finished trial's objective values as a sampling decision may use them: latency replaced by
+    the trial's MACs (same direction), since a decision on a timing would not replay -- the same seed
+    must give the same trials. None for a trial without a stored measurement."""
+    use = [OBJECTIVES["macs"] if o.name == "latency" else o for o in objectives]
+
+    def values(trial: Any) -> list[float] | None:
+        stored = trial.user_attrs.get("measurement")
+        if stored is None:
+            return None
+        m = Measurement.from_dict(stored)
+        return [o.value(m) for o in use]
+
+    return values

@@ -1,20 +1,25 @@
 """Sampler names -> Optuna samplers."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import optuna
 
 from ..errors import ConfigError
+from .front_sampler import FrontSampler
 
-SAMPLERS = ("nsga2", "tpe", "gp", "random", "grid")
+SAMPLERS = ("front", "nsga2", "tpe", "gp", "random", "grid")
 
 
-def make_sampler(spec: Any, *, seed: int, n_trials: int | None, search_space: dict[str, list[Any]]) -> optuna.samplers.BaseSampler:
-    """Build the sampler. NSGA-II's population adapts to the budget (n_trials // 4, 8..50) so a
-    small search still runs several generations instead of one random one."""
+def make_sampler(spec: Any, *, seed: int, n_trials: int | None, search_space: dict[str, list[Any]],
+                 values_of: Callable[[Any], Sequence[float] | None] | None = None) -> optuna.samplers.BaseSampler:
+    """Build the sampler. "front" (front_sampler.py) breeds each candidate from the study's current
+    front, ranked by `values_of` (a finished trial's objective values; default its Optuna values); NSGA-II's population adapts to the budget (n_trials // 4, 8..50) so a small search still
+    runs several generations instead of one random one (with n_trials only)."""
     if isinstance(spec, optuna.samplers.BaseSampler):
         return spec
+    if spec == "front":
+        return FrontSampler(search_space, seed=seed, values_of=values_of)
     if spec == "nsga2":
         pop = 50 if n_trials is None else max(8, min(50, n_trials // 4))
         return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed)

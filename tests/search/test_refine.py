@@ -21,8 +21,9 @@ def run(model, space, tmp_path, name="r", **kw):
 
 
 def test_refined_trials_are_trials_of_their_own_and_replay_bitwise(tiny_model, tiny_space, tmp_path) -> None:
+    # NSGA-II's draws give two distinct refine candidates among 8 trials here
     r = run(tiny_model, tiny_space, tmp_path, objectives=("accuracy", "size"), max_accuracy_drop=0.1,
-            refine_top=2, refine_steps=12, runtime="float")
+            refine_top=2, refine_steps=12, runtime="float", sampler="nsga2")
     trials = r.study.trials
     refined = [t for t in trials if t.user_attrs.get("refined_from") is not None]
     # two policies, each with the source's distillation choice, then the other (the space searches it)
