@@ -269,7 +269,7 @@ def _screen_attr(screening: Screening | None, max_drop: float | None) -> dict[st
     if screening is None:
         return None
     return {"share": screening.share, "slack": screening.slack, "margin": screening.margin,
-            "limit": None if max_drop is None else round(screening.limit(max_drop), 6)}
+            "calibrate": screening.calibrate, "limit": None if max_drop is None else round(screening.limit(max_drop), 6)}
 
 
 def _sensitivity(ctx: LoopContext, bound: BoundSpace, ft: FinetuneConfig) -> tuple[list[dict[str, Any]], float]:

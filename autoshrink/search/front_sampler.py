@@ -10,8 +10,10 @@ Steady state, no generations. For each new trial:
 - parents: the study's COMPLETE trials, ranked by constrained domination -- feasible ones (every
   Optuna constraint <= 0) by non-dominated rank over the objectives, then the infeasible ones by
   their total violation (objective values as `values_of` gives them: the driver replaces latency by
-  MACs, so that the same seed gives the same trials); ties by crowding distance in the front (sizes, latencies and MACs on a log
-  scale, so that 100x and 50x are as far apart as 2x and 1x);
+  MACs, so that the same seed gives the same trials); ties by crowding distance in the front (sizes,
+  latencies and MACs on a log scale, so that 100x and 50x are as far apart as 2x and 1x), where only
+  the cheap end of each minimized objective is infinite: the most compressed point keeps being
+  pushed, the untouched model's end is not (see `crowding`);
 - two parents are drawn by binary tournaments; with probability CROSSOVER the child takes each
   layer's choices (all its fields together, so a layer keeps a combination that was measured) from
   either parent, else it copies the first;
@@ -76,19 +78,27 @@ def ranks(values: np.ndarray, violation: np.ndarray) -> np.ndarray:
     return rank
 
 
-def crowding(values: np.ndarray) -> np.ndarray:
-    """NSGA-II crowding distance of each row within its set (extremes infinite)."""
+def crowding(values: np.ndarray, open_low: Sequence[bool] | None = None) -> np.ndarray:
+    """Crowding distance of each row within its set (minimization): per objective, the gap between a
+    row's two neighbours over the set's span, summed. The low (best) end of an objective with
+    `open_low` is infinite, as in NSGA-II; every other end counts its one-sided gap twice. With all
+    ends open this is NSGA-II's distance; the search opens only the cheap ends of sizes, latencies and
+    MACs, so the most compressed point is always kept pushing, and the uncompressed end -- the
+    untouched model, whose neighbourhood is known -- is not."""
     n, m = values.shape
+    open_low = [True] * m if open_low is None else list(open_low)
     dist = np.zeros(n)
-    if n <= 2:
+    if n == 1:
         return np.full(n, math.inf)
     for j in range(m):
         order = np.argsort(values[:, j], kind="stable")
         span = values[order[-1], j] - values[order[0], j]
-        dist[order[0]] = dist[order[-1]] = math.inf
         if span <= 0:
             continue
-        dist[order[1:-1]] += (values[order[2:], j] - values[order[:-2], j]) / span
+        gaps = np.diff(values[order, j]) / span
+        dist[order[1:-1]] += gaps[:-1] + gaps[1:]
+        dist[order[0]] += math.inf if open_low[j] else 2 * gaps[0]
+        dist[order[-1]] += 2 * gaps[-1]
     return dist
 
 
@@ -162,9 +172,10 @@ class FrontSampler(optuna.samplers.BaseSampler):
         violation = np.array([sum(max(0.0, c) for c in t.constraints.values()) for t in trials])
         rank = ranks(vals, violation)
         crowd = np.zeros(len(trials))
+        cheap_end = [d == StudyDirection.MINIMIZE for d in directions]  # sizes, latencies, MACs; not accuracy
         for r in np.unique(rank):
             members = np.flatnonzero(rank == r)
-            crowd[members] = crowding(logged[members])
+            crowd[members] = crowding(logged[members], cheap_end)
         return [(int(r), -float(c)) for r, c in zip(rank, crowd)]
 
     def _tournament(self, scores: Sequence[tuple[int, float]]) -> int:

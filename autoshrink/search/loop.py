@@ -149,6 +149,7 @@ def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted:
     ctx.target = n_trials
     tally = ScreenTally()
     screened: list[Measurement] = []
+    pairs = promoted_pairs(study, ctx.baseline)  # distill -> [(screened drop, full drop)]: the screen's calibration
     screen_cfg = screening.config(full) if screening is not None and full is not None else None
     try:
         while True:
@@ -175,7 +176,7 @@ def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted:
                 if p.stage == "screen" and o.ok:
                     tally.screen_s += o.seconds
                     promote, why = screening.promote(o.measurement, ctx.baseline, ctx.max_drop, ctx.objectives,
-                                                     screened)
+                                                     screened, pairs.get(p.policy.distill, []))
                     screened.append(o.measurement)
                     p.trial.set_user_attr("screen", {"steps": screen_cfg.steps, "seconds": round(o.seconds, 4),
                                                      "decision": "promoted" if promote else "stopped",
@@ -194,12 +195,28 @@ def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted:
                         o = Outcome(o.key, None, f"screening fine-tune: {o.error}", o.seconds, o.worker, o.attempts)
                     elif p.trial.user_attrs.get("screen"):
                         tally.full_s.append(o.seconds)
+                        if o.ok:
+                            screen = Measurement.from_dict(p.trial.user_attrs["screen"]["measurement"])
+                            pairs.setdefault(p.policy.distill, []).append(
+                                (ctx.baseline.accuracy - screen.accuracy, ctx.baseline.accuracy - o.measurement.accuracy))
                     tell_outcome(ctx, p.trial, o)
                 ctx.report(o, len(pending))
     except BaseException:
         abandon(study, ex, {k: p.trial for k, p in pending.items()})
         raise
     return tally
+
+
+def promoted_pairs(study: optuna.Study, baseline: Measurement) -> dict[bool, list[tuple[float, float]]]:
+    """(screened drop, full drop) of the study's promoted candidates, by their distill setting, in trial order."""
+    out: dict[bool, list[tuple[float, float]]] = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        screen, full = t.user_attrs.get("screen"), t.user_attrs.get("measurement")
+        if screen and full and t.user_attrs.get("refined_from") is None:
+            distill = bool(t.user_attrs.get("policy", {}).get("distill", False))
+            out.setdefault(distill, []).append((baseline.accuracy - screen["measurement"]["accuracy"],
+                                                baseline.accuracy - full["accuracy"]))
+    return out
 
 
 def tell_screened_out(ctx: LoopContext, trial: optuna.trial.Trial, o: Outcome) -> None:

@@ -219,7 +219,49 @@ def test_multi_fidelity_promotes_and_stops_exactly_the_expected_candidates(tiny_
     assert r.timing["screening"]["saved_s_estimated"] == pytest.approx(stopped * 0.01)
     assert len(r.study.trials) == 24  # n_trials counts every candidate, stopped ones too
     assert not set(r.pareto.trial) & {t.number for t in r.study.trials if t.state.name == "PRUNED"}
-    assert r.study.user_attrs["screen"] == {"share": 0.4, "slack": 0.01, "margin": 0.01, "limit": 0.04}
+    assert r.study.user_attrs["screen"] == {"share": 0.4, "slack": 0.01, "margin": 0.01, "calibrate": True,
+                                            "limit": 0.04}
+
+
+class NoRecovery(StubExecutor):
+    """A screen reads 0.005 *higher* than the full fine-tune: the rest of the fine-tune recovers nothing."""
+
+    @staticmethod
+    def accuracy(policy: ash.Policy, screened: bool) -> float:
+        return StubExecutor.accuracy(policy, False) + (0.005 if screened else 0.0)
+
+
+def test_screen_slack_becomes_the_recovery_measured_per_distill_setting(tiny_model, tiny_space, tmp_path) -> None:
+    r = ash.search(tiny_model, digits_task(device="cpu"), tiny_space, n_trials=40, executor=NoRecovery(), seed=2,
+                   storage=f"sqlite:///{tmp_path}/cal.db", study_name="cal", objectives=("accuracy", "size"),
+                   max_accuracy_drop=0.03, sensitivity=False, screen=Screening(share=0.4, slack=0.01),
+                   finetune_steps=10, sampler="random")
+    pairs: dict[bool, int] = {True: 0, False: 0}
+    calibrated = 0
+    for t in r.study.trials:
+        if "screen" not in t.user_attrs:
+            continue
+        policy = ash.Policy.from_dict(t.user_attrs["policy"])
+        screened_drop = 0.95 - NoRecovery.accuracy(policy, screened=True)
+        # the fixed slack (1 pp) until 3 promoted candidates of this distill setting, then their
+        # recovery: -0.5 pp, clipped to 0
+        limit = 0.03 + (0.01 if pairs[policy.distill] < 3 else 0.0)
+        calibrated += pairs[policy.distill] >= 3
+        expect = screened_drop <= limit + 1e-12
+        assert t.user_attrs["screen"]["decision"] == ("promoted" if expect else "stopped"), t.number
+        if pairs[policy.distill] >= 3:
+            assert "the -0.50 pp the" in t.user_attrs["screen"]["reason"]
+        pairs[policy.distill] += expect
+    assert calibrated and min(pairs.values()) >= 3
+    # the same without calibration: the fixed limit for every candidate
+    r = ash.search(tiny_model, digits_task(device="cpu"), tiny_space, n_trials=40, executor=NoRecovery(), seed=2,
+                   storage=f"sqlite:///{tmp_path}/fixed.db", study_name="fixed", objectives=("accuracy", "size"),
+                   max_accuracy_drop=0.03, sensitivity=False,
+                   screen=Screening(share=0.4, slack=0.01, calibrate=False), finetune_steps=10, sampler="random")
+    for t in r.study.trials:
+        if "screen" in t.user_attrs:
+            drop = 0.95 - NoRecovery.accuracy(ash.Policy.from_dict(t.user_attrs["policy"]), screened=True)
+            assert t.user_attrs["screen"]["decision"] == ("promoted" if drop <= 0.04 + 1e-12 else "stopped")
 
 
 def test_without_a_constraint_screening_stops_what_a_screened_candidate_beats() -> None:

@@ -53,6 +53,10 @@ def test_crowding_distance_exact():
     assert math.isinf(d[0]) and math.isinf(d[3])
     assert d[1] == pytest.approx(3 / 4 + 3 / 4)
     assert d[2] == pytest.approx(3 / 4 + 2 / 4)
+    # only the low end of objective 1 open (a size): the other ends count their one-sided gap twice
+    d = crowding(values, [False, True])
+    assert d[0] == pytest.approx(2 * 1 / 4 + 2 * 2 / 4) and math.isinf(d[3])
+    assert d[1] == pytest.approx(3 / 4 + 3 / 4) and d[2] == pytest.approx(3 / 4 + 2 / 4)
 
 
 def test_children_of_a_single_parent_are_one_neighbour_step_per_changed_parameter():
