@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportError, describe
-from ..techniques.weights import strip_parametrizations, weight_bits, weight_parametrizations
+from ..weights import strip_parametrizations, weight_bits, weight_parametrizations
 from .onnx_graph import Graph, calibrate, dequantize_weights, integer_gemm
 
 OPSET = 17

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportError
-from ..techniques.weights import quantize_codes
+from ..weights import quantize_codes
 
 
 class Graph:

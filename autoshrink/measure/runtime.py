@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..techniques.weights import quantize_codes, strip_parametrizations, weight_bits
+from ..weights import quantize_codes, strip_parametrizations, weight_bits
 
 INT8_ENGINES = ("x86", "fbgemm", "qnnpack")
 DEPLOY_RUNTIMES = ("float", "int8", "onnxruntime", "onnxruntime-static")

@@ -11,7 +11,7 @@ from torch import nn
 from ..policy import LayerPolicy
 from .layers import LayerwiseTechnique
 from .registry import register
-from .weights import add_mask
+from ..weights import add_mask
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:

@@ -10,7 +10,7 @@ from torch import nn
 from ..policy import LayerPolicy
 from .layers import LayerwiseTechnique
 from .registry import register
-from .weights import add_fake_quant
+from ..weights import add_fake_quant
 
 
 @register

@@ -25,7 +25,7 @@ from ..policy import LayerPolicy
 from ..techniques.layers import weight_layers
 from ..techniques.prune import prune_smallest
 from ..techniques.structured import StructuredPrune
-from ..techniques.weights import PruneMask, add_fake_quant, add_mask, unparametrize, weight_parametrizations
+from ..weights import PruneMask, add_fake_quant, add_mask, unparametrize, weight_parametrizations
 from .config import FinetuneConfig
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import autoshrink as ash
 from autoshrink.export import ExportError, export_onnx, ort_session, run_session, to_onnx
-from autoshrink.techniques.weights import quantize_codes, weight_bits
+from autoshrink.weights import quantize_codes, weight_bits
 from autoshrink.zoo.models import DigitsResNet
 from tests.techniques.test_apply import TinyTransformer
 from tests.techniques.test_structured import Separable

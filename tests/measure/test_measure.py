@@ -64,7 +64,7 @@ def test_int8_runtime_uses_real_int8_kernels_with_our_codes(digits_mlp, digits) 
     int8_layers = [n for n, m in q.named_modules() if isinstance(m, nnqd.Linear)]
     assert int8_layers == ["fc1", "fc2"]  # the <= 8-bit Linears, and only those
     assert torch.equal(q.fc2.weight().int_repr(),
-                       ash.techniques.weights.quantize_codes(small.fc2.weight, 4)[0])
+                       ash.weights.quantize_codes(small.fc2.weight, 4)[0])
     assert type(q.fc3) is nn.Linear
     x = digits.eval_data.tensors[0][:64]
     ref = materialize(small)(x)

@@ -15,7 +15,7 @@ from torch import nn
 from autoshrink.errors import PackError
 from autoshrink.measure.packing import PackedTensor, load_packed, pack, save_packed
 from autoshrink.measure.packing import codec
-from autoshrink.techniques import weights
+from autoshrink import weights
 from autoshrink.techniques.lowrank import Factorized, factorize
 
 

@@ -10,7 +10,7 @@ from torch import nn
 import autoshrink as ash
 from autoshrink.errors import PolicyError
 from autoshrink.techniques.apply import apply_policy_with_report
-from autoshrink.techniques.weights import weight_bits
+from autoshrink.weights import weight_bits
 from tests.conftest import state_equal
 
 L = ash.LayerPolicy

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import autoshrink as ash
-from autoshrink.techniques.weights import channel_scales, qmax, quantize_codes, weight_bits, weight_mask
+from autoshrink.weights import channel_scales, qmax, quantize_codes, weight_bits, weight_mask
 
 L = ash.LayerPolicy
 

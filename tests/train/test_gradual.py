@@ -7,7 +7,7 @@ from torch import nn
 
 import autoshrink as ash
 from autoshrink.evaluate import compress
-from autoshrink.techniques.weights import weight_bits, weight_mask
+from autoshrink.weights import weight_bits, weight_mask
 from autoshrink.train import GradualPruning, StructuredPlan, ramp_fraction, update_schedule
 
 L = ash.LayerPolicy

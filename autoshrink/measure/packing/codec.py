@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ...errors import PackError
-from ...techniques.weights import QUANT_BITS, dequantize, qmax, quantize_codes
+from ...weights import QUANT_BITS, dequantize, qmax, quantize_codes
 
 ENCODINGS = ("raw", "dense", "bitmap", "relidx")
 MAX_GAP_BITS = 16
@@ -166,7 +166,7 @@ def _symbols(t: Tensor, qbits: int, name: str) -> tuple[bytes, np.ndarray, np.nd
         codes, scales = quantize_codes(t, qbits)
         if not torch.equal(dequantize(codes, scales).to(t.dtype), t):
             raise PackError(f"{name} is not on its {qbits}-bit quantization grid (codes * scales != weight); "
-                            f"pack the model as autoshrink.techniques.weights.add_fake_quant left it")
+                            f"pack the model as autoshrink.weights.add_fake_quant left it")
         raw = scales.contiguous().view(torch.int32)
         if bool((raw & 0xFFFF).any()):
             raise PackError(f"{name} has scales that are not bfloat16 values; use weights.channel_scales")

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ...errors import PackError
-from ...techniques.weights import (add_fake_quant, add_mask, strip_parametrizations, weight_bits,
+from ...weights import (add_fake_quant, add_mask, strip_parametrizations, weight_bits,
                                    weight_mask, weight_parametrizations)
 from . import codec
 from .skeleton import RestrictedUnpickler, SkeletonPickler, TrustedUnpickler

@@ -1,4 +1,7 @@
-"""Weight parametrizations shared by the techniques: pruning masks and fake quantization.
+"""The weight representation every stage reads: pruning masks, fake quantization, codes.
+
+It sits below techniques/ (which attach these parametrizations), measure/ (which packs and times
+what they leave) and export/, so that measurement never imports a technique.
 
 A compressed layer keeps its trainable weight as `parametrizations.weight.original`; the weight
 the layer computes with is `FakeQuant(PruneMask(original))`. Masks therefore stay in force and
