@@ -105,6 +105,9 @@ def format_table(baseline: Row, rows: list[Row]) -> str:
         return text
 
     lines += [line(baseline)] + [line(r) for r in rows]
+    lines += ["", "how each weight is stored (layout; streams fixed-width or entropy-coded, whichever is smaller):"]
+    lines += [f"  {r.name[:44]}: " + "; ".join(f"{l.name} {l.encoding} {l.bytes} B" for l in r.measurement.layers)
+              for r in rows]
     notes = [f"  {r.name}: {s}" for r in rows for s in r.measurement.skipped]
     if notes:
         lines += ["", "not compressed as asked:"] + notes

@@ -93,7 +93,7 @@ def measure(
     params = [p for p in plain.parameters()]
     layers = tuple(
         LayerStats(name=e.name, shape=tuple(e.shape), params=e.numel, nonzero=e.nonzero, bits=e.bits,
-                   encoding=e.encoding, bytes=e.nbytes)
+                   encoding=e.streams, bytes=e.nbytes)
         for e in entries
         if e.name.endswith("weight") and len(e.shape) >= 2
     )

@@ -14,7 +14,7 @@ class LayerStats:
     params: int
     nonzero: int
     bits: int
-    encoding: str
+    encoding: str  # layout, and how its streams are stored: "dense", "relidx (gaps: entropy, values: fixed)", ...
     bytes: int
 
 

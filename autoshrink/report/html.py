@@ -19,6 +19,7 @@ from .figures import (hypervolume_figure, pareto_scatter, pareto_scatter_3d, pol
                       trial_frame, with_recorded_constraint)
 from .latency import latency_section
 from .stages import narrowed_table, refined_table, sensitivity_heatmap, stages_section
+from .storage import storage_table
 
 SLOWER_WHY = ("Unstructured sparsity and sub-8-bit codes shrink the packed file, not dense-kernel latency: the "
               "model still runs the same dense float (or int8) kernels at the same shapes, so a smaller file can "
@@ -232,6 +233,8 @@ def build_report(result: SearchResult) -> str:
         parts.append("<p class=\"caption\">Each refine trial re-ran a front candidate's policy with the long "
                      "refine fine-tune (gradual pruning, the source's own policy); its recipe replays that fine-tune.</p>")
         parts.append(refined)
+    parts.append("<h2>How the smallest front point is stored</h2>")
+    parts.append(storage_table(result) if has_complete else "<p class=\"empty\">No completed trials yet.</p>")
     parts.append("<h2>Latency lookup table</h2>")
     parts.append(latency_section(result))
     parts.append("<h2>Failed trials</h2>")

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ..measure import Measurement
-from ..measure.packing.codec import gaps_of, stream_sizes
+from ..measure.packing.bits import gaps_of, stream_sizes
 from ..space import BoundSpace
 from ..techniques.lowrank import svd_factors, factor_params, target_rank
 from ..techniques.prune import magnitude_mask

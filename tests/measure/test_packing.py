@@ -14,7 +14,7 @@ from torch import nn
 
 from autoshrink.errors import PackError
 from autoshrink.measure.packing import PackedTensor, load_packed, pack, save_packed
-from autoshrink.measure.packing import codec
+from autoshrink.measure.packing import bits as bitstream, codec, framing
 from autoshrink import weights
 from autoshrink.techniques.lowrank import Factorized, factorize
 
@@ -69,17 +69,17 @@ def _mlp(*sizes: int) -> nn.Sequential:
 def test_bit_packing_round_trip_every_width(bits: int) -> None:
     rng = np.random.default_rng(bits)
     values = rng.integers(0, 2 ** bits, size=1003, dtype=np.uint8).reshape(-1, 1)
-    data = codec.pack_fields([(values, bits)])
+    data = bitstream.pack_fields([(values, bits)])
     assert len(data) == math.ceil(1003 * bits / 8)
-    (back,) = codec.unpack_fields(data, 1003, [(1, bits)])
+    (back,) = bitstream.unpack_fields(data, 1003, [(1, bits)])
     assert np.array_equal(back, values)
     # entries of two fields (k-bit gap, value) across a chunk boundary
     n = 70_001
     gaps = rng.integers(0, 2 ** 11, size=n, dtype=np.uint16)
     vals = rng.integers(0, 2 ** bits, size=n, dtype=np.uint8).reshape(-1, 1)
-    data = codec.pack_fields([(gaps.view(np.uint8).reshape(n, 2), 11), (vals, bits)])
+    data = bitstream.pack_fields([(gaps.view(np.uint8).reshape(n, 2), 11), (vals, bits)])
     assert len(data) == math.ceil(n * (11 + bits) / 8)
-    g, v = codec.unpack_fields(data, n, [(2, 11), (1, bits)])
+    g, v = bitstream.unpack_fields(data, n, [(2, 11), (1, bits)])
     assert np.array_equal(g.view(np.uint16).reshape(-1), gaps) and np.array_equal(v, vals)
 
 
@@ -87,18 +87,18 @@ def test_relidx_hand_computed_with_fillers() -> None:
     positions = np.array([5, 6, 40, 90])  # gaps 5, 0, 33, 49 in a 100-element tensor, 9 trailing zeros
     values = np.array([[1], [2], [3], [15]], np.uint8)
     zero = np.array([7], np.uint8)
-    gaps = codec.gaps_of(positions)
+    gaps = bitstream.gaps_of(positions)
     assert gaps.tolist() == [5, 0, 33, 49]
     # k = 3: 33 needs 4 fillers (4 * 8 = 32 positions, then gap 1), 49 needs 6 (48, then gap 1)
-    assert codec.relidx_entries(gaps, 3) == 4 + 4 + 6 == 14
-    data, entries = codec.encode_relidx(positions, values, zero, 4, 3)
+    assert bitstream.relidx_entries(gaps, 3) == 4 + 4 + 6 == 14
+    data, entries = bitstream.encode_relidx(positions, values, zero, 4, 3)
     assert entries == 14 and len(data) == math.ceil(14 * (3 + 4) / 8) == 13
-    rows = codec.decode_relidx(data, entries, 100, zero, 4, 3)
+    rows = bitstream.decode_relidx(data, entries, 100, zero, 4, 3)
     expected = np.full((100, 1), 7, np.uint8)
     expected[positions] = values
     assert np.array_equal(rows, expected)
-    assert codec.stream_sizes(100, gaps, 4)["relidx"] == min(
-        (math.ceil(codec.relidx_entries(gaps, k) * (k + 4) / 8), k) for k in range(1, 17))
+    assert bitstream.stream_sizes(100, gaps, 4)["relidx"] == min(
+        (math.ceil(bitstream.relidx_entries(gaps, k) * (k + 4) / 8), k) for k in range(1, 17))
 
 
 @pytest.mark.parametrize("qbits", [0, 4, 16])
@@ -114,7 +114,12 @@ def test_tensor_round_trip_sparse_patterns(case: str, qbits: int) -> None:
         keep[:] = True
     w = w * keep.reshape(8, 500)
     w = weights.quantize_value(w, qbits) if qbits else w
-    enc = codec.encode_tensor(w, qbits)
+    coded = codec.encode_tensor(w, qbits)  # entropy coding where smaller: decodes exactly, never larger
+    enc = codec.encode_tensor(w, qbits, use_entropy=False)
+    assert len(coded.payload) <= len(enc.payload)
+    back = codec.decode_tensor(coded.payload, (8, 500), torch.float32, qbits, coded.encoding, coded.k, coded.count,
+                               coded.coded)
+    assert torch.equal(back, w)
     nnz = int(keep.sum())
     assert enc.nnz == nnz
     back = codec.decode_tensor(enc.payload, (8, 500), torch.float32, qbits, enc.encoding, enc.k, enc.count)
@@ -126,14 +131,14 @@ def test_tensor_round_trip_sparse_patterns(case: str, qbits: int) -> None:
     if case == "no_zero":
         assert enc.encoding == "dense" and len(enc.payload) == scales + 4000 * width // 8
     if case == "gaps" and enc.encoding == "relidx":
-        assert enc.count == codec.relidx_entries(codec.gaps_of(np.flatnonzero(keep.numpy())), enc.k)
+        assert enc.count == bitstream.relidx_entries(bitstream.gaps_of(np.flatnonzero(keep.numpy())), enc.k)
 
 
 def test_dense_4bit_hand_computed() -> None:
     codes = torch.randint(1, 8, (10, 100)) * (torch.randint(0, 2, (10, 100)) * 2 - 1)
     codes[:, 0] = 7  # every row reaches qmax, so scale = 3.5 / 7 = 0.5 exactly
     w = codes.float() * 0.5
-    enc = codec.encode_tensor(w, 4)
+    enc = codec.encode_tensor(w, 4, use_entropy=False)
     assert (enc.encoding, enc.width, enc.nnz) == ("dense", 4, 1000)
     assert len(enc.payload) == 1000 * 4 // 8 + 10 * 2 == 520
     assert enc.payload[:2] == bytes.fromhex("003f")  # 0.5 as bfloat16, little endian
@@ -145,9 +150,9 @@ def test_chosen_encoding_is_the_smallest(qbits: int) -> None:
     for density in (0.05, 0.5, 1.0):
         w = torch.randn(64, 256) * (torch.rand(64, 256) < density)
         w = weights.quantize_value(w, qbits) if qbits else w
-        enc = codec.encode_tensor(w, qbits)
+        enc = codec.encode_tensor(w, qbits, use_entropy=False)
         nz = (w != 0).flatten().numpy()
-        sizes = codec.stream_sizes(w.numel(), codec.gaps_of(np.flatnonzero(nz)), qbits or 32)
+        sizes = bitstream.stream_sizes(w.numel(), bitstream.gaps_of(np.flatnonzero(nz)), qbits or 32)
         best = min(size for size, _ in sizes.values())
         assert len(enc.payload) == best + (2 * 64 if qbits else 0)
         assert sizes[enc.encoding][0] == best
@@ -158,10 +163,15 @@ def test_chosen_encoding_is_the_smallest(qbits: int) -> None:
 def test_million_entries_encode_fast() -> None:
     w = weights.quantize_value(torch.randn(1000, 1000) * (torch.rand(1000, 1000) < 0.1), 4)
     start = time.perf_counter()
-    enc = codec.encode_tensor(w, 4)
-    assert time.perf_counter() - start < 1.0
-    assert enc.encoding == "relidx"
-    assert torch.equal(codec.decode_tensor(enc.payload, (1000, 1000), torch.float32, 4, "relidx", enc.k, enc.count), w)
+    enc = codec.encode_tensor(w, 4)  # every layout, fixed and entropy-coded, tried
+    assert time.perf_counter() - start < 2.0
+    start = time.perf_counter()
+    back = codec.decode_tensor(enc.payload, (1000, 1000), torch.float32, 4, enc.encoding, enc.k, enc.count, enc.coded)
+    assert time.perf_counter() - start < 1.0 and torch.equal(back, w)
+    fixed = codec.encode_tensor(w, 4, use_entropy=False)
+    assert fixed.encoding == "relidx" and len(enc.payload) < len(fixed.payload)
+    assert torch.equal(codec.decode_tensor(fixed.payload, (1000, 1000), torch.float32, 4, "relidx", fixed.k,
+                                           fixed.count), w)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8, 16])
@@ -360,12 +370,13 @@ def test_lenet_300_100_packs_over_20x_smaller(tmp_path) -> None:
     for i in (0, 2, 4):
         _prune_quant(small[i], 0.9, 4)
     small_bytes = save_packed(small, tmp_path / "small.ashz")
-    report = {t.name: t for t in pack(small)[1]}
+    assert small_bytes < len(pack(small, entropy=False)[0])  # entropy coding pays here
+    report = {t.name: t for t in pack(small, entropy=False)[1]}
     for i in (0, 2, 4):  # every weight costs exactly its smallest layout plus 2 bytes a row
         t, w = report[f"{i}.weight"], small[i].weight
         nz = np.flatnonzero((w != 0).flatten().numpy())
         assert t.nonzero == nz.size and t.encoding == "relidx"
-        assert t.nbytes == 2 * w.shape[0] + codec.stream_sizes(w.numel(), codec.gaps_of(nz), 4)["relidx"][0]
+        assert t.nbytes == 2 * w.shape[0] + bitstream.stream_sizes(w.numel(), bitstream.gaps_of(nz), 4)["relidx"][0]
         assert report[f"{i}.bias"].nbytes == 4 * small[i].bias.numel()
     ratio = fp32_bytes / small_bytes
     assert ratio > 20, ratio
@@ -375,8 +386,8 @@ def test_lenet_300_100_packs_over_20x_smaller(tmp_path) -> None:
 # ----------------------------------------------------------------------------- safety and errors
 
 def _file(header: bytes, skeleton: bytes, payload: bytes = b"", version: int = 1) -> bytes:
-    head, skel = codec.deflate(header), codec.deflate(skeleton)
-    return b"ASHZ" + bytes([version]) + codec.varint(len(head)) + head + codec.varint(len(skel)) + skel + payload
+    head, skel = framing.deflate(header), framing.deflate(skeleton)
+    return b"ASHZ" + bytes([version]) + framing.varint(len(head)) + head + framing.varint(len(skel)) + skel + payload
 
 
 def test_disallowed_global_is_refused_and_not_run(tmp_path) -> None:
@@ -418,7 +429,7 @@ def test_bad_files(tmp_path) -> None:
         load_packed(tmp_path / "missing.ashz")
     refused(b"PK\x03\x04" + data[4:], "not an autoshrink packed model")
     refused(b"", "not an autoshrink packed model")
-    refused(data[:4] + bytes([2]) + data[5:], "written by a newer autoshrink.*upgrade")
+    refused(data[:4] + bytes([3]) + data[5:], "written by a newer autoshrink.*upgrade")
     for cut in (5, 6, 20, len(data) // 2, len(data) - 1):
         refused(data[:cut], "truncated or corrupt")
     refused(data + b"\x00", "truncated or corrupt")

@@ -389,3 +389,16 @@ def test_latency_lookup_table_section(searched, pages) -> None:
     if len(pred):
         assert f"all: {len(pred)} trials, median |error|" in page
     assert "No latency lookup table: latency is not an objective" in pages["two"]
+
+
+def test_storage_table_breaks_down_the_smallest_front_point(searched, pages) -> None:
+    result = searched["two"]
+    smallest = result.pareto.sort_values(["size_bytes", "trial"]).iloc[0]
+    layers = result.study.trials[int(smallest.trial)].user_attrs["measurement"]["layers"]
+    table = pages["two"].split("<table id=\"storage-table\">", 1)[1].split("</table>", 1)[0]
+    rows = table.split("<tr>")[2:]
+    assert len(rows) == len(layers) >= 1
+    for row, layer in zip(rows, layers):
+        assert f"<td class=\"text\">{layer['name']}</td>" in row and f"<td>{layer['bytes']}</td>" in row
+        assert f"<td class=\"text\">{layer['encoding']}</td>" in row
+    assert f"Trial {int(smallest.trial)}, the smallest feasible front point ({int(smallest.size_bytes)} bytes" in pages["two"]

@@ -1,4 +1,4 @@
-"""Per-tensor encodings of the packed artifact: bit packing, sparse positions, quantized codes.
+"""Per-tensor encodings of the packed artifact: layouts of symbol streams, fixed-width or entropy-coded.
 
 Every stored tensor is a stream of *symbols*, one per element, each `width` bits wide:
 
@@ -8,17 +8,22 @@ Every stored tensor is a stream of *symbols*, one per element, each `width` bits
 - other floating tensors: their own bit pattern (float32 -> 32 bits, ...);
 - non-floating tensors (num_batches_tracked, bool, ...): their raw bytes ("raw", never sparse).
 
-Floating tensors are then stored in whichever of three layouts is smallest (exact byte counts):
-"dense" (all symbols), "bitmap" (one bit per element, then the nonzero symbols) or "relidx"
-(Deep Compression relative indices: entries of a k-bit gap and a symbol; a gap over 2^k-1 is
-bridged by filler entries of gap 2^k-1 and the zero symbol). Every bit stream is packed LSB
-first and rounded up to whole bytes. A zero is a value equal to 0, so -0.0 is stored (and
-loads) as +0.0; torch.equal cannot tell the two apart. Everything is vectorized with numpy.
+Floating tensors are then stored in whichever layout is smallest (exact byte counts):
+"dense" (one stream: all symbols), "bitmap" (two streams: one bit per element, then the nonzero
+symbols) or "relidx" (Deep Compression relative indices, bits.py: the k-bit gaps and the symbols
+of the entries). Each stream is stored fixed-width (bit-packed, as in format version 1) or, where
+that is smaller, entropy-coded (entropy.py; symbols of at most 8 bits: codes, bitmap bytes, gaps of
+k <= 8 bits); `Encoded.coded` records per stream its entropy-coded byte length (0 = fixed width).
+A relidx layout with both streams fixed-width interleaves them (gap, symbol, gap, ...), exactly as
+version 1 did; with either coded it stores the gaps, then the symbols. Relative indices with entropy
+coding try every k in 1..8 (their fixed-width best k may differ). Ties keep the simpler choice
+(dense before bitmap before relidx, fixed before entropy), so a file never grows against
+fixed-width packing. A zero is a value equal to 0, so -0.0 is stored (and loads) as +0.0;
+torch.equal cannot tell the two apart.
 """
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,103 +32,21 @@ from torch import Tensor
 
 from ...errors import PackError
 from ...weights import QUANT_BITS, dequantize, qmax, quantize_codes
+from . import entropy
+from .bits import (MAX_GAP_BITS, ceil8, decode_relidx, encode_relidx, gaps_of, pack_fields, place_relidx,
+                   relidx_fields, stream_sizes, unpack_fields)
 
 ENCODINGS = ("raw", "dense", "bitmap", "relidx")
-MAX_GAP_BITS = 16
-_CHUNK = 1 << 16  # entries bit-packed at a time; a multiple of 8 keeps every chunk byte aligned
+STREAMS = {"raw": (), "dense": ("values",), "bitmap": ("bitmap", "values"), "relidx": ("gaps", "values")}
+ENTROPY_GAP_BITS = 8  # relidx gap widths tried with entropy coding: 1..8
 
 
-def _ceil8(bits: int) -> int:
-    return (bits + 7) // 8
-
-
-def pack_fields(fields: list[tuple[np.ndarray, int]]) -> bytes:
-    """Bit-pack n entries made of fields, LSB first; each field is (uint8 rows (n, nbytes), width).
-
-    A field's value is its row read as a little-endian integer, of which the low `width` bits are
-    kept. Entries follow each other without padding; the stream is padded to a whole byte.
-    """
-    rows0, width0 = fields[0]
-    n = rows0.shape[0]
-    if len(fields) == 1 and width0 == 8 * rows0.shape[1]:
-        return np.ascontiguousarray(rows0).tobytes()
-    out = []
-    for start in range(0, n, _CHUNK):
-        bits = np.concatenate(
-            [np.unpackbits(rows[start:start + _CHUNK], axis=1, count=width, bitorder="little")
-             for rows, width in fields], axis=1)
-        out.append(np.packbits(bits.reshape(-1), bitorder="little").tobytes())
-    return b"".join(out)
-
-
-def unpack_fields(data: bytes | memoryview, n: int, fields: list[tuple[int, int]]) -> list[np.ndarray]:
-    """Inverse of `pack_fields`: fields are (nbytes, width); returns uint8 rows (n, nbytes) each."""
-    total = sum(width for _, width in fields)
-    if len(data) != _ceil8(n * total):
-        raise PackError(f"bit stream holds {len(data)} bytes, expected {_ceil8(n * total)}")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    if len(fields) == 1 and fields[0][1] == 8 * fields[0][0]:
-        return [buf.reshape(n, fields[0][0]).copy()]
-    parts: list[list[np.ndarray]] = [[] for _ in fields]
-    for start in range(0, n, _CHUNK):
-        m = min(_CHUNK, n - start)
-        chunk = buf[start * total // 8:_ceil8((start + m) * total)]
-        bits = np.unpackbits(chunk, count=m * total, bitorder="little").reshape(m, total)
-        offset = 0
-        for i, (nbytes, width) in enumerate(fields):
-            rows = np.packbits(bits[:, offset:offset + width], axis=1, bitorder="little")
-            if rows.shape[1] < nbytes:
-                rows = np.pad(rows, ((0, 0), (0, nbytes - rows.shape[1])))
-            parts[i].append(rows)
-            offset += width
-    return [np.concatenate(p) if p else np.zeros((0, nbytes), np.uint8) for p, (nbytes, _) in zip(parts, fields)]
-
-
-def gaps_of(positions: np.ndarray) -> np.ndarray:
-    """Zeros skipped before each nonzero position (int64)."""
-    return np.diff(positions.astype(np.int64), prepend=-1) - 1
-
-
-def relidx_entries(gaps: np.ndarray, k: int) -> int:
-    """Stored entries (nonzeros plus fillers) of relative indices with k-bit gaps."""
-    return int(gaps.size + (gaps >> k).sum())
-
-
-def stream_sizes(numel: int, gaps: np.ndarray, width: int) -> dict[str, tuple[int, int]]:
-    """Bytes of each layout: {"dense": (bytes, 0), "bitmap": (bytes, 0), "relidx": (bytes, best k)}."""
-    nnz = int(gaps.size)
-    best = min(((_ceil8(relidx_entries(gaps, k) * (k + width)), k) for k in range(1, MAX_GAP_BITS + 1)))
-    return {"dense": (_ceil8(numel * width), 0),
-            "bitmap": (_ceil8(numel) + _ceil8(nnz * width), 0),
-            "relidx": best}
-
-
-def encode_relidx(positions: np.ndarray, values: np.ndarray, zero: np.ndarray, width: int, k: int) -> tuple[bytes, int]:
-    """Relative-index stream of the nonzero `values` (rows) at `positions`; returns (bytes, entries)."""
-    gaps = gaps_of(positions)
-    fill = gaps >> k
-    real = np.arange(gaps.size) + np.cumsum(fill)
-    entries = int(gaps.size + fill.sum())
-    gap_field = np.full(entries, (1 << k) - 1, dtype="<u2")
-    gap_field[real] = gaps & ((1 << k) - 1)
-    value_field = np.empty((entries, zero.size), np.uint8)
-    value_field[:] = zero
-    value_field[real] = values
-    data = pack_fields([(gap_field.view(np.uint8).reshape(entries, 2), k), (value_field, width)])
-    return data, entries
-
-
-def decode_relidx(data: bytes | memoryview, entries: int, numel: int, zero: np.ndarray, width: int,
-                  k: int) -> np.ndarray:
-    """Symbol rows (numel, nbytes) of a relative-index stream."""
-    gap_rows, values = unpack_fields(data, entries, [(2, k), (zero.size, width)])
-    positions = np.cumsum(gap_rows.view("<u2").reshape(-1).astype(np.int64) + 1) - 1
-    if entries and positions[-1] >= numel:
-        raise PackError(f"relative indices reach position {int(positions[-1])} of a {numel}-element tensor")
-    out = np.empty((numel, zero.size), np.uint8)
-    out[:] = zero
-    out[positions] = values
-    return out
+def describe(encoding: str, coded: tuple[int, ...]) -> str:
+    """"dense", "bitmap (bitmap: fixed, values: entropy)", ...: the layout and how each stream is stored."""
+    if not any(coded):
+        return encoding
+    return f"{encoding} (" + ", ".join(f"{s}: {'entropy' if c else 'fixed'}"
+                                       for s, c in zip(STREAMS[encoding], coded)) + ")"
 
 
 @dataclass(frozen=True)
@@ -135,7 +58,13 @@ class Encoded:
     k: int  # gap bits (relidx only, else 0)
     count: int  # nonzeros (bitmap), entries (relidx), else 0
     nnz: int  # nonzero elements
-    payload: bytes  # scales (quantized) then the bit stream(s)
+    payload: bytes  # scales (quantized) then the stream(s)
+    coded: tuple[int, ...] = ()  # per stream of the layout: its entropy-coded bytes, 0 = fixed width
+
+    @property
+    def streams(self) -> str:
+        """How the payload's streams are stored, e.g. "relidx (gaps: entropy, values: fixed)"."""
+        return describe(self.encoding, self.coded)
 
 
 def _byte_rows(t: Tensor) -> np.ndarray:
@@ -190,24 +119,58 @@ def _symbols(t: Tensor, qbits: int, name: str) -> tuple[bytes, np.ndarray, np.nd
     return b"", rows, (t != 0).reshape(-1).numpy(), np.zeros(rows.shape[1], np.uint8), 8 * rows.shape[1], True
 
 
-def encode_tensor(t: Tensor, qbits: int = 0, name: str = "tensor") -> Encoded:
-    """Encode `t` (quantized to `qbits` 2..8, float16 for 16, as is for 0) in its smallest layout."""
-    prefix, rows, nonzero, zero, width, sparse = _symbols(t, qbits, name)
+def _stream(fixed: bytes, symbols: np.ndarray | None, alphabet: int, use_entropy: bool) -> tuple[bytes, int]:
+    """The smaller of a stream's fixed-width bytes and its entropy code: (bytes, coded length or 0)."""
+    if use_entropy and symbols is not None:
+        coded = entropy.encode(symbols, alphabet)
+        if coded is not None and len(coded) < len(fixed):
+            return coded, len(coded)
+    return fixed, 0
+
+
+def _candidates(rows: np.ndarray, nonzero: np.ndarray, zero: np.ndarray, width: int, use_entropy: bool
+                ) -> list[tuple[int, int, Encoded]]:
+    """(payload bytes, preference, Encoded without prefix) of every layout worth comparing."""
     numel = rows.shape[0]
     positions = np.flatnonzero(nonzero)
     nnz = int(positions.size)
-    if not sparse:
-        return Encoded("raw", width, 0, 0, nnz, prefix + pack_fields([(rows, width)]))
-    sizes = stream_sizes(numel, gaps_of(positions), width)
-    encoding = min(("dense", "bitmap", "relidx"), key=lambda e: sizes[e][0])  # ties keep the simpler
-    if encoding == "dense":
-        return Encoded("dense", width, 0, 0, nnz, prefix + pack_fields([(rows, width)]))
-    if encoding == "bitmap":
-        bitmap = pack_fields([(nonzero.astype(np.uint8).reshape(-1, 1), 1)])
-        return Encoded("bitmap", width, 0, nnz, nnz, prefix + bitmap + pack_fields([(rows[positions], width)]))
-    k = sizes["relidx"][1]
+    small = width <= 8  # symbols an entropy code can take (alphabet <= 256)
+    sym = (lambda r: r[:, 0]) if small else (lambda r: None)
+    out = []
+    data, c = _stream(pack_fields([(rows, width)]), sym(rows), 1 << width if small else 0, use_entropy)
+    out.append((len(data), 0, Encoded("dense", width, 0, 0, nnz, data, (c,) if c else ())))
+    flags = nonzero.astype(np.uint8).reshape(-1, 1)
+    bitmap, c1 = _stream(pack_fields([(flags, 1)]), np.packbits(flags.reshape(-1), bitorder="little"), 256,
+                         use_entropy)
+    values, c2 = _stream(pack_fields([(rows[positions], width)]), sym(rows[positions]), 1 << width if small else 0,
+                         use_entropy)
+    coded = (c1, c2) if c1 or c2 else ()
+    out.append((len(bitmap) + len(values), 1, Encoded("bitmap", width, 0, nnz, nnz, bitmap + values, coded)))
+    k = stream_sizes(numel, gaps_of(positions), width)["relidx"][1]
     data, entries = encode_relidx(positions, rows[positions], zero, width, k)
-    return Encoded("relidx", width, k, entries, nnz, prefix + data)
+    out.append((len(data), 2, Encoded("relidx", width, k, entries, nnz, data)))
+    if use_entropy and nnz:
+        for k in range(1, min(ENTROPY_GAP_BITS, MAX_GAP_BITS) + 1):
+            gap_field, value_field = relidx_fields(positions, rows[positions], zero, k)
+            entries = gap_field.size
+            gaps, c1 = _stream(pack_fields([(gap_field.view(np.uint8).reshape(entries, 2), k)]), gap_field, 1 << k,
+                               True)
+            values, c2 = _stream(pack_fields([(value_field, width)]), sym(value_field), 1 << width if small else 0,
+                                 True)
+            if c1 or c2:
+                out.append((len(gaps) + len(values), 3, Encoded("relidx", width, k, entries, nnz, gaps + values,
+                                                                (c1, c2))))
+    return out
+
+
+def encode_tensor(t: Tensor, qbits: int = 0, name: str = "tensor", *, use_entropy: bool = True) -> Encoded:
+    """Encode `t` (quantized to `qbits` 2..8, float16 for 16, as is for 0) in its smallest layout;
+    `use_entropy=False` keeps every stream fixed-width (format version 1's choices)."""
+    prefix, rows, nonzero, zero, width, sparse = _symbols(t, qbits, name)
+    if not sparse:
+        return Encoded("raw", width, 0, 0, int(nonzero.sum()), prefix + pack_fields([(rows, width)]))
+    _, _, best = min(_candidates(rows, nonzero, zero, width, use_entropy), key=lambda c: (c[0], c[1]))
+    return Encoded(best.encoding, best.width, best.k, best.count, best.nnz, prefix + best.payload, best.coded)
 
 
 def value_layout(shape: tuple[int, ...], dtype: torch.dtype, qbits: int) -> tuple[int, int, int]:
@@ -224,47 +187,93 @@ def value_layout(shape: tuple[int, ...], dtype: torch.dtype, qbits: int) -> tupl
     return 8 * size, size, 0
 
 
-def payload_size(shape: tuple[int, ...], dtype: torch.dtype, qbits: int, encoding: str, k: int, count: int) -> int:
-    """Exact payload bytes of a tensor with this header entry (raises PackError if inconsistent)."""
+def _check_coded(encoding: str, coded: tuple[int, ...], width: int, k: int) -> None:
+    if not coded:
+        return
+    names = STREAMS[encoding]
+    if len(coded) != len(names) or not all(type(c) is int and c >= 0 for c in coded) or not any(coded):
+        raise PackError(f"{encoding} has entropy lengths {list(coded)}; expected one per stream {list(names)}")
+    for name, c in zip(names, coded):
+        if c and ((name == "values" and width > 8) or (name == "gaps" and k > ENTROPY_GAP_BITS)):
+            raise PackError(f"the {name} stream of {width}-bit symbols (k={k}) cannot be entropy-coded")
+
+
+def stream_lengths(shape: tuple[int, ...], dtype: torch.dtype, qbits: int, encoding: str, k: int, count: int,
+                   coded: tuple[int, ...] = ()) -> list[int]:
+    """Bytes of each stream (after the scales) of a tensor with this header entry; PackError if inconsistent."""
     numel = math.prod(shape)
-    width, _, scale_bytes = value_layout(shape, dtype, qbits)
+    width, _, _ = value_layout(shape, dtype, qbits)
+    _check_coded(encoding, coded, width, k)
     if encoding in ("raw", "dense"):
-        return scale_bytes + _ceil8(numel * width)
+        if encoding == "raw" and coded:
+            raise PackError("a raw tensor is never entropy-coded")
+        return [coded[0] if coded else ceil8(numel * width)]
     if encoding == "bitmap":
         if not 0 <= count <= numel:
             raise PackError(f"bitmap claims {count} nonzeros in {numel} elements")
-        return scale_bytes + _ceil8(numel) + _ceil8(count * width)
-    if encoding == "relidx":
+        fixed = [ceil8(numel), ceil8(count * width)]
+    elif encoding == "relidx":
         if not (1 <= k <= MAX_GAP_BITS and 0 <= count <= numel):
             raise PackError(f"relative indices with k={k}, {count} entries for {numel} elements")
-        return scale_bytes + _ceil8(count * (k + width))
-    raise PackError(f"unknown encoding {encoding!r}")
+        if not coded:
+            return [ceil8(count * (k + width))]
+        fixed = [ceil8(count * k), ceil8(count * width)]
+    else:
+        raise PackError(f"unknown encoding {encoding!r}")
+    return [c or f for c, f in zip(coded, fixed)] if coded else fixed
+
+
+def payload_size(shape: tuple[int, ...], dtype: torch.dtype, qbits: int, encoding: str, k: int, count: int,
+                 coded: tuple[int, ...] = ()) -> int:
+    """Exact payload bytes of a tensor with this header entry (raises PackError if inconsistent)."""
+    return value_layout(shape, dtype, qbits)[2] + sum(stream_lengths(shape, dtype, qbits, encoding, k, count, coded))
+
+
+def _read(data: memoryview, coded: int, n: int, nbytes: int, width: int, alphabet: int) -> np.ndarray:
+    """n symbol rows (n, nbytes) of one stream, fixed-width or entropy-coded."""
+    if not coded:
+        return unpack_fields(data, n, [(nbytes, width)])[0]
+    symbols = entropy.decode(data, n, alphabet)
+    return symbols.astype(np.uint8).reshape(n, 1)  # only symbols of <= 8 bits (nbytes 1) are ever coded
 
 
 def decode_tensor(payload: bytes | memoryview, shape: tuple[int, ...], dtype: torch.dtype, qbits: int,
-                  encoding: str, k: int, count: int) -> Tensor:
+                  encoding: str, k: int, count: int, coded: tuple[int, ...] = ()) -> Tensor:
     """Rebuild the tensor `encode_tensor` stored (payload must be exactly `payload_size` bytes)."""
-    expected = payload_size(shape, dtype, qbits, encoding, k, count)
-    if len(payload) != expected:
-        raise PackError(f"payload holds {len(payload)} bytes, expected {expected}")
-    numel = math.prod(shape)
+    lengths = stream_lengths(shape, dtype, qbits, encoding, k, count, coded)
     width, nbytes, scale_bytes = value_layout(shape, dtype, qbits)
+    if len(payload) != scale_bytes + sum(lengths):
+        raise PackError(f"payload holds {len(payload)} bytes, expected {scale_bytes + sum(lengths)}")
+    numel = math.prod(shape)
     data = memoryview(payload)[scale_bytes:]
+    parts, at = [], 0
+    for n in lengths:
+        parts.append(data[at:at + n])
+        at += n
+    coded = tuple(coded) or (0,) * len(parts)
     zero = np.array([qmax(qbits)] if qbits in QUANT_BITS else [0] * nbytes, np.uint8)
+    alphabet = 1 << width if width <= 8 else 0
     if encoding in ("raw", "dense"):
-        (rows,) = unpack_fields(data, numel, [(nbytes, width)])
+        rows = _read(parts[0], coded[0], numel, nbytes, width, alphabet)
     elif encoding == "bitmap":
-        cut = _ceil8(numel)
-        (flags,) = unpack_fields(data[:cut], numel, [(1, 1)])
-        mask = flags.reshape(-1).astype(bool)
+        if coded[0]:
+            flags = np.unpackbits(entropy.decode(parts[0], ceil8(numel), 256).astype(np.uint8), count=numel,
+                                  bitorder="little")
+        else:
+            flags = unpack_fields(parts[0], numel, [(1, 1)])[0].reshape(-1)
+        mask = flags.astype(bool)
         if int(mask.sum()) != count:
             raise PackError(f"bitmap marks {int(mask.sum())} nonzeros, header says {count}")
-        (values,) = unpack_fields(data[cut:], count, [(nbytes, width)])
+        values = _read(parts[1], coded[1], count, nbytes, width, alphabet)
         rows = np.empty((numel, nbytes), np.uint8)
         rows[:] = zero
         rows[mask] = values
+    elif len(parts) == 1:
+        rows = decode_relidx(parts[0], count, numel, zero, width, k)
     else:
-        rows = decode_relidx(data, count, numel, zero, width, k)
+        gaps = (entropy.decode(parts[0], count, 1 << k) if coded[0]
+                else unpack_fields(parts[0], count, [(2, k)])[0].view("<u2").reshape(-1))
+        rows = place_relidx(gaps, _read(parts[1], coded[1], count, nbytes, width, alphabet), numel, zero)
     if qbits in QUANT_BITS:
         q = qmax(qbits)
         if rows.size and int(rows.max()) > 2 * q:
@@ -277,92 +286,3 @@ def decode_tensor(payload: bytes | memoryview, shape: tuple[int, ...], dtype: to
     if qbits == 16:
         return flat.view(torch.float16).reshape(shape).to(dtype)
     return flat.view(dtype).reshape(shape)
-
-
-# ----------------------------------------------------------------------------- container metadata
-
-def varint(n: int) -> bytes:
-    """Unsigned LEB128: 1 byte below 128, 2 below 16384, ..."""
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    """(value, position after it) of the varint at `pos`."""
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise PackError("a length field runs past the end")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
-
-
-# Preset deflate dictionary of the header and skeleton streams: the strings a pickled module tree
-# and the JSON header are made of, framed as pickle writes them, most common last. It is part of
-# format version 1 and must never change (a new dictionary needs a new format version). It saves
-# ~80-130 bytes a model, a third of the fixed overhead.
-_ZDICT_CLASSES = (
-    ("torch.nn.modules.transformer", ("TransformerEncoderLayer", "TransformerDecoderLayer")),
-    ("torch.nn.modules.container", ("ModuleList", "ModuleDict", "Sequential")),
-    ("torch.nn.modules.sparse", ("Embedding",)),
-    ("torch.nn.modules.dropout", ("Dropout",)),
-    ("torch.nn.modules.flatten", ("Flatten",)),
-    ("torch.nn.modules.pooling", ("AdaptiveAvgPool2d", "AvgPool2d", "MaxPool2d")),
-    ("torch.nn.modules.normalization", ("GroupNorm", "LayerNorm")),
-    ("torch.nn.modules.batchnorm", ("BatchNorm1d", "BatchNorm2d")),
-    ("torch.nn.modules.activation", ("MultiheadAttention", "Softmax", "Sigmoid", "Tanh", "SiLU", "GELU", "ReLU")),
-    ("torch.nn.modules.conv", ("Conv1d", "Conv2d")),
-    ("autoshrink.techniques.lowrank", ("Factorized",)),
-    ("torch.nn.modules.linear", ("NonDynamicallyQuantizableLinear", "Identity", "Linear")),
-    ("autoshrink.measure.packing.skeleton", ("_new_module", "_set_module_state")),
-)
-_ZDICT_NAMES = (
-    "activation_relu_or_gelu", "norm_first", "linear1", "linear2", "norm1", "norm2", "dropout1", "dropout2",
-    "self_attn", "_qkv_same_embed_dim", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_weight",
-    "in_proj_bias", "bias_k", "bias_v", "add_zero_attn", "batch_first", "embed_dim", "num_heads", "head_dim",
-    "kdim", "vdim", "dropout", "out_proj", "num_embeddings", "embedding_dim", "padding_idx", "max_norm",
-    "norm_type", "scale_grad_by_freq", "sparse", "approximate", "none", "start_dim", "end_dim", "p",
-    "ceil_mode", "return_indices", "output_size", "normalized_shape", "elementwise_affine", "num_features",
-    "eps", "momentum", "affine", "track_running_stats", "running_mean", "running_var", "num_batches_tracked",
-    "_buffers", "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
-    "transposed", "output_padding", "padding_mode", "zeros", "_reversed_padding_repeated_twice", "first",
-    "second", "inplace", "_modules", "in_features", "out_features", "bias", "weight", "_parameters", "training",
-)
-
-
-def _zdict() -> bytes:
-    def text(s: str) -> bytes:
-        return b"\x8c" + bytes([len(s)]) + s.encode()
-    parts = [b'[[[],"bool","int64","float16",0,1,2,3,4,5,6,7,8,16,0,0,0],[[],"float32",0,3,1,0,0],[[']
-    parts += [text(module) + text(name) + b"\x93\x94" for module, names in _ZDICT_CLASSES for name in names]
-    parts += [text(name) + b"\x94" for name in _ZDICT_NAMES]
-    return b"".join(parts)
-
-
-_ZDICT = _zdict()
-
-
-def deflate(raw: bytes) -> bytes:
-    """zlib (level 9) with the format's preset dictionary."""
-    c = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, _ZDICT)
-    return c.compress(raw) + c.flush()
-
-
-def inflate(data: bytes) -> bytes:
-    """Inverse of `deflate`; PackError if the stream is corrupt, cut short or followed by bytes."""
-    d = zlib.decompressobj(zdict=_ZDICT)
-    try:
-        raw = d.decompress(data) + d.flush()
-    except zlib.error as exc:
-        raise PackError(f"does not decompress: {exc}") from None
-    if not d.eof or d.unused_data:
-        raise PackError("is cut short or followed by stray bytes")
-    return raw

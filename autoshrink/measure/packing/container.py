@@ -1,14 +1,18 @@
 """The packed artifact (.ashz): file layout, model skeleton, save and load.
 
-Layout (version 1), every length an unsigned LEB128 varint, zlib at level 9 with the format's
-preset dictionary (codec.deflate):
+Layout (version 2), every length an unsigned LEB128 varint, zlib at level 9 with the format's
+preset dictionary (framing.deflate):
 
-    b"ASHZ" | version byte 1 | len | zlib(JSON header) | len | zlib(pickled skeleton) | payload
+    b"ASHZ" | version byte 2 | len | zlib(JSON header) | len | zlib(pickled skeleton) | payload
 
 The header lists one entry per stored tensor, in payload order:
-``[shape, dtype, quant bits, flags, encoding, k, count]`` (flags: 1 Parameter, 2 requires_grad,
-4 pruned); payload offsets follow from the entries (codec.payload_size), so the payload of every
-tensor is found without storing offsets, and a file whose lengths disagree is rejected.
+``[shape, dtype, quant bits, flags, encoding, k, count(, coded)]`` (flags: 1 Parameter, 2
+requires_grad, 4 pruned; coded: per stream of the layout its entropy-coded byte length, 0 for
+fixed width, left out when no stream is coded -- codec.py); payload offsets follow from the entries
+(codec.payload_size), so the payload of every tensor is found without storing offsets, and a file
+whose lengths disagree is rejected. Version 1 (autoshrink before entropy coding) is the same
+without `coded`, every stream fixed-width: it still loads; a reader of version 1 refuses version 2
+with "written by a newer autoshrink; upgrade".
 The skeleton (skeleton.py) is the module tree with parametrizations baked in, pickled with every
 tensor replaced by its index in the header (tied tensors share one entry).
 Loading rebuilds the tensors, unpickles with a restricted unpickler (only nn.Module subclasses
@@ -31,13 +35,14 @@ from torch.nn.utils import parametrize
 from ...errors import PackError
 from ...weights import (add_fake_quant, add_mask, strip_parametrizations, weight_bits,
                                    weight_mask, weight_parametrizations)
-from . import codec
+from . import codec, framing
 from .skeleton import RestrictedUnpickler, SkeletonPickler, TrustedUnpickler
 
 MAGIC = b"ASHZ"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # format versions this autoshrink loads
 _FLAG_PARAM, _FLAG_GRAD, _FLAG_MASKED = 1, 2, 4
-_HEADER_FIELDS = 7
+_HEADER_FIELDS = {1: (7,), 2: (7, 8)}
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,12 @@ class PackedTensor:
     numel: int
     nonzero: int
     nbytes: int  # payload bytes, scales and positions included
+    coded: tuple[int, ...] = ()  # per stream: entropy-coded bytes (0 = fixed width); () = none coded
+
+    @property
+    def streams(self) -> str:
+        """The layout and how each stream is stored: "relidx (gaps: entropy, values: fixed)"."""
+        return codec.describe(self.encoding, self.coded)
 
 
 # ----------------------------------------------------------------------------- pack
@@ -81,7 +92,7 @@ def _untie_parametrized(model: nn.Module) -> nn.Module:
     return model
 
 
-def _pack(model: nn.Module, where: str) -> tuple[bytes, list[PackedTensor]]:
+def _pack(model: nn.Module, where: str, use_entropy: bool = True) -> tuple[bytes, list[PackedTensor]]:
     if not isinstance(model, nn.Module):
         raise PackError(f"{where}: expected an nn.Module to pack, got {type(model).__name__}")
     if sys.byteorder != "little":
@@ -112,25 +123,27 @@ def _pack(model: nn.Module, where: str) -> tuple[bytes, list[PackedTensor]]:
     for name, tensor in tensors:
         pruned, qbits = compression.get(name, (False, 0))
         try:
-            enc = codec.encode_tensor(tensor, qbits, name)
+            enc = codec.encode_tensor(tensor, qbits, name, use_entropy=use_entropy)
         except PackError as exc:
             raise PackError(f"{where}: {exc}") from None
         flags = (_FLAG_PARAM * isinstance(tensor, nn.Parameter) + _FLAG_GRAD * tensor.requires_grad
                  + _FLAG_MASKED * pruned)
         header.append([list(tensor.shape), str(tensor.dtype).removeprefix("torch."), qbits, flags,
-                       codec.ENCODINGS.index(enc.encoding), enc.k, enc.count])
+                       codec.ENCODINGS.index(enc.encoding), enc.k, enc.count]
+                      + ([list(enc.coded)] if enc.coded else []))
         parts.append(enc.payload)
         report.append(PackedTensor(name, tuple(tensor.shape), enc.encoding, enc.width, tensor.numel(), enc.nnz,
-                                   len(enc.payload)))
-    head = codec.deflate(json.dumps(header, separators=(",", ":")).encode())
-    skel = codec.deflate(stream.getvalue())
-    data = b"".join([MAGIC, bytes([VERSION]), codec.varint(len(head)), head, codec.varint(len(skel)), skel, *parts])
+                                   len(enc.payload), enc.coded))
+    head = framing.deflate(json.dumps(header, separators=(",", ":")).encode())
+    skel = framing.deflate(stream.getvalue())
+    data = b"".join([MAGIC, bytes([VERSION]), framing.varint(len(head)), head, framing.varint(len(skel)), skel, *parts])
     return data, report
 
 
-def pack(model: nn.Module) -> tuple[bytes, list[PackedTensor]]:
-    """The packed artifact of `model` as bytes, and what each stored tensor costs."""
-    return _pack(model, "pack()")
+def pack(model: nn.Module, *, entropy: bool = True) -> tuple[bytes, list[PackedTensor]]:
+    """The packed artifact of `model` as bytes, and what each stored tensor costs; `entropy=False`
+    stores every stream fixed-width (for comparison: the file a fixed-width packer writes)."""
+    return _pack(model, "pack()", entropy)
 
 
 def save_packed(model: nn.Module, path: str | os.PathLike[str]) -> int:
@@ -155,9 +168,9 @@ def _corrupt(where: str, what: str) -> PackError:
     return PackError(f"{where}: the file is truncated or corrupt ({what}); save the model again")
 
 
-def _parse_header(raw: bytes, where: str) -> list[tuple[tuple[int, ...], torch.dtype, int, int, str, int, int]]:
+def _parse_header(raw: bytes, where: str, version: int) -> list[tuple]:
     try:
-        entries = json.loads(codec.inflate(raw))
+        entries = json.loads(framing.inflate(raw))
     except PackError as exc:
         raise _corrupt(where, f"header {exc}") from None
     except ValueError as exc:
@@ -166,14 +179,16 @@ def _parse_header(raw: bytes, where: str) -> list[tuple[tuple[int, ...], torch.d
         raise _corrupt(where, "header is not a list")
     parsed = []
     for i, e in enumerate(entries):
-        if not (isinstance(e, list) and len(e) == _HEADER_FIELDS and isinstance(e[0], list)
+        if not (isinstance(e, list) and len(e) in _HEADER_FIELDS[version] and isinstance(e[0], list)
                 and all(type(d) is int and d >= 0 for d in e[0]) and isinstance(e[1], str)
-                and all(type(x) is int for x in e[2:])):
+                and all(type(x) is int for x in e[2:7])
+                and (len(e) == 7 or (isinstance(e[7], list) and e[7] and all(type(c) is int for c in e[7])))):
             raise _corrupt(where, f"header entry {i} is malformed")
         dtype = getattr(torch, e[1], None)
         if not isinstance(dtype, torch.dtype) or not 0 <= e[4] < len(codec.ENCODINGS):
             raise _corrupt(where, f"header entry {i} has dtype {e[1]!r}, encoding {e[4]}")
-        parsed.append((tuple(e[0]), dtype, e[2], e[3], codec.ENCODINGS[e[4]], e[5], e[6]))
+        parsed.append((tuple(e[0]), dtype, e[2], e[3], codec.ENCODINGS[e[4]], e[5], e[6],
+                       tuple(e[7]) if len(e) == 8 else ()))
     return parsed
 
 
@@ -184,26 +199,27 @@ def unpack(data: bytes, *, trusted: bool = False, where: str = "<bytes>") -> nn.
                         f"pass a file written by autoshrink.save_packed")
     if len(data) < 5:
         raise _corrupt(where, "no format version")
-    if data[4] != VERSION:
+    if data[4] not in READS:
         raise PackError(f"{where}: format version {data[4]} was written by a newer autoshrink (this one reads "
-                        f"version {VERSION}); upgrade autoshrink")
+                        f"versions {', '.join(map(str, READS))}); upgrade autoshrink")
     try:
-        n, pos = codec.read_varint(data, 5)
+        n, pos = framing.read_varint(data, 5)
         head, pos = data[pos:pos + n], pos + n
-        n, pos = codec.read_varint(data, pos)
+        n, pos = framing.read_varint(data, pos)
         skel, pos = data[pos:pos + n], pos + n
     except PackError as exc:
         raise _corrupt(where, str(exc)) from None
     if pos > len(data):
         raise _corrupt(where, f"lengths add up to {pos} bytes, the file has {len(data)}")
-    header = _parse_header(head, where)
+    header = _parse_header(head, where, data[4])
     tensors: list[Tensor] = []
-    for i, (shape, dtype, qbits, flags, encoding, k, count) in enumerate(header):
+    for i, (shape, dtype, qbits, flags, encoding, k, count, coded) in enumerate(header):
         try:
-            size = codec.payload_size(shape, dtype, qbits, encoding, k, count)
+            size = codec.payload_size(shape, dtype, qbits, encoding, k, count, coded)
             if pos + size > len(data):
                 raise PackError(f"tensor {i} needs {size} bytes, {len(data) - pos} are left")
-            tensor = codec.decode_tensor(memoryview(data)[pos:pos + size], shape, dtype, qbits, encoding, k, count)
+            tensor = codec.decode_tensor(memoryview(data)[pos:pos + size], shape, dtype, qbits, encoding, k, count,
+                                         coded)
         except PackError as exc:
             raise _corrupt(where, f"tensor {i}: {exc}") from None
         pos += size
@@ -212,7 +228,7 @@ def unpack(data: bytes, *, trusted: bool = False, where: str = "<bytes>") -> nn.
     if pos != len(data):
         raise _corrupt(where, f"{len(data) - pos} bytes follow the last tensor")
     try:
-        raw = codec.inflate(skel)
+        raw = framing.inflate(skel)
     except PackError as exc:
         raise _corrupt(where, f"skeleton {exc}") from None
     unpickler = (TrustedUnpickler if trusted else RestrictedUnpickler)(io.BytesIO(raw), tensors, where)
