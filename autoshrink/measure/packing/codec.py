@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from ...errors import PackError
 from ...weights import QUANT_BITS, dequantize, qmax, quantize_codes
 from . import entropy
 from .bits import (MAX_GAP_BITS, ceil8, decode_relidx, encode_relidx, gaps_of, pack_fields, place_relidx,
-                   relidx_fields, stream_sizes, unpack_fields)
+                   relidx_entries, relidx_fields, stream_sizes, unpack_fields)
 
 ENCODINGS = ("raw", "dense", "bitmap", "relidx")
 STREAMS = {"raw": (), "dense": ("values",), "bitmap": ("bitmap", "values"), "relidx": ("gaps", "values")}
@@ -119,48 +120,88 @@ def _symbols(t: Tensor, qbits: int, name: str) -> tuple[bytes, np.ndarray, np.nd
     return b"", rows, (t != 0).reshape(-1).numpy(), np.zeros(rows.shape[1], np.uint8), 8 * rows.shape[1], True
 
 
-def _stream(fixed: bytes, symbols: np.ndarray | None, alphabet: int, use_entropy: bool) -> tuple[bytes, int]:
-    """The smaller of a stream's fixed-width bytes and its entropy code: (bytes, coded length or 0)."""
-    if use_entropy and symbols is not None:
-        coded = entropy.encode(symbols, alphabet)
-        if coded is not None and len(coded) < len(fixed):
-            return coded, len(coded)
-    return fixed, 0
+def _coded(symbols: np.ndarray | None, alphabet: int, fixed: int, use_entropy: bool) -> bytes | None:
+    """The stream's entropy code where it is smaller than its `fixed` bytes, else None."""
+    if not use_entropy or symbols is None or entropy.bound(symbols, alphabet) >= fixed:
+        return None
+    coded = entropy.encode(symbols, alphabet)
+    return coded if coded is not None and len(coded) < fixed else None
+
+
+Candidate = tuple[int, int, Callable[[], Encoded]]  # (payload bytes, preference, build the Encoded)
 
 
 def _candidates(rows: np.ndarray, nonzero: np.ndarray, zero: np.ndarray, width: int, use_entropy: bool
-                ) -> list[tuple[int, int, Encoded]]:
-    """(payload bytes, preference, Encoded without prefix) of every layout worth comparing."""
+                ) -> list[Candidate]:
+    """Every layout worth comparing, with its exact payload bytes (scales excluded); fixed-width
+    streams are only packed for the winner."""
     numel = rows.shape[0]
     positions = np.flatnonzero(nonzero)
     nnz = int(positions.size)
     small = width <= 8  # symbols an entropy code can take (alphabet <= 256)
-    sym = (lambda r: r[:, 0]) if small else (lambda r: None)
-    out = []
-    data, c = _stream(pack_fields([(rows, width)]), sym(rows), 1 << width if small else 0, use_entropy)
-    out.append((len(data), 0, Encoded("dense", width, 0, 0, nnz, data, (c,) if c else ())))
+    alphabet = 1 << width if small else 0
+    out: list[Candidate] = []
+
+    dense = _coded(rows[:, 0] if small else None, alphabet, ceil8(numel * width), use_entropy)
+    out.append((len(dense) if dense else ceil8(numel * width), 0,
+                lambda: Encoded("dense", width, 0, 0, nnz, dense, (len(dense),)) if dense else
+                Encoded("dense", width, 0, 0, nnz, pack_fields([(rows, width)]))))
+
     flags = nonzero.astype(np.uint8).reshape(-1, 1)
-    bitmap, c1 = _stream(pack_fields([(flags, 1)]), np.packbits(flags.reshape(-1), bitorder="little"), 256,
-                         use_entropy)
-    values, c2 = _stream(pack_fields([(rows[positions], width)]), sym(rows[positions]), 1 << width if small else 0,
-                         use_entropy)
-    coded = (c1, c2) if c1 or c2 else ()
-    out.append((len(bitmap) + len(values), 1, Encoded("bitmap", width, 0, nnz, nnz, bitmap + values, coded)))
-    k = stream_sizes(numel, gaps_of(positions), width)["relidx"][1]
-    data, entries = encode_relidx(positions, rows[positions], zero, width, k)
-    out.append((len(data), 2, Encoded("relidx", width, k, entries, nnz, data)))
+    bitmap = _coded(np.packbits(flags.reshape(-1), bitorder="little"), 256, ceil8(numel), use_entropy)
+    values = _coded(rows[positions, 0] if small else None, alphabet, ceil8(nnz * width), use_entropy)
+
+    def build_bitmap() -> Encoded:
+        a = bitmap or pack_fields([(flags, 1)])
+        b = values or pack_fields([(rows[positions], width)])
+        coded = (len(bitmap or b""), len(values or b"")) if bitmap or values else ()
+        return Encoded("bitmap", width, 0, nnz, nnz, a + b, coded)
+    out.append(((len(bitmap) if bitmap else ceil8(numel)) + (len(values) if values else ceil8(nnz * width)), 1,
+                build_bitmap))
+
+    size, k = stream_sizes(numel, gaps_of(positions), width)["relidx"]
+    out.append((size, 2, lambda k=k: _relidx_fixed(positions, rows, zero, width, k, nnz)))
     if use_entropy and nnz:
+        best = min(c[0] for c in out)
+        gaps_all = gaps_of(positions)
+        counts = np.bincount(rows[positions, 0], minlength=alphabet) if small else None
         for k in range(1, min(ENTROPY_GAP_BITS, MAX_GAP_BITS) + 1):
+            entries = relidx_entries(gaps_all, k)
+            if counts is None:
+                lower = ceil8(entries * width)  # symbols too wide to code: the values alone
+            else:  # the values' entropy, fillers (zero symbols) included
+                c = counts.copy()
+                c[int(zero[0])] += entries - nnz
+                p = c[c > 0] / entries
+                lower = float(-(p * np.log2(p)).sum() * entries / 8)
+            if lower >= best:
+                continue
             gap_field, value_field = relidx_fields(positions, rows[positions], zero, k)
             entries = gap_field.size
-            gaps, c1 = _stream(pack_fields([(gap_field.view(np.uint8).reshape(entries, 2), k)]), gap_field, 1 << k,
-                               True)
-            values, c2 = _stream(pack_fields([(value_field, width)]), sym(value_field), 1 << width if small else 0,
-                                 True)
-            if c1 or c2:
-                out.append((len(gaps) + len(values), 3, Encoded("relidx", width, k, entries, nnz, gaps + values,
-                                                                (c1, c2))))
+            fixed_gaps, fixed_values = ceil8(entries * k), ceil8(entries * width)
+            floor = min(entropy.bound(gap_field, 1 << k), fixed_gaps) + min(
+                entropy.bound(value_field[:, 0], alphabet) if small else math.inf, fixed_values)
+            if floor >= best:
+                continue  # no code of these streams can beat the best layout so far
+            gaps = _coded(gap_field, 1 << k, fixed_gaps, True)
+            vals = _coded(value_field[:, 0] if small else None, alphabet, fixed_values, True)
+            if gaps is None and vals is None:
+                continue
+            total = (len(gaps) if gaps else fixed_gaps) + (len(vals) if vals else fixed_values)
+
+            def build(k=k, gaps=gaps, vals=vals, gap_field=gap_field, value_field=value_field) -> Encoded:
+                n = gap_field.size
+                a = gaps or pack_fields([(gap_field.view(np.uint8).reshape(n, 2), k)])
+                b = vals or pack_fields([(value_field, width)])
+                return Encoded("relidx", width, k, n, nnz, a + b, (len(gaps or b""), len(vals or b"")))
+            out.append((total, 3, build))
+            best = min(best, total)
     return out
+
+
+def _relidx_fixed(positions: np.ndarray, rows: np.ndarray, zero: np.ndarray, width: int, k: int, nnz: int) -> Encoded:
+    data, entries = encode_relidx(positions, rows[positions], zero, width, k)
+    return Encoded("relidx", width, k, entries, nnz, data)
 
 
 def encode_tensor(t: Tensor, qbits: int = 0, name: str = "tensor", *, use_entropy: bool = True) -> Encoded:
@@ -169,7 +210,10 @@ def encode_tensor(t: Tensor, qbits: int = 0, name: str = "tensor", *, use_entrop
     prefix, rows, nonzero, zero, width, sparse = _symbols(t, qbits, name)
     if not sparse:
         return Encoded("raw", width, 0, 0, int(nonzero.sum()), prefix + pack_fields([(rows, width)]))
-    _, _, best = min(_candidates(rows, nonzero, zero, width, use_entropy), key=lambda c: (c[0], c[1]))
+    size, _, build = min(_candidates(rows, nonzero, zero, width, use_entropy), key=lambda c: (c[0], c[1]))
+    best = build()
+    if len(best.payload) != size:
+        raise PackError(f"{name}: the {best.encoding} layout packed {len(best.payload)} bytes, {size} were computed")
     return Encoded(best.encoding, best.width, best.k, best.count, best.nnz, prefix + best.payload, best.coded)
 
 

@@ -7,8 +7,9 @@ categorical model built from a frequency table stored in front of the code:
     varint lo | varint span | span varints: frequencies of symbols lo .. lo+span-1 | uint32 LE words
 
 Frequencies are the symbol counts scaled to a precision P (the largest is P; a symbol that occurs
-keeps at least 1), for the P in PRECISIONS that gives the fewest bytes in total: a coarse table is
-a few bytes, a fine one codes closer to the entropy. The decoder rebuilds the same model from the
+keeps at least 1), for the P in PRECISIONS whose table plus estimated code (the symbols' cross-entropy
+under the scaled model) is smallest: a coarse table is a few bytes, a fine one codes closer to the
+entropy. `bound` (the empirical entropy) lets callers skip streams no entropy code can shrink. The decoder rebuilds the same model from the
 same integers, so decoding is exact. n is not stored (the tensor's header entry implies it); the
 stream's byte length is (codec.py), and a stream whose words are not consumed exactly by n symbols
 is rejected.
@@ -52,13 +53,25 @@ def encode(symbols: np.ndarray, alphabet: int) -> bytes | None:
     counts = np.bincount(symbols.astype(np.int64), minlength=alphabet)
     if counts.size > alphabet:
         raise PackError(f"a symbol reaches {counts.size - 1}, outside its {alphabet}-symbol alphabet")
-    best: bytes | None = None
+    best: tuple[float, np.ndarray] | None = None
+    used = counts > 0
     for precision in PRECISIONS:
-        freqs = np.where(counts > 0, np.maximum(1, np.round(counts * precision / counts.max())), 0).astype(np.int64)
-        data = _table(freqs) + _code(symbols, freqs)
-        if best is None or len(data) < len(best):
-            best = data
-    return best
+        freqs = np.where(used, np.maximum(1, np.round(counts * precision / counts.max())), 0).astype(np.int64)
+        code_bits = -(counts[used] * np.log2(freqs[used] / freqs.sum())).sum()
+        estimate = len(_table(freqs)) + code_bits / 8
+        if best is None or estimate < best[0]:
+            best = (estimate, freqs)
+    return _table(best[1]) + _code(symbols, best[1])
+
+
+def bound(symbols: np.ndarray, alphabet: int) -> float:
+    """A lower bound on the bytes of any entropy code of `symbols` under one static model: n times the
+    empirical entropy, in bytes (inf where `encode` would not code them)."""
+    if alphabet > MAX_ALPHABET or symbols.size == 0:
+        return float("inf")
+    counts = np.bincount(symbols.astype(np.int64), minlength=alphabet)
+    p = counts[counts > 0] / symbols.size
+    return float(-(p * np.log2(p)).sum() * symbols.size / 8)
 
 
 def decode(data: bytes | memoryview, n: int, alphabet: int) -> np.ndarray:
