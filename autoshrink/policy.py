@@ -13,7 +13,8 @@ from typing import Any, Iterator, Mapping
 from .errors import PolicyError, describe
 
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
-_LAYER_KEYS = ("sparsity", "structured", "bits", "rank")
+CODEBOOKS = ("linear", "kmeans")
+_LAYER_KEYS = ("sparsity", "structured", "bits", "rank", "codebook")
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,16 @@ class LayerPolicy:
     bits: 32 = float32 untouched, 16 = float16 storage, 2..8 = signed symmetric integer codes
         with one scale per output channel.
     rank: fraction in (0, 1] of the full rank kept by a truncated-SVD factorization; 1.0 = none.
+    codebook: how 2..8-bit weights are coded: "linear" (integer codes times a per-channel scale) or
+        "kmeans" (2^bits - 1 shared float16 values per layer, found by k-means and trained during
+        fine-tuning, plus zero; weights.Codebook). Only with bits 2..8.
     """
 
     sparsity: float = 0.0
     structured: bool = False
     bits: int = 32
     rank: float = 1.0
+    codebook: str = "linear"
     where: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -56,6 +61,12 @@ class LayerPolicy:
                 f"{where}rank: got {describe(r)}; it must be a fraction of the full rank in (0, 1] "
                 "(1.0 = no factorization). Fix: use e.g. 0.25."
             )
+        if self.codebook not in CODEBOOKS:
+            raise PolicyError(f"{where}codebook: got {describe(self.codebook)}; use \"linear\" (integer codes) or "
+                              "\"kmeans\" (trained shared values).")
+        if self.codebook == "kmeans" and not 2 <= b <= 8:
+            raise PolicyError(f"{where}codebook: \"kmeans\" codes 2..8-bit weights, but bits is {b}. Fix: set bits to "
+                              "2..8, or codebook to \"linear\".")
         object.__setattr__(self, "sparsity", float(s))
         object.__setattr__(self, "rank", float(r))
 
@@ -65,7 +76,11 @@ class LayerPolicy:
         return self.sparsity == 0.0 and self.bits == 32 and self.rank == 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sparsity": self.sparsity, "structured": self.structured, "bits": self.bits, "rank": self.rank}
+        """The fields; `codebook` only where it is not the default "linear" (older recipes read the same)."""
+        out = {"sparsity": self.sparsity, "structured": self.structured, "bits": self.bits, "rank": self.rank}
+        if self.codebook != "linear":
+            out["codebook"] = self.codebook
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "") -> "LayerPolicy":

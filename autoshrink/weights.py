@@ -115,6 +115,69 @@ class FakeQuant(nn.Module):
         return f"bits={self.bits}"
 
 
+KMEANS_ITERS = 30
+
+
+def kmeans_1d(values: Tensor, k: int, iters: int = KMEANS_ITERS) -> Tensor:
+    """k centroids of `values` (1-D): initialised linearly over [min, max] (Han et al. 2016), then
+    Lloyd's iterations (nearest centroid, mean of each cluster; an empty cluster keeps its place)."""
+    values = values.detach().float().reshape(-1)
+    if values.numel() == 0:
+        return torch.zeros(k)
+    centroids = torch.linspace(float(values.min()), float(values.max()), k)
+    for _ in range(iters):
+        idx = _nearest(values, centroids)
+        sums = torch.zeros(k).index_add_(0, idx, values)
+        counts = torch.bincount(idx, minlength=k)
+        new = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
+        if torch.equal(new, centroids):
+            break
+        centroids = new
+    return centroids
+
+
+def _nearest(values: Tensor, centroids: Tensor) -> Tensor:
+    """Index of the nearest of the (ascending) `centroids` for each value (the lower one on ties)."""
+    mid = (centroids[1:] + centroids[:-1]) / 2
+    return torch.bucketize(values, mid, right=False)
+
+
+class Codebook(nn.Module):
+    """Parametrization: each nonzero weight takes the nearest of 2^bits - 1 shared values, zero stays zero.
+
+    Per layer, one codebook: code 0 is reserved for zero (pruned or exactly-zero weights; sparse
+    layouts skip them), codes 1 .. 2^bits - 1 index the centroids. Centroids are float16 values
+    (what is stored), trained: the gradient of a centroid is the sum of the gradients of the weights
+    assigned to it. The weights keep a straight-through gradient, and each forward re-assigns every
+    weight to its nearest centroid, so assignments follow training (and gradual pruning, whose
+    masks zero weights on the way in).
+    """
+
+    def __init__(self, bits: int, centroids: Tensor) -> None:
+        super().__init__()
+        if bits not in QUANT_BITS:
+            raise ValueError(f"Codebook bits must be 2..8, got {bits}")
+        if centroids.numel() != 2 ** bits - 1:
+            raise ValueError(f"a {bits}-bit codebook holds {2 ** bits - 1} centroids, got {centroids.numel()}")
+        self.bits = int(bits)
+        self.centroids = nn.Parameter(centroids.detach().float().half().float().clone())
+
+    def table(self) -> Tensor:
+        """The centroids on the float16 grid, ascending (gradient passes straight to them)."""
+        c = self.centroids + (self.centroids.half().float() - self.centroids).detach()
+        return torch.sort(c).values
+
+    def forward(self, weight: Tensor) -> Tensor:
+        table = self.table()
+        w = weight.float()
+        value = table[_nearest(w.detach(), table.detach())]
+        out = torch.where(w != 0, value + (w - w.detach()), torch.zeros((), dtype=w.dtype))
+        return out.to(weight.dtype)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, centroids={self.centroids.numel()}"
+
+
 def weight_parametrizations(module: nn.Module) -> list[nn.Module]:
     """The parametrizations on `module.weight`, outermost last (empty if none)."""
     if parametrize.is_parametrized(module, "weight"):
@@ -131,11 +194,25 @@ def weight_mask(module: nn.Module) -> Tensor | None:
 
 
 def weight_bits(module: nn.Module) -> int:
-    """Bits the weight of `module` is quantized to (32 if not quantized)."""
+    """Bits of the weight's linear (per-channel integer) codes or float16 (32 if not linearly
+    quantized; a codebook weight is 32 here, as its values are not on a linear grid -- runtimes and
+    export treat it as the float weight it is; see `weight_codebook`)."""
     for p in weight_parametrizations(module):
         if isinstance(p, FakeQuant):
             return p.bits
     return 32
+
+
+def weight_codebook(module: nn.Module) -> Codebook | None:
+    """The codebook of `module.weight`, or None."""
+    for p in weight_parametrizations(module):
+        if isinstance(p, Codebook):
+            return p
+    return None
+
+
+def _quantized(module: nn.Module) -> bool:
+    return weight_bits(module) != 32 or weight_codebook(module) is not None
 
 
 def add_mask(module: nn.Module, mask: Tensor) -> None:
@@ -144,16 +221,29 @@ def add_mask(module: nn.Module, mask: Tensor) -> None:
     if existing is not None:
         existing.mul_(mask.to(torch.bool))
         return
-    if weight_bits(module) != 32:
+    if _quantized(module):
         raise RuntimeError("a pruning mask must be added before quantization (order: prune, then quantize)")
     parametrize.register_parametrization(module, "weight", PruneMask(mask), unsafe=True)
 
 
 def add_fake_quant(module: nn.Module, bits: int) -> None:
     """Attach fake quantization at `bits` to module.weight."""
-    if weight_bits(module) != 32:
+    if _quantized(module):
         raise RuntimeError("weight is already quantized")
     parametrize.register_parametrization(module, "weight", FakeQuant(bits), unsafe=True)
+
+
+def add_codebook(module: nn.Module, bits: int, centroids: Tensor | None = None) -> Codebook:
+    """Attach a `bits`-bit codebook to module.weight: `centroids` (2^bits - 1 values), or k-means of
+    the weight's current nonzero values (`kmeans_1d`)."""
+    if _quantized(module):
+        raise RuntimeError("weight is already quantized")
+    if centroids is None:
+        w = module.weight.detach().float()
+        centroids = kmeans_1d(w[w != 0], 2 ** bits - 1)
+    book = Codebook(bits, centroids)
+    parametrize.register_parametrization(module, "weight", book, unsafe=True)
+    return book
 
 
 def strip_parametrizations(model: nn.Module) -> nn.Module:

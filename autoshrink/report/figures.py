@@ -43,11 +43,13 @@ def with_recorded_constraint(result: SearchResult) -> SearchResult:
 
 
 def layer_label(layer: Mapping[str, Any] | None) -> str:
-    """One layer's policy in a few characters: '4b 90%s r0.25 S' (bits, sparsity, rank, structured)."""
+    """One layer's policy in a few characters: '4b 90%s r0.25 S' (bits, sparsity, rank, structured;
+    '4bk': a 4-bit k-means codebook)."""
     if not layer:
         return "-"
     bits = int(layer.get("bits", 32))
-    parts = ["fp32" if bits == 32 else "fp16" if bits == 16 else f"{bits}b"]
+    parts = ["fp32" if bits == 32 else "fp16" if bits == 16 else f"{bits}b"
+             + ("k" if layer.get("codebook", "linear") == "kmeans" else "")]
     sparsity = float(layer.get("sparsity", 0.0))
     if sparsity:
         parts.append(f"{round(sparsity * 100, 1):g}%s")

@@ -250,4 +250,4 @@ def _both_distill(out: list[tuple[dict[str, Any], dict[str, Any]]], bound: Bound
 
 def _identity(name: str) -> Any:
     field = name.rsplit(".", 1)[-1]
-    return {"sparsity": 0.0, "structured": False, "bits": 32, "rank": 1.0}[field]
+    return {"sparsity": 0.0, "structured": False, "bits": 32, "rank": 1.0, "codebook": "linear"}[field]

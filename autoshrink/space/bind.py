@@ -52,6 +52,8 @@ class BoundSpace:
         layers = {}
         for layer, fields in self.layers.items():
             values = {f: params.get(f"{layer}.{f}", fields[f].values[0]) for f in FIELDS}
+            if not 2 <= values["bits"] <= 8:  # a codebook codes 2..8-bit weights; elsewhere the choice is moot
+                values["codebook"] = "linear"
             lp = LayerPolicy(**values, where=f"layers.{layer}")
             if not lp.is_identity:
                 layers[layer] = lp

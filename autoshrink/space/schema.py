@@ -7,6 +7,7 @@ YAML form (see search_spaces/default.yaml for a commented example):
       bits: {low: 4, high: 8, step: 2}     # ... or a range {low, high, step}
       structured: [false]
       rank: [1.0]
+      codebook: [linear]                   # or [linear, kmeans]: trained shared values at 2..8 bits
     rules:                     # applied in order; later rules override earlier ones, field by field
       - match: "fc2"           # exact name, glob ("features.*") or regex ("re:^blocks\\.\\d+\\.fc$")
         type: Linear           # optional: module type name(s); a rule needs match and/or type
@@ -26,12 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import ConfigError
-from ..policy import ALLOWED_BITS
+from ..policy import ALLOWED_BITS, CODEBOOKS
 from ..train import FinetuneConfig
 from .yaml_source import Source
 
-FIELDS = ("sparsity", "structured", "bits", "rank")
-IDENTITY = {"sparsity": 0.0, "structured": False, "bits": 32, "rank": 1.0}
+FIELDS = ("sparsity", "structured", "bits", "rank", "codebook")
+IDENTITY = {"sparsity": 0.0, "structured": False, "bits": 32, "rank": 1.0, "codebook": "linear"}
 _RULE_KEYS = set(FIELDS) | {"match", "type", "skip", "optional"}
 _TOP_KEYS = {"defaults", "rules", "distill", "finetune", "description", "version"}
 
@@ -40,6 +41,8 @@ def _valid_value(fld: str, v: Any) -> str | None:
     """Why `v` is not a valid value for `fld`, or None."""
     if fld == "structured" or fld == "distill":
         return None if isinstance(v, bool) else "must be true or false"
+    if fld == "codebook":
+        return None if v in CODEBOOKS else f"must be one of {', '.join(CODEBOOKS)}"
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         return "must be a number"
     if fld == "sparsity" and not 0 <= v < 1:
@@ -66,7 +69,7 @@ class Choice:
         """The allowed value closest to `target` (first on ties)."""
         if target in self.values:
             return target
-        if isinstance(target, bool):
+        if isinstance(target, (bool, str)):
             return self.values[0]
         return min(self.values, key=lambda v: abs(float(v) - float(target)))
 
@@ -77,8 +80,9 @@ def parse_choice(raw: Any, fld: str, path: str, src: Source) -> Choice:
         unknown = sorted(set(raw) - {"low", "high", "step"})
         if unknown or "low" not in raw or "high" not in raw:
             raise src.error(path, f"got {dict(raw)!r}; a range needs exactly low, high and optional step.")
-        if fld in ("structured", "distill"):
-            raise src.error(path, "a range makes no sense for a true/false field; use [false, true].")
+        if fld in ("structured", "distill", "codebook"):
+            raise src.error(path, "a range makes no sense for this field; give a list, e.g. "
+                            + ("[linear, kmeans]." if fld == "codebook" else "[false, true]."))
         low, high = raw["low"], raw["high"]
         for name, v in (("low", low), ("high", high)):
             if isinstance(v, bool) or not isinstance(v, (int, float)):

@@ -24,8 +24,9 @@ from ..errors import TrainingError
 from ..policy import LayerPolicy
 from ..techniques.layers import weight_layers
 from ..techniques.prune import prune_smallest
+from ..techniques.quantize import quantize_layer
 from ..techniques.structured import StructuredPrune
-from ..weights import PruneMask, add_fake_quant, add_mask, unparametrize, weight_parametrizations
+from ..weights import PruneMask, add_mask, unparametrize, weight_parametrizations
 from .config import FinetuneConfig
 
 
@@ -144,8 +145,7 @@ class GradualPruning:
             for leaf in leaves if isinstance(leaves, list) else []:
                 if id(leaf) in self.sparsity:
                     add_mask(leaf, torch.ones_like(leaf.weight, dtype=torch.bool))
-                if lp.bits != 32:
-                    add_fake_quant(leaf, lp.bits)
+                quantize_layer(leaf, lp)
 
 
 def _channels(model: nn.Module, name: str) -> int:

@@ -245,3 +245,18 @@ def test_a_search_on_onnx_runtime_measures_every_trial_there_and_recipes_replay(
     small = ash.apply_recipe(model, recipe, task=task)
     m = ash.measure(small, task, latency=fast)  # the recipe's runtime, remembered by apply_recipe
     assert m.runtime == "onnxruntime" and m.accuracy == recipe.metrics.accuracy
+
+
+def test_codebook_weights_export_as_the_float_values_they_are(tmp_path) -> None:
+    torch.manual_seed(2)
+    x = torch.randn(5, 1, 8, 8)
+    small = ash.apply_policy(MLP(), ash.Policy(layers={"fc1": L(sparsity=0.6, bits=4, codebook="kmeans"),
+                                                        "fc2": L(bits=3)}), example_input=x[:1])
+    out = export_onnx(small, tmp_path / "k.onnx", example_input=x[:1], activations="weights")
+    assert out.qdq_weights == ("fc2",)  # a codebook is not a linear grid: no QDQ for fc1
+    inits = _inits(onnx.load(str(tmp_path / "k.onnx")))
+    fc1 = next(v for v in inits.values() if v.shape == (48, 64))
+    assert np.unique(fc1).size <= 16  # its 15 shared values and zero
+    from autoshrink.export.ort_session import ort_session, run_session
+    got = run_session(ort_session(str(tmp_path / "k.onnx")), [x])[0]
+    _close(got, _torch(small, x), 1e-5)

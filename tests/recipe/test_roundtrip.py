@@ -115,3 +115,18 @@ def test_structured_recipe_applies_without_a_task_using_the_recorded_input_shape
     assert (small.fc1.out_features, small.fc2.in_features) == (16, 16)
     m = measure_recipe(small, structured, latency=FAST)
     assert m.accuracy != m.accuracy and m.macs == 64 * 16 + 16 * 10  # accuracy NaN: not measured without a task
+
+
+def test_a_codebook_recipe_saves_loads_and_replays_bitwise(searched, recipe, tmp_path) -> None:
+    L = ash.LayerPolicy
+    book = dataclasses.replace(recipe, policy=ash.Policy(layers={"fc1": L(sparsity=0.5, bits=4, codebook="kmeans"),
+                                                                 "fc2": L(bits=3, codebook="kmeans")}, distill=True))
+    book.save(tmp_path / "book.yaml")
+    assert "codebook: kmeans" in (tmp_path / "book.yaml").read_text()
+    loaded = ash.Recipe.load(tmp_path / "book.yaml")
+    assert loaded.policy == book.policy
+    task = digits_task(device="cpu")
+    a = ash.apply_recipe(trained_tiny(0), loaded, task=task)
+    b = ash.apply_recipe(trained_tiny(0), loaded, task=task)
+    assert state_digest(a) == state_digest(b)
+    assert torch.unique(a.fc2.weight).numel() <= 8

@@ -84,8 +84,38 @@ def _same_bits(a: Tensor, b: Tensor) -> bool:
     return torch.equal(na, nb) and torch.equal(a[~na], b[~nb])
 
 
-def _symbols(t: Tensor, qbits: int, name: str) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, int, bool]:
+def _codebook_symbols(t: Tensor, qbits: int, name: str
+                      ) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, int, bool]:
+    """A codebook weight: its 2^bits - 1 float16 values (ascending; unused places repeat the largest)
+    as the prefix, then one symbol per element: 0 for zero, i for the i-th value."""
+    if qbits not in QUANT_BITS or not t.is_floating_point():
+        raise PackError(f"{name} is marked as a {qbits}-bit codebook; codebooks code 2..8-bit floating weights")
+    flat = t.detach().cpu().float().reshape(-1)
+    nonzero = flat != 0
+    values = torch.unique(flat[nonzero])
+    k = codebook_size(qbits)
+    if values.numel() > k:
+        raise PackError(f"{name} has {values.numel()} distinct nonzero values; a {qbits}-bit codebook holds {k}")
+    if not torch.equal(values.half().float(), values):
+        raise PackError(f"{name} is marked as a codebook but its values are not float16 values")
+    table = torch.cat([values, values[-1:].repeat(k - values.numel())]) if values.numel() else torch.zeros(k)
+    symbols = torch.zeros(flat.numel(), dtype=torch.int64)
+    symbols[nonzero] = torch.searchsorted(values, flat[nonzero]) + 1
+    prefix = table.half().numpy().astype("<f2").tobytes()
+    rows = symbols.numpy().astype(np.uint8).reshape(-1, 1)
+    return prefix, rows, nonzero.numpy(), np.zeros(1, np.uint8), qbits, True
+
+
+def codebook_size(bits: int) -> int:
+    """Shared values of a `bits`-bit codebook (code 0 is zero)."""
+    return 2 ** bits - 1
+
+
+def _symbols(t: Tensor, qbits: int, name: str, codebook: bool = False
+             ) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, int, bool]:
     """(prefix bytes, symbol rows, nonzero flags, zero row, width, sparse allowed) of a tensor."""
+    if codebook:
+        return _codebook_symbols(t, qbits, name)
     t = t.detach().cpu().contiguous()
     if qbits and not t.is_floating_point():
         raise PackError(f"{name} is {t.dtype} but marked as quantized to {qbits} bits; "
@@ -204,10 +234,12 @@ def _relidx_fixed(positions: np.ndarray, rows: np.ndarray, zero: np.ndarray, wid
     return Encoded("relidx", width, k, entries, nnz, data)
 
 
-def encode_tensor(t: Tensor, qbits: int = 0, name: str = "tensor", *, use_entropy: bool = True) -> Encoded:
-    """Encode `t` (quantized to `qbits` 2..8, float16 for 16, as is for 0) in its smallest layout;
-    `use_entropy=False` keeps every stream fixed-width (format version 1's choices)."""
-    prefix, rows, nonzero, zero, width, sparse = _symbols(t, qbits, name)
+def encode_tensor(t: Tensor, qbits: int = 0, name: str = "tensor", *, use_entropy: bool = True,
+                  codebook: bool = False) -> Encoded:
+    """Encode `t` (quantized to `qbits` 2..8, float16 for 16, as is for 0; a `qbits`-bit codebook
+    with `codebook`) in its smallest layout; `use_entropy=False` keeps every stream fixed-width
+    (format version 1's choices)."""
+    prefix, rows, nonzero, zero, width, sparse = _symbols(t, qbits, name, codebook)
     if not sparse:
         return Encoded("raw", width, 0, 0, int(nonzero.sum()), prefix + pack_fields([(rows, width)]))
     size, _, build = min(_candidates(rows, nonzero, zero, width, use_entropy), key=lambda c: (c[0], c[1]))
@@ -217,8 +249,13 @@ def encode_tensor(t: Tensor, qbits: int = 0, name: str = "tensor", *, use_entrop
     return Encoded(best.encoding, best.width, best.k, best.count, best.nnz, prefix + best.payload, best.coded)
 
 
-def value_layout(shape: tuple[int, ...], dtype: torch.dtype, qbits: int) -> tuple[int, int, int]:
-    """(width bits, symbol bytes, scale bytes) of a tensor stored with `qbits`."""
+def value_layout(shape: tuple[int, ...], dtype: torch.dtype, qbits: int, codebook: bool = False
+                 ) -> tuple[int, int, int]:
+    """(width bits, symbol bytes, prefix bytes: scales or the codebook) of a tensor stored with `qbits`."""
+    if codebook:
+        if qbits not in QUANT_BITS:
+            raise PackError(f"a codebook of {qbits} bits; codebooks have 2..8")
+        return qbits, 1, 2 * codebook_size(qbits)
     if qbits in QUANT_BITS:
         if not shape:
             raise PackError("a quantized tensor has no output-channel dimension")
@@ -243,10 +280,10 @@ def _check_coded(encoding: str, coded: tuple[int, ...], width: int, k: int) -> N
 
 
 def stream_lengths(shape: tuple[int, ...], dtype: torch.dtype, qbits: int, encoding: str, k: int, count: int,
-                   coded: tuple[int, ...] = ()) -> list[int]:
+                   coded: tuple[int, ...] = (), codebook: bool = False) -> list[int]:
     """Bytes of each stream (after the scales) of a tensor with this header entry; PackError if inconsistent."""
     numel = math.prod(shape)
-    width, _, _ = value_layout(shape, dtype, qbits)
+    width, _, _ = value_layout(shape, dtype, qbits, codebook)
     _check_coded(encoding, coded, width, k)
     if encoding in ("raw", "dense"):
         if encoding == "raw" and coded:
@@ -268,9 +305,10 @@ def stream_lengths(shape: tuple[int, ...], dtype: torch.dtype, qbits: int, encod
 
 
 def payload_size(shape: tuple[int, ...], dtype: torch.dtype, qbits: int, encoding: str, k: int, count: int,
-                 coded: tuple[int, ...] = ()) -> int:
+                 coded: tuple[int, ...] = (), codebook: bool = False) -> int:
     """Exact payload bytes of a tensor with this header entry (raises PackError if inconsistent)."""
-    return value_layout(shape, dtype, qbits)[2] + sum(stream_lengths(shape, dtype, qbits, encoding, k, count, coded))
+    return value_layout(shape, dtype, qbits, codebook)[2] + sum(
+        stream_lengths(shape, dtype, qbits, encoding, k, count, coded, codebook))
 
 
 def _read(data: memoryview, coded: int, n: int, nbytes: int, width: int, alphabet: int) -> np.ndarray:
@@ -282,10 +320,10 @@ def _read(data: memoryview, coded: int, n: int, nbytes: int, width: int, alphabe
 
 
 def decode_tensor(payload: bytes | memoryview, shape: tuple[int, ...], dtype: torch.dtype, qbits: int,
-                  encoding: str, k: int, count: int, coded: tuple[int, ...] = ()) -> Tensor:
+                  encoding: str, k: int, count: int, coded: tuple[int, ...] = (), codebook: bool = False) -> Tensor:
     """Rebuild the tensor `encode_tensor` stored (payload must be exactly `payload_size` bytes)."""
-    lengths = stream_lengths(shape, dtype, qbits, encoding, k, count, coded)
-    width, nbytes, scale_bytes = value_layout(shape, dtype, qbits)
+    lengths = stream_lengths(shape, dtype, qbits, encoding, k, count, coded, codebook)
+    width, nbytes, scale_bytes = value_layout(shape, dtype, qbits, codebook)
     if len(payload) != scale_bytes + sum(lengths):
         raise PackError(f"payload holds {len(payload)} bytes, expected {scale_bytes + sum(lengths)}")
     numel = math.prod(shape)
@@ -295,7 +333,7 @@ def decode_tensor(payload: bytes | memoryview, shape: tuple[int, ...], dtype: to
         parts.append(data[at:at + n])
         at += n
     coded = tuple(coded) or (0,) * len(parts)
-    zero = np.array([qmax(qbits)] if qbits in QUANT_BITS else [0] * nbytes, np.uint8)
+    zero = np.array([qmax(qbits)] if qbits in QUANT_BITS and not codebook else [0] * nbytes, np.uint8)
     alphabet = 1 << width if width <= 8 else 0
     if encoding in ("raw", "dense"):
         rows = _read(parts[0], coded[0], numel, nbytes, width, alphabet)
@@ -318,6 +356,10 @@ def decode_tensor(payload: bytes | memoryview, shape: tuple[int, ...], dtype: to
         gaps = (entropy.decode(parts[0], count, 1 << k) if coded[0]
                 else unpack_fields(parts[0], count, [(2, k)])[0].view("<u2").reshape(-1))
         rows = place_relidx(gaps, _read(parts[1], coded[1], count, nbytes, width, alphabet), numel, zero)
+    if codebook:
+        table = torch.from_numpy(np.frombuffer(payload[:scale_bytes], dtype="<f2").astype(np.float32))
+        return torch.cat([torch.zeros(1), table])[torch.from_numpy(rows.reshape(-1).astype(np.int64))].reshape(
+            shape).to(dtype)
     if qbits in QUANT_BITS:
         q = qmax(qbits)
         if rows.size and int(rows.max()) > 2 * q:

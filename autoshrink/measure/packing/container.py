@@ -7,7 +7,7 @@ preset dictionary (framing.deflate):
 
 The header lists one entry per stored tensor, in payload order:
 ``[shape, dtype, quant bits, flags, encoding, k, count(, coded)]`` (flags: 1 Parameter, 2
-requires_grad, 4 pruned; coded: per stream of the layout its entropy-coded byte length, 0 for
+requires_grad, 4 pruned, 8 codebook -- quant bits then say its width; coded: per stream of the layout its entropy-coded byte length, 0 for
 fixed width, left out when no stream is coded -- codec.py); payload offsets follow from the entries
 (codec.payload_size), so the payload of every tensor is found without storing offsets, and a file
 whose lengths disagree is rejected. Version 1 (autoshrink before entropy coding) is the same
@@ -33,15 +33,15 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ...errors import PackError
-from ...weights import (add_fake_quant, add_mask, strip_parametrizations, weight_bits,
-                                   weight_mask, weight_parametrizations)
+from ...weights import (add_codebook, add_fake_quant, add_mask, strip_parametrizations, weight_bits,
+                         weight_codebook, weight_mask, weight_parametrizations)
 from . import codec, framing
 from .skeleton import RestrictedUnpickler, SkeletonPickler, TrustedUnpickler
 
 MAGIC = b"ASHZ"
 VERSION = 2
 READS = (1, 2)  # format versions this autoshrink loads
-_FLAG_PARAM, _FLAG_GRAD, _FLAG_MASKED = 1, 2, 4
+_FLAG_PARAM, _FLAG_GRAD, _FLAG_MASKED, _FLAG_CODEBOOK = 1, 2, 4, 8
 _HEADER_FIELDS = {1: (7,), 2: (7, 8)}
 
 
@@ -66,13 +66,15 @@ class PackedTensor:
 
 # ----------------------------------------------------------------------------- pack
 
-def _compression(model: nn.Module) -> dict[str, tuple[bool, int]]:
-    """{"<module>.weight": (pruned, quant bits or 0)} for every parametrized weight."""
-    found: dict[str, tuple[bool, int]] = {}
+def _compression(model: nn.Module) -> dict[str, tuple[bool, int, bool]]:
+    """{"<module>.weight": (pruned, quant bits or 0, codebook)} for every parametrized weight."""
+    found: dict[str, tuple[bool, int, bool]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         if weight_parametrizations(module):
-            bits = weight_bits(module)
-            found[f"{name}.weight" if name else "weight"] = (weight_mask(module) is not None, 0 if bits == 32 else bits)
+            book = weight_codebook(module)
+            bits = book.bits if book is not None else weight_bits(module)
+            found[f"{name}.weight" if name else "weight"] = (weight_mask(module) is not None, 0 if bits == 32 else bits,
+                                                            book is not None)
     return found
 
 
@@ -121,13 +123,13 @@ def _pack(model: nn.Module, where: str, use_entropy: bool = True) -> tuple[bytes
     tensors += [(f"<tensor {len(tensors) + i}>", t) for i, t in enumerate(extra)]
     header, parts, report = [], [], []
     for name, tensor in tensors:
-        pruned, qbits = compression.get(name, (False, 0))
+        pruned, qbits, book = compression.get(name, (False, 0, False))
         try:
-            enc = codec.encode_tensor(tensor, qbits, name, use_entropy=use_entropy)
+            enc = codec.encode_tensor(tensor, qbits, name, use_entropy=use_entropy, codebook=book)
         except PackError as exc:
             raise PackError(f"{where}: {exc}") from None
         flags = (_FLAG_PARAM * isinstance(tensor, nn.Parameter) + _FLAG_GRAD * tensor.requires_grad
-                 + _FLAG_MASKED * pruned)
+                 + _FLAG_MASKED * pruned + _FLAG_CODEBOOK * book)
         header.append([list(tensor.shape), str(tensor.dtype).removeprefix("torch."), qbits, flags,
                        codec.ENCODINGS.index(enc.encoding), enc.k, enc.count]
                       + ([list(enc.coded)] if enc.coded else []))
@@ -215,11 +217,12 @@ def unpack(data: bytes, *, trusted: bool = False, where: str = "<bytes>") -> nn.
     tensors: list[Tensor] = []
     for i, (shape, dtype, qbits, flags, encoding, k, count, coded) in enumerate(header):
         try:
-            size = codec.payload_size(shape, dtype, qbits, encoding, k, count, coded)
+            book = bool(flags & _FLAG_CODEBOOK)
+            size = codec.payload_size(shape, dtype, qbits, encoding, k, count, coded, book)
             if pos + size > len(data):
                 raise PackError(f"tensor {i} needs {size} bytes, {len(data) - pos} are left")
             tensor = codec.decode_tensor(memoryview(data)[pos:pos + size], shape, dtype, qbits, encoding, k, count,
-                                         coded)
+                                         coded, book)
         except PackError as exc:
             raise _corrupt(where, f"tensor {i}: {exc}") from None
         pos += size
@@ -250,7 +253,7 @@ def _reattach(model: nn.Module, header: list, tensors: list[Tensor], where: str)
     for name, param in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(param), name)
     for entry, tensor in zip(header, tensors):
-        qbits, pruned = entry[2], bool(entry[3] & _FLAG_MASKED)
+        qbits, pruned, book = entry[2], bool(entry[3] & _FLAG_MASKED), bool(entry[3] & _FLAG_CODEBOOK)
         if not (qbits or pruned):
             continue
         name = names.get(id(tensor), "")
@@ -260,8 +263,18 @@ def _reattach(model: nn.Module, header: list, tensors: list[Tensor], where: str)
         module = model.get_submodule(owner)
         if pruned:
             add_mask(module, tensor.detach() != 0)
-        if qbits:
+        if book:
+            add_codebook(module, qbits, _centroids(tensor.detach(), qbits))
+        elif qbits:
             add_fake_quant(module, qbits)
+
+
+def _centroids(weight: Tensor, bits: int) -> Tensor:
+    """The codebook a stored codebook weight came from: its distinct nonzero values, ascending, the
+    unused places repeating the largest (as the packer lays it out), so a re-save is byte-identical."""
+    values = torch.unique(weight[weight != 0].float())
+    k = codec.codebook_size(bits)
+    return torch.cat([values, values[-1:].repeat(k - values.numel())]) if values.numel() else torch.zeros(k)
 
 
 def load_packed(path: str | os.PathLike[str], *, trusted: bool = False) -> nn.Module:
