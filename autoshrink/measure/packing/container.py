@@ -7,8 +7,9 @@ preset dictionary (framing.deflate):
 
 The header lists one entry per stored tensor, in payload order:
 ``[shape, dtype, quant bits, flags, encoding, k, count(, coded)]`` (flags: 1 Parameter, 2
-requires_grad, 4 pruned, 8 codebook -- quant bits then say its width; coded: per stream of the layout its entropy-coded byte length, 0 for
-fixed width, left out when no stream is coded -- codec.py); payload offsets follow from the entries
+requires_grad, 4 pruned, 8 codebook -- quant bits then say its width; coded: per stream of the
+layout its entropy-coded byte length, 0 for fixed width, left out when no stream is coded --
+codec.py); payload offsets follow from the entries
 (codec.payload_size), so the payload of every tensor is found without storing offsets, and a file
 whose lengths disagree is rejected. Version 1 (autoshrink before entropy coding) is the same
 without `coded`, every stream fixed-width: it still loads; a reader of version 1 refuses version 2

@@ -9,8 +9,8 @@ categorical model built from a frequency table stored in front of the code:
 Frequencies are the symbol counts scaled to a precision P (the largest is P; a symbol that occurs
 keeps at least 1), for the P in PRECISIONS whose table plus estimated code (the symbols' cross-entropy
 under the scaled model) is smallest: a coarse table is a few bytes, a fine one codes closer to the
-entropy. `bound` (the empirical entropy) lets callers skip streams no entropy code can shrink. The decoder rebuilds the same model from the
-same integers, so decoding is exact. n is not stored (the tensor's header entry implies it); the
+entropy. `bound` (the empirical entropy) lets callers skip streams no entropy code can shrink.
+The decoder rebuilds the same model from the same integers, so decoding is exact. n is not stored (the tensor's header entry implies it); the
 stream's byte length is (codec.py), and a stream whose words are not consumed exactly by n symbols
 is rejected.
 """
