@@ -85,8 +85,9 @@ def stage_counts(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
     if not len(frame):
         return out
     stages = frame["stage"] if "stage" in frame else pd.Series(["search"] * len(frame))
-    for stage, state in zip(stages.fillna("search"), frame["state"]):
-        kind = {"COMPLETE": "full", "PRUNED": "screened out", "FAIL": "failed"}.get(state, "pending")
+    skipped = frame["skipped"].notna() if "skipped" in frame else pd.Series([False] * len(frame))
+    for stage, state, skip in zip(stages.fillna("search"), frame["state"], skipped):
+        kind = "not run" if skip else {"COMPLETE": "full", "PRUNED": "screened out", "FAIL": "failed"}.get(state, "pending")
         out.setdefault(stage, {}).setdefault(kind, 0)
         out[stage][kind] += 1
     return out
@@ -96,7 +97,7 @@ def stages_section(result: SearchResult, frame: pd.DataFrame) -> str:
     """Counts of trials by stage and fidelity, the runtime decision, the pre-pass and screening costs."""
     attrs = result.study.user_attrs
     counts = stage_counts(frame)
-    kinds = ("full", "screened out", "failed", "pending")
+    kinds = ("full", "screened out", "not run", "failed", "pending")
     head = "".join(f"<th>{k}</th>" for k in kinds)
     body = "".join(f"<tr><td class=\"text\">{s}</td>" + "".join(f"<td>{counts.get(s, {}).get(k, 0)}</td>"
                                                                   for k in kinds) + "</tr>"
@@ -106,7 +107,9 @@ def stages_section(result: SearchResult, frame: pd.DataFrame) -> str:
              "from the sensitivity table for a sweep of budgets; search: proposed by the sampler; refined: a "
              "front candidate re-run with the long refine fine-tune (its source trial in the trials table). "
              "Screened out: stopped after the short screening fine-tune (Optuna state PRUNED; its screened "
-             "numbers are kept in the trial's <code>screen</code> attribute, not on the front).</p>"]
+             "numbers are kept in the trial's <code>screen</code> attribute, not on the front). Not run: a "
+             "warm-start twin whose distillation setting lost on an earlier allocation (its "
+             "<code>skipped</code> attribute says which).</p>"]
     notes = []
     rt = attrs.get("runtime")
     if rt:

@@ -160,6 +160,10 @@ def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted:
                 stage = stage_of(trial)
                 trial.set_user_attr("policy", policy.to_dict())
                 trial.set_user_attr("stage", stage)
+                verdict = twin_verdict(study, ctx.baseline) if stage == "warm-start" else None
+                if verdict is not None and policy.distill != verdict[0]:
+                    skip_twin(ctx, trial, verdict)
+                    continue
                 ctx.predict_latency(trial, policy)
                 if screen_cfg is not None and stage != "baseline" and policy.active():
                     ex.submit(trial.number, policy, screen_cfg, runtime=ctx.runtime)
@@ -205,6 +209,30 @@ def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted:
         abandon(study, ex, {k: p.trial for k, p in pending.items()})
         raise
     return tally
+
+
+def twin_verdict(study: optuna.Study, baseline: Measurement) -> tuple[bool, int] | None:
+    """(the distill setting that recovered better, its allocation) from the first warm-start
+    allocation whose two twins both finished in full with different accuracies; None before."""
+    twins: dict[int, dict[bool, float]] = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        what, m = t.user_attrs.get("warm_start"), t.user_attrs.get("measurement")
+        if isinstance(what, dict) and "allocation" in what and m and t.user_attrs.get("refined_from") is None:
+            twins.setdefault(int(what["allocation"]), {})[bool(t.user_attrs["policy"].get("distill"))] = m["accuracy"]
+    for allocation in sorted(twins):
+        acc = twins[allocation]
+        if len(acc) == 2 and acc[True] != acc[False]:
+            return acc[True] > acc[False], allocation
+    return None
+
+
+def skip_twin(ctx: LoopContext, trial: optuna.trial.Trial, verdict: tuple[bool, int]) -> None:
+    """A warm-start twin whose distill setting lost on an earlier allocation: told PRUNED unevaluated."""
+    winner, allocation = verdict
+    trial.set_user_attr("skipped", f"not run: on warm-start allocation {allocation} distill={winner} recovered "
+                                   f"better than distill={not winner} in the full fine-tune")
+    ctx.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    ctx.done += 1
 
 
 def promoted_pairs(study: optuna.Study, baseline: Measurement) -> dict[bool, list[tuple[float, float]]]:

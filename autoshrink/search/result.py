@@ -53,7 +53,7 @@ class SearchResult:
     # ------------------------------------------------------------------ tables
     @property
     def trials(self) -> pd.DataFrame:
-        """Every trial: number, state, measured values, drop/compression/speedup, policy, failure."""
+        """Every trial: number, state, measured values, drop/compression/speedup, policy, failure, skipped."""
         rows = []
         for t in self.study.get_trials(deepcopy=False):
             u = t.user_attrs
@@ -65,6 +65,7 @@ class SearchResult:
             row["failure"] = u.get("failure")
             row["retry_of"] = u.get("retry_of")
             row["refined_from"] = u.get("refined_from")
+            row["skipped"] = u.get("skipped")  # a warm-start twin not run (search/loop.py twin_verdict)
             row["finetune_steps"] = (u.get("finetune") or self.study.user_attrs.get("finetune", {})).get("steps")
             rows.append(row)
         return pd.DataFrame(rows)

@@ -23,9 +23,12 @@ Where the space searches distillation (`distill: [true, false]`), each allocatio
 with the teacher and without: which one recovers better depends on the task and the table cannot
 tell (LeNet-300-100 on 60k Fashion-MNIST images, fc1 rank 0.1 / fc2 rank 0.25 at 3 bits, 3,000
 gradual steps: 0.22 pp drop with labels only, 0.64 pp at alpha 0.7; the ccexam CNN on 3k images
-needs the teacher: 0.20 vs 0.55 pp; benchmarks/RESULTS.md). The worse twin is usually stopped by the
-screen at a quarter of its steps, and only the better one can be on the front (same size, lower
-accuracy), so the refine stage takes it with its own choice. `count` counts allocations.
+needs the teacher: 0.20 vs 0.55 pp; benchmarks/RESULTS.md). The twins share an "allocation" number:
+once both twins of one allocation have been fine-tuned in full and their accuracies differ, the
+setting that recovered better is the study's verdict and the other setting's remaining warm-start
+twins are not run (loop.twin_verdict; on the ccexam CNN the labels-only twins ended beyond the
+constraint in 7 of 9 runs, having looked as good or better at the screen). The refine stage still
+tries both settings on its candidates. `count` counts allocations.
 The policies are enqueued after the uniform baselines, marked `warm_start` (the budget and the
 predictions), so NSGA-II's first generation spans the trade-off instead of sampling blindly.
 """
@@ -242,7 +245,8 @@ def _both_distill(out: list[tuple[dict[str, Any], dict[str, Any]]], bound: Bound
     if choice is None or set(choice.values) != {True, False}:
         return out
     paired = []
-    for params, what in out:
+    for i, (params, what) in enumerate(out):
+        what = {**what, "allocation": i}  # the twins share it (loop.twin_verdict pairs them by it)
         paired.append((params, what))
         paired.append(({**params, "distill": not params["distill"]}, what))
     return paired

@@ -14,6 +14,7 @@ from autoshrink.search.fidelity import Screening
 from autoshrink.search.narrow import narrow, narrow_cutoff
 from autoshrink.search.objectives import OBJECTIVES
 from autoshrink.search.sensitivity import FIRST_KEY
+from autoshrink.search.loop import twin_verdict
 from autoshrink.search.warmstart import Combo, allocate, warm_start_params
 from autoshrink.space import bind
 from autoshrink.zoo import digits_task
@@ -137,9 +138,34 @@ def test_warm_start_enqueues_each_allocation_with_and_without_the_teacher(trap_m
     bound2, _ = narrow(bind(both_space, trap_model), rows, 0.2)
     paired = warm_start_params(trap_model, bound2, rows, base, ["accuracy", "size"], 3)
     assert [p["distill"] for p, _ in paired] == [True, False] * len(single)
-    for (on, what_on), (off, what_off), (alone, what) in zip(paired[::2], paired[1::2], single):
+    for i, ((on, what_on), (off, what_off), (alone, what)) in enumerate(zip(paired[::2], paired[1::2], single)):
         assert {k: v for k, v in on.items() if k != "distill"} == alone == {k: v for k, v in off.items() if k != "distill"}
-        assert what_on == what_off == what
+        assert what_on == what_off == {**what, "allocation": i}
+
+
+def test_after_one_twin_verdict_the_losing_setting_is_not_run_again(trap_model, trap_space, tmp_path) -> None:
+    p = tmp_path / "both.yaml"
+    p.write_text((tmp_path / "trap.yaml").read_text().replace("distill: [false]", "distill: [false, true]"))
+    r = ash.search(trap_model, digits_task(device="cpu"), ash.load_space(p), n_trials=20, seed=0, latency=FAST,
+                   storage=f"sqlite:///{tmp_path}/tw.db", study_name="tw", objectives=("accuracy", "size"),
+                   screen=False, warm_start=4)
+    warm = [t for t in r.study.trials if t.user_attrs.get("stage") == "warm-start"]
+    assert len(warm) >= 4
+    verdict = twin_verdict(r.study, r.baseline)
+    assert verdict is not None
+    winner, allocation = verdict
+    for t in warm:
+        a, distill = t.user_attrs["warm_start"]["allocation"], t.user_attrs["policy"]["distill"]
+        if a <= allocation or distill == winner:  # run: up to the verdict, and the winner after it
+            assert t.state.name == "COMPLETE" and "skipped" not in t.user_attrs, t.number
+        else:  # the loser after the verdict: not evaluated at all
+            assert t.state.name == "PRUNED" and "measurement" not in t.user_attrs and "screen" not in t.user_attrs
+            assert t.user_attrs["skipped"].startswith(f"not run: on warm-start allocation {allocation} distill={winner}")
+    assert any("skipped" in t.user_attrs for t in warm)
+    assert r.trials["skipped"].notna().sum() == sum("skipped" in t.user_attrs for t in warm)
+    twins = {bool(t.user_attrs["policy"]["distill"]): t.values[0] for t in warm
+             if t.user_attrs["warm_start"]["allocation"] == allocation}
+    assert (twins[True] > twins[False]) == winner
 
 
 class StubExecutor:
