@@ -8,7 +8,7 @@ the budget, so every allocation respects its budget). Predictions:
 - drop of a combination: the sum of its single choices' drops in the sensitivity table (each at
   least 0; no fine-tune, so pessimistic for pruning, which is what makes sensitive layers pay);
 - size: exact payload bytes of the layer's weight(s) pruned by magnitude at that sparsity and
-  stored at that bit-width (the packer's own layout choice: dense, bitmap or relative indices;
+  stored at that bit-width (the packer's own encoding: layout and entropy coding;
   low-rank factors from the truncated SVD); structured pruning as the kept channels' dense rows --
   the bytes it also removes from the next layers' inputs are not counted (they belong to another
   layer's choice, and counting them there too would promise sizes no policy reaches); the rest of
@@ -44,10 +44,11 @@ import torch
 from torch import nn
 
 from ..measure import Measurement
-from ..measure.packing.bits import gaps_of, stream_sizes
+from ..measure.packing.codec import encode_tensor
 from ..space import BoundSpace
 from ..techniques.lowrank import svd_factors, factor_params, target_rank
 from ..techniques.prune import magnitude_mask
+from ..weights import quantize_value
 
 BUDGETS_PER_OBJECTIVE = 6
 _BITS_WIDTH = {16: 16, 32: 32}
@@ -72,12 +73,12 @@ class Combo:
 
 
 def _payload(weight: torch.Tensor, sparsity: float, bits: int) -> int:
-    """Exact payload bytes of `weight` pruned by magnitude to `sparsity` and stored at `bits`."""
-    mask = magnitude_mask(weight, sparsity).reshape(-1).numpy()
-    width = _BITS_WIDTH.get(bits, bits)
-    scales = 2 * weight.shape[0] if bits <= 8 else 0
-    gaps = gaps_of(np.flatnonzero(mask))
-    return scales + min(v[0] for v in stream_sizes(mask.size, gaps, width).values())
+    """Exact payload bytes of `weight` pruned by magnitude to `sparsity` and stored at `bits`: the
+    packer's own encoding of it (layout and entropy coding included)."""
+    w = weight * magnitude_mask(weight, sparsity).to(weight.dtype)
+    if bits != 32:
+        w = quantize_value(w, bits)
+    return len(encode_tensor(w, 0 if bits == 32 else bits).payload)
 
 
 def _weights(module: nn.Module, rank: float) -> list[torch.Tensor] | None:

@@ -34,8 +34,10 @@ def searched(tmp_path_factory) -> SimpleNamespace:
     (tmp / "space.yaml").write_text(SPACE)
     storage = f"sqlite:///{tmp}/tiny.db"
     # no pre-pass / screening: every kind of trial (structured ones included) stays in, each fine-tuned in full
+    # NSGA-II's random first generation gives every kind of trial here (structured ones included)
     result = ash.search(model, digits_task(device="cpu"), ash.load_space(tmp / "space.yaml"), n_trials=10,
-                        storage=storage, study_name="tiny", latency=FAST, seed=0, sensitivity=False, screen=False)
+                        storage=storage, study_name="tiny", latency=FAST, seed=0, sensitivity=False, screen=False,
+                        sampler="nsga2")
     return SimpleNamespace(model=model, weights=str(weights), result=result, storage=storage, dir=tmp)
 
 

@@ -28,5 +28,9 @@ def test_a_format1_recipe_loads_and_replays_bitwise() -> None:
     if torch.get_num_threads() == 2:  # float reductions depend on the thread count (the fixture used 2)
         assert state_digest(small) == expected["state_sha256"]
     m = ash.measure(small, task, latency=FAST)
-    assert m.size_bytes == expected["size_bytes"] == recipe.metrics.size_bytes
+    # the .ashz format has moved on (version 2: entropy-coded streams): the fixed-width file is the
+    # recorded size exactly, today's file is never larger
+    from autoshrink.measure.packing import pack
+    assert len(pack(small, entropy=False)[0]) == expected["size_bytes"] == recipe.metrics.size_bytes
+    assert m.size_bytes <= expected["size_bytes"]
     assert m.accuracy == expected["accuracy"] == recipe.metrics.accuracy
