@@ -7,11 +7,12 @@ Run where CUDA is present (CI has none; the project's GPU tests are `pytest -m g
    with the same model's CPU latency (1 thread) beside it; weights are random (latency does not depend
    on them);
 3. fine-tune throughput (steps per second) of LeNet-300-100 at 4 bits with 90 % sparsity (fake
-   quantization and masks kept in force every step) on CUDA and on the CPU, batch 128, synthetic data;
+   quantization and masks kept in force every step), on a linear grid and on a k-means codebook
+   (re-assigned every forward), on CUDA and on the CPU, batch 128, synthetic data;
 4. a digits-CNN search of --trials trials with Ray actors sharing the GPU (4 x 0.25) against one actor
    holding it (1 x 1): wall time, trials per minute, and the devices the trials recorded.
 
-Usage: python benchmarks/gpu_paths.py [--trials 16] [--steps 200]
+Usage: python benchmarks/gpu_paths.py [--trials 16] [--steps 200] [--parts latency qat ray]
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ POLICIES = {
     "fp16 all": {"fc1": L(bits=16), "fc2": L(bits=16), "fc3": L(bits=16)},
 }
 
+PARTS = ("latency", "qat", "ray")
+
 
 def synthetic_task(n: int, batch: int, device: str) -> ash.Task:
     g = torch.Generator().manual_seed(0)
@@ -56,10 +59,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which parts to run (default: all)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_paths: CUDA is not available here; run it on a machine with an NVIDIA GPU.")
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
     try:
         import onnxruntime as ort
         providers = f"onnxruntime {ort.__version__}, providers {ort.get_available_providers()}"
@@ -67,6 +70,17 @@ def main() -> None:
         providers = "onnxruntime not installed"
     print(f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; {providers}")
 
+    if "latency" in args.parts:
+        latency_part()
+    if "qat" in args.parts:
+        qat_part()
+    if "ray" in args.parts:
+        ray_part(args.trials, args.steps)
+
+
+def latency_part() -> None:
+    """CUDA and 1-thread CPU latency of LeNet-300-100 compressed three ways; the runtimes CUDA refuses."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
     torch.manual_seed(0)
     base = LeNet300().eval()
     models = {"float32": base}
@@ -89,9 +103,14 @@ def main() -> None:
         except ash.AutoshrinkError as exc:
             print(f"runtime {runtime} on cuda: refused: {exc}")
 
-    for dev in ("cuda", "cpu"):
+
+def qat_part() -> None:
+    """Quantization-aware fine-tune throughput, linear grid and k-means codebook, CUDA and CPU."""
+    torch.set_num_threads(8)
+    for dev, book in (("cuda", "linear"), ("cpu", "linear"), ("cuda", "kmeans"), ("cpu", "kmeans")):
         task = synthetic_task(8192, 1, dev)
-        model = ash.apply_policy(LeNet300(), ash.Policy({n: L(sparsity=0.9, bits=4) for n in ("fc1", "fc2", "fc3")}))
+        layer = L(sparsity=0.9, bits=4, codebook=book)
+        model = ash.apply_policy(LeNet300(), ash.Policy({n: layer for n in ("fc1", "fc2", "fc3")}))
         ash.finetune(model, task, steps=20, seed=0)  # warm-up (CUDA context, kernels)
         if dev == "cuda":
             torch.cuda.synchronize()
@@ -101,8 +120,12 @@ def main() -> None:
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
         size = ash.measure(model.to("cpu"), synthetic_task(512, 1, "cpu")).size_bytes
-        print(f"QAT fine-tune on {dev}: {300 / wall:.0f} steps/s (300 steps in {wall:.2f} s); packed {size} B")
+        print(f"QAT fine-tune ({book} 4-bit) on {dev}: {300 / wall:.0f} steps/s (300 steps in {wall:.2f} s); "
+              f"packed {size} B")
 
+
+def ray_part(trials: int, steps: int) -> None:
+    """A digits-CNN search with 4 actors sharing the GPU against 1 actor holding it."""
     import ray
     ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, _node_ip_address="127.0.0.2", logging_level="ERROR")
     try:
@@ -110,7 +133,7 @@ def main() -> None:
         model, task, space = digits_model("cnn"), digits_task(device="auto"), ash.load_space("default")
         for actors, share in ((4, 0.25), (1, 1.0)):
             t0 = time.perf_counter()
-            r = ash.search(model, task, space, n_trials=args.trials, finetune_steps=args.steps, sampler="random",
+            r = ash.search(model, task, space, n_trials=trials, finetune_steps=steps, sampler="random",
                            seed=0, executor=ash.RayExecutor(actors=actors, gpus_per_actor=share),
                            storage=f"sqlite:///{tmp}/g{actors}.db", study_name=f"g{actors}", sensitivity=False)
             wall = time.perf_counter() - t0
@@ -118,8 +141,8 @@ def main() -> None:
             devices = sorted({t.user_attrs["measurement"]["device"] for t in done})
             states = collections.Counter(t.state.name for t in r.study.trials)
             failures = [t.user_attrs.get("failure") for t in r.study.trials if t.state.name == "FAIL"]
-            print(f"ray {actors} actor(s) x {share:g} GPU: {args.trials} trials in {wall:.1f} s "
-                  f"= {args.trials / wall * 60:.1f} trials/min; states {dict(states)}; devices {devices}"
+            print(f"ray {actors} actor(s) x {share:g} GPU: {trials} trials in {wall:.1f} s "
+                  f"= {trials / wall * 60:.1f} trials/min; states {dict(states)}; devices {devices}"
                   + (f"; failures {failures}" if failures else ""))
     finally:
         ray.shutdown()

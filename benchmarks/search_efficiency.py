@@ -25,6 +25,8 @@ ratios of autoshrink's medians to the others'.
 
 Usage: make bench-deps; .venv/bin/python benchmarks/search_efficiency.py --task ccexam --budget 1800 [--seeds 0 1 2]
        .venv/bin/python benchmarks/search_efficiency.py --rescore OUT.json [--dbdir DIR]  (re-summarize stored studies)
+       .venv/bin/python benchmarks/search_efficiency.py --against AUTOSHRINK.json --methods today random
+           (run only the baselines, each seed at the wall time autoshrink took in that earlier --out of the same task)
 """
 from __future__ import annotations
 
@@ -104,6 +106,9 @@ def rescore(path: str, dbdir: str | None) -> None:
     seeds = data.get("seeds") or list(range(max(len(rs) for rs in data["runs"].values())))  # the default 0, 1, 2
     runs: dict[str, list[dict]] = {}
     for method, rs in data["runs"].items():
+        if method == "autoshrink" and data.get("against"):
+            runs[method] = rs  # taken from the --against file; its studies live elsewhere
+            continue
         runs[method] = []
         for seed, old in zip(seeds, rs):
             name = f"{data['task']}-{method}-{seed}"
@@ -125,19 +130,33 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write every run's summary as JSON here")
     ap.add_argument("--rescore", metavar="OUT_JSON", help="re-summarize the stored studies of an earlier --out")
     ap.add_argument("--dbdir", help="with --rescore: where that run's study databases are")
+    ap.add_argument("--against", metavar="OUT_JSON", help="an earlier --out with autoshrink's runs of this task: "
+                    "its per-seed wall times are the other methods' budgets, its runs join the report")
     args = ap.parse_args()
     if args.rescore:
         return rescore(args.rescore, args.dbdir)
+    earlier: dict[int, dict] = {}
+    if args.against:
+        prior = json.loads(Path(args.against).read_text())
+        args.task, args.budget = args.task or prior["task"], args.budget or prior["budget"]
+        if prior["task"] != args.task or "autoshrink" in args.methods:
+            ap.error(f"--against {args.against} holds task {prior['task']!r}; use it with that task and without "
+                     "method autoshrink")
+        earlier = dict(zip(prior["seeds"], prior["runs"]["autoshrink"]))
+        if missing := sorted(set(args.seeds) - set(earlier)):
+            ap.error(f"--against {args.against} has no autoshrink run for seeds {missing}")
     if args.task is None or args.budget is None:
-        ap.error("--task and --budget are required (or --rescore)")
+        ap.error("--task and --budget are required (or --rescore, or --against)")
     model, task, steps = task_and_model(args.task)
     space = ash.load_space("default")
     today_space = dataclasses.replace(space, finetune=FinetuneConfig.from_dict({**space.finetune.to_dict(), **TODAY_FT}))
     tmp = Path(tempfile.mkdtemp())
     runs: dict[str, list[dict]] = {m: [] for m in args.methods}
+    if earlier:
+        runs = {"autoshrink": [earlier[seed] for seed in args.seeds], **runs}
     print(f"task {args.task}: {steps} steps per trial, max drop {MAX_DROP * 100:g} pp, budget {args.budget:.0f} s")
     for seed in args.seeds:
-        wall_budget = args.budget
+        wall_budget = earlier[seed]["wall_s"] if earlier else args.budget
         for method in args.methods:
             name = f"{args.task}-{method}-{seed}"
             common = dict(objectives=("accuracy", "size"), n_trials=None, finetune_steps=steps, seed=seed,
@@ -157,7 +176,7 @@ def main() -> None:
     report(runs, args.seeds)
     if args.out:
         Path(args.out).write_text(json.dumps({"task": args.task, "budget": args.budget, "seeds": args.seeds,
-                                              "dbdir": str(tmp), "runs": runs}, indent=1))
+                                              "dbdir": str(tmp), "against": args.against, "runs": runs}, indent=1))
 
 
 if __name__ == "__main__":

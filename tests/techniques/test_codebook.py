@@ -8,7 +8,8 @@ from torch import nn
 import autoshrink as ash
 from autoshrink.errors import PolicyError
 from autoshrink.measure.packing import codec, load_packed, pack, save_packed
-from autoshrink.weights import Codebook, add_codebook, add_mask, kmeans_1d, weight_bits, weight_codebook
+from autoshrink.weights import (REASSIGN_EVERY, Codebook, add_codebook, add_mask, kmeans_1d, weight_bits,
+                               weight_codebook)
 
 
 def test_kmeans_starts_linear_and_converges_on_a_hand_example() -> None:
@@ -32,6 +33,25 @@ def test_centroid_gradient_is_the_sum_over_its_cluster() -> None:
     assert torch.equal(book.centroids.grad, torch.tensor([7.0, 0.0, 11.0]))
     original = layer.parametrizations.weight.original
     assert torch.equal(original.grad, torch.tensor([[1.0, 2.0, 0.0], [4.0, 5.0, 6.0]]))  # straight through, not at 0
+
+
+def test_training_reassigns_every_few_steps_and_eval_always() -> None:
+    layer = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.9, -1.1]]))
+    add_codebook(layer, 2, torch.tensor([-1.0, 0.0625, 1.0]))
+    original = layer.parametrizations.weight.original
+    layer.train()
+    assert torch.equal(layer.weight, torch.tensor([[1.0, -1.0]]))  # assigned on the first call
+    with torch.no_grad():
+        original.copy_(torch.tensor([[0.1, -1.1]]))  # now nearest to 0.0625
+    seen = [float(layer.weight[0, 0].detach()) for _ in range(REASSIGN_EVERY)]
+    assert seen == [1.0] * (REASSIGN_EVERY - 1) + [0.0625]  # the cached assignment, then refreshed
+    with torch.no_grad():
+        original.copy_(torch.tensor([[0.0, 0.9]]))  # a new zero is read at once; the other waits
+    assert torch.equal(layer.weight, torch.tensor([[0.0, -1.0]]))
+    layer.eval()
+    assert torch.equal(layer.weight, torch.tensor([[0.0, 1.0]]))  # eval: nearest every time
 
 
 def test_at_most_2_to_the_bits_values_after_fine_tuning() -> None:
