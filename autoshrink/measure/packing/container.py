@@ -25,8 +25,11 @@ import collections
 import copy
 import io
 import json
+import math
 import os
+import stat
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +39,7 @@ from torch.nn.utils import parametrize
 from ...errors import PackError
 from ...weights import (add_codebook, add_fake_quant, add_mask, strip_parametrizations, weight_bits,
                          weight_codebook, weight_mask, weight_parametrizations)
-from . import codec, framing
+from . import codec, framing, limits
 from .skeleton import RestrictedUnpickler, SkeletonPickler, TrustedUnpickler
 
 MAGIC = b"ASHZ"
@@ -173,7 +176,7 @@ def _corrupt(where: str, what: str) -> PackError:
 
 def _parse_header(raw: bytes, where: str, version: int) -> list[tuple]:
     try:
-        entries = json.loads(framing.inflate(raw))
+        entries = json.loads(framing.inflate(raw, limits.MAX_HEADER_BYTES))
     except PackError as exc:
         raise _corrupt(where, f"header {exc}") from None
     except ValueError as exc:
@@ -195,8 +198,20 @@ def _parse_header(raw: bytes, where: str, version: int) -> list[tuple]:
     return parsed
 
 
-def unpack(data: bytes, *, trusted: bool = False, where: str = "<bytes>") -> nn.Module:
+def unpack(data: bytes, *, trusted: bool = False, where: str = "<bytes>", allow: Sequence[str] = (),
+           max_bytes: int = limits.MAX_LOADED_BYTES) -> nn.Module:
     """Rebuild the model from packed bytes (see `load_packed`); `where` names the source in errors."""
+    try:
+        return _unpack(data, trusted, where, tuple(allow), max_bytes)
+    except PackError:
+        raise
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - SystemExit, MemoryError, ...: a file never ends the caller
+        raise _corrupt(where, f"loading raised {type(exc).__name__}: {exc}") from None
+
+
+def _unpack(data: bytes, trusted: bool, where: str, allow: tuple[str, ...], max_bytes: int) -> nn.Module:
     if data[:4] != MAGIC:
         raise PackError(f"{where}: not an autoshrink packed model (.ashz): it does not start with {MAGIC!r}; "
                         f"pass a file written by autoshrink.save_packed")
@@ -215,6 +230,10 @@ def unpack(data: bytes, *, trusted: bool = False, where: str = "<bytes>") -> nn.
     if pos > len(data):
         raise _corrupt(where, f"lengths add up to {pos} bytes, the file has {len(data)}")
     header = _parse_header(head, where, data[4])
+    declared = sum(math.prod(shape) * _itemsize(dtype) for shape, dtype, *_ in header)
+    if declared > max_bytes:
+        raise PackError(f"{where}: the file declares {declared:,} bytes of tensors, over the {max_bytes:,}-byte "
+                        f"limit; if it is a model you trust this large, pass max_bytes={declared}")
     tensors: list[Tensor] = []
     for i, (shape, dtype, qbits, flags, encoding, k, count, coded) in enumerate(header):
         try:
@@ -232,10 +251,11 @@ def unpack(data: bytes, *, trusted: bool = False, where: str = "<bytes>") -> nn.
     if pos != len(data):
         raise _corrupt(where, f"{len(data) - pos} bytes follow the last tensor")
     try:
-        raw = framing.inflate(skel)
+        raw = framing.inflate(skel, limits.MAX_SKELETON_BYTES)
     except PackError as exc:
         raise _corrupt(where, f"skeleton {exc}") from None
-    unpickler = (TrustedUnpickler if trusted else RestrictedUnpickler)(io.BytesIO(raw), tensors, where)
+    unpickler = (TrustedUnpickler(io.BytesIO(raw), tensors, where) if trusted
+                 else RestrictedUnpickler(io.BytesIO(raw), tensors, where, allow))
     try:
         model = unpickler.load()
     except PackError:
@@ -244,8 +264,13 @@ def unpack(data: bytes, *, trusted: bool = False, where: str = "<bytes>") -> nn.
         raise _corrupt(where, f"skeleton does not unpickle: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise _corrupt(where, f"skeleton holds {type(model).__name__}, not an nn.Module")
+    limits.check_graph(model, where)
     _reattach(model, header, tensors, where)
     return model
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return max(1, torch.empty((), dtype=dtype).element_size())
 
 
 def _reattach(model: nn.Module, header: list, tensors: list[Tensor], where: str) -> None:
@@ -278,16 +303,28 @@ def _centroids(weight: Tensor, bits: int) -> Tensor:
     return torch.cat([values, values[-1:].repeat(k - values.numel())]) if values.numel() else torch.zeros(k)
 
 
-def load_packed(path: str | os.PathLike[str], *, trusted: bool = False) -> nn.Module:
+def load_packed(path: str | os.PathLike[str], *, trusted: bool = False, allow: Sequence[str] = (),
+                max_bytes: int = limits.MAX_LOADED_BYTES) -> nn.Module:
     """Load a model saved by `save_packed`: same outputs, masks and quantization re-attached.
 
-    Loading never runs code from the file unless `trusted=True` (then any pickled global loads).
+    Loading never runs code from the file and never imports a module by itself: the model's classes
+    must come from modules the caller has imported, or from modules (or packages) named in `allow`,
+    which may then be imported. `trusted=True` loads any pickled global (files you made). Files
+    declaring more than `max_bytes` of tensors (default 4 GiB) or exceeding the bounds in
+    `packing/limits.py` are refused before anything is allocated.
     """
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise PackError(f"{path}: not a regular file (a FIFO, device or folder); pass the path of a packed "
+                            f"model (.ashz)")
+        if info.st_size > limits.MAX_FILE_BYTES:
+            raise PackError(f"{path}: {info.st_size:,} bytes, over the {limits.MAX_FILE_BYTES:,}-byte limit for a "
+                            f"packed model")
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(info.st_size + 1)  # never more than was checked (a file growing meanwhile is cut)
     except FileNotFoundError:
         raise PackError(f"{path}: no such file; check the path of the packed model (.ashz)") from None
     except OSError as exc:
         raise PackError(f"{path}: cannot read the packed model ({exc.strerror})") from None
-    return unpack(data, trusted=trusted, where=str(path))
+    return unpack(data, trusted=trusted, where=str(path), allow=allow, max_bytes=max_bytes)

@@ -81,13 +81,16 @@ def deflate(raw: bytes) -> bytes:
     return c.compress(raw) + c.flush()
 
 
-def inflate(data: bytes) -> bytes:
-    """Inverse of `deflate`; PackError if the stream is corrupt, cut short or followed by bytes."""
+def inflate(data: bytes, limit: int | None = None) -> bytes:
+    """Inverse of `deflate`; PackError if the stream is corrupt, cut short, followed by bytes, or
+    (with `limit`) inflates to more than `limit` bytes -- found without inflating beyond it."""
     d = zlib.decompressobj(zdict=_ZDICT)
     try:
-        raw = d.decompress(data) + d.flush()
+        raw = d.decompress(data, limit + 1) if limit is not None else d.decompress(data) + d.flush()
     except zlib.error as exc:
         raise PackError(f"does not decompress: {exc}") from None
+    if limit is not None and (len(raw) > limit or d.unconsumed_tail):
+        raise PackError(f"inflates to more than {limit:,} bytes")
     if not d.eof or d.unused_data:
         raise PackError("is cut short or followed by stray bytes")
     return raw

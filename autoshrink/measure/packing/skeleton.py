@@ -2,8 +2,9 @@
 
 Every tensor is replaced by its index in the container's header (tied tensors share one index);
 module state equal to a fresh nn.Module's (empty hook dicts, ...) is left out to keep it small.
-Loading uses a restricted unpickler that accepts only nn.Module subclasses, torch.nn.functional
-functions and a few plain types, unless the caller says the file is trusted.
+Loading uses a restricted unpickler that accepts only nn.Module subclasses of modules already
+imported (or allowed), torch.nn.functional functions and a few plain types, and calls nothing but
+the skeleton's own constructors, unless the caller says the file is trusted.
 """
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ from torch import Tensor, nn
 
 from ...errors import PackError
 
-SAFE_BUILTINS = frozenset({"set", "frozenset", "slice", "tuple", "list", "dict", "int", "float", "bool",
-                           "str", "complex", "bytes", "range"})
+SAFE_BUILTINS = frozenset({"set", "frozenset", "slice", "complex", "range"})
 TRUST_HINT = "pass trusted=True only if you trust where the file came from"
 
 
@@ -96,26 +96,90 @@ class SkeletonPickler(pickle.Pickler):
         return _new_module, (type(obj),), state, None, None, _set_module_state
 
 
-def _resolve(module: str, qualname: str) -> Any:
-    obj: Any = importlib.import_module(module)
+def _lookup(module: str, qualname: str) -> Any:
+    """`module.qualname` found in the already-imported module's namespace: no import, no module
+    `__getattr__`, no descriptor runs (None where it is not there)."""
+    obj: Any = sys.modules.get(module)
     for part in qualname.split("."):
-        obj = getattr(obj, part)
+        if obj is None:
+            return None
+        obj = inspect.getattr_static(obj, part, None)
     return obj
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """Loads only nn.Module subclasses, torch.nn.functional functions and a few plain types."""
+def _allowed(module: str, allow: tuple[str, ...]) -> bool:
+    return any(module == a or module.startswith(a + ".") for a in allow)
 
-    def __init__(self, file: io.BytesIO, tensors: list[Tensor], where: str) -> None:
+
+def _size_args(args: tuple) -> bool:
+    return (len(args) == 1 and type(args[0]) in (tuple, list) and len(args[0]) <= 64
+            and all(type(d) is int for d in args[0]))
+
+
+def _check_reduce(func: Any, args: Any) -> bool:
+    """Whether calling `func(*args)` is one a skeleton makes: what it builds is known and small."""
+    if type(args) is not tuple:
+        return False
+    if func is _new_module:
+        return len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], nn.Module)
+    if func is _set_module_state:
+        return len(args) == 2 and isinstance(args[0], nn.Module) and type(args[1]) is dict
+    if func is collections.OrderedDict:
+        return args == ()
+    if func is torch.Size:
+        return _size_args(args)
+    if func is torch.device:
+        return (1 <= len(args) <= 2 and type(args[0]) is str and len(args[0]) <= 32
+                and all(type(a) is int for a in args[1:]))
+    if func in (slice, range):
+        return len(args) <= 3 and all(a is None or type(a) is int for a in args)
+    if func is complex:
+        return len(args) <= 2 and all(type(a) in (int, float) for a in args)
+    if func in (set, frozenset):
+        return len(args) <= 1 and all(type(a) in (list, tuple) for a in args)
+    return False
+
+
+def _forbidden(opcode: str) -> Any:
+    def refuse(self: RestrictedUnpickler) -> None:
+        raise PackError(f"{self._where}: the model skeleton uses pickle's {opcode} (it builds objects a model "
+                        f"skeleton never holds); {TRUST_HINT}")
+    return refuse
+
+
+class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
+    """Loads only nn.Module subclasses, torch.nn.functional functions and a few plain types, and runs no
+    code of the file's choosing: no import (classes come from modules the caller imported, or named in
+    `allow`), and the only calls are the skeleton's own constructors with checked arguments (the
+    pure-Python unpickler, so that each call can be checked; a skeleton is small)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
+    def __init__(self, file: io.BytesIO, tensors: list[Tensor], where: str, allow: tuple[str, ...] = ()) -> None:
         super().__init__(file)
         self._tensors = tensors
         self._where = where
+        self._allow = allow
 
     def persistent_load(self, pid: Any) -> Tensor:
         if type(pid) is not int or not 0 <= pid < len(self._tensors):
             raise PackError(f"{self._where}: the skeleton refers to tensor {pid!r}, but the header lists "
                             f"{len(self._tensors)}; the file is corrupt, save the model again")
         return self._tensors[pid]
+
+    def load_reduce(self) -> None:
+        args = self.stack.pop()
+        func = self.stack[-1]
+        if not _check_reduce(func, args):
+            name = getattr(func, "__qualname__", type(func).__name__)
+            raise PackError(f"{self._where}: the model skeleton calls {name} with arguments a skeleton never "
+                            f"passes; the file is corrupt or hostile, {TRUST_HINT}")
+        self.stack[-1] = func(*args)
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    for _code in ("BUILD", "NEWOBJ", "NEWOBJ_EX", "INST", "OBJ"):
+        dispatch[getattr(pickle, _code)[0]] = _forbidden(_code)
+    del _code
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "builtins" and name in SAFE_BUILTINS:
@@ -129,17 +193,28 @@ class RestrictedUnpickler(pickle.Unpickler):
         if module == __name__ and name in ("_new_module", "_set_module_state"):
             return globals()[name]
         if module.startswith("torch") and not name.startswith("_") and module in sys.modules:
-            obj = getattr(sys.modules[module], name, None)
+            obj = _lookup(module, name)
             if obj is not None and getattr(torch.nn.functional, name, None) is obj and inspect.isroutine(obj) \
                     and (inspect.isbuiltin(obj) or obj.__module__ == "torch.nn.functional"):
                 return obj
-        if "<" not in name:
+        if "<" in name:
+            raise PackError(f"{self._where}: the model skeleton refers to {module}.{name}, a class defined inside "
+                            f"a function, which cannot be loaded; define it at module level and save again")
+        if module not in sys.modules:
+            if not _allowed(module, self._allow):
+                raise PackError(f"{self._where}: the model skeleton refers to {module}.{name}, but module "
+                                f"{module} is not imported; loading never imports a module by itself: import it "
+                                f"first, or pass allow=[{module!r}] if you trust it")
             try:
-                obj = _resolve(module, name)
-            except Exception:  # noqa: BLE001 - anything unresolvable is simply not allowed
-                obj = None
-            if isinstance(obj, type) and issubclass(obj, nn.Module):
-                return obj
+                importlib.import_module(module)
+            except BaseException as exc:  # noqa: BLE001 - the allowed module's own failure, reported as such
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                raise PackError(f"{self._where}: importing {module} (allowed) failed: {type(exc).__name__}: "
+                                f"{exc}") from None
+        obj = _lookup(module, name)
+        if isinstance(obj, type) and issubclass(obj, nn.Module):
+            return obj
         raise PackError(f"{self._where}: the model skeleton refers to {module}.{name}, which autoshrink does not "
                         f"load (only nn.Module subclasses, torch.nn.functional and plain types); {TRUST_HINT}")
 
