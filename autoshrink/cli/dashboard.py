@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 INSTALL = "pip install 'autoshrink[dashboard]'"
 
 
@@ -28,6 +27,7 @@ def resolve_storage(arg: str | None) -> tuple[str, str | None]:
     An URL is used as is; a .db (or any SQLite) file becomes sqlite:///<path>; a study config YAML gives its
     storage (default sqlite:///studies/<name>.db) and its name; a bare name is a study under studies/;
     nothing means the only studies/*.db of the working directory."""
+    from ..search.storage_read import is_sqlite
     from .recipes import _study_location
 
     here = Path.cwd()
@@ -45,7 +45,7 @@ def resolve_storage(arg: str | None) -> tuple[str, str | None]:
     if path.suffix in (".yaml", ".yml"):
         name, url = _study_location(arg, None)
         return url, name
-    if path.suffix in (".db", ".sqlite", ".sqlite3") or (path.is_file() and _is_sqlite(path)):
+    if path.suffix in (".db", ".sqlite", ".sqlite3") or (path.is_file() and is_sqlite(path)):
         return f"sqlite:///{path}", None
     if path.exists():
         raise _fail(f"{arg}: not an SQLite database nor a study config YAML; pass an Optuna storage URL "
@@ -56,49 +56,11 @@ def resolve_storage(arg: str | None) -> tuple[str, str | None]:
     raise _fail(f"{arg}: no such file; pass an Optuna storage URL, an existing .db file or a study config YAML.")
 
 
-def _is_sqlite(path: Path) -> bool:
-    try:
-        with path.open("rb") as f:
-            return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
-    except OSError:
-        return False
-
-
-def _check_sqlite_file(url: str) -> None:
-    """Catch what SQLite would otherwise do silently: create a missing file, or fail with a vague error."""
-    import os
-
-    raw = url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else ""
-    if not raw or raw == ":memory:":
-        raise _fail(f"{url}: an in-memory SQLite storage holds no study; pass the .db file a search wrote.")
-    path = Path(raw)
-    if not path.is_file():
-        raise _fail(f"storage {url}: no such file {raw} (in {Path.cwd()}); run `autoshrink search` first or "
-                    "pass the path of an existing .db file.")
-    if not os.access(path, os.R_OK):
-        raise _fail(f"storage {url}: {raw} is not readable (permission denied); fix its permissions.")
-    if path.stat().st_size and not _is_sqlite(path):
-        raise _fail(f"storage {url}: {raw} is not an SQLite database; pass the .db file a search wrote.")
-
-
 def open_storage(url: str) -> Any:
-    """A read-mostly RDBStorage for `url` (no table creation): one-line errors for the usual mistakes."""
-    import optuna
+    """A read-only RDBStorage for `url` (no table creation; search/storage_read.py): one-line errors."""
+    from ..search.storage_read import open_readonly
 
-    if url.startswith("sqlite:"):
-        _check_sqlite_file(url)
-    kwargs: dict[str, Any] = {"skip_table_creation": True}
-    if url.startswith("sqlite:"):
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 30}}
-    try:
-        return optuna.storages.RDBStorage(url, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - any storage failure: say which storage and why
-        cause = exc.__cause__ or exc.__context__ or exc
-        text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        if "no such table" in text:
-            raise _fail(f"storage {url}: holds no Optuna tables ({text}); pass the storage a search wrote.") from None
-        raise _fail(f"storage {url}: cannot open it ({type(exc).__name__}: {text}); check the URL, the database "
-                    "server and its driver.") from None
+    return open_readonly(url, "dashboard: ")
 
 
 def _is_loopback(host: str) -> bool:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
+
+from .outputs import check_output
 
 
 def _study_location(study: str, storage: str | None) -> tuple[str, str]:
@@ -19,6 +20,16 @@ def _study_location(study: str, storage: str | None) -> tuple[str, str]:
     return study, storage or f"sqlite:///studies/{study}.db"
 
 
+def study_inputs(study: str, storage: str) -> list[tuple[str, str | None]]:
+    """What a command reading a study reads: its config YAML (if STUDY is a file) and its SQLite file."""
+    from pathlib import Path
+
+    from .outputs import sqlite_file
+
+    return [("the study config", study if Path(study).is_file() else None),
+            ("the study database", sqlite_file(storage))]
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..search import load_result
@@ -26,6 +37,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.trial is not None and args.minimize is not None:
         raise ConfigError("export: --minimize goes with --max-accuracy-drop, not with --trial; drop one of them.")
     name, storage = _study_location(args.study, args.storage)
+    check_output(args.output, "-o", "recipe", study_inputs(args.study, storage))
     result = load_result(name, storage)
     if args.trial is not None:
         recipe = result.recipe(args.trial)
@@ -68,6 +80,9 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from ..space.yaml_source import Source
     from ..task import Task
 
+    check_output(args.out, "--out", "packed", [("the recipe", args.recipe)])
+    if args.onnx:
+        check_output(args.onnx, "--onnx", "onnx", [("the recipe", args.recipe), ("--out", args.out)])
     recipe = Recipe.load(args.recipe)
     cli = Source("command line")
     model = load_entry_point(args.model, "--model", cli)(**_json_kwargs(args.model_args, "--model-args"))
@@ -83,8 +98,6 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     if args.onnx:
         from ..export.onnx import check_target
 
-        if os.path.abspath(args.onnx) in (os.path.abspath(args.out), os.path.abspath(args.recipe)):
-            raise ConfigError(f"--onnx {args.onnx}: the same file as --out or the recipe; name a new .onnx file.")
         check_target(args.onnx)
     small, report = apply_recipe_with_report(model, recipe, task, strict=not args.no_strict)
     if args.onnx:  # built before anything is written: a model that cannot be exported leaves no file behind

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .recipes import _study_location
+from .outputs import check_output
+from .recipes import _study_location, study_inputs
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -15,8 +16,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from ..search import load_result
 
     name, storage = _study_location(args.study, args.storage)
+    target = check_output(args.output or Path("studies") / name / "report.html", "-o", "report",
+                          study_inputs(args.study, storage), make_parent=True)
     result = with_recorded_constraint(load_result(name, storage))
-    path = write_report(result, Path(args.output) if args.output else Path("studies") / name / "report.html")
+    path = write_report(result, target)
     trials = result.trials
     states = trials["state"].value_counts().to_dict() if len(trials) else {}
     summary = {"path": str(path), "study": name, "trials": len(trials), "complete": int(states.get("COMPLETE", 0)),

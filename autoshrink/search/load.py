@@ -1,7 +1,6 @@
 """load_result: a finished (or running) search's SearchResult from storage alone, without the model."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import optuna
 
@@ -9,6 +8,7 @@ from ..errors import ConfigError
 from ..measure import Measurement
 from .objectives import resolve
 from .result import SearchResult
+from .storage_read import open_readonly
 from .study import FORMAT
 
 
@@ -17,18 +17,16 @@ def load_result(study_name: str, storage: str | None = None) -> SearchResult:
     return its SearchResult (baseline, trials, front, `best`, `recipe`). Nothing is written; a
     missing study is an error listing the studies that storage holds."""
     url = storage or f"sqlite:///studies/{study_name}.db"
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
-        raise ConfigError(f"storage {url!r}: no such database file, so no study {study_name!r}. Fix: run the "
-                          "search first, or pass the storage it used (--storage URL).")
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        names = optuna.study.get_all_study_names(url)
+        rdb = open_readonly(url)  # creates nothing: a foreign or empty file is refused untouched
+        names = optuna.study.get_all_study_names(rdb)
         if study_name not in names:
             listed = ", ".join(map(repr, sorted(names))) or "none"
             raise ConfigError(f"storage {url!r} holds no study {study_name!r}; the studies there: {listed}. "
                               "Fix: use one of those names, or pass the storage the search used.")
-        study = optuna.load_study(study_name=study_name, storage=url)
+        study = optuna.load_study(study_name=study_name, storage=rdb)
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - any storage failure: say which storage and why

@@ -102,7 +102,7 @@ def test_storage_argument_forms(study, tmp_path, monkeypatch) -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["{tmp}/not_sqlite.db"], "{tmp}/not_sqlite.db is not an SQLite database"),
-    (["{tmp}/empty.db"], "holds no Optuna tables"),
+    (["{tmp}/empty.db"], "{tmp}/empty.db is an empty file, not a study database; nothing was changed"),
     (["{db}", "--study", "nope"], "--study 'nope': not in sqlite:///{db}; its studies: e2e."),
     (["{db}", "--port", "70000"], "--port 70000: not a TCP port"),
     (["{db}", "--host", "no-such-host.invalid"], "--host no-such-host.invalid: cannot resolve it"),

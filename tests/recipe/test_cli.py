@@ -59,7 +59,7 @@ def test_export_errors_are_one_line_exit_2(searched, tmp_path, capsys, argv, mes
 
 def test_export_of_a_missing_storage(tmp_path, capsys) -> None:
     assert main(["export", "nothing", "--storage", f"sqlite:///{tmp_path}/no.db", "--trial", "0", "-o", "r.yaml"]) == 2
-    assert "no such database file, so no study 'nothing'" in capsys.readouterr().err
+    assert f"storage sqlite:///{tmp_path}/no.db: no such file {tmp_path}/no.db" in capsys.readouterr().err
     assert not (tmp_path / "no.db").exists()
 
 

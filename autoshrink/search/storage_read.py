@@ -1,0 +1,83 @@
+"""Opening a study storage to read it (export, report, dashboard): never creates or changes anything.
+
+Optuna's RDBStorage creates its tables (and stamps its schema version) in whatever database it is
+given, so a mistyped path would turn an empty file, or another application's SQLite database, into
+an Optuna one. For SQLite the file is checked first, read-only and without Optuna: it must exist,
+be an SQLite database and hold Optuna's tables; then it is opened without table creation.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+OPTUNA_TABLES = frozenset({"studies", "trials", "version_info", "alembic_version"})
+
+
+def is_sqlite(path: Path) -> bool:
+    """Whether `path` starts like an SQLite database file."""
+    try:
+        with path.open("rb") as f:
+            return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return False
+
+
+def _tables(path: Path) -> set[str]:
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        con.close()
+
+
+def check_sqlite_study_file(url: str, prefix: str = "") -> None:
+    """ConfigError (message after `prefix`) unless `url`'s file is an existing Optuna SQLite database."""
+    raw = url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else ""
+    if not raw or raw == ":memory:":
+        raise ConfigError(f"{prefix}{url}: an in-memory SQLite storage holds no study; pass the .db file a search "
+                          "wrote.")
+    path = Path(raw)
+    if not path.is_file():
+        what = "not a regular file" if path.exists() else "no such file"
+        raise ConfigError(f"{prefix}storage {url}: {what} {raw} (in {Path.cwd()}). Fix: run `autoshrink search` "
+                          "first, or pass the storage it used (--storage URL or the .db file).")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{prefix}storage {url}: {raw} is not readable (permission denied); fix its permissions.")
+    if not is_sqlite(path):
+        what = "an empty file, not a study database" if path.stat().st_size == 0 else "not an SQLite database"
+        raise ConfigError(f"{prefix}storage {url}: {raw} is {what}; nothing was changed. Fix: pass the .db file a "
+                          "search wrote.")
+    try:
+        missing = OPTUNA_TABLES - _tables(path)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{prefix}storage {url}: {raw} cannot be read as SQLite ({exc}); pass the .db file a "
+                          "search wrote.") from None
+    if missing:
+        raise ConfigError(f"{prefix}storage {url}: {raw} is an SQLite database but not an Optuna study storage "
+                          f"(no {', '.join(sorted(missing))} tables); nothing was changed. Fix: pass the .db file a "
+                          "search wrote.")
+
+
+def open_readonly(url: str, prefix: str = "") -> Any:
+    """An Optuna RDBStorage for `url` that creates no table: one-line ConfigErrors for the usual mistakes."""
+    import optuna
+
+    kwargs: dict[str, Any] = {"skip_table_creation": True}
+    if url.startswith("sqlite:"):
+        check_sqlite_study_file(url, prefix)
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 30}}
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any storage failure: say which storage and why
+        cause = exc.__cause__ or exc.__context__ or exc
+        text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        if "no such table" in text or "does not exist" in text:
+            raise ConfigError(f"{prefix}storage {url}: holds no Optuna tables ({text}); pass the storage a search "
+                              "wrote.") from None
+        raise ConfigError(f"{prefix}storage {url}: cannot open it ({type(exc).__name__}: {text}); check the URL, the "
+                          "database server and its driver.") from None
