@@ -5,6 +5,8 @@ User-input errors also subclass ValueError or TypeError so generic handlers stil
 """
 from __future__ import annotations
 
+import math
+
 
 class AutoshrinkError(Exception):
     """Base class of every error autoshrink raises on purpose."""
@@ -42,6 +44,16 @@ def describe(value: object, limit: int = 80) -> str:
     """Short repr of a user value for error messages."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def finite_number(value: object) -> bool:
+    """A real number (not a bool) that is finite; False, never OverflowError, for a 400-digit integer."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 class ExecutorUnavailable(ConfigError):

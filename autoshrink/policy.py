@@ -6,11 +6,10 @@ The defaults of LayerPolicy mean "leave alone".
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
-from .errors import PolicyError, describe
+from .errors import PolicyError, describe, finite_number
 
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 CODEBOOKS = ("linear", "kmeans")
@@ -42,7 +41,7 @@ class LayerPolicy:
     def __post_init__(self) -> None:
         where = f"{self.where}." if self.where else ""
         s = self.sparsity
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or not 0.0 <= s < 1.0:
+        if not finite_number(s) or not 0.0 <= s < 1.0:
             raise PolicyError(
                 f"{where}sparsity: got {describe(s)}; it must be a number in [0, 1) "
                 "(the fraction of weights, or of channels when structured, removed). Fix: use e.g. 0.5."
@@ -56,7 +55,7 @@ class LayerPolicy:
                 "or 32 (untouched). Fix: pick one of " + ", ".join(map(str, ALLOWED_BITS)) + "."
             )
         r = self.rank
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or not 0.0 < r <= 1.0:
+        if not finite_number(r) or not 0.0 < r <= 1.0:
             raise PolicyError(
                 f"{where}rank: got {describe(r)}; it must be a fraction of the full rank in (0, 1] "
                 "(1.0 = no factorization). Fix: use e.g. 0.25."

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 import warnings
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from .. import __version__
 from ..errors import AutoshrinkError
@@ -12,12 +13,20 @@ from ..techniques import CompressionWarning
 from . import dashboard, demo, recipes, report, search, sensitivity, walkthrough
 
 COMMANDS = (demo, search, sensitivity, recipes, walkthrough, dashboard, report)
+BUG_REPORTS = "the autoshrink issue tracker of the repository you installed it from"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line (exit 2), like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"autoshrink: error: {self.prog}: {' '.join(message.split())} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoshrink", description="Automated per-layer model compression.")
+    parser = OneLineParser(prog="autoshrink", description="Automated per-layer model compression.")
     parser.add_argument("--version", action="version", version=f"autoshrink {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for command in COMMANDS:
         command.add_parser(sub)
     return parser
@@ -50,6 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autoshrink: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # not a user error: a bug -- the traceback, and where to send it
+        traceback.print_exc()
+        print(f"autoshrink: internal error: this is a bug in autoshrink {__version__}, not in your input; please "
+              f"report it with the traceback above and the command you ran ({BUG_REPORTS}).", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..measure import save_packed
     from ..recipe import Recipe, apply_recipe_with_report, measure_recipe
-    from ..search.config import load_entry_point
+    from ..search.config import call_factory
     from ..space.yaml_source import Source
     from ..task import Task
 
@@ -85,15 +85,12 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         check_output(args.onnx, "--onnx", "onnx", [("the recipe", args.recipe), ("--out", args.out)])
     recipe = Recipe.load(args.recipe)
     cli = Source("command line")
-    model = load_entry_point(args.model, "--model", cli)(**_json_kwargs(args.model_args, "--model-args"))
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"--model {args.model} returned {type(model).__name__}, not a torch.nn.Module; "
-                          "name a factory that returns the trained model.")
+    model = call_factory(args.model, _json_kwargs(args.model_args, "--model-args"), "--model", cli, nn.Module,
+                         "--model-args")
     task = None
     if args.task:
-        task = load_entry_point(args.task, "--task", cli)(**_json_kwargs(args.task_args, "--task-args"))
-        if not isinstance(task, Task):
-            raise ConfigError(f"--task {args.task} returned {type(task).__name__}, not an autoshrink.Task.")
+        task = call_factory(args.task, _json_kwargs(args.task_args, "--task-args"), "--task", cli, Task,
+                            "--task-args")
     onnx = None
     if args.onnx:
         from ..export.onnx import check_target

@@ -10,16 +10,19 @@ from .common import front_table, progress_printer
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from ..search.config import load_entry_point, load_study_config
-    from ..space import load_space
+    from torch import nn
+
     from ..search import search
+    from ..search.config import call_factory, load_study_config
+    from ..space import load_space
+    from ..task import Task
 
     cfg = load_study_config(args.config)
     quiet = args.quiet or args.json
     src = cfg.source
     space = load_space(cfg.space_path())
-    task = load_entry_point(cfg.task, "task", src)(**cfg.task_args)
-    model = load_entry_point(cfg.model, "model", src)(**cfg.model_args)
+    task = call_factory(cfg.task, cfg.task_args, "task", src, Task)
+    model = call_factory(cfg.model, cfg.model_args, "model", src, nn.Module)
     n_trials = args.n_trials if args.n_trials is not None else cfg.n_trials
     drop = cfg.max_accuracy_drop
     drop_label = f"{drop * 100:g} pp" if drop is not None else "1 pp"

@@ -46,10 +46,13 @@ def _stored(name: str, storage: str | None) -> pd.DataFrame | None:
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
-    from ..search.config import load_entry_point, load_study_config
+    from torch import nn
+
+    from ..search.config import call_factory, load_study_config
     from ..search.narrow import narrow, narrow_cutoff
     from ..search.sensitivity import sensitivity
     from ..space import bind, load_space
+    from ..task import Task
     from ..techniques.structured import structured_blockers
 
     cfg = load_study_config(args.config)
@@ -57,8 +60,8 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     df = None if args.fresh else _stored(cfg.name, cfg.storage)
     model = task = None
     if df is None:
-        task = load_entry_point(cfg.task, "task", cfg.source)(**cfg.task_args)
-        model = load_entry_point(cfg.model, "model", cfg.source)(**cfg.model_args)
+        task = call_factory(cfg.task, cfg.task_args, "task", cfg.source, Task)
+        model = call_factory(cfg.model, cfg.model_args, "model", cfg.source, nn.Module)
         runtime = cfg.runtime if cfg.runtime != "auto" else "float"
         df = sensitivity(model, task, space, executor=args.executor or cfg.executor, runtime=runtime, seed=cfg.seed)
         df.attrs["source"] = f"measured now ({df.attrs['seconds']:.1f} s, runtime {runtime})"
@@ -67,8 +70,8 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
         removed = df.attrs["narrowed"]
     else:
         if model is None:
-            model = load_entry_point(cfg.model, "model", cfg.source)(**cfg.model_args)
-            task = load_entry_point(cfg.task, "task", cfg.source)(**cfg.task_args)
+            model = call_factory(cfg.model, cfg.model_args, "model", cfg.source, nn.Module)
+            task = call_factory(cfg.task, cfg.task_args, "task", cfg.source, Task)
         bound = bind(space, model)
         bound = bound.without_structured(structured_blockers(model, bound.structured_candidates(), task.example_input))
         _, removed = narrow(bound, df.to_dict("records"), cutoff)

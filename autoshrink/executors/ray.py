@@ -135,9 +135,11 @@ class RayExecutor:
                  lock_timings: bool = True) -> None:
         if actors is not None and (isinstance(actors, bool) or not isinstance(actors, int) or actors < 1):
             raise ConfigError(f"RayExecutor.actors: got {actors!r}; use a positive integer or None (as many as fit).")
-        if not isinstance(cpus_per_actor, (int, float)) or cpus_per_actor <= 0:
+        if (isinstance(cpus_per_actor, bool) or not isinstance(cpus_per_actor, (int, float))
+                or not 0 < cpus_per_actor < 1e6):  # NaN and inf fail this too
             raise ConfigError(f"RayExecutor.cpus_per_actor: got {cpus_per_actor!r}; use a number > 0.")
-        if not isinstance(gpus_per_actor, (int, float)) or gpus_per_actor < 0 or (gpus_per_actor > 1 and gpus_per_actor % 1):
+        if (isinstance(gpus_per_actor, bool) or not isinstance(gpus_per_actor, (int, float))
+                or not 0 <= gpus_per_actor < 1e6 or (gpus_per_actor > 1 and gpus_per_actor % 1)):
             raise ConfigError(f"RayExecutor.gpus_per_actor: got {gpus_per_actor!r}; use 0, a fraction in (0, 1], "
                               "or a whole number of GPUs.")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 import torch
 import yaml
 
-from ..errors import ConfigError, RecipeError, describe
+from ..errors import ConfigError, RecipeError, describe, finite_number
 from ..measure import Measurement
 from ..policy import LayerPolicy, Policy
 from ..space.yaml_source import Source, load_yaml
@@ -236,8 +236,8 @@ class _Checker:
         return self.check(value, path, lambda v: type(v) is int and v >= low, f"expected an integer >= {low}")
 
     def number(self, value: Any, path: str, low: float = -math.inf) -> float:
-        return float(self.check(value, path, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-                                and math.isfinite(v) and v >= low, f"expected a finite number >= {low}"))
+        return float(self.check(value, path, lambda v: finite_number(v) and v >= low,
+                                f"expected a finite number >= {low}"))
 
     def text(self, value: Any, path: str) -> str:
         return self.check(value, path, lambda v: isinstance(v, str) and v != "", "expected a non-empty string")

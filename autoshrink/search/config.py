@@ -22,10 +22,12 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..errors import describe, finite_number
 from ..space.yaml_source import Source, load_yaml
 from .runtime import RUNTIME_CHOICES
 
@@ -33,6 +35,7 @@ _KEYS = {"name", "model", "model_args", "task", "task_args", "space", "objective
          "finetune_steps", "max_accuracy_drop", "storage", "executor", "seed", "description", "runtime", "refine_top",
          "refine_steps"}
 _REQUIRED = ("name", "model", "task")
+MAX_INT = 2 ** 32  # no count, step or seed anyone means is larger
 
 
 @dataclass(frozen=True)
@@ -69,14 +72,19 @@ class StudyConfig:
 
 
 def load_entry_point(spec: str, path: str, src: Source) -> Callable[..., Any]:
-    """'package.module:callable' -> the callable (imports the module; configs name trusted code)."""
-    if not isinstance(spec, str) or spec.count(":") != 1:
+    """'package.module:callable' -> the callable (imports the module; configs name trusted code).
+    Whatever the import raises (a syntax error in the user's module, an exit) is one ConfigError."""
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.partition(":")[::2]):
         raise src.error(path, f"got {spec!r}; use 'package.module:callable'.")
     module, _, attr = spec.partition(":")
     try:
         obj = importlib.import_module(module)
     except ImportError as exc:
         raise src.error(path, f"cannot import {module!r} ({exc}); check the name and that it is installed.") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the user's module failed while importing: say where
+        raise src.error(path, f"importing {module!r} raised {_described(exc)}; fix that module.") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise src.error(path, f"{module!r} has no attribute {attr!r}.")
@@ -84,6 +92,46 @@ def load_entry_point(spec: str, path: str, src: Source) -> Callable[..., Any]:
     if not callable(obj):
         raise src.error(path, f"{spec!r} is not callable.")
     return obj
+
+
+def an(name: str) -> str:
+    return f"an {name}" if name[0].lower() in "aeiou" else f"a {name}"
+
+
+def _described(exc: BaseException) -> str:
+    """'SyntaxError: invalid syntax (models.py, line 3)': the exception in one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def call_factory(spec: str, kwargs: Mapping[str, Any], path: str, src: Source, returns: type,
+                 args_path: str | None = None) -> Any:
+    """Load `spec`, call it with `kwargs` and check it returned a `returns`: each failure (arguments it
+    does not take, an exception inside it, a wrong return type) is one ConfigError naming `path`."""
+    fn = load_entry_point(spec, path, src)
+    args_path = args_path or f"{path}_args"
+    try:
+        inspect.signature(fn).bind(**kwargs)
+    except TypeError as exc:
+        try:
+            params = f"{spec}{inspect.signature(fn)}"
+        except (TypeError, ValueError):
+            params = spec
+        raise src.error(args_path, f"{exc} ({params}); fix the arguments.") from None
+    except ValueError:  # no signature (a builtin): let the call say
+        pass
+    try:
+        value = fn(**kwargs)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the user's factory failed: name it and what it raised
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise src.error(path, f"{spec}({shown}) raised {_described(exc)}; fix the factory or its arguments.") from None
+    if not isinstance(value, returns):
+        wanted = "torch.nn.Module" if returns.__module__.startswith("torch") else f"autoshrink.{returns.__qualname__}"
+        raise src.error(path, f"{spec} returned {type(value).__name__}, not {an(wanted)}; name a factory that "
+                        "returns one.")
+    return value
 
 
 def load_study_config(path: str | Path) -> StudyConfig:
@@ -103,12 +151,12 @@ def load_study_config(path: str | Path) -> StudyConfig:
     for key, kind in (("n_trials", int), ("finetune_steps", int), ("seed", int), ("refine_top", int),
                       ("refine_steps", int)):
         v = data.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, kind)):
-            raise src.error(key, f"got {v!r}; expected an integer.")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, kind) or not -MAX_INT <= v <= MAX_INT):
+            raise src.error(key, f"got {describe(v)}; expected an integer (at most {MAX_INT:,}).")
     for key in ("timeout", "max_accuracy_drop"):
         v = data.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise src.error(key, f"got {v!r}; expected a number.")
+        if v is not None and not finite_number(v):
+            raise src.error(key, f"got {describe(v)}; expected a finite number.")
     if data.get("runtime") is not None and data["runtime"] not in RUNTIME_CHOICES:
         raise src.error("runtime", f"got {data['runtime']!r}; use {', '.join(RUNTIME_CHOICES)}.")
     objectives = data.get("objectives", ["accuracy", "size", "latency"])

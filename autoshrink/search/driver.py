@@ -32,6 +32,7 @@ from .loop import LoopContext, Progress, WaitClock, run_loop
 from .narrow import narrow
 from .narrow import narrow_cutoff as cutoff_for
 from .objectives import Objective, replayable_values, resolve
+from .preflight import check_model_on_task, check_name, check_seed
 from .refine import REFINE_STEP_FACTOR, refine_candidates, refine_config, run_refine, screened_refine_limit
 from .result import SearchResult, Session
 from .runtime import check_runtime, study_runtime
@@ -178,6 +179,10 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
     screening = _screening(screen)
     n_warm = _warm_count(warm_start, n_trials)
     objs = resolve(objectives)
+    check_seed(seed)
+    study_name = check_name(study_name or f"autoshrink-{type(model).__name__.lower()}")
+    ex = make_executor(executor)  # an unknown executor is refused before anything is created
+    check_model_on_task(model, task)
     bound = bind(space, model)
     # layers structured pruning cannot touch (e.g. the classifier) would only waste trials on no-ops
     blocked = structured_blockers(model, bound.structured_candidates(), task.example_input)
@@ -189,14 +194,12 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
     ft = FinetuneConfig.from_dict({**ft.to_dict(), "seed": seed})
     refine_cfg = refine_config(ft, refine_steps if refine_steps is not None else max(1, REFINE_STEP_FACTOR * ft.steps),
                                refine_finetune) if refine_top else None
-    study_name = study_name or f"autoshrink-{type(model).__name__.lower()}"
-    storage = storage or default_storage(study_name)
     grid = {name: list(choice.values) for name, choice in bound.params()}
     cutoff = cutoff_for(max_accuracy_drop, narrow_cutoff) if sensitivity else None
-    study, created = open_study(storage, study_name, objs, make_sampler(sampler, seed=seed, n_trials=n_trials,
-                                                                         search_space=grid,
-                                                                         values_of=replayable_values(objs)),
-                                _signature(model, bound, objs, ft, task, cutoff))
+    first_sampler = make_sampler(sampler, seed=seed, n_trials=n_trials, search_space=grid,
+                                 values_of=replayable_values(objs))
+    storage = storage or default_storage(study_name)  # from here on the study may be created
+    study, created = open_study(storage, study_name, objs, first_sampler, _signature(model, bound, objs, ft, task, cutoff))
     if created:
         study.set_user_attr("finetune", ft.to_dict())
         study.set_user_attr("structured_excluded", blocked)
@@ -205,16 +208,14 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
         study.set_user_attr("example_input", InputSpec.of(task.example_input).to_dict())
         study.set_user_attr("train_transform", task.transform_name)
         study.set_user_attr("versions", versions())
-    study.set_user_attr("max_accuracy_drop", max_accuracy_drop)  # this run's constraint, read by load_result
-    study.set_user_attr("screen", _screen_attr(screening, max_accuracy_drop))  # this run's rule, read by refine
-    requeue_crashed(study)
-
-    ex = make_executor(executor)
     clock = WaitClock()
     session = Session(model=model, task=task, executor=executor, latency=latency, finetune=ft)
     try:
         ex.start(Job(model=model, task=task, finetune=ft, latency=latency))
-        chosen, probe_s = study_runtime(study, runtime, model, ex, clock.wait)
+        chosen, probe_s = study_runtime(study, runtime, model, ex, clock.wait)  # may refuse a resume
+        study.set_user_attr("max_accuracy_drop", max_accuracy_drop)  # this run's constraint, read by load_result
+        study.set_user_attr("screen", _screen_attr(screening, max_accuracy_drop))  # this run's rule, read by refine
+        requeue_crashed(study)
         baseline, base_s = _baseline(study, ex, clock, chosen)
         result = SearchResult(study=study, baseline=baseline, objectives=objs, max_accuracy_drop=max_accuracy_drop,
                               storage=storage, session=session)

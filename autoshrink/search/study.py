@@ -14,8 +14,8 @@ FORMAT = "autoshrink-study/1"
 
 
 def default_storage(study_name: str) -> str:
-    """sqlite:///studies/<study_name>.db (relative to the working directory; folder created)."""
-    Path("studies").mkdir(exist_ok=True)
+    """sqlite:///studies/<study_name>.db (relative to the working directory; the folder is created
+    when the study is opened, after every check passed)."""
     return f"sqlite:///studies/{study_name}.db"
 
 
@@ -51,7 +51,9 @@ def open_study(storage: str, study_name: str, objectives: Sequence[Objective], s
         storage = make_storage(url)
         existing = study_name in optuna.study.get_all_study_names(storage)
     except Exception as exc:  # noqa: BLE001 - any storage failure: say which storage and why
-        raise ConfigError(f"storage {url!r}: cannot open it ({type(exc).__name__}: {exc}).") from None
+        text = (str(exc).strip().splitlines() or [""])[0]
+        raise ConfigError(f"storage {url!r}: cannot open it ({type(exc).__name__}: {text}). Fix: use an Optuna "
+                          "storage URL such as sqlite:///studies/name.db or postgresql://user@host/db.") from None
     study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler, load_if_exists=True,
                                 directions=[o.direction for o in objectives])
     names = [o.name for o in objectives]

@@ -23,6 +23,7 @@ YAML form (see search_spaces/default.yaml for a commented example):
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -32,9 +33,27 @@ from ..train import FinetuneConfig
 from .yaml_source import Source
 
 FIELDS = ("sparsity", "structured", "bits", "rank", "codebook")
+MAX_RANGE_VALUES = 1_000  # a {low, high, step} range expands to at most this many choices
+MAX_NUMBER = 2 ** 53  # integers beyond this are not a setting anyone means
 IDENTITY = {"sparsity": 0.0, "structured": False, "bits": 32, "rank": 1.0, "codebook": "linear"}
 _RULE_KEYS = set(FIELDS) | {"match", "type", "skip", "optional"}
 _TOP_KEYS = {"defaults", "rules", "distill", "finetune", "description", "version"}
+
+
+def _finite(v: Any) -> bool:
+    """A number (not a bool) that is finite and of sensible size."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return abs(v) <= MAX_NUMBER if isinstance(v, int) else math.isfinite(v)
+
+
+def _text_hint(v: Any) -> str:
+    """For a number YAML read as text (YAML 1.1 wants a dot in 1.0e-3): how to write it."""
+    try:
+        float(v) if isinstance(v, str) else None
+    except ValueError:
+        return ""
+    return f" (YAML read {v!r} as text: write it with a dot, e.g. 1.0e-3)" if isinstance(v, str) else ""
 
 
 def _valid_value(fld: str, v: Any) -> str | None:
@@ -43,8 +62,8 @@ def _valid_value(fld: str, v: Any) -> str | None:
         return None if isinstance(v, bool) else "must be true or false"
     if fld == "codebook":
         return None if v in CODEBOOKS else f"must be one of {', '.join(CODEBOOKS)}"
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return "must be a number"
+    if not _finite(v):
+        return "must be a finite number" + _text_hint(v)
     if fld == "sparsity" and not 0 <= v < 1:
         return "must be in [0, 1)"
     if fld == "bits" and (v != int(v) or int(v) not in ALLOWED_BITS):
@@ -84,9 +103,11 @@ def parse_choice(raw: Any, fld: str, path: str, src: Source) -> Choice:
             raise src.error(path, "a range makes no sense for this field; give a list, e.g. "
                             + ("[linear, kmeans]." if fld == "codebook" else "[false, true]."))
         low, high = raw["low"], raw["high"]
-        for name, v in (("low", low), ("high", high)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise src.error(f"{path}.{name}", f"got {v!r}; it must be a number.")
+        for name, v in (("low", low), ("high", high), ("step", raw.get("step", 1))):
+            if not _finite(v):
+                raise src.error(f"{path}.{name}", f"got {v!r}; it must be a finite number{_text_hint(v)}.")
+            if fld == "bits" and v != int(v):
+                raise src.error(f"{path}.{name}", f"got {v!r}; bits are whole numbers.")
         if not low <= high:
             raise src.error(path, f"low {low} > high {high}; swap them.")
         step = raw.get("step", 1 if fld == "bits" else None)
@@ -96,10 +117,12 @@ def parse_choice(raw: Any, fld: str, path: str, src: Source) -> Choice:
             raise src.error(f"{path}.step", f"got {step!r}; it must be a number.")
         if step <= 0:
             raise src.error(f"{path}.step", f"got {step}; it must be > 0.")
-        n = int(math.floor((high - low) / step + 1e-9)) + 1
+        span = (high - low) / step
+        if not span < MAX_RANGE_VALUES:  # also inf and nan
+            raise src.error(path, f"low {low}, high {high}, step {step} give more than {MAX_RANGE_VALUES:,} values; "
+                            "use a larger step.")
+        n = int(math.floor(span + 1e-9)) + 1
         values = tuple(round(low + i * step, 10) for i in range(n))
-        if fld == "bits":
-            values = tuple(int(v) for v in values)
         is_range = True
     else:
         items = list(raw) if isinstance(raw, (list, tuple)) else [raw]
@@ -148,6 +171,14 @@ def _str_list(raw: Any, path: str, src: Source) -> tuple[str, ...]:
     items = [raw] if isinstance(raw, str) else raw
     if not isinstance(items, (list, tuple)) or not items or not all(isinstance(s, str) and s for s in items):
         raise src.error(path, f"got {raw!r}; expected a non-empty string or list of strings.")
+    for i, item in enumerate(items):
+        if item.startswith("re:"):
+            try:
+                re.compile(item[3:])
+            except re.error as exc:
+                where = path if isinstance(raw, str) else f"{path}[{i}]"
+                raise src.error(where, f"got {item!r}; not a valid regular expression ({exc}). Fix the pattern, or "
+                                "use a glob without the re: prefix.") from None
     return tuple(items)
 
 

@@ -1,11 +1,10 @@
 """Fine-tune settings as frozen data."""
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from ..errors import ConfigError, describe
+from ..errors import ConfigError, describe, finite_number
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("oneshot", "gradual")
@@ -59,20 +58,20 @@ class FinetuneConfig:
             raise bad("steps", "it must be an integer >= 0 (0 = no fine-tune)")
         for name in ("lr", "weight_decay", "temperature"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            if not finite_number(v) or v < 0:
                 raise bad(name, "it must be a finite number >= 0")
         if self.lr <= 0:
             raise bad("lr", "it must be > 0, e.g. 1e-3")
         if self.temperature <= 0:
             raise bad("temperature", "it must be > 0, e.g. 4")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
+        if not finite_number(self.alpha) or not 0 <= self.alpha <= 1:
             raise bad("alpha", "it must be in [0, 1] (the weight of the distillation term; 1 = distillation only)")
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"use one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise bad("schedule", f"use one of {', '.join(SCHEDULES)}")
         r = self.ramp
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or not 0 <= r <= 1:
+        if not finite_number(r) or not 0 <= r <= 1:
             raise bad("ramp", "it must be a share of the steps in [0, 1], e.g. 0.5")
         if not integer(self.ramp_updates, 1):
             raise bad("ramp_updates", "it must be an integer >= 1 (how often masks are recomputed during the ramp)")

@@ -91,7 +91,7 @@ def test_apply_writes_the_packed_model_whose_size_is_printed(searched, recipe, t
 @pytest.mark.parametrize("extra, message", [
     (["--model-args", "{bad"], "--model-args: not valid JSON"),
     (["--model-args", "[1]"], "--model-args: got '[1]'; use a JSON object"),
-    (["--task", "tests.recipe.models:tiny"], "--task tests.recipe.models:tiny returned Tiny, not an autoshrink.Task"),
+    (["--task", "tests.recipe.models:tiny"], "--task: tests.recipe.models:tiny returned Tiny, not an autoshrink.Task"),
 ])
 def test_apply_argument_errors_are_one_line_exit_2(searched, recipe, tmp_path, capsys, extra, message) -> None:
     path = tmp_path / "r.yaml"

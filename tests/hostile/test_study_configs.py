@@ -1,0 +1,92 @@
+"""Hostile study configs through `autoshrink search`: refused before any folder, database or study
+attribute exists."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from .harness import refused_by_cli
+
+GOOD = {"name": "hostile", "model": "tests.hostile.factories:tiny", "task": "tests.hostile.factories:task",
+        "n_trials": "2"}
+
+
+def _config(**changes: str | None) -> str:
+    fields = {**GOOD, **changes}
+    return "".join(f"{k}: {v}\n" for k, v in fields.items() if v is not None)
+
+
+CASES = [  # id, config text, the message
+    ("missing-name", _config(name=None), "name: missing; a study config needs name, model, task"),
+    ("unknown-key", _config(n_trails="2"), "unknown key 'n_trails'"),
+    ("model-not-entry-point", _config(model="tests.hostile.factories.tiny"), "use 'package.module:callable'"),
+    ("model-empty-attr", _config(model="'tests.hostile.factories:'"), "use 'package.module:callable'"),
+    ("model-module-missing", _config(model="no_such_pkg.models:net"), "cannot import 'no_such_pkg.models'"),
+    ("model-attr-missing", _config(model="tests.hostile.factories:nope"), "has no attribute 'nope'"),
+    ("model-not-callable", _config(model="tests.hostile.factories:NOT_CALLABLE"), "is not callable"),
+    ("factory-raises", _config(model="tests.hostile.factories:raises", model_args="{kind: mlp}"),
+     "tests.hostile.factories:raises(kind='mlp') raised ValueError: no model of kind 'mlp'"),
+    ("factory-exits", _config(model="tests.hostile.factories:exits"),
+     "tests.hostile.factories:exits() raised SystemExit: 4"),
+    ("factory-wrong-type", _config(model="tests.hostile.factories:returns_int"),
+     "returned int, not a torch.nn.Module"),
+    ("task-wrong-type", _config(task="tests.hostile.factories:tiny"), "returned Tiny, not an autoshrink.Task"),
+    ("model-args-unknown", _config(model_args="{depth: 3}"), "model_args: got an unexpected keyword argument 'depth'"),
+    ("model-args-list", _config(model_args="[1, 2]"), "expected a mapping of keyword arguments"),
+    ("n-trials-text", _config(n_trials="ten"), "n_trials: got 'ten'; expected an integer"),
+    ("n-trials-huge", _config(n_trials="9" * 400), "expected an integer (at most 4,294,967,296)"),
+    ("timeout-inf", _config(timeout=".inf"), "timeout: got inf; expected a finite number"),
+    ("n-trials-zero", _config(n_trials="0"), "n_trials"),
+    ("n-trials-float", _config(n_trials="2.5"), "n_trials: got 2.5; expected an integer"),
+    ("seed-negative", _config(seed="-1"), "seed=-1; use an integer in [0, 2^32)"),
+    ("sampler-unknown", _config(sampler="nope"), "sampler"),
+    ("executor-unknown", _config(executor="nope"), "executor: got 'nope'; use 'local', 'ray'"),
+    ("name-path", _config(name="'../escape'"), "study_name='../escape'; use 1-128 letters"),
+    ("name-empty-ish", _config(name="'-x'"), "study_name='-x'"),
+    ("runtime-unknown", _config(runtime="tensorrt"), "runtime: got 'tensorrt'"),
+    ("timeout-bool", _config(timeout="true"), "timeout: got True; expected a finite number"),
+    ("drop-too-big", _config(max_accuracy_drop="2"), "max_accuracy_drop=2; use a fraction in [0, 1)"),
+    ("example-input-shape", _config(task="tests.hostile.factories:wrong_shape_task"),
+     "Task.example_input: the model cannot run it (shape [1, 3, 5, 5], torch.float32)"),
+    ("example-input-empty", _config(task="tests.hostile.factories:empty_batch_task"),
+     "Task.example_input: shape [0, 1, 8, 8] holds no example"),
+    ("labels-out-of-range", _config(task="tests.hostile.factories:labels_out_of_range_task"),
+     "Task.train_data: labels span 0..12, but the model outputs 10 classes"),
+    ("space-missing", _config(space="nowhere.yaml"), "nowhere.yaml"),
+    ("storage-garbage", _config(storage="'nope://x'"), "storage 'nope://x': cannot open it"),
+    ("duplicate-keys", _config() + "seed: 1\nseed: 2\n", "key 'seed' appears twice"),
+    ("root-list", "- name\n- model\n", "a study config is a mapping"),
+]
+
+
+@pytest.mark.parametrize("text, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_search_refuses_before_any_side_effect(tmp_path, text, message) -> None:
+    (tmp_path / "study.yaml").write_text(text)
+    refused_by_cli(["search", "study.yaml"], tmp_path, message)
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def net(:\n", "importing 'user_models_syntax' raised SyntaxError"),
+    ("raise SystemExit(3)\n", "importing 'user_models_exit' raised SystemExit: 3"),
+])
+def test_a_broken_user_module_is_one_line(tmp_path, monkeypatch, source, message) -> None:
+    name = "user_models_syntax" if "def" in source else "user_models_exit"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    (tmp_path / "study.yaml").write_text(_config(model=f"{name}:net"))
+    refused_by_cli(["search", "study.yaml"], tmp_path, message)
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe" + "name: x\n".encode("utf-16-le"), b"\x00\x01\x02binary"],
+                         ids=["utf16", "binary"])
+def test_search_of_a_config_that_is_not_text(tmp_path, content) -> None:
+    (tmp_path / "study.yaml").write_bytes(content)
+    refused_by_cli(["search", "study.yaml"], tmp_path, "study.yaml: ")
+
+
+def test_search_of_a_folder_or_missing_config(tmp_path) -> None:
+    (tmp_path / "dir.yaml").mkdir()
+    refused_by_cli(["search", "dir.yaml"], tmp_path, "dir.yaml: not a regular file")
+    refused_by_cli(["search", "gone.yaml"], tmp_path, "gone.yaml: no such file")
