@@ -27,7 +27,8 @@ def is_sqlite(path: Path) -> bool:
         return False
 
 
-def _tables(path: Path) -> set[str]:
+def sqlite_tables(path: Path) -> set[str]:
+    """The table names of an SQLite file, read-only."""
     con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         return {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -53,7 +54,7 @@ def check_sqlite_study_file(url: str, prefix: str = "") -> None:
         raise ConfigError(f"{prefix}storage {url}: {raw} is {what}; nothing was changed. Fix: pass the .db file a "
                           "search wrote.")
     try:
-        missing = OPTUNA_TABLES - _tables(path)
+        missing = OPTUNA_TABLES - sqlite_tables(path)
     except sqlite3.Error as exc:
         raise ConfigError(f"{prefix}storage {url}: {raw} cannot be read as SQLite ({exc}); pass the .db file a "
                           "search wrote.") from None

@@ -9,6 +9,7 @@ import optuna
 
 from ..errors import ConfigError
 from .objectives import Objective
+from .storage_read import is_sqlite, sqlite_tables
 
 FORMAT = "autoshrink-study/1"
 
@@ -25,6 +26,7 @@ def make_storage(url: str) -> Any:
     if not url.startswith("sqlite:///"):
         return url
     path = Path(url[len("sqlite:///"):])
+    check_own_sqlite(url, path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     from sqlalchemy import event
@@ -42,6 +44,23 @@ def make_storage(url: str) -> Any:
     return storage
 
 
+def check_own_sqlite(url: str, path: Path) -> None:
+    """An existing file a search would write into must be an SQLite database that is empty or already
+    an Optuna storage: never another application's database, nor a file of another kind."""
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return
+    if not path.is_file():
+        raise ConfigError(f"storage {url!r}: {path} is not a regular file; name a .db file.")
+    if not is_sqlite(path):
+        raise ConfigError(f"storage {url!r}: {path} exists and is not an SQLite database; a search never writes "
+                          "into another file. Fix: name a new .db file.")
+    tables = sqlite_tables(path)
+    if tables and "studies" not in tables:
+        raise ConfigError(f"storage {url!r}: {path} is another application's SQLite database (tables "
+                          f"{', '.join(sorted(tables)[:5])}); a search never adds Optuna's tables to it. Fix: name a "
+                          "new .db file.")
+
+
 def open_study(storage: str, study_name: str, objectives: Sequence[Objective], sampler: optuna.samplers.BaseSampler,
                signature: dict[str, Any]) -> tuple[optuna.Study, bool]:
     """Create the study or resume it. Resuming checks what Optuna does not: the objectives, their
@@ -50,6 +69,8 @@ def open_study(storage: str, study_name: str, objectives: Sequence[Objective], s
     try:
         storage = make_storage(url)
         existing = study_name in optuna.study.get_all_study_names(storage)
+    except ConfigError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any storage failure: say which storage and why
         text = (str(exc).strip().splitlines() or [""])[0]
         raise ConfigError(f"storage {url!r}: cannot open it ({type(exc).__name__}: {text}). Fix: use an Optuna "

@@ -126,3 +126,17 @@ def test_read_only_commands_on_a_wrong_storage(tmp_path, command, made, message)
 ])
 def test_argument_and_storage_errors_are_one_line(tmp_path, argv, message) -> None:
     refused_by_cli(argv, tmp_path, message)
+
+
+@pytest.mark.parametrize("made, message", [
+    ("sqlite", "is another application's SQLite database (tables customers); a search never adds Optuna's tables"),
+    (b"notes\n", "exists and is not an SQLite database; a search never writes into another file"),
+], ids=["foreign-sqlite", "text-file"])
+def test_search_never_writes_into_a_foreign_file(tmp_path, made, message) -> None:
+    if made == "sqlite":
+        _sqlite(tmp_path / "app.db")
+    else:
+        (tmp_path / "app.db").write_bytes(made)
+    (tmp_path / "study.yaml").write_text("name: hostile\nmodel: tests.hostile.factories:tiny\n"
+                                         "task: tests.hostile.factories:task\nn_trials: 2\nstorage: sqlite:///app.db\n")
+    refused_by_cli(["search", "study.yaml"], tmp_path, message)
