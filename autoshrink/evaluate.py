@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .errors import TrainingError
+from .errors import PolicyError, TrainingError, describe
 from .measure import LatencyConfig, Measurement, measure
 from .policy import LayerPolicy, Policy
-from .task import Task
+from .task import Task, require_model_and_task
 from .techniques import ApplyReport, apply_policy_with_report
 from .train import FinetuneConfig, StructuredPlan, recalibrate_batchnorm, run_finetune
 
@@ -87,5 +87,9 @@ def evaluate(
     policy says so) and measure it on `runtime` (see `measure`). `model` is not modified. A policy
     that changes no layer is measured as is: fine-tuning the untouched model would not be "no
     compression"."""
+    require_model_and_task(model, task, "evaluate")
+    if not isinstance(policy, Policy):
+        raise PolicyError(f"evaluate: policy must be an autoshrink.Policy, got {describe(policy)}; build one with "
+                          "ash.Policy(layers={name: ash.LayerPolicy(...)}).")
     small, report = compress(model, policy, task=task, finetune_config=finetune_config)
     return measure(small, task, runtime=runtime, latency=latency, skipped=report.lines())

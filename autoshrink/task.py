@@ -161,3 +161,14 @@ def apply_transform(task: Task, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         raise TaskError(f"Task.train_transform {task.transform_name!r} returned {describe(out)}; it must return "
                         "an (inputs, targets) pair.")
     return out[0], out[1]
+
+
+def require_model_and_task(model: Any, task: Any, who: str) -> None:
+    """The model and task arguments of a public function are what it needs (one clear error if not)."""
+    from .errors import ConfigError
+
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{who}: model must be a torch.nn.Module, got {describe(model)}.")
+    if not isinstance(task, Task):
+        raise TaskError(f"{who}: task must be an autoshrink.Task, got {describe(task)}; build one with "
+                        "ash.Task(train_data=..., eval_data=..., example_input=...).")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..task import Task
+from ..task import Task, require_model_and_task
 from .accuracy import evaluate_metric
 from .latency import LatencyConfig, time_forward, timing_guard
 from .layer_latency import layer_latencies
@@ -58,6 +58,7 @@ def measure(
                "float". A search decides its runtime once per study (see `search(runtime=...)`).
     The same model measured twice on "float" or "int8" gives the same accuracy.
     """
+    require_model_and_task(model, task, "measure")
     if runtime is None:
         runtime = deploy_runtime(model) or "float"
     if runtime not in RUNTIMES:

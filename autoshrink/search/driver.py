@@ -23,7 +23,7 @@ from ..measure import LatencyConfig, Measurement
 from ..policy import Policy
 from ..recipe import InputSpec, fingerprint, versions
 from ..space import BoundSpace, SearchSpace, bind
-from ..task import Task
+from ..task import Task, require_model_and_task
 from ..techniques.structured import structured_blockers
 from ..train import FinetuneConfig
 from .fidelity import Screening
@@ -159,6 +159,7 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
             warm_start: Any, screen: Any, refine_top: int, refine_steps: int | None,
             refine_finetune: Mapping[str, Any] | None, progress: Callable[[Progress], None] | None,
             t_start: float) -> SearchResult:
+    require_model_and_task(model, task, "search")
     if not isinstance(space, SearchSpace):
         raise ConfigError(f"search: space must be a SearchSpace (use ash.load_space), got {type(space).__name__}.")
     if n_trials is None and timeout is None:

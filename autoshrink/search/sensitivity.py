@@ -20,9 +20,10 @@ from torch import nn
 
 from ..executors import Job, Outcome, make_executor
 from ..measure import LatencyConfig, Measurement
+from ..errors import ConfigError
 from ..policy import LayerPolicy, Policy
 from ..space import BoundSpace, SearchSpace, bind
-from ..task import Task
+from ..task import Task, require_model_and_task
 from ..techniques.structured import structured_blockers
 from ..train import FinetuneConfig
 
@@ -115,6 +116,9 @@ def sensitivity(model: nn.Module, task: Task, space: SearchSpace, *, executor: A
     first (`.attrs["baseline"]`, and `.attrs["seconds"]` the evaluation time)."""
     from .runtime import check_runtime
 
+    require_model_and_task(model, task, "sensitivity")
+    if not isinstance(space, SearchSpace):
+        raise ConfigError(f"sensitivity: space must be a SearchSpace (use ash.load_space), got {type(space).__name__}.")
     if check_runtime(runtime) == "auto":
         runtime = "float"
     bound = bind(space, model)
@@ -129,8 +133,6 @@ def sensitivity(model: nn.Module, task: Task, space: SearchSpace, *, executor: A
         while not base:
             base = ex.wait()
         if not base[0].ok:
-            from ..errors import ConfigError
-
             raise ConfigError(f"measuring the untouched model failed: {base[0].error}")
         baseline = base[0].measurement
         rows, _ = run_choices(ex, lambda e: e.wait(), choices(bound), baseline, runtime,

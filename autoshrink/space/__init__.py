@@ -1,8 +1,10 @@
 """Search spaces: YAML -> SearchSpace (validated) -> bound to a model -> sampled Policies."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from ..errors import ConfigError, describe
 from .bind import BoundSpace, bind
 from .schema import Choice, Rule, SearchSpace, parse_space
 from .yaml_source import Source, load_yaml
@@ -16,6 +18,9 @@ def load_space(path: str | Path) -> SearchSpace:
     A bare name ("default", "prune_only.yaml") that is not a file is looked up among the built-in
     spaces in search_spaces/. Errors name the file, line, YAML path and value.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"load_space: got {describe(path)}; pass the path of a search space YAML or a built-in "
+                          "name such as 'default'.")
     p = Path(path)
     if not p.exists():
         name = p.name if p.suffix else f"{p.name}.yaml"

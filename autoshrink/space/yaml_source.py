@@ -1,13 +1,14 @@
 """Safe YAML loading that remembers the line of every value, for error messages."""
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, describe
 
 
 class Source:
@@ -114,6 +115,8 @@ def _check_nodes(root: yaml.Node, p: Path) -> None:
 def read_text(path: str | Path, what: str = "file", limit: int = MAX_YAML_BYTES) -> str:
     """A regular file's UTF-8 text, at most `limit` bytes: one ConfigError naming the file otherwise
     (a FIFO or device is refused before it is opened, so nothing blocks)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"got {describe(path)} where the path of a YAML {what} belongs; pass a file path.")
     p = Path(path)
     try:
         info = p.stat()
@@ -144,8 +147,8 @@ def read_text(path: str | Path, what: str = "file", limit: int = MAX_YAML_BYTES)
 def load_yaml(path: str | Path) -> tuple[Any, Source]:
     """Parse a YAML file with the safe loader (no Python object tags), bounded (size, aliases,
     depth; regular UTF-8 files only), duplicate keys refused, and map paths to lines."""
+    text = read_text(path)
     p = Path(path)
-    text = read_text(p)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import TaskError, TrainingError
-from ..task import Task, apply_transform, iterate_batches
+from ..task import Task, apply_transform, iterate_batches, require_model_and_task
 from .config import FinetuneConfig
 from .distill import distillation_loss, kd_term
 from .gradual import GradualPruning, StructuredPlan
@@ -99,6 +99,7 @@ def finetune(
     too). The task's `train_transform` augments every batch. Other settings (lr, optimizer,
     weight_decay, alpha, temperature, ramp, ramp_updates) as in FinetuneConfig.
     """
+    require_model_and_task(model, task, "finetune")
     base = config or FinetuneConfig()
     overrides = dict(settings)
     for key, value in (("steps", steps), ("seed", seed), ("schedule", schedule)):

@@ -116,3 +116,29 @@ def test_load_packed_of_what_is_not_a_file(tmp_path, target, message) -> None:
         (tmp_path / "folder").mkdir()
     path = target if target.startswith("/") else tmp_path / target
     refused_by_api(lambda: ash.load_packed(path), tmp_path, AutoshrinkError, message, seconds=5)
+
+
+def _wrong_types() -> list:
+    m, t = factories.tiny(), factories.task()
+    space = ash.load_space("default")
+    return [
+        ("load-space-none", lambda: ash.load_space(None), ConfigError, "load_space: got None"),
+        ("recipe-load-none", lambda: ash.Recipe.load(None), AutoshrinkError, "got None where the path of a YAML file"),
+        ("load-packed-none", lambda: ash.load_packed(None), PackError, "load_packed: got None"),
+        ("measure-task-text", lambda: ash.measure(m, "task"), TaskError, "measure: task must be an autoshrink.Task"),
+        ("search-model-text", lambda: ash.search("model", t, space, n_trials=1), ConfigError,
+         "search: model must be a torch.nn.Module, got 'model'"),
+        ("search-task-none", lambda: ash.search(m, None, space, n_trials=1), TaskError, "search: task must be"),
+        ("evaluate-policy-dict", lambda: ash.evaluate(m, t, {"fc1": 3}), PolicyError,
+         "evaluate: policy must be an autoshrink.Policy"),
+        ("sensitivity-task-none", lambda: ash.sensitivity(m, None, space), TaskError, "sensitivity: task must be"),
+        ("finetune-model-none", lambda: ash.finetune(None, t, steps=1), ConfigError, "finetune: model must be"),
+        ("policy-huge-int", lambda: ash.LayerPolicy(sparsity=10 ** 400), PolicyError, "sparsity: got"),
+        ("finetune-lr-huge", lambda: ash.FinetuneConfig(lr=10 ** 400), ConfigError, "finetune.lr: got"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(11), ids=[c[0] for c in _wrong_types()])
+def test_wrong_argument_types_are_one_error(tmp_path, index) -> None:
+    _, call, kind, message = _wrong_types()[index]
+    refused_by_api(call, tmp_path, kind, message)

@@ -313,6 +313,8 @@ def load_packed(path: str | os.PathLike[str], *, trusted: bool = False, allow: S
     declaring more than `max_bytes` of tensors (default 4 GiB) or exceeding the bounds in
     `packing/limits.py` are refused before anything is allocated.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise PackError(f"load_packed: got {path!r}; pass the path of a packed model (.ashz).")
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
