@@ -6,17 +6,7 @@ from torch import nn
 
 import autoshrink as ash
 
-
-class Tiny(nn.Module):
-    """8x8 inputs -> 10 classes: the same layers as the recipe fixture's model."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(64, 32)
-        self.fc2 = nn.Linear(32, 10)
-
-    def forward(self, x):
-        return self.fc2(self.fc1(x.flatten(1)).relu())
+from ..search.conftest import Tiny  # 8x8 inputs -> 10 classes: the layers of the recipe fixture's model
 
 
 def tiny(seed: int = 0) -> nn.Module:
