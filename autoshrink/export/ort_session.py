@@ -46,13 +46,17 @@ def ort_session(source: str | os.PathLike | bytes | Any, threads: int = 1, devic
                           "activations='weights', or deploy with the float runtime.") from e
 
 
-def run_session(session: Any, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
-    """Run an ORT session on torch tensors (in the order of the session's inputs); numpy outputs."""
+def session_feed(session: Any, inputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
+    """The feed dict of an ORT session for torch tensors given in the order of the session's inputs."""
     names = [i.name for i in session.get_inputs()]
     if len(names) != len(inputs):
         raise ExportError(f"the ONNX model takes {len(names)} inputs ({', '.join(names)}), got {len(inputs)}.")
-    feed = {n: t.detach().cpu().numpy() for n, t in zip(names, inputs)}
-    return session.run(None, feed)
+    return {n: np.ascontiguousarray(t.detach().cpu().numpy()) for n, t in zip(names, inputs)}
 
 
-__all__ = ["ort_session", "run_session"]
+def run_session(session: Any, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """Run an ORT session on torch tensors (in the order of the session's inputs); numpy outputs."""
+    return session.run(None, session_feed(session, inputs))
+
+
+__all__ = ["ort_session", "run_session", "session_feed"]

@@ -10,7 +10,7 @@ task's metric through it, so latency *and* accuracy are ONNX Runtime's.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -31,6 +31,16 @@ class OrtModule(nn.Module):
 
         outs = [torch.from_numpy(o) for o in run_session(self.session, inputs)]
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def deploy_call(self, example_input: Any) -> Callable[[], Any]:
+        """What latency times (measure/latency.py): `session.run` on `example_input` converted to numpy
+        once, as a deployment calls ONNX Runtime -- no per-call torch conversion or module dispatch."""
+        from ..export.ort_session import session_feed
+
+        inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+        feed = session_feed(self.session, inputs)
+        run = self.session.run
+        return lambda: run(None, feed)
 
 
 CALIBRATION_BATCHES = 4
