@@ -36,13 +36,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if args.trial is not None and args.minimize is not None:
         raise ConfigError("export: --minimize goes with --max-accuracy-drop, not with --trial; drop one of them.")
+    if args.trial is not None and args.max_latency_ms is not None:
+        raise ConfigError("export: --max-latency-ms goes with --max-accuracy-drop, not with --trial; drop one of them.")
     name, storage = _study_location(args.study, args.storage)
     check_output(args.output, "-o", "recipe", study_inputs(args.study, storage))
     result = load_result(name, storage)
     if args.trial is not None:
         recipe = result.recipe(args.trial)
     else:
-        recipe = result.best(max_accuracy_drop=args.max_accuracy_drop, minimize=args.minimize or "size")
+        recipe = result.best(max_accuracy_drop=args.max_accuracy_drop, minimize=args.minimize or "size",
+                             max_latency_ms=args.max_latency_ms)
     recipe.save(args.output)
     m, b = recipe.metrics, recipe.baseline
     if args.json:
@@ -164,6 +167,9 @@ def add_parser(sub: Any) -> None:
                       help="export the best trial within this accuracy drop (a fraction: 0.01 = 1 pp)")
     exp.add_argument("--minimize", choices=("size", "latency", "macs"),
                      help="with --max-accuracy-drop: what the best trial minimizes (default size)")
+    exp.add_argument("--max-latency-ms", type=float, metavar="MS",
+                     help="with --max-accuracy-drop: only trials measured at most this latency (default: the "
+                          "search's max_latency_ms, if it had one)")
     exp.add_argument("-o", "--output", required=True, help="the recipe YAML to write, e.g. recipe.yaml")
     exp.add_argument("--storage", help="Optuna storage URL (default: the config's, or sqlite:///studies/<name>.db)")
     exp.add_argument("--json", action="store_true", help="print what was exported as JSON")

@@ -32,7 +32,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                     finetune_steps=cfg.finetune_steps, executor=args.executor or cfg.executor,
                     storage=args.storage or cfg.storage, study_name=args.study_name or cfg.name,
                     sampler=cfg.sampler, seed=cfg.seed if args.seed is None else args.seed,
-                    max_accuracy_drop=cfg.max_accuracy_drop, runtime=args.runtime or cfg.runtime,
+                    max_accuracy_drop=cfg.max_accuracy_drop, max_latency_ms=cfg.max_latency_ms, runtime=args.runtime or cfg.runtime,
                     refine_top=cfg.refine_top if args.refine_top is None else args.refine_top,
                     refine_steps=cfg.refine_steps if args.refine_steps is None else args.refine_steps,
                     progress=None if quiet else progress_printer(drop_label))

@@ -72,7 +72,7 @@ def policy_summary(policy: Mapping[str, Any] | None) -> str:
 
 def trial_frame(result: SearchResult) -> pd.DataFrame:
     """Every trial with its measured columns (NaN where none) and flags: `complete`, `feasible`
-    (within max_accuracy_drop), `front` (in `result.pareto`), `slower` (smaller but slower), `summary`."""
+    (within max_accuracy_drop and max_latency_ms), `front` (in `result.pareto`), `slower` (smaller but slower), `summary`."""
     df = result.trials
     if df.empty:
         df = pd.DataFrame(columns=["trial", "state", "policy", "failure", "retry_of"])
@@ -85,6 +85,8 @@ def trial_frame(result: SearchResult) -> pd.DataFrame:
     df["complete"] = (df["state"] == "COMPLETE") & df["accuracy"].notna()
     limit = result.max_accuracy_drop
     df["feasible"] = df["complete"] if limit is None else df["complete"] & (df["accuracy_drop"] <= limit + TOLERANCE)
+    if result.max_latency_ms is not None:
+        df["feasible"] &= df["latency_ms"] <= result.max_latency_ms + 1e-12
     df["front"] = df["trial"].isin(set(result.pareto["trial"]))
     df["slower"] = df["complete"] & (df["compression"] > 1.0) & (df["speedup"] < 1.0)
     df["summary"] = [policy_summary(p) + stage_note(r) for p, r in zip(df["policy"], df.itertuples())]
@@ -122,7 +124,10 @@ def _groups(result: SearchResult, frame: pd.DataFrame) -> list[tuple[str, pd.Dat
     front = done[done["front"]].assign(_order=lambda d: d["trial"].map(order)).sort_values("_order")
     return [
         ("completed trials", done[done["feasible"] & ~done["front"]], dict(color=GREY, size=7, opacity=0.7)),
-        (f"infeasible (drop > {limit * 100:g} pp)" if limit is not None else "infeasible",
+        ("infeasible (" + " or ".join(([f"drop > {limit * 100:g} pp"] if limit is not None else [])
+                                     + ([f"latency > {result.max_latency_ms:g} ms"]
+                                        if result.max_latency_ms is not None else [])) + ")"
+         if limit is not None or result.max_latency_ms is not None else "infeasible",
          done[~done["feasible"]], dict(color=INFEASIBLE, size=8, symbol="x")),
         ("Pareto front (feasible)", front,
          dict(color=FRONT, size=11, symbol="diamond", line=dict(color=LINE, width=1))),

@@ -93,11 +93,18 @@ def _header(result: SearchResult, frame: pd.DataFrame) -> str:
     objectives = ", ".join(f"{o.name} ({o.field}, {o.direction})" for o in result.objectives)
     limit = result.max_accuracy_drop
     if limit is None:
-        constraint = "none (every completed trial is feasible)"
+        constraint = ("none (every completed trial is feasible)" if result.max_latency_ms is None
+                      else "no accuracy constraint")
     else:
         beyond = int((frame["complete"] & ~frame["feasible"]).sum()) if len(frame) else 0
         constraint = (f"accuracy drop &le; {limit * 100:g} pp (an Optuna constraint): {beyond} of {complete} "
                       "completed trials are beyond it and kept out of the front")
+    if result.max_latency_ms is not None:
+        slow = int((frame["complete"] & (frame["latency_ms"] > result.max_latency_ms + 1e-12)).sum()) if len(frame) else 0
+        skipped = int(frame["skipped"].fillna("").str.contains("predicted latency").sum()) if "skipped" in frame else 0
+        constraint += (f"; latency &le; {result.max_latency_ms:g} ms (an Optuna constraint): {slow} of {complete} "
+                       f"completed trials are over it and kept out of the front, {skipped} candidates predicted over "
+                       "it by the latency lookup table were not run")
     baseline = (f"accuracy {_pct(b.accuracy)}%, {b.size_bytes} bytes packed, {b.latency_ms:.4f} ms latency "
                 f"(median at batch {b.batch_size} on {escape(b.device)} with {b.threads} threads, "
                 f"{escape(b.runtime)} runtime), {b.macs} MACs, {b.params} parameters")

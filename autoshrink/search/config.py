@@ -12,6 +12,7 @@
     timeout: null                          # seconds, optional
     finetune_steps: 200                    # optional; default: the space's finetune.steps
     max_accuracy_drop: 0.01                # optional constraint (fraction)
+    max_latency_ms: null                   # optional latency limit (ms on the study's runtime; needs latency)
     storage: null                          # optional Optuna storage URL
     executor: local                        # local or ray
     seed: 0
@@ -32,7 +33,7 @@ from ..space.yaml_source import Source, load_yaml
 from .runtime import RUNTIME_CHOICES
 
 _KEYS = {"name", "model", "model_args", "task", "task_args", "space", "objectives", "sampler", "n_trials", "timeout",
-         "finetune_steps", "max_accuracy_drop", "storage", "executor", "seed", "description", "runtime", "refine_top",
+         "finetune_steps", "max_accuracy_drop", "max_latency_ms", "storage", "executor", "seed", "description", "runtime", "refine_top",
          "refine_steps"}
 _REQUIRED = ("name", "model", "task")
 MAX_INT = 2 ** 32  # no count, step or seed anyone means is larger
@@ -52,6 +53,7 @@ class StudyConfig:
     timeout: float | None = None
     finetune_steps: int | None = None
     max_accuracy_drop: float | None = None
+    max_latency_ms: float | None = None
     storage: str | None = None
     executor: str = "local"
     seed: int = 0
@@ -157,11 +159,17 @@ def load_study_config(path: str | Path) -> StudyConfig:
         v = data.get(key)
         if v is not None and not finite_number(v):
             raise src.error(key, f"got {describe(v)}; expected a finite number.")
+    limit = data.get("max_latency_ms")
+    if limit is not None and (not finite_number(limit) or limit <= 0):
+        raise src.error("max_latency_ms", f"got {describe(limit)}; expected milliseconds > 0 (or leave it out).")
     if data.get("runtime") is not None and data["runtime"] not in RUNTIME_CHOICES:
         raise src.error("runtime", f"got {data['runtime']!r}; use {', '.join(RUNTIME_CHOICES)}.")
     objectives = data.get("objectives", ["accuracy", "size", "latency"])
     if isinstance(objectives, str):
         objectives = [objectives]
+    if limit is not None and "latency" not in objectives:
+        raise src.error("max_latency_ms", "a latency limit needs 'latency' among the objectives; add it to "
+                        "objectives or remove max_latency_ms.")
     kwargs = {k: v for k, v in data.items() if v is not None}
     kwargs["objectives"] = tuple(objectives)
     kwargs["model_args"] = dict(data.get("model_args") or {})

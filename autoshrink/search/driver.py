@@ -27,6 +27,8 @@ from ..task import Task, require_model_and_task
 from ..techniques.structured import structured_blockers
 from ..train import FinetuneConfig
 from .fidelity import Screening
+from .latency_limit import ATTR as LIMIT_ATTR
+from .latency_limit import check_limit
 from .latency_records import load_table, save_table
 from .loop import LoopContext, Progress, WaitClock, run_loop
 from .narrow import narrow
@@ -109,6 +111,7 @@ def search(
     sampler: Any = "front",
     seed: int = 0,
     max_accuracy_drop: float | None = None,
+    max_latency_ms: float | None = None,
     latency: LatencyConfig | None = None,
     runtime: str = "auto",
     sensitivity: bool = True,
@@ -126,7 +129,9 @@ def search(
     storage and study_name resume it (trials left RUNNING by a dead run are re-queued). The first
     trials are uniform baselines (no compression, 8-bit, 50% sparsity). `n_trials` counts finished
     candidate trials in the study; `timeout` (seconds) stops asking new ones. `max_accuracy_drop`
-    (fraction) is an Optuna constraint: trials past it stay in the study but not in the front.
+    (fraction) is an Optuna constraint: trials past it stay in the study but not in the front;
+    `max_latency_ms` likewise on the measured latency (needs the latency objective), and candidates the
+    latency lookup table predicts clearly over it are not run (search/latency_limit.py).
     `runtime` ("auto", "float", "int8", "onnxruntime") is the runtime every trial's latency and accuracy are
     measured on, decided once per study (see search/runtime.py).
     `sensitivity` runs the pre-pass (every single choice alone, search/sensitivity.py), narrows the
@@ -144,7 +149,8 @@ def search(
     try:
         return _search(model, task, space, objectives=objectives, n_trials=n_trials, timeout=timeout,
                        finetune_steps=finetune_steps, executor=executor, storage=storage, study_name=study_name,
-                       sampler=sampler, seed=seed, max_accuracy_drop=max_accuracy_drop, latency=latency,
+                       sampler=sampler, seed=seed, max_accuracy_drop=max_accuracy_drop,
+                       max_latency_ms=max_latency_ms, latency=latency,
                        runtime=runtime, sensitivity=sensitivity, narrow_cutoff=narrow_cutoff, warm_start=warm_start,
                        screen=screen, refine_top=refine_top, refine_steps=refine_steps,
                        refine_finetune=refine_finetune, progress=progress, t_start=t_start)
@@ -155,7 +161,7 @@ def search(
 def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Sequence[str], n_trials: int | None,
             timeout: float | None, finetune_steps: int | None, executor: Any, storage: str | None,
             study_name: str | None, sampler: Any, seed: int, max_accuracy_drop: float | None,
-            latency: LatencyConfig | None, runtime: str, sensitivity: bool, narrow_cutoff: float | None,
+            max_latency_ms: float | None, latency: LatencyConfig | None, runtime: str, sensitivity: bool, narrow_cutoff: float | None,
             warm_start: Any, screen: Any, refine_top: int, refine_steps: int | None,
             refine_finetune: Mapping[str, Any] | None, progress: Callable[[Progress], None] | None,
             t_start: float) -> SearchResult:
@@ -180,6 +186,7 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
     screening = _screening(screen)
     n_warm = _warm_count(warm_start, n_trials)
     objs = resolve(objectives)
+    max_latency_ms = check_limit(max_latency_ms, [o.name for o in objs])
     check_seed(seed)
     study_name = check_name(study_name or f"autoshrink-{type(model).__name__.lower()}")
     ex = make_executor(executor)  # an unknown executor is refused before anything is created
@@ -215,13 +222,15 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
         ex.start(Job(model=model, task=task, finetune=ft, latency=latency))
         chosen, probe_s = study_runtime(study, runtime, model, ex, clock.wait)  # may refuse a resume
         study.set_user_attr("max_accuracy_drop", max_accuracy_drop)  # this run's constraint, read by load_result
+        study.set_user_attr(LIMIT_ATTR, max_latency_ms)  # likewise
         study.set_user_attr("screen", _screen_attr(screening, max_accuracy_drop))  # this run's rule, read by refine
         requeue_crashed(study)
         baseline, base_s = _baseline(study, ex, clock, chosen)
         result = SearchResult(study=study, baseline=baseline, objectives=objs, max_accuracy_drop=max_accuracy_drop,
-                              storage=storage, session=session)
+                              max_latency_ms=max_latency_ms, storage=storage, session=session)
         ctx = LoopContext(study=study, ex=ex, clock=clock, objectives=objs, baseline=baseline, runtime=chosen,
-                          max_drop=max_accuracy_drop, progress=progress, t_start=t_start, timeout=timeout,
+                          max_drop=max_accuracy_drop, max_latency=max_latency_ms, progress=progress,
+                          t_start=t_start, timeout=timeout,
                           eval_s=probe_s + base_s)
         if latency is not None and latency.layers:
             ctx.latency_table = load_table(study)
@@ -249,7 +258,8 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
         tally = run_loop(ctx, bound, n_trials, counted(study), screening, ft)
         if refine_cfg is not None:
             sources = refine_candidates(study, baseline, objs, max_accuracy_drop, refine_top,
-                                        screened_limit=screened_refine_limit(study.user_attrs["screen"]))
+                                        screened_limit=screened_refine_limit(study.user_attrs["screen"]),
+                                        max_latency=max_latency_ms)
             run_refine(ctx, sources, refine_cfg)
     finally:
         ex.shutdown()

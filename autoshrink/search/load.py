@@ -40,5 +40,5 @@ def load_result(study_name: str, storage: str | None = None) -> SearchResult:
         raise ConfigError(f"study {study_name!r} in {url} has no baseline measurement yet (the search stopped "
                           "before measuring the untouched model); run the search again to resume it.")
     return SearchResult(study=study, baseline=Measurement.from_dict(attrs["baseline"]),
-                        max_accuracy_drop=attrs.get("max_accuracy_drop"),
+                        max_accuracy_drop=attrs.get("max_accuracy_drop"), max_latency_ms=attrs.get("max_latency_ms"),
                         objectives=resolve(attrs["objectives"]), storage=url, timing=dict(attrs.get("last_run") or {}))

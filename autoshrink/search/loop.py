@@ -15,6 +15,7 @@ from ..measure import Measurement
 from ..policy import Policy
 from ..space import BoundSpace
 from ..train import FinetuneConfig
+from .latency_limit import over_limit, relative_excess, skip_margin, skip_reason
 from .latency_records import save_table
 from .objectives import Objective
 from .result import non_dominated
@@ -67,15 +68,24 @@ class LoopContext:
     done: int = 0
     failed: int = 0
     target: int | None = None
-    feasible: list[tuple[int, list[float], float]] = field(default_factory=list)  # (trial, normalized, ratio)
+    feasible_trials: list[tuple[int, list[float], float]] = field(default_factory=list)  # (trial, normalized, ratio)
     latency_table: Any = None  # measure.latency_table.LatencyTable where latency is an objective
+    max_latency: float | None = None  # search(max_latency_ms=...): search/latency_limit.py
 
-    def predict_latency(self, trial: optuna.trial.Trial, policy: Policy) -> None:
-        """Store the lookup table's sum-rule latency on the trial before it is evaluated (if it has one)."""
+    def predict_latency(self, trial: optuna.trial.Trial, policy: Policy) -> float | None:
+        """Store the lookup table's sum-rule latency on the trial before it is evaluated (if it has one)
+        and return it."""
         if self.latency_table is not None and policy.active():
             predicted = self.latency_table.predict(policy, self.baseline, self.runtime)
             if predicted is not None:
                 trial.set_user_attr("latency_predicted_ms", round(predicted, 6))
+                return predicted
+        return None
+
+    def feasible(self, m: Measurement) -> bool:
+        """Within the accuracy constraint (1 pp without one) and the latency limit, if any."""
+        drop_ok = self.baseline.accuracy - m.accuracy <= (0.01 if self.max_drop is None else self.max_drop) + 1e-12
+        return drop_ok and not over_limit(m.latency_ms, self.max_latency)
 
     def observe_latency(self, policy: Policy, o: Outcome) -> None:
         """Add an evaluation's per-layer timings to the lookup table and store it in the study."""
@@ -95,8 +105,8 @@ class LoopContext:
         self.failed += 0 if o.ok else 1
         if o.ok and full:
             m = o.measurement
-            if self.baseline.accuracy - m.accuracy <= (0.01 if self.max_drop is None else self.max_drop) + 1e-12:
-                self.feasible.append((o.key, [ob.normalized(v, self.baseline) for ob, v in zip(self.objectives,
+            if self.feasible(m):
+                self.feasible_trials.append((o.key, [ob.normalized(v, self.baseline) for ob, v in zip(self.objectives,
                                                                                               self.values(m))],
                                       self.baseline.size_bytes / m.size_bytes))
         if self.progress:
@@ -164,7 +174,12 @@ def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted:
                 if verdict is not None and policy.distill != verdict[0]:
                     skip_twin(ctx, trial, verdict)
                     continue
-                ctx.predict_latency(trial, policy)
+                predicted = ctx.predict_latency(trial, policy)
+                why = (skip_reason(predicted, ctx.max_latency, skip_margin(study))
+                       if ctx.max_latency is not None and stage != "baseline" else None)
+                if why is not None:
+                    skip_candidate(ctx, trial, why)
+                    continue
                 if screen_cfg is not None and stage != "baseline" and policy.active():
                     ex.submit(trial.number, policy, screen_cfg, runtime=ctx.runtime)
                     pending[trial.number] = _Pending(trial, policy, "screen")
@@ -226,6 +241,14 @@ def twin_verdict(study: optuna.Study, baseline: Measurement) -> tuple[bool, int]
     return None
 
 
+def skip_candidate(ctx: LoopContext, trial: optuna.trial.Trial, why: str) -> None:
+    """A candidate not run (predicted over the latency limit): told PRUNED unevaluated, `why` kept as
+    "skipped"; it counts towards n_trials."""
+    trial.set_user_attr("skipped", why)
+    ctx.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    ctx.done += 1
+
+
 def skip_twin(ctx: LoopContext, trial: optuna.trial.Trial, verdict: tuple[bool, int]) -> None:
     """A warm-start twin whose distill setting lost on an earlier allocation: told PRUNED unevaluated."""
     winner, allocation = verdict
@@ -273,6 +296,8 @@ def tell_outcome(ctx: LoopContext, trial: optuna.trial.Trial, o: Outcome) -> boo
     trial.set_user_attr("measurement", m.to_dict())
     if ctx.max_drop is not None:
         trial.set_constraint("accuracy_drop", (ctx.baseline.accuracy - m.accuracy) - ctx.max_drop)
+    if ctx.max_latency is not None:
+        trial.set_constraint("latency", relative_excess(m.latency_ms, ctx.max_latency))
     frozen = study.tell(trial, values)
     if frozen.state != optuna.trial.TrialState.COMPLETE:  # Optuna fails a bad tell silently
         raise ConfigError(f"trial {trial.number}: Optuna did not accept values {values} (state {frozen.state.name}).")
@@ -320,7 +345,7 @@ def submit_policy(ctx: LoopContext, key: int, policy: Policy, finetune: Finetune
 
 def _progress(ctx: LoopContext, pending: int, o: Outcome) -> Progress:
     elapsed = time.perf_counter() - ctx.t_start
-    pts = ctx.feasible
+    pts = ctx.feasible_trials
     front = 0
     best = None
     if pts:

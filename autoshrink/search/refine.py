@@ -32,6 +32,7 @@ from ..errors import ConfigError
 from ..measure import Measurement
 from ..policy import Policy
 from ..train import FinetuneConfig
+from .latency_limit import over_limit
 from .loop import LoopContext, submit_policy, tell_outcome
 from .objectives import Objective
 from .result import non_dominated
@@ -73,9 +74,12 @@ def screened_refine_limit(screen: Mapping[str, Any] | None) -> float | None:
 
 def refine_candidates(study: optuna.Study, baseline: Measurement, objectives: Sequence[Objective],
                       max_drop: float | None, k: int, slack: float = REFINE_SLACK,
-                      screened_limit: float | None = None) -> list[optuna.trial.FrozenTrial]:
+                      screened_limit: float | None = None,
+                      max_latency: float | None = None) -> list[optuna.trial.FrozenTrial]:
     """The k trials the refine stage takes (see the module docstring for the rule). `screened_limit`:
-    the largest screened drop of a screened-out (PRUNED) trial that may be taken (None: none is)."""
+    the largest screened drop of a screened-out (PRUNED) trial that may be taken (None: none is);
+    `max_latency`: a search's latency limit -- a trial measured over it is not taken (refining keeps
+    the layers, so it would stay over)."""
     limit = (0.01 if max_drop is None else max_drop) + slack
     done = refined_sources(study)
     near: list[tuple[optuna.trial.FrozenTrial, list[float]]] = []
@@ -85,11 +89,13 @@ def refine_candidates(study: optuna.Study, baseline: Measurement, objectives: Se
                 or layers_key(t.user_attrs["policy"]) in done or not Policy.from_dict(t.user_attrs["policy"]).active()):
             continue
         if t.state == optuna.trial.TrialState.COMPLETE and "measurement" in t.user_attrs:
+            if max_latency is not None and over_limit(t.user_attrs["measurement"]["latency_ms"], max_latency):
+                continue
             if baseline.accuracy - t.user_attrs["measurement"]["accuracy"] <= limit + 1e-12:
                 near.append((t, list(t.values)))
         elif screened_limit is not None and "measurement" in (t.user_attrs.get("screen") or {}):
             m = Measurement.from_dict(t.user_attrs["screen"]["measurement"])
-            if baseline.accuracy - m.accuracy <= screened_limit + 1e-12:
+            if baseline.accuracy - m.accuracy <= screened_limit + 1e-12 and not over_limit(m.latency_ms, max_latency):
                 near.append((t, [o.value(m) for o in objectives]))
     if not near:
         return []

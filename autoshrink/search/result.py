@@ -12,6 +12,7 @@ import pandas as pd
 from ..errors import ConfigError, RecipeError
 from ..measure import Measurement
 from ..recipe import Recipe, recipe_from_search
+from .latency_limit import over_limit
 from .objectives import Objective
 
 MINIMIZE = {"size": "size_bytes", "latency": "latency_ms", "macs": "macs"}
@@ -49,6 +50,7 @@ class SearchResult:
     timing: dict[str, float] = field(default_factory=dict)
     storage: str | None = None  # the Optuna storage URL the study lives in
     session: Session | None = field(default=None, repr=False)
+    max_latency_ms: float | None = None  # the search's latency limit (search/latency_limit.py)
 
     # ------------------------------------------------------------------ tables
     @property
@@ -88,6 +90,8 @@ class SearchResult:
                 continue
             if self.max_accuracy_drop is not None and self.baseline.accuracy - m["accuracy"] > self.max_accuracy_drop + 1e-12:
                 continue
+            if over_limit(m["latency_ms"], self.max_latency_ms):
+                continue
             out.append(t)
         return out
 
@@ -97,7 +101,7 @@ class SearchResult:
 
     @property
     def pareto(self) -> pd.DataFrame:
-        """Feasible (within max_accuracy_drop) Pareto-optimal trials, best accuracy first."""
+        """Feasible (within max_accuracy_drop and max_latency_ms) Pareto-optimal trials, best accuracy first."""
         feasible = self._feasible()
         if not feasible:
             return pd.DataFrame(columns=["trial", "accuracy", "accuracy_drop", "size_bytes", "latency_ms", "macs",
@@ -131,18 +135,33 @@ class SearchResult:
                                   fingerprint=attrs["fingerprint"], example_input=attrs["example_input"],
                                   train_transform=attrs.get("train_transform"), produced_by=attrs.get("versions"))
 
-    def best(self, max_accuracy_drop: float = 0.01, minimize: str = "size") -> Recipe:
+    def best(self, max_accuracy_drop: float = 0.01, minimize: str = "size",
+             max_latency_ms: float | None = None) -> Recipe:
         """The Recipe of the trial with the smallest `minimize` (size, latency or macs) among those
-        within `max_accuracy_drop` (a fraction: 0.01 = 1 pp) of the baseline; ties -> higher accuracy."""
+        within `max_accuracy_drop` (a fraction: 0.01 = 1 pp) of the baseline and measured at most
+        `max_latency_ms` (default: the search's limit, if it had one); ties -> higher accuracy."""
         if minimize not in MINIMIZE:
             raise ConfigError(f"best: minimize={minimize!r}; use one of {', '.join(MINIMIZE)}.")
         if not isinstance(max_accuracy_drop, (int, float)) or max_accuracy_drop < 0:
             raise ConfigError(f"best: max_accuracy_drop={max_accuracy_drop!r}; use a fraction >= 0 (0.01 = 1 pp).")
+        if max_latency_ms is not None and (isinstance(max_latency_ms, bool) or not isinstance(max_latency_ms, (int, float))
+                                           or not max_latency_ms > 0):
+            raise ConfigError(f"best: max_latency_ms={max_latency_ms!r}; use milliseconds > 0, or None for the "
+                              "search's own limit.")
+        limit = self.max_latency_ms if max_latency_ms is None else float(max_latency_ms)
         df = self.trials
         if df.empty or "accuracy" not in df:
             raise ConfigError(f"study {self.study.study_name!r} has no completed trial yet; run the search first.")
         done = df[df["state"] == "COMPLETE"].dropna(subset=["accuracy"])
         ok = done[done["accuracy_drop"] <= max_accuracy_drop + 1e-12]
+        if limit is not None and not ok.empty:
+            fast = ok[~ok["latency_ms"].map(lambda v: over_limit(v, limit))]
+            if fast.empty:
+                quickest = ok.sort_values("latency_ms").iloc[0]
+                raise ConfigError(f"no trial within {max_accuracy_drop * 100:.2f} pp runs in {limit:g} ms or less; the "
+                                  f"fastest is trial {int(quickest['trial'])} at {quickest['latency_ms']:.4g} ms. "
+                                  "Relax max_latency_ms or max_accuracy_drop, or run more trials.")
+            ok = fast
         if ok.empty:
             closest = done.sort_values("accuracy_drop").iloc[0]
             raise ConfigError(f"no trial is within {max_accuracy_drop * 100:.2f} pp of the baseline; the closest is "
@@ -203,7 +222,7 @@ class SearchResult:
             slack = REFINE_SLACK if slack is None else slack
             screened = screened_refine_limit(self.study.user_attrs.get("screen"))
             sources = refine_candidates(self.study, self.baseline, self.objectives, self.max_accuracy_drop, k, slack,
-                                        screened_limit=screened)
+                                        screened_limit=screened, max_latency=self.max_latency_ms)
             if not sources:
                 limit = (0.01 if self.max_accuracy_drop is None else self.max_accuracy_drop) + slack
                 also = "" if screened is None else f" (nor a screened-out one within {screened * 100:.2f} pp screened)"

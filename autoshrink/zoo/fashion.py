@@ -1,4 +1,4 @@
-"""Full Fashion-MNIST (60k / 10k) and a LeNet-300-100 trained on it (benchmark task).
+"""Full Fashion-MNIST (60k / 10k) and a LeNet-300-100 and a wide LeNet-5 trained on it (benchmark tasks).
 
 Data: Debian's `dataset-fashion-mnist` (idx files under /usr/share/datasets/fashion-mnist/,
 `apt-get install dataset-fashion-mnist`; `FASHION_MNIST_DIR` points elsewhere), pixels / 255
@@ -13,6 +13,7 @@ import gzip
 import os
 import struct
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 
 from ..errors import TaskError
 from ..task import Task
-from .models import LeNet300
+from .models import LeNet5, LeNet300
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = 0.2860, 0.3530
@@ -78,15 +79,29 @@ def fashion_task(*, batch_size: int = 128, deploy_batch: int = 1, device: str = 
 
 def lenet300_fashion(*, seed: int = 0, epochs: int = 10) -> nn.Module:
     """LeNet-300-100 trained on Fashion-MNIST (cached after the first call; a fresh copy each call)."""
+    return _trained(LeNet300, "lenet300", seed, epochs)
+
+
+def lenet5_fashion(*, width: int = 4, seed: int = 0, epochs: int = 5) -> nn.Module:
+    """LeNet-5 with channel widths times `width` (4: ANCHORS.md's wide LeNet-5, 24/64/480/336), trained
+    on Fashion-MNIST (cached after the first call; a fresh copy each call)."""
+    if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 16:
+        raise TaskError(f"lenet5_fashion: width={width!r}; use a whole number from 1 to 16.")
+    return _trained(lambda: LeNet5(width=width), f"lenet5w{width}", seed, epochs)
+
+
+def _trained(make: Callable[[], nn.Module], name: str, seed: int, epochs: int) -> nn.Module:
+    """`make()` trained on Fashion-MNIST (Adam 1e-3, batch 128, cosine, `epochs` epochs, CPU), cached as
+    a plain state_dict named after `name`, `seed` and `epochs`."""
     from ..train import finetune
 
-    cache = cache_dir() / f"lenet300-fashion-seed{seed}-e{epochs}.pt"
-    model = LeNet300()
+    cache = cache_dir() / f"{name}-fashion-seed{seed}-e{epochs}.pt"
+    model = make()
     if cache.exists():
         model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))  # plain tensors only
         return model.eval()
     torch.manual_seed(seed)
-    model = LeNet300()
+    model = make()
     task = fashion_task(device="cpu")
     steps = epochs * -(-len(task.train_data) // task.batch_size)
     finetune(model, task, steps=steps, lr=1e-3, seed=seed)
