@@ -105,12 +105,14 @@ def test_version_1_files_still_load(tmp_path) -> None:
     assert raw[4] == 1
     model = load_packed(FIXTURES / "v1_mlp.ashz")
     io = torch.load(FIXTURES / "v1_mlp_io.pt")
+    # outputs recorded on this CPU build; another torch build or CPU may round the matmuls differently
     with torch.no_grad():
-        assert torch.equal(model(io["input"]), io["output"])
+        torch.testing.assert_close(model(io["input"]), io["output"], rtol=1e-5, atol=1e-6)
     size = save_packed(model, tmp_path / "v2.ashz")
     assert (tmp_path / "v2.ashz").read_bytes()[4] == 2 and size <= len(raw)
-    with torch.no_grad():
-        assert torch.equal(load_packed(tmp_path / "v2.ashz")(io["input"]), io["output"])
+    again = load_packed(tmp_path / "v2.ashz")
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), again.state_dict().items()):  # re-saved exactly
+        assert k == k2 and torch.equal(v, v2)
 
 
 def test_header_entry_with_wrong_stream_lengths_is_refused() -> None:
