@@ -242,8 +242,8 @@ def twin_verdict(study: optuna.Study, baseline: Measurement) -> tuple[bool, int]
 
 
 def skip_candidate(ctx: LoopContext, trial: optuna.trial.Trial, why: str) -> None:
-    """A candidate not run (predicted over the latency limit): told PRUNED unevaluated, `why` kept as
-    "skipped"; it counts towards n_trials."""
+    """A candidate not run (predicted over the latency limit, or a losing warm-start twin): told PRUNED
+    unevaluated, `why` kept as "skipped"; it counts towards n_trials."""
     trial.set_user_attr("skipped", why)
     ctx.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     ctx.done += 1
@@ -252,10 +252,8 @@ def skip_candidate(ctx: LoopContext, trial: optuna.trial.Trial, why: str) -> Non
 def skip_twin(ctx: LoopContext, trial: optuna.trial.Trial, verdict: tuple[bool, int]) -> None:
     """A warm-start twin whose distill setting lost on an earlier allocation: told PRUNED unevaluated."""
     winner, allocation = verdict
-    trial.set_user_attr("skipped", f"not run: on warm-start allocation {allocation} distill={winner} recovered "
-                                   f"better than distill={not winner} in the full fine-tune")
-    ctx.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    ctx.done += 1
+    skip_candidate(ctx, trial, f"not run: on warm-start allocation {allocation} distill={winner} recovered "
+                               f"better than distill={not winner} in the full fine-tune")
 
 
 def promoted_pairs(study: optuna.Study, baseline: Measurement) -> dict[bool, list[tuple[float, float]]]:
