@@ -13,10 +13,22 @@ the budget, so every allocation respects its budget). Predictions:
   the bytes it also removes from the next layers' inputs are not counted (they belong to another
   layer's choice, and counting them there too would promise sizes no policy reaches); the rest of
   the file (biases, BatchNorm, header) as in the untouched model;
-- MACs / latency: the baseline minus the single choices' measured savings (structured, rank).
+- MACs / latency: the baseline minus the single choices' measured savings (MACs: structured, rank;
+  latency: structured, rank and bit-width -- on ONNX Runtime an int8 GEMM is a measured saving, and
+  on a layer too small to pay for quantizing its input a measured cost; a bit-width's counts where
+  the study's runtime has integer kernels (not on "float", where codes change no kernel and a
+  timing would make the allocations, and so a seed's trials, differ run to run), and from 2 % of the
+  baseline's latency either way, below which it is noise), compounded: choices applied together each remove their share of what the
+  others left, saving = B * (1 - prod(1 - s_i / B)) with B the baseline's figure (never more than B;
+  the plain sum would promise negative latencies when two choices act on the layer that dominates).
 Combinations that prune low-rank factors are left out (the additive drop cannot see how the two
-losses compound). Budgets: up to `count` spread over the minimized objectives (size always; MACs
-and latency when they are objectives), geometric between the smallest predicted value and the
+losses compound), except, where MACs or latency is an objective, structured pruning of a low-rank
+layer (whole output rows of its second factor): it narrows the activations every later elementwise
+op touches, which is where the time goes once the GEMMs are small (LeNet-300-100 on ONNX Runtime at
+batch 256, fc1 rank 0.1 alone 0.46 ms, with half its units removed 0.37 ms; benchmarks/RESULTS.md),
+and the screen stops the allocations whose predicted drop (the sum) was too hopeful.
+Budgets: up to `count` spread over the minimized objectives (size always; MACs and latency when
+they are objectives), geometric between the smallest predicted value and the
 cost of the allocation with no budget pressure (where every choice that costs no accuracy alone
 is taken; at most half the baseline's) -- above that every budget gives the same policy.
 Where the space searches distillation (`distill: [true, false]`), each allocation is enqueued twice,
@@ -51,6 +63,7 @@ from ..techniques.prune import magnitude_mask
 from ..weights import quantize_value
 
 BUDGETS_PER_OBJECTIVE = 6
+BITS_LATENCY_FLOOR = 0.02  # a bit-width's latency saving counts from 2 % of the baseline's latency (noise below)
 _BITS_WIDTH = {16: 16, 32: 32}
 
 
@@ -98,10 +111,25 @@ def _rows(table: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, float], Ma
     return {(r["layer"], r["field"], float(r["value"])): r for r in table}
 
 
-def layer_combos(model: nn.Module, bound: BoundSpace, table: Sequence[Mapping[str, Any]], baseline: Measurement
-                 ) -> dict[str, list[Combo]]:
-    """Every combination of each layer's choices with its predicted drop, bytes, MACs and latency."""
+def compounded(savings: Sequence[float], base: float) -> float:
+    """What choices applied together save of `base` when each removes its share of what the others left:
+    base * (1 - prod(1 - s / base)), each share clipped to [-1, 1] (a negative saving, a choice that
+    costs time, scales what is left up); the plain sum where base <= 0."""
+    if not base > 0:
+        return float(sum(savings))
+    left = 1.0
+    for s in savings:
+        left *= 1.0 - min(1.0, max(-1.0, s / base))
+    return base * (1.0 - left)
+
+
+def layer_combos(model: nn.Module, bound: BoundSpace, table: Sequence[Mapping[str, Any]], baseline: Measurement,
+                 objectives: Sequence[str] = ()) -> dict[str, list[Combo]]:
+    """Every combination of each layer's choices with its predicted drop, bytes, MACs and latency;
+    structured pruning of low-rank layers only where "macs" or "latency" is among `objectives`."""
     rows = _rows(table)
+    compute = "macs" in objectives or "latency" in objectives
+    integer_kernels = (baseline.runtime or "float") != "float"  # on "float" codes change no kernel: timing noise
     out: dict[str, list[Combo]] = {}
     for layer, fields in bound.layers.items():
         module = model.get_submodule(layer)
@@ -125,22 +153,25 @@ def layer_combos(model: nn.Module, bound: BoundSpace, table: Sequence[Mapping[st
                                                       fields["bits"].values, fields["rank"].values):
             if structured and s == 0.0:
                 continue  # the same as unstructured at 0
-            if r < 1.0 and s > 0.0:
+            if r < 1.0 and s > 0.0 and not (structured and compute):
                 continue  # pruning low-rank factors compounds two losses the additive drop does not see
             if factors[r] is None:
                 continue  # low-rank gives no saving here: the technique would skip it
             d = (drop("structured" if structured else "sparsity", s) if s > 0 else 0.0) + \
                 (drop("bits", b) if b != 32 else 0.0) + (drop("rank", r) if r < 1 else 0.0)
-            if structured:  # dense rows of the kept channels; what the next layers lose is not counted
-                width = _BITS_WIDTH.get(b, b)
-                kept = sum(t.numel() for t in factors[r]) * (1 - s)
+            if structured:  # dense rows of the kept output channels (of the second factor where low-rank);
+                width = _BITS_WIDTH.get(b, b)  # what the next layers lose is not counted
+                *first, last = factors[r]
+                kept = sum(t.numel() for t in first) + last.numel() * (1 - s)
                 nbytes = kept * width / 8 + (2 * module.weight.shape[0] * (1 - s) if b <= 8 else 0)
             else:
                 nbytes = float(sum(_payload(t, s, b) for t in factors[r]))
-            macs = -(saved("structured", s, "macs_saved") if structured else 0.0) - (
-                saved("rank", r, "macs_saved") if r < 1 else 0.0)
-            lat = -(saved("structured", s, "latency_saved") if structured else 0.0) - (
-                saved("rank", r, "latency_saved") if r < 1 else 0.0)
+            chosen = ([("structured", s)] if structured else []) + ([("rank", r)] if r < 1 else [])
+            macs = -compounded([saved(f, v, "macs_saved") for f, v in chosen], float(baseline.macs or 0))
+            base_ms = float(baseline.latency_ms or 0)
+            bits_ms = float(row("bits", b).get("latency_saved") or 0.0) if b != 32 and integer_kernels else 0.0
+            bits_ms = bits_ms if math.isfinite(bits_ms) and abs(bits_ms) >= BITS_LATENCY_FLOOR * base_ms else 0.0
+            lat = -compounded([saved(f, v, "latency_saved") for f, v in chosen] + [bits_ms], base_ms)
             combos.append(Combo(s, structured, b, r, d, nbytes, macs, lat))
         out[layer] = combos
     return out
@@ -191,7 +222,7 @@ def warm_start_params(model: nn.Module, bound: BoundSpace, table: Sequence[Mappi
                       ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Up to `count` allocations as (params, description) pairs, deduplicated, spread over the objectives'
     budgets; each twice (distillation on, then off) where the space searches both."""
-    combos = layer_combos(model, bound, table, baseline)
+    combos = layer_combos(model, bound, table, baseline, objectives)
     combos = {l: c for l, c in combos.items() if c}
     if not combos or count <= 0:
         return []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import optuna
 import pytest
@@ -15,7 +16,7 @@ from autoshrink.search.narrow import narrow, narrow_cutoff
 from autoshrink.search.objectives import OBJECTIVES
 from autoshrink.search.sensitivity import FIRST_KEY
 from autoshrink.search.loop import twin_verdict
-from autoshrink.search.warmstart import Combo, allocate, warm_start_params
+from autoshrink.search.warmstart import Combo, allocate, compounded, layer_combos, warm_start_params
 from autoshrink.space import bind
 from autoshrink.zoo import digits_task
 
@@ -319,3 +320,66 @@ def test_default_screening_limit_is_twice_the_constraint_with_half_a_pp_at_least
     assert "1.01 pp > 1.00 pp" in s.promote(m(0.0101), base, 0.005, obj, [])[1]
     assert s.limit(0.005) == pytest.approx(0.01) and Screening(slack=0.0).limit(0.005) == pytest.approx(0.005)
     assert s.config(ash.FinetuneConfig(steps=300)).steps == 75 and s.config(ash.FinetuneConfig(steps=2)).steps == 1
+
+
+def test_compounded_savings_take_each_share_of_what_the_others_left() -> None:
+    assert compounded([400.0, 500.0], 1000.0) == pytest.approx(700.0, abs=1e-9)  # 1000 * (1 - 0.6 * 0.5)
+    assert compounded([800.0, 900.0], 1000.0) == pytest.approx(980.0, abs=1e-9)  # never more than the base
+    assert compounded([1500.0, -3.0], 1000.0) == 1000.0  # shares clipped to [-1, 1]
+    assert compounded([500.0, -100.0], 1000.0) == pytest.approx(450.0, abs=1e-9)  # a cost scales what is left up
+    assert compounded([-5000.0], 1000.0) == -1000.0
+    assert compounded([2.0, 3.0], 0.0) == 5.0  # no base: the plain sum
+    assert compounded([], 1000.0) == 0.0
+
+
+def _compute_case(tmp_path):
+    from collections import OrderedDict
+    model = torch.nn.Sequential(OrderedDict(fc1=torch.nn.Linear(40, 20), act=torch.nn.ReLU(), fc2=torch.nn.Linear(20, 4)))
+    p = tmp_path / "compute.yaml"
+    p.write_text("defaults:\n  sparsity: [0.0, 0.5]\n  structured: [false, true]\n  bits: [32, 8]\n  rank: [1.0, 0.25]\n"
+                 "distill: [false]\n")
+    bound = bind(ash.load_space(p), model)
+    rows = [("fc1", "structured", 0.5, 0.002, 400, 0.4), ("fc1", "rank", 0.25, 0.003, 500, 0.5),
+            ("fc1", "bits", 8, 0.001, 0, 0.3), ("fc1", "sparsity", 0.5, 0.004, 0, 0.0),
+            ("fc2", "bits", 8, 0.001, 0, 0.01)]  # fc2's int8 saving is 1 % of the baseline: noise
+    table = [dict(layer=l, field=f, value=v, accuracy_drop=d, macs_saved=m, latency_saved=s) for l, f, v, d, m, s in rows]
+    base = Measurement(accuracy=0.9, size_bytes=5000, latency_ms=1.0, macs=1000, device="cpu", threads=1, batch_size=1,
+                       runtime="onnxruntime")
+    return model, bound, table, base
+
+
+def test_structured_low_rank_combinations_only_where_compute_is_an_objective(tmp_path) -> None:
+    model, bound, table, base = _compute_case(tmp_path)
+    size_only = layer_combos(model, bound, table, base, ("accuracy", "size"))
+    assert not [c for c in size_only["fc1"] if c.structured and c.rank < 1]
+    assert not [c for c in size_only["fc1"] if c.sparsity > 0 and c.rank < 1]
+    timed = layer_combos(model, bound, table, base, ("accuracy", "size", "latency"))
+    both = {(c.bits, c.sparsity): c for c in timed["fc1"] if c.structured and c.rank < 1}
+    assert set(both) == {(32, 0.5), (8, 0.5)}
+    assert not [c for c in timed["fc1"] if c.sparsity > 0 and not c.structured and c.rank < 1]  # unstructured: never
+    c = both[(8, 0.5)]
+    assert c.drop == pytest.approx(0.002 + 0.003 + 0.001, abs=1e-12)
+    # rank 0.25 of 20 -> 5: first factor 5 x 40 = 200 kept, second 20 x 5 rows halved = 50; 1 byte each at 8 bits,
+    # plus a float16 scale per kept output channel (10 x 2 B)
+    assert c.bytes == pytest.approx(200 + 50 + 20, abs=1e-9)
+    assert c.macs == pytest.approx(-1000 * (1 - 0.6 * 0.5), abs=1e-9)
+    assert c.latency == pytest.approx(-1.0 * (1 - 0.6 * 0.5 * 0.7), abs=1e-12)
+    assert both[(32, 0.5)].latency == pytest.approx(-1.0 * (1 - 0.6 * 0.5), abs=1e-12)  # float32: no bits saving
+    fc2_int8 = next(c for c in timed["fc2"] if c.bits == 8 and c.sparsity == 0 and c.rank == 1)
+    assert fc2_int8.latency == 0.0  # under 2 % of the baseline's latency: not counted
+    table.append(dict(layer="fc2", field="bits", value=8, accuracy_drop=0.001, macs_saved=0, latency_saved=-0.05))
+    table.pop(4)  # fc2 at int8 now measured 5 % slower: a cost the latency budgets see
+    timed = layer_combos(model, bound, table, base, ("accuracy", "size", "latency"))
+    fc2_int8 = next(c for c in timed["fc2"] if c.bits == 8 and c.sparsity == 0 and c.rank == 1)
+    assert fc2_int8.latency == pytest.approx(0.05, abs=1e-12)
+    floating = layer_combos(model, bound, table, dataclasses.replace(base, runtime="float"), ("accuracy", "latency"))
+    assert {c.latency for c in floating["fc2"]} == {0.0}  # float kernels: a bit-width's timing is noise, not used
+    assert next(c for c in floating["fc1"] if c.bits == 8 and c.rank == 1 and c.sparsity == 0).latency == 0.0
+
+
+def test_latency_budgets_can_allocate_structured_low_rank(tmp_path) -> None:
+    model, bound, table, base = _compute_case(tmp_path)
+    combos = layer_combos(model, bound, table, base, ("accuracy", "size", "latency"))
+    alloc = allocate(combos, "latency", -0.75)  # save at least 0.75 ms of 1.0: only fc1 structured + rank + int8 does
+    assert alloc is not None
+    assert (alloc["fc1"].structured, alloc["fc1"].sparsity, alloc["fc1"].rank, alloc["fc1"].bits) == (True, 0.5, 0.25, 8)
