@@ -383,3 +383,17 @@ def test_latency_budgets_can_allocate_structured_low_rank(tmp_path) -> None:
     alloc = allocate(combos, "latency", -0.75)  # save at least 0.75 ms of 1.0: only fc1 structured + rank + int8 does
     assert alloc is not None
     assert (alloc["fc1"].structured, alloc["fc1"].sparsity, alloc["fc1"].rank, alloc["fc1"].bits) == (True, 0.5, 0.25, 8)
+
+
+def test_latency_budgets_compound_across_layers_and_stay_positive(tmp_path) -> None:
+    model, bound, table, base = _compute_case(tmp_path)
+    # fc2 at rank 0.25 alone saves 0.6 of 1.0 ms: with fc1's best (0.79) the plain sum of savings exceeds the baseline
+    table.append(dict(layer="fc2", field="rank", value=0.25, accuracy_drop=0.001, macs_saved=0, latency_saved=0.6))
+    out = warm_start_params(model, bound, table, base, ("accuracy", "size", "latency"), 8)
+    timed = [w for _, w in out if w["budget"].startswith("latency")]
+    assert len(timed) >= 3  # the sweep spreads (a plain sum collapsed every budget below 0 onto one allocation)
+    for w in timed:
+        assert 0 < w["predicted_latency"] <= w["budget_latency"] * (1 + 1e-9)
+    # the fastest: fc1 keeps 0.6 * 0.5 * 0.7 = 0.21 of the model's time, fc2 0.4 (its int8 saving is noise)
+    assert min(w["predicted_latency"] for w in timed) == pytest.approx(0.21 * 0.4, rel=1e-9)
+    assert max(w["budget_latency"] for w in timed) == pytest.approx(0.5, rel=1e-9)  # at most half the baseline's
