@@ -14,15 +14,16 @@ the budget, so every allocation respects its budget). Predictions:
   layer's choice, and counting them there too would promise sizes no policy reaches); the rest of
   the file (biases, BatchNorm, header) as in the untouched model;
 - MACs / latency: the baseline minus the single choices' measured savings (MACs: structured, rank;
-  latency: structured, rank and bit-width -- on ONNX Runtime an int8 GEMM is a measured saving, and
-  on a layer too small to pay for quantizing its input a measured cost; a bit-width's counts where
-  the study's runtime has integer kernels (not on "float", where codes change no kernel and a
-  timing would make the allocations, and so a seed's trials, differ run to run), and from 2 % of the
-  baseline's latency either way, below which it is noise), compounded: choices applied together each remove their share of what the
-  others left, saving = B * (1 - prod(1 - s_i / B)) with B the baseline's figure (never more than B;
-  the plain sum would promise negative latencies when two choices act on the layer that dominates);
-  across layers likewise: the model's predicted share of B is the product of the layers' shares
-  (each at least MIN_SHARE), so the knapsack runs on summed log shares (`log_shares`).
+  latency: structured, rank and bit-width -- on ONNX Runtime an int8 GEMM is a measured saving,
+  and on a layer too small to pay for quantizing its input a measured cost; a bit-width's counts
+  where the study's runtime has integer kernels (not on "float", where codes change no kernel and
+  a timing would make the allocations, and so a seed's trials, differ run to run), and from 2 % of
+  the baseline's latency either way, below which it is noise), compounded: choices applied
+  together each remove their share of what the others left, saving = B * (1 - prod(1 - s_i / B))
+  with B the baseline's figure (never more than B; the plain sum would promise negative latencies
+  when two choices act on the layer that dominates); across layers likewise: the model's predicted
+  share of B is the product of the layers' shares (each at least MIN_SHARE), so the knapsack runs
+  on summed log shares (`log_shares`).
 Combinations that prune low-rank factors are left out (the additive drop cannot see how the two
 losses compound), except, where MACs or latency is an objective, structured pruning of a low-rank
 layer (whole output rows of its second factor): it narrows the activations every later elementwise
