@@ -113,3 +113,27 @@ def test_compression_warnings_print_as_one_plain_line(capsys) -> None:
 
     _show_warning(CompressionWarning("fc2: structured skipped: output layer"), CompressionWarning, "x.py", 3)
     assert capsys.readouterr().err == "autoshrink: warning: fc2: structured skipped: output layer\n"
+
+
+def test_search_ray_address_joins_that_cluster(monkeypatch, tmp_path) -> None:
+    from autoshrink.executors.ray import RayExecutor
+
+    search_pkg = sys.modules["autoshrink.search"]  # the package (autoshrink.search is also the function's name)
+
+    seen = {}
+
+    def fake_search(*args, **kwargs):
+        seen["executor"] = kwargs["executor"]
+        raise SystemExit(0)
+
+    monkeypatch.setattr(search_pkg, "search", fake_search)
+    with pytest.raises(SystemExit):
+        main(["search", "studies/digits_mlp_quantize.yaml", "--ray-address", "127.0.0.2:6399", "--quiet"])
+    assert isinstance(seen["executor"], RayExecutor) and seen["executor"].address == "127.0.0.2:6399"
+
+
+def test_search_ray_address_with_the_local_executor_is_one_line(capsys) -> None:
+    assert main(["search", "studies/digits_mlp_quantize.yaml", "--ray-address", "127.0.0.2:6399",
+                 "--executor", "local"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--ray-address 127.0.0.2:6399" in err and "drop one of them" in err

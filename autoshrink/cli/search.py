@@ -9,6 +9,23 @@ from ..search.runtime import RUNTIME_CHOICES
 from .common import front_table, progress_printer
 
 
+def ray_executor(args: argparse.Namespace) -> Any:
+    """The RayExecutor joining the cluster named by --ray-address, or None without it."""
+    from ..errors import ConfigError, ExecutorUnavailable
+
+    if not args.ray_address:
+        return None
+    if args.executor == "local":
+        raise ConfigError(f"search: --ray-address {args.ray_address} runs the trials on a Ray cluster, but --executor "
+                          "local was given; drop one of them.")
+    try:
+        from ..executors.ray import RayExecutor  # noqa: PLC0415 - Ray is imported only when asked for
+    except ImportError as exc:
+        raise ExecutorUnavailable(f"search: --ray-address needs Ray ({exc}); pip install ray, or drop --ray-address.") \
+            from None
+    return RayExecutor(address=args.ray_address)
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from torch import nn
 
@@ -26,10 +43,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
     n_trials = args.n_trials if args.n_trials is not None else cfg.n_trials
     drop = cfg.max_accuracy_drop
     drop_label = f"{drop * 100:g} pp" if drop is not None else "1 pp"
+    executor = ray_executor(args) or args.executor or cfg.executor
 
     result = search(model, task, space, objectives=cfg.objectives, n_trials=n_trials,
                     timeout=args.timeout if args.timeout is not None else cfg.timeout,
-                    finetune_steps=cfg.finetune_steps, executor=args.executor or cfg.executor,
+                    finetune_steps=cfg.finetune_steps, executor=executor,
                     storage=args.storage or cfg.storage, study_name=args.study_name or cfg.name,
                     sampler=cfg.sampler, seed=cfg.seed if args.seed is None else args.seed,
                     max_accuracy_drop=cfg.max_accuracy_drop, max_latency_ms=cfg.max_latency_ms, runtime=args.runtime or cfg.runtime,
@@ -61,6 +79,8 @@ def add_parser(sub: Any) -> None:
     srch.add_argument("--n-trials", type=int, help="override n_trials (finished trials in the study)")
     srch.add_argument("--timeout", type=float, help="stop asking new trials after this many seconds")
     srch.add_argument("--executor", choices=("local", "ray"), help="override the executor")
+    srch.add_argument("--ray-address", metavar="HOST:PORT",
+                      help="run the trials on the Ray cluster whose head listens at HOST:PORT (implies --executor ray)")
     srch.add_argument("--storage", help="override the Optuna storage URL")
     srch.add_argument("--study-name", help="override the study name")
     srch.add_argument("--seed", type=int, help="override the seed")
