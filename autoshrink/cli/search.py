@@ -11,19 +11,15 @@ from .common import front_table, progress_printer
 
 def ray_executor(args: argparse.Namespace) -> Any:
     """The RayExecutor joining the cluster named by --ray-address, or None without it."""
-    from ..errors import ConfigError, ExecutorUnavailable
+    from ..errors import ConfigError
+    from ..executors import make_executor
 
     if not args.ray_address:
         return None
     if args.executor == "local":
         raise ConfigError(f"search: --ray-address {args.ray_address} runs the trials on a Ray cluster, but --executor "
                           "local was given; drop one of them.")
-    try:
-        from ..executors.ray import RayExecutor  # noqa: PLC0415 - Ray is imported only when asked for
-    except ImportError as exc:
-        raise ExecutorUnavailable(f"search: --ray-address needs Ray ({exc}); pip install ray, or drop --ray-address.") \
-            from None
-    return RayExecutor(address=args.ray_address)
+    return make_executor("ray", address=args.ray_address)
 
 
 def _cmd_search(args: argparse.Namespace) -> int:

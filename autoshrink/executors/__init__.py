@@ -8,8 +8,9 @@ from .base import Executor, Job, Outcome, Request, run_job
 from .local import LocalExecutor
 
 
-def make_executor(spec: Any) -> Any:
-    """'local' -> LocalExecutor(); 'ray' -> RayExecutor() (when available); an executor object as is."""
+def make_executor(spec: Any, address: str | None = None) -> Any:
+    """'local' -> LocalExecutor(); 'ray' -> RayExecutor(address=address) (when available: None starts a private
+    instance, "host:port" joins that cluster); an executor object as is."""
     if spec is None or spec == "local":
         return LocalExecutor()
     if spec == "ray":
@@ -17,7 +18,7 @@ def make_executor(spec: Any) -> Any:
             from .ray import RayExecutor  # noqa: PLC0415 - Ray is imported only when asked for
         except ImportError as exc:
             raise ExecutorUnavailable(f"executor='ray': the Ray executor is not available ({exc}); use executor='local'.") from None
-        return RayExecutor()
+        return RayExecutor(address=address)
     if isinstance(spec, str):
         raise ConfigError(f"executor: got {spec!r}; use 'local', 'ray' or an executor object.")
     for method in ("start", "submit", "wait", "cancel", "shutdown"):

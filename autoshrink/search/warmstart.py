@@ -217,12 +217,10 @@ def allocate(combos: Mapping[str, Sequence[Combo]], cost: str, budget: float) ->
 def log_shares(combos: Mapping[str, Sequence[Combo]], cost: str, base: float) -> dict[str, list[Combo]]:
     """Each combination's MACs or latency delta as the log of the share of `base` it leaves,
     log(1 + delta / base), the share clipped to [MIN_SHARE, 2]: summed over layers, exp of the sum is
-    the predicted share of the whole model -- layers compound as choices within a layer do, and no
+    the predicted share of the whole model (`base` > 0) -- layers compound as choices within a layer do, and no
     allocation is predicted at or below zero (the plain sum of single-choice savings double-counts
     what two layers' choices both save, e.g. fc1's structured pruning and fc2's rank both shrinking
     fc2's GEMM, and predicted LeNet-300-100's fastest allocation at -0.15 ms)."""
-    if not base > 0:
-        return {l: list(cs) for l, cs in combos.items()}
     return {l: [dataclasses.replace(c, **{cost: math.log(min(2.0, max(MIN_SHARE, 1.0 + getattr(c, cost) / base)))})
                 for c in cs] for l, cs in combos.items()}
 

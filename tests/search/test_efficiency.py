@@ -381,8 +381,9 @@ def test_latency_budgets_can_allocate_structured_low_rank(tmp_path) -> None:
     model, bound, table, base = _compute_case(tmp_path)
     combos = layer_combos(model, bound, table, base, ("accuracy", "size", "latency"))
     alloc = allocate(combos, "latency", -0.75)  # save at least 0.75 ms of 1.0: only fc1 structured + rank + int8 does
-    assert alloc is not None
     assert (alloc["fc1"].structured, alloc["fc1"].sparsity, alloc["fc1"].rank, alloc["fc1"].bits) == (True, 0.5, 0.25, 8)
+    assert alloc["fc1"].latency == pytest.approx(-0.79, abs=1e-12)
+    assert allocate(combos, "latency", -0.80) is None  # 0.79 ms is the most fc1 can save, fc2's int8 (noise) none
 
 
 def test_latency_budgets_compound_across_layers_and_stay_positive(tmp_path) -> None:
