@@ -47,3 +47,19 @@ def fast_latency() -> ash.LatencyConfig:
 def state_equal(a: nn.Module, b: nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on a loopback port for the whole session (tests/pgserver.py); skipped
+    only where Debian's postgresql binaries are absent."""
+    from tests.pgserver import PostgresServer, pg_bindir
+
+    if pg_bindir() is None:
+        pytest.skip("PostgreSQL binaries not found under /usr/lib/postgresql/*/bin (apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="psycopg missing: pip install 'autoshrink[postgres]'")
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.stop()

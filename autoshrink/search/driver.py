@@ -40,7 +40,8 @@ from .result import SearchResult, Session
 from .runtime import check_runtime, study_runtime
 from .sensitivity import Choice1, choices, run_choices
 from .samplers import make_sampler
-from .study import counted, default_storage, open_study, requeue_crashed
+from .drivers import DriverLocks, Reaper, open_locks
+from .study import check_storage, counted, default_storage, open_study
 from .warmstart import warm_start_params
 
 BASELINE_KEY = -1
@@ -207,6 +208,47 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
     first_sampler = make_sampler(sampler, seed=seed, n_trials=n_trials, search_space=grid,
                                  values_of=replayable_values(objs))
     storage = storage or default_storage(study_name)  # from here on the study may be created
+    check_storage(storage)
+    with open_locks(storage, study_name) as locks:  # this driver's lease; the study's mutex
+        try:
+            with locks.mutex():  # set-up is once per study: other drivers wait, then find it stored
+                study, result, ctx, bound, pre_s = _setup(
+                    model, task, space, locks, storage=storage, study_name=study_name, objs=objs,
+                    first_sampler=first_sampler, bound=bound, ft=ft, cutoff=cutoff, blocked=blocked, executor=executor,
+                    ex=ex, latency=latency, runtime=runtime, max_accuracy_drop=max_accuracy_drop,
+                    max_latency_ms=max_latency_ms, screening=screening, sampler=sampler, seed=seed, n_trials=n_trials,
+                    n_warm=n_warm, progress=progress, timeout=timeout, t_start=t_start)
+            tally = run_loop(ctx, bound, n_trials, counted(study), screening, ft)
+            if refine_cfg is not None:
+                sources = refine_candidates(study, result.baseline, objs, max_accuracy_drop, refine_top,
+                                            screened_limit=screened_refine_limit(study.user_attrs["screen"]),
+                                            max_latency=max_latency_ms, skip_refined=False)
+                run_refine(ctx, sources, refine_cfg)
+        finally:
+            ex.shutdown()
+    wall = time.perf_counter() - t_start
+    clock = ctx.clock
+    # overhead: driver wall time not spent waiting for evaluations (study I/O, sampling, executor
+    # start-up and dispatch); eval_s sums the workers' evaluation time (> wall with parallel workers)
+    busy = wall - clock.waited
+    result.timing = {"wall_s": wall, "eval_s": ctx.eval_s, "wait_s": clock.waited, "overhead_s": busy,
+                     "overhead_fraction": busy / wall if wall else 0.0,
+                     "sensitivity_s": pre_s,
+                     "screening": tally.summary()}
+    study.set_user_attr("last_run", {k: (round(v, 4) if isinstance(v, float) else v)
+                                     for k, v in result.timing.items()})
+    return result
+
+
+def _setup(model: nn.Module, task: Task, space: SearchSpace, locks: DriverLocks, *, storage: str, study_name: str,
+           objs: Sequence[Objective], first_sampler: Any, bound: BoundSpace, ft: FinetuneConfig, cutoff: float | None,
+           blocked: list[str], executor: Any, ex: Any, latency: LatencyConfig | None, runtime: str,
+           max_accuracy_drop: float | None, max_latency_ms: float | None, screening: Screening | None, sampler: Any,
+           seed: int, n_trials: int | None, n_warm: int, progress: Callable[[Progress], None] | None,
+           timeout: float | None, t_start: float) -> tuple[optuna.Study, SearchResult, LoopContext, BoundSpace, float]:
+    """Under the study mutex: open or create the study, start the executor, decide the runtime, re-queue
+    dead drivers' trials, measure the baseline, run the pre-pass and enqueue the first policies -- each
+    only where the study does not hold it yet."""
     study, created = open_study(storage, study_name, objs, first_sampler, _signature(model, bound, objs, ft, task, cutoff))
     if created:
         study.set_user_attr("finetune", ft.to_dict())
@@ -218,62 +260,43 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
         study.set_user_attr("versions", versions())
     clock = WaitClock()
     session = Session(model=model, task=task, executor=executor, latency=latency, finetune=ft)
-    try:
-        ex.start(Job(model=model, task=task, finetune=ft, latency=latency))
-        chosen, probe_s = study_runtime(study, runtime, model, ex, clock.wait)  # may refuse a resume
-        study.set_user_attr("max_accuracy_drop", max_accuracy_drop)  # this run's constraint, read by load_result
-        study.set_user_attr(LIMIT_ATTR, max_latency_ms)  # likewise
-        study.set_user_attr("screen", _screen_attr(screening, max_accuracy_drop))  # this run's rule, read by refine
-        requeue_crashed(study)
-        baseline, base_s = _baseline(study, ex, clock, chosen)
-        result = SearchResult(study=study, baseline=baseline, objectives=objs, max_accuracy_drop=max_accuracy_drop,
-                              max_latency_ms=max_latency_ms, storage=storage, session=session)
-        ctx = LoopContext(study=study, ex=ex, clock=clock, objectives=objs, baseline=baseline, runtime=chosen,
-                          max_drop=max_accuracy_drop, max_latency=max_latency_ms, progress=progress,
-                          t_start=t_start, timeout=timeout,
-                          eval_s=probe_s + base_s)
-        if latency is not None and latency.layers:
-            ctx.latency_table = load_table(study)
-            if base_s:  # measured in this run (a stored baseline's timings are in the stored table)
-                ctx.observe_latency(Policy(), Outcome(BASELINE_KEY, baseline, None, base_s))
-        pre_s = 0.0
-        if cutoff is not None:
-            rows, pre_s = _sensitivity(ctx, bound, ft)
-            if pre_s and ctx.latency_table is not None:  # measured in this run: its timings join the table
-                for r in rows:
-                    if r.get("layer_latency_ms"):
-                        ctx.latency_table.observe(Choice1(r["layer"], r["field"], r["value"]).policy(),
-                                                  r["layer_latency_ms"], chosen, baseline.device,
-                                                  baseline.batch_size)
-                save_table(study, ctx.latency_table)
-            bound, removed = narrow(bound, rows, cutoff)
-            if "narrowed" not in study.user_attrs:
-                study.set_user_attr("narrowed", removed)
-            if sampler in ("grid", "front"):  # they sample the narrowed space
-                study.sampler = make_sampler(sampler, seed=seed, n_trials=n_trials,
-                                             search_space={n: list(c.values) for n, c in bound.params()},
-                                             values_of=replayable_values(objs))
-        if not study.user_attrs.get("enqueued"):
-            _enqueue(study, model, bound, baseline, objs, n_warm if cutoff is not None else 0, n_trials)
-        tally = run_loop(ctx, bound, n_trials, counted(study), screening, ft)
-        if refine_cfg is not None:
-            sources = refine_candidates(study, baseline, objs, max_accuracy_drop, refine_top,
-                                        screened_limit=screened_refine_limit(study.user_attrs["screen"]),
-                                        max_latency=max_latency_ms)
-            run_refine(ctx, sources, refine_cfg)
-    finally:
-        ex.shutdown()
-    wall = time.perf_counter() - t_start
-    # overhead: driver wall time not spent waiting for evaluations (study I/O, sampling, executor
-    # start-up and dispatch); eval_s sums the workers' evaluation time (> wall with parallel workers)
-    busy = wall - clock.waited
-    result.timing = {"wall_s": wall, "eval_s": ctx.eval_s, "wait_s": clock.waited, "overhead_s": busy,
-                     "overhead_fraction": busy / wall if wall else 0.0,
-                     "sensitivity_s": pre_s,
-                     "screening": tally.summary()}
-    study.set_user_attr("last_run", {k: (round(v, 4) if isinstance(v, float) else v)
-                                     for k, v in result.timing.items()})
-    return result
+    ex.start(Job(model=model, task=task, finetune=ft, latency=latency))
+    chosen, probe_s = study_runtime(study, runtime, model, ex, clock.wait)  # may refuse a resume
+    study.set_user_attr("max_accuracy_drop", max_accuracy_drop)  # this run's constraint, read by load_result
+    study.set_user_attr(LIMIT_ATTR, max_latency_ms)  # likewise
+    study.set_user_attr("screen", _screen_attr(screening, max_accuracy_drop))  # this run's rule, read by refine
+    reaper = Reaper(locks)
+    reaper(study, force=True)  # dead drivers' running trials; a live driver's are left alone
+    baseline, base_s = _baseline(study, ex, clock, chosen)
+    result = SearchResult(study=study, baseline=baseline, objectives=objs, max_accuracy_drop=max_accuracy_drop,
+                          max_latency_ms=max_latency_ms, storage=storage, session=session)
+    ctx = LoopContext(study=study, ex=ex, clock=clock, objectives=objs, baseline=baseline, runtime=chosen,
+                      max_drop=max_accuracy_drop, max_latency=max_latency_ms, progress=progress,
+                      t_start=t_start, timeout=timeout, eval_s=probe_s + base_s, locks=locks, reaper=reaper)
+    if latency is not None and latency.layers:
+        ctx.latency_table = load_table(study)
+        if base_s:  # measured in this run (a stored baseline's timings are in the stored table)
+            ctx.observe_latency(Policy(), Outcome(BASELINE_KEY, baseline, None, base_s))
+    pre_s = 0.0
+    if cutoff is not None:
+        rows, pre_s = _sensitivity(ctx, bound, ft)
+        if pre_s and ctx.latency_table is not None:  # measured in this run: its timings join the table
+            for r in rows:
+                if r.get("layer_latency_ms"):
+                    ctx.latency_table.observe(Choice1(r["layer"], r["field"], r["value"]).policy(),
+                                              r["layer_latency_ms"], chosen, baseline.device,
+                                              baseline.batch_size)
+            save_table(study, ctx.latency_table)
+        bound, removed = narrow(bound, rows, cutoff)
+        if "narrowed" not in study.user_attrs:
+            study.set_user_attr("narrowed", removed)
+        if sampler in ("grid", "front"):  # they sample the narrowed space
+            study.sampler = make_sampler(sampler, seed=seed, n_trials=n_trials,
+                                         search_space={n: list(c.values) for n, c in bound.params()},
+                                         values_of=replayable_values(objs))
+    if not study.user_attrs.get("enqueued"):
+        _enqueue(study, model, bound, baseline, objs, n_warm if cutoff is not None else 0, n_trials)
+    return study, result, ctx, bound, pre_s
 
 
 def _screen_attr(screening: Screening | None, max_drop: float | None) -> dict[str, Any] | None:

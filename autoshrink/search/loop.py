@@ -71,6 +71,8 @@ class LoopContext:
     feasible_trials: list[tuple[int, list[float], float]] = field(default_factory=list)  # (trial, normalized, ratio)
     latency_table: Any = None  # measure.latency_table.LatencyTable where latency is an objective
     max_latency: float | None = None  # search(max_latency_ms=...): search/latency_limit.py
+    locks: Any = None  # drivers.DriverLocks: this driver's lease and the study mutex (many drivers, one study)
+    reaper: Any = None  # drivers.Reaper: re-queues dead drivers' running trials
 
     def predict_latency(self, trial: optuna.trial.Trial, policy: Policy) -> float | None:
         """Store the lookup table's sum-rule latency on the trial before it is evaluated (if it has one)
@@ -149,9 +151,12 @@ class ScreenTally:
 
 def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted: int,
              screening: Any = None, full: FinetuneConfig | None = None) -> ScreenTally:
-    """Ask, evaluate and tell until `n_trials` candidates are finished in the study or the timeout
-    passes. With `screening` (fidelity.Screening) and the full fine-tune settings, candidates are
-    screened first and only promoted ones fine-tuned in full (see fidelity.py)."""
+    """Ask, evaluate and tell until `n_trials` candidates are finished in the study -- by this driver
+    and any other on the same study (drivers.claim) -- or the timeout passes. With `screening`
+    (fidelity.Screening) and the full fine-tune settings, candidates are screened first and only
+    promoted ones fine-tuned in full (see fidelity.py)."""
+    from .drivers import claim
+
     study, ex = ctx.study, ctx.ex
     pending: dict[int, _Pending] = {}
     capacity = max(1, int(getattr(ex, "capacity", 1)))
@@ -163,9 +168,10 @@ def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted:
     screen_cfg = screening.config(full) if screening is not None and full is not None else None
     try:
         while True:
-            while (len(pending) < capacity and (n_trials is None or ctx.done + len(pending) < n_trials)
-                   and (ctx.timeout is None or time.perf_counter() - ctx.t_start < ctx.timeout)):
-                trial = study.ask()
+            while len(pending) < capacity and (ctx.timeout is None or time.perf_counter() - ctx.t_start < ctx.timeout):
+                trial = claim(study, ctx.locks, ctx.reaper, n_trials)
+                if trial is None:
+                    break
                 policy = bound.sample(trial)
                 stage = stage_of(trial)
                 trial.set_user_attr("policy", policy.to_dict())

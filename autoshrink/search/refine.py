@@ -23,6 +23,7 @@ on where it stopped).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any, Mapping, Sequence
 
@@ -33,6 +34,7 @@ from ..measure import Measurement
 from ..policy import Policy
 from ..train import FinetuneConfig
 from .latency_limit import over_limit
+from .drivers import DRIVER_ATTR
 from .loop import LoopContext, submit_policy, tell_outcome
 from .objectives import Objective
 from .result import non_dominated
@@ -75,13 +77,15 @@ def screened_refine_limit(screen: Mapping[str, Any] | None) -> float | None:
 def refine_candidates(study: optuna.Study, baseline: Measurement, objectives: Sequence[Objective],
                       max_drop: float | None, k: int, slack: float = REFINE_SLACK,
                       screened_limit: float | None = None,
-                      max_latency: float | None = None) -> list[optuna.trial.FrozenTrial]:
+                      max_latency: float | None = None, skip_refined: bool = True) -> list[optuna.trial.FrozenTrial]:
     """The k trials the refine stage takes (see the module docstring for the rule). `screened_limit`:
     the largest screened drop of a screened-out (PRUNED) trial that may be taken (None: none is);
     `max_latency`: a search's latency limit -- a trial measured over it is not taken (refining keeps
-    the layers, so it would stay over)."""
+    the layers, so it would stay over). `skip_refined`: leave out policies that already have a completed
+    refined trial (False: rank them too -- the search's refine stage then skips what is done, so a
+    resume or a second driver refines the same k)."""
     limit = (0.01 if max_drop is None else max_drop) + slack
-    done = refined_sources(study)
+    done = refined_sources(study) if skip_refined else set()
     near: list[tuple[optuna.trial.FrozenTrial, list[float]]] = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                       optuna.trial.TrialState.PRUNED)):
@@ -116,6 +120,22 @@ def refine_candidates(study: optuna.Study, baseline: Measurement, objectives: Se
     return list(picked.values())[:k]
 
 
+def _taken(study: optuna.Study, locks: Any, cfg: FinetuneConfig) -> set[tuple[str, bool]]:
+    """(layers, distill) of refined trials with the fine-tune `cfg` that completed, or are running on a
+    live driver: running them again would only repeat them."""
+    out = set()
+    want = cfg.to_dict()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)):
+        if t.user_attrs.get("refined_from") is None or t.user_attrs.get("finetune") != want or "policy" not in t.user_attrs:
+            continue
+        if t.state == optuna.trial.TrialState.RUNNING:
+            who = t.user_attrs.get(DRIVER_ATTR)
+            if locks is None or who is None or not locks.alive(who):
+                continue
+        out.add((layers_key(t.user_attrs["policy"]), bool(t.user_attrs["policy"].get("distill", False))))
+    return out
+
+
 def run_refine(ctx: LoopContext, sources: Sequence[optuna.trial.FrozenTrial], cfg: FinetuneConfig,
                distill: bool | None = None) -> list[int]:
     """Evaluate each source's policy with the refine fine-tune as new trials; return the new numbers.
@@ -133,19 +153,25 @@ def run_refine(ctx: LoopContext, sources: Sequence[optuna.trial.FrozenTrial], cf
         else:
             choices = [own.distill]
         variants += [(src, Policy(layers=own.layers, distill=c)) for c in choices]
-    for src, policy in variants:
-        choice = policy.distill
-        params = dict(src.params)
-        if "distill" in params:
-            params["distill"] = choice
-        attrs = {"refined_from": src.number, "stage": "refined", "finetune": cfg.to_dict(),
-                 "policy": policy.to_dict()}
-        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, params=params,
-                                                  distributions=src.distributions, user_attrs=attrs))
-        frozen = study.get_trials(deepcopy=False)[-1]
-        trial = optuna.trial.Trial(study, frozen._trial_id)
-        trials[frozen.number] = trial
-        submit_policy(ctx, frozen.number, policy, cfg)
+    with ctx.locks.mutex() if ctx.locks is not None else contextlib.nullcontext():
+        taken = _taken(study, ctx.locks, cfg)  # identical refines another driver ran or is running
+        for src, policy in variants:
+            if (layers_key(policy.to_dict()), policy.distill) in taken:
+                continue
+            params = dict(src.params)
+            if "distill" in params:
+                params["distill"] = policy.distill
+            attrs = {"refined_from": src.number, "stage": "refined", "finetune": cfg.to_dict(),
+                     "policy": policy.to_dict()}
+            if ctx.locks is not None:
+                attrs[DRIVER_ATTR] = ctx.locks.driver_id
+            template = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, params=params,
+                                                 distributions=src.distributions, user_attrs=attrs)
+            trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+            trial = optuna.trial.Trial(study, trial_id)
+            trials[trial.number] = trial
+    for number, trial in trials.items():
+        submit_policy(ctx, number, Policy.from_dict(trial.user_attrs["policy"]), cfg)
     pending = dict(trials)
     try:
         while pending:

@@ -1,6 +1,7 @@
 """SearchResult: the baseline, the trials, the feasible Pareto front, selection and hypervolume."""
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -185,6 +186,7 @@ class SearchResult:
         from ..executors import Job, make_executor
         from ..recipe.fingerprint import fingerprint
         from ..train import FinetuneConfig
+        from .drivers import open_locks
         from .loop import LoopContext, WaitClock
         from .refine import (REFINE_STEP_FACTOR, layers_key, refine_candidates, refine_config, run_refine,
                              screened_refine_limit)
@@ -232,14 +234,16 @@ class SearchResult:
         runtime = (self.study.user_attrs.get("runtime") or {}).get("runtime", "float")
         ex = make_executor(executor if executor is not None else (s.executor if s else "local"))
         clock = WaitClock()
-        ctx = LoopContext(study=self.study, ex=ex, clock=clock, objectives=self.objectives, baseline=self.baseline,
-                          runtime=runtime, max_drop=self.max_accuracy_drop, progress=progress,
-                          t_start=time.perf_counter())
-        try:
-            ex.start(Job(model=model, task=task, finetune=ft, latency=s.latency if s else None))
-            numbers = run_refine(ctx, sources, cfg, distill=distill)
-        finally:
-            ex.shutdown()
+        shared = open_locks(self.storage, self.study.study_name) if self.storage else contextlib.nullcontext(None)
+        with shared as locks:  # other drivers may share the study
+            ctx = LoopContext(study=self.study, ex=ex, clock=clock, objectives=self.objectives, baseline=self.baseline,
+                              runtime=runtime, max_drop=self.max_accuracy_drop, progress=progress,
+                              t_start=time.perf_counter(), locks=locks)
+            try:
+                ex.start(Job(model=model, task=task, finetune=ft, latency=s.latency if s else None))
+                numbers = run_refine(ctx, sources, cfg, distill=distill)
+            finally:
+                ex.shutdown()
         df = self.trials
         return df[df["trial"].isin(numbers)].reset_index(drop=True)
 

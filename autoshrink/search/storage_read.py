@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .storage_url import engine_kwargs, rdb_url, redact, storage_error
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 OPTUNA_TABLES = frozenset({"studies", "trials", "version_info", "alembic_version"})
@@ -72,13 +73,16 @@ def open_readonly(url: str, prefix: str = "") -> Any:
     if url.startswith("sqlite:"):
         check_sqlite_study_file(url, prefix)
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 30}}
+    else:
+        kwargs["engine_kwargs"] = engine_kwargs(url)
     try:
-        return optuna.storages.RDBStorage(url, **kwargs)
+        storage = optuna.storages.RDBStorage(rdb_url(url), **kwargs)
+        storage.get_all_studies()  # a server database without Optuna's tables fails here, not later
+        return storage
     except Exception as exc:  # noqa: BLE001 - any storage failure: say which storage and why
         cause = exc.__cause__ or exc.__context__ or exc
-        text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        if "no such table" in text or "does not exist" in text:
-            raise ConfigError(f"{prefix}storage {url}: holds no Optuna tables ({text}); pass the storage a search "
-                              "wrote.") from None
-        raise ConfigError(f"{prefix}storage {url}: cannot open it ({type(exc).__name__}: {text}); check the URL, the "
-                          "database server and its driver.") from None
+        text = " ".join(str(cause).split()) or type(cause).__name__
+        if "no such table" in text or ("relation" in text and "does not exist" in text) or "doesn't exist" in text:
+            raise ConfigError(f"{prefix}storage {redact(url)}: holds no Optuna tables; nothing was changed. Fix: "
+                              "pass the storage a search wrote.") from None
+        raise storage_error(url, exc, prefix) from None

@@ -1,0 +1,311 @@
+"""Many drivers, one study: who owns which running trial, whether its owner still lives, and the
+study-wide critical section that keeps setup, budget and refine claims exactly-once.
+
+Every `autoshrink search` process on a study is a driver with an id (host:pid:random) that it writes
+on each trial it runs ("driver" user attribute). While it lives it holds a lease that the operating
+system or the database server drops the moment the process dies -- nothing to expire, no clocks:
+
+- PostgreSQL: a session advisory lock on a connection the driver keeps open (pg_try_advisory_lock
+  tells another driver whether it is still held); the study mutex is another advisory lock.
+- MySQL / MariaDB: named locks (GET_LOCK / IS_USED_LOCK), the same way.
+- SQLite (one machine): flock()ed files in `<db>.locks/` beside the database.
+
+Under the mutex a driver sets the study up (runtime, baseline, pre-pass, enqueued baselines and warm
+start: once per study), claims each new trial against the budget (`n_trials` counts finished and
+running candidate trials of every driver), and claims refine sources. A RUNNING trial whose owner's
+lease is free is a crashed one: it is failed and its parameters queued again (`reap`); the live
+drivers' running trials are never touched.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import optuna
+
+from ..errors import ConfigError
+from .storage_url import dialect, rdb_url, storage_error
+
+DRIVER_ATTR = "driver"
+REAP_INTERVAL_S = 15.0  # how often a running loop looks for dead drivers' trials
+
+
+def new_driver_id() -> str:
+    """host:pid:8 random hex digits -- unique per process, readable in the dashboard."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _key(text: str) -> int:
+    """A signed 64-bit advisory-lock key for `text`."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
+
+
+class DriverLocks:
+    """This driver's lease and the study's mutex (see the module docstring). Use as a context manager."""
+
+    driver_id: str
+    _depth = 0
+
+    @contextlib.contextmanager
+    def mutex(self) -> Iterator[None]:
+        """The study-wide critical section; re-entrant within this driver."""
+        if not self._depth:
+            self._acquire()
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if not self._depth:
+                self._release_mutex()
+
+    def _acquire(self) -> None:
+        raise NotImplementedError
+
+    def _release_mutex(self) -> None:
+        raise NotImplementedError
+
+    def alive(self, driver_id: str) -> bool:
+        """Whether the driver `driver_id` still holds its lease (this driver always does)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "DriverLocks":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class FileLocks(DriverLocks):
+    """SQLite on one machine: flock()ed files in `<db>.locks/` (dropped by the kernel when a process dies).
+    The folder is removed by the last driver to close, so a finished or refused search leaves none."""
+
+    def __init__(self, db: Path, study_name: str) -> None:
+        self.driver_id = new_driver_id()
+        self.dir = db.with_name(db.name + ".locks")
+        self._mutex_path = self.dir / f"study-{hashlib.sha256(study_name.encode()).hexdigest()[:16]}.lock"
+        self._own = self._path(self.driver_id)
+        for _ in range(100):  # another driver may remove the folder between our mkdir and open
+            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self._own_fd = os.open(self._own, os.O_RDWR | os.O_CREAT, 0o644)
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            raise ConfigError(f"storage lock folder {self.dir}: cannot create a file in it; check its permissions.")
+        fcntl.flock(self._own_fd, fcntl.LOCK_EX)
+        self._mutex_fd = -1
+
+    def _path(self, driver_id: str) -> Path:
+        return self.dir / ("driver-" + re.sub(r"[^A-Za-z0-9._-]", "_", driver_id) + ".lock")
+
+    def _lock_mutex(self) -> int:
+        """flock the mutex file; retried when it was replaced while we waited (the last driver out
+        removes it), so two drivers never hold different files."""
+        while True:
+            fd = os.open(self._mutex_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.stat(self._mutex_path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def _acquire(self) -> None:
+        self._mutex_fd = self._lock_mutex()
+
+    def _release_mutex(self) -> None:
+        os.close(self._mutex_fd)  # closing drops the flock
+
+    def alive(self, driver_id: str) -> bool:
+        return driver_id == self.driver_id or self.alive_file(self._path(driver_id))
+
+    def close(self) -> None:
+        if self._own_fd < 0:
+            return
+        self._own.unlink(missing_ok=True)
+        os.close(self._own_fd)
+        self._own_fd = -1
+        with contextlib.suppress(OSError):
+            fd = self._lock_mutex()
+            try:
+                others = [p for p in self.dir.iterdir() if p.name.startswith("driver-") and self.alive_file(p)]
+                if not others:  # the last one out removes the mutex file and the folder
+                    self._mutex_path.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        self.dir.rmdir()
+            finally:
+                os.close(fd)
+
+    @staticmethod
+    def alive_file(path: Path) -> bool:
+        """Whether a driver file is held; a stale one is removed."""
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        path.unlink(missing_ok=True)
+        return False
+
+
+class ServerLocks(DriverLocks):
+    """PostgreSQL advisory locks / MySQL named locks on one connection this driver keeps open."""
+
+    def __init__(self, url: str, study_name: str) -> None:
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        self.driver_id = new_driver_id()
+        self.kind = dialect(url)
+        try:
+            self._engine = sqlalchemy.create_engine(rdb_url(url), poolclass=NullPool,
+                                                    connect_args={"connect_timeout": 10})
+            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except Exception as exc:  # noqa: BLE001 - the same one-line errors as opening the study
+            raise storage_error(url, exc) from None
+        self._study = f"autoshrink:study:{study_name}"
+        self._take(self._lease(self.driver_id), wait=True)
+
+    def _lease(self, driver_id: str) -> str:
+        return f"autoshrink:driver:{driver_id}"
+
+    def _sql(self, query: str, **params: Any) -> Any:
+        from sqlalchemy import text
+
+        return self._conn.execute(text(query), params).scalar()
+
+    def _take(self, name: str, wait: bool) -> bool:
+        if self.kind == "postgresql":
+            if wait:
+                self._sql("SELECT pg_advisory_lock(:k)", k=_key(name))
+                return True
+            return bool(self._sql("SELECT pg_try_advisory_lock(:k)", k=_key(name)))
+        return self._sql("SELECT GET_LOCK(:n, :t)", n=_mysql_name(name), t=-1 if wait else 0) == 1
+
+    def _release(self, name: str) -> None:
+        if self.kind == "postgresql":
+            self._sql("SELECT pg_advisory_unlock(:k)", k=_key(name))
+        else:
+            self._sql("SELECT RELEASE_LOCK(:n)", n=_mysql_name(name))
+
+    def _acquire(self) -> None:
+        self._take(self._study, wait=True)
+
+    def _release_mutex(self) -> None:
+        self._release(self._study)
+
+    def alive(self, driver_id: str) -> bool:
+        if driver_id == self.driver_id:
+            return True
+        name = self._lease(driver_id)
+        if self.kind == "postgresql":
+            if self._take(name, wait=False):  # free: its holder is gone
+                self._release(name)
+                return False
+            return True
+        return self._sql("SELECT IS_USED_LOCK(:n)", n=_mysql_name(name)) is not None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()
+        self._engine.dispose()
+
+
+def _mysql_name(name: str) -> str:
+    """MySQL lock names are at most 64 characters."""
+    return "as:" + hashlib.sha256(name.encode()).hexdigest()[:40]
+
+
+def open_locks(url: str, study_name: str) -> DriverLocks:
+    """The lease and mutex for `study_name` in the storage `url` (sqlite, postgresql or mysql)."""
+    kind = dialect(url)
+    if kind == "sqlite":
+        raw = url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else ""
+        if not raw or raw == ":memory:":
+            raise ConfigError(f"storage {url!r}: an in-memory SQLite storage is lost when the search ends; name a "
+                              ".db file (sqlite:///studies/name.db).")
+        return FileLocks(Path(raw), study_name)
+    if kind in ("postgresql", "postgres", "mysql", "mariadb"):
+        return ServerLocks(url, study_name)
+    raise ConfigError(f"storage {url.split('://', 1)[0]}://...: autoshrink search runs on SQLite, PostgreSQL or "
+                      "MySQL storages (it needs their locks to share a study between drivers); use one of them.")
+
+
+def owner(trial: optuna.trial.FrozenTrial) -> str | None:
+    """The driver that runs (or ran) `trial`; None for trials of autoshrink before drivers were recorded."""
+    return trial.user_attrs.get(DRIVER_ATTR)
+
+
+def running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+
+
+def dead_running(study: optuna.Study, locks: DriverLocks) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials whose driver is gone (or unrecorded -- only possible for a driver that died
+    inside the mutex, since a trial's owner is written before the mutex is released)."""
+    verdict: dict[str | None, bool] = {}
+    out = []
+    for t in running(study):
+        who = owner(t)
+        if who not in verdict:
+            verdict[who] = who is not None and locks.alive(who)
+        if not verdict[who]:
+            out.append(t)
+    return out
+
+
+class Reaper:
+    """Requeues dead drivers' RUNNING trials: at start-up, and in the loop at most every REAP_INTERVAL_S."""
+
+    def __init__(self, locks: DriverLocks, interval: float = REAP_INTERVAL_S) -> None:
+        self.locks = locks
+        self.interval = interval
+        self.last = float("-inf")
+        self.reaped: list[int] = []
+
+    def __call__(self, study: optuna.Study, force: bool = False) -> list[int]:
+        """Under the mutex: fail and re-queue dead drivers' trials; their numbers."""
+        if not force and time.monotonic() - self.last < self.interval:
+            return []
+        from .study import requeue_crashed
+
+        with self.locks.mutex():
+            numbers = requeue_crashed(study, dead_running(study, self.locks))
+        self.last = time.monotonic()
+        self.reaped += numbers
+        return numbers
+
+
+def claim(study: optuna.Study, locks: DriverLocks, reap: Reaper, n_trials: int | None) -> optuna.trial.Trial | None:
+    """The next trial for this driver (asked and marked as its own under the mutex), or None when
+    the study's budget is spent: finished plus running candidate trials of every driver reach
+    n_trials, after dead drivers' trials were re-queued."""
+    from .study import in_budget
+
+    reap(study)
+    with locks.mutex():
+        if n_trials is not None and in_budget(study) >= n_trials:
+            if not reap(study, force=True) or in_budget(study) >= n_trials:
+                return None
+        trial = study.ask()
+        trial.set_user_attr(DRIVER_ATTR, locks.driver_id)
+        return trial
