@@ -112,17 +112,19 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     except ImportError:
         raise _fail(f"optuna-dashboard is not installed; {INSTALL}") from None
 
+    from ..search.storage_url import redact
+
     url, implied = resolve_storage(args.storage)
     storage = open_storage(url)
     try:
         summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     except Exception as exc:  # noqa: BLE001
-        raise _fail(f"storage {url}: cannot list its studies ({type(exc).__name__}: "
+        raise _fail(f"storage {redact(url)}: cannot list its studies ({type(exc).__name__}: "
                     f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}).") from None
     names = [s.study_name for s in summaries]
     study = args.study or implied
     if args.study and args.study not in names:
-        raise _fail(f"--study {args.study!r}: not in {url}; its studies: {', '.join(names) or 'none'}.")
+        raise _fail(f"--study {args.study!r}: not in {redact(url)}; its studies: {', '.join(names) or 'none'}.")
     if study is None and len(names) == 1:
         study = names[0]
     study_id = storage.get_study_id_from_name(study) if study in names else None
@@ -133,7 +135,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     shown = f"[{args.host}]" if ":" in args.host else args.host
     base = f"http://{shown}:{port}/dashboard"
     listed = ", ".join(f"{s.study_name} ({s.n_trials} trials)" for s in summaries) or "no study yet"
-    print(f"optuna-dashboard {optuna_dashboard.__version__} on {url}: {listed}")
+    print(f"optuna-dashboard {optuna_dashboard.__version__} on {redact(url)}: {listed}")
     if not loopback:
         print(f"warning: listening on {args.host}, reachable from other machines: the dashboard has no "
               "authentication and can change and delete studies; use --host 127.0.0.1 (and an SSH tunnel) "

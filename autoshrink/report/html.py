@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import uuid
 from html import escape
 from pathlib import Path
@@ -58,9 +57,9 @@ dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em} dt{font-wei
 
 def mask_url(url: str | None) -> str:
     """A storage URL with any password replaced by '***' (scheme://user:***@host/...)."""
-    if not url:
-        return "unknown"
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+    from ..search.storage_url import redact
+
+    return redact(url) if url else "unknown"
 
 
 class _Figures:
