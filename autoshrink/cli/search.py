@@ -3,23 +3,40 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..search.runtime import RUNTIME_CHOICES
 from .common import front_table, progress_printer
 
+if TYPE_CHECKING:
+    from ..search.config import StudyConfig
 
-def ray_executor(args: argparse.Namespace) -> Any:
-    """The RayExecutor joining the cluster named by --ray-address, or None without it."""
+
+def pick_executor(args: argparse.Namespace, cfg: StudyConfig) -> Any:
+    """The executor: --executor and the --ray-* flags over the config's executor and executor_args.
+
+    Any --ray-* flag implies Ray; each replaces the config's value of that setting (flag paths are
+    relative to the current directory, the config's to its file). Without Ray settings: 'local' or 'ray'."""
     from ..errors import ConfigError
     from ..executors import make_executor
+    from ..executors.runtime_env import check_py_modules, check_working_dir
 
-    if not args.ray_address:
-        return None
-    if args.executor == "local":
-        raise ConfigError(f"search: --ray-address {args.ray_address} runs the trials on a Ray cluster, but --executor "
-                          "local was given; drop one of them.")
-    return make_executor("ray", address=args.ray_address)
+    flags = {"address": args.ray_address, "working_dir": args.ray_working_dir, "py_modules": args.ray_py_module}
+    given = {name: value for name, value in flags.items() if value}
+    if given and args.executor == "local":
+        shown = [f"--ray-address {args.ray_address}"] if args.ray_address else []
+        shown += [f"--ray-working-dir {args.ray_working_dir}"] if args.ray_working_dir else []
+        shown += [f"--ray-py-module {m}" for m in args.ray_py_module or []]
+        raise ConfigError(f"search: {' '.join(shown)} runs the trials on Ray, but --executor local was given; drop "
+                          "one of them.")
+    if "working_dir" in given:
+        given["working_dir"] = check_working_dir(given["working_dir"], "search: --ray-working-dir")
+    if "py_modules" in given:
+        given["py_modules"] = check_py_modules(given["py_modules"], "search: --ray-py-module")
+    kind = "ray" if given else (args.executor or cfg.executor)
+    if kind != "ray" or not (given or cfg.executor_args):
+        return kind
+    return make_executor("ray", **{**cfg.executor_args, **given})
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -27,10 +44,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     from ..search import search
     from ..search.config import call_factory, load_study_config
+    from ..search.storage_url import redact
     from ..space import load_space
     from ..task import Task
 
     cfg = load_study_config(args.config)
+    executor = pick_executor(args, cfg)  # settings checked before the model is built
     quiet = args.quiet or args.json
     src = cfg.source
     space = load_space(cfg.space_path())
@@ -39,7 +58,6 @@ def _cmd_search(args: argparse.Namespace) -> int:
     n_trials = args.n_trials if args.n_trials is not None else cfg.n_trials
     drop = cfg.max_accuracy_drop
     drop_label = f"{drop * 100:g} pp" if drop is not None else "1 pp"
-    executor = ray_executor(args) or args.executor or cfg.executor
 
     result = search(model, task, space, objectives=cfg.objectives, n_trials=n_trials,
                     timeout=args.timeout if args.timeout is not None else cfg.timeout,
@@ -64,7 +82,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         print(f"\nruntime: {rt.get('runtime')} ({rt.get('decided_by')})")
     print(f"\n{t['wall_s']:.1f} s wall, {t['eval_s']:.1f} s evaluating, engine overhead "
           f"{t['overhead_fraction'] * 100:.1f}%; hypervolume {result.hypervolume():.4f}; "
-          f"study {result.study.study_name!r} in {result.storage}")
+          f"study {result.study.study_name!r} in {redact(result.storage)}")
     return 0
 
 
@@ -77,6 +95,12 @@ def add_parser(sub: Any) -> None:
     srch.add_argument("--executor", choices=("local", "ray"), help="override the executor")
     srch.add_argument("--ray-address", metavar="HOST:PORT",
                       help="run the trials on the Ray cluster whose head listens at HOST:PORT (implies --executor ray)")
+    srch.add_argument("--ray-working-dir", metavar="DIR",
+                      help="ship DIR (your model/task modules) to every Ray worker; it is on their path "
+                           "(implies --executor ray; overrides the config's executor_args.working_dir)")
+    srch.add_argument("--ray-py-module", metavar="PATH", action="append",
+                      help="ship a module (package directory, .py or .whl file) to every Ray worker; repeatable "
+                           "(implies --executor ray; overrides the config's executor_args.py_modules)")
     srch.add_argument("--storage", help="override the Optuna storage URL")
     srch.add_argument("--study-name", help="override the study name")
     srch.add_argument("--seed", type=int, help="override the seed")

@@ -5,7 +5,8 @@ actor fetches them when it starts. The driver keeps up to `actors` trials in fli
 results as they finish. An exception inside an evaluation fails that trial only (the actor lives
 on); an actor that dies is replaced and its trial re-run up to `max_retries` times, then failed
 with the reason. Latency timings take a per-node lock, so concurrent actors on one machine never
-time at the same moment. This is the only module that imports Ray.
+time at the same moment. A runtime_env (working_dir, py_modules) ships the user's own modules to
+workers that lack them (runtime_env.py checks it). This is the only module that imports Ray.
 """
 from __future__ import annotations
 
@@ -18,15 +19,17 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterator
+from types import ModuleType
+from typing import Any, Iterator, Mapping, Sequence
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RuntimeEnvSetupError
 
-from ..errors import ConfigError, ExecutorUnavailable
+from ..errors import ConfigError, ExecutorUnavailable, describe
 from ..policy import Policy
 from ..train import FinetuneConfig
 from .base import Job, Outcome, Request, run_job
+from .runtime_env import build_runtime_env, one_line, start_failure
 
 # Ray rewrites 127.0.0.1 to the machine's network address; other loopback addresses are kept.
 LOOPBACK = "127.0.0.2"
@@ -112,6 +115,34 @@ class _Worker:
 _RemoteWorker = ray.remote(_Worker)
 
 
+def _upload_local_paths(env: dict[str, Any]) -> dict[str, Any]:
+    """The runtime_env with local working_dir / py_modules paths uploaded to the cluster as gcs:// URIs.
+
+    An actor's runtime_env takes URIs only (Ray uploads local paths for ray.init's job runtime_env
+    alone), so when Ray was initialized before this executor this does that upload with the helpers
+    ray.init itself calls (private in Ray 2.60; any failure becomes one ExecutorUnavailable).
+    """
+    try:
+        import inspect
+
+        from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+        from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+
+        scratch = ray._private.worker.global_worker.node.get_runtime_env_dir_path()
+        out = dict(env)
+        for upload in (upload_py_modules_if_needed, upload_working_dir_if_needed):
+            kwargs: dict[str, Any] = {"scratch_dir": scratch, "logger": logging.getLogger(__name__)}
+            if "include_gitignore" in inspect.signature(upload).parameters:  # as ray.init decides it
+                kwargs["include_gitignore"] = os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "0") != "1"
+            out = upload(out, **kwargs)
+        out.pop("excludes", None)  # used by the upload; Ray drops it there too
+        return out
+    except Exception as exc:  # noqa: BLE001 - one clear error, not Ray's internals
+        raise ExecutorUnavailable(f"RayExecutor: cannot ship runtime_env {describe(env, 200)} to the running Ray "
+                                  f"({type(exc).__name__}: {one_line(str(exc))}); fix the paths, or let the "
+                                  "executor start Ray (no ray.init before it) so ray.init ships them.") from None
+
+
 @dataclass
 class _Slot:
     handle: Any
@@ -128,11 +159,18 @@ class RayExecutor:
         default as many as the cluster's CPUs (and GPUs) fit. cpus_per_actor: CPUs (torch threads)
         each holds. gpus_per_actor: 0, or a fraction (0.25 = four actors share a GPU).
         max_retries: re-runs of a trial whose actor died. init_kwargs: extra ray.init arguments.
+        runtime_env: a Ray runtime_env for the actors; working_dir (a directory) and py_modules (modules,
+        package directories, .py/.whl files) are shortcuts merged into it: they ship the modules that
+        define the model and task to workers that lack them. When this executor starts or joins Ray the
+        runtime_env goes to ray.init (the job's environment); when Ray was initialized before, to each
+        actor, with local paths uploaded as ray.init would.
     """
 
     def __init__(self, address: str | None = None, *, actors: int | None = None, cpus_per_actor: float = 1,
                  gpus_per_actor: float = 0, max_retries: int = 2, init_kwargs: dict[str, Any] | None = None,
-                 lock_timings: bool = True) -> None:
+                 lock_timings: bool = True, runtime_env: Mapping[str, Any] | None = None,
+                 working_dir: str | os.PathLike[str] | None = None,
+                 py_modules: Sequence[str | os.PathLike[str] | ModuleType] | None = None) -> None:
         if actors is not None and (isinstance(actors, bool) or not isinstance(actors, int) or actors < 1):
             raise ConfigError(f"RayExecutor.actors: got {actors!r}; use a positive integer or None (as many as fit).")
         if (isinstance(cpus_per_actor, bool) or not isinstance(cpus_per_actor, (int, float))
@@ -150,6 +188,12 @@ class RayExecutor:
         self.gpus_per_actor = gpus_per_actor
         self.max_retries = max_retries
         self.init_kwargs = dict(init_kwargs or {})
+        self.runtime_env = build_runtime_env(runtime_env, working_dir, py_modules)
+        if self.runtime_env and "runtime_env" in self.init_kwargs:
+            given = describe(self.init_kwargs["runtime_env"])
+            raise ConfigError(f"RayExecutor.init_kwargs: holds a runtime_env ({given}) and runtime_env/working_dir/"
+                              "py_modules are given too; give it once, as runtime_env=...")
+        self._actor_env: dict[str, Any] | None = None  # the actors' runtime_env (URIs), when Ray was up before us
         self.lock_timings = lock_timings
         self.capacity = actors or 1
         self._started_ray = False
@@ -166,21 +210,30 @@ class RayExecutor:
     # ------------------------------------------------------------------ lifecycle
     def _init_ray(self) -> None:
         if ray.is_initialized():
+            # The job's runtime_env was fixed by whoever called ray.init: ours goes to each actor instead.
+            self._actor_env = _upload_local_paths(self.runtime_env) if self.runtime_env else None
             return
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
         if self.address:
             kwargs["address"] = self.address
         else:  # a private instance: loopback only, no dashboard, no notices about cluster-wide settings
             kwargs.update(include_dashboard=False, _node_ip_address=LOOPBACK, logging_level=logging.ERROR)
+        if self.runtime_env:
+            kwargs["runtime_env"] = self.runtime_env  # ray.init uploads local paths; every actor of the job gets it
         kwargs.update(self.init_kwargs)
         try:
             ray.init(**kwargs)
         except Exception as exc:  # noqa: BLE001 - say what could not be reached and how to fix it
+            with contextlib.suppress(Exception):
+                ray.shutdown()  # a failed init can leave the local node it started running (seen: a failed upload)
             where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
+            shipping = f" with runtime_env {describe(self.runtime_env, 200)}" if self.runtime_env else ""
             hint = (" If the cluster uses token auth (Ray 2.60 default), set RAY_AUTH_MODE=token and put its token in "
                     "~/.ray/auth_token, or start the head with RAY_AUTH_MODE=disabled." if self.address else "")
-            raise ExecutorUnavailable(f"cannot start or join {where}: {type(exc).__name__}: {exc}.{hint}") from None
+            raise ExecutorUnavailable(f"cannot start or join {where}{shipping}: {type(exc).__name__}: "
+                                      f"{one_line(str(exc))}.{hint}") from None
         self._started_ray = True
+        self._actor_env = None
 
     def _actor_count(self) -> int:
         res = ray.cluster_resources()
@@ -218,19 +271,23 @@ class RayExecutor:
         self._slots = [_Slot(self._new_actor()) for _ in range(n)]
         try:
             infos = ray.get([s.handle.info.remote() for s in self._slots])
-        except RayActorError as exc:
-            reason = str(getattr(exc, "error_msg", exc)).strip().splitlines()[-1]
+        except (RayActorError, RuntimeEnvSetupError) as exc:
             self.shutdown()
-            raise ConfigError(f"the Ray workers could not load the job ({reason}). The model, task and their "
-                              "classes must be importable on every worker: define them in a module (not in "
-                              "__main__ or a notebook cell), installed or on the workers' path (clusters: "
-                              "runtime_env).") from None
+            raise self._start_error(exc) from None
         for slot, info in zip(self._slots, infos):
             slot.info = info
 
+    def _start_error(self, exc: Exception) -> ConfigError:
+        """The one error a failed actor start becomes (see runtime_env.start_failure)."""
+        text = str(getattr(exc, "error_message", None) or getattr(exc, "error_msg", None) or exc)
+        env = self.runtime_env or (ray.get_runtime_context().runtime_env if ray.is_initialized() else None)
+        return start_failure(text or type(exc).__name__, isinstance(exc, RuntimeEnvSetupError),
+                             dict(env) if env else None, shipping=bool(self.runtime_env))
+
     def _new_actor(self) -> Any:
+        env = {"runtime_env": self._actor_env} if self._actor_env else {}
         return _RemoteWorker.options(num_cpus=self.cpus_per_actor, num_gpus=self.gpus_per_actor,
-                                     max_restarts=0, max_task_retries=0).remote(self._job_ref, self.lock_timings)
+                                     max_restarts=0, max_task_retries=0, **env).remote(self._job_ref, self.lock_timings)
 
     @property
     def workers(self) -> list[dict[str, Any]]:
@@ -251,6 +308,7 @@ class RayExecutor:
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
         self._started_ray = False
+        self._actor_env = None
 
     # ------------------------------------------------------------------ work
     def submit(self, key: int, policy: Policy, finetune: FinetuneConfig | None = None, *,

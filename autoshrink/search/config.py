@@ -15,6 +15,8 @@
     max_latency_ms: null                   # optional latency limit (ms on the study's runtime; needs latency)
     storage: null                          # optional Optuna storage URL
     executor: local                        # local or ray
+    executor_args: {}                      # ray only: address (host:port), working_dir and py_modules (paths
+                                           # relative to this file) ship your model/task modules to the workers
     seed: 0
     runtime: auto                          # auto (timed once), float or int8: every trial runs on it
     refine_top: 0                          # refine stage: re-run the k best candidates ...
@@ -29,12 +31,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import describe, finite_number
+from ..executors.runtime_env import check_py_modules, check_working_dir
 from ..space.yaml_source import Source, load_yaml
 from .runtime import RUNTIME_CHOICES
 
 _KEYS = {"name", "model", "model_args", "task", "task_args", "space", "objectives", "sampler", "n_trials", "timeout",
-         "finetune_steps", "max_accuracy_drop", "max_latency_ms", "storage", "executor", "seed", "description", "runtime", "refine_top",
-         "refine_steps"}
+         "finetune_steps", "max_accuracy_drop", "max_latency_ms", "storage", "executor", "executor_args", "seed",
+         "description", "runtime", "refine_top", "refine_steps"}
+EXECUTOR_ARGS = ("address", "working_dir", "py_modules")  # the RayExecutor settings a study config may give
 _REQUIRED = ("name", "model", "task")
 MAX_INT = 2 ** 32  # no count, step or seed anyone means is larger
 
@@ -56,6 +60,7 @@ class StudyConfig:
     max_latency_ms: float | None = None
     storage: str | None = None
     executor: str = "local"
+    executor_args: Mapping[str, Any] = field(default_factory=dict)  # checked; paths absolute
     seed: int = 0
     description: str = ""
     runtime: str = "auto"
@@ -136,6 +141,34 @@ def call_factory(spec: str, kwargs: Mapping[str, Any], path: str, src: Source, r
     return value
 
 
+def _executor_args(data: Mapping[str, Any], src: Source, base: Path) -> dict[str, Any]:
+    """executor_args checked: Ray settings only, with executor: ray; working_dir / py_modules exist (relative
+    to the config file) and become absolute paths, so the study runs the same from any directory."""
+    given = data.get("executor_args")
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise src.error("executor_args", f"got {describe(given)}; expected a mapping with {', '.join(EXECUTOR_ARGS)}.")
+    unknown = sorted(set(given) - set(EXECUTOR_ARGS))
+    if unknown:
+        raise src.error(f"executor_args.{unknown[0]}", f"unknown key {unknown[0]!r}; allowed are "
+                        f"{', '.join(EXECUTOR_ARGS)}.")
+    if given and data.get("executor", "local") != "ray":
+        raise src.error("executor_args", f"{', '.join(given)}: settings of the Ray executor, but executor is "
+                        f"{data.get('executor', 'local')!r}; set executor: ray or remove executor_args.")
+    out: dict[str, Any] = {}
+    address = given.get("address")
+    if address is not None:
+        if not isinstance(address, str) or not address.strip():
+            raise src.error("executor_args.address", f"got {describe(address)}; use 'host:port' of the Ray head.")
+        out["address"] = address
+    if given.get("working_dir") is not None:
+        out["working_dir"] = check_working_dir(given["working_dir"], src.at("executor_args.working_dir"), base)
+    if given.get("py_modules") is not None:
+        out["py_modules"] = tuple(check_py_modules(given["py_modules"], src.at("executor_args.py_modules"), base))
+    return out
+
+
 def load_study_config(path: str | Path) -> StudyConfig:
     """Load and validate a study config YAML; errors name the file, line, key and value."""
     data, src = load_yaml(path)
@@ -171,6 +204,7 @@ def load_study_config(path: str | Path) -> StudyConfig:
         raise src.error("max_latency_ms", "a latency limit needs 'latency' among the objectives; add it to "
                         "objectives or remove max_latency_ms.")
     kwargs = {k: v for k, v in data.items() if v is not None}
+    kwargs["executor_args"] = _executor_args(data, src, Path(path).resolve().parent)
     kwargs["objectives"] = tuple(objectives)
     kwargs["model_args"] = dict(data.get("model_args") or {})
     kwargs["task_args"] = dict(data.get("task_args") or {})

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ from autoshrink.executors import Job, LocalExecutor
 from autoshrink.zoo import digits_task
 
 from ..search.conftest import FAST, Tiny
+from .cluster import LoopbackCluster, alive, descendants
 
 ray = pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,53 +159,6 @@ def test_actor_killed_mid_search_is_replaced_and_its_trial_retried(ray_local, ti
 
 # ----------------------------------------------------------------------------- two-node cluster
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.2", 0))
-        return s.getsockname()[1]
-
-
-def _descendants(pid: int) -> set[int]:
-    """PIDs below `pid` (walks /proc; no psutil needed)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
-
-
-def _with_arg(text: str) -> set[int]:
-    """PIDs whose command line contains `text`."""
-    out = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if text in Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace"):
-                    out.add(int(entry))
-            except OSError:
-                continue
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 DRIVER = textwrap.dedent("""
     import json, sys, torch
     sys.path.insert(0, {root!r})
@@ -224,60 +176,20 @@ DRIVER = textwrap.dedent("""
 
 
 def test_two_node_loopback_cluster(tmp_path) -> None:
-    port = _free_port()
-    temp = tempfile.mkdtemp(prefix="ashray", dir="/tmp")  # short: Ray's socket paths are length-limited
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    common = ["--num-cpus=1", "--num-gpus=0", "--memory=1000000000", "--object-store-memory=150000000",
-              f"--temp-dir={temp}", "--block"]
-    head = subprocess.Popen([ray_bin, "start", "--head", "--node-ip-address=127.0.0.2", f"--port={port}",
-                             "--include-dashboard=false", *common],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    started = [head]
-    pids: set[int] = set()
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:  # the head is up when its GCS port accepts connections
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.2", port)) == 0:
-                    break
-            time.sleep(0.5)
-        else:
-            pytest.fail("the Ray head did not come up in 60 s")
-        worker = subprocess.Popen([ray_bin, "start", f"--address=127.0.0.2:{port}", "--node-ip-address=127.0.0.3",
-                                   *common], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)
-        started.append(worker)
+    with LoopbackCluster() as cluster:
         space = tmp_path / "s.yaml"
         space.write_text("defaults: {bits: [32, 8, 4], sparsity: [0.0, 0.5]}\nfinetune: {steps: 20}\n")
-        code = DRIVER.format(root=str(ROOT), address=f"127.0.0.2:{port}", space=str(space),
+        code = DRIVER.format(root=str(ROOT), address=cluster.address, space=str(space),
                              storage=f"sqlite:///{tmp_path}/c.db")
-        time.sleep(3)  # let the second node register
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
+                              env=cluster.env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         import json
 
         workers = json.loads(proc.stdout.strip().splitlines()[-1])
         nodes = {w.split(":")[0] for w in workers}
         assert nodes == {"127.0.0.2", "127.0.0.3"}, workers
-    finally:
-        for p in started:
-            pids |= _descendants(p.pid) | {p.pid}
-        pids |= _with_arg(temp)  # daemons re-parented away from `ray start` still name our temp dir
-        for p in started:
-            p.send_signal(signal.SIGTERM)
-        for p in started:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        deadline = time.time() + 20
-        while time.time() < deadline and any(_alive(pid) for pid in pids):
-            time.sleep(0.5)
-        for pid in pids:  # anything the blocked `ray start` left behind, by PID
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-    assert not [pid for pid in pids if _alive(pid)]
+    assert cluster.leftover == []
 
 
 CTRL_C_DRIVER = textwrap.dedent("""
@@ -308,7 +220,7 @@ def test_ctrl_c_fails_and_requeues_pending_trials_and_releases_ray(tmp_path) -> 
         for line in proc.stdout:  # wait until two trials finished, so two more are in flight
             if line.startswith("done 2"):
                 break
-        below = _descendants(proc.pid)
+        below = descendants(proc.pid)
         assert below, "the driver started no Ray processes"
         os.kill(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)
@@ -318,9 +230,9 @@ def test_ctrl_c_fails_and_requeues_pending_trials_and_releases_ray(tmp_path) -> 
     err, rest = proc.stderr.read(), proc.stdout.read()
     assert proc.returncode != 0 and "KeyboardInterrupt" in err, (proc.returncode, rest[-500:], err[-2000:])
     deadline = time.time() + 20
-    while time.time() < deadline and any(_alive(p) for p in below):
+    while time.time() < deadline and any(alive(p) for p in below):
         time.sleep(0.5)
-    assert not [p for p in below if _alive(p)], "Ray processes outlived the interrupted driver"
+    assert not [p for p in below if alive(p)], "Ray processes outlived the interrupted driver"
     study = optuna.load_study(study_name="c", storage=storage)
     interrupted = [t for t in study.trials if t.user_attrs.get("crashed")]
     assert interrupted and all(t.state.name == "FAIL" for t in interrupted)
