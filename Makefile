@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: here it is a local CPU wheel; an unpinned torch pulls GBs of CUDA packages
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,dashboard,onnx]'
+	$(PY) -m pip install --quiet -e '.[dev,dashboard,onnx,postgres]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,7 +31,7 @@ test-all: $(STAMP)
 # (installed without its declared torchvision, which its models do not use and which has no CPU build
 # here) and Debian's Fashion-MNIST (apt; needs root).
 bench-deps: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,dashboard,onnx,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,dashboard,onnx,postgres,bench]'
 	$(PY) -m pip install --quiet --no-deps 'ccexam==1.0.0'
 	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 		if [ "$$(id -u)" -eq 0 ]; then apt-get install -y -q dataset-fashion-mnist; \

@@ -21,12 +21,16 @@ def pick_executor(args: argparse.Namespace, cfg: StudyConfig) -> Any:
     from ..executors import make_executor
     from ..executors.runtime_env import check_py_modules, check_working_dir
 
-    flags = {"address": args.ray_address, "working_dir": args.ray_working_dir, "py_modules": args.ray_py_module}
+    flags = {"address": args.ray_address, "working_dir": args.ray_working_dir, "py_modules": args.ray_py_module,
+             "actors": args.ray_actors}
+    if args.ray_actors is not None and args.ray_actors < 1:
+        raise ConfigError(f"search: --ray-actors {args.ray_actors}; use a positive number of actors.")
     given = {name: value for name, value in flags.items() if value}
     if given and args.executor == "local":
         shown = [f"--ray-address {args.ray_address}"] if args.ray_address else []
         shown += [f"--ray-working-dir {args.ray_working_dir}"] if args.ray_working_dir else []
         shown += [f"--ray-py-module {m}" for m in args.ray_py_module or []]
+        shown += [f"--ray-actors {args.ray_actors}"] if args.ray_actors else []
         raise ConfigError(f"search: {' '.join(shown)} runs the trials on Ray, but --executor local was given; drop "
                           "one of them.")
     if "working_dir" in given:
@@ -101,6 +105,9 @@ def add_parser(sub: Any) -> None:
     srch.add_argument("--ray-py-module", metavar="PATH", action="append",
                       help="ship a module (package directory, .py or .whl file) to every Ray worker; repeatable "
                            "(implies --executor ray; overrides the config's executor_args.py_modules)")
+    srch.add_argument("--ray-actors", type=int, metavar="N",
+                      help="this driver's Ray actors (default: as many as the cluster's free CPUs fit; give each of "
+                           "several drivers on one cluster its share; implies --executor ray)")
     srch.add_argument("--storage", help="override the Optuna storage URL")
     srch.add_argument("--study-name", help="override the study name")
     srch.add_argument("--seed", type=int, help="override the seed")

@@ -8,18 +8,20 @@ from .base import Executor, Job, Outcome, Request, run_job
 from .local import LocalExecutor
 
 
-def make_executor(spec: Any, address: str | None = None, *, working_dir: Any = None, py_modules: Any = None) -> Any:
-    """'local' -> LocalExecutor(); 'ray' -> RayExecutor(address=address, working_dir=..., py_modules=...) (when
-    available: address None starts a private instance, "host:port" joins that cluster; working_dir and py_modules
-    ship the user's modules to the workers); an executor object as is."""
+def make_executor(spec: Any, address: str | None = None, *, working_dir: Any = None, py_modules: Any = None,
+                  actors: int | None = None) -> Any:
+    """'local' -> LocalExecutor(); 'ray' -> RayExecutor(address=address, working_dir=..., py_modules=...,
+    actors=...) (when available: address None starts a private instance, "host:port" joins that cluster;
+    working_dir and py_modules ship the user's modules to the workers; actors None: as many as the free
+    resources fit); an executor object as is."""
     ray_settings = [name for name, value in (("address", address), ("working_dir", working_dir),
-                                             ("py_modules", py_modules)) if value is not None]
+                                             ("py_modules", py_modules), ("actors", actors)) if value is not None]
     if spec == "ray":
         try:
             from .ray import RayExecutor  # noqa: PLC0415 - Ray is imported only when asked for
         except ImportError as exc:
             raise ExecutorUnavailable(f"executor='ray': the Ray executor is not available ({exc}); use executor='local'.") from None
-        return RayExecutor(address=address, working_dir=working_dir, py_modules=py_modules)
+        return RayExecutor(address=address, working_dir=working_dir, py_modules=py_modules, actors=actors)
     if isinstance(spec, str) and spec != "local":
         raise ConfigError(f"executor: got {spec!r}; use 'local', 'ray' or an executor object.")
     if ray_settings:

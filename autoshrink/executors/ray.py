@@ -235,26 +235,45 @@ class RayExecutor:
         self._started_ray = True
         self._actor_env = None
 
-    def _actor_count(self) -> int:
+    def _actor_count(self, settle_s: float = 10.0) -> int:
+        """How many actors: `actors`, or as many as the cluster's free CPUs (and GPUs) fit -- other drivers'
+        actors hold theirs. Free resources are polled for up to `settle_s` (a restarted driver's old actors
+        take a moment to be released); refused clearly rather than leaving actors waiting forever."""
         res = ray.cluster_resources()
         cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
         if self.gpus_per_actor and gpus <= 0:
             raise ExecutorUnavailable(f"RayExecutor: gpus_per_actor={self.gpus_per_actor} but the Ray cluster has no GPU "
                               "(it would wait forever); use gpus_per_actor=0 or add GPU nodes.")
-        fit = int(cpus // self.cpus_per_actor)
-        if self.gpus_per_actor:
-            fit = min(fit, int(round(gpus / self.gpus_per_actor, 6)))
-        if self.requested_actors is None:
-            if fit < 1:
-                raise ExecutorUnavailable(f"RayExecutor: no actor fits (the cluster has {cpus:g} CPU and {gpus:g} GPU; each actor "
-                                  f"needs {self.cpus_per_actor:g} CPU and {self.gpus_per_actor:g} GPU).")
-            return fit
-        if self.requested_actors > fit:
+        total = self._fit(cpus, gpus)
+        if self.requested_actors is None and total < 1:
+            raise ExecutorUnavailable(f"RayExecutor: no actor fits (the cluster has {cpus:g} CPU and {gpus:g} GPU; each actor "
+                              f"needs {self.cpus_per_actor:g} CPU and {self.gpus_per_actor:g} GPU).")
+        if self.requested_actors is not None and self.requested_actors > total:
             n = self.requested_actors
             raise ExecutorUnavailable(f"RayExecutor: {n} actors need {n * self.cpus_per_actor:g} CPU and "
                               f"{n * self.gpus_per_actor:g} GPU, but the cluster has {cpus:g} CPU and {gpus:g} GPU; "
-                              f"ask for fewer actors (at most {fit}).")
-        return self.requested_actors
+                              f"ask for fewer actors (at most {total}).")
+        want = self.requested_actors or 1
+        deadline = time.monotonic() + settle_s
+        while True:
+            free = ray.available_resources()
+            fit = self._fit(free.get("CPU", 0.0), free.get("GPU", 0.0))
+            if fit >= want or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        if fit < want:
+            raise ExecutorUnavailable(f"RayExecutor: the cluster's {cpus:g} CPU and {gpus:g} GPU are held by other jobs "
+                                      f"(another search driver?); {free.get('CPU', 0.0):g} CPU and {free.get('GPU', 0.0):g} "
+                                      f"GPU are free, too few for {want} actor(s). Fix: give each driver fewer actors "
+                                      "(actors=, executor_args.actors, --ray-actors), or add nodes.")
+        return self.requested_actors or fit
+
+    def _fit(self, cpus: float, gpus: float) -> int:
+        """Actors that `cpus` and `gpus` hold."""
+        fit = int(cpus // self.cpus_per_actor)
+        if self.gpus_per_actor:
+            fit = min(fit, int(round(gpus / self.gpus_per_actor, 6)))
+        return fit
 
     def start(self, job: Job) -> None:
         self._init_ray()

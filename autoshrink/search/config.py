@@ -16,7 +16,8 @@
     storage: null                          # optional Optuna storage URL
     executor: local                        # local or ray
     executor_args: {}                      # ray only: address (host:port), working_dir and py_modules (paths
-                                           # relative to this file) ship your model/task modules to the workers
+                                           # relative to this file) ship your model/task modules to the workers,
+                                           # actors (default: as many as the cluster's free CPUs fit)
     seed: 0
     runtime: auto                          # auto (timed once), float or int8: every trial runs on it
     refine_top: 0                          # refine stage: re-run the k best candidates ...
@@ -38,7 +39,7 @@ from .runtime import RUNTIME_CHOICES
 _KEYS = {"name", "model", "model_args", "task", "task_args", "space", "objectives", "sampler", "n_trials", "timeout",
          "finetune_steps", "max_accuracy_drop", "max_latency_ms", "storage", "executor", "executor_args", "seed",
          "description", "runtime", "refine_top", "refine_steps"}
-EXECUTOR_ARGS = ("address", "working_dir", "py_modules")  # the RayExecutor settings a study config may give
+EXECUTOR_ARGS = ("address", "working_dir", "py_modules", "actors")  # the RayExecutor settings a study config may give
 _REQUIRED = ("name", "model", "task")
 MAX_INT = 2 ** 32  # no count, step or seed anyone means is larger
 
@@ -162,6 +163,12 @@ def _executor_args(data: Mapping[str, Any], src: Source, base: Path) -> dict[str
         if not isinstance(address, str) or not address.strip():
             raise src.error("executor_args.address", f"got {describe(address)}; use 'host:port' of the Ray head.")
         out["address"] = address
+    actors = given.get("actors")
+    if actors is not None:
+        if isinstance(actors, bool) or not isinstance(actors, int) or not 1 <= actors <= 4096:
+            raise src.error("executor_args.actors", f"got {describe(actors)}; use a positive integer (actors this "
+                            "driver runs), or leave it out for as many as the cluster's free CPUs fit.")
+        out["actors"] = actors
     if given.get("working_dir") is not None:
         out["working_dir"] = check_working_dir(given["working_dir"], src.at("executor_args.working_dir"), base)
     if given.get("py_modules") is not None:

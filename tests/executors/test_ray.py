@@ -269,3 +269,32 @@ def test_a_failed_start_releases_ray_and_the_sigint_handler(tiny_trained, tmp_pa
                    storage=f"sqlite:///{tmp_path}/f.db", study_name="f")
     assert _signal.getsignal(_signal.SIGINT) is before
     assert ray.is_initialized() == was_running
+
+
+def test_default_actor_count_leaves_other_drivers_actors_alone(ray_local, tiny_trained) -> None:
+    """Two drivers on one cluster: the first one's actors hold their CPUs, so a second executor without
+    `actors` is refused clearly (not left waiting forever), and one asking for what is free fits."""
+    job = Job(model=tiny_trained, task=digits_task(device="cpu"), finetune=ash.FinetuneConfig(steps=5), latency=FAST)
+    from autoshrink.errors import ExecutorUnavailable
+    from autoshrink.executors.ray import RayExecutor
+
+    first = RayExecutor(actors=1)
+    first.start(job)
+    try:
+        assert first.capacity == 1
+        assert RayExecutor()._actor_count(settle_s=0) == 1  # the one CPU the first driver left free
+        greedy = RayExecutor(actors=2)
+        with pytest.raises(ExecutorUnavailable, match=r"^RayExecutor: the cluster's 2 CPU and 0 GPU are held by other "
+                                                      r"jobs \(another search driver\?\); 1 CPU and 0 GPU are free, too "
+                                                      r"few for 2 actor\(s\)\. Fix: give each driver fewer actors"):
+            greedy._actor_count(settle_s=0.2)
+        second = RayExecutor()
+        second.start(job)
+        try:
+            assert second.capacity == 1
+            with pytest.raises(ExecutorUnavailable, match="0 CPU and 0 GPU are free, too few for 1 actor"):
+                RayExecutor()._actor_count(settle_s=0.2)
+        finally:
+            second.shutdown()
+    finally:
+        first.shutdown()

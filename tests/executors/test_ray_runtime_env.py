@@ -159,10 +159,12 @@ def test_study_config_executor_args_resolve_against_the_config_file(tmp_path, mo
     (tmp_path / "conf" / "code" / "mine.py").write_text("")
     monkeypatch.chdir("/")  # not the config's directory: its paths still resolve there
     cfg = load_study_config(_study(tmp_path, "executor: ray\nexecutor_args:\n  address: 127.0.0.2:6399\n"
-                                             "  working_dir: code\n  py_modules: [code/mine.py, s3://b/p.zip]\n"))
+                                             "  working_dir: code\n  py_modules: [code/mine.py, s3://b/p.zip]\n"
+                                             "  actors: 3\n"))
     code = tmp_path / "conf" / "code"
     assert cfg.executor == "ray" and dict(cfg.executor_args) == {
-        "address": "127.0.0.2:6399", "working_dir": str(code), "py_modules": (str(code / "mine.py"), "s3://b/p.zip")}
+        "address": "127.0.0.2:6399", "working_dir": str(code), "py_modules": (str(code / "mine.py"), "s3://b/p.zip"),
+        "actors": 3}
     assert load_study_config(_study(tmp_path, "executor: ray\n")).executor_args == {}
 
 
@@ -172,13 +174,15 @@ def test_study_config_executor_args_resolve_against_the_config_file(tmp_path, mo
      "directory"),
     ("executor: ray\nexecutor_args:\n  py_modules: code\n",
      r"study.yaml:9: executor_args.py_modules: got 'code'; use a list of modules or paths"),
-    ("executor: ray\nexecutor_args:\n  actors: 4\n",
-     r"study.yaml:9: executor_args.actors: unknown key 'actors'; allowed are address, working_dir, py_modules"),
+    ("executor: ray\nexecutor_args:\n  cpus: 4\n",
+     r"study.yaml:9: executor_args.cpus: unknown key 'cpus'; allowed are address, working_dir, py_modules, actors"),
+    ("executor: ray\nexecutor_args:\n  actors: 0\n",
+     r"study.yaml:9: executor_args.actors: got 0; use a positive integer \(actors this driver runs\)"),
     ("executor: local\nexecutor_args: {working_dir: .}\n",
      r"study.yaml:8: executor_args: working_dir: settings of the Ray executor, but executor is 'local'; set "
      "executor: ray or remove executor_args"),
     ("executor: ray\nexecutor_args: [code]\n", r"executor_args: got \['code'\]; expected a mapping with address, "
-                                               "working_dir, py_modules"),
+                                               "working_dir, py_modules, actors"),
     ("executor: ray\nexecutor_args: {address: 7}\n", r"executor_args.address: got 7; use 'host:port' of the Ray head"),
 ])
 def test_study_config_executor_args_errors(tmp_path, extra: str, message: str) -> None:
@@ -223,11 +227,18 @@ def test_cli_ray_flags_ship_code_and_override_the_config(tmp_path, monkeypatch, 
         main(["search", str(_study(tmp_path, "")), "--ray-working-dir", "."])
     ex = captured_executor["executor"]
     assert ex.address is None and ex.runtime_env == {"working_dir": str(tmp_path / "here")}
+    with pytest.raises(SystemExit):  # this driver's share of a cluster other drivers use too
+        main(["search", str(config), "--ray-actors", "2"])
+    ex = captured_executor["executor"]
+    assert ex.requested_actors == 2 and ex.address is None
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--ray-working-dir", "nope"], "search: --ray-working-dir: 'nope' does not exist"),
     (["--ray-py-module", "gone.py"], r"search: --ray-py-module\[0\]: 'gone.py' does not exist"),
+    (["--ray-actors", "0"], r"search: --ray-actors 0; use a positive number of actors"),
+    (["--ray-actors", "2", "--executor", "local"],
+     r"search: --ray-actors 2 runs the trials on Ray, but --executor local was given; drop one of them"),
     (["--ray-working-dir", ".", "--executor", "local"],
      r"search: --ray-working-dir \. runs the trials on Ray, but --executor local was given; drop one of them"),
 ])
