@@ -103,6 +103,28 @@ def make_server(app: Any, host: str, port: int) -> Any:
         raise _fail(f"cannot listen on {host}:{port} ({exc.strerror or exc}); try another --host or --port.") from None
 
 
+def _open_or_wait(url: str, poll_s: float = 1.0) -> Any:
+    """open_storage(url); a database server's database that has no Optuna tables yet (the dashboard
+    started before the first search, as compose starts it) is waited for, not refused."""
+    import time
+
+    from ..search.storage_read import NoOptunaTables
+    from ..search.storage_url import redact
+
+    noted = False
+    while True:
+        try:
+            return open_storage(url)
+        except NoOptunaTables:
+            if url.startswith("sqlite"):
+                raise
+            if not noted:
+                print(f"dashboard: {redact(url)} has no Optuna tables yet; waiting for a search to create them "
+                      "(Ctrl-C to stop)", flush=True)
+                noted = True
+            time.sleep(poll_s)
+
+
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise _fail(f"--port {args.port}: not a TCP port; use 1024-65535 (0 picks a free one).")
@@ -115,7 +137,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     from ..search.storage_url import redact
 
     url, implied = resolve_storage(args.storage)
-    storage = open_storage(url)
+    storage = _open_or_wait(url)
     try:
         summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     except Exception as exc:  # noqa: BLE001

@@ -19,6 +19,10 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 OPTUNA_TABLES = frozenset({"studies", "trials", "version_info", "alembic_version"})
 
 
+class NoOptunaTables(ConfigError):
+    """A database server's database without Optuna's tables (a search has not created them yet)."""
+
+
 def is_sqlite(path: Path) -> bool:
     """Whether `path` starts like an SQLite database file."""
     try:
@@ -83,6 +87,6 @@ def open_readonly(url: str, prefix: str = "") -> Any:
         cause = exc.__cause__ or exc.__context__ or exc
         text = " ".join(str(cause).split()) or type(cause).__name__
         if "no such table" in text or ("relation" in text and "does not exist" in text) or "doesn't exist" in text:
-            raise ConfigError(f"{prefix}storage {redact(url)}: holds no Optuna tables; nothing was changed. Fix: "
-                              "pass the storage a search wrote.") from None
+            raise NoOptunaTables(f"{prefix}storage {redact(url)}: holds no Optuna tables; nothing was changed. Fix: "
+                                 "pass the storage a search wrote.") from None
         raise storage_error(url, exc, prefix) from None

@@ -121,3 +121,39 @@ def test_missing_driver_names_the_extra(monkeypatch) -> None:
                                                                                name="psycopg2"))
     assert str(err) == ("storage postgresql+psycopg2://u:***@h/db: its database driver is not installed (psycopg2). "
                         "Fix: pip install 'autoshrink[postgres]'.")
+
+
+def test_dashboard_on_an_empty_server_database_waits_for_the_first_search(postgres, tmp_path) -> None:
+    import subprocess
+    import time
+
+    from autoshrink.search.storage_url import rdb_url
+
+    from .browser import autoshrink_cmd, free_port
+
+    url = postgres.url(postgres.create_db())
+    port = free_port()
+    log = tmp_path / "dash.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(autoshrink_cmd("dashboard", url, "--port", str(port)), cwd=tmp_path, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while "waiting for a search" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        assert log.read_text().splitlines() == [f"dashboard: postgresql://autoshrink:***@127.0.0.1:{postgres.port}/"
+                                                f"{url.rsplit('/', 1)[1]} has no Optuna tables yet; waiting for a "
+                                                "search to create them (Ctrl-C to stop)"]
+        optuna.create_study(storage=rdb_url(url), study_name="late")  # what the first search does
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                summaries = get_json(f"http://127.0.0.1:{port}/api/studies", timeout=2)["study_summaries"]
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.3)
+    finally:
+        stop(proc)
+    assert [s["study_name"] for s in summaries] == ["late"]
