@@ -229,10 +229,13 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
     wall = time.perf_counter() - t_start
     clock = ctx.clock
     # overhead: driver wall time not spent waiting for evaluations (study I/O, sampling, executor
-    # start-up and dispatch); eval_s sums the workers' evaluation time (> wall with parallel workers)
+    # start-up and dispatch); eval_s sums the workers' evaluation time (> wall with parallel workers);
+    # study_s: the loop's study calls (claims under the mutex, sampling, attributes, tells); dispatch_s:
+    # the executor's submitting and collecting (Ray)
     busy = wall - clock.waited
     result.timing = {"wall_s": wall, "eval_s": ctx.eval_s, "wait_s": clock.waited, "overhead_s": busy,
-                     "overhead_fraction": busy / wall if wall else 0.0,
+                     "overhead_fraction": busy / wall if wall else 0.0, "study_s": ctx.study_s,
+                     "dispatch_s": getattr(ex, "dispatch_s", 0.0),
                      "sensitivity_s": pre_s,
                      "screening": tally.summary()}
     study.set_user_attr("last_run", {k: (round(v, 4) if isinstance(v, float) else v)

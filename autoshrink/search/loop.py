@@ -1,10 +1,11 @@
 """The ask/tell loop: ask the sampler, hand policies to the executor, tell the study what came back."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import optuna
@@ -71,8 +72,18 @@ class LoopContext:
     feasible_trials: list[tuple[int, list[float], float]] = field(default_factory=list)  # (trial, normalized, ratio)
     latency_table: Any = None  # measure.latency_table.LatencyTable where latency is an objective
     max_latency: float | None = None  # search(max_latency_ms=...): search/latency_limit.py
+    study_s: float = 0.0  # driver seconds in the loop's study calls: claims, sampling, attributes, tells
     locks: Any = None  # drivers.DriverLocks: this driver's lease and the study mutex (many drivers, one study)
     reaper: Any = None  # drivers.Reaper: re-queues dead drivers' running trials
+
+    @contextlib.contextmanager
+    def on_study(self) -> Iterator[None]:
+        """Time a block of study calls (storage and sampling) into study_s."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.study_s += time.perf_counter() - t0
 
     def predict_latency(self, trial: optuna.trial.Trial, policy: Policy) -> float | None:
         """Store the lookup table's sum-rule latency on the trial before it is evaluated (if it has one)
@@ -169,13 +180,14 @@ def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted:
     try:
         while True:
             while len(pending) < capacity and (ctx.timeout is None or time.perf_counter() - ctx.t_start < ctx.timeout):
-                trial = claim(study, ctx.locks, ctx.reaper, n_trials)
-                if trial is None:
-                    break
-                policy = bound.sample(trial)
-                stage = stage_of(trial)
-                trial.set_user_attr("policy", policy.to_dict())
-                trial.set_user_attr("stage", stage)
+                with ctx.on_study():
+                    trial = claim(study, ctx.locks, ctx.reaper, n_trials)
+                    if trial is None:
+                        break
+                    policy = bound.sample(trial)
+                    stage = stage_of(trial)
+                    trial.set_user_attr("policy", policy.to_dict())
+                    trial.set_user_attr("stage", stage)
                 verdict = twin_verdict(study, ctx.baseline) if stage == "warm-start" else None
                 if verdict is not None and policy.distill != verdict[0]:
                     skip_twin(ctx, trial, verdict)
@@ -212,7 +224,8 @@ def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted:
                         pending[o.key] = _Pending(p.trial, p.policy, "full")
                         continue
                     tally.stopped += 1
-                    tell_screened_out(ctx, p.trial, o)
+                    with ctx.on_study():
+                        tell_screened_out(ctx, p.trial, o)
                     ctx.report(o, len(pending), full=False)
                     continue
                 else:
@@ -224,7 +237,8 @@ def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted:
                             screen = Measurement.from_dict(p.trial.user_attrs["screen"]["measurement"])
                             pairs.setdefault(p.policy.distill, []).append(
                                 (ctx.baseline.accuracy - screen.accuracy, ctx.baseline.accuracy - o.measurement.accuracy))
-                    tell_outcome(ctx, p.trial, o)
+                    with ctx.on_study():
+                        tell_outcome(ctx, p.trial, o)
                 ctx.report(o, len(pending))
     except BaseException:
         abandon(study, ex, {k: p.trial for k, p in pending.items()})

@@ -80,9 +80,6 @@ def storage_error(url: str, exc: BaseException, prefix: str = "") -> ConfigError
 
 def engine_kwargs(url: str) -> dict[str, Any]:
     """Engine settings for a server URL: fail within 10 s when the server cannot be reached."""
-    d = dialect(url)
-    if d == "postgresql":
-        return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
-    if d == "mysql":
-        return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    if dialect(url) in ("postgresql", "mysql"):
+        return {"connect_args": {"connect_timeout": 10}}
     return {}

@@ -139,7 +139,9 @@ def counted(study: optuna.Study) -> int:
 
 def in_budget(study: optuna.Study) -> int:
     """What n_trials is spent on, over every driver: counted finished trials plus running candidate
-    trials (not refine trials)."""
-    running = sum(1 for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                  if t.user_attrs.get("refined_from") is None)
-    return counted(study) + running
+    trials (not refine trials). One read of the study."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL,
+              optuna.trial.TrialState.RUNNING)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=states)
+               if t.user_attrs.get("refined_from") is None
+               and (t.state == optuna.trial.TrialState.RUNNING or not t.user_attrs.get("crashed")))
