@@ -41,6 +41,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the loopback cluster runs 
 
 import optuna  # noqa: E402
 
+from autoshrink.search.study import counted  # noqa: E402
+
 DRIVER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
@@ -84,7 +86,9 @@ def _audit(study: optuna.Study) -> dict:
     for t in trials:
         if t.state.name == "COMPLETE":
             per[_pid(t)] = per.get(_pid(t), 0) + 1
-    return {"complete": sum(t.state.name == "COMPLETE" for t in trials), "trials": len(trials),
+    return {"complete": sum(t.state.name == "COMPLETE" for t in trials),
+            "pruned_skipped": sum(t.state.name == "PRUNED" and "skipped" in t.user_attrs for t in trials),
+            "counted": counted(study), "trials": len(trials),
             "duplicates": (len(enq) - len(set(enq))) + (len(retries) - len(set(retries))), "lost": len(lost),
             "crashed": sorted(crashed), "per_driver": sorted(per.values())}
 
@@ -96,13 +100,15 @@ def part_drivers(pg, seed: int, args) -> dict:
     _finish(a)
     _finish(b)
     wall = time.perf_counter() - t0
-    return {**_audit(optuna.load_study(study_name="drivers", storage=pg.url(url.rsplit("/", 1)[1], driver="psycopg"))),
-            "wall_s": round(wall, 1)}
+    storage = optuna.storages.RDBStorage(pg.url(url.rsplit("/", 1)[1], driver="psycopg"))
+    out = {**_audit(optuna.load_study(study_name="drivers", storage=storage)), "wall_s": round(wall, 1)}
+    storage.engine.dispose()
+    return out
 
 
 def part_kill(pg, seed: int, args) -> dict:
     url = pg.url(pg.create_db())
-    storage = pg.url(url.rsplit("/", 1)[1], driver="psycopg")
+    storage = optuna.storages.RDBStorage(pg.url(url.rsplit("/", 1)[1], driver="psycopg"))  # one pool for the polling
     t0 = time.perf_counter()
     b = _driver(url, "kill", 2 * args.trials, args.steps, seed)
     a = _driver(url, "kill", 2 * args.trials, args.steps, seed)
@@ -129,11 +135,13 @@ def part_kill(pg, seed: int, args) -> dict:
     wall = time.perf_counter() - t0
     study = optuna.load_study(study_name="kill", storage=storage)
     trials = study.get_trials(deepcopy=False)
-    requeued = [n for n in killed if trials[n].user_attrs.get("crashed")
-                and any(t.user_attrs.get("retry_of") == n and t.state.name == "COMPLETE" for t in trials)]
-    untouched = [n for n in b_running if trials[n].state.name == "COMPLETE" and not trials[n].user_attrs.get("crashed")
-                 and _pid(trials[n]) == str(b.pid)]
-    return {**_audit(study), "killed_running": killed, "requeued_and_completed": requeued,
+    requeued = [n for n in killed if trials[n].user_attrs.get("crashed")  # PRUNED: a warm-start twin skipped
+                and any(t.user_attrs.get("retry_of") == n and t.state.name in ("COMPLETE", "PRUNED") for t in trials)]
+    # finished by B itself (PRUNED: a warm-start twin B skipped the moment after claiming it), never crashed
+    untouched = [n for n in b_running if trials[n].state.name in ("COMPLETE", "PRUNED")
+                 and not trials[n].user_attrs.get("crashed") and _pid(trials[n]) == str(b.pid)]
+    storage.engine.dispose()
+    return {**_audit(study), "killed_running": killed, "requeued_and_finished": requeued,
             "other_running_at_kill": b_running, "other_untouched": untouched, "wall_s": round(wall, 1)}
 
 
@@ -234,12 +242,13 @@ def main() -> None:
     print(f"\nmedians over seeds {args.seeds} ({time.perf_counter() - t_all:.0f} s in all):")
     if results.get("drivers"):
         d = results["drivers"]
-        print(f"drivers: COMPLETE {_median(d, 'complete')}, duplicates {max(r['duplicates'] for r in d)}, lost "
+        print(f"drivers: counted {[r['counted'] for r in d]} = COMPLETE {[r['complete'] for r in d]} + skipped twins "
+              f"{[r['pruned_skipped'] for r in d]}, duplicates {max(r['duplicates'] for r in d)}, lost "
               f"{max(r['lost'] for r in d)}, per driver {[r['per_driver'] for r in d]}, wall {_median(d, 'wall_s')} s")
     if results.get("kill"):
         k = results["kill"]
-        print(f"kill: COMPLETE {[r['complete'] for r in k]}, killed running {[r['killed_running'] for r in k]} -> "
-              f"re-queued and completed {[r['requeued_and_completed'] for r in k]}; other driver's running "
+        print(f"kill: counted {[r['counted'] for r in k]} (COMPLETE {[r['complete'] for r in k]}), killed running {[r['killed_running'] for r in k]} -> "
+              f"re-queued and finished {[r['requeued_and_finished'] for r in k]}; other driver's running "
               f"{[r['other_running_at_kill'] for r in k]} untouched {[r['other_untouched'] for r in k]}; duplicates "
               f"{max(r['duplicates'] for r in k)}, lost {max(r['lost'] for r in k)}")
     if results.get("throughput"):

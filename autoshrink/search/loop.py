@@ -20,6 +20,7 @@ from .latency_limit import over_limit, relative_excess, skip_margin, skip_reason
 from .latency_records import save_table
 from .objectives import Objective
 from .result import non_dominated
+from .study import counted
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,11 @@ class LoopContext:
         return [o.value(m) for o in self.objectives]
 
     def report(self, o: Outcome, pending: int, counts: bool = True, full: bool = True) -> None:
-        """Count a finished trial (unless it does not count towards n_trials) and report progress;
-        `full`: its measurement is a full-fidelity one (a screened-out one never joins the front)."""
-        self.done += 1 if counts else 0
+        """Count a finished trial (unless it does not count towards n_trials) and report progress --
+        `done` is the study's count, other drivers' trials included; `full`: its measurement is a
+        full-fidelity one (a screened-out one never joins the front)."""
+        if counts:
+            self.done = counted(self.study)
         self.failed += 0 if o.ok else 1
         if o.ok and full:
             m = o.measurement

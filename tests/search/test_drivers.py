@@ -180,9 +180,10 @@ def _optuna_url(url: str) -> str:
 def test_sigkilled_driver_restarts_and_requeues_only_its_own_running_trials(url, tmp_path, tiny_model,
                                                                              tiny_space) -> None:
     n = 16
+    # one connection pool for all the polling; created (with Optuna's tables) before the drivers start
+    storage = optuna.storages.RDBStorage(_optuna_url(url))
     b = _driver(tmp_path, tiny_model, tiny_space, url, n, delay=0.6, seed=0)
     a = _driver(tmp_path, tiny_model, tiny_space, url, n, delay=0.6, seed=0)
-    storage = _optuna_url(url)
     mine = lambda t, p: t.user_attrs.get("driver", "").split(":")[1:2] == [str(p.pid)]  # noqa: E731
     deadline = time.monotonic() + 240
     killed: list[int] = []
