@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import optuna
 
 from ..errors import ConfigError
-from .storage_url import dialect, rdb_url, storage_error
+from .storage_url import dialect, rdb_url, redact, storage_error
 
 DRIVER_ATTR = "driver"
 REAP_INTERVAL_S = 15.0  # how often a running loop looks for dead drivers' trials
@@ -246,8 +246,9 @@ def open_locks(url: str, study_name: str) -> DriverLocks:
         return FileLocks(Path(raw), study_name)
     if kind in ("postgresql", "postgres", "mysql", "mariadb"):
         return ServerLocks(url, study_name)
-    raise ConfigError(f"storage {url.split('://', 1)[0]}://...: autoshrink search runs on SQLite, PostgreSQL or "
-                      "MySQL storages (it needs their locks to share a study between drivers); use one of them.")
+    raise ConfigError(f"storage {redact(url)!r}: not an SQLite, PostgreSQL or MySQL URL; autoshrink search needs one of "
+                      "them (their locks let several drivers share a study). Fix: e.g. sqlite:///studies/name.db or "
+                      "postgresql://user:password@host/db.")
 
 
 def owner(trial: optuna.trial.FrozenTrial) -> str | None:

@@ -54,7 +54,10 @@ CASES = [  # id, config text, the message
     ("labels-out-of-range", _config(task="tests.hostile.factories:labels_out_of_range_task"),
      "Task.train_data: labels span 0..12, but the model outputs 10 classes"),
     ("space-missing", _config(space="nowhere.yaml"), "nowhere.yaml"),
-    ("storage-garbage", _config(storage="'nope://x'"), "storage 'nope://x': cannot open it"),
+    ("storage-garbage", _config(storage="'nope://x'"),
+     "storage 'nope://x': not an SQLite, PostgreSQL or MySQL URL; autoshrink search needs one of them"),
+    ("storage-in-memory", _config(storage="'sqlite:///:memory:'"),
+     "storage 'sqlite:///:memory:': an in-memory SQLite storage is lost when the search ends; name a .db file"),
     ("duplicate-keys", _config() + "seed: 1\nseed: 2\n", "key 'seed' appears twice"),
     ("root-list", "- name\n- model\n", "a study config is a mapping"),
 ]
