@@ -247,7 +247,8 @@ def main() -> None:
               f"{max(r['lost'] for r in d)}, per driver {[r['per_driver'] for r in d]}, wall {_median(d, 'wall_s')} s")
     if results.get("kill"):
         k = results["kill"]
-        print(f"kill: counted {[r['counted'] for r in k]} (COMPLETE {[r['complete'] for r in k]}), killed running {[r['killed_running'] for r in k]} -> "
+        print(f"kill: counted {[r['counted'] for r in k]} (COMPLETE {[r['complete'] for r in k]}), killed running "
+              f"{[r['killed_running'] for r in k]} -> "
               f"re-queued and finished {[r['requeued_and_finished'] for r in k]}; other driver's running "
               f"{[r['other_running_at_kill'] for r in k]} untouched {[r['other_untouched'] for r in k]}; duplicates "
               f"{max(r['duplicates'] for r in k)}, lost {max(r['lost'] for r in k)}")

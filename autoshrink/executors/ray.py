@@ -262,10 +262,11 @@ class RayExecutor:
                 break
             time.sleep(0.5)
         if fit < want:
-            raise ExecutorUnavailable(f"RayExecutor: the cluster's {cpus:g} CPU and {gpus:g} GPU are held by other jobs "
-                                      f"(another search driver?); {free.get('CPU', 0.0):g} CPU and {free.get('GPU', 0.0):g} "
-                                      f"GPU are free, too few for {want} actor(s). Fix: give each driver fewer actors "
-                                      "(actors=, executor_args.actors, --ray-actors), or add nodes.")
+            free_cpus, free_gpus = free.get("CPU", 0.0), free.get("GPU", 0.0)
+            raise ExecutorUnavailable(
+                f"RayExecutor: the cluster's {cpus:g} CPU and {gpus:g} GPU are held by other jobs (another search "
+                f"driver?); {free_cpus:g} CPU and {free_gpus:g} GPU are free, too few for {want} actor(s). Fix: give "
+                "each driver fewer actors (actors=, executor_args.actors, --ray-actors), or add nodes.")
         return self.requested_actors or fit
 
     def _fit(self, cpus: float, gpus: float) -> int:

@@ -252,7 +252,8 @@ def _setup(model: nn.Module, task: Task, space: SearchSpace, locks: DriverLocks,
     """Under the study mutex: open or create the study, start the executor, decide the runtime, re-queue
     dead drivers' trials, measure the baseline, run the pre-pass and enqueue the first policies -- each
     only where the study does not hold it yet."""
-    study, created = open_study(storage, study_name, objs, first_sampler, _signature(model, bound, objs, ft, task, cutoff))
+    signature = _signature(model, bound, objs, ft, task, cutoff)
+    study, created = open_study(storage, study_name, objs, first_sampler, signature)
     if created:
         study.set_user_attr("finetune", ft.to_dict())
         study.set_user_attr("structured_excluded", blocked)

@@ -246,9 +246,9 @@ def open_locks(url: str, study_name: str) -> DriverLocks:
         return FileLocks(Path(raw), study_name)
     if kind in ("postgresql", "postgres", "mysql", "mariadb"):
         return ServerLocks(url, study_name)
-    raise ConfigError(f"storage {redact(url)!r}: not an SQLite, PostgreSQL or MySQL URL; autoshrink search needs one of "
-                      "them (their locks let several drivers share a study). Fix: e.g. sqlite:///studies/name.db or "
-                      "postgresql://user:password@host/db.")
+    raise ConfigError(f"storage {redact(url)!r}: not an SQLite, PostgreSQL or MySQL URL; autoshrink search needs "
+                      "one of them (their locks let several drivers share a study). Fix: e.g. "
+                      "sqlite:///studies/name.db or postgresql://user:password@host/db.")
 
 
 def owner(trial: optuna.trial.FrozenTrial) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -15,6 +16,7 @@ from ..executors import Outcome
 from ..measure import Measurement
 from ..policy import Policy
 from ..space import BoundSpace
+from ..techniques.apply import CompressionWarning
 from ..train import FinetuneConfig
 from .latency_limit import over_limit, relative_excess, skip_margin, skip_reason
 from .latency_records import save_table
@@ -211,42 +213,58 @@ def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted:
                 break
             for o in ctx.clock.wait(ex):
                 p = pending.pop(o.key)
-                ctx.eval_s += o.seconds
-                ctx.observe_latency(p.policy, o)
-                if p.stage == "screen" and o.ok:
-                    tally.screen_s += o.seconds
-                    promote, why = screening.promote(o.measurement, ctx.baseline, ctx.max_drop, ctx.objectives,
-                                                     screened, pairs.get(p.policy.distill, []))
-                    screened.append(o.measurement)
-                    p.trial.set_user_attr("screen", {"steps": screen_cfg.steps, "seconds": round(o.seconds, 4),
-                                                     "decision": "promoted" if promote else "stopped",
-                                                     "reason": why, "measurement": o.measurement.to_dict()})
-                    if promote:
-                        tally.promoted += 1
-                        ex.submit(o.key, p.policy, runtime=ctx.runtime)
-                        pending[o.key] = _Pending(p.trial, p.policy, "full")
+                try:
+                    ctx.eval_s += o.seconds
+                    ctx.observe_latency(p.policy, o)
+                    if p.stage == "screen" and o.ok:
+                        tally.screen_s += o.seconds
+                        promote, why = screening.promote(o.measurement, ctx.baseline, ctx.max_drop, ctx.objectives,
+                                                         screened, pairs.get(p.policy.distill, []))
+                        screened.append(o.measurement)
+                        p.trial.set_user_attr("screen", {"steps": screen_cfg.steps, "seconds": round(o.seconds, 4),
+                                                         "decision": "promoted" if promote else "stopped",
+                                                         "reason": why, "measurement": o.measurement.to_dict()})
+                        if promote:
+                            tally.promoted += 1
+                            ex.submit(o.key, p.policy, runtime=ctx.runtime)
+                            pending[o.key] = _Pending(p.trial, p.policy, "full")
+                            continue
+                        tally.stopped += 1
+                        with ctx.on_study():
+                            tell_screened_out(ctx, p.trial, o)
+                        ctx.report(o, len(pending), full=False)
                         continue
-                    tally.stopped += 1
-                    with ctx.on_study():
-                        tell_screened_out(ctx, p.trial, o)
-                    ctx.report(o, len(pending), full=False)
-                    continue
-                else:
-                    if p.stage == "screen":
-                        o = Outcome(o.key, None, f"screening fine-tune: {o.error}", o.seconds, o.worker, o.attempts)
-                    elif p.trial.user_attrs.get("screen"):
-                        tally.full_s.append(o.seconds)
-                        if o.ok:
-                            screen = Measurement.from_dict(p.trial.user_attrs["screen"]["measurement"])
-                            pairs.setdefault(p.policy.distill, []).append(
-                                (ctx.baseline.accuracy - screen.accuracy, ctx.baseline.accuracy - o.measurement.accuracy))
-                    with ctx.on_study():
-                        tell_outcome(ctx, p.trial, o)
-                ctx.report(o, len(pending))
+                    else:
+                        if p.stage == "screen":
+                            o = Outcome(o.key, None, f"screening fine-tune: {o.error}", o.seconds, o.worker, o.attempts)
+                        elif p.trial.user_attrs.get("screen"):
+                            tally.full_s.append(o.seconds)
+                            if o.ok:
+                                screen = Measurement.from_dict(p.trial.user_attrs["screen"]["measurement"])
+                                pairs.setdefault(p.policy.distill, []).append(
+                                    (ctx.baseline.accuracy - screen.accuracy,
+                                     ctx.baseline.accuracy - o.measurement.accuracy))
+                        with ctx.on_study():
+                            tell_outcome(ctx, p.trial, o)
+                    ctx.report(o, len(pending))
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    lease_lost(o.key)
     except BaseException:
         abandon(study, ex, {k: p.trial for k, p in pending.items()})
         raise
     return tally
+
+
+class StudyWarning(CompressionWarning):
+    """Something about the shared study a user should know (printed as one line by the CLI)."""
+
+
+def lease_lost(number: int) -> None:
+    """Another driver finished `number` while this one evaluated it: this driver's lease was taken for a
+    dead one's (its database connection dropped). The trial was re-queued there; this result is dropped."""
+    warnings.warn(f"trial {number}: another driver failed and re-queued it while this one evaluated it (this "
+                  "driver's lease on the storage was lost, e.g. its database connection dropped); this result is "
+                  "dropped and the re-queued trial runs again.", StudyWarning, stacklevel=2)
 
 
 def twin_verdict(study: optuna.Study, baseline: Measurement) -> tuple[bool, int] | None:

@@ -125,8 +125,10 @@ def _taken(study: optuna.Study, locks: Any, cfg: FinetuneConfig) -> set[tuple[st
     live driver: running them again would only repeat them."""
     out = set()
     want = cfg.to_dict()
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)):
-        if t.user_attrs.get("refined_from") is None or t.user_attrs.get("finetune") != want or "policy" not in t.user_attrs:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+    for t in study.get_trials(deepcopy=False, states=states):
+        attrs = t.user_attrs
+        if attrs.get("refined_from") is None or attrs.get("finetune") != want or "policy" not in attrs:
             continue
         if t.state == optuna.trial.TrialState.RUNNING:
             who = t.user_attrs.get(DRIVER_ATTR)

@@ -60,8 +60,9 @@ def storage_error(url: str, exc: BaseException, prefix: str = "") -> ConfigError
     where, user, db = _where(url)
     if isinstance(cause, ModuleNotFoundError) or "no module named" in low:
         missing = getattr(cause, "name", None) or text
-        extra = " pip install 'autoshrink[postgres]'" if dialect(url) == "postgresql" else ""
-        return ConfigError(f"{prefix}storage {shown}: its database driver is not installed ({missing}). Fix:{extra or ' install the SQLAlchemy driver the URL names'}.")
+        fix = ("pip install 'autoshrink[postgres]'" if dialect(url) == "postgresql"
+               else "install the SQLAlchemy driver the URL names")
+        return ConfigError(f"{prefix}storage {shown}: its database driver is not installed ({missing}). Fix: {fix}.")
     if "password authentication failed" in low or "access denied" in low or "no password supplied" in low \
             or "authentication failed" in low:
         return ConfigError(f"{prefix}storage {shown}: the database server at {where} refused user {user!r} (wrong "

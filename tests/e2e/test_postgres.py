@@ -93,7 +93,8 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("command", ["search", "export", "report", "dashboard"])
-def test_server_connection_failures_are_one_clear_line(postgres, config, tmp_path, monkeypatch, capsys, case, command) -> None:
+def test_server_connection_failures_are_one_clear_line(postgres, config, tmp_path, monkeypatch, capsys, case,
+                                                      command) -> None:
     make, what, fix = CASES[case]
     url = make(postgres)
     monkeypatch.chdir(tmp_path)

@@ -221,3 +221,41 @@ def test_sigkilled_driver_restarts_and_requeues_only_its_own_running_trials(url,
         assert mine(trials[number], b)
     assert not [t.number for t in trials if t.user_attrs.get("crashed") and t.number not in killed]
     _check_shared(study, n)
+
+
+def test_a_result_for_a_trial_another_driver_requeued_is_dropped_with_a_warning(tiny_model, tiny_space,
+                                                                               tmp_path) -> None:
+    """This driver's lease was lost (its connection dropped) and another driver re-queued its running
+    trial: the late result is dropped with one warning, the re-queued copy runs, the budget holds."""
+    import autoshrink as ash
+    from autoshrink.executors import LocalExecutor
+    from autoshrink.search.loop import StudyWarning
+    from autoshrink.search.study import counted, requeue_crashed
+    from autoshrink.zoo import digits_task
+
+    from .conftest import FAST
+
+    storage = f"sqlite:///{tmp_path}/lost.db"
+
+    class ReapedOnce(LocalExecutor):
+        """Before returning trial 3's result, does what another driver's reaper would have done to it."""
+
+        reaped = False
+
+        def wait(self, timeout=None):
+            if self._pending and self._pending[0][0] == 3 and not self.reaped:
+                ReapedOnce.reaped = True
+                other = optuna.load_study(study_name="lost", storage=storage)
+                requeue_crashed(other, [other.trials[3]])
+            return super().wait(timeout)
+
+    with pytest.warns(StudyWarning, match=r"^trial 3: another driver failed and re-queued it while this one "
+                                          r"evaluated it \(this driver's lease on the storage was lost"):
+        r = ash.search(tiny_model, digits_task(device="cpu"), tiny_space, n_trials=6, storage=storage,
+                       study_name="lost", latency=FAST, executor=ReapedOnce(), screen=False)
+    trials = r.study.trials
+    assert ReapedOnce.reaped and trials[3].state.name == "FAIL" and trials[3].user_attrs["crashed"] is True
+    assert "measurement" not in trials[3].user_attrs  # the dropped result was not written
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == 3]
+    assert len(retry) == 1 and retry[0].state.name in ("COMPLETE", "PRUNED")
+    assert counted(r.study) == 6 and not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
