@@ -58,19 +58,19 @@ class DriverLocks:
     def mutex(self) -> Iterator[None]:
         """The study-wide critical section; re-entrant within this driver."""
         if not self._depth:
-            self._acquire()
+            self._lock_study()
         self._depth += 1
         try:
             yield
         finally:
             self._depth -= 1
             if not self._depth:
-                self._release_mutex()
+                self._unlock_study()
 
-    def _acquire(self) -> None:
+    def _lock_study(self) -> None:
         raise NotImplementedError
 
-    def _release_mutex(self) -> None:
+    def _unlock_study(self) -> None:
         raise NotImplementedError
 
     def alive(self, driver_id: str) -> bool:
@@ -124,10 +124,10 @@ class FileLocks(DriverLocks):
                 pass
             os.close(fd)
 
-    def _acquire(self) -> None:
+    def _lock_study(self) -> None:
         self._mutex_fd = self._lock_mutex()
 
-    def _release_mutex(self) -> None:
+    def _unlock_study(self) -> None:
         os.close(self._mutex_fd)  # closing drops the flock
 
     def alive(self, driver_id: str) -> bool:
@@ -207,10 +207,10 @@ class ServerLocks(DriverLocks):
         else:
             self._sql("SELECT RELEASE_LOCK(:n)", n=_mysql_name(name))
 
-    def _acquire(self) -> None:
+    def _lock_study(self) -> None:
         self._take(self._study, wait=True)
 
-    def _release_mutex(self) -> None:
+    def _unlock_study(self) -> None:
         self._release(self._study)
 
     def alive(self, driver_id: str) -> bool:
@@ -244,7 +244,7 @@ def open_locks(url: str, study_name: str) -> DriverLocks:
             raise ConfigError(f"storage {url!r}: an in-memory SQLite storage is lost when the search ends; name a "
                               ".db file (sqlite:///studies/name.db).")
         return FileLocks(Path(raw), study_name)
-    if kind in ("postgresql", "postgres", "mysql", "mariadb"):
+    if kind in ("postgresql", "mysql"):
         return ServerLocks(url, study_name)
     raise ConfigError(f"storage {redact(url)!r}: not an SQLite, PostgreSQL or MySQL URL; autoshrink search needs "
                       "one of them (their locks let several drivers share a study). Fix: e.g. "

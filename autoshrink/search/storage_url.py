@@ -10,8 +10,10 @@ from ..errors import ConfigError
 
 
 def dialect(url: str) -> str:
-    """'sqlite', 'postgresql', 'mysql', ... (the part before '://' and any '+driver')."""
-    return url.split("://", 1)[0].split("+", 1)[0].lower()
+    """'sqlite', 'postgresql', 'mysql', ... (the part before '://' and any '+driver'; postgres:// is
+    postgresql, mariadb:// is mysql)."""
+    name = url.split("://", 1)[0].split("+", 1)[0].lower()
+    return {"postgres": "postgresql", "mariadb": "mysql"}.get(name, name)
 
 
 def rdb_url(url: str) -> str:

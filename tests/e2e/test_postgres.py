@@ -158,3 +158,22 @@ def test_dashboard_on_an_empty_server_database_waits_for_the_first_search(postgr
     finally:
         stop(proc)
     assert [s["study_name"] for s in summaries] == ["late"]
+
+
+def test_url_forms_name_the_same_server(postgres) -> None:
+    """postgres:// (Heroku-style) and postgresql+psycopg:// reach the same database, locks included."""
+    from autoshrink.search.drivers import ServerLocks, open_locks
+    from autoshrink.search.storage_url import dialect, rdb_url
+
+    url = postgres.url(postgres.create_db())
+    assert dialect(url.replace("postgresql://", "postgres://")) == "postgresql" == dialect(
+        url.replace("postgresql://", "postgresql+psycopg://"))
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") is None:  # only psycopg 3 (autoshrink[postgres]): a bare URL uses it
+        assert rdb_url(url) == url.replace("postgresql://", "postgresql+psycopg://")
+    for form in (url.replace("postgresql://", "postgres://"), rdb_url(url)):
+        with open_locks(form, "s") as locks:
+            assert isinstance(locks, ServerLocks) and locks.kind == "postgresql"
+            with locks.mutex():
+                assert locks.alive(locks.driver_id)
