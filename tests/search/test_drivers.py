@@ -2,6 +2,7 @@
 driver whose running trials -- and only those -- are re-queued. On SQLite and on a real PostgreSQL server."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -119,19 +120,21 @@ DRIVER_SCRIPT = textwrap.dedent("""
     model = Tiny()
     model.load_state_dict(torch.load({weights!r}))
     r = ash.search(model, digits_task(device="cpu"), ash.load_space({space!r}), n_trials={n}, storage={storage!r},
-                   study_name="shared", latency=FAST, executor=Slow(), screen=False, seed={seed})
+                   study_name="shared", latency=FAST, executor=Slow(), screen=False, seed={seed},
+                   refine_top={refine_top}, refine_steps=10)
     print("done", r.timing["wall_s"], flush=True)
 """)
 
 
-def _driver(tmp_path: Path, tiny_model, tiny_space, storage: str, n: int, delay: float, seed: int) -> subprocess.Popen:
+def _driver(tmp_path: Path, tiny_model, tiny_space, storage: str, n: int, delay: float, seed: int,
+            refine_top: int = 0) -> subprocess.Popen:
     import torch
 
     weights = tmp_path / "w.pt"
     if not weights.exists():
         torch.save(tiny_model.state_dict(), weights)
     script = DRIVER_SCRIPT.format(root=str(ROOT), weights=str(weights), space=str(tiny_space.source.name),
-                                  storage=storage, n=n, delay=delay, seed=seed)
+                                  storage=storage, n=n, delay=delay, seed=seed, refine_top=refine_top)
     return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -259,3 +262,21 @@ def test_a_result_for_a_trial_another_driver_requeued_is_dropped_with_a_warning(
     retry = [t for t in trials if t.user_attrs.get("retry_of") == 3]
     assert len(retry) == 1 and retry[0].state.name in ("COMPLETE", "PRUNED")
     assert counted(r.study) == 6 and not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+
+
+def test_two_drivers_never_run_the_same_refine_twice(tmp_path, tiny_model, tiny_space) -> None:
+    """Both drivers reach the refine stage of one study: each refine variant (policy, distillation,
+    fine-tune) runs once -- claimed under the mutex -- and refine trials do not count towards n_trials."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    storage = optuna.storages.RDBStorage(_optuna_url(url))
+    a = _driver(tmp_path, tiny_model, tiny_space, url, 10, delay=0.2, seed=0, refine_top=1)
+    b = _driver(tmp_path, tiny_model, tiny_space, url, 10, delay=0.2, seed=0, refine_top=1)
+    _finish(a)
+    _finish(b)
+    study = optuna.load_study(study_name="shared", storage=storage)
+    _check_shared(study, 10)
+    refined = [t for t in study.trials if t.user_attrs.get("refined_from") is not None]
+    keys = [(json.dumps(t.user_attrs["policy"], sort_keys=True), json.dumps(t.user_attrs["finetune"], sort_keys=True))
+            for t in refined]
+    assert refined and len(keys) == len(set(keys))
+    assert all(t.state.name == "COMPLETE" for t in refined)
