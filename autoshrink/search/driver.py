@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
@@ -30,7 +31,7 @@ from .fidelity import Screening
 from .latency_limit import ATTR as LIMIT_ATTR
 from .latency_limit import check_limit
 from .latency_records import load_table, save_table
-from .loop import LoopContext, Progress, WaitClock, run_loop
+from .loop import LoopContext, Progress, StudyWarning, WaitClock, run_loop
 from .narrow import narrow
 from .narrow import narrow_cutoff as cutoff_for
 from .objectives import Objective, replayable_values, resolve
@@ -211,7 +212,11 @@ def _search(model: nn.Module, task: Task, space: SearchSpace, *, objectives: Seq
     check_storage(storage)
     with open_locks(storage, study_name) as locks:  # this driver's lease; the study's mutex
         try:
-            with locks.mutex():  # set-up is once per study: other drivers wait, then find it stored
+            def waiting() -> None:
+                warnings.warn(f"study {study_name!r}: another driver is setting it up (or claiming a trial); "
+                              "waiting for it, then this one joins", StudyWarning, stacklevel=4)
+
+            with locks.mutex(on_wait=waiting):  # set-up is once per study: others wait, then find it stored
                 study, result, ctx, bound, pre_s = _setup(
                     model, task, space, locks, storage=storage, study_name=study_name, objs=objs,
                     first_sampler=first_sampler, bound=bound, ft=ft, cutoff=cutoff, blocked=blocked, executor=executor,

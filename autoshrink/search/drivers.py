@@ -27,7 +27,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import optuna
 
@@ -55,10 +55,14 @@ class DriverLocks:
     _depth = 0
 
     @contextlib.contextmanager
-    def mutex(self) -> Iterator[None]:
-        """The study-wide critical section; re-entrant within this driver."""
+    def mutex(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """The study-wide critical section; re-entrant within this driver. `on_wait` is called once
+        if another driver holds it, before waiting for it."""
         if not self._depth:
-            self._lock_study()
+            if on_wait is None or not self._try_lock_study():
+                if on_wait is not None:
+                    on_wait()
+                self._lock_study()
         self._depth += 1
         try:
             yield
@@ -68,6 +72,9 @@ class DriverLocks:
                 self._unlock_study()
 
     def _lock_study(self) -> None:
+        raise NotImplementedError
+
+    def _try_lock_study(self) -> bool:
         raise NotImplementedError
 
     def _unlock_study(self) -> None:
@@ -111,12 +118,16 @@ class FileLocks(DriverLocks):
     def _path(self, driver_id: str) -> Path:
         return self.dir / ("driver-" + re.sub(r"[^A-Za-z0-9._-]", "_", driver_id) + ".lock")
 
-    def _lock_mutex(self) -> int:
-        """flock the mutex file; retried when it was replaced while we waited (the last driver out
-        removes it), so two drivers never hold different files."""
+    def _lock_mutex(self, wait: bool = True) -> int:
+        """flock the mutex file (-1 if `wait` is False and another driver holds it); retried when it was
+        replaced while we waited (the last driver out removes it), so two drivers never hold different files."""
         while True:
             fd = os.open(self._mutex_path, os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return -1
             try:
                 if os.stat(self._mutex_path).st_ino == os.fstat(fd).st_ino:
                     return fd
@@ -126,6 +137,10 @@ class FileLocks(DriverLocks):
 
     def _lock_study(self) -> None:
         self._mutex_fd = self._lock_mutex()
+
+    def _try_lock_study(self) -> bool:
+        self._mutex_fd = self._lock_mutex(wait=False)
+        return self._mutex_fd >= 0
 
     def _unlock_study(self) -> None:
         os.close(self._mutex_fd)  # closing drops the flock
@@ -209,6 +224,9 @@ class ServerLocks(DriverLocks):
 
     def _lock_study(self) -> None:
         self._take(self._study, wait=True)
+
+    def _try_lock_study(self) -> bool:
+        return self._take(self._study, wait=False)
 
     def _unlock_study(self) -> None:
         self._release(self._study)

@@ -23,7 +23,7 @@ from .browser import get_json, start_dashboard, stop
 
 pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[2]
-N_TRIALS = 6
+N_TRIALS = 16  # enough work that the second driver's actor is up before the first is done
 
 
 def test_compose_equivalent_stack_two_drivers_one_study(postgres, tmp_path, monkeypatch, capsys) -> None:
@@ -37,7 +37,7 @@ task: autoshrink.zoo:digits_task
 space: {ROOT / "search_spaces" / "quantize_only.yaml"}
 objectives: [accuracy, size]
 n_trials: {N_TRIALS}
-finetune_steps: 10
+finetune_steps: 60
 executor: ray
 executor_args: {{address: "{cluster.address}", actors: 1}}
 """)
@@ -75,7 +75,8 @@ executor_args: {{address: "{cluster.address}", actors: 1}}
     assert len([t for t in trials if t.user_attrs.get("baseline_policy")]) == study.user_attrs["enqueued"]["baselines"]
     owners = {t.user_attrs["driver"].split(":")[1] for t in trials}
     assert owners == {str(d.pid) for d in drivers}  # both drivers ran trials of the one study
-    nodes = {t.user_attrs["eval"]["worker"].split(":")[0] for t in trials}
+    evaluated = [t for t in trials if "eval" in t.user_attrs]  # not the warm-start twins skipped unevaluated
+    nodes = {t.user_attrs["eval"]["worker"].split(":")[0] for t in evaluated}
     assert nodes == {HEAD, SECOND}  # one actor each, one CPU per node: both nodes worked
     assert [s["study_name"] for s in summaries] == ["stack"]
     assert sorted(t["number"] for t in detail["trials"]) == [t.number for t in trials]
@@ -83,5 +84,6 @@ executor_args: {{address: "{cluster.address}", actors: 1}}
     monkeypatch.chdir(tmp_path)
     assert main(["report", str(config), "--storage", url, "-o", "report.html", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["study"] == "stack" and shown["trials"] == len(trials) and shown["complete"] == N_TRIALS
+    assert shown["study"] == "stack" and shown["trials"] == len(trials)
+    assert shown["complete"] == sum(t.state.name == "COMPLETE" for t in trials)
     assert os.path.getsize(tmp_path / "report.html") == shown["bytes"]
