@@ -31,7 +31,8 @@ from .fidelity import Screening
 from .latency_limit import ATTR as LIMIT_ATTR
 from .latency_limit import check_limit
 from .latency_records import load_table, save_table
-from .loop import LoopContext, Progress, StudyWarning, WaitClock, run_loop
+from .loop import LoopContext, Progress, WaitClock, run_loop
+from .tell import StudyWarning
 from .narrow import narrow
 from .narrow import narrow_cutoff as cutoff_for
 from .objectives import Objective, replayable_values, resolve

@@ -18,6 +18,7 @@ drivers' running trials are never touched.
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import fcntl
 import hashlib
@@ -48,7 +49,7 @@ def _key(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
 
 
-class DriverLocks:
+class DriverLocks(abc.ABC):
     """This driver's lease and the study's mutex (see the module docstring). Use as a context manager."""
 
     driver_id: str
@@ -71,21 +72,25 @@ class DriverLocks:
             if not self._depth:
                 self._unlock_study()
 
+    @abc.abstractmethod
     def _lock_study(self) -> None:
-        raise NotImplementedError
+        """Take the study mutex, waiting for it."""
 
+    @abc.abstractmethod
     def _try_lock_study(self) -> bool:
-        raise NotImplementedError
+        """Take the study mutex if it is free; whether it was taken."""
 
+    @abc.abstractmethod
     def _unlock_study(self) -> None:
-        raise NotImplementedError
+        """Release the study mutex."""
 
+    @abc.abstractmethod
     def alive(self, driver_id: str) -> bool:
         """Whether the driver `driver_id` still holds its lease (this driver always does)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Drop this driver's lease."""
 
     def __enter__(self) -> "DriverLocks":
         return self

@@ -35,7 +35,8 @@ from ..policy import Policy
 from ..train import FinetuneConfig
 from .latency_limit import over_limit
 from .drivers import DRIVER_ATTR
-from .loop import LoopContext, submit_policy, tell_outcome
+from .loop import LoopContext, submit_policy
+from .tell import tell_outcome
 from .objectives import Objective
 from .result import non_dominated
 

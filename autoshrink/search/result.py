@@ -68,7 +68,7 @@ class SearchResult:
             row["failure"] = u.get("failure")
             row["retry_of"] = u.get("retry_of")
             row["refined_from"] = u.get("refined_from")
-            row["skipped"] = u.get("skipped")  # a warm-start twin not run (search/loop.py twin_verdict)
+            row["skipped"] = u.get("skipped")  # a warm-start twin not run (search/tell.py twin_verdict)
             row["finetune_steps"] = (u.get("finetune") or self.study.user_attrs.get("finetune", {})).get("steps")
             rows.append(row)
         return pd.DataFrame(rows)

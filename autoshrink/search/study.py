@@ -114,7 +114,7 @@ def requeue_crashed(study: optuna.Study, crashed: Sequence[optuna.trial.FrozenTr
     """Trials left RUNNING by a dead driver (drivers.dead_running): tell them FAIL and enqueue their
     parameters again (with how they came to be: baseline, warm start). A crashed refine trial is not
     re-queued: the refine stage redoes every source that has no refined trial yet."""
-    from .loop import requeue_attrs  # the loop module imports this one
+    from .tell import requeue_attrs
 
     for t in crashed:
         # attributes can only be written while the trial is still RUNNING, so before the tell

@@ -238,7 +238,7 @@ def test_a_result_for_a_trial_another_driver_requeued_is_dropped_with_a_warning(
     trial: the late result is dropped with one warning, the re-queued copy runs, the budget holds."""
     import autoshrink as ash
     from autoshrink.executors import LocalExecutor
-    from autoshrink.search.loop import StudyWarning
+    from autoshrink.search.tell import StudyWarning
     from autoshrink.search.study import counted, requeue_crashed
     from autoshrink.zoo import digits_task
 

@@ -15,7 +15,7 @@ from autoshrink.search.fidelity import Screening
 from autoshrink.search.narrow import narrow, narrow_cutoff
 from autoshrink.search.objectives import OBJECTIVES
 from autoshrink.search.sensitivity import FIRST_KEY
-from autoshrink.search.loop import twin_verdict
+from autoshrink.search.tell import twin_verdict
 from autoshrink.search.warmstart import Combo, allocate, compounded, layer_combos, warm_start_params
 from autoshrink.space import bind
 from autoshrink.zoo import digits_task
