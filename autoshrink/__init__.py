@@ -12,14 +12,14 @@ from .export import export_onnx
 from .measure import LatencyConfig, Measurement, load_packed, measure, save_packed
 from .policy import LayerPolicy, Policy
 from .recipe import Recipe, apply_recipe
-from .search import SearchResult, search
-from .search.sensitivity import sensitivity
+from .search import SearchConfig, SearchResult, search
+from .search.stages.sensitivity import sensitivity
 from .space import SearchSpace, load_space
 from .task import Task
 from .techniques import CompressionWarning, apply_policy
 from .train import FinetuneConfig, finetune
 
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def __getattr__(name: str):  # RayExecutor is imported on first use: `import autoshrink` never imports Ray
@@ -33,7 +33,7 @@ def __getattr__(name: str):  # RayExecutor is imported on first use: `import aut
 # RayExecutor is public but left out of __all__, so `from autoshrink import *` does not import Ray.
 __all__ = [
     "AutoshrinkError", "CompressionWarning", "ConfigError", "FinetuneConfig", "LatencyConfig",
-    "LayerPolicy", "Measurement", "PackError", "Policy", "PolicyError", "Recipe", "RecipeError", "SearchResult",
+    "LayerPolicy", "Measurement", "PackError", "Policy", "PolicyError", "Recipe", "RecipeError", "SearchConfig", "SearchResult",
     "SearchSpace", "Task", "TaskError", "TrainingError", "apply_policy", "apply_recipe", "evaluate", "export_onnx", "finetune",
     "load_packed", "load_space",
     "measure", "save_packed", "search", "sensitivity",

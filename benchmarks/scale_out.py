@@ -41,7 +41,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the loopback cluster runs 
 
 import optuna  # noqa: E402
 
-from autoshrink.search.study import counted  # noqa: E402
+from autoshrink.search.study.storage import counted  # noqa: E402
 
 DRIVER = textwrap.dedent("""
     import sys

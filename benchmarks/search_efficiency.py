@@ -42,7 +42,7 @@ import numpy as np
 
 import autoshrink as ash
 from autoshrink.search import load_result
-from autoshrink.search.result import hypervolume
+from autoshrink.search.pareto import hypervolume
 from autoshrink.train import FinetuneConfig
 
 MAX_DROP = 0.005

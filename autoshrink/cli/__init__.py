@@ -7,7 +7,7 @@ import traceback
 import warnings
 from typing import NoReturn, Sequence
 
-from .. import __version__
+from ..version import __version__
 from ..errors import AutoshrinkError
 from ..techniques import CompressionWarning
 from . import dashboard, demo, recipes, report, search, sensitivity, walkthrough

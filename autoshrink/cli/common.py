@@ -5,6 +5,7 @@ import sys
 from typing import Any, Callable
 
 from ..search import Progress, SearchResult
+from ..search.study.schema import StudyAttr
 
 
 def fmt_seconds(seconds: float | None) -> str:
@@ -54,7 +55,7 @@ def front_table(result: SearchResult) -> str:
     table["accuracy_drop"] = (table["accuracy_drop"] * 100).round(2)
     slower = (table["compression"] > 1) & (table["speedup"] < 1)
     table["note"] = ["smaller but slower" if s else "" for s in slower]
-    runtime = (result.study.user_attrs.get("runtime") or {}).get("runtime", "float")
+    runtime = (result.study.user_attrs.get(StudyAttr.RUNTIME) or {}).get("runtime", "float")
     lines.append(f"Pareto front ({len(front)} trials; accuracy and drop in %; latency on the study's runtime, "
                  f"{runtime}):")
     lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -27,7 +27,7 @@ def resolve_storage(arg: str | None) -> tuple[str, str | None]:
     An URL is used as is; a .db (or any SQLite) file becomes sqlite:///<path>; a study config YAML gives its
     storage (default sqlite:///studies/<name>.db) and its name; a bare name is a study under studies/;
     nothing means the only studies/*.db of the working directory."""
-    from ..search.storage_read import is_sqlite
+    from ..search.study.readonly import is_sqlite
     from .recipes import _study_location
 
     here = Path.cwd()
@@ -58,7 +58,7 @@ def resolve_storage(arg: str | None) -> tuple[str, str | None]:
 
 def open_storage(url: str) -> Any:
     """A read-only RDBStorage for `url` (no table creation; search/storage_read.py): one-line errors."""
-    from ..search.storage_read import open_readonly
+    from ..search.study.readonly import open_readonly
 
     return open_readonly(url, "dashboard: ")
 
@@ -108,8 +108,8 @@ def _open_or_wait(url: str, poll_s: float = 1.0) -> Any:
     started before the first search, as compose starts it) is waited for, not refused."""
     import time
 
-    from ..search.storage_read import NoOptunaTables
-    from ..search.storage_url import redact
+    from ..search.study.readonly import NoOptunaTables
+    from ..search.study.urls import redact
 
     noted = False
     while True:
@@ -134,7 +134,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     except ImportError:
         raise _fail(f"optuna-dashboard is not installed; {INSTALL}") from None
 
-    from ..search.storage_url import redact
+    from ..search.study.urls import redact
 
     url, implied = resolve_storage(args.storage)
     storage = _open_or_wait(url)

@@ -13,10 +13,10 @@ def _study_location(study: str, storage: str | None) -> tuple[str, str]:
     from pathlib import Path
 
     if Path(study).suffix in (".yaml", ".yml") or Path(study).is_file():
-        from ..search.config import load_study_config
+        from ..search.study_config import load_study_config
 
         cfg = load_study_config(study)
-        return cfg.name, storage or cfg.storage or f"sqlite:///studies/{cfg.name}.db"
+        return cfg.name, storage or cfg.settings.storage or f"sqlite:///studies/{cfg.name}.db"
     return study, storage or f"sqlite:///studies/{study}.db"
 
 
@@ -79,7 +79,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..measure import save_packed
     from ..recipe import Recipe, apply_recipe_with_report, measure_recipe
-    from ..search.config import call_factory
+    from ..search.study_config import call_factory
     from ..space.yaml_source import Source
     from ..task import Task
 

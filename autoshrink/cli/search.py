@@ -5,11 +5,44 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from ..search.runtime import RUNTIME_CHOICES
+from ..search.config import SETTINGS
 from .common import front_table, progress_printer
+from ..search.study.schema import StudyAttr
 
 if TYPE_CHECKING:
-    from ..search.config import StudyConfig
+    from ..search.config import SearchConfig
+    from ..search.study_config import StudyConfig
+
+
+def cli_settings(args: argparse.Namespace, cfg: StudyConfig) -> SearchConfig:
+    """The config's settings with the flags given on the command line over them, each checked as the
+    YAML key of the same name would be."""
+    import yaml
+
+    from ..errors import ConfigError, describe
+    from ..search.config import from_mapping
+
+    given: dict[str, Any] = {}
+    for name, setting in SETTINGS.items():
+        text = getattr(args, f"set_{name}", None)
+        if text is None:
+            continue
+        if setting.cli == "text":
+            given[name] = text
+            continue
+        try:
+            given[name] = yaml.safe_load(text) if len(text) <= 10_000 else text
+        except yaml.YAMLError:
+            raise ConfigError(f"search: --{name.replace('_', '-')} {text!r}: not a YAML value; quote it or fix "
+                              "the syntax.") from None
+
+    def error(name: str, value: Any, fix: str) -> Exception:
+        return ConfigError(f"search: --{name.replace('_', '-')} {describe(value)}: {fix}")
+
+    def rule(message: str) -> Exception:
+        return ConfigError(f"search: {message}")
+
+    return from_mapping(given, error, rule, base=cfg.settings)
 
 
 def pick_executor(args: argparse.Namespace, cfg: StudyConfig) -> Any:
@@ -37,7 +70,7 @@ def pick_executor(args: argparse.Namespace, cfg: StudyConfig) -> Any:
         given["working_dir"] = check_working_dir(given["working_dir"], "search: --ray-working-dir")
     if "py_modules" in given:
         given["py_modules"] = check_py_modules(given["py_modules"], "search: --ray-py-module")
-    kind = "ray" if given else (args.executor or cfg.executor)
+    kind = "ray" if given else (args.executor or cfg.settings.executor)
     if kind != "ray" or not (given or cfg.executor_args):
         return kind
     return make_executor("ray", **{**cfg.executor_args, **given})
@@ -47,30 +80,22 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from torch import nn
 
     from ..search import search
-    from ..search.config import call_factory, load_study_config
-    from ..search.storage_url import redact
+    from ..search.study_config import call_factory, load_study_config
+    from ..search.study.urls import redact
     from ..space import load_space
     from ..task import Task
 
     cfg = load_study_config(args.config)
+    settings = cli_settings(args, cfg)
     executor = pick_executor(args, cfg)  # settings checked before the model is built
     quiet = args.quiet or args.json
     src = cfg.source
     space = load_space(cfg.space_path())
     task = call_factory(cfg.task, cfg.task_args, "task", src, Task)
     model = call_factory(cfg.model, cfg.model_args, "model", src, nn.Module)
-    n_trials = args.n_trials if args.n_trials is not None else cfg.n_trials
-    drop = cfg.max_accuracy_drop
+    drop = settings.max_accuracy_drop
     drop_label = f"{drop * 100:g} pp" if drop is not None else "1 pp"
-
-    result = search(model, task, space, objectives=cfg.objectives, n_trials=n_trials,
-                    timeout=args.timeout if args.timeout is not None else cfg.timeout,
-                    finetune_steps=cfg.finetune_steps, executor=executor,
-                    storage=args.storage or cfg.storage, study_name=args.study_name or cfg.name,
-                    sampler=cfg.sampler, seed=cfg.seed if args.seed is None else args.seed,
-                    max_accuracy_drop=cfg.max_accuracy_drop, max_latency_ms=cfg.max_latency_ms, runtime=args.runtime or cfg.runtime,
-                    refine_top=cfg.refine_top if args.refine_top is None else args.refine_top,
-                    refine_steps=cfg.refine_steps if args.refine_steps is None else args.refine_steps,
+    result = search(model, task, space, settings.replace(executor=executor),
                     progress=None if quiet else progress_printer(drop_label))
     front = result.pareto
     if args.json:
@@ -81,7 +106,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print()
     print(front_table(result))
     t = result.timing
-    rt = result.study.user_attrs.get("runtime") or {}
+    rt = result.study.user_attrs.get(StudyAttr.RUNTIME) or {}
     if rt:
         print(f"\nruntime: {rt.get('runtime')} ({rt.get('decided_by')})")
     print(f"\n{t['wall_s']:.1f} s wall, {t['eval_s']:.1f} s evaluating, engine overhead "
@@ -94,9 +119,13 @@ def add_parser(sub: Any) -> None:
     srch = sub.add_parser("search", help="run (or resume) a search from a study config YAML",
                           description="Run the study described by a studies/<name>.yaml config; re-running resumes it.")
     srch.add_argument("config", help="study config YAML, e.g. studies/digits_cnn.yaml")
-    srch.add_argument("--n-trials", type=int, help="override n_trials (finished trials in the study)")
-    srch.add_argument("--timeout", type=float, help="stop asking new trials after this many seconds")
-    srch.add_argument("--executor", choices=("local", "ray"), help="override the executor")
+    for name, setting in SETTINGS.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "executor":
+            srch.add_argument(flag, choices=("local", "ray"), help="override the executor")
+            continue
+        srch.add_argument(flag, metavar="VALUE", dest=f"set_{name}", help=f"override {name}: {setting.help}"
+                          + ("" if setting.cli == "text" else " (read as YAML)"))
     srch.add_argument("--ray-address", metavar="HOST:PORT",
                       help="run the trials on the Ray cluster whose head listens at HOST:PORT (implies --executor ray)")
     srch.add_argument("--ray-working-dir", metavar="DIR",
@@ -108,16 +137,6 @@ def add_parser(sub: Any) -> None:
     srch.add_argument("--ray-actors", type=int, metavar="N",
                       help="this driver's Ray actors (default: as many as the cluster's free CPUs fit; give each of "
                            "several drivers on one cluster its share; implies --executor ray)")
-    srch.add_argument("--storage", help="override the Optuna storage URL")
-    srch.add_argument("--study-name", help="override the study name")
-    srch.add_argument("--seed", type=int, help="override the seed")
-    srch.add_argument("--runtime", choices=RUNTIME_CHOICES,
-                      help="the runtime every trial is measured on (decided once per study; default auto)")
-    srch.add_argument("--refine-top", type=int, metavar="K",
-                      help="refine stage: re-run the K best feasible or near-feasible policies with a long fine-tune "
-                           "(each with and without distillation where the space searches it)")
-    srch.add_argument("--refine-steps", type=int, metavar="N",
-                      help="fine-tune steps of the refine stage (default 5x the search's)")
     srch.add_argument("--json", action="store_true", help="print the result as JSON")
     srch.add_argument("--quiet", action="store_true", help="no live progress")
     srch.set_defaults(func=_cmd_search)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from ..search.study.schema import StudyAttr
 
 
 def pivot(table: pd.DataFrame) -> str:
@@ -26,7 +27,7 @@ def _stored(name: str, storage: str | None) -> pd.DataFrame | None:
     """The pre-pass table a search of this study already stored, if any (read-only)."""
     from ..errors import ConfigError
     from ..search import load_result
-    from ..search.sensitivity import table
+    from ..search.stages.sensitivity import table
 
     url = storage or f"sqlite:///studies/{name}.db"
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
@@ -35,12 +36,12 @@ def _stored(name: str, storage: str | None) -> pd.DataFrame | None:
         result = load_result(name, url)
     except ConfigError:  # no such study (or no baseline yet) in that storage: measure it
         return None
-    rows = (result.study.user_attrs.get("sensitivity") or {}).get("rows")
+    rows = (result.study.user_attrs.get(StudyAttr.SENSITIVITY) or {}).get("rows")
     if not rows:
         return None
     df = table(rows)
     df.attrs["baseline"] = result.baseline.to_dict()
-    df.attrs["narrowed"] = result.study.user_attrs.get("narrowed") or []
+    df.attrs["narrowed"] = result.study.user_attrs.get(StudyAttr.NARROWED) or []
     df.attrs["source"] = f"stored in study {name!r} ({url})"
     return df
 
@@ -48,24 +49,24 @@ def _stored(name: str, storage: str | None) -> pd.DataFrame | None:
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from torch import nn
 
-    from ..search.config import call_factory, load_study_config
-    from ..search.narrow import narrow, narrow_cutoff
-    from ..search.sensitivity import sensitivity
+    from ..search.study_config import call_factory, load_study_config
+    from ..search.stages.narrow import narrow, narrow_cutoff
+    from ..search.stages.sensitivity import sensitivity
     from ..space import bind, load_space
     from ..task import Task
     from ..techniques.structured import structured_blockers
 
     cfg = load_study_config(args.config)
     space = load_space(cfg.space_path())
-    df = None if args.fresh else _stored(cfg.name, cfg.storage)
+    df = None if args.fresh else _stored(cfg.name, cfg.settings.storage)
     model = task = None
     if df is None:
         task = call_factory(cfg.task, cfg.task_args, "task", cfg.source, Task)
         model = call_factory(cfg.model, cfg.model_args, "model", cfg.source, nn.Module)
-        runtime = cfg.runtime if cfg.runtime != "auto" else "float"
-        df = sensitivity(model, task, space, executor=args.executor or cfg.executor, runtime=runtime, seed=cfg.seed)
+        runtime = cfg.settings.runtime if cfg.settings.runtime != "auto" else "float"
+        df = sensitivity(model, task, space, executor=args.executor or cfg.settings.executor, runtime=runtime, seed=cfg.settings.seed)
         df.attrs["source"] = f"measured now ({df.attrs['seconds']:.1f} s, runtime {runtime})"
-    cutoff = narrow_cutoff(cfg.max_accuracy_drop, args.cutoff)
+    cutoff = narrow_cutoff(cfg.settings.max_accuracy_drop, args.cutoff)
     if "narrowed" in df.attrs and args.cutoff is None:
         removed = df.attrs["narrowed"]
     else:

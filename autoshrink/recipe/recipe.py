@@ -37,6 +37,7 @@ from ..measure import Measurement
 from ..policy import LayerPolicy, Policy
 from ..space.yaml_source import Source, load_yaml
 from ..train import FinetuneConfig
+from ..version import __version__
 from .fingerprint import Fingerprint, InputSpec, LayerSignature, normalize
 
 FORMAT = "autoshrink-recipe/2"
@@ -55,15 +56,9 @@ HEADER = ("# autoshrink recipe: a compression policy and how to replay it (docs:
           "# Hand edits: delete the checksum line at the end, or loading refuses the modified file.\n")
 
 
-def _version() -> str:
-    from .. import __version__  # imported late: autoshrink/__init__ imports this module
-
-    return __version__
-
-
 def versions() -> dict[str, str]:
     """The producing versions a recipe records: {"autoshrink": ..., "torch": ...}."""
-    return {"autoshrink": _version(), "torch": torch.__version__}
+    return {"autoshrink": __version__, "torch": torch.__version__}
 
 
 def checksum(data: Mapping[str, Any]) -> str:
@@ -100,7 +95,7 @@ class Recipe:
     baseline: Measurement
     source: Origin
     train_transform: str | None = None
-    autoshrink_version: str = field(default_factory=_version)
+    autoshrink_version: str = __version__
     torch_version: str = torch.__version__
     path: str = field(default="", compare=False, repr=False)
 

@@ -15,8 +15,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..measure import Measurement
-from ..search.result import SearchResult, hypervolume, non_dominated
+from ..search.pareto import hypervolume, non_dominated
+from ..search.result import SearchResult
 from .stages import stage_note
+from ..search.study.schema import TrialAttr
 
 MEASURED = ("accuracy", "accuracy_drop", "size_bytes", "latency_ms", "macs", "compression", "speedup",
             "mac_reduction", "runtime", "device")
@@ -35,7 +37,7 @@ def with_recorded_constraint(result: SearchResult) -> SearchResult:
         return result
     for t in reversed(result.study.get_trials(deepcopy=False)):
         value = t.system_attrs.get("constraints:accuracy_drop")
-        m = t.user_attrs.get("measurement")
+        m = t.user_attrs.get(TrialAttr.MEASUREMENT)
         if value is not None and m:
             limit = round(result.baseline.accuracy - m["accuracy"] - float(value), 12)
             return dataclasses.replace(result, max_accuracy_drop=max(limit, 0.0))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from .. import __version__
+from ..version import __version__
 from ..errors import ConfigError
 from ..search.result import SearchResult
 from .figures import (hypervolume_figure, pareto_scatter, pareto_scatter_3d, policy_heatmaps, reference_text,
@@ -19,6 +19,7 @@ from .figures import (hypervolume_figure, pareto_scatter, pareto_scatter_3d, pol
 from .latency import latency_section
 from .stages import narrowed_table, refined_table, sensitivity_heatmap, stages_section
 from .storage import storage_table
+from ..search.study.schema import StudyAttr
 
 SLOWER_WHY = ("Unstructured sparsity and sub-8-bit codes shrink the packed file, not dense-kernel latency: the "
               "model still runs the same dense float (or int8) kernels at the same shapes, so a smaller file can "
@@ -39,7 +40,7 @@ RUNTIME_WHY = {
 
 def study_runtime(result: SearchResult) -> str:
     """The deployment runtime the study measured every trial on ("float" where none is recorded)."""
-    return (result.study.user_attrs.get("runtime") or {}).get("runtime", "float")
+    return (result.study.user_attrs.get(StudyAttr.RUNTIME) or {}).get("runtime", "float")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
@@ -57,7 +58,7 @@ dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em} dt{font-wei
 
 def mask_url(url: str | None) -> str:
     """A storage URL with any password replaced by '***' (scheme://user:***@host/...)."""
-    from ..search.storage_url import redact
+    from ..search.study.urls import redact
 
     return redact(url) if url else "unknown"
 

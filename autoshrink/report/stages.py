@@ -9,6 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ..search.result import SearchResult
+from ..search.study.schema import StudyAttr, TrialAttr
 
 FIELD_LABEL = {"sparsity": "sparsity {v:g}", "structured": "structured {v:g}", "bits": "{v:g} bits",
                "rank": "rank {v:g}"}
@@ -20,7 +21,7 @@ def choice_label(field: str, value: Any) -> str:
 
 
 def sensitivity_rows(result: SearchResult) -> list[Mapping[str, Any]]:
-    return list((result.study.user_attrs.get("sensitivity") or {}).get("rows") or [])
+    return list((result.study.user_attrs.get(StudyAttr.SENSITIVITY) or {}).get("rows") or [])
 
 
 def sensitivity_heatmap(result: SearchResult) -> go.Figure | None:
@@ -29,9 +30,9 @@ def sensitivity_heatmap(result: SearchResult) -> go.Figure | None:
     rows = sensitivity_rows(result)
     if not rows:
         return None
-    removed = {(r["layer"], r["field"], float(r["value"])) for r in result.study.user_attrs.get("narrowed") or []
+    removed = {(r["layer"], r["field"], float(r["value"])) for r in result.study.user_attrs.get(StudyAttr.NARROWED) or []
                if r["field"] != "structured"}
-    no_structured = {r["layer"] for r in result.study.user_attrs.get("narrowed") or [] if r["field"] == "structured"}
+    no_structured = {r["layer"] for r in result.study.user_attrs.get(StudyAttr.NARROWED) or [] if r["field"] == "structured"}
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     order = {"sparsity": 0, "structured": 1, "bits": 2, "rank": 3}
     columns = sorted({(r["field"], float(r["value"])) for r in rows},
@@ -66,9 +67,9 @@ def sensitivity_heatmap(result: SearchResult) -> go.Figure | None:
 
 def narrowed_table(result: SearchResult) -> str:
     attrs = result.study.user_attrs
-    if "sensitivity" not in attrs:
+    if StudyAttr.SENSITIVITY not in attrs:
         return "<p>No sensitivity pre-pass ran (<code>sensitivity=False</code>): the space was searched as given.</p>"
-    removed = attrs.get("narrowed") or []
+    removed = attrs.get(StudyAttr.NARROWED) or []
     if not removed:
         return "<p>No choice exceeded the cutoff alone: the space was searched as given.</p>"
     rows = "".join(
@@ -111,14 +112,14 @@ def stages_section(result: SearchResult, frame: pd.DataFrame) -> str:
              "warm-start twin whose distillation setting lost on an earlier allocation (its "
              "<code>skipped</code> attribute says which).</p>"]
     notes = []
-    rt = attrs.get("runtime")
+    rt = attrs.get(StudyAttr.RUNTIME)
     if rt:
         notes.append(f"runtime of every measurement: <b>{escape(rt['runtime'])}</b> ({escape(rt['decided_by'])})")
-    sens = attrs.get("sensitivity")
+    sens = attrs.get(StudyAttr.SENSITIVITY)
     if sens:
         notes.append(f"sensitivity pre-pass: {len(sens['rows'])} single choices measured in {sens['wall_s']:.1f} s "
                      f"({sens['eval_s']:.1f} s evaluating)")
-    run = attrs.get("last_run") or {}
+    run = attrs.get(StudyAttr.LAST_RUN) or {}
     sc = run.get("screening") or {}
     if sc.get("screened"):
         saved = sc.get("saved_s_estimated")
@@ -141,7 +142,7 @@ def refined_table(frame: pd.DataFrame, result: SearchResult) -> str:
     for r in frame[frame["refined_from"].notna()].itertuples():
         src = int(r.refined_from)
         before = info.loc[src, "accuracy_drop"] if src in info.index else float("nan")
-        screen = trials[src].user_attrs.get("screen") if src < len(trials) else None
+        screen = trials[src].user_attrs.get(TrialAttr.SCREEN) if src < len(trials) else None
         shown = f"{before * 100:.2f}"
         if before != before and screen and "measurement" in screen:  # screened out: no full measurement
             shown = f"{(result.baseline.accuracy - screen['measurement']['accuracy']) * 100:.2f} (screened)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 from html import escape
 
 from ..search.result import SearchResult
+from ..search.study.schema import TrialAttr
 
 
 def storage_table(result: SearchResult) -> str:
@@ -13,7 +14,7 @@ def storage_table(result: SearchResult) -> str:
     if front.empty:
         return "<p class=\"empty\">No feasible trial, so no front point to break down.</p>"
     trial = int(front.sort_values(["size_bytes", "trial"]).iloc[0].trial)
-    stored = result.study.trials[trial].user_attrs.get("measurement") or {}
+    stored = result.study.trials[trial].user_attrs.get(TrialAttr.MEASUREMENT) or {}
     layers = stored.get("layers") or []
     if not layers:
         return f"<p class=\"empty\">Trial {trial} has no per-tensor breakdown stored.</p>"

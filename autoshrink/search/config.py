@@ -1,218 +1,310 @@
-"""Study configs (studies/<name>.yaml): everything `autoshrink search` needs, as frozen data.
+"""SearchConfig: every setting of a search, as one frozen, validated object.
 
-    name: digits_cnn                       # study name (storage default sqlite:///studies/<name>.db)
-    model: autoshrink.zoo:digits_model     # "package.module:callable" returning the trained model
-    model_args: {kind: cnn}
-    task: autoshrink.zoo:digits_task       # "package.module:callable" returning an ash.Task
-    task_args: {}
-    space: default                         # a YAML path (relative to this file) or a built-in name
-    objectives: [accuracy, size, latency]
-    sampler: front
-    n_trials: 40
-    timeout: null                          # seconds, optional
-    finetune_steps: 200                    # optional; default: the space's finetune.steps
-    max_accuracy_drop: 0.01                # optional constraint (fraction)
-    max_latency_ms: null                   # optional latency limit (ms on the study's runtime; needs latency)
-    storage: null                          # optional Optuna storage URL
-    executor: local                        # local or ray
-    executor_args: {}                      # ray only: address (host:port), working_dir and py_modules (paths
-                                           # relative to this file) ship your model/task modules to the workers,
-                                           # actors (default: as many as the cluster's free CPUs fit)
-    seed: 0
-    runtime: auto                          # auto (timed once), float or int8: every trial runs on it
-    refine_top: 0                          # refine stage: re-run the k best candidates ...
-    refine_steps: null                     # ... with this many fine-tune steps (default 5x finetune_steps)
+`ash.search(...)` keywords, study-config YAML keys and `autoshrink search` flags all build it from the
+one SETTINGS table below, so a new setting is one dataclass field plus one table row.
 """
 from __future__ import annotations
 
-import importlib
-import inspect
-from dataclasses import dataclass, field
-from pathlib import Path
+import math
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping
 
-from ..errors import describe, finite_number
-from ..executors.runtime_env import check_py_modules, check_working_dir
-from ..space.yaml_source import Source, load_yaml
-from .runtime import RUNTIME_CHOICES
+from ..errors import ConfigError, describe, finite_number
+from ..measure import LatencyConfig
+from ..train import FinetuneConfig
+from .objectives import OBJECTIVES, resolve
+from .preflight import NAME
+from .sampling.samplers import SAMPLERS
+from .stages.fidelity import Screening
+from .stages.runtime import RUNTIME_CHOICES
 
-_KEYS = {"name", "model", "model_args", "task", "task_args", "space", "objectives", "sampler", "n_trials", "timeout",
-         "finetune_steps", "max_accuracy_drop", "max_latency_ms", "storage", "executor", "executor_args", "seed",
-         "description", "runtime", "refine_top", "refine_steps"}
-EXECUTOR_ARGS = ("address", "working_dir", "py_modules", "actors")  # the RayExecutor settings a study config may give
-_REQUIRED = ("name", "model", "task")
-MAX_INT = 2 ** 32  # no count, step or seed anyone means is larger
+MAX_INT = 2**32  # no count, step or seed anyone means is larger
+EXECUTOR_METHODS = ("start", "submit", "wait", "cancel", "shutdown")
+
+
+class SettingError(ValueError):
+    """A setting's value is refused; `fix` says what to give instead (the caller names where)."""
+
+    def __init__(self, fix: str) -> None:
+        super().__init__(fix)
+        self.fix = fix
 
 
 @dataclass(frozen=True)
-class StudyConfig:
-    name: str
-    model: str
-    task: str
-    model_args: Mapping[str, Any] = field(default_factory=dict)
-    task_args: Mapping[str, Any] = field(default_factory=dict)
-    space: str = "default"
+class SearchConfig:
+    """How a search runs (see docs/search.md). Unset optional settings are None; defaults below."""
+
     objectives: tuple[str, ...] = ("accuracy", "size", "latency")
-    sampler: str = "front"
     n_trials: int | None = 40
     timeout: float | None = None
     finetune_steps: int | None = None
+    executor: Any = "local"
+    storage: str | None = None
+    study_name: str | None = None
+    sampler: Any = "front"
+    seed: int = 0
     max_accuracy_drop: float | None = None
     max_latency_ms: float | None = None
-    storage: str | None = None
-    executor: str = "local"
-    executor_args: Mapping[str, Any] = field(default_factory=dict)  # checked; paths absolute
-    seed: int = 0
-    description: str = ""
+    latency: LatencyConfig | None = None
     runtime: str = "auto"
+    sensitivity: bool = True
+    narrow_cutoff: float | None = None
+    warm_start: bool | int = True
+    screen: bool | float | Screening = True
     refine_top: int = 0
     refine_steps: int | None = None
-    base_dir: str = "."
-    source: Source = field(default_factory=lambda: Source("<config>"), compare=False, repr=False)
+    refine_finetune: Mapping[str, Any] | None = None
 
-    def space_path(self) -> str:
-        """The space as given if it is a built-in name; else resolved relative to the config file."""
-        p = Path(self.space)
-        if p.is_absolute() or not (p.suffix or "/" in self.space):
-            return self.space
-        local = Path(self.base_dir) / p
-        return str(local if local.exists() else p)
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            try:
+                object.__setattr__(self, f.name, SETTINGS[f.name].check(value))
+            except SettingError as exc:
+                raise ConfigError(f"search: {f.name}={describe(value)}; {exc.fix}") from None
+        for message in cross_check(self.values()):
+            raise ConfigError(f"search: {message}")
 
+    def values(self) -> dict[str, Any]:
+        """The settings by name, as they are (objects included)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
-def load_entry_point(spec: str, path: str, src: Source) -> Callable[..., Any]:
-    """'package.module:callable' -> the callable (imports the module; configs name trusted code).
-    Whatever the import raises (a syntax error in the user's module, an exit) is one ConfigError."""
-    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.partition(":")[::2]):
-        raise src.error(path, f"got {spec!r}; use 'package.module:callable'.")
-    module, _, attr = spec.partition(":")
-    try:
-        obj = importlib.import_module(module)
-    except ImportError as exc:
-        raise src.error(path, f"cannot import {module!r} ({exc}); check the name and that it is installed.") from None
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # noqa: BLE001 - the user's module failed while importing: say where
-        raise src.error(path, f"importing {module!r} raised {_described(exc)}; fix that module.") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise src.error(path, f"{module!r} has no attribute {attr!r}.")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise src.error(path, f"{spec!r} is not callable.")
-    return obj
+    def replace(self, **changes: Any) -> SearchConfig:
+        """A copy with `changes` (validated); unknown names are refused."""
+        check_names(changes, "search")
+        return replace(self, **changes)
 
-
-def an(name: str) -> str:
-    return f"an {name}" if name[0].lower() in "aeiou" else f"a {name}"
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain data (executor and sampler objects by their type name)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (LatencyConfig, Screening)):
+                v = {g.name: getattr(v, g.name) for g in fields(v)}
+            elif not (v is None or isinstance(v, (str, int, float, bool, tuple, Mapping))):
+                v = type(v).__name__
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
 
 
-def _described(exc: BaseException) -> str:
-    """'SyntaxError: invalid syntax (models.py, line 3)': the exception in one line."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+def check_names(given: Mapping[str, Any], where: str) -> None:
+    """Refuse names that are not settings, suggesting the closest."""
+    import difflib
+
+    for name in given:
+        if name not in SETTINGS:
+            close = difflib.get_close_matches(name, SETTINGS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown setting {name!r}{hint}; the settings are {', '.join(SETTINGS)}.")
 
 
-def call_factory(spec: str, kwargs: Mapping[str, Any], path: str, src: Source, returns: type,
-                 args_path: str | None = None) -> Any:
-    """Load `spec`, call it with `kwargs` and check it returned a `returns`: each failure (arguments it
-    does not take, an exception inside it, a wrong return type) is one ConfigError naming `path`."""
-    fn = load_entry_point(spec, path, src)
-    args_path = args_path or f"{path}_args"
-    try:
-        inspect.signature(fn).bind(**kwargs)
-    except TypeError as exc:
-        try:
-            params = f"{spec}{inspect.signature(fn)}"
-        except (TypeError, ValueError):
-            params = spec
-        raise src.error(args_path, f"{exc} ({params}); fix the arguments.") from None
-    except ValueError:  # no signature (a builtin): let the call say
-        pass
-    try:
-        value = fn(**kwargs)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # noqa: BLE001 - the user's factory failed: name it and what it raised
-        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        raise src.error(path, f"{spec}({shown}) raised {_described(exc)}; fix the factory or its arguments.") from None
-    if not isinstance(value, returns):
-        wanted = "torch.nn.Module" if returns.__module__.startswith("torch") else f"autoshrink.{returns.__qualname__}"
-        raise src.error(path, f"{spec} returned {type(value).__name__}, not {an(wanted)}; name a factory that "
-                        "returns one.")
-    return value
-
-
-def _executor_args(data: Mapping[str, Any], src: Source, base: Path) -> dict[str, Any]:
-    """executor_args checked: Ray settings only, with executor: ray; working_dir / py_modules exist (relative
-    to the config file) and become absolute paths, so the study runs the same from any directory."""
-    given = data.get("executor_args")
-    if given is None:
-        return {}
-    if not isinstance(given, Mapping):
-        raise src.error("executor_args", f"got {describe(given)}; expected a mapping with {', '.join(EXECUTOR_ARGS)}.")
-    unknown = sorted(set(given) - set(EXECUTOR_ARGS))
-    if unknown:
-        raise src.error(f"executor_args.{unknown[0]}", f"unknown key {unknown[0]!r}; allowed are "
-                        f"{', '.join(EXECUTOR_ARGS)}.")
-    if given and data.get("executor", "local") != "ray":
-        raise src.error("executor_args", f"{', '.join(given)}: settings of the Ray executor, but executor is "
-                        f"{data.get('executor', 'local')!r}; set executor: ray or remove executor_args.")
-    out: dict[str, Any] = {}
-    address = given.get("address")
-    if address is not None:
-        if not isinstance(address, str) or not address.strip():
-            raise src.error("executor_args.address", f"got {describe(address)}; use 'host:port' of the Ray head.")
-        out["address"] = address
-    actors = given.get("actors")
-    if actors is not None:
-        if isinstance(actors, bool) or not isinstance(actors, int) or not 1 <= actors <= 4096:
-            raise src.error("executor_args.actors", f"got {describe(actors)}; use a positive integer (actors this "
-                            "driver runs), or leave it out for as many as the cluster's free CPUs fit.")
-        out["actors"] = actors
-    if given.get("working_dir") is not None:
-        out["working_dir"] = check_working_dir(given["working_dir"], src.at("executor_args.working_dir"), base)
-    if given.get("py_modules") is not None:
-        out["py_modules"] = tuple(check_py_modules(given["py_modules"], src.at("executor_args.py_modules"), base))
+def cross_check(values: Mapping[str, Any]) -> list[str]:
+    """Rules between (checked) settings, as messages (empty: none broken)."""
+    out = []
+    if values["n_trials"] is None and values["timeout"] is None:
+        out.append("give n_trials and/or timeout, or it would never stop.")
+    if values["max_latency_ms"] is not None and "latency" not in values["objectives"]:
+        out.append("max_latency_ms needs 'latency' among the objectives (the limit is checked on the measured "
+                   "latency, and the lookup table that predicts it is filled only then); add it, e.g. "
+                   "objectives=('accuracy', 'size', 'latency').")
     return out
 
 
-def load_study_config(path: str | Path) -> StudyConfig:
-    """Load and validate a study config YAML; errors name the file, line, key and value."""
-    data, src = load_yaml(path)
-    if not isinstance(data, Mapping):
-        raise src.error("<root>", "a study config is a mapping (name, model, task, space, ...).")
-    unknown = sorted(set(data) - _KEYS)
-    if unknown:
-        raise src.error(unknown[0], f"unknown key {unknown[0]!r}; allowed are {', '.join(sorted(_KEYS))}.")
-    for key in _REQUIRED:
-        if not data.get(key):
-            raise src.error(key, f"missing; a study config needs {', '.join(_REQUIRED)}.")
-    for key in ("model_args", "task_args"):
-        if data.get(key) is not None and not isinstance(data[key], Mapping):
-            raise src.error(key, f"got {data[key]!r}; expected a mapping of keyword arguments.")
-    for key, kind in (("n_trials", int), ("finetune_steps", int), ("seed", int), ("refine_top", int),
-                      ("refine_steps", int)):
-        v = data.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, kind) or not -MAX_INT <= v <= MAX_INT):
-            raise src.error(key, f"got {describe(v)}; expected an integer (at most {MAX_INT:,}).")
-    for key in ("timeout", "max_accuracy_drop"):
-        v = data.get(key)
-        if v is not None and not finite_number(v):
-            raise src.error(key, f"got {describe(v)}; expected a finite number.")
-    limit = data.get("max_latency_ms")
-    if limit is not None and (not finite_number(limit) or limit <= 0):
-        raise src.error("max_latency_ms", f"got {describe(limit)}; expected milliseconds > 0 (or leave it out).")
-    if data.get("runtime") is not None and data["runtime"] not in RUNTIME_CHOICES:
-        raise src.error("runtime", f"got {data['runtime']!r}; use {', '.join(RUNTIME_CHOICES)}.")
-    objectives = data.get("objectives", ["accuracy", "size", "latency"])
-    if isinstance(objectives, str):
-        objectives = [objectives]
-    if limit is not None and "latency" not in objectives:
-        raise src.error("max_latency_ms", "a latency limit needs 'latency' among the objectives; add it to "
-                        "objectives or remove max_latency_ms.")
-    kwargs = {k: v for k, v in data.items() if v is not None}
-    kwargs["executor_args"] = _executor_args(data, src, Path(path).resolve().parent)
-    kwargs["objectives"] = tuple(objectives)
-    kwargs["model_args"] = dict(data.get("model_args") or {})
-    kwargs["task_args"] = dict(data.get("task_args") or {})
-    return StudyConfig(**kwargs, base_dir=str(Path(path).resolve().parent), source=src)
+# ---------------------------------------------------------------------------------------------- checks
+def _integer(low: int, optional: bool, what: str) -> Callable[[Any], int | None]:
+    def check(v: Any) -> int | None:
+        if v is None and optional:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= MAX_INT:
+            raise SettingError(f"use an integer >= {low} (at most {MAX_INT:,}){what}.")
+        return v
+
+    return check
+
+
+def _number(low: float, high: float, closed_low: bool, closed_high: bool, fix: str) -> Callable[[Any], float | None]:
+    def check(v: Any) -> float | None:
+        if v is None:
+            return None
+        ok = finite_number(v) and (v >= low if closed_low else v > low) and (v <= high if closed_high else v < high)
+        if not ok:
+            raise SettingError(fix)
+        return float(v)
+
+    return check
+
+
+def _boolean(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise SettingError("use true or false.")
+    return v
+
+
+def _objectives(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = (v,)
+    if not isinstance(v, (list, tuple)) or not all(isinstance(n, str) for n in v):
+        raise SettingError(f"use a list of objective names from {', '.join(OBJECTIVES)}.")
+    try:
+        return tuple(o.name for o in resolve(v))
+    except ConfigError as exc:
+        raise SettingError(str(exc)) from None
+
+
+def _executor(v: Any) -> Any:
+    if isinstance(v, str):
+        if v not in ("local", "ray"):
+            raise SettingError("use 'local', 'ray' or an executor object.")
+        return v
+    missing = [m for m in EXECUTOR_METHODS if not callable(getattr(v, m, None))]
+    if missing:
+        raise SettingError(f"use 'local', 'ray' or an executor object ({type(v).__name__} has no {missing[0]}()).")
+    return v
+
+
+def _text(fix: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if v is None:
+            return None
+        if not isinstance(v, str) or not v.strip():
+            raise SettingError(fix)
+        return v
+
+    return check
+
+
+def _study_name(v: Any) -> str | None:
+    if v is not None and (not isinstance(v, str) or not NAME.fullmatch(v)):
+        raise SettingError("use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit (it names "
+                           "the study database file).")
+    return v
+
+
+def _sampler(v: Any) -> Any:
+    if isinstance(v, str):
+        if v not in SAMPLERS:
+            raise SettingError(f"use one of {', '.join(SAMPLERS)} or an optuna sampler object.")
+        return v
+    if not callable(getattr(v, "sample_relative", None)):
+        raise SettingError(f"use one of {', '.join(SAMPLERS)} or an optuna sampler object.")
+    return v
+
+
+def _seed(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32:
+        raise SettingError("use an integer in [0, 2^32).")
+    return v
+
+
+def _latency(v: Any) -> LatencyConfig | None:
+    if v is None or isinstance(v, LatencyConfig):
+        return v
+    known = [f.name for f in fields(LatencyConfig) if f.name != "layers"]
+    if not isinstance(v, Mapping) or not set(v) <= set(known):
+        raise SettingError(f"use a mapping with any of {', '.join(known)} (or an ash.LatencyConfig).")
+    for key, value in v.items():
+        if not finite_number(value) or value < 0 or (key != "min_seconds" and not isinstance(value, int)):
+            raise SettingError(f"latency.{key}: use a number >= 0 (an integer for counts).")
+    return LatencyConfig(**dict(v))
+
+
+def _runtime(v: Any) -> str:
+    if v not in RUNTIME_CHOICES:
+        raise SettingError(f"use {', '.join(RUNTIME_CHOICES)}.")
+    return v
+
+
+def _warm_start(v: Any) -> bool | int:
+    if isinstance(v, bool) or (isinstance(v, int) and 0 <= v <= MAX_INT):
+        return v
+    raise SettingError("use true (default), false or a count >= 0.")
+
+
+def _screen(v: Any) -> bool | float | Screening:
+    if isinstance(v, (bool, Screening)):
+        return v
+    if finite_number(v):
+        try:
+            Screening(share=float(v))
+        except ConfigError:
+            raise SettingError("use true (default), false, a share of the steps in (0, 1) (e.g. 0.25) or a "
+                               "mapping of share, slack, margin, calibrate.") from None
+        return float(v)
+    known = [f.name for f in fields(Screening)]
+    if isinstance(v, Mapping) and set(v) <= set(known):
+        try:
+            return Screening(**dict(v))
+        except (ConfigError, TypeError) as exc:
+            raise SettingError(str(exc)) from None
+    raise SettingError("use true (default), false, a share of the steps in (0, 1) (e.g. 0.25) or a mapping of "
+                       f"{', '.join(known)}.")
+
+
+def _refine_finetune(v: Any) -> Mapping[str, Any] | None:
+    if v is None:
+        return None
+    if not isinstance(v, Mapping):
+        raise SettingError("use a mapping of fine-tune settings (e.g. {lr: 0.001}).")
+    try:
+        FinetuneConfig.from_dict({**FinetuneConfig().to_dict(), **dict(v)})
+    except (ConfigError, TypeError) as exc:
+        raise SettingError(str(exc)) from None
+    return dict(v)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of SETTINGS: how a value is checked, what the CLI flag parses, one line of help."""
+
+    check: Callable[[Any], Any]
+    help: str
+    cli: str = "yaml"  # "yaml": the flag's text read as a YAML value; "text": taken as it is
+
+
+SETTINGS: dict[str, Setting] = {
+    "objectives": Setting(_objectives, f"objectives to optimize, any of {', '.join(OBJECTIVES)}"),
+    "n_trials": Setting(_integer(1, True, ""),
+                        "finished candidate trials in the study (all drivers)"),
+    "timeout": Setting(_number(0, math.inf, False, False, "use seconds > 0."),
+                       "stop asking new trials after this many seconds"),
+    "finetune_steps": Setting(_integer(0, True, ""),
+                              "fine-tune steps per candidate (default: the space's)"),
+    "executor": Setting(_executor, "local or ray"),
+    "storage": Setting(_text("use an Optuna storage URL, e.g. sqlite:///studies/name.db."),
+                       "Optuna storage URL (default sqlite:///studies/<study_name>.db)", cli="text"),
+    "study_name": Setting(_study_name, "the study's name (default: the config's name)", cli="text"),
+    "sampler": Setting(_sampler, f"one of {', '.join(SAMPLERS)}"),
+    "seed": Setting(_seed, "seed of the sampler and the fine-tunes"),
+    "max_accuracy_drop": Setting(_number(0, 1, True, False, "use a fraction in [0, 1) (0.01 = 1 pp)."),
+                                 "constraint: the largest accuracy drop (fraction)"),
+    "max_latency_ms": Setting(_number(0, math.inf, False, False, "use a latency in milliseconds > 0, or None."),
+                              "constraint: the largest measured latency (ms; needs the latency objective)"),
+    "latency": Setting(_latency, "latency timing: {warmup, min_repeats, min_seconds, max_repeats}"),
+    "runtime": Setting(_runtime, "the runtime every trial is measured on (decided once per study)"),
+    "sensitivity": Setting(_boolean, "run the sensitivity pre-pass (and narrowing, warm start)"),
+    "narrow_cutoff": Setting(_number(0, 1, False, True, "use a drop in (0, 1] (0.1 = 10 pp), or None."),
+                             "drop a choice that alone costs more than this (fraction)"),
+    "warm_start": Setting(_warm_start, "enqueue policies allocated from the pre-pass (true, false or a count)"),
+    "screen": Setting(_screen, "multi-fidelity screening: true, false, a share of the steps or a mapping"),
+    "refine_top": Setting(_integer(0, False, ""), "refine stage: re-run the K best policies with a long fine-tune"),
+    "refine_steps": Setting(_integer(1, True, ""), "fine-tune steps of the refine stage"),
+    "refine_finetune": Setting(_refine_finetune, "fine-tune settings of the refine stage (a mapping)"),
+}
+
+
+def from_mapping(data: Mapping[str, Any], on_error: Callable[[str, Any, str], Exception],
+                 on_rule: Callable[[str], Exception], base: SearchConfig | None = None) -> SearchConfig:
+    """A SearchConfig from settings read from a file or the command line: each value checked alone
+    first, so that `on_error(name, value, fix)` can say where it came from; a rule between settings
+    broken is `on_rule(message)`."""
+    checked = {}
+    for name, value in data.items():
+        try:
+            checked[name] = SETTINGS[name].check(value)
+        except SettingError as exc:
+            raise on_error(name, value, exc.fix) from None
+    base = base or SearchConfig()
+    broken = cross_check({**base.values(), **checked})
+    if broken:
+        raise on_rule(broken[0])
+    return replace(base, **checked)

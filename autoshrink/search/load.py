@@ -8,8 +8,9 @@ from ..errors import ConfigError
 from ..measure import Measurement
 from .objectives import resolve
 from .result import SearchResult
-from .storage_read import open_readonly
-from .study import FORMAT
+from .study.readonly import open_readonly
+from .study.schema import FORMAT
+from .study.schema import StudyAttr
 
 
 def load_result(study_name: str, storage: str | None = None) -> SearchResult:
@@ -34,11 +35,11 @@ def load_result(study_name: str, storage: str | None = None) -> SearchResult:
     finally:
         optuna.logging.set_verbosity(verbosity)
     attrs = study.user_attrs
-    if attrs.get("format") != FORMAT or "objectives" not in attrs:
+    if attrs.get(StudyAttr.FORMAT) != FORMAT or StudyAttr.OBJECTIVES not in attrs:
         raise ConfigError(f"study {study_name!r} in {url} was not created by autoshrink search; nothing to export.")
-    if "baseline" not in attrs:
+    if StudyAttr.BASELINE not in attrs:
         raise ConfigError(f"study {study_name!r} in {url} has no baseline measurement yet (the search stopped "
                           "before measuring the untouched model); run the search again to resume it.")
-    return SearchResult(study=study, baseline=Measurement.from_dict(attrs["baseline"]),
-                        max_accuracy_drop=attrs.get("max_accuracy_drop"), max_latency_ms=attrs.get("max_latency_ms"),
-                        objectives=resolve(attrs["objectives"]), storage=url, timing=dict(attrs.get("last_run") or {}))
+    return SearchResult(study=study, baseline=Measurement.from_dict(attrs[StudyAttr.BASELINE]),
+                        max_accuracy_drop=attrs.get(StudyAttr.MAX_ACCURACY_DROP), max_latency_ms=attrs.get(StudyAttr.MAX_LATENCY_MS),
+                        objectives=resolve(attrs[StudyAttr.OBJECTIVES]), storage=url, timing=dict(attrs.get(StudyAttr.LAST_RUN) or {}))

@@ -6,6 +6,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
 from ..measure import Measurement
+from .study.schema import TrialAttr
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def replayable_values(objectives: Sequence[Objective]) -> Callable[[Any], list[f
     use = [OBJECTIVES["macs"] if o.name == "latency" else o for o in objectives]
 
     def values(trial: Any) -> list[float] | None:
-        stored = trial.user_attrs.get("measurement")
+        stored = trial.user_attrs.get(TrialAttr.MEASUREMENT)
         if stored is None:
             return None
         m = Measurement.from_dict(stored)

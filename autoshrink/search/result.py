@@ -1,8 +1,6 @@
 """SearchResult: the baseline, the trials, the feasible Pareto front, selection and hypervolume."""
 from __future__ import annotations
 
-import contextlib
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -13,31 +11,14 @@ import pandas as pd
 from ..errors import ConfigError, RecipeError
 from ..measure import Measurement
 from ..recipe import Recipe, recipe_from_search
-from .latency_limit import over_limit
+from .stages.latency_limit import over_limit
 from .objectives import Objective
+from .pareto import hypervolume, non_dominated
+from .context import Session
+from .stages.refine import refine_study
+from .study.schema import StudyAttr, TrialAttr
 
 MINIMIZE = {"size": "size_bytes", "latency": "latency_ms", "macs": "macs"}
-
-
-@dataclass(frozen=True)
-class Session:
-    """What the search that produced a result ran with (for `SearchResult.refine` afterwards)."""
-
-    model: Any
-    task: Any
-    executor: Any
-    latency: Any
-    finetune: Any
-
-
-def non_dominated(points: np.ndarray) -> np.ndarray:
-    """Boolean mask of the rows of `points` (minimization) no other row dominates."""
-    n = len(points)
-    keep = np.ones(n, dtype=bool)
-    for i in range(n):
-        dominated = np.all(points <= points[i], axis=1) & np.any(points < points[i], axis=1)
-        keep[i] = not dominated.any()
-    return keep
 
 
 @dataclass
@@ -60,16 +41,16 @@ class SearchResult:
         rows = []
         for t in self.study.get_trials(deepcopy=False):
             u = t.user_attrs
-            row: dict[str, Any] = {"trial": t.number, "state": t.state.name, "stage": u.get("stage")}
-            m = u.get("measurement")
+            row: dict[str, Any] = {"trial": t.number, "state": t.state.name, "stage": u.get(TrialAttr.STAGE)}
+            m = u.get(TrialAttr.MEASUREMENT)
             if m:
                 row.update(self._derived(m))
-            row["policy"] = u.get("policy")
-            row["failure"] = u.get("failure")
-            row["retry_of"] = u.get("retry_of")
-            row["refined_from"] = u.get("refined_from")
-            row["skipped"] = u.get("skipped")  # a warm-start twin not run (search/tell.py twin_verdict)
-            row["finetune_steps"] = (u.get("finetune") or self.study.user_attrs.get("finetune", {})).get("steps")
+            row["policy"] = u.get(TrialAttr.POLICY)
+            row["failure"] = u.get(TrialAttr.FAILURE)
+            row["retry_of"] = u.get(TrialAttr.RETRY_OF)
+            row["refined_from"] = u.get(TrialAttr.REFINED_FROM)
+            row["skipped"] = u.get(TrialAttr.SKIPPED)  # a warm-start twin not run (search/tell.py twin_verdict)
+            row["finetune_steps"] = (u.get(TrialAttr.FINETUNE) or self.study.user_attrs.get(StudyAttr.FINETUNE, {})).get("steps")
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -86,7 +67,7 @@ class SearchResult:
     def _feasible(self) -> list[optuna.trial.FrozenTrial]:
         out = []
         for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            m = t.user_attrs.get("measurement")
+            m = t.user_attrs.get(TrialAttr.MEASUREMENT)
             if not m:
                 continue
             if self.max_accuracy_drop is not None and self.baseline.accuracy - m["accuracy"] > self.max_accuracy_drop + 1e-12:
@@ -109,8 +90,8 @@ class SearchResult:
                                          "compression", "speedup", "mac_reduction", "runtime", "device", "policy",
                                          "stage", "refined_from"])
         front = [t for t, keep in zip(feasible, non_dominated(self._normalized(feasible))) if keep]
-        rows = [{"trial": t.number, **self._derived(t.user_attrs["measurement"]), "policy": t.user_attrs.get("policy"),
-                 "stage": t.user_attrs.get("stage"), "refined_from": t.user_attrs.get("refined_from")}
+        rows = [{"trial": t.number, **self._derived(t.user_attrs[TrialAttr.MEASUREMENT]), "policy": t.user_attrs.get(TrialAttr.POLICY),
+                 "stage": t.user_attrs.get(TrialAttr.STAGE), "refined_from": t.user_attrs.get(TrialAttr.REFINED_FROM)}
                 for t in front]
         return pd.DataFrame(rows).sort_values(["accuracy", "size_bytes"], ascending=[False, True]).reset_index(drop=True)
 
@@ -122,19 +103,19 @@ class SearchResult:
         if isinstance(trial_number, bool) or not isinstance(trial_number, int) or not 0 <= trial_number < len(trials):
             raise ConfigError(f"trial {trial_number!r}: the study has trials 0..{len(trials) - 1}; pick one of them.")
         t = trials[trial_number]
-        if t.state != optuna.trial.TrialState.COMPLETE or "measurement" not in t.user_attrs:
+        if t.state != optuna.trial.TrialState.COMPLETE or TrialAttr.MEASUREMENT not in t.user_attrs:
             raise ConfigError(f"trial {trial_number} is {t.state.name}, not COMPLETE; pick a completed trial.")
         attrs = self.study.user_attrs
         name = self.study.study_name
-        if "fingerprint" not in attrs or "example_input" not in attrs:
+        if StudyAttr.FINGERPRINT not in attrs or StudyAttr.EXAMPLE_INPUT not in attrs:
             raise RecipeError(f"study {name!r} holds no model fingerprint (it was created by an older autoshrink), "
                               "so no recipe can be checked against a model. Fix: run the search in a new study.")
         return recipe_from_search(study=name, storage=self.storage or "unknown", trial=t.number,
-                                  policy=t.user_attrs["policy"], measurement=t.user_attrs["measurement"],
+                                  policy=t.user_attrs[TrialAttr.POLICY], measurement=t.user_attrs[TrialAttr.MEASUREMENT],
                                   baseline=self.baseline.to_dict(),
-                                  finetune=t.user_attrs.get("finetune") or attrs["finetune"],
-                                  fingerprint=attrs["fingerprint"], example_input=attrs["example_input"],
-                                  train_transform=attrs.get("train_transform"), produced_by=attrs.get("versions"))
+                                  finetune=t.user_attrs.get(TrialAttr.FINETUNE) or attrs[StudyAttr.FINETUNE],
+                                  fingerprint=attrs[StudyAttr.FINGERPRINT], example_input=attrs[StudyAttr.EXAMPLE_INPUT],
+                                  train_transform=attrs.get(StudyAttr.TRAIN_TRANSFORM), produced_by=attrs.get(StudyAttr.VERSIONS))
 
     def best(self, max_accuracy_drop: float = 0.01, minimize: str = "size",
              max_latency_ms: float | None = None) -> Recipe:
@@ -183,67 +164,10 @@ class SearchResult:
         forces one). Model, task and executor default to the search's own (needed after
         `load_result`). Returns the new trials' rows of `trials` (with `refined_from`). `slack` widens
         "near-feasible" (default REFINE_SLACK)."""
-        from ..executors import Job, make_executor
-        from ..recipe.fingerprint import fingerprint
-        from ..train import FinetuneConfig
-        from .drivers import open_locks
-        from .loop import LoopContext, WaitClock
-        from .refine import (REFINE_STEP_FACTOR, layers_key, refine_candidates, refine_config, run_refine,
-                             screened_refine_limit)
-
-        s = self.session
-        model = model if model is not None else (s.model if s else None)
-        task = task if task is not None else (s.task if s else None)
-        if model is None or task is None:
-            raise ConfigError("refine: this result was loaded from storage; pass model= and task= (the ones the "
-                              "search used).")
-        stored = self.study.user_attrs.get("fingerprint")
-        if stored and stored.get("sha256") != fingerprint(model).sha256:
-            raise ConfigError(f"refine: the model does not match the architecture study {self.study.study_name!r} "
-                              f"searched ({stored.get('class')}). Fix: pass the model the search used.")
-        ft = FinetuneConfig.from_dict(self.study.user_attrs["finetune"])
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ConfigError(f"refine: k={k!r}; use a positive integer.")
-        cfg = refine_config(ft, steps if steps is not None else max(1, REFINE_STEP_FACTOR * ft.steps), finetune)
-        if distill is not None and not isinstance(distill, bool):
-            raise ConfigError(f"refine: distill={distill!r}; use True, False or None (both where the space searches it).")
-        if trials is not None:
-            sources = []
-            for n in trials:
-                if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < len(self.study.trials):
-                    raise ConfigError(f"refine: trial {n!r} is not in the study (0..{len(self.study.trials) - 1}).")
-                t = self.study.trials[n]
-                screened_out = t.state == optuna.trial.TrialState.PRUNED and "screen" in t.user_attrs
-                if (t.state != optuna.trial.TrialState.COMPLETE and not screened_out) or "policy" not in t.user_attrs:
-                    raise ConfigError(f"refine: trial {n} is {t.state.name}; pick a completed or screened-out trial.")
-                if all(layers_key(o.user_attrs["policy"]) != layers_key(t.user_attrs["policy"]) for o in sources):
-                    sources.append(t)  # twins (same layers, other distillation choice) are refined once
-        else:
-            from .refine import REFINE_SLACK
-
-            slack = REFINE_SLACK if slack is None else slack
-            screened = screened_refine_limit(self.study.user_attrs.get("screen"))
-            sources = refine_candidates(self.study, self.baseline, self.objectives, self.max_accuracy_drop, k, slack,
-                                        screened_limit=screened, max_latency=self.max_latency_ms)
-            if not sources:
-                limit = (0.01 if self.max_accuracy_drop is None else self.max_accuracy_drop) + slack
-                also = "" if screened is None else f" (nor a screened-out one within {screened * 100:.2f} pp screened)"
-                raise ConfigError(f"refine: no completed, not yet refined trial is within {limit * 100:.2f} pp of the "
-                                  f"baseline{also}, so nothing can be refined. Fix: pass trials=[...], a larger "
-                                  "slack, or run more trials.")
-        runtime = (self.study.user_attrs.get("runtime") or {}).get("runtime", "float")
-        ex = make_executor(executor if executor is not None else (s.executor if s else "local"))
-        clock = WaitClock()
-        shared = open_locks(self.storage, self.study.study_name) if self.storage else contextlib.nullcontext(None)
-        with shared as locks:  # other drivers may share the study
-            ctx = LoopContext(study=self.study, ex=ex, clock=clock, objectives=self.objectives, baseline=self.baseline,
-                              runtime=runtime, max_drop=self.max_accuracy_drop, progress=progress,
-                              t_start=time.perf_counter(), locks=locks)
-            try:
-                ex.start(Job(model=model, task=task, finetune=ft, latency=s.latency if s else None))
-                numbers = run_refine(ctx, sources, cfg, distill=distill)
-            finally:
-                ex.shutdown()
+        numbers = refine_study(self.study, self.baseline, self.objectives, max_accuracy_drop=self.max_accuracy_drop,
+                               max_latency_ms=self.max_latency_ms, storage=self.storage, session=self.session, k=k,
+                               steps=steps, trials=trials, model=model, task=task, executor=executor,
+                               finetune=finetune, slack=slack, distill=distill, progress=progress)
         df = self.trials
         return df[df["trial"].isin(numbers)].reset_index(drop=True)
 
@@ -251,14 +175,14 @@ class SearchResult:
     def latency_table(self) -> pd.DataFrame:
         """The study's latency lookup table (measure/latency_table.py): one row per (layer, choice, runtime,
         device, batch) with the median latency_ms of its observations; empty unless latency is an objective."""
-        from .latency_records import load_table
+        from .study.latency_records import load_table
 
         return load_table(self.study).frame()
 
     def latency_predictions(self) -> pd.DataFrame:
         """Each trial's sum-rule latency predicted from the table before it ran, against its measured
         latency: columns trial, fidelity, predicted_ms, measured_ms, error (predicted / measured - 1)."""
-        from .latency_records import prediction_errors
+        from .study.latency_records import prediction_errors
 
         return prediction_errors(self.study)
 
@@ -275,18 +199,3 @@ class SearchResult:
         points not strictly better than the reference in every objective add nothing.
         """
         return hypervolume(self._normalized(self._feasible()), self.reference_point())
-
-
-def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
-    """Hypervolume dominated by `points` (minimization) up to `reference`."""
-    if len(points) == 0:
-        return 0.0
-    inside = points[np.all(points < reference, axis=1)]
-    if len(inside) == 0:
-        return 0.0
-    if points.shape[1] == 1:
-        return float(reference[0] - inside.min())
-    from optuna._hypervolume import compute_hypervolume  # private in Optuna 5; covered by a test
-
-    front = inside[non_dominated(inside)]
-    return float(compute_hypervolume(front, reference, assume_pareto=True))

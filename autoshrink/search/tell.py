@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 
@@ -12,10 +12,10 @@ from ..errors import ConfigError
 from ..executors import Outcome
 from ..measure import Measurement
 from ..techniques.apply import CompressionWarning
-from .latency_limit import relative_excess
-
-if TYPE_CHECKING:
-    from .loop import LoopContext
+from .context import LoopContext
+from .stages.latency_limit import relative_excess
+from .study.storage import requeue_attrs
+from .study.schema import TrialAttr
 
 
 class StudyWarning(CompressionWarning):
@@ -35,9 +35,9 @@ def twin_verdict(study: optuna.Study, baseline: Measurement) -> tuple[bool, int]
     allocation whose two twins both finished in full with different accuracies; None before."""
     twins: dict[int, dict[bool, float]] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        what, m = t.user_attrs.get("warm_start"), t.user_attrs.get("measurement")
-        if isinstance(what, dict) and "allocation" in what and m and t.user_attrs.get("refined_from") is None:
-            twins.setdefault(int(what["allocation"]), {})[bool(t.user_attrs["policy"].get("distill"))] = m["accuracy"]
+        what, m = t.user_attrs.get(TrialAttr.WARM_START), t.user_attrs.get(TrialAttr.MEASUREMENT)
+        if isinstance(what, dict) and "allocation" in what and m and t.user_attrs.get(TrialAttr.REFINED_FROM) is None:
+            twins.setdefault(int(what["allocation"]), {})[bool(t.user_attrs[TrialAttr.POLICY].get("distill"))] = m["accuracy"]
     for allocation in sorted(twins):
         acc = twins[allocation]
         if len(acc) == 2 and acc[True] != acc[False]:
@@ -48,7 +48,7 @@ def twin_verdict(study: optuna.Study, baseline: Measurement) -> tuple[bool, int]
 def skip_candidate(ctx: LoopContext, trial: optuna.trial.Trial, why: str) -> None:
     """A candidate not run (predicted over the latency limit, or a losing warm-start twin): told PRUNED
     unevaluated, `why` kept as "skipped"; it counts towards n_trials."""
-    trial.set_user_attr("skipped", why)
+    trial.set_user_attr(TrialAttr.SKIPPED, why)
     ctx.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     ctx.done += 1
 
@@ -64,9 +64,9 @@ def promoted_pairs(study: optuna.Study, baseline: Measurement) -> dict[bool, lis
     """(screened drop, full drop) of the study's promoted candidates, by their distill setting, in trial order."""
     out: dict[bool, list[tuple[float, float]]] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        screen, full = t.user_attrs.get("screen"), t.user_attrs.get("measurement")
-        if screen and full and t.user_attrs.get("refined_from") is None:
-            distill = bool(t.user_attrs.get("policy", {}).get("distill", False))
+        screen, full = t.user_attrs.get(TrialAttr.SCREEN), t.user_attrs.get(TrialAttr.MEASUREMENT)
+        if screen and full and t.user_attrs.get(TrialAttr.REFINED_FROM) is None:
+            distill = bool(t.user_attrs.get(TrialAttr.POLICY, {}).get("distill", False))
             out.setdefault(distill, []).append((baseline.accuracy - screen["measurement"]["accuracy"],
                                                 baseline.accuracy - full["accuracy"]))
     return out
@@ -74,7 +74,7 @@ def promoted_pairs(study: optuna.Study, baseline: Measurement) -> dict[bool, lis
 
 def tell_screened_out(ctx: LoopContext, trial: optuna.trial.Trial, o: Outcome) -> None:
     """A candidate the screen stopped: PRUNED, with its screened measurement kept as "screen"."""
-    trial.set_user_attr("eval", {"seconds": round(o.seconds, 4), "worker": o.worker, "attempts": o.attempts})
+    trial.set_user_attr(TrialAttr.EVAL, {"seconds": round(o.seconds, 4), "worker": o.worker, "attempts": o.attempts})
     frozen = ctx.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     if frozen.state != optuna.trial.TrialState.PRUNED:
         raise ConfigError(f"trial {trial.number}: Optuna did not accept the PRUNED state ({frozen.state.name}).")
@@ -84,18 +84,18 @@ def tell_outcome(ctx: LoopContext, trial: optuna.trial.Trial, o: Outcome) -> boo
     """Tell the study one evaluation: COMPLETE with its values (and the constraint), or FAIL with the reason."""
     study = ctx.study
     # few writes per trial: each user attribute is one storage transaction
-    trial.set_user_attr("eval", {"seconds": round(o.seconds, 4), "worker": o.worker, "attempts": o.attempts})
+    trial.set_user_attr(TrialAttr.EVAL, {"seconds": round(o.seconds, 4), "worker": o.worker, "attempts": o.attempts})
     if not o.ok:
-        trial.set_user_attr("failure", o.error)
+        trial.set_user_attr(TrialAttr.FAILURE, o.error)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return False
     m = o.measurement
     values = ctx.values(m)
     if not all(math.isfinite(v) for v in values):
-        trial.set_user_attr("failure", f"non-finite objective values {values}")
+        trial.set_user_attr(TrialAttr.FAILURE, f"non-finite objective values {values}")
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return False
-    trial.set_user_attr("measurement", m.to_dict())
+    trial.set_user_attr(TrialAttr.MEASUREMENT, m.to_dict())
     if ctx.max_drop is not None:
         trial.set_constraint("accuracy_drop", (ctx.baseline.accuracy - m.accuracy) - ctx.max_drop)
     if ctx.max_latency is not None:
@@ -111,17 +111,9 @@ def abandon(study: optuna.Study, ex: Any, pending: dict[int, optuna.trial.Trial]
     ex.cancel()
     for number, trial in pending.items():
         try:
-            trial.set_user_attr("failure", "the search was interrupted while this trial was pending; re-queued")
-            trial.set_user_attr("crashed", True)
+            trial.set_user_attr(TrialAttr.FAILURE, "the search was interrupted while this trial was pending; re-queued")
+            trial.set_user_attr(TrialAttr.CRASHED, True)
             study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             study.enqueue_trial(trial.params, user_attrs=requeue_attrs(trial, number))
         except Exception:  # noqa: BLE001 - best effort while unwinding; resume re-queues RUNNING trials anyway
             continue
-
-
-REQUEUE_KEEP = ("baseline_policy", "warm_start")
-
-
-def requeue_attrs(trial: optuna.trial.Trial | optuna.trial.FrozenTrial, number: int) -> dict[str, Any]:
-    """User attributes a re-queued trial keeps (how it came to be), plus retry_of."""
-    return {**{k: trial.user_attrs[k] for k in REQUEUE_KEEP if k in trial.user_attrs}, "retry_of": number}

@@ -1,6 +1,6 @@
 """Search space schema: choices per layer field, rules keyed by module names or types.
 
-YAML form (see search_spaces/default.yaml for a commented example):
+YAML form (see autoshrink/spaces/default.yaml, the built-in space "default", for a commented example):
 
     defaults:                  # every Linear/Conv layer, unless a rule says otherwise
       sparsity: [0.0, 0.5, 0.9]            # a list of choices ...

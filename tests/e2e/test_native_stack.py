@@ -14,8 +14,8 @@ import optuna
 import pytest
 
 from autoshrink.cli import main
-from autoshrink.search.storage_url import rdb_url
-from autoshrink.search.study import counted
+from autoshrink.search.study.urls import rdb_url
+from autoshrink.search.study.storage import counted
 from tests.executors.cluster import HEAD, SECOND, LoopbackCluster
 from tests.pgserver import PASSWORD
 
@@ -34,7 +34,7 @@ def test_compose_equivalent_stack_two_drivers_one_study(postgres, tmp_path, monk
 model: autoshrink.zoo:digits_model
 model_args: {{kind: mlp}}
 task: autoshrink.zoo:digits_task
-space: {ROOT / "search_spaces" / "quantize_only.yaml"}
+space: {ROOT / "autoshrink" / "spaces" / "quantize_only.yaml"}
 objectives: [accuracy, size]
 n_trials: {N_TRIALS}
 finetune_steps: 60

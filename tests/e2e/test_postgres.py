@@ -12,7 +12,7 @@ import pytest
 import autoshrink as ash
 from autoshrink.cli import main
 from autoshrink.errors import ConfigError
-from autoshrink.search.study import counted
+from autoshrink.search.study.storage import counted
 from tests.pgserver import PASSWORD
 
 from .browser import get_json, start_dashboard, stop
@@ -22,7 +22,7 @@ QUICK = f"""name: digits_mlp_quantize
 model: autoshrink.zoo:digits_model
 model_args: {{kind: mlp}}
 task: autoshrink.zoo:digits_task
-space: {ROOT / "search_spaces" / "quantize_only.yaml"}
+space: {ROOT / "autoshrink" / "spaces" / "quantize_only.yaml"}
 objectives: [accuracy, size]
 n_trials: 4
 finetune_steps: 10
@@ -116,7 +116,7 @@ def test_api_search_on_a_missing_database_raises_before_any_work(postgres, digit
 
 
 def test_missing_driver_names_the_extra(monkeypatch) -> None:
-    from autoshrink.search.storage_url import storage_error
+    from autoshrink.search.study.urls import storage_error
 
     err = storage_error("postgresql+psycopg2://u:pw@h/db", ModuleNotFoundError("No module named 'psycopg2'",
                                                                                name="psycopg2"))
@@ -128,7 +128,7 @@ def test_dashboard_on_an_empty_server_database_waits_for_the_first_search(postgr
     import subprocess
     import time
 
-    from autoshrink.search.storage_url import rdb_url
+    from autoshrink.search.study.urls import rdb_url
 
     from .browser import autoshrink_cmd, free_port
 
@@ -162,8 +162,8 @@ def test_dashboard_on_an_empty_server_database_waits_for_the_first_search(postgr
 
 def test_url_forms_name_the_same_server(postgres) -> None:
     """postgres:// (Heroku-style) and postgresql+psycopg:// reach the same database, locks included."""
-    from autoshrink.search.drivers import ServerLocks, open_locks
-    from autoshrink.search.storage_url import dialect, rdb_url
+    from autoshrink.search.study.leases import ServerLocks, open_locks
+    from autoshrink.search.study.urls import dialect, rdb_url
 
     url = postgres.url(postgres.create_db())
     assert dialect(url.replace("postgresql://", "postgres://")) == "postgresql" == dialect(

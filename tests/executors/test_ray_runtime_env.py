@@ -23,7 +23,7 @@ import autoshrink as ash
 from autoshrink.cli import main
 from autoshrink.errors import ConfigError
 from autoshrink.executors import make_executor
-from autoshrink.search.config import load_study_config
+from autoshrink.search.study_config import load_study_config
 
 from .cluster import LoopbackCluster
 
@@ -162,7 +162,7 @@ def test_study_config_executor_args_resolve_against_the_config_file(tmp_path, mo
                                              "  working_dir: code\n  py_modules: [code/mine.py, s3://b/p.zip]\n"
                                              "  actors: 3\n"))
     code = tmp_path / "conf" / "code"
-    assert cfg.executor == "ray" and dict(cfg.executor_args) == {
+    assert cfg.settings.executor == "ray" and dict(cfg.executor_args) == {
         "address": "127.0.0.2:6399", "working_dir": str(code), "py_modules": (str(code / "mine.py"), "s3://b/p.zip"),
         "actors": 3}
     assert load_study_config(_study(tmp_path, "executor: ray\n")).executor_args == {}

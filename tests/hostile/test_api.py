@@ -33,7 +33,7 @@ SEARCH = [  # id, keyword arguments or a task factory, the error type, the messa
     ("seed-negative", {"seed": -1}, ConfigError, "search: seed=-1; use an integer in [0, 2^32)"),
     ("seed-bool", {"seed": True}, ConfigError, "search: seed=True"),
     ("sampler-unknown", {"sampler": "nope"}, ConfigError, "sampler"),
-    ("executor-unknown", {"executor": "nope"}, ConfigError, "executor: got 'nope'"),
+    ("executor-unknown", {"executor": "nope"}, ConfigError, "search: executor='nope'; use 'local', 'ray' or an executor object."),
     ("name-slash", {"study_name": "a/b"}, ConfigError, "study_name='a/b'"),
     ("name-dots", {"study_name": ".."}, ConfigError, "study_name='..'"),
     ("n-trials-zero", {"n_trials": 0}, ConfigError, "n_trials"),

@@ -24,7 +24,7 @@ from autoshrink.report.figures import (hypervolume_history, layer_label, policy_
 from autoshrink.report.html import mask_url
 from autoshrink.search import SearchResult, load_result
 from autoshrink.search.objectives import resolve
-from autoshrink.search.study import FORMAT
+from autoshrink.search.study.schema import FORMAT
 from autoshrink.zoo import digits_task
 from tests.search.conftest import FAST, Tiny
 

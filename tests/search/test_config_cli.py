@@ -10,7 +10,7 @@ import pytest
 
 from autoshrink.cli import main
 from autoshrink.errors import ConfigError
-from autoshrink.search.config import load_entry_point, load_study_config
+from autoshrink.search.study_config import load_entry_point, load_study_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,7 @@ def test_shipped_study_configs_are_valid(name: str) -> None:
 @pytest.mark.parametrize("body, message", [
     ("name: x\ntask: autoshrink.zoo:digits_task\n", "model: missing"),
     ("name: x\nmodel: a:b\ntask: c:d\ntrials: 4\n", "unknown key 'trials'"),
-    ("name: x\nmodel: a:b\ntask: c:d\nn_trials: many\n", "n_trials: got 'many'; expected an integer"),
+    ("name: x\nmodel: a:b\ntask: c:d\nn_trials: many\n", "n_trials: got 'many'; use an integer >= 1"),
     ("name: x\nmodel: a:b\ntask: c:d\nmodel_args: [1]\n", "model_args: got [1]"),
 ])
 def test_config_errors(tmp_path, body: str, message: str) -> None:

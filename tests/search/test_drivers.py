@@ -16,14 +16,14 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autoshrink.search.drivers import FileLocks, ServerLocks, open_locks
+from autoshrink.search.study.leases import FileLocks, ServerLocks, open_locks
 
 ROOT = Path(__file__).resolve().parents[2]
 
 HOLD_SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
-    from autoshrink.search.drivers import open_locks
+    from autoshrink.search.study.leases import open_locks
     locks = open_locks({url!r}, "s")
     print(locks.driver_id, flush=True)
     if {mutex!r}:
@@ -151,7 +151,7 @@ def _finish(proc: subprocess.Popen) -> None:
 
 def _check_shared(study: optuna.Study, n: int) -> None:
     """n counted trials in the study, none running, each enqueued policy evaluated once."""
-    from autoshrink.search.study import counted
+    from autoshrink.search.study.storage import counted
 
     trials = study.get_trials(deepcopy=False)
     assert counted(study) == n
@@ -180,7 +180,7 @@ def test_two_drivers_share_one_budget(url, tmp_path, tiny_model, tiny_space) -> 
 
 
 def _optuna_url(url: str) -> str:
-    from autoshrink.search.storage_url import rdb_url
+    from autoshrink.search.study.urls import rdb_url
 
     return rdb_url(url)
 
@@ -239,7 +239,7 @@ def test_a_result_for_a_trial_another_driver_requeued_is_dropped_with_a_warning(
     import autoshrink as ash
     from autoshrink.executors import LocalExecutor
     from autoshrink.search.tell import StudyWarning
-    from autoshrink.search.study import counted, requeue_crashed
+    from autoshrink.search.study.storage import counted, requeue_crashed
     from autoshrink.zoo import digits_task
 
     from .conftest import FAST

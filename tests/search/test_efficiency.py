@@ -11,12 +11,12 @@ import torch
 import autoshrink as ash
 from autoshrink.executors import LocalExecutor, Outcome
 from autoshrink.measure import Measurement
-from autoshrink.search.fidelity import Screening
-from autoshrink.search.narrow import narrow, narrow_cutoff
+from autoshrink.search.stages.fidelity import Screening
+from autoshrink.search.stages.narrow import narrow, narrow_cutoff
 from autoshrink.search.objectives import OBJECTIVES
-from autoshrink.search.sensitivity import FIRST_KEY
+from autoshrink.search.stages.sensitivity import FIRST_KEY
 from autoshrink.search.tell import twin_verdict
-from autoshrink.search.warmstart import Combo, allocate, compounded, layer_combos, warm_start_params
+from autoshrink.search.stages.warmstart import Combo, allocate, compounded, layer_combos, warm_start_params
 from autoshrink.space import bind
 from autoshrink.zoo import digits_task
 

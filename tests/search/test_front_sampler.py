@@ -7,8 +7,8 @@ import numpy as np
 import optuna
 import pytest
 
-from autoshrink.search.front_sampler import PARENTS_ATTR, FrontSampler, crowding, ranks
-from autoshrink.search.samplers import make_sampler
+from autoshrink.search.sampling.front import PARENTS_ATTR, FrontSampler, crowding, ranks
+from autoshrink.search.sampling.samplers import make_sampler
 
 SPACE = {"fc1.sparsity": [0.0, 0.5, 0.7, 0.9], "fc1.bits": [32, 8, 4, 2], "fc2.bits": [32, 8, 4], "distill": [True, False]}
 ORDER = {"fc1.sparsity": [0.0, 0.5, 0.7, 0.9], "fc1.bits": [2, 4, 8, 32], "fc2.bits": [4, 8, 32], "distill": [False, True]}

@@ -8,7 +8,7 @@ import pytest
 import autoshrink as ash
 from autoshrink.cli import main
 from autoshrink.search import load_result
-from autoshrink.search.latency_limit import SKIP_MARGIN, skip_margin, skip_reason
+from autoshrink.search.stages.latency_limit import SKIP_MARGIN, skip_margin, skip_reason
 from autoshrink.zoo import digits_task
 
 from .test_latency_records import AdditiveStub
@@ -135,7 +135,7 @@ def test_skip_rule_and_margin_from_checked_predictions(tmp_path) -> None:
                                                           r"the objectives"),
 ])
 def test_study_config_limits_are_checked_at_load(tmp_path, extra, message) -> None:
-    from autoshrink.search.config import load_study_config
+    from autoshrink.search.study_config import load_study_config
 
     p = tmp_path / "s.yaml"
     p.write_text("name: s\nmodel: autoshrink.zoo:digits_model\ntask: autoshrink.zoo:digits_task\n" + extra)
@@ -144,7 +144,7 @@ def test_study_config_limits_are_checked_at_load(tmp_path, extra, message) -> No
 
 
 def test_study_config_passes_the_limit(tmp_path) -> None:
-    from autoshrink.search.config import load_study_config
+    from autoshrink.search.study_config import load_study_config
 
     p = tmp_path / "s.yaml"
     p.write_text("name: s\nmodel: autoshrink.zoo:digits_model\ntask: autoshrink.zoo:digits_task\nmax_latency_ms: 0.25\n")

@@ -7,7 +7,7 @@ import pytest
 import autoshrink as ash
 from autoshrink.executors import Outcome
 from autoshrink.measure import Measurement
-from autoshrink.search.latency_records import load_table
+from autoshrink.search.study.latency_records import load_table
 from autoshrink.zoo import digits_task
 
 from .test_efficiency import StubExecutor

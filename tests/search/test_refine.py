@@ -7,7 +7,7 @@ import pytest
 import autoshrink as ash
 from autoshrink.errors import ConfigError
 from autoshrink.search import load_result
-from autoshrink.search.refine import refine_candidates
+from autoshrink.search.stages.refine import refine_candidates
 from autoshrink.zoo import digits_task
 from tests.conftest import state_equal
 
@@ -138,7 +138,7 @@ def test_refine_candidates_count_distillation_twins_once() -> None:
 def test_refine_takes_screened_out_near_misses_within_the_screened_limit() -> None:
     from autoshrink.measure import Measurement
     from autoshrink.search.objectives import OBJECTIVES
-    from autoshrink.search.refine import screened_refine_limit
+    from autoshrink.search.stages.refine import screened_refine_limit
 
     base = Measurement(accuracy=0.9, size_bytes=1000, latency_ms=1.0, macs=100, device="cpu", threads=1, batch_size=1)
     study = optuna.create_study(directions=["maximize", "minimize"])

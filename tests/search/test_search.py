@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -180,13 +181,15 @@ def test_resume_with_other_objectives_or_space_fails_clearly(tiny_model, tiny_sp
 
 
 def test_bad_arguments(tiny_model, tiny_space, tmp_path) -> None:
-    for kw, msg in [({"objectives": ("accuracy", "speed")}, "objectives: got 'speed'"),
-                    ({"sampler": "cmaes"}, "sampler: got 'cmaes'"),
-                    ({"n_trials": 0}, "n_trials=0"),
-                    ({"n_trials": None}, "give n_trials and/or timeout"),
-                    ({"max_accuracy_drop": 2}, "max_accuracy_drop=2"),
-                    ({"executor": "dask"}, "executor: got 'dask'")]:
-        with pytest.raises(ConfigError, match=msg.replace("(", r"\(")):
+    for kw, msg in [({"objectives": ("accuracy", "speed")}, "search: objectives=('accuracy', 'speed'); objectives: "
+                                                            "got 'speed'"),
+                    ({"sampler": "cmaes"}, "search: sampler='cmaes'; use one of front"),
+                    ({"n_trials": 0}, "search: n_trials=0; use an integer >= 1"),
+                    ({"n_trials": None}, "search: give n_trials and/or timeout"),
+                    ({"max_accuracy_drop": 2}, "search: max_accuracy_drop=2; use a fraction in [0, 1)"),
+                    ({"executor": "dask"}, "search: executor='dask'; use 'local', 'ray'"),
+                    ({"n_trails": 3}, "search: unknown setting 'n_trails' (did you mean 'n_trials'?)")]:
+        with pytest.raises(ConfigError, match=re.escape(msg)):
             run(tiny_model, tiny_space, tmp_path, **kw)
 
 

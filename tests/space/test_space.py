@@ -29,10 +29,21 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-@pytest.mark.parametrize("name", ["default", "quantize_only", "prune_only", "lowrank_only", "structured"])
+BUILTIN = ["default", "quantize_only", "prune_only", "lowrank_only", "structured"]
+
+
+def test_builtin_spaces_live_in_the_package() -> None:
+    from autoshrink.space import BUILTIN_DIR
+    assert BUILTIN_DIR == ROOT / "autoshrink" / "spaces"
+    assert sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml")) == sorted(BUILTIN)
+    assert (ROOT / "search_spaces").resolve() == BUILTIN_DIR  # the old path at the root is a link to them
+
+
+@pytest.mark.parametrize("name", BUILTIN)
 def test_builtin_spaces_load_and_bind(name: str) -> None:
-    space = load_space(ROOT / "search_spaces" / f"{name}.yaml")
+    space = load_space(ROOT / "autoshrink" / "spaces" / f"{name}.yaml")
     assert load_space(name) == space
+    assert load_space(ROOT / "search_spaces" / f"{name}.yaml") == space
     bound = bind(space, Net())
     assert list(bound.layers) == ["features.0", "features.2", "fc1", "head"]  # no embedding by default
     assert all(p.split(".")[-1] in ("sparsity", "structured", "bits", "rank") or p == "distill"

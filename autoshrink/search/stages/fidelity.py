@@ -34,10 +34,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..measure import Measurement
-from ..train import FinetuneConfig
-from .objectives import OBJECTIVES, Objective
+from ...errors import ConfigError
+from ...measure import Measurement
+from ...train import FinetuneConfig
+from ..objectives import OBJECTIVES, Objective
 
 SCREEN_SHARE = 0.25
 SCREEN_SLACK = 0.005  # the least slack (0.5 pp), for a tight or zero max_accuracy_drop

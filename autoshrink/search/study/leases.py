@@ -25,18 +25,14 @@ import hashlib
 import os
 import re
 import socket
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import optuna
 
-from ..errors import ConfigError
-from .storage_url import dialect, rdb_url, redact, storage_error
+from ...errors import ConfigError
+from .urls import dialect, rdb_url, redact, storage_error
 
-DRIVER_ATTR = "driver"
-REAP_INTERVAL_S = 15.0  # how often a running loop looks for dead drivers' trials
 
 
 def new_driver_id() -> str:
@@ -272,64 +268,3 @@ def open_locks(url: str, study_name: str) -> DriverLocks:
     raise ConfigError(f"storage {redact(url)!r}: not an SQLite, PostgreSQL or MySQL URL; autoshrink search needs "
                       "one of them (their locks let several drivers share a study). Fix: e.g. "
                       "sqlite:///studies/name.db or postgresql://user:password@host/db.")
-
-
-def owner(trial: optuna.trial.FrozenTrial) -> str | None:
-    """The driver that runs (or ran) `trial`; None for trials of autoshrink before drivers were recorded."""
-    return trial.user_attrs.get(DRIVER_ATTR)
-
-
-def running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-
-
-def dead_running(study: optuna.Study, locks: DriverLocks) -> list[optuna.trial.FrozenTrial]:
-    """RUNNING trials whose driver is gone (or unrecorded -- only possible for a driver that died
-    inside the mutex, since a trial's owner is written before the mutex is released)."""
-    verdict: dict[str | None, bool] = {}
-    out = []
-    for t in running(study):
-        who = owner(t)
-        if who not in verdict:
-            verdict[who] = who is not None and locks.alive(who)
-        if not verdict[who]:
-            out.append(t)
-    return out
-
-
-class Reaper:
-    """Requeues dead drivers' RUNNING trials: at start-up, and in the loop at most every REAP_INTERVAL_S."""
-
-    def __init__(self, locks: DriverLocks, interval: float = REAP_INTERVAL_S) -> None:
-        self.locks = locks
-        self.interval = interval
-        self.last = float("-inf")
-        self.reaped: list[int] = []
-
-    def __call__(self, study: optuna.Study, force: bool = False) -> list[int]:
-        """Under the mutex: fail and re-queue dead drivers' trials; their numbers."""
-        if not force and time.monotonic() - self.last < self.interval:
-            return []
-        from .study import requeue_crashed
-
-        with self.locks.mutex():
-            numbers = requeue_crashed(study, dead_running(study, self.locks))
-        self.last = time.monotonic()
-        self.reaped += numbers
-        return numbers
-
-
-def claim(study: optuna.Study, locks: DriverLocks, reap: Reaper, n_trials: int | None) -> optuna.trial.Trial | None:
-    """The next trial for this driver (asked and marked as its own under the mutex), or None when
-    the study's budget is spent: finished plus running candidate trials of every driver reach
-    n_trials, after dead drivers' trials were re-queued."""
-    from .study import in_budget
-
-    reap(study)
-    with locks.mutex():
-        if n_trials is not None and in_budget(study) >= n_trials:
-            if not reap(study, force=True) or in_budget(study) >= n_trials:
-                return None
-        trial = study.ask()
-        trial.set_user_attr(DRIVER_ATTR, locks.driver_id)
-        return trial

@@ -38,7 +38,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from .result import non_dominated
+from ..pareto import non_dominated
 
 EXPLORE = 0.1
 CROSSOVER = 0.5

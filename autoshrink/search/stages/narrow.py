@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from ..space import BoundSpace
-from ..space.schema import IDENTITY
+from ...space import BoundSpace
+from ...space.schema import IDENTITY
 
 NARROW_FACTOR = 20.0
 NARROW_FLOOR = 0.35

@@ -11,9 +11,10 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from ..measure.latency_table import LatencyTable
+from ...measure.latency_table import LatencyTable
+from .schema import StudyAttr, TrialAttr
 
-ATTR = "latency_table"
+ATTR = StudyAttr.LATENCY_TABLE
 
 
 def load_table(study: optuna.Study) -> LatencyTable:
@@ -30,13 +31,13 @@ def prediction_errors(study: optuna.Study) -> pd.DataFrame:
     fidelity ("full" or "screened"), predicted_ms, measured_ms, error (predicted / measured - 1)."""
     rows: list[dict[str, Any]] = []
     for t in study.get_trials(deepcopy=False):
-        pred = t.user_attrs.get("latency_predicted_ms")
+        pred = t.user_attrs.get(TrialAttr.LATENCY_PREDICTED_MS)
         if pred is None:
             continue
-        if "measurement" in t.user_attrs:
-            m, fidelity = t.user_attrs["measurement"], "full"
-        elif "measurement" in (t.user_attrs.get("screen") or {}):
-            m, fidelity = t.user_attrs["screen"]["measurement"], "screened"
+        if TrialAttr.MEASUREMENT in t.user_attrs:
+            m, fidelity = t.user_attrs[TrialAttr.MEASUREMENT], "full"
+        elif "measurement" in (t.user_attrs.get(TrialAttr.SCREEN) or {}):
+            m, fidelity = t.user_attrs[TrialAttr.SCREEN]["measurement"], "screened"
         else:
             continue
         rows.append({"trial": t.number, "fidelity": fidelity, "predicted_ms": pred, "measured_ms": m["latency_ms"],

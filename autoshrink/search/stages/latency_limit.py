@@ -21,12 +21,13 @@ from typing import Any, Sequence
 
 import optuna
 
-from ..errors import ConfigError
-from .latency_records import prediction_errors
+from ...errors import ConfigError
+from ..study.latency_records import prediction_errors
+from ..study.schema import StudyAttr
 
 SKIP_MARGIN = 0.5
 MIN_CHECKED = 5
-ATTR = "max_latency_ms"
+ATTR = StudyAttr.MAX_LATENCY_MS
 
 
 def check_limit(value: Any, objectives: Sequence[str]) -> float | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 
 def dialect(url: str) -> str:

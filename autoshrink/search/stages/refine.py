@@ -25,20 +25,26 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any, Mapping, Sequence
+import time
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import optuna
 
-from ..errors import ConfigError
-from ..measure import Measurement
-from ..policy import Policy
-from ..train import FinetuneConfig
+from ...errors import ConfigError
+from ...executors import Job, make_executor
+from ...measure import Measurement
+from ...policy import Policy
+from ...recipe.fingerprint import fingerprint
+from ...train import FinetuneConfig
+from ..context import LoopContext, Session, WaitClock, submit_policy
+from ..objectives import Objective
+from ..pareto import non_dominated
+from ..study.leases import open_locks
+from ..study.schema import DRIVER_ATTR
+from ..tell import tell_outcome
 from .latency_limit import over_limit
-from .drivers import DRIVER_ATTR
-from .loop import LoopContext, submit_policy
-from .tell import tell_outcome
-from .objectives import Objective
-from .result import non_dominated
+from ..study.schema import StudyAttr, TrialAttr
 
 REFINE_SLACK = 0.02
 # screened-out near misses: a screened drop up to this many times the screen's limit (1.0 pp -> 1.5 pp
@@ -63,9 +69,9 @@ def layers_key(policy: Mapping[str, Any]) -> str:
 
 def refined_sources(study: optuna.Study) -> set[str]:
     """The policies (layers_key) that already have a completed refined trial."""
-    return {layers_key(t.user_attrs["policy"]) for t in study.get_trials(deepcopy=False,
+    return {layers_key(t.user_attrs[TrialAttr.POLICY]) for t in study.get_trials(deepcopy=False,
                                                                           states=(optuna.trial.TrialState.COMPLETE,))
-            if t.user_attrs.get("refined_from") is not None and "policy" in t.user_attrs}
+            if t.user_attrs.get(TrialAttr.REFINED_FROM) is not None and TrialAttr.POLICY in t.user_attrs}
 
 
 def screened_refine_limit(screen: Mapping[str, Any] | None) -> float | None:
@@ -90,22 +96,20 @@ def refine_candidates(study: optuna.Study, baseline: Measurement, objectives: Se
     near: list[tuple[optuna.trial.FrozenTrial, list[float]]] = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                       optuna.trial.TrialState.PRUNED)):
-        if ("policy" not in t.user_attrs or t.user_attrs.get("refined_from") is not None
-                or layers_key(t.user_attrs["policy"]) in done or not Policy.from_dict(t.user_attrs["policy"]).active()):
+        if (TrialAttr.POLICY not in t.user_attrs or t.user_attrs.get(TrialAttr.REFINED_FROM) is not None
+                or layers_key(t.user_attrs[TrialAttr.POLICY]) in done or not Policy.from_dict(t.user_attrs[TrialAttr.POLICY]).active()):
             continue
-        if t.state == optuna.trial.TrialState.COMPLETE and "measurement" in t.user_attrs:
-            if max_latency is not None and over_limit(t.user_attrs["measurement"]["latency_ms"], max_latency):
+        if t.state == optuna.trial.TrialState.COMPLETE and TrialAttr.MEASUREMENT in t.user_attrs:
+            if max_latency is not None and over_limit(t.user_attrs[TrialAttr.MEASUREMENT]["latency_ms"], max_latency):
                 continue
-            if baseline.accuracy - t.user_attrs["measurement"]["accuracy"] <= limit + 1e-12:
+            if baseline.accuracy - t.user_attrs[TrialAttr.MEASUREMENT]["accuracy"] <= limit + 1e-12:
                 near.append((t, list(t.values)))
-        elif screened_limit is not None and "measurement" in (t.user_attrs.get("screen") or {}):
-            m = Measurement.from_dict(t.user_attrs["screen"]["measurement"])
+        elif screened_limit is not None and "measurement" in (t.user_attrs.get(TrialAttr.SCREEN) or {}):
+            m = Measurement.from_dict(t.user_attrs[TrialAttr.SCREEN]["measurement"])
             if baseline.accuracy - m.accuracy <= screened_limit + 1e-12 and not over_limit(m.latency_ms, max_latency):
                 near.append((t, [o.value(m) for o in objectives]))
     if not near:
         return []
-    import numpy as np
-
     points = np.array([[o.normalized(v, baseline) for o, v in zip(objectives, vals)] for _, vals in near], dtype=float)
     front = [tv for tv, keep in zip(near, non_dominated(points)) if keep]
     primary = next((i for i, o in enumerate(objectives) if not o.maximize), None)
@@ -117,7 +121,7 @@ def refine_candidates(study: optuna.Study, baseline: Measurement, objectives: Se
 
     picked: dict[str, optuna.trial.FrozenTrial] = {}
     for t, _ in sorted(front, key=key):
-        picked.setdefault(layers_key(t.user_attrs["policy"]), t)  # twins: the first in this order stands for both
+        picked.setdefault(layers_key(t.user_attrs[TrialAttr.POLICY]), t)  # twins: the first in this order stands for both
     return list(picked.values())[:k]
 
 
@@ -129,13 +133,13 @@ def _taken(study: optuna.Study, locks: Any, cfg: FinetuneConfig) -> set[tuple[st
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
     for t in study.get_trials(deepcopy=False, states=states):
         attrs = t.user_attrs
-        if attrs.get("refined_from") is None or attrs.get("finetune") != want or "policy" not in attrs:
+        if attrs.get(TrialAttr.REFINED_FROM) is None or attrs.get(TrialAttr.FINETUNE) != want or TrialAttr.POLICY not in attrs:
             continue
         if t.state == optuna.trial.TrialState.RUNNING:
             who = t.user_attrs.get(DRIVER_ATTR)
             if locks is None or who is None or not locks.alive(who):
                 continue
-        out.add((layers_key(t.user_attrs["policy"]), bool(t.user_attrs["policy"].get("distill", False))))
+        out.add((layers_key(t.user_attrs[TrialAttr.POLICY]), bool(t.user_attrs[TrialAttr.POLICY].get("distill", False))))
     return out
 
 
@@ -148,7 +152,7 @@ def run_refine(ctx: LoopContext, sources: Sequence[optuna.trial.FrozenTrial], cf
     trials: dict[int, optuna.trial.Trial] = {}
     variants = []
     for src in sources:
-        own = Policy.from_dict(src.user_attrs["policy"])
+        own = Policy.from_dict(src.user_attrs[TrialAttr.POLICY])
         if distill is not None:
             choices = [distill]
         elif "distill" in src.params:
@@ -174,7 +178,7 @@ def run_refine(ctx: LoopContext, sources: Sequence[optuna.trial.FrozenTrial], cf
             trial = optuna.trial.Trial(study, trial_id)
             trials[trial.number] = trial
     for number, trial in trials.items():
-        submit_policy(ctx, number, Policy.from_dict(trial.user_attrs["policy"]), cfg)
+        submit_policy(ctx, number, Policy.from_dict(trial.user_attrs[TrialAttr.POLICY]), cfg)
     pending = dict(trials)
     try:
         while pending:
@@ -186,10 +190,73 @@ def run_refine(ctx: LoopContext, sources: Sequence[optuna.trial.FrozenTrial], cf
         ctx.ex.cancel()
         for trial in pending.values():  # not re-queued: the refine stage redoes sources without a refined trial
             try:
-                trial.set_user_attr("failure", "the search was interrupted while this refine trial was pending")
-                trial.set_user_attr("crashed", True)
+                trial.set_user_attr(TrialAttr.FAILURE, "the search was interrupted while this refine trial was pending")
+                trial.set_user_attr(TrialAttr.CRASHED, True)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             except Exception:  # noqa: BLE001 - best effort while unwinding
                 continue
         raise
     return sorted(trials)
+
+
+def refine_study(study: optuna.Study, baseline: Measurement, objectives: Sequence[Objective], *,
+                 max_accuracy_drop: float | None, max_latency_ms: float | None, storage: str | None,
+                 session: Session | None, k: int = 1, steps: int | None = None, trials: Sequence[int] | None = None,
+                 model: Any = None, task: Any = None, executor: Any = None,
+                 finetune: Mapping[str, Any] | None = None, slack: float | None = None,
+                 distill: bool | None = None, progress: Callable[[Any], None] | None = None) -> list[int]:
+    """SearchResult.refine: the refine stage after a search, on its study; the new trials' numbers."""
+    s = session
+    model = model if model is not None else (s.model if s else None)
+    task = task if task is not None else (s.task if s else None)
+    if model is None or task is None:
+        raise ConfigError("refine: this result was loaded from storage; pass model= and task= (the ones the "
+                          "search used).")
+    stored = study.user_attrs.get(StudyAttr.FINGERPRINT)
+    if stored and stored.get("sha256") != fingerprint(model).sha256:
+        raise ConfigError(f"refine: the model does not match the architecture study {study.study_name!r} "
+                          f"searched ({stored.get('class')}). Fix: pass the model the search used.")
+    ft = FinetuneConfig.from_dict(study.user_attrs[StudyAttr.FINETUNE])
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ConfigError(f"refine: k={k!r}; use a positive integer.")
+    cfg = refine_config(ft, steps if steps is not None else max(1, REFINE_STEP_FACTOR * ft.steps), finetune)
+    if distill is not None and not isinstance(distill, bool):
+        raise ConfigError(f"refine: distill={distill!r}; use True, False or None (both where the space searches it).")
+    if trials is not None:
+        sources = []
+        for n in trials:
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < len(study.trials):
+                raise ConfigError(f"refine: trial {n!r} is not in the study (0..{len(study.trials) - 1}).")
+            t = study.trials[n]
+            screened_out = t.state == optuna.trial.TrialState.PRUNED and TrialAttr.SCREEN in t.user_attrs
+            if (t.state != optuna.trial.TrialState.COMPLETE and not screened_out) or TrialAttr.POLICY not in t.user_attrs:
+                raise ConfigError(f"refine: trial {n} is {t.state.name}; pick a completed or screened-out trial.")
+            if all(layers_key(o.user_attrs[TrialAttr.POLICY]) != layers_key(t.user_attrs[TrialAttr.POLICY]) for o in sources):
+                sources.append(t)  # twins (same layers, other distillation choice) are refined once
+    else:
+        from .stages.refine import REFINE_SLACK
+
+        slack = REFINE_SLACK if slack is None else slack
+        screened = screened_refine_limit(study.user_attrs.get(StudyAttr.SCREEN))
+        sources = refine_candidates(study, baseline, objectives, max_accuracy_drop, k, slack,
+                                    screened_limit=screened, max_latency=max_latency_ms)
+        if not sources:
+            limit = (0.01 if max_accuracy_drop is None else max_accuracy_drop) + slack
+            also = "" if screened is None else f" (nor a screened-out one within {screened * 100:.2f} pp screened)"
+            raise ConfigError(f"refine: no completed, not yet refined trial is within {limit * 100:.2f} pp of the "
+                              f"baseline{also}, so nothing can be refined. Fix: pass trials=[...], a larger "
+                              "slack, or run more trials.")
+    runtime = (study.user_attrs.get(StudyAttr.RUNTIME) or {}).get("runtime", "float")
+    ex = make_executor(executor if executor is not None else (s.executor if s else "local"))
+    clock = WaitClock()
+    shared = open_locks(storage, study.study_name) if storage else contextlib.nullcontext(None)
+    with shared as locks:  # other drivers may share the study
+        ctx = LoopContext(study=study, ex=ex, clock=clock, objectives=objectives, baseline=baseline,
+                          runtime=runtime, max_drop=max_accuracy_drop, progress=progress,
+                          t_start=time.perf_counter(), locks=locks)
+        try:
+            ex.start(Job(model=model, task=task, finetune=ft, latency=s.latency if s else None))
+            numbers = run_refine(ctx, sources, cfg, distill=distill)
+        finally:
+            ex.shutdown()
+    return numbers

@@ -5,8 +5,8 @@ from typing import Any, Callable, Sequence
 
 import optuna
 
-from ..errors import ConfigError
-from .front_sampler import FrontSampler
+from ...errors import ConfigError
+from .front import FrontSampler
 
 SAMPLERS = ("front", "nsga2", "tpe", "gp", "random", "grid")
 

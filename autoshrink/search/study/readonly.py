@@ -12,8 +12,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from .storage_url import engine_kwargs, rdb_url, redact, storage_error
+from ...errors import ConfigError
+from .urls import engine_kwargs, rdb_url, redact, storage_error
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 OPTUNA_TABLES = frozenset({"studies", "trials", "version_info", "alembic_version"})

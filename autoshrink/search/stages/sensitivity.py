@@ -18,14 +18,14 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 from torch import nn
 
-from ..executors import Job, Outcome, make_executor
-from ..measure import LatencyConfig, Measurement
-from ..errors import ConfigError
-from ..policy import LayerPolicy, Policy
-from ..space import BoundSpace, SearchSpace, bind
-from ..task import Task, require_model_and_task
-from ..techniques.structured import structured_blockers
-from ..train import FinetuneConfig
+from ...executors import Job, Outcome, make_executor
+from ...measure import LatencyConfig, Measurement
+from ...errors import ConfigError
+from ...policy import LayerPolicy, Policy
+from ...space import BoundSpace, SearchSpace, bind
+from ...task import Task, require_model_and_task
+from ...techniques.structured import structured_blockers
+from ...train import FinetuneConfig
 
 COLUMNS = ["layer", "field", "value", "accuracy", "accuracy_drop", "size_bytes", "bytes_saved", "macs_saved",
            "latency_ms", "latency_saved", "skipped", "error", "seconds"]

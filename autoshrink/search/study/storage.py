@@ -7,12 +7,13 @@ from typing import Any, Sequence
 
 import optuna
 
-from ..errors import ConfigError
-from .objectives import Objective
-from .storage_read import is_sqlite, sqlite_tables
-from .storage_url import engine_kwargs, rdb_url, redact, storage_error
+from ...errors import ConfigError
+from ..objectives import Objective
+from .readonly import is_sqlite, sqlite_tables
+from .urls import engine_kwargs, rdb_url, redact, storage_error
+from .schema import FORMAT, StudyAttr, TrialAttr
 
-FORMAT = "autoshrink-study/1"
+
 
 
 def default_storage(study_name: str) -> str:
@@ -87,23 +88,23 @@ def open_study(storage: str, study_name: str, objectives: Sequence[Objective], s
     names = [o.name for o in objectives]
     if existing:
         attrs = study.user_attrs
-        if attrs.get("format") != FORMAT:
+        if attrs.get(StudyAttr.FORMAT) != FORMAT:
             raise ConfigError(f"study {study_name!r} in {redact(url)} was not created by autoshrink search; "
                               "use another study_name.")
-        stored = attrs.get("objectives")
+        stored = attrs.get(StudyAttr.OBJECTIVES)
         if stored != names or [d.name.lower() for d in study.directions] != [o.direction for o in objectives]:
             raise ConfigError(f"study {study_name!r} was created with objectives {stored}, not {names}; "
                               "resume it with the same objectives, or use a new study_name.")
-        old = attrs.get("signature", {})
+        old = attrs.get(StudyAttr.SIGNATURE, {})
         if old != signature:
             changed = sorted(k for k in set(old) | set(signature) if old.get(k) != signature.get(k))
             raise ConfigError(f"study {study_name!r} was created with a different search setup "
                               f"(changed: {', '.join(changed[:8])}); resume with the same model, space and "
                               "settings, or use a new study_name.")
     else:
-        study.set_user_attr("format", FORMAT)
-        study.set_user_attr("objectives", names)
-        study.set_user_attr("signature", signature)
+        study.set_user_attr(StudyAttr.FORMAT, FORMAT)
+        study.set_user_attr(StudyAttr.OBJECTIVES, names)
+        study.set_user_attr(StudyAttr.SIGNATURE, signature)
         with warnings.catch_warnings():  # set_metric_names is marked experimental; it only labels axes
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([o.field for o in objectives])
@@ -114,15 +115,13 @@ def requeue_crashed(study: optuna.Study, crashed: Sequence[optuna.trial.FrozenTr
     """Trials left RUNNING by a dead driver (drivers.dead_running): tell them FAIL and enqueue their
     parameters again (with how they came to be: baseline, warm start). A crashed refine trial is not
     re-queued: the refine stage redoes every source that has no refined trial yet."""
-    from .tell import requeue_attrs
-
     for t in crashed:
         # attributes can only be written while the trial is still RUNNING, so before the tell
         trial = optuna.trial.Trial(study, t._trial_id)
-        refined = t.user_attrs.get("refined_from") is not None
-        trial.set_user_attr("failure", "the search process running this trial died; " + (
+        refined = t.user_attrs.get(TrialAttr.REFINED_FROM) is not None
+        trial.set_user_attr(TrialAttr.FAILURE, "the search process running this trial died; " + (
             "the refine stage runs it again" if refined else "its parameters were queued again"))
-        trial.set_user_attr("crashed", True)
+        trial.set_user_attr(TrialAttr.CRASHED, True)
         study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         if not refined:
             study.enqueue_trial(t.params, user_attrs=requeue_attrs(t, t.number), skip_if_exists=False)
@@ -134,7 +133,7 @@ def counted(study: optuna.Study) -> int:
     trials, except those re-queued after a crash and the refine stage's trials."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     return sum(1 for t in study.get_trials(deepcopy=False, states=states)
-               if not t.user_attrs.get("crashed") and t.user_attrs.get("refined_from") is None)
+               if not t.user_attrs.get(TrialAttr.CRASHED) and t.user_attrs.get(TrialAttr.REFINED_FROM) is None)
 
 
 def in_budget(study: optuna.Study) -> int:
@@ -143,5 +142,13 @@ def in_budget(study: optuna.Study) -> int:
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL,
               optuna.trial.TrialState.RUNNING)
     return sum(1 for t in study.get_trials(deepcopy=False, states=states)
-               if t.user_attrs.get("refined_from") is None
-               and (t.state == optuna.trial.TrialState.RUNNING or not t.user_attrs.get("crashed")))
+               if t.user_attrs.get(TrialAttr.REFINED_FROM) is None
+               and (t.state == optuna.trial.TrialState.RUNNING or not t.user_attrs.get(TrialAttr.CRASHED)))
+
+
+REQUEUE_KEEP = (TrialAttr.BASELINE_POLICY, TrialAttr.WARM_START)
+
+
+def requeue_attrs(trial: optuna.trial.Trial | optuna.trial.FrozenTrial, number: int) -> dict[str, Any]:
+    """User attributes a re-queued trial keeps (how it came to be), plus retry_of."""
+    return {**{k: trial.user_attrs[k] for k in REQUEUE_KEEP if k in trial.user_attrs}, TrialAttr.RETRY_OF: number}

@@ -59,12 +59,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..measure import Measurement
-from ..measure.packing.codec import encode_tensor
-from ..space import BoundSpace
-from ..techniques.lowrank import svd_factors, factor_params, target_rank
-from ..techniques.prune import magnitude_mask
-from ..weights import quantize_value
+from ...measure import Measurement
+from ...measure.packing.codec import encode_tensor
+from ...space import BoundSpace
+from ...techniques.lowrank import svd_factors, factor_params, target_rank
+from ...techniques.prune import magnitude_mask
+from ...weights import quantize_value
 
 BUDGETS_PER_OBJECTIVE = 6
 MIN_SHARE = 0.01  # no layer's choice is predicted to leave less than 1 % of the model's MACs / latency

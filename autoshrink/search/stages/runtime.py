@@ -16,10 +16,11 @@ from typing import Any, Callable
 import optuna
 from torch import nn
 
-from ..errors import ConfigError
-from ..executors import Outcome
-from ..policy import LayerPolicy, Policy
-from ..train import FinetuneConfig
+from ...errors import ConfigError
+from ...executors import Outcome
+from ...policy import LayerPolicy, Policy
+from ...train import FinetuneConfig
+from ..study.schema import StudyAttr
 
 RUNTIME_CHOICES = ("auto", "float", "int8", "onnxruntime", "onnxruntime-static")
 PROBE_KEY = -2
@@ -42,7 +43,7 @@ def study_runtime(study: optuna.Study, requested: str, model: nn.Module, ex: Any
     """The runtime of this study and the evaluation seconds spent deciding it: the stored one on resume
     (a different explicit request is refused), else the requested one, else ("auto") the faster of
     float and int8 on the probe policy."""
-    stored = study.user_attrs.get("runtime")
+    stored = study.user_attrs.get(StudyAttr.RUNTIME)
     if stored:
         if requested != "auto" and requested != stored["runtime"]:
             raise ConfigError(f"study {study.study_name!r} measures on runtime {stored['runtime']!r} "
@@ -54,7 +55,7 @@ def study_runtime(study: optuna.Study, requested: str, model: nn.Module, ex: Any
         decision = {"runtime": requested, "decided_by": "the user"}
     else:
         decision, seconds = _probe(model, ex, wait)
-    study.set_user_attr("runtime", decision)
+    study.set_user_attr(StudyAttr.RUNTIME, decision)
     return decision["runtime"], seconds
 
 

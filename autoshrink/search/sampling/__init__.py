@@ -1,0 +1,1 @@
+"""Samplers: the front sampler and the Optuna samplers a search can use."""

@@ -1,0 +1,53 @@
+"""Everything a search stores in its Optuna study, by name: the study's and each trial's user
+attributes. Every reader and writer (search, load, refine, report, CLI) uses these names, so a rename
+happens here once; the values are what studies written by earlier releases hold, and stay so."""
+from __future__ import annotations
+
+FORMAT = "autoshrink-study/1"  # the study's FORMAT attribute
+
+
+class StudyAttr:
+    """User attributes of the study (set once at creation, or per run where noted)."""
+
+    FORMAT = "format"
+    OBJECTIVES = "objectives"
+    SIGNATURE = "signature"  # model, space digest, fine-tune, input shape: a resume must match
+    FINETUNE = "finetune"
+    STRUCTURED_EXCLUDED = "structured_excluded"
+    FINGERPRINT = "fingerprint"
+    EXAMPLE_INPUT = "example_input"
+    TRAIN_TRANSFORM = "train_transform"
+    VERSIONS = "versions"
+    RUNTIME = "runtime"  # the runtime decision: {"runtime": ..., timings}
+    MAX_ACCURACY_DROP = "max_accuracy_drop"  # per run
+    MAX_LATENCY_MS = "max_latency_ms"  # per run
+    SCREEN = "screen"  # the screening rule, per run
+    BASELINE = "baseline"  # the untouched model's Measurement
+    SENSITIVITY = "sensitivity"  # the pre-pass table {"rows", "eval_s", "wall_s"}
+    NARROWED = "narrowed"
+    ENQUEUED = "enqueued"
+    LAST_RUN = "last_run"  # the last run's SearchResult.timing
+    LATENCY_TABLE = "latency_table"
+
+
+class TrialAttr:
+    """User attributes of a trial."""
+
+    POLICY = "policy"
+    STAGE = "stage"  # baseline, warm-start, search or refined
+    MEASUREMENT = "measurement"  # the full-fidelity Measurement
+    SCREEN = "screen"  # {"steps", "seconds", "decision", "reason", "measurement"}
+    EVAL = "eval"  # {"seconds", "worker", "attempts"}
+    FAILURE = "failure"
+    CRASHED = "crashed"
+    SKIPPED = "skipped"
+    RETRY_OF = "retry_of"
+    REFINED_FROM = "refined_from"
+    FINETUNE = "finetune"  # a refine trial's own fine-tune settings
+    WARM_START = "warm_start"
+    BASELINE_POLICY = "baseline_policy"
+    DRIVER = "driver"  # host:pid:id of the driver that runs it
+    LATENCY_PREDICTED_MS = "latency_predicted_ms"
+
+
+DRIVER_ATTR = TrialAttr.DRIVER
