@@ -1,17 +1,11 @@
 """The weight representation every stage reads: pruning masks, fake quantization, codes.
 
-It sits below techniques/ (which attach these parametrizations), measure/ (which packs and times
-what they leave) and export/, so that measurement never imports a technique.
-
-A compressed layer keeps its trainable weight as `parametrizations.weight.original`; the weight
-the layer computes with is `FakeQuant(PruneMask(original))`. Masks therefore stay in force and
-quantization stays simulated (straight-through estimator) through fine-tuning, and the forward
-value is bitwise the value the packed artifact decodes to.
-
-Quantization: b in 2..8 gives signed symmetric integer codes in [-(2^(b-1)-1), 2^(b-1)-1], one
-scale per output channel (dim 0), scale = max|w| / qmax rounded to the nearest bfloat16 value (2 bytes
-on disk, and re-quantizing a quantized weight gives the same codes and scales). b = 16 rounds to
-float16.
+It sits below techniques/, measure/ and export/, so that measurement never imports a technique.
+A compressed layer keeps its trainable weight as `parametrizations.weight.original` and computes with
+`FakeQuant(PruneMask(original))`: masks stay in force and quantization simulated (straight-through)
+through fine-tuning, bitwise the value the packed artifact decodes to. Quantization: b in 2..8 gives
+symmetric codes in [-(2^(b-1)-1), 2^(b-1)-1], one scale per output channel (dim 0), max|w| / qmax
+rounded to bfloat16 (2 bytes on disk; re-quantizing keeps codes and scales); b = 16 rounds to float16.
 """
 from __future__ import annotations
 

@@ -1,14 +1,11 @@
 """The Ray runtime_env of a RayExecutor: user code shipped to workers that do not have it.
 
-A cluster's workers unpickle the model and task, so their classes' modules must import there. Ray ships
-a runtime_env's `working_dir` (a directory put on every worker's path, also its cwd) and `py_modules`
-(modules, packages, .py or .whl files) to each worker that runs the executor's actors. This module
-merges RayExecutor's `runtime_env`, `working_dir` and `py_modules` arguments into one dict and checks it:
-local paths must exist and become absolute (a later chdir changes nothing), imported modules become
-their file or package directory, URIs ("s3://...", "gcs://...") pass as given. It imports no Ray, so
-make_executor and the study config use the same checks before anything starts. start_failure turns
-Ray's error when the actors cannot start (code missing there, a runtime_env a node cannot set up)
-into one error that says how to ship the code.
+Workers unpickle the model and task, so their classes' modules must import there; Ray ships a
+runtime_env's `working_dir` and `py_modules` to the executor's actors. This module merges RayExecutor's
+`runtime_env`, `working_dir` and `py_modules` arguments into one dict and checks it (local paths must
+exist and become absolute, imported modules become their file or package directory, URIs pass as given)
+without importing Ray, so make_executor and the study config use the same checks. start_failure turns
+Ray's error when the actors cannot start into one that says how to ship the code.
 """
 from __future__ import annotations
 

@@ -1,36 +1,12 @@
 """ONNX export of a compressed model: standard ONNX that ONNX Runtime runs with int8 kernels.
 
-What the file holds:
-- low-rank and structurally pruned layers as the smaller layers they are (the materialized model);
-- every weight quantized to 2..8 bits as an **int8 initializer of its exact codes** with its
-  per-output-channel scales, dequantized by a `DequantizeLinear` (axis 0, zero point 0) in QDQ form,
-  so the decoded weights are bitwise the ones the PyTorch model computes with; pruned weights are
-  code 0;
-- float16 weights (bits 16) as float16 initializers and a `Cast` to float32;
-- the batch axis of every input and output dynamic.
-
-The graph rewrites live in onnx_graph.py, ONNX Runtime sessions in ort_session.py.
-
-`activations` says how the quantized layers run:
-- "dynamic" (default): each `nn.Linear` with <= 8-bit weights becomes
-  `DynamicQuantizeLinear` (activations to uint8 per batch) -> `MatMulInteger` with the int8 codes
-  -> scaled back to float (`x_scale * channel scales`) -> bias: ONNX Runtime's integer GEMM, as
-  `onnxruntime.quantization.quantize_dynamic` would emit, but with autoshrink's codes and scales.
-  Other quantized layers (convolutions, embeddings) keep their QDQ weights and float compute.
-- "static": the same integer GEMM with the activations' uint8 scale and zero point fixed ahead of
-  time from calibration batches (`calibration=`: a few batches of training inputs; the range each
-  such Linear's input spans over them, widened to hold 0, as `DynamicQuantizeLinear` would compute it)
-  -> `QuantizeLinear` with constant scale -> `MatMulInteger` -> one constant rescale: no per-batch
-  min/max. Inputs outside the calibrated range saturate.
-- "weights": QDQ weights only, float compute everywhere (exact up to float summation order).
-Tolerance (tested): "weights" with ORT's basic graph optimizations -- outputs within
-1e-5 x (1 + max |output|) of the PyTorch model (float summation order only); at ORT's full
-optimizations ORT may fuse DequantizeLinear -> MatMul into its own quantized kernel (MatMulNBits),
-which moved outputs by 0.3 % of their range on an MLP. "dynamic" -- activations are rounded to 8
-bits per batch (a uint8 grid over the batch's range), so outputs move by up to a few percent of
-their range: the tests bound the difference by 5 % of (1 + max |output|) and require the top-1
-prediction to agree on >= 98 % of real eval samples. "static" is held to the same bounds, calibrated on
-training batches.
+Low-rank and structured layers export as their smaller layers; 2..8-bit weights as int8 initializers of
+their exact codes (pruned: 0) with per-output-channel scales and a QDQ `DequantizeLinear` (axis 0); bits
+16 as float16 and a `Cast`; the batch axis is dynamic. Rewrites: onnx_graph.py; sessions: ort_session.py.
+`activations`: "dynamic" (default; Linear -> DynamicQuantizeLinear -> MatMulInteger, ORT's integer GEMM),
+"static" (the same with the uint8 activation scale / zero point fixed from `calibration=` batches; out of
+range saturates) or "weights" (QDQ weights, float compute). Tested: "weights" within 1e-5 x (1 + max
+|output|); "dynamic" / "static" within 5 % of (1 + max |output|), top-1 agreeing on >= 98 %.
 """
 from __future__ import annotations
 

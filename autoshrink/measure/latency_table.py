@@ -1,20 +1,12 @@
 """Latency lookup table: each layer's latency per (layer, choice, runtime, device, batch), and the
 sum rule that predicts a candidate's latency from it.
 
-Where latency is an objective, every evaluation also times each searched layer alone on the study's
-runtime (measure/layer_latency.py): the untouched model's (choice "none"), the sensitivity pre-pass
-rows' and every trial's, screened or full. Each timing is an observation of its key (layer, the
-layer's choice as in the policy, the study's runtime -- "float", "int8" or "onnxruntime", not the
-kernel one measurement picked --, device, deploy batch); the table keeps the latest
-MAX_OBSERVATIONS of each and uses their median. A search stores it in the study (user attribute
-"latency_table", search/latency_records.py), so a resume goes on filling it.
-
-Prediction, the sum rule: a candidate's latency = the untouched model's measured latency + the sum
-over searched layers of (table[layer, its choice] - table[layer, "none"]) -- everything outside the
-searched layers (activations, reshapes, call overhead) is taken as unchanged. Before a candidate is
-evaluated, if every one of its keys is in the table, the prediction is stored on the trial
-("latency_predicted_ms"); once measured, search/latency_records.prediction_errors sets it against the
-measured end-to-end latency (relative error), which the report shows.
+Where latency is an objective, every evaluation (untouched model: choice "none", pre-pass rows, trials)
+also times each searched layer alone (measure/layer_latency.py) on the study's runtime; the table keeps
+the latest MAX_OBSERVATIONS per key, uses their median, and is stored in the study ("latency_table").
+Sum rule: predicted = the untouched model's latency + the sum over searched layers of (table[layer,
+choice] - table[layer, "none"]); the rest of the model is taken as unchanged. Predictions are stored on
+the trial ("latency_predicted_ms") and checked against the measurement (prediction_errors).
 """
 from __future__ import annotations
 

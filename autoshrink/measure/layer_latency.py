@@ -1,16 +1,11 @@
 """Per-layer latency: each named layer of a compressed model timed alone, on the model's runtime.
 
-The entries of a search's latency lookup table (measure/latency_table.py). Each layer is fed the input
-it receives in the whole model (captured once with a forward pre-hook on the materialized float model,
-batch = the task's deploy batch) and timed alone, like `time_forward` times a model:
-- "float": the materialized layer (masks and fake quantization baked in; a low-rank layer is its two
-  smaller layers, a structurally pruned one its smaller shape);
-- "int8-dynamic": the layer of torch's dynamic-int8 copy of the model;
-- "onnxruntime" / "onnxruntime-static": the layer exported alone (export/onnx.py) in its own ORT
-  session, so its int8 GEMM and QDQ weights are what is timed (static: calibrated on the captured
-  input; the scale's value does not change the time).
-A layer whose input is not one tensor (several arguments, keywords) is left out, as is a layer the
-model never calls; the caller sees which ones are missing.
+The entries of a search's latency lookup table (measure/latency_table.py). Each layer gets the input it
+receives in the whole model (a forward pre-hook on the materialized float model, deploy batch) and is
+timed like `time_forward`: "float" the materialized layer; "int8-dynamic" the layer of torch's
+dynamic-int8 copy; "onnxruntime" / "onnxruntime-static" the layer exported alone (export/onnx.py) in its
+own ORT session (static: calibrated on the captured input). A layer whose input is not one tensor, or
+that the model never calls, is left out; the caller sees which ones are missing.
 """
 from __future__ import annotations
 

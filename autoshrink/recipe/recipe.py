@@ -1,22 +1,11 @@
 """Recipe: the chosen policy and everything needed to replay and check it, as versioned YAML.
 
-    format: autoshrink-recipe/2
-    autoshrink_version, torch_version       what produced it
-    source: {study, storage, trial}         where it came from
-    seed                                    the fine-tune replays with it (== finetune.seed)
-    device                                  where metrics and baseline were measured
-    example_input: {shape, dtype}           zeros of it trace the model for structured pruning
-    metrics / baseline                      accuracy, size_bytes, latency_ms, macs, runtime, batch_size, threads
-    finetune                                FinetuneConfig (steps, lr, optimizer, weight_decay, alpha,
-                                            temperature, schedule, ramp, ramp_updates, bn_batches, seed)
-    train_transform                         name of the task's augmentation the fine-tune used (or null)
-    policy                                  Policy (per-layer, keyed by module name; distill)
-    model: {class, sha256, layers}          the fingerprint: names, types, parameter shapes
-    checksum                                sha256 of the canonical content; delete the line to accept hand edits
-
+Fields (format autoshrink-recipe/2): autoshrink_version, torch_version; source {study, storage, trial};
+seed (== finetune.seed); device; example_input {shape, dtype}; metrics / baseline; finetune
+(FinetuneConfig); train_transform (augmentation name or null); policy; model {class, sha256, layers}
+(the fingerprint); checksum (sha256 of the canonical content; delete the line to accept hand edits).
 Loading uses yaml.safe_load only and validates every field; errors name the file, line, field and value.
-Format 1 files (autoshrink 0.1, before gradual pruning, BatchNorm re-estimation and train_transform)
-still load: their fine-tune replays as then (schedule oneshot, bn_batches 0, no augmentation).
+Format 1 files (autoshrink 0.1) still load and replay as then (oneshot, bn_batches 0, no augmentation).
 """
 from __future__ import annotations
 

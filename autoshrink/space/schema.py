@@ -1,24 +1,11 @@
 """Search space schema: choices per layer field, rules keyed by module names or types.
 
-YAML form (see autoshrink/spaces/default.yaml, the built-in space "default", for a commented example):
-
-    defaults:                  # every Linear/Conv layer, unless a rule says otherwise
-      sparsity: [0.0, 0.5, 0.9]            # a list of choices ...
-      bits: {low: 4, high: 8, step: 2}     # ... or a range {low, high, step}
-      structured: [false]
-      rank: [1.0]
-      codebook: [linear]                   # or [linear, kmeans]: trained shared values at 2..8 bits
-    rules:                     # applied in order; later rules override earlier ones, field by field
-      - match: "fc2"           # exact name, glob ("features.*") or regex ("re:^blocks\\.\\d+\\.fc$")
-        type: Linear           # optional: module type name(s); a rule needs match and/or type
-        sparsity: [0.0]
-      - match: "embed"
-        skip: true             # leave matched layers alone
-    A rule with `match` must match at least one compressible layer (a typo is an error, not a
-    silent no-op) unless it says `optional: true`; a rule with only `type` may match nothing (it
-    is generic), but its type names must be real module classes.
-    distill: [false, true]
-    finetune: {steps: 200, lr: 0.001}
+YAML form (commented example: autoshrink/spaces/default.yaml, the built-in space "default"): `defaults`
+for every Linear/Conv layer (sparsity, bits, structured, rank, codebook: each a list of choices or
+{low, high, step}); `rules`, applied in order, later ones overriding earlier ones field by field, each
+with `match` (exact name, glob or "re:" regex) and/or `type` (module type names), then fields or `skip:
+true`; `distill` and `finetune`. A rule with `match` that matches no compressible layer is an error
+unless `optional: true`; a `type`-only rule may match nothing, but its types must be real module classes.
 """
 from __future__ import annotations
 

@@ -1,25 +1,12 @@
 """Structured channel pruning: remove whole output channels physically, with torch-pruning.
 
-For each target layer (Linear, Conv1d, Conv2d, or the `.second` layer of a low-rank
-`Factorized` pair) n = round(sparsity * C) of its C output channels are removed, keeping at
-least one. torch-pruning's DependencyGraph (built once per `apply`, from `example_input`) finds
-every coupled layer -- BatchNorm, the next layers' inputs, Flatten -> Linear, residual adds,
-torch.cat, depthwise convs -- so the smaller model stays consistent. The channels removed are
-those with the lowest L2 magnitude over the whole coupled group (on ties the lower index goes).
-
-Safety: channels that reach the model's output are never removed (found in the dependency graph:
-the group reaches the traced output, directly or through residual adds); after each prune the
-example input is run again and the output shapes compared, and a prune that breaks the model is
-rolled back (the touched layers restored) and reported as Skipped. Groups coupled to grouped
-(non-depthwise) convolutions or parametrized layers are skipped.
-
-Gradual pruning removes the channels in rounds: `context["structured_counts"]` (name -> channels to
-remove in this round) then overrides round(sparsity * C) of the current C.
-
-Coupled targets: several targets whose output channels are tied (e.g. two convs feeding one
-residual add) are pruned together once, by the largest n requested among them. Each of them is
-recorded in `context["structured"]` (name -> (channels_before, channels_after)) and
-`context["structured_notes"]` says which were coupled and what n was used.
+Per target (Linear, Conv1d, Conv2d, or a `Factorized` pair's `.second`) n = round(sparsity * C) of its C
+output channels go (at least one stays), lowest L2 magnitude over the coupled group first (ties: lower
+index). torch-pruning's DependencyGraph (once per `apply`, from `example_input`) keeps coupled layers
+consistent. Never pruned: channels reaching the output, groups coupled to grouped convs or parametrized
+layers; a prune that changes the output shapes is rolled back and reported as Skipped. Coupled targets
+are pruned once, by the largest n. Context keys: "structured_counts" (a gradual round's n per name),
+"structured" (name -> (channels_before, channels_after)), "structured_notes".
 """
 from __future__ import annotations
 

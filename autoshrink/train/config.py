@@ -25,10 +25,9 @@ class FinetuneConfig:
     recomputed by magnitude at each update, then frozen for the remaining steps. The end state is
     exactly the one-shot count: round(s * n) zero entries, or the same number of channels.
     "oneshot" prunes to the final sparsity before the first step (autoshrink 0.1's behaviour).
-    Measured (benchmarks/RESULTS.md, "Fine-tune defaults"): gradual 0.20 pp vs one-shot 0.60 pp on the
-    ccexam CNN's Deep Compression policy (2,000 steps, alpha 0.7), 0.67 vs 1.14 pp on LeNet-300-100.
-    alpha 0.7: tied best with 1.0 where labels are scarce (ccexam, 0.20 pp; labels only 0.55 pp), between
-    labels only (0.47 pp) and 1.0 (0.85 pp) where they are plentiful (LeNet-300-100, 60k images).
+    Defaults (benchmarks/RESULTS.md, "Fine-tune defaults"): gradual recovered better than one-shot;
+    alpha 0.7 tied best where labels are scarce and lies between labels only and distillation only
+    where they are plentiful.
 
     bn_batches: after structured pruning or low-rank factorization changed a model's structure,
     BatchNorm running statistics are re-estimated on this many training batches (train mode, no

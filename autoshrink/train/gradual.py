@@ -1,15 +1,11 @@
 """Gradual magnitude pruning during fine-tuning (Zhu & Gupta 2017, the schedule of SparseML GMP / NNI AGP).
 
-Update k = 0 .. U (U = FinetuneConfig.ramp_updates) happens at step ceil(k * R / U), R = round(ramp * steps),
-and sets every pruned layer to the share f_k = 1 - (1 - k / U)^3 of its final sparsity: f_0 = 0 (dense
-at the first step), f_U = 1 at step R, after which the masks stay frozen. At each update the
-masks are recomputed by magnitude of the (masked) trained weights, so a pruned entry stays pruned
-and the ones that shrank most go next; the final masks hold exactly the one-shot count of zeros.
-
-Structured targets (a `StructuredPlan`, made by `compress` from a one-shot dry run of the policy)
-lose their channels in rounds at the same updates: round(n * f_k) of the n channels the one-shot
-prune removes, chosen by group magnitude at that moment (torch-pruning's dependency graph, as in
-one-shot). A round changes parameter shapes, so the caller rebuilds its optimizer (`update` says so).
+Update k = 0 .. U (U = FinetuneConfig.ramp_updates) happens at step ceil(k * R / U), R = round(ramp *
+steps), and sets each pruned layer to f_k = 1 - (1 - k / U)^3 of its final sparsity; masks are recomputed
+by magnitude of the masked weights (a pruned entry stays pruned), frozen after step R, and end at exactly
+the one-shot count. Structured targets (a `StructuredPlan` from a one-shot dry run) lose round(n * f_k) of
+their n channels at the same updates, by group magnitude; a round changes parameter shapes, so the
+caller rebuilds its optimizer (`update` says so).
 """
 from __future__ import annotations
 

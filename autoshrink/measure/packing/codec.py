@@ -1,25 +1,12 @@
 """Per-tensor encodings of the packed artifact: layouts of symbol streams, fixed-width or entropy-coded.
 
-Every stored tensor is a stream of *symbols*, one per element, each `width` bits wide:
-
-- quantized weights (2..8 bits): code + qmax as an unsigned `bits`-bit integer, preceded by one
-  2-byte bfloat16 scale per output channel (dim 0);
-- float16 weights (bits 16): the float16 bit pattern;
-- other floating tensors: their own bit pattern (float32 -> 32 bits, ...);
-- non-floating tensors (num_batches_tracked, bool, ...): their raw bytes ("raw", never sparse).
-
-Floating tensors are then stored in whichever layout is smallest (exact byte counts):
-"dense" (one stream: all symbols), "bitmap" (two streams: one bit per element, then the nonzero
-symbols) or "relidx" (Deep Compression relative indices, bits.py: the k-bit gaps and the symbols
-of the entries). Each stream is stored fixed-width (bit-packed, as in format version 1) or, where
-that is smaller, entropy-coded (entropy.py; symbols of at most 8 bits: codes, bitmap bytes, gaps of
-k <= 8 bits); `Encoded.coded` records per stream its entropy-coded byte length (0 = fixed width).
-A relidx layout with both streams fixed-width interleaves them (gap, symbol, gap, ...), exactly as
-version 1 did; with either coded it stores the gaps, then the symbols. Relative indices with entropy
-coding try every k in 1..8 (their fixed-width best k may differ). Ties keep the simpler choice
-(dense before bitmap before relidx, fixed before entropy), so a file never grows against
-fixed-width packing. A zero is a value equal to 0, so -0.0 is stored (and loads) as +0.0;
-torch.equal cannot tell the two apart.
+Every tensor is a stream of `width`-bit symbols: quantized codes + qmax (after one bfloat16 scale per
+output channel), float16 / float bit patterns, or raw bytes for non-floating tensors ("raw"). Floating
+tensors take the smallest layout: "dense", "bitmap" (bitmask, then nonzeros) or "relidx" (relative
+indices, bits.py); each stream fixed-width or, where smaller, entropy-coded (entropy.py; symbols <= 8
+bits; `Encoded.coded`: coded byte lengths, 0 = fixed). An all-fixed relidx interleaves gaps and symbols
+as version 1 did; coded relidx tries every k in 1..8. Ties keep the simpler choice, so a file never grows
+against fixed-width packing. -0.0 is stored as +0.0.
 """
 from __future__ import annotations
 

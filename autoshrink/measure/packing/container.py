@@ -1,23 +1,12 @@
 """The packed artifact (.ashz): file layout, model skeleton, save and load.
 
-Layout (version 2), every length an unsigned LEB128 varint, zlib at level 9 with the format's
-preset dictionary (framing.deflate):
-
-    b"ASHZ" | version byte 2 | len | zlib(JSON header) | len | zlib(pickled skeleton) | payload
-
-The header lists one entry per stored tensor, in payload order:
-``[shape, dtype, quant bits, flags, encoding, k, count(, coded)]`` (flags: 1 Parameter, 2
-requires_grad, 4 pruned, 8 codebook -- quant bits then say its width; coded: per stream of the
-layout its entropy-coded byte length, 0 for fixed width, left out when no stream is coded --
-codec.py); payload offsets follow from the entries
-(codec.payload_size), so the payload of every tensor is found without storing offsets, and a file
-whose lengths disagree is rejected. Version 1 (autoshrink before entropy coding) is the same
-without `coded`, every stream fixed-width: it still loads; a reader of version 1 refuses version 2
-with "written by a newer autoshrink; upgrade".
-The skeleton (skeleton.py) is the module tree with parametrizations baked in, pickled with every
-tensor replaced by its index in the header (tied tensors share one entry).
-Loading rebuilds the tensors, unpickles with a restricted unpickler (only nn.Module subclasses
-and a few plain types) and re-attaches PruneMask / FakeQuant, so saving again gives the same bytes.
+Version 2: b"ASHZ" | version byte 2 | len | zlib(JSON header) | len | zlib(pickled skeleton) | payload,
+lengths as LEB128 varints, zlib level 9 with a preset dictionary (framing.deflate). The header has one
+entry per tensor in payload order, [shape, dtype, quant bits, flags, encoding, k, count(, coded)] (flags:
+1 Parameter, 2 requires_grad, 4 pruned, 8 codebook); offsets follow from them (codec.payload_size).
+Version 1 (no `coded`) still loads. The skeleton (skeleton.py) is the module tree with tensors replaced
+by header indices (tied tensors share one); loading uses a restricted unpickler and re-attaches
+PruneMask / FakeQuant, so saving again gives the same bytes.
 """
 from __future__ import annotations
 

@@ -1,18 +1,12 @@
 """Entropy coding of symbol streams (format version 2): ANS with a stored frequency table.
 
-A stream of n symbols from an alphabet of A <= MAX_ALPHABET values is coded by `constriction`'s
-ANS stack coder (`constriction.stream.stack.AnsCoder`, a maintained Rust library) under a
-categorical model built from a frequency table stored in front of the code:
-
+n symbols from an alphabet of A <= MAX_ALPHABET values are coded by `constriction`'s ANS stack coder
+under a categorical model built from a frequency table stored in front of the code:
     varint lo | varint span | span varints: frequencies of symbols lo .. lo+span-1 | uint32 LE words
-
-Frequencies are the symbol counts scaled to a precision P (the largest is P; a symbol that occurs
-keeps at least 1), for the P in PRECISIONS whose table plus estimated code (the symbols' cross-entropy
-under the scaled model) is smallest: a coarse table is a few bytes, a fine one codes closer to the
-entropy. `bound` (the empirical entropy) lets callers skip streams no entropy code can shrink.
-The decoder rebuilds the same model from the same integers, so decoding is exact. n is not stored (the tensor's header entry implies it); the
-stream's byte length is (codec.py), and a stream whose words are not consumed exactly by n symbols
-is rejected.
+Frequencies: counts scaled to a precision P (largest = P, an occurring symbol >= 1), the P in PRECISIONS
+minimizing table + estimated code. `bound` (empirical entropy) lets callers skip unshrinkable streams.
+Decoding is exact; n is not stored (the header implies it), and a stream whose words are not consumed
+exactly by n symbols is rejected.
 """
 from __future__ import annotations
 

@@ -1,15 +1,11 @@
 """Bounds a packed file must stay within to be loaded: checked before anything is allocated or built.
 
-A file that declares more than these (a header that inflates to gigabytes, a tensor of 2^36
-elements coded in a few bytes, a skeleton whose shared references make 2^40 paths) is refused with
-a PackError naming the bound, instead of exhausting memory or never returning.
-
-- MAX_FILE_BYTES: the file itself (read into memory whole);
-- MAX_HEADER_BYTES / MAX_SKELETON_BYTES: the inflated JSON header and pickled skeleton;
-- MAX_LOADED_BYTES: all tensors as rebuilt in memory (elements x element size, summed), the
-  default of `load_packed(max_bytes=...)`: 4 GiB, about a billion float32 weights;
-- MAX_GRAPH_PATHS / MAX_GRAPH_DEPTH: the skeleton's object graph counted along every path (a
-  shared list or module counts once per reference), and how deeply it nests; no cycles.
+A file that declares more (a header inflating to gigabytes, a huge tensor coded in a few bytes, a
+skeleton whose shared references make 2^40 paths) is refused with a PackError naming the bound:
+MAX_FILE_BYTES (the file, read whole); MAX_HEADER_BYTES / MAX_SKELETON_BYTES (inflated header, pickled
+skeleton); MAX_LOADED_BYTES (all tensors as rebuilt in memory, the default of
+`load_packed(max_bytes=...)`: 4 GiB); MAX_GRAPH_PATHS / MAX_GRAPH_DEPTH (the skeleton's object graph
+counted along every path, a shared object once per reference, and its nesting; no cycles).
 """
 from __future__ import annotations
 

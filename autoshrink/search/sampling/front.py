@@ -1,31 +1,12 @@
 """The "front" sampler: every new candidate is bred from the current front, one step away from it.
 
-Why not NSGA-II here: Optuna's NSGA-II counts a generation in COMPLETE trials, and with screening
-most sampled candidates end PRUNED, so its random first generation (population 8-50 COMPLETE
-trials) lasts the whole budget -- on the ccexam CNN (12 minutes, 2 cores) about 1 in 40 of its
-candidates passed the screen, with screened drops of 10-80 pp. The warm start already places
-policies along the trade-off; what the budget should buy is their neighbourhood.
-
-Steady state, no generations. For each new trial:
-- parents: the study's COMPLETE trials, ranked by constrained domination -- feasible ones (every
-  Optuna constraint <= 0) by non-dominated rank over the objectives, then the infeasible ones by
-  their total violation (objective values as `values_of` gives them: the driver replaces latency by
-  MACs, so that the same seed gives the same trials); ties by crowding distance in the front (sizes,
-  latencies and MACs on a log scale, so that 100x and 50x are as far apart as 2x and 1x), where only
-  the cheap end of each minimized objective is infinite: the most compressed point keeps being
-  pushed, the untouched model's end is not (see `crowding`);
-- two parents are drawn by binary tournaments; with probability CROSSOVER the child takes each
-  layer's choices (all its fields together, so a layer keeps a combination that was measured) from
-  either parent, else it copies the first;
-- mutation: each parameter with probability 1 / (number of parameters), at least one, moves to a
-  neighbouring value of its ordered choices (sparsity, bits and rank in numeric order; booleans
-  flip) -- a small step from a measured point, not a fresh random draw;
-- a child equal to any trial already in the study is redrawn (up to RETRIES times);
-- with probability EXPLORE, and while no trial has completed, the candidate is drawn uniformly at
-  random instead (so the whole space stays reachable).
-The parents (trial numbers) are recorded on the trial as the system attribute "front:parents".
-Candidates come from measured points, so the sampler is not reproducible across executors with
-different timing (neither is NSGA-II with parallel workers); with one worker it is, for a seed.
+Unlike NSGA-II it needs no generations of COMPLETE trials (with screening most candidates end PRUNED).
+Per trial: parents are COMPLETE trials ranked by constrained domination (feasible by non-dominated rank,
+infeasible by total violation, on `values_of`; ties by log-scale crowding distance, `crowding`), drawn
+by binary tournaments; with probability CROSSOVER each layer's choices come whole from either parent;
+each parameter mutates with probability 1 / n (at least one) to a neighbouring ordered value; a duplicate
+is redrawn (RETRIES); with probability EXPLORE, or before any trial completes, a uniform draw instead.
+Parents: system attribute "front:parents". Reproducible for a seed with one worker only.
 """
 from __future__ import annotations
 

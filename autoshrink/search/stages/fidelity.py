@@ -1,31 +1,12 @@
 """Multi-fidelity: screen every candidate with a short fine-tune; only promising ones get the full one.
 
-A candidate (every sampled or warm-start trial; the uniform baselines always run in full) is first
-fine-tuned for round(SCREEN_SHARE * steps) steps (at least 1) with the same settings, and measured.
-It is promoted to the full fine-tune when
-- with `max_accuracy_drop`: its screened drop is within max_accuracy_drop + slack, the slack being
-  max(SCREEN_SLACK, max_accuracy_drop) unless given, i.e. about twice the constraint -- a quarter of
-  the steps leaves about twice the final drop (ccexam CNN: screened 1.05 / 1.35 / 1.65 / 2.45 pp ended
-  at 0.35 / 0.70 / 1.05 / 1.25 pp after the full 300 steps). Measured on LeNet-300-100 / Fashion-MNIST
-  (max 0.5 pp, 1,000 steps, 3 seeds, 44 promoted candidates): of those screened within 1.0 pp, 8 of 32
-  ended beyond 0.5 pp; of those screened at 1.0-1.5 pp, 6 of 12 did. Candidates stopped here are not
-  lost: the refine stage (refine.py) also takes screened-out policies whose screened drop is within
-  REFINE_SCREEN_FACTOR times this limit, so an aggressive policy that needs a long fine-tune still
-  gets one. The slack assumes that the rest of the fine-tune recovers accuracy; once the study has
-  CALIBRATION_PAIRS promoted candidates with the same `distill` setting, the slack becomes what
-  they actually recovered (the median of screened minus full drop), between 0 and the slack above
-  (`calibrate=False` keeps it fixed). On the ccexam CNN (3k fine-tune images, 300 steps) the
-  labels-only candidates recovered nothing (-0.35 to +0.05 pp: the screened drop was already the
-  final one) and ended beyond the constraint when promoted at 0.55-0.9 pp; on LeNet-300-100 they
-  recover more than the slack, so its limit stays;
-- without one: no screened candidate so far beats it by more than `margin` (SCREEN_MARGIN) of
-  accuracy while being at least as good in every other objective -- latency counted by its MACs,
-  since a decision on a timing would not replay (the same seed gives the same trials).
-Otherwise it is told PRUNED (Optuna's state for a trial stopped early): it stays in the study with
-its screened measurement (user attribute "screen"), counts towards n_trials like any candidate,
-and is never on the front. A promoted trial keeps both fidelities: "screen" and its full
-"measurement". The full fine-tune starts from the compressed model again (it does not continue the
-screen), so a recipe replays exactly the full run.
+Sampled and warm-start trials (not the uniform baselines) first fine-tune round(SCREEN_SHARE * steps)
+steps (at least 1). Promoted: with `max_accuracy_drop`, when the screened drop <= max_accuracy_drop +
+slack (max(SCREEN_SLACK, max_accuracy_drop) unless given; after CALIBRATION_PAIRS promoted candidates of
+one `distill` setting, their median screened - full drop, within [0, slack], unless `calibrate=False`);
+without it, when no screened candidate is more than `margin` (SCREEN_MARGIN) more accurate and no worse
+otherwise (latency by MACs, so it replays). Else PRUNED: it keeps user attribute "screen", counts towards
+n_trials, and refine.py may still take it. The full fine-tune restarts from the compressed model.
 """
 from __future__ import annotations
 

@@ -1,18 +1,11 @@
 """A latency limit for a search: `search(max_latency_ms=...)`.
 
-The limit is on the measured latency (ms, `Measurement.latency_ms`: the study's runtime, device and
-deploy batch). It is an Optuna constraint like `max_accuracy_drop` ("latency", measured / limit - 1:
-unit-free, so the front sampler can add it to the accuracy constraint's violation, a fraction): a
-trial over it stays in the study but not in the front, `best()` and the refine stage leave it out.
-
-Before a candidate is fine-tuned, the latency lookup table predicts its latency by the sum rule
-(measure/latency_table.py). A candidate predicted over the limit by more than the table's error
-margin is not run: it is told PRUNED with a "skipped" attribute giving the prediction, the limit and
-the margin, and counts towards `n_trials` like every finished candidate. The margin is SKIP_MARGIN
-(50 %: the sum rule's median error was 28-43 % on LeNet-300-100 with ONNX Runtime) until MIN_CHECKED
-predictions have been checked against measured latencies in this study, then the larger of
-SKIP_MARGIN and the 90th percentile of their |predicted / measured - 1|. So the table never decides a
-close call, and a table that predicts badly skips less.
+The limit is on the measured latency (`Measurement.latency_ms`), an Optuna constraint "latency" =
+measured / limit - 1: a trial over it stays in the study but not in the front, `best()` or the refine
+stage. A candidate that the lookup table's sum rule (measure/latency_table.py) predicts over the limit by
+more than the error margin is not run: it is told PRUNED with a "skipped" attribute and counts towards
+`n_trials`. Margin: SKIP_MARGIN until MIN_CHECKED predictions were checked in this study, then the larger
+of it and their 90th percentile of |predicted / measured - 1|; so the table never decides a close call.
 """
 from __future__ import annotations
 

@@ -1,22 +1,11 @@
 """Narrowed space: per layer, drop the choices that alone already cost too much accuracy.
 
-The cutoff is on the sensitivity table's drop (no fine-tune), which overstates what fine-tuning
-leaves, so it is far above the search's own constraint: cutoff = max(NARROW_FACTOR *
-max_accuracy_drop, NARROW_FLOOR) (max_accuracy_drop 1 pp when the search has none), or
-`narrow_cutoff` when given. The 35 pp floor is measured: on LeNet-300-100 / Fashion-MNIST, fc1 at
-95 % sparsity costs 21.8 pp alone and fc3 at 90 % 29.8 pp, yet the hand pipeline's policy (fc1 92 %,
-fc3 74 % sparse, 6 bits) fine-tunes back to 0.47 pp (benchmarks/RESULTS.md); a 10 pp floor removed
-exactly the choices that reach the hand pipeline's ratios. What stays removed is catastrophic: a
-rank or bit-width that alone leaves the model near chance (fc3 at rank 0.25: 59.7 pp). A choice is
-removed from a layer when its row's drop exceeds the cutoff, or it failed when applied alone:
-- a bit-width or a rank: that value is removed;
-- a sparsity level: removed when the unstructured row and (where structured is offered) the
-  structured row at that level both exceed it;
-- structured pruning: `structured: true` is removed when the structured rows at every remaining
-  sparsity level exceed it (the space cannot remove a single (structured, level) pair: where only
-  some structured levels exceed the cutoff they stay, and the table shows them).
-Leaving a layer alone (sparsity 0, 32 bits, rank 1, unstructured) is never removed. What was
-removed and why is stored in the study (user attribute "narrowed") and shown in the report.
+The cutoff is on the sensitivity table's drop (no fine-tune, so it overstates the final drop and only
+catastrophic choices go): max(NARROW_FACTOR * max_accuracy_drop, NARROW_FLOOR) (max_accuracy_drop 1 pp
+without one), or `narrow_cutoff`. Removed where a row exceeds the cutoff or failed alone: a bit-width or
+rank value; a sparsity level when its unstructured and (if offered) structured rows both exceed it;
+`structured: true` when the structured rows at every remaining level do. Leaving a layer alone is never
+removed. What was removed and why: user attribute "narrowed", shown in the report.
 """
 from __future__ import annotations
 

@@ -1,25 +1,12 @@
 """Refine stage: the best feasible or near-feasible candidates get a long recovery fine-tune.
 
-A search fine-tunes every candidate briefly; some of its most compressed candidates lose a little
-too much accuracy only because the budget was short. The refine stage takes the front of the
-completed trials within `max_accuracy_drop` (1 pp without one) + REFINE_SLACK -- together with the
-trials the multi-fidelity screen stopped whose screened drop is within REFINE_SCREEN_FACTOR times the
-screen's limit (their screened numbers stand for them; fidelity.py) -- orders it by the
-first non-accuracy objective (smallest size / latency / MACs first; higher accuracy on ties) and
-re-runs the first k policies with `steps` fine-tune steps and gradual pruning (the refine
-fine-tune; see `refine_config`). Candidates are policies: trials that differ only in the
-distillation choice (the warm start's twins) count once. Where the space searches distillation,
-each policy is refined twice, with the source's own choice and with the other one, because the
-short fine-tune does not tell which one recovers better in the long one: LeNet-300-100 on 60k
-Fashion-MNIST images, fc1 rank 0.1 / fc2 rank 0.25 at 3 bits: with the teacher 0.58 pp, with
-labels only 0.78 pp after 1,000 steps -- and after 6,000 refine steps 0.58 pp with the teacher,
--0.20 pp with labels only; the ccexam CNN on 3k images needs the teacher (0.20 vs 0.55 pp after
-2,000 steps; benchmarks/RESULTS.md). `distill=True/False` forces one setting instead. Each result is
-a trial of its own in the same study -- user attributes `refined_from` (the source trial),
-`finetune` (its settings), `stage: refined` -- so it enters the front, shows in the dashboard, and
-a recipe exported from it replays the refined fine-tune. Refine trials do not count towards
-n_trials; a policy that already has a completed refined trial is not refined again (a resume goes
-on where it stopped).
+Sources: the front of completed trials within `max_accuracy_drop` (1 pp without one) + REFINE_SLACK,
+plus screened-out trials within REFINE_SCREEN_FACTOR times the screen's limit (fidelity.py), ordered by
+the first non-accuracy objective (ties: higher accuracy); the first k policies (distill twins count once)
+re-run with `steps` steps and gradual pruning (`refine_config`). Where the space searches distillation
+each is refined with both settings, as the short fine-tune cannot tell which recovers better in the long
+one (`distill=True/False` forces one). Results are trials of the same study (`refined_from`, `finetune`,
+`stage: refined`), outside n_trials; a policy with a completed refined trial is not refined again.
 """
 from __future__ import annotations
 
@@ -48,8 +35,7 @@ from ..study.schema import StudyAttr, TrialAttr
 
 REFINE_SLACK = 0.02
 # screened-out near misses: a screened drop up to this many times the screen's limit (1.0 pp -> 1.5 pp
-# for max_accuracy_drop 0.5 pp; LeNet-300-100's 61x policy screened at 1.08-1.37 pp with labels only
-# and refined to -0.05..0.14 pp)
+# for max_accuracy_drop 0.5 pp): a near miss at the screen can still end within the constraint once refined
 REFINE_SCREEN_FACTOR = 1.5
 REFINE_STEP_FACTOR = 5  # default refine steps: this many times the search's fine-tune steps
 REFINE_DEFAULTS: dict[str, Any] = {"schedule": "gradual"}

@@ -1,13 +1,10 @@
 """The study's deployment runtime: decided once, recorded, used for every trial's latency and accuracy.
 
-Measuring each trial on whichever runtime happened to be faster in that run made a trial's
-accuracy depend on a timing race. A study therefore runs every measurement on one runtime:
-"float", "int8" (torch's dynamic int8 kernels for every Linear quantized to <= 8 bits, float for
-the rest), "onnxruntime" (the ONNX export in an ONNX Runtime session, measure/onnxruntime.py) or
-"onnxruntime-static" (the same with calibrated static activation quantization),
-chosen by the user or, with "auto", by timing float against int8 once on the model with
-every Linear at 8 bits, at the task's example-input shape, on the evaluating device. The choice and
-how it was made are stored in the study (user attribute "runtime"); a resume keeps it.
+One runtime for every measurement, so a trial's accuracy never depends on a timing race: "float",
+"int8" (torch's dynamic int8 kernels for every Linear at <= 8 bits), "onnxruntime" (the ONNX export in
+ONNX Runtime, measure/onnxruntime.py) or "onnxruntime-static" (calibrated static activations); chosen by
+the user or, with "auto", by timing float against int8 once with every Linear at 8 bits, at the
+example-input shape, on the evaluating device. Stored in the study (user attribute "runtime").
 """
 from __future__ import annotations
 

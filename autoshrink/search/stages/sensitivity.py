@@ -1,13 +1,10 @@
 """Sensitivity pre-pass: every single choice of the space, applied alone to one layer, measured.
 
-One row per (layer, choice): unstructured sparsity s ("sparsity"), structured sparsity s
-("structured"), bit-width b ("bits") and rank fraction r ("rank"), each applied to that layer
-only, with no fine-tuning (BatchNorm statistics re-estimated where the structure changed, as
-FinetuneConfig.bn_batches says), measured on the study's runtime like any trial: the accuracy drop
-against the untouched model, and the bytes, MACs and latency it saves. The rows run in parallel on
-the executor (Ray actors too). The table drives the narrowed space (narrow.py) and the warm start
-(warmstart.py); a search stores it in the study (user attribute "sensitivity"), so a resume does
-not measure it again.
+One row per (layer, choice): "sparsity", "structured", "bits" or "rank", applied to that layer only with
+no fine-tuning (BatchNorm re-estimated per FinetuneConfig.bn_batches where the structure changed) and
+measured on the study's runtime: the accuracy drop, and the bytes, MACs and latency it saves. The rows
+run in parallel on the executor. The table drives narrow.py and warmstart.py and is stored in the study
+(user attribute "sensitivity"), so a resume does not measure it again.
 """
 from __future__ import annotations
 

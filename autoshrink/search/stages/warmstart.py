@@ -1,51 +1,12 @@
-"""Warm start: policies allocated from the sensitivity table for a sweep of budgets.
+"""Warm start: policies allocated from the sensitivity table for a sweep of budgets, enqueued after the
+uniform baselines (marked `warm_start`) so that the search starts spread along the trade-off.
 
-For each budget the allocation picks one combination per layer -- sparsity (structured or not),
-bit-width, rank, from the (narrowed) space -- minimizing the summed predicted drop under the
-budget: a multiple-choice knapsack solved by Lagrangian relaxation (each layer independently
-minimizes drop + lambda * cost; lambda is bisected to the smallest value whose allocation fits
-the budget, so every allocation respects its budget). Predictions:
-- drop of a combination: the sum of its single choices' drops in the sensitivity table (each at
-  least 0; no fine-tune, so pessimistic for pruning, which is what makes sensitive layers pay);
-- size: exact payload bytes of the layer's weight(s) pruned by magnitude at that sparsity and
-  stored at that bit-width (the packer's own encoding: layout and entropy coding;
-  low-rank factors from the truncated SVD); structured pruning as the kept channels' dense rows --
-  the bytes it also removes from the next layers' inputs are not counted (they belong to another
-  layer's choice, and counting them there too would promise sizes no policy reaches); the rest of
-  the file (biases, BatchNorm, header) as in the untouched model;
-- MACs / latency: the baseline minus the single choices' measured savings (MACs: structured, rank;
-  latency: structured, rank and bit-width -- on ONNX Runtime an int8 GEMM is a measured saving,
-  and on a layer too small to pay for quantizing its input a measured cost; a bit-width's counts
-  where the study's runtime has integer kernels (not on "float", where codes change no kernel and
-  a timing would make the allocations, and so a seed's trials, differ run to run), and from 2 % of
-  the baseline's latency either way, below which it is noise), compounded: choices applied
-  together each remove their share of what the others left, saving = B * (1 - prod(1 - s_i / B))
-  with B the baseline's figure (never more than B; the plain sum would promise negative latencies
-  when two choices act on the layer that dominates); across layers likewise: the model's predicted
-  share of B is the product of the layers' shares (each at least MIN_SHARE), so the knapsack runs
-  on summed log shares (`log_shares`).
-Combinations that prune low-rank factors are left out (the additive drop cannot see how the two
-losses compound), except, where MACs or latency is an objective, structured pruning of a low-rank
-layer (whole output rows of its second factor): it narrows the activations every later elementwise
-op touches, which is where the time goes once the GEMMs are small (LeNet-300-100 on ONNX Runtime at
-batch 256, fc1 rank 0.1 alone 0.46 ms, with half its units removed 0.37 ms; benchmarks/RESULTS.md),
-and the screen stops the allocations whose predicted drop (the sum) was too hopeful.
-Budgets: up to `count` spread over the minimized objectives (size always; MACs and latency when
-they are objectives), geometric between the smallest predicted value and the
-cost of the allocation with no budget pressure (where every choice that costs no accuracy alone
-is taken; at most half the baseline's) -- above that every budget gives the same policy.
-Where the space searches distillation (`distill: [true, false]`), each allocation is enqueued twice,
-with the teacher and without: which one recovers better depends on the task and the table cannot
-tell (LeNet-300-100 on 60k Fashion-MNIST images, fc1 rank 0.1 / fc2 rank 0.25 at 3 bits, 3,000
-gradual steps: 0.22 pp drop with labels only, 0.64 pp at alpha 0.7; the ccexam CNN on 3k images
-needs the teacher: 0.20 vs 0.55 pp; benchmarks/RESULTS.md). The twins share an "allocation" number:
-once both twins of one allocation have been fine-tuned in full and their accuracies differ, the
-setting that recovered better is the study's verdict and the other setting's remaining warm-start
-twins are not run (loop.twin_verdict; on the ccexam CNN the labels-only twins ended beyond the
-constraint in 7 of 9 runs, having looked as good or better at the screen). The refine stage still
-tries both settings on its candidates. `count` counts allocations.
-The policies are enqueued after the uniform baselines, marked `warm_start` (the budget and the
-predictions), so NSGA-II's first generation spans the trade-off instead of sampling blindly.
+Per budget, one combination per layer minimizing the summed single-choice drops: a multiple-choice
+knapsack by Lagrangian relaxation (lambda bisected to the smallest value that fits). Size: exact packed
+bytes per layer; MACs / latency: savings compound, B * (1 - prod(1 - s_i / B)), and layers multiply their
+shares (`log_shares`); a bit-width's latency counts on integer runtimes only, from BITS_LATENCY_FLOOR.
+Pruned low-rank factors are left out (structured is kept where MACs / latency count). Budgets: up to
+`count`, geometric per minimized objective. With `distill: [true, false]` each allocation runs twice.
 """
 from __future__ import annotations
 
@@ -220,7 +181,7 @@ def log_shares(combos: Mapping[str, Sequence[Combo]], cost: str, base: float) ->
     the predicted share of the whole model (`base` > 0) -- layers compound as choices within a layer do, and no
     allocation is predicted at or below zero (the plain sum of single-choice savings double-counts
     what two layers' choices both save, e.g. fc1's structured pruning and fc2's rank both shrinking
-    fc2's GEMM, and predicted LeNet-300-100's fastest allocation at -0.15 ms)."""
+    fc2's GEMM, and can predict a negative latency)."""
     return {l: [dataclasses.replace(c, **{cost: math.log(min(2.0, max(MIN_SHARE, 1.0 + getattr(c, cost) / base)))})
                 for c in cs] for l, cs in combos.items()}
 

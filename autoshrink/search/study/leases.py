@@ -1,20 +1,12 @@
 """Many drivers, one study: who owns which running trial, whether its owner still lives, and the
 study-wide critical section that keeps setup, budget and refine claims exactly-once.
 
-Every `autoshrink search` process on a study is a driver with an id (host:pid:random) that it writes
-on each trial it runs ("driver" user attribute). While it lives it holds a lease that the operating
-system or the database server drops the moment the process dies -- nothing to expire, no clocks:
-
-- PostgreSQL: a session advisory lock on a connection the driver keeps open (pg_try_advisory_lock
-  tells another driver whether it is still held); the study mutex is another advisory lock.
-- MySQL / MariaDB: named locks (GET_LOCK / IS_USED_LOCK), the same way.
-- SQLite (one machine): flock()ed files in `<db>.locks/` beside the database.
-
-Under the mutex a driver sets the study up (runtime, baseline, pre-pass, enqueued baselines and warm
-start: once per study), claims each new trial against the budget (`n_trials` counts finished and
-running candidate trials of every driver), and claims refine sources. A RUNNING trial whose owner's
-lease is free is a crashed one: it is failed and its parameters queued again (`reap`); the live
-drivers' running trials are never touched.
+Each `autoshrink search` process is a driver (id host:pid:random, "driver" user attribute on its trials)
+holding a lease that the OS or database drops when it dies (no expiry, no clocks): PostgreSQL advisory
+locks, MySQL / MariaDB named locks (GET_LOCK / IS_USED_LOCK), SQLite flock()ed files in `<db>.locks/`.
+Under the study mutex a driver sets the study up once, claims trials against `n_trials` (finished and
+running, all drivers) and claims refine sources. A RUNNING trial whose owner's lease is free crashed:
+`reap` fails it and queues its parameters again; live drivers' trials are never touched.
 """
 from __future__ import annotations
 

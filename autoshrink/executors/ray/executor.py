@@ -1,13 +1,4 @@
-"""RayExecutor: long-lived Ray actors evaluate candidates in parallel, on one machine or a cluster.
-
-The model, teacher and datasets travel to the object store once (one `ray.put` of the Job); each
-actor fetches them when it starts. The driver keeps up to `actors` trials in flight and takes
-results as they finish. An exception inside an evaluation fails that trial only (the actor lives
-on); an actor that dies is replaced and its trial re-run up to `max_retries` times, then failed
-with the reason. Latency timings take a per-node lock, so concurrent actors on one machine never
-time at the same moment. A runtime_env (working_dir, py_modules) ships the user's own modules to
-workers that lack them (runtime_env.py checks it). This is the only module that imports Ray.
-"""
+"""RayExecutor: the driver side -- actors started, trials dispatched and collected, dead actors replaced."""
 from __future__ import annotations
 
 import contextlib
@@ -20,99 +11,21 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import ray
 from ray.exceptions import RayActorError, RuntimeEnvSetupError
 
-from ..errors import ConfigError, ExecutorUnavailable, describe
-from ..policy import Policy
-from ..train import FinetuneConfig
-from .base import Job, Outcome, Request, run_job
-from .runtime_env import build_runtime_env, one_line, start_failure
+from ...errors import ConfigError, ExecutorUnavailable, describe
+from ...policy import Policy
+from ...train import FinetuneConfig
+from ..base import Job, Outcome, Request
+from .actors import NodeTimingLock, RemoteWorker, lock_name
+from ..runtime_env import build_runtime_env, one_line, start_failure
 
 # Ray rewrites 127.0.0.1 to the machine's network address; other loopback addresses are kept.
 LOOPBACK = "127.0.0.2"
-LOCK_LEASE_S = 120.0
-POLL_S = 0.2  # the driver waits for results in polls this long, so Ctrl-C is seen promptly  # a timing never holds the node lock longer; a dead holder frees it after this
-
-
-@ray.remote(num_cpus=0)
-class _NodeTimingLock:
-    """One per node: lets one actor time at a time. Leases expire, so a dead holder cannot block."""
-
-    def __init__(self) -> None:
-        self._holder: str | None = None
-        self._expires = 0.0
-
-    async def acquire(self, holder: str, lease_s: float = LOCK_LEASE_S) -> None:
-        import asyncio
-
-        while self._holder is not None and self._holder != holder and time.monotonic() < self._expires:
-            await asyncio.sleep(0.002)
-        self._holder, self._expires = holder, time.monotonic() + lease_s
-
-    async def release(self, holder: str) -> None:
-        if self._holder == holder:
-            self._holder = None
-
-
-def _lock_name(node_id: str) -> str:
-    return f"autoshrink-timing-lock-{node_id}"
-
-
-class _Worker:
-    """Actor body: holds the job; evaluates policies (see RayExecutor for the resources)."""
-
-    def __init__(self, job: Job, use_lock: bool) -> None:
-        import torch
-
-        from ..measure.latency import set_timing_guard
-
-        self.job = job
-        ctx = ray.get_runtime_context()
-        self.node_id = ctx.get_node_id()
-        address = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == self.node_id), "?")
-        self.name = f"{address}:{os.getpid()}"  # the node's own address (127.0.0.x on a loopback cluster)
-        gpu_ids = ray.get_gpu_ids()
-        self.device = f"cuda ({len(gpu_ids)} of GPU ids {gpu_ids})" if gpu_ids else "cpu"
-        self.threads = torch.get_num_threads()
-        self._warm_up()
-        if use_lock:
-            lock = ray.get_actor(_lock_name(self.node_id))
-            me = self.name
-
-            @contextlib.contextmanager
-            def guard() -> Iterator[None]:
-                ray.get(lock.acquire.remote(me))
-                try:
-                    yield
-                finally:
-                    ray.get(lock.release.remote(me))
-
-            set_timing_guard(guard)
-
-    def _warm_up(self) -> None:
-        """Pay one-off costs at construction, in parallel across actors, not in the first trial:
-        the MAC counter's first use imports torch._dynamo (~1 s) and the process timing warm-up."""
-        from ..measure.latency import LatencyConfig, time_forward
-        from ..measure.macs import count_macs
-
-        x = self.job.task.example_input
-        device = self.job.task.torch_device
-        model = self.job.model.to(device).eval()
-        count_macs(model, x, device)
-        time_forward(model, x, device, LatencyConfig(warmup=1, min_repeats=1, min_seconds=0.0))
-
-    def info(self) -> dict[str, Any]:
-        return {"worker": self.name, "node_id": self.node_id, "device": self.device, "threads": self.threads,
-                "pid": os.getpid()}
-
-    def evaluate(self, key: int, request: Request) -> Outcome:
-        return run_job(self.job, key, request, worker=self.name)
-
-
-_RemoteWorker = ray.remote(_Worker)
+POLL_S = 0.2  # the driver waits for results in polls this long, so Ctrl-C is seen promptly
 
 
 def _upload_local_paths(env: dict[str, Any]) -> dict[str, Any]:
@@ -285,7 +198,7 @@ class RayExecutor:
             for node in ray.nodes():
                 if node.get("Alive"):
                     strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-                    self._locks.append(_NodeTimingLock.options(name=_lock_name(node["NodeID"]), get_if_exists=True,
+                    self._locks.append(NodeTimingLock.options(name=lock_name(node["NodeID"]), get_if_exists=True,
                                                                scheduling_strategy=strategy).remote())
         self._job_ref = ray.put(job)
         self._slots = [_Slot(self._new_actor()) for _ in range(n)]
@@ -306,7 +219,7 @@ class RayExecutor:
 
     def _new_actor(self) -> Any:
         env = {"runtime_env": self._actor_env} if self._actor_env else {}
-        return _RemoteWorker.options(num_cpus=self.cpus_per_actor, num_gpus=self.gpus_per_actor,
+        return RemoteWorker.options(num_cpus=self.cpus_per_actor, num_gpus=self.gpus_per_actor,
                                      max_restarts=0, max_task_retries=0, **env).remote(self._job_ref, self.lock_timings)
 
     @property
