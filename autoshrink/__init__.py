@@ -4,6 +4,7 @@ Public API (stable names): Task, load_space, search, sensitivity, SearchResult, 
 apply_policy, finetune, measure, Measurement, save_packed, load_packed, evaluate, FinetuneConfig,
 Recipe, apply_recipe, export_onnx.
 """
+
 from __future__ import annotations
 
 from .errors import AutoshrinkError, ConfigError, PackError, PolicyError, RecipeError, TaskError, TrainingError
@@ -18,7 +19,6 @@ from .space import SearchSpace, load_space
 from .task import Task
 from .techniques import CompressionWarning, apply_policy
 from .train import FinetuneConfig, finetune
-
 from .version import __version__
 
 
@@ -32,10 +32,34 @@ def __getattr__(name: str):  # RayExecutor is imported on first use: `import aut
 
 # RayExecutor is public but left out of __all__, so `from autoshrink import *` does not import Ray.
 __all__ = [
-    "AutoshrinkError", "CompressionWarning", "ConfigError", "FinetuneConfig", "LatencyConfig",
-    "LayerPolicy", "Measurement", "PackError", "Policy", "PolicyError", "Recipe", "RecipeError", "SearchConfig", "SearchResult",
-    "SearchSpace", "Task", "TaskError", "TrainingError", "apply_policy", "apply_recipe", "evaluate", "export_onnx", "finetune",
-    "load_packed", "load_space",
-    "measure", "save_packed", "search", "sensitivity",
+    "AutoshrinkError",
+    "CompressionWarning",
+    "ConfigError",
+    "FinetuneConfig",
+    "LatencyConfig",
+    "LayerPolicy",
+    "Measurement",
+    "PackError",
+    "Policy",
+    "PolicyError",
+    "Recipe",
+    "RecipeError",
+    "SearchConfig",
+    "SearchResult",
+    "SearchSpace",
+    "Task",
+    "TaskError",
+    "TrainingError",
+    "apply_policy",
+    "apply_recipe",
+    "evaluate",
+    "export_onnx",
+    "finetune",
+    "load_packed",
+    "load_space",
+    "measure",
+    "save_packed",
+    "search",
+    "sensitivity",
     "__version__",
 ]

@@ -3,6 +3,7 @@
 Every error names what was wrong (the field or layer), the value received and the fix.
 User-input errors also subclass ValueError or TypeError so generic handlers still work.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,4 +59,3 @@ def finite_number(value: object) -> bool:
 
 class ExecutorUnavailable(ConfigError):
     """An executor cannot run here (Ray cannot start or join, or the requested resources do not exist)."""
-

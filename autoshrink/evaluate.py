@@ -2,6 +2,7 @@
 
 This is what an executor runs for one candidate: no Optuna, no Ray, plain inputs and outputs.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -46,8 +47,9 @@ def compress(
     return small, report
 
 
-def _gradual_structured(model: nn.Module, policy: Policy, structured: set[str], task: Task, cfg: FinetuneConfig,
-                        x: Tensor | None) -> tuple[nn.Module, ApplyReport]:
+def _gradual_structured(
+    model: nn.Module, policy: Policy, structured: set[str], task: Task, cfg: FinetuneConfig, x: Tensor | None
+) -> tuple[nn.Module, ApplyReport]:
     """A one-shot dry run says which channels the policy removes (and what it skips); the fine-tune
     then starts from the model with everything but the channel removal applied and removes them in
     rounds. The returned report is the dry run's; the final channel counts must equal it."""
@@ -69,8 +71,10 @@ def _gradual_structured(model: nn.Module, policy: Policy, structured: set[str], 
         layer = getattr(module, "second", module)
         got = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
         if got != after:
-            raise TrainingError(f"gradual structured pruning left {name} with {got} channels where one-shot "
-                                f"leaves {after}. Fix: use schedule='oneshot' for this policy.")
+            raise TrainingError(
+                f"gradual structured pruning left {name} with {got} channels where one-shot "
+                f"leaves {after}. Fix: use schedule='oneshot' for this policy."
+            )
     return small, report
 
 
@@ -89,7 +93,9 @@ def evaluate(
     compression"."""
     require_model_and_task(model, task, "evaluate")
     if not isinstance(policy, Policy):
-        raise PolicyError(f"evaluate: policy must be an autoshrink.Policy, got {describe(policy)}; build one with "
-                          "ash.Policy(layers={name: ash.LayerPolicy(...)}).")
+        raise PolicyError(
+            f"evaluate: policy must be an autoshrink.Policy, got {describe(policy)}; build one with "
+            "ash.Policy(layers={name: ash.LayerPolicy(...)})."
+        )
     small, report = compress(model, policy, task=task, finetune_config=finetune_config)
     return measure(small, task, runtime=runtime, latency=latency, skipped=report.lines())

@@ -4,10 +4,12 @@ A `LayerPolicy` says what to do to one layer; a `Policy` maps module names (as i
 `model.named_modules()`) to LayerPolicies and says whether to fine-tune with distillation.
 The defaults of LayerPolicy mean "leave alone".
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from .errors import PolicyError, describe, finite_number
 
@@ -61,11 +63,15 @@ class LayerPolicy:
                 "(1.0 = no factorization). Fix: use e.g. 0.25."
             )
         if self.codebook not in CODEBOOKS:
-            raise PolicyError(f"{where}codebook: got {describe(self.codebook)}; use \"linear\" (integer codes) or "
-                              "\"kmeans\" (trained shared values).")
+            raise PolicyError(
+                f'{where}codebook: got {describe(self.codebook)}; use "linear" (integer codes) or '
+                '"kmeans" (trained shared values).'
+            )
         if self.codebook == "kmeans" and not 2 <= b <= 8:
-            raise PolicyError(f"{where}codebook: \"kmeans\" codes 2..8-bit weights, but bits is {b}. Fix: set bits to "
-                              "2..8, or codebook to \"linear\".")
+            raise PolicyError(
+                f'{where}codebook: "kmeans" codes 2..8-bit weights, but bits is {b}. Fix: set bits to '
+                '2..8, or codebook to "linear".'
+            )
         object.__setattr__(self, "sparsity", float(s))
         object.__setattr__(self, "rank", float(r))
 
@@ -82,13 +88,17 @@ class LayerPolicy:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "") -> "LayerPolicy":
+    def from_dict(cls, data: Mapping[str, Any], where: str = "") -> LayerPolicy:
         if not isinstance(data, Mapping):
-            raise PolicyError(f"{where or 'layer policy'}: got {describe(data)}; expected a mapping with keys {', '.join(_LAYER_KEYS)}.")
+            raise PolicyError(
+                f"{where or 'layer policy'}: got {describe(data)}; expected a mapping with keys "
+                f"{', '.join(_LAYER_KEYS)}."
+            )
         unknown = sorted(set(data) - set(_LAYER_KEYS))
         if unknown:
             raise PolicyError(
-                f"{where or 'layer policy'}: unknown key(s) {', '.join(map(repr, unknown))}; allowed are {', '.join(_LAYER_KEYS)}."
+                f"{where or 'layer policy'}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"allowed are {', '.join(_LAYER_KEYS)}."
             )
         return cls(**{k: data[k] for k in _LAYER_KEYS if k in data}, where=where)
 
@@ -106,7 +116,9 @@ class Policy:
 
     def __post_init__(self) -> None:
         if not isinstance(self.layers, Mapping):
-            raise PolicyError(f"Policy.layers: got {describe(self.layers)}; expected a mapping of module name -> LayerPolicy.")
+            raise PolicyError(
+                f"Policy.layers: got {describe(self.layers)}; expected a mapping of module name -> LayerPolicy."
+            )
         clean: dict[str, LayerPolicy] = {}
         for name, lp in self.layers.items():
             if not isinstance(name, str):
@@ -137,15 +149,19 @@ class Policy:
         return {"layers": {n: lp.to_dict() for n, lp in self.layers.items()}, "distill": self.distill}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Policy":
+    def from_dict(cls, data: Mapping[str, Any]) -> Policy:
         if not isinstance(data, Mapping):
             raise PolicyError(f"policy: got {describe(data)}; expected a mapping with 'layers' and 'distill'.")
         unknown = sorted(set(data) - {"layers", "distill"})
         if unknown:
-            raise PolicyError(f"policy: unknown key(s) {', '.join(map(repr, unknown))}; allowed are 'layers' and 'distill'.")
+            raise PolicyError(
+                f"policy: unknown key(s) {', '.join(map(repr, unknown))}; allowed are 'layers' and 'distill'."
+            )
         layers = data.get("layers") or {}
         if not isinstance(layers, Mapping):
-            raise PolicyError(f"policy.layers: got {describe(layers)}; expected a mapping of module name -> layer policy.")
+            raise PolicyError(
+                f"policy.layers: got {describe(layers)}; expected a mapping of module name -> layer policy."
+            )
         return cls(
             layers={n: LayerPolicy.from_dict(v, where=f"layers.{n}") for n, v in layers.items()},
             distill=data.get("distill", False),

@@ -1,8 +1,10 @@
 """Task: the data, metric, loss and example input a model is compressed for."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +14,7 @@ from .errors import TaskError, describe
 
 MetricFn = Callable[[nn.Module, DataLoader, torch.device], float]
 LossFn = Callable[[Tensor, Tensor], Tensor]
-DataLike = Union[Dataset, tuple]
+DataLike = Dataset | tuple
 
 METRICS = ("accuracy",)
 LOSSES = ("cross_entropy", "mse")
@@ -26,9 +28,7 @@ def _as_dataset(data: Any, field: str) -> Dataset:
         if x.shape[0] != y.shape[0]:
             raise TaskError(f"Task.{field}: X has {x.shape[0]} rows but y has {y.shape[0]}; they must match.")
         return TensorDataset(x, y)
-    raise TaskError(
-        f"Task.{field}: got {describe(data)}; expected a torch Dataset or an (X, y) tuple of tensors."
-    )
+    raise TaskError(f"Task.{field}: got {describe(data)}; expected a torch Dataset or an (X, y) tuple of tensors.")
 
 
 def _resolve_device(device: Any) -> torch.device:
@@ -37,7 +37,9 @@ def _resolve_device(device: Any) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise TaskError(f"Task.device: got {describe(device)}; use 'auto', 'cpu', 'cuda' or 'cuda:N' ({exc}).") from None
+        raise TaskError(
+            f"Task.device: got {describe(device)}; use 'auto', 'cpu', 'cuda' or 'cuda:N' ({exc})."
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TaskError(f"Task.device: got {device!r} but CUDA is not available here; use 'auto' or 'cpu'.")
     return dev
@@ -61,11 +63,11 @@ class Task:
     train_data: Any
     eval_data: Any
     example_input: Any
-    metric: Union[str, MetricFn] = "accuracy"
-    loss: Union[str, LossFn] = "cross_entropy"
+    metric: str | MetricFn = "accuracy"
+    loss: str | LossFn = "cross_entropy"
     batch_size: int = 128
     device: Any = "auto"
-    train_transform: Optional[Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]] = None
+    train_transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train_data", _as_dataset(self.train_data, "train_data"))
@@ -78,18 +80,24 @@ class Task:
                 "input batch, e.g. torch.randn(1, 1, 28, 28)."
             )
         if isinstance(self.metric, str) and self.metric not in METRICS:
-            raise TaskError(f"Task.metric: got {self.metric!r}; use one of {METRICS} or a callable(model, loader, device) -> float.")
+            raise TaskError(
+                f"Task.metric: got {self.metric!r}; use one of {METRICS} or a callable(model, loader, device) -> float."
+            )
         if not isinstance(self.metric, str) and not callable(self.metric):
             raise TaskError(f"Task.metric: got {describe(self.metric)}; expected a name or a callable.")
         if isinstance(self.loss, str) and self.loss not in LOSSES:
-            raise TaskError(f"Task.loss: got {self.loss!r}; use one of {LOSSES} or a callable(outputs, targets) -> loss.")
+            raise TaskError(
+                f"Task.loss: got {self.loss!r}; use one of {LOSSES} or a callable(outputs, targets) -> loss."
+            )
         if not isinstance(self.loss, str) and not callable(self.loss):
             raise TaskError(f"Task.loss: got {describe(self.loss)}; expected a name or a callable.")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise TaskError(f"Task.batch_size: got {describe(self.batch_size)}; it must be a positive integer.")
         if self.train_transform is not None and not callable(self.train_transform):
-            raise TaskError(f"Task.train_transform: got {describe(self.train_transform)}; expected a callable "
-                            "(inputs, targets) -> (inputs, targets), e.g. autoshrink.zoo.random_shift(2), or None.")
+            raise TaskError(
+                f"Task.train_transform: got {describe(self.train_transform)}; expected a callable "
+                "(inputs, targets) -> (inputs, targets), e.g. autoshrink.zoo.random_shift(2), or None."
+            )
         _resolve_device(self.device)
 
     @property
@@ -158,8 +166,10 @@ def apply_transform(task: Task, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         return x, y
     out = task.train_transform(x, y)
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
-        raise TaskError(f"Task.train_transform {task.transform_name!r} returned {describe(out)}; it must return "
-                        "an (inputs, targets) pair.")
+        raise TaskError(
+            f"Task.train_transform {task.transform_name!r} returned {describe(out)}; it must return "
+            "an (inputs, targets) pair."
+        )
     return out[0], out[1]
 
 
@@ -170,5 +180,7 @@ def require_model_and_task(model: Any, task: Any, who: str) -> None:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{who}: model must be a torch.nn.Module, got {describe(model)}.")
     if not isinstance(task, Task):
-        raise TaskError(f"{who}: task must be an autoshrink.Task, got {describe(task)}; build one with "
-                        "ash.Task(train_data=..., eval_data=..., example_input=...).")
+        raise TaskError(
+            f"{who}: task must be an autoshrink.Task, got {describe(task)}; build one with "
+            "ash.Task(train_data=..., eval_data=..., example_input=...)."
+        )

@@ -7,6 +7,7 @@ through fine-tuning, bitwise the value the packed artifact decodes to. Quantizat
 symmetric codes in [-(2^(b-1)-1), 2^(b-1)-1], one scale per output channel (dim 0), max|w| / qmax
 rounded to bfloat16 (2 bytes on disk; re-quantizing keeps codes and scales); b = 16 rounds to float16.
 """
+
 from __future__ import annotations
 
 import torch
@@ -174,8 +175,8 @@ class Codebook(nn.Module):
         super().__init__()
         if bits not in QUANT_BITS:
             raise ValueError(f"Codebook bits must be 2..8, got {bits}")
-        if centroids.numel() != 2 ** bits - 1:
-            raise ValueError(f"a {bits}-bit codebook holds {2 ** bits - 1} centroids, got {centroids.numel()}")
+        if centroids.numel() != 2**bits - 1:
+            raise ValueError(f"a {bits}-bit codebook holds {2**bits - 1} centroids, got {centroids.numel()}")
         self.bits = int(bits)
         self.centroids = nn.Parameter(centroids.detach().float().half().float().clone())
         self._assigned: Tensor | None = None  # training mode's cached assignment (not state: never saved)
@@ -192,8 +193,12 @@ class Codebook(nn.Module):
         if not self.training:
             self._assigned = None
             return _nearest(weight, table)
-        stale = (self._assigned is None or self._uses >= REASSIGN_EVERY or self._assigned.shape != weight.shape
-                 or self._assigned.device != weight.device)
+        stale = (
+            self._assigned is None
+            or self._uses >= REASSIGN_EVERY
+            or self._assigned.shape != weight.shape
+            or self._assigned.device != weight.device
+        )
         if stale:
             self._assigned, self._uses = _nearest(weight, table), 0
         self._uses += 1
@@ -272,7 +277,7 @@ def add_codebook(module: nn.Module, bits: int, centroids: Tensor | None = None) 
         raise RuntimeError("weight is already quantized")
     if centroids is None:
         w = module.weight.detach().float()
-        centroids = kmeans_1d(w[w != 0], 2 ** bits - 1)
+        centroids = kmeans_1d(w[w != 0], 2**bits - 1)
     book = Codebook(bits, centroids)
     parametrize.register_parametrization(module, "weight", book, unsafe=True)
     return book
@@ -293,8 +298,11 @@ def strip_parametrizations(model: nn.Module) -> nn.Module:
         with torch.no_grad():
             for name in list(plist.keys()):
                 original = plist[name].original
-                baked[name] = (getattr(module, name).detach().clone(), isinstance(original, nn.Parameter),
-                               original.requires_grad)
+                baked[name] = (
+                    getattr(module, name).detach().clone(),
+                    isinstance(original, nn.Parameter),
+                    original.requires_grad,
+                )
         module.__class__ = module.__class__.__bases__[0]
         del module._modules["parametrizations"]
         for name, (value, is_param, requires_grad) in baked.items():

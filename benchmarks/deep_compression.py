@@ -15,6 +15,7 @@ Every setting over fine-tune seeds 0, 1, 2; medians reported with each run's wal
 
 Usage: make bench-deps; .venv/bin/python benchmarks/deep_compression.py [--steps 6000] [--seeds 0 1 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,42 +57,62 @@ def main() -> None:
     model = lenet300_fashion()
     task = fashion_task(device="cpu")
     base = ash.measure(model, task, runtime="float")
-    print(f"untouched: {base.accuracy * 100:.2f} %, {base.size_bytes} B; torch threads {torch.get_num_threads()}; "
-          f"{args.steps} gradual labels-only fine-tune steps\n")
-    print(f"{'setting':28s} {'seed':>4} {'acc %':>6} {'drop pp':>7} {'entropy B':>9} {'ratio':>6} {'fixed B':>8} "
-          f"{'ratio':>6} {'pack ms':>7} {'load ms':>7} {'wall s':>6}  streams (fc1 / fc2 / fc3)")
+    print(
+        f"untouched: {base.accuracy * 100:.2f} %, {base.size_bytes} B; torch threads {torch.get_num_threads()}; "
+        f"{args.steps} gradual labels-only fine-tune steps\n"
+    )
+    print(
+        f"{'setting':28s} {'seed':>4} {'acc %':>6} {'drop pp':>7} {'entropy B':>9} {'ratio':>6} {'fixed B':>8} "
+        f"{'ratio':>6} {'pack ms':>7} {'load ms':>7} {'wall s':>6}  streams (fc1 / fc2 / fc3)"
+    )
     rows: dict[str, list[dict]] = {k: [] for k in SETTINGS}
     for seed in args.seeds:
         for name, (sparsity, bits, codebook) in SETTINGS.items():
             t0 = time.perf_counter()
             policy = ash.Policy(layers={n: L(sparsity=s, bits=bits, codebook=codebook) for n, s in sparsity.items()})
-            small = ash.finetune(ash.apply_policy(model, policy), task, steps=args.steps, seed=seed,
-                                 schedule="gradual", alpha=0.0)
+            small = ash.finetune(
+                ash.apply_policy(model, policy), task, steps=args.steps, seed=seed, schedule="gradual", alpha=0.0
+            )
             wall = time.perf_counter() - t0
             m = ash.measure(small, task, runtime="float")
             data, report = pack(small)
             fixed, _ = pack(small, entropy=False)
             assert len(data) == m.size_bytes and len(data) <= len(fixed)
-            pack_s = _median_time(lambda: pack(small))
-            load_s = _median_time(lambda: unpack(data))
+            pack_s = _median_time(lambda small=small: pack(small))
+            load_s = _median_time(lambda data=data: unpack(data))
             x = task.example_input
             with torch.no_grad():
                 assert torch.equal(unpack(data)(x), small(x))  # the file replays the model bitwise
-            r = dict(drop=(base.accuracy - m.accuracy) * 100, acc=m.accuracy * 100, entropy=len(data),
-                     fixed=len(fixed), ratio=base.size_bytes / len(data), fixed_ratio=base.size_bytes / len(fixed),
-                     pack_ms=pack_s * 1000, load_ms=load_s * 1000, wall=wall,
-                     streams=" / ".join(t.streams for t in report if t.name.endswith("weight")))
+            r = dict(
+                drop=(base.accuracy - m.accuracy) * 100,
+                acc=m.accuracy * 100,
+                entropy=len(data),
+                fixed=len(fixed),
+                ratio=base.size_bytes / len(data),
+                fixed_ratio=base.size_bytes / len(fixed),
+                pack_ms=pack_s * 1000,
+                load_ms=load_s * 1000,
+                wall=wall,
+                streams=" / ".join(t.streams for t in report if t.name.endswith("weight")),
+            )
             rows[name].append(r)
-            print(f"{name:28s} {seed:>4} {r['acc']:6.2f} {r['drop']:7.2f} {r['entropy']:>9} {r['ratio']:5.1f}x "
-                  f"{r['fixed']:>8} {r['fixed_ratio']:5.1f}x {r['pack_ms']:7.1f} {r['load_ms']:7.1f} {wall:6.0f}  "
-                  f"{r['streams']}", flush=True)
+            print(
+                f"{name:28s} {seed:>4} {r['acc']:6.2f} {r['drop']:7.2f} {r['entropy']:>9} {r['ratio']:5.1f}x "
+                f"{r['fixed']:>8} {r['fixed_ratio']:5.1f}x {r['pack_ms']:7.1f} {r['load_ms']:7.1f} {wall:6.0f}  "
+                f"{r['streams']}",
+                flush=True,
+            )
     print("\nmedians over seeds", args.seeds)
     for name, rs in rows.items():
-        med = {k: statistics.median(r[k] for r in rs) for k in ("acc", "drop", "ratio", "fixed_ratio", "pack_ms",
-                                                                  "load_ms", "wall")}
-        print(f"{name:28s} acc {med['acc']:.2f} %, drop {med['drop']:.2f} pp, {med['ratio']:.1f}x with entropy coding "
-              f"({med['fixed_ratio']:.1f}x fixed-width), pack {med['pack_ms']:.0f} ms, load {med['load_ms']:.0f} ms, "
-              f"wall {med['wall']:.0f} s")
+        med = {
+            k: statistics.median(r[k] for r in rs)
+            for k in ("acc", "drop", "ratio", "fixed_ratio", "pack_ms", "load_ms", "wall")
+        }
+        print(
+            f"{name:28s} acc {med['acc']:.2f} %, drop {med['drop']:.2f} pp, {med['ratio']:.1f}x with entropy coding "
+            f"({med['fixed_ratio']:.1f}x fixed-width), pack {med['pack_ms']:.0f} ms, load {med['load_ms']:.0f} ms, "
+            f"wall {med['wall']:.0f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Accuracy drop in pp against the untouched model; seeds --seeds, median and each 
 
 Usage: .venv/bin/python benchmarks/finetune_defaults.py [--tasks ccexam lenet300] [--seeds 0 1 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,12 @@ from autoshrink import zoo
 
 L = ash.LayerPolicy
 POLICIES = {
-    "ccexam": {"features.0": L(sparsity=0.34, bits=6), "features.3": L(sparsity=0.88, bits=6),
-               "classifier.0": L(sparsity=0.92, bits=6), "classifier.2": L(sparsity=0.81, bits=6)},
+    "ccexam": {
+        "features.0": L(sparsity=0.34, bits=6),
+        "features.3": L(sparsity=0.88, bits=6),
+        "classifier.0": L(sparsity=0.92, bits=6),
+        "classifier.2": L(sparsity=0.81, bits=6),
+    },
     "lenet300": {"fc1": L(sparsity=0.92, bits=6), "fc2": L(sparsity=0.91, bits=6), "fc3": L(sparsity=0.74, bits=6)},
 }
 
@@ -51,14 +56,25 @@ def main() -> None:
                 for seed in args.seeds:
                     t0 = time.perf_counter()
                     small = ash.apply_policy(model, ash.Policy(layers=POLICIES[name], distill=alpha > 0))
-                    ash.finetune(small, task, steps=steps, seed=seed, schedule=schedule, alpha=alpha,
-                                 teacher=model if alpha > 0 else None)
+                    ash.finetune(
+                        small,
+                        task,
+                        steps=steps,
+                        seed=seed,
+                        schedule=schedule,
+                        alpha=alpha,
+                        teacher=model if alpha > 0 else None,
+                    )
                     walls.append(time.perf_counter() - t0)
                     m = ash.measure(small, task, runtime="float")
                     drops.append((base.accuracy - m.accuracy) * 100)
-                print(f"  {steps:>5} steps {schedule:8s} alpha {alpha:.1f}: median drop {statistics.median(drops):5.2f} pp "
-                      f"(seeds {', '.join(f'{d:.2f}' for d in drops)}), ratio {base.size_bytes / m.size_bytes:.1f}x, "
-                      f"median wall {statistics.median(walls):.0f} s", flush=True)
+                print(
+                    f"  {steps:>5} steps {schedule:8s} alpha {alpha:.1f}: "
+                    f"median drop {statistics.median(drops):5.2f} pp "
+                    f"(seeds {', '.join(f'{d:.2f}' for d in drops)}), ratio {base.size_bytes / m.size_bytes:.1f}x, "
+                    f"median wall {statistics.median(walls):.0f} s",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Run where CUDA is present (CI has none; the project's GPU tests are `pytest -m g
 
 Usage: python benchmarks/gpu_paths.py [--trials 16] [--steps 200] [--parts latency qat ray]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,6 +66,7 @@ def main() -> None:
         raise SystemExit("gpu_paths: CUDA is not available here; run it on a machine with an NVIDIA GPU.")
     try:
         import onnxruntime as ort
+
         providers = f"onnxruntime {ort.__version__}, providers {ort.get_available_providers()}"
     except ImportError:
         providers = "onnxruntime not installed"
@@ -85,16 +87,19 @@ def latency_part() -> None:
     base = LeNet300().eval()
     models = {"float32": base}
     for name, layers in POLICIES.items():
-        models[name] = materialize(ash.apply_policy(LeNet300().eval(), ash.Policy(layers),
-                                                    example_input=torch.randn(1, 1, 28, 28)))
+        models[name] = materialize(
+            ash.apply_policy(LeNet300().eval(), ash.Policy(layers), example_input=torch.randn(1, 1, 28, 28))
+        )
     for batch in (1, 256):
         x = torch.randn(batch, 1, 28, 28)
         on_cuda = latencies({k: m.to(cuda) for k, m in models.items()}, x.to(cuda), cuda)
         torch.set_num_threads(1)
         on_cpu = latencies({k: m.to(cpu) for k, m in models.items()}, x, cpu)
         for k in models:
-            print(f"latency b{batch:<3} {k:>15}: cuda {on_cuda[k]:.4f} ms ({on_cuda['float32'] / on_cuda[k]:.2f}x), "
-                  f"cpu-1-thread {on_cpu[k]:.4f} ms ({on_cpu['float32'] / on_cpu[k]:.2f}x)")
+            print(
+                f"latency b{batch:<3} {k:>15}: cuda {on_cuda[k]:.4f} ms ({on_cuda['float32'] / on_cuda[k]:.2f}x), "
+                f"cpu-1-thread {on_cpu[k]:.4f} ms ({on_cpu['float32'] / on_cpu[k]:.2f}x)"
+            )
     torch.set_num_threads(8)
     for runtime in ("onnxruntime", "int8"):  # each must work on CUDA or say clearly why not
         try:
@@ -120,30 +125,45 @@ def qat_part() -> None:
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
         size = ash.measure(model.to("cpu"), synthetic_task(512, 1, "cpu")).size_bytes
-        print(f"QAT fine-tune ({book} 4-bit) on {dev}: {300 / wall:.0f} steps/s (300 steps in {wall:.2f} s); "
-              f"packed {size} B")
+        print(
+            f"QAT fine-tune ({book} 4-bit) on {dev}: {300 / wall:.0f} steps/s (300 steps in {wall:.2f} s); "
+            f"packed {size} B"
+        )
 
 
 def ray_part(trials: int, steps: int) -> None:
     """A digits-CNN search with 4 actors sharing the GPU against 1 actor holding it."""
     import ray
+
     ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, _node_ip_address="127.0.0.2", logging_level="ERROR")
     try:
         tmp = tempfile.mkdtemp()
         model, task, space = digits_model("cnn"), digits_task(device="auto"), ash.load_space("default")
         for actors, share in ((4, 0.25), (1, 1.0)):
             t0 = time.perf_counter()
-            r = ash.search(model, task, space, n_trials=trials, finetune_steps=steps, sampler="random",
-                           seed=0, executor=ash.RayExecutor(actors=actors, gpus_per_actor=share),
-                           storage=f"sqlite:///{tmp}/g{actors}.db", study_name=f"g{actors}", sensitivity=False)
+            r = ash.search(
+                model,
+                task,
+                space,
+                n_trials=trials,
+                finetune_steps=steps,
+                sampler="random",
+                seed=0,
+                executor=ash.RayExecutor(actors=actors, gpus_per_actor=share),
+                storage=f"sqlite:///{tmp}/g{actors}.db",
+                study_name=f"g{actors}",
+                sensitivity=False,
+            )
             wall = time.perf_counter() - t0
             done = [t for t in r.study.trials if t.state.name == "COMPLETE"]
             devices = sorted({t.user_attrs["measurement"]["device"] for t in done})
             states = collections.Counter(t.state.name for t in r.study.trials)
             failures = [t.user_attrs.get("failure") for t in r.study.trials if t.state.name == "FAIL"]
-            print(f"ray {actors} actor(s) x {share:g} GPU: {trials} trials in {wall:.1f} s "
-                  f"= {trials / wall * 60:.1f} trials/min; states {dict(states)}; devices {devices}"
-                  + (f"; failures {failures}" if failures else ""))
+            print(
+                f"ray {actors} actor(s) x {share:g} GPU: {trials} trials in {wall:.1f} s "
+                f"= {trials / wall * 60:.1f} trials/min; states {dict(states)}; devices {devices}"
+                + (f"; failures {failures}" if failures else "")
+            )
     finally:
         ray.shutdown()
 

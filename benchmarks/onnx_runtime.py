@@ -15,6 +15,7 @@ measured in the same process. Seeds --seeds; the median accuracy drop is reporte
 
 Usage: make bench-deps; .venv/bin/python benchmarks/onnx_runtime.py [--seeds 0 1 2] [--steps 3000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,8 @@ def ort_accuracy(session, task: ash.Task) -> float:
     x, y = task.eval_data.tensors
     correct = 0
     for i in range(0, len(x), 1000):
-        out = run_session(session, [x[i:i + 1000]])[0]
-        correct += int((torch.from_numpy(out).argmax(1) == y[i:i + 1000]).sum())
+        out = run_session(session, [x[i : i + 1000]])[0]
+        correct += int((torch.from_numpy(out).argmax(1) == y[i : i + 1000]).sum())
     return correct / len(x)
 
 
@@ -72,8 +73,10 @@ def main() -> None:
     base_acc = ash.measure(model, task, runtime="float").accuracy
     base_onnx = export_onnx(model, tmp / "base.onnx", example_input=task.example_input)
     base_sess = ort_session(base_onnx.path, threads=1)
-    print(f"untouched: torch {base_acc * 100:.2f} %, ORT float32 {ort_accuracy(base_sess, task) * 100:.2f} %, "
-          f"{ash.save_packed(model, tmp / 'base.ashz')} B .ashz, {base_onnx.size_bytes} B .onnx")
+    print(
+        f"untouched: torch {base_acc * 100:.2f} %, ORT float32 {ort_accuracy(base_sess, task) * 100:.2f} %, "
+        f"{ash.save_packed(model, tmp / 'base.ashz')} B .ashz, {base_onnx.size_bytes} B .onnx"
+    )
     for name, layers in POLICIES.items():
         drops, walls, small = [], [], None
         for seed in args.seeds:
@@ -85,15 +88,23 @@ def main() -> None:
             drops.append((base_acc - ort_accuracy(sess, task)) * 100)
             walls.append(time.perf_counter() - t0)
         ashz = ash.save_packed(small, tmp / "small.ashz")
-        print(f"\n{name}: ORT accuracy drop median {statistics.median(drops):.2f} pp (seeds "
-              f"{', '.join(f'{d:.2f}' for d in drops)}), {ashz} B .ashz ({base_onnx.size_bytes / ashz:.1f}x smaller "
-              f"than the float .onnx), {out.size_bytes} B .onnx ({base_onnx.size_bytes / out.size_bytes:.1f}x); "
-              f"int8 kernels {', '.join(out.int8_kernels)}; {statistics.median(walls):.0f} s per seed")
+        print(
+            f"\n{name}: ORT accuracy drop median {statistics.median(drops):.2f} pp (seeds "
+            f"{', '.join(f'{d:.2f}' for d in drops)}), {ashz} B .ashz ({base_onnx.size_bytes / ashz:.1f}x smaller "
+            f"than the float .onnx), {out.size_bytes} B .onnx ({base_onnx.size_bytes / out.size_bytes:.1f}x); "
+            f"int8 kernels {', '.join(out.int8_kernels)}; {statistics.median(walls):.0f} s per seed"
+        )
         for batch in args.batches:
             x = task.eval_data.tensors[0][:batch]
-            lat = latencies({"float32 torch": model, "ORT float32": OrtModule(base_sess, "float"),
-                             "compressed torch": materialize(small),
-                             "compressed ORT": OrtModule(sess, "dynamic")}, x)
+            lat = latencies(
+                {
+                    "float32 torch": model,
+                    "ORT float32": OrtModule(base_sess, "float"),
+                    "compressed torch": materialize(small),
+                    "compressed ORT": OrtModule(sess, "dynamic"),
+                },
+                x,
+            )
             ref = lat["float32 torch"]
             print(f"  batch {batch:>3}: " + ", ".join(f"{k} {v:.4f} ms ({ref / v:.2f}x)" for k, v in lat.items()))
 

@@ -9,29 +9,42 @@ timed with float32 torch and ORT float32 in interleaved rounds (medians, 1 threa
 
 Usage: make bench-deps; .venv/bin/python benchmarks/ort_policy_latency.py [--batch 256]
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 
 import torch
+from onnx_runtime import latencies as interleaved  # benchmarks/onnx_runtime.py: interleaved rounds, medians
 
 import autoshrink as ash
 from autoshrink import zoo
 from autoshrink.measure.onnxruntime import calibration_batches, ort_runtime
-from onnx_runtime import latencies as interleaved  # benchmarks/onnx_runtime.py: interleaved rounds, medians
 
 L = ash.LayerPolicy
 POLICIES = {  # name: layer policies
-    "low-rank (fc1 r0.1 4b, fc2 r0.25 3b, fc3 6b)": {"fc1": L(rank=0.1, bits=4), "fc2": L(rank=0.25, bits=3),
-                                                    "fc3": L(bits=6)},
+    "low-rank (fc1 r0.1 4b, fc2 r0.25 3b, fc3 6b)": {
+        "fc1": L(rank=0.1, bits=4),
+        "fc2": L(rank=0.25, bits=3),
+        "fc3": L(bits=6),
+    },
     "same, fc3 float32": {"fc1": L(rank=0.1, bits=4), "fc2": L(rank=0.25, bits=3), "fc3": L(bits=32)},
     "fc1 50 % structured + r0.1 6b, fc2 r0.25 6b, fc3 8b": {
-        "fc1": L(sparsity=0.5, structured=True, rank=0.1, bits=6), "fc2": L(rank=0.25, bits=6), "fc3": L(bits=8)},
+        "fc1": L(sparsity=0.5, structured=True, rank=0.1, bits=6),
+        "fc2": L(rank=0.25, bits=6),
+        "fc3": L(bits=8),
+    },
     "fc1 70 % structured + r0.1 6b, fc2 r0.25 6b, fc3 8b": {
-        "fc1": L(sparsity=0.7, structured=True, rank=0.1, bits=6), "fc2": L(rank=0.25, bits=6), "fc3": L(bits=8)},
-    "fc1, fc2 50 % structured, 8b": {"fc1": L(sparsity=0.5, structured=True, bits=8),
-                                     "fc2": L(sparsity=0.5, structured=True, bits=8), "fc3": L(bits=8)},
+        "fc1": L(sparsity=0.7, structured=True, rank=0.1, bits=6),
+        "fc2": L(rank=0.25, bits=6),
+        "fc3": L(bits=8),
+    },
+    "fc1, fc2 50 % structured, 8b": {
+        "fc1": L(sparsity=0.5, structured=True, bits=8),
+        "fc2": L(sparsity=0.5, structured=True, bits=8),
+        "fc3": L(bits=8),
+    },
 }
 
 

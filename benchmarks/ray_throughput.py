@@ -7,6 +7,7 @@ finished trial), the ratios, and the Ray driver's dispatch overhead per trial (t
 spends submitting and collecting, excluding waiting). Usage:
 python benchmarks/ray_throughput.py [--trials 24] [--steps 200] [--actors 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,22 +32,38 @@ def main() -> None:
     for name, executor in (("local", "local"), ("ray", ash.RayExecutor(actors=args.actors))):
         stamps: list[float] = []
         t0 = time.perf_counter()
-        r = ash.search(model, task, space, n_trials=args.trials, finetune_steps=args.steps, sampler="random", seed=0,
-                       executor=executor, storage=f"sqlite:///{tmp}/{name}.db", study_name=name,
-                       progress=lambda p: stamps.append(time.perf_counter()))
+        r = ash.search(
+            model,
+            task,
+            space,
+            n_trials=args.trials,
+            finetune_steps=args.steps,
+            sampler="random",
+            seed=0,
+            executor=executor,
+            storage=f"sqlite:///{tmp}/{name}.db",
+            study_name=name,
+            progress=lambda p, stamps=stamps: stamps.append(time.perf_counter()),
+        )
         wall = time.perf_counter() - t0
         runs[name] = (r, wall, executor)
         steady[name] = (len(stamps) - 1) / (stamps[-1] - stamps[0]) * 60
-        print(f"{name:>5}: {args.trials} trials in {wall:.1f} s = {args.trials / wall * 60:.1f} trials/min end to end, "
-              f"{steady[name]:.1f} trials/min steady (evaluation {r.timing['eval_s']:.1f} s summed over workers)",
-              flush=True)
+        print(
+            f"{name:>5}: {args.trials} trials in {wall:.1f} s = {args.trials / wall * 60:.1f} trials/min end to end, "
+            f"{steady[name]:.1f} trials/min steady (evaluation {r.timing['eval_s']:.1f} s summed over workers)",
+            flush=True,
+        )
     same = [t.params for t in runs["local"][0].study.trials] == [t.params for t in runs["ray"][0].study.trials]
     ray_ex = runs["ray"][2]
-    print(f"same trials: {same}; throughput ray/local: {runs['local'][1] / runs['ray'][1]:.2f}x end to end, "
-          f"{steady['ray'] / steady['local']:.2f}x steady, with {args.actors} actors; "
-          f"dispatch overhead {ray_ex.dispatch_s / args.trials * 1e3:.2f} ms per trial")
-    sizes_equal = all(a.user_attrs["measurement"]["size_bytes"] == b.user_attrs["measurement"]["size_bytes"]
-                      for a, b in zip(runs["local"][0].study.trials, runs["ray"][0].study.trials))
+    print(
+        f"same trials: {same}; throughput ray/local: {runs['local'][1] / runs['ray'][1]:.2f}x end to end, "
+        f"{steady['ray'] / steady['local']:.2f}x steady, with {args.actors} actors; "
+        f"dispatch overhead {ray_ex.dispatch_s / args.trials * 1e3:.2f} ms per trial"
+    )
+    sizes_equal = all(
+        a.user_attrs["measurement"]["size_bytes"] == b.user_attrs["measurement"]["size_bytes"]
+        for a, b in zip(runs["local"][0].study.trials, runs["ray"][0].study.trials)
+    )
     print(f"sizes identical trial by trial: {sizes_equal}")
 
 

@@ -8,6 +8,7 @@ applies it with the task (policy + recorded fine-tune) and measures it on the re
 the chosen recipe is also applied to a copy retrained with another seed (same architecture,
 different weights). Usage: python benchmarks/recipe_roundtrip.py [--models cnn resnet] [--trials 12] [--steps 100]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,9 +46,11 @@ FRESH = textwrap.dedent("""
 def describe(policy: ash.Policy) -> str:
     parts = []
     for name, lp in policy.active().items():
-        bits = [f"{lp.sparsity:.0%}{' ch' if lp.structured else ''}" if lp.sparsity else "",
-                f"int{lp.bits}" if lp.bits <= 8 else ("fp16" if lp.bits == 16 else ""),
-                f"r{lp.rank:g}" if lp.rank < 1 else ""]
+        bits = [
+            f"{lp.sparsity:.0%}{' ch' if lp.structured else ''}" if lp.sparsity else "",
+            f"int{lp.bits}" if lp.bits <= 8 else ("fp16" if lp.bits == 16 else ""),
+            f"r{lp.rank:g}" if lp.rank < 1 else "",
+        ]
         parts.append(f"{name} " + "/".join(b for b in bits if b))
     return ", ".join(parts) + (" + KD" if policy.distill else "") if parts else "untouched"
 
@@ -56,8 +59,16 @@ def run(kind: str, trials: int, steps: int, tmp: Path) -> None:
     t0 = time.perf_counter()
     model, task = digits_model(kind), digits_task()
     storage, name = f"sqlite:///{tmp}/{kind}.db", f"recipe_{kind}"
-    result = ash.search(model, task, ash.load_space("default"), n_trials=trials, finetune_steps=steps,
-                        storage=storage, study_name=name, seed=0)
+    result = ash.search(
+        model,
+        task,
+        ash.load_space("default"),
+        n_trials=trials,
+        finetune_steps=steps,
+        storage=storage,
+        study_name=name,
+        seed=0,
+    )
     t_search = time.perf_counter() - t0
     chosen = tmp / f"{kind}_chosen.yaml"
     if cli(["export", name, "--storage", storage, "--max-accuracy-drop", "0.01", "-o", str(chosen)]):
@@ -68,31 +79,42 @@ def run(kind: str, trials: int, steps: int, tmp: Path) -> None:
             paths[t.number] = str(tmp / f"{kind}_t{t.number}.yaml")
             result.recipe(t.number).save(paths[t.number])
     t1 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", FRESH, kind, json.dumps(list(paths.values())), str(chosen)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", FRESH, kind, json.dumps(list(paths.values())), str(chosen)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
     fresh = json.loads(proc.stdout.strip().splitlines()[-1])
     pick = ash.Recipe.load(chosen)
     b = result.baseline
-    print(f"\n### {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters): "
-          f"baseline {b.accuracy * 100:.2f} %, {b.size_bytes} B; search {t_search:.0f} s, fresh-process replay "
-          f"of {len(paths)} recipes {time.perf_counter() - t1:.0f} s\n")
-    print("| trial | policy | recorded acc % | re-applied acc % | recorded B | re-applied B | runtime | "
-          "recorded ms | re-applied ms |")
+    print(
+        f"\n### {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters): "
+        f"baseline {b.accuracy * 100:.2f} %, {b.size_bytes} B; search {t_search:.0f} s, fresh-process replay "
+        f"of {len(paths)} recipes {time.perf_counter() - t1:.0f} s\n"
+    )
+    print(
+        "| trial | policy | recorded acc % | re-applied acc % | recorded B | re-applied B | runtime | "
+        "recorded ms | re-applied ms |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     same = 0
     for n, path in paths.items():
         r, got = ash.Recipe.load(path), fresh[path]
         same += got["size_bytes"] == r.metrics.size_bytes and got["accuracy"] == r.metrics.accuracy
         mark = " (chosen)" if n == pick.trial else ""
-        print(f"| {n}{mark} | {describe(r.policy)} | {r.metrics.accuracy * 100:.2f} | {got['accuracy'] * 100:.2f} | "
-              f"{r.metrics.size_bytes} | {got['size_bytes']} | {r.metrics.runtime} / {got['runtime']} | "
-              f"{r.metrics.latency_ms:.3f} | {got['latency_ms']:.3f} |")
+        print(
+            f"| {n}{mark} | {describe(r.policy)} | {r.metrics.accuracy * 100:.2f} | {got['accuracy'] * 100:.2f} | "
+            f"{r.metrics.size_bytes} | {got['size_bytes']} | {r.metrics.runtime} / {got['runtime']} | "
+            f"{r.metrics.latency_ms:.3f} | {got['latency_ms']:.3f} |"
+        )
     got = fresh["retrained"]
-    print(f"| {pick.trial} on a copy retrained with seed 1 | (same recipe) | {pick.metrics.accuracy * 100:.2f} | "
-          f"{got['accuracy'] * 100:.2f} | {pick.metrics.size_bytes} | {got['size_bytes']} | "
-          f"{pick.metrics.runtime} / {got['runtime']} | {pick.metrics.latency_ms:.3f} | {got['latency_ms']:.3f} |")
+    print(
+        f"| {pick.trial} on a copy retrained with seed 1 | (same recipe) | {pick.metrics.accuracy * 100:.2f} | "
+        f"{got['accuracy'] * 100:.2f} | {pick.metrics.size_bytes} | {got['size_bytes']} | "
+        f"{pick.metrics.runtime} / {got['runtime']} | {pick.metrics.latency_ms:.3f} | {got['latency_ms']:.3f} |"
+    )
     print(f"\n{same} of {len(paths)} recipes reproduced size and accuracy exactly in the fresh process.")
 
 

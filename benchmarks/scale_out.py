@@ -21,6 +21,7 @@ PID); the Ray cluster too (tests/executors/cluster.py, RAY_AUTH_MODE=disabled, s
 Usage: make bench-deps; .venv/bin/python benchmarks/scale_out.py [--trials 20] [--steps 100]
        [--seeds 0 1 2] [--parts drivers kill throughput storage] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,22 +76,34 @@ def _audit(study: optuna.Study) -> dict:
     (RUNNING/WAITING left, FAIL that is not a crash re-run elsewhere), and each driver's trials."""
     trials = study.get_trials(deepcopy=False)
     first = [t for t in trials if "retry_of" not in t.user_attrs]
-    enq = [repr(sorted(t.params.items())) for t in first
-           if t.user_attrs.get("baseline_policy") or t.user_attrs.get("warm_start")]
+    enq = [
+        repr(sorted(t.params.items()))
+        for t in first
+        if t.user_attrs.get("baseline_policy") or t.user_attrs.get("warm_start")
+    ]
     retries = [t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs]
     crashed = {t.number for t in trials if t.user_attrs.get("crashed")}
-    lost = [t.number for t in trials if t.state.name in ("RUNNING", "WAITING")
-            or (t.state.name == "FAIL" and t.number not in crashed)
-            or (t.number in crashed and t.number not in retries)]
+    lost = [
+        t.number
+        for t in trials
+        if t.state.name in ("RUNNING", "WAITING")
+        or (t.state.name == "FAIL" and t.number not in crashed)
+        or (t.number in crashed and t.number not in retries)
+    ]
     per: dict[str, int] = {}
     for t in trials:
         if t.state.name == "COMPLETE":
             per[_pid(t)] = per.get(_pid(t), 0) + 1
-    return {"complete": sum(t.state.name == "COMPLETE" for t in trials),
-            "pruned_skipped": sum(t.state.name == "PRUNED" and "skipped" in t.user_attrs for t in trials),
-            "counted": counted(study), "trials": len(trials),
-            "duplicates": (len(enq) - len(set(enq))) + (len(retries) - len(set(retries))), "lost": len(lost),
-            "crashed": sorted(crashed), "per_driver": sorted(per.values())}
+    return {
+        "complete": sum(t.state.name == "COMPLETE" for t in trials),
+        "pruned_skipped": sum(t.state.name == "PRUNED" and "skipped" in t.user_attrs for t in trials),
+        "counted": counted(study),
+        "trials": len(trials),
+        "duplicates": (len(enq) - len(set(enq))) + (len(retries) - len(set(retries))),
+        "lost": len(lost),
+        "crashed": sorted(crashed),
+        "per_driver": sorted(per.values()),
+    }
 
 
 def part_drivers(pg, seed: int, args) -> dict:
@@ -135,24 +148,52 @@ def part_kill(pg, seed: int, args) -> dict:
     wall = time.perf_counter() - t0
     study = optuna.load_study(study_name="kill", storage=storage)
     trials = study.get_trials(deepcopy=False)
-    requeued = [n for n in killed if trials[n].user_attrs.get("crashed")  # PRUNED: a warm-start twin skipped
-                and any(t.user_attrs.get("retry_of") == n and t.state.name in ("COMPLETE", "PRUNED") for t in trials)]
+    requeued = [
+        n
+        for n in killed
+        if trials[n].user_attrs.get("crashed")  # PRUNED: a warm-start twin skipped
+        and any(t.user_attrs.get("retry_of") == n and t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    ]
     # finished by B itself (PRUNED: a warm-start twin B skipped the moment after claiming it), never crashed
-    untouched = [n for n in b_running if trials[n].state.name in ("COMPLETE", "PRUNED")
-                 and not trials[n].user_attrs.get("crashed") and _pid(trials[n]) == str(b.pid)]
+    untouched = [
+        n
+        for n in b_running
+        if trials[n].state.name in ("COMPLETE", "PRUNED")
+        and not trials[n].user_attrs.get("crashed")
+        and _pid(trials[n]) == str(b.pid)
+    ]
     storage.engine.dispose()
-    return {**_audit(study), "killed_running": killed, "requeued_and_finished": requeued,
-            "other_running_at_kill": b_running, "other_untouched": untouched, "wall_s": round(wall, 1)}
+    return {
+        **_audit(study),
+        "killed_running": killed,
+        "requeued_and_finished": requeued,
+        "other_running_at_kill": b_running,
+        "other_untouched": untouched,
+        "wall_s": round(wall, 1),
+    }
 
 
 def _search(executor, storage: str, args, seed: int, stamps: list[float]):
     import autoshrink as ash
     from autoshrink.zoo import digits_model, digits_task
 
-    return ash.search(digits_model("mlp"), digits_task(device="cpu"), ash.load_space("default"), n_trials=args.trials,
-                      finetune_steps=args.steps, storage=storage, study_name="t", seed=seed, sampler="random",
-                      sensitivity=False, warm_start=False, screen=False, objectives=("accuracy", "size"),
-                      executor=executor, progress=lambda p: stamps.append(time.perf_counter()))
+    return ash.search(
+        digits_model("mlp"),
+        digits_task(device="cpu"),
+        ash.load_space("default"),
+        n_trials=args.trials,
+        finetune_steps=args.steps,
+        storage=storage,
+        study_name="t",
+        seed=seed,
+        sampler="random",
+        sensitivity=False,
+        warm_start=False,
+        screen=False,
+        objectives=("accuracy", "size"),
+        executor=executor,
+        progress=lambda p: stamps.append(time.perf_counter()),
+    )
 
 
 def _timing(r, stamps: list[float]) -> dict:
@@ -162,12 +203,18 @@ def _timing(r, stamps: list[float]) -> dict:
     t = r.timing
     n = len(r.study.trials)
     rest = t["overhead_s"] - t["study_s"] - t["dispatch_s"]
-    return {"trials": n, "wall_s": round(t["wall_s"], 2), "trials_per_min": round(n / t["wall_s"] * 60, 1),
-            "steady_trials_per_min": round((len(stamps) - 1) / (stamps[-1] - stamps[0]) * 60, 1),
-            "eval_s": round(t["eval_s"], 2), "wait_s": round(t["wait_s"], 2),
-            "study_ms_per_trial": round(t["study_s"] / n * 1e3, 2),
-            "dispatch_ms_per_trial": round(t["dispatch_s"] / n * 1e3, 2), "startup_and_rest_s": round(rest, 2),
-            "params": [sorted(tr.params.items()) for tr in r.study.trials]}
+    return {
+        "trials": n,
+        "wall_s": round(t["wall_s"], 2),
+        "trials_per_min": round(n / t["wall_s"] * 60, 1),
+        "steady_trials_per_min": round((len(stamps) - 1) / (stamps[-1] - stamps[0]) * 60, 1),
+        "eval_s": round(t["eval_s"], 2),
+        "wait_s": round(t["wait_s"], 2),
+        "study_ms_per_trial": round(t["study_s"] / n * 1e3, 2),
+        "dispatch_ms_per_trial": round(t["dispatch_s"] / n * 1e3, 2),
+        "startup_and_rest_s": round(rest, 2),
+        "params": [sorted(tr.params.items()) for tr in r.study.trials],
+    }
 
 
 def part_throughput(seed: int, args) -> dict:
@@ -242,33 +289,41 @@ def main() -> None:
     print(f"\nmedians over seeds {args.seeds} ({time.perf_counter() - t_all:.0f} s in all):")
     if results.get("drivers"):
         d = results["drivers"]
-        print(f"drivers: counted {[r['counted'] for r in d]} = COMPLETE {[r['complete'] for r in d]} + skipped twins "
-              f"{[r['pruned_skipped'] for r in d]}, duplicates {max(r['duplicates'] for r in d)}, lost "
-              f"{max(r['lost'] for r in d)}, per driver {[r['per_driver'] for r in d]}, wall {_median(d, 'wall_s')} s")
+        print(
+            f"drivers: counted {[r['counted'] for r in d]} = COMPLETE {[r['complete'] for r in d]} + skipped twins "
+            f"{[r['pruned_skipped'] for r in d]}, duplicates {max(r['duplicates'] for r in d)}, lost "
+            f"{max(r['lost'] for r in d)}, per driver {[r['per_driver'] for r in d]}, wall {_median(d, 'wall_s')} s"
+        )
     if results.get("kill"):
         k = results["kill"]
-        print(f"kill: counted {[r['counted'] for r in k]} (COMPLETE {[r['complete'] for r in k]}), killed running "
-              f"{[r['killed_running'] for r in k]} -> "
-              f"re-queued and finished {[r['requeued_and_finished'] for r in k]}; other driver's running "
-              f"{[r['other_running_at_kill'] for r in k]} untouched {[r['other_untouched'] for r in k]}; duplicates "
-              f"{max(r['duplicates'] for r in k)}, lost {max(r['lost'] for r in k)}")
+        print(
+            f"kill: counted {[r['counted'] for r in k]} (COMPLETE {[r['complete'] for r in k]}), killed running "
+            f"{[r['killed_running'] for r in k]} -> "
+            f"re-queued and finished {[r['requeued_and_finished'] for r in k]}; other driver's running "
+            f"{[r['other_running_at_kill'] for r in k]} untouched {[r['other_untouched'] for r in k]}; duplicates "
+            f"{max(r['duplicates'] for r in k)}, lost {max(r['lost'] for r in k)}"
+        )
     if results.get("throughput"):
         t = results["throughput"]
-        print(f"throughput: local {_median(t, 'local', 'trials_per_min')} trials/min end to end "
-              f"({_median(t, 'local', 'steady_trials_per_min')} steady), 2-node Ray "
-              f"{_median(t, 'ray', 'trials_per_min')} ({_median(t, 'ray', 'steady_trials_per_min')} steady); ratio "
-              f"{_median(t, 'ratio')}x end to end, {_median(t, 'ratio_steady')}x steady; per trial: study "
-              f"{_median(t, 'ray', 'study_ms_per_trial')} ms (local {_median(t, 'local', 'study_ms_per_trial')}), Ray "
-              f"dispatch {_median(t, 'ray', 'dispatch_ms_per_trial')} ms; start-up and rest "
-              f"{_median(t, 'ray', 'startup_and_rest_s')} s (local {_median(t, 'local', 'startup_and_rest_s')} s); "
-              f"evaluation summed {_median(t, 'ray', 'eval_s')} s (local {_median(t, 'local', 'eval_s')} s); same "
-              f"trials {[r['same_trials'] for r in t]}")
+        print(
+            f"throughput: local {_median(t, 'local', 'trials_per_min')} trials/min end to end "
+            f"({_median(t, 'local', 'steady_trials_per_min')} steady), 2-node Ray "
+            f"{_median(t, 'ray', 'trials_per_min')} ({_median(t, 'ray', 'steady_trials_per_min')} steady); ratio "
+            f"{_median(t, 'ratio')}x end to end, {_median(t, 'ratio_steady')}x steady; per trial: study "
+            f"{_median(t, 'ray', 'study_ms_per_trial')} ms (local {_median(t, 'local', 'study_ms_per_trial')}), Ray "
+            f"dispatch {_median(t, 'ray', 'dispatch_ms_per_trial')} ms; start-up and rest "
+            f"{_median(t, 'ray', 'startup_and_rest_s')} s (local {_median(t, 'local', 'startup_and_rest_s')} s); "
+            f"evaluation summed {_median(t, 'ray', 'eval_s')} s (local {_median(t, 'local', 'eval_s')} s); same "
+            f"trials {[r['same_trials'] for r in t]}"
+        )
     if results.get("storage"):
         s = results["storage"]
-        print(f"storage: study calls per trial SQLite {_median(s, 'sqlite', 'study_ms_per_trial')} ms, PostgreSQL "
-              f"{_median(s, 'postgresql', 'study_ms_per_trial')} ms (ratio {_median(s, 'ratio_study_ms')}x); wall "
-              f"per trial SQLite {_median(s, 'sqlite', 'wall_s') / args.trials:.3f} s, PostgreSQL "
-              f"{_median(s, 'postgresql', 'wall_s') / args.trials:.3f} s")
+        print(
+            f"storage: study calls per trial SQLite {_median(s, 'sqlite', 'study_ms_per_trial')} ms, PostgreSQL "
+            f"{_median(s, 'postgresql', 'study_ms_per_trial')} ms (ratio {_median(s, 'ratio_study_ms')}x); wall "
+            f"per trial SQLite {_median(s, 'sqlite', 'wall_s') / args.trials:.3f} s, PostgreSQL "
+            f"{_median(s, 'postgresql', 'wall_s') / args.trials:.3f} s"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
 

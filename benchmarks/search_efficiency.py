@@ -28,6 +28,7 @@ Usage: make bench-deps; .venv/bin/python benchmarks/search_efficiency.py --task 
        .venv/bin/python benchmarks/search_efficiency.py --against AUTOSHRINK.json --methods today random
            (run only the baselines, each seed at the wall time autoshrink took in that earlier --out of the same task)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,8 @@ def task_and_model(name: str):
 
 
 def log_hypervolume(r: ash.SearchResult) -> float:
-    """Hypervolume of the feasible completed trials over (accuracy drop, log2 size ratio), reference (5 pp, log2 1.1)."""
+    """Hypervolume of the feasible completed trials over (accuracy drop, log2 size ratio), reference
+    (5 pp, log2 1.1)."""
     df = r.trials
     ok = df[(df.state == "COMPLETE") & (df.accuracy_drop <= MAX_DROP + 1e-12)]
     if not len(ok):
@@ -77,12 +79,20 @@ def summarize(r: ash.SearchResult, wall: float) -> dict:
     ok = df[(df.state == "COMPLETE") & (df.accuracy_drop <= MAX_DROP + 1e-12)]
     best = float(ok.compression.max()) if len(ok) else 1.0
     best_search = float(ok[ok.stage != "refined"].compression.max()) if len(ok[ok.stage != "refined"]) else 1.0
-    return {"wall_s": round(wall, 1), "trials": int(len(df)), "full": int(len(searched)),
-            "screened_out": int((df.state == "PRUNED").sum()), "failed": int((df.state == "FAIL").sum()),
-            "refined": int((df.stage == "refined").sum()), "beyond_share": round(beyond, 3),
-            "best_ratio": round(best, 2), "best_ratio_before_refine": round(best_search, 2),
-            "hypervolume": round(r.hypervolume(), 5), "log_hv": round(log_hypervolume(r), 4),
-            "sensitivity_s": round(r.timing.get("sensitivity_s", 0.0), 1)}
+    return {
+        "wall_s": round(wall, 1),
+        "trials": int(len(df)),
+        "full": int(len(searched)),
+        "screened_out": int((df.state == "PRUNED").sum()),
+        "failed": int((df.state == "FAIL").sum()),
+        "refined": int((df.stage == "refined").sum()),
+        "beyond_share": round(beyond, 3),
+        "best_ratio": round(best, 2),
+        "best_ratio_before_refine": round(best_search, 2),
+        "hypervolume": round(r.hypervolume(), 5),
+        "log_hv": round(log_hypervolume(r), 4),
+        "sensitivity_s": round(r.timing.get("sensitivity_s", 0.0), 1),
+    }
 
 
 def report(runs: dict[str, list[dict]], seeds: list[int]) -> None:
@@ -130,8 +140,12 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write every run's summary as JSON here")
     ap.add_argument("--rescore", metavar="OUT_JSON", help="re-summarize the stored studies of an earlier --out")
     ap.add_argument("--dbdir", help="with --rescore: where that run's study databases are")
-    ap.add_argument("--against", metavar="OUT_JSON", help="an earlier --out with autoshrink's runs of this task: "
-                    "its per-seed wall times are the other methods' budgets, its runs join the report")
+    ap.add_argument(
+        "--against",
+        metavar="OUT_JSON",
+        help="an earlier --out with autoshrink's runs of this task: "
+        "its per-seed wall times are the other methods' budgets, its runs join the report",
+    )
     args = ap.parse_args()
     if args.rescore:
         return rescore(args.rescore, args.dbdir)
@@ -140,8 +154,10 @@ def main() -> None:
         prior = json.loads(Path(args.against).read_text())
         args.task, args.budget = args.task or prior["task"], args.budget or prior["budget"]
         if prior["task"] != args.task or "autoshrink" in args.methods:
-            ap.error(f"--against {args.against} holds task {prior['task']!r}; use it with that task and without "
-                     "method autoshrink")
+            ap.error(
+                f"--against {args.against} holds task {prior['task']!r}; use it with that task and without "
+                "method autoshrink"
+            )
         earlier = dict(zip(prior["seeds"], prior["runs"]["autoshrink"]))
         if missing := sorted(set(args.seeds) - set(earlier)):
             ap.error(f"--against {args.against} has no autoshrink run for seeds {missing}")
@@ -149,7 +165,9 @@ def main() -> None:
         ap.error("--task and --budget are required (or --rescore, or --against)")
     model, task, steps = task_and_model(args.task)
     space = ash.load_space("default")
-    today_space = dataclasses.replace(space, finetune=FinetuneConfig.from_dict({**space.finetune.to_dict(), **TODAY_FT}))
+    today_space = dataclasses.replace(
+        space, finetune=FinetuneConfig.from_dict({**space.finetune.to_dict(), **TODAY_FT})
+    )
     tmp = Path(tempfile.mkdtemp())
     runs: dict[str, list[dict]] = {m: [] for m in args.methods}
     if earlier:
@@ -159,24 +177,58 @@ def main() -> None:
         wall_budget = earlier[seed]["wall_s"] if earlier else args.budget
         for method in args.methods:
             name = f"{args.task}-{method}-{seed}"
-            common = dict(objectives=("accuracy", "size"), n_trials=None, finetune_steps=steps, seed=seed,
-                          max_accuracy_drop=MAX_DROP, storage=f"sqlite:///{tmp}/{name}.db", study_name=name,
-                          runtime="float")
+            common = dict(
+                objectives=("accuracy", "size"),
+                n_trials=None,
+                finetune_steps=steps,
+                seed=seed,
+                max_accuracy_drop=MAX_DROP,
+                storage=f"sqlite:///{tmp}/{name}.db",
+                study_name=name,
+                runtime="float",
+            )
             t0 = time.perf_counter()
             if method == "autoshrink":
-                r = ash.search(model, task, space, timeout=args.budget * (1 - args.refine_share),
-                               refine_top=args.refine_top, refine_steps=args.refine_steps or 5 * steps, **common)
+                r = ash.search(
+                    model,
+                    task,
+                    space,
+                    timeout=args.budget * (1 - args.refine_share),
+                    refine_top=args.refine_top,
+                    refine_steps=args.refine_steps or 5 * steps,
+                    **common,
+                )
                 wall_budget = time.perf_counter() - t0
             else:
-                r = ash.search(model, task, today_space, timeout=wall_budget, sampler="nsga2" if method == "today"
-                               else "random", sensitivity=False, warm_start=False, screen=False, **common)
+                r = ash.search(
+                    model,
+                    task,
+                    today_space,
+                    timeout=wall_budget,
+                    sampler="nsga2" if method == "today" else "random",
+                    sensitivity=False,
+                    warm_start=False,
+                    screen=False,
+                    **common,
+                )
             s = summarize(r, time.perf_counter() - t0)
             runs[method].append(s)
             print(f"{method:>10} seed {seed}: " + ", ".join(f"{k} {v}" for k, v in s.items()), flush=True)
     report(runs, args.seeds)
     if args.out:
-        Path(args.out).write_text(json.dumps({"task": args.task, "budget": args.budget, "seeds": args.seeds,
-                                              "dbdir": str(tmp), "against": args.against, "runs": runs}, indent=1))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "task": args.task,
+                    "budget": args.budget,
+                    "seeds": args.seeds,
+                    "dbdir": str(tmp),
+                    "against": args.against,
+                    "runs": runs,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Base and pruned models are timed in one process, in interleaved rounds (so machi
 both alike); the speedup is the ratio of medians. Weights are random: latency does not depend on
 their values. Usage: python benchmarks/structured_latency.py [--width 1 2 4] [--batch 64] [--rounds 15]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,10 +34,16 @@ def run(width: int, batch: int, rounds: int) -> dict:
         times["pruned"] += time_forward(pruned, x, torch.device("cpu"), cfg)
     med = {k: statistics.median(v) for k, v in times.items()}
     macs = {"base": count_macs(base, x), "pruned": count_macs(pruned, x)}
-    return {"width": width, "batch": batch, "threads": torch.get_num_threads(),
-            "base_ms": med["base"], "pruned_ms": med["pruned"], "speedup": med["base"] / med["pruned"],
-            "mac_reduction": macs["base"] / macs["pruned"],
-            "params": (sum(p.numel() for p in base.parameters()), sum(p.numel() for p in pruned.parameters()))}
+    return {
+        "width": width,
+        "batch": batch,
+        "threads": torch.get_num_threads(),
+        "base_ms": med["base"],
+        "pruned_ms": med["pruned"],
+        "speedup": med["base"] / med["pruned"],
+        "mac_reduction": macs["base"] / macs["pruned"],
+        "params": (sum(p.numel() for p in base.parameters()), sum(p.numel() for p in pruned.parameters())),
+    }
 
 
 def main() -> None:
@@ -48,8 +55,10 @@ def main() -> None:
     print(f"{'width':>5} {'batch':>5} {'thr':>3} {'base ms':>8} {'pruned ms':>9} {'speedup':>7} {'MACs /':>7} params")
     for w in args.width:
         r = run(w, args.batch, args.rounds)
-        print(f"{r['width']:5d} {r['batch']:5d} {r['threads']:3d} {r['base_ms']:8.3f} {r['pruned_ms']:9.3f} "
-              f"{r['speedup']:6.2f}x {r['mac_reduction']:6.2f}x {r['params'][0]} -> {r['params'][1]}")
+        print(
+            f"{r['width']:5d} {r['batch']:5d} {r['threads']:3d} {r['base_ms']:8.3f} {r['pruned_ms']:9.3f} "
+            f"{r['speedup']:6.2f}x {r['mac_reduction']:6.2f}x {r['params'][0]} -> {r['params'][1]}"
+        )
 
 
 if __name__ == "__main__":

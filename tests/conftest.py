@@ -1,4 +1,5 @@
 """Shared fixtures: small deterministic models and tasks (CPU, 2 threads)."""
+
 from __future__ import annotations
 
 import pytest

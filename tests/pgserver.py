@@ -5,6 +5,7 @@ Debian's postgresql package (installed by .ci/run where missing) puts the binari
 `postgres` user (via runuser); otherwise as the current user. Password (scram-sha-256) authentication
 on TCP, so auth failures can be tested; nothing listens beyond 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import glob
@@ -56,13 +57,40 @@ class PostgresServer:
         pwfile.write_text(PASSWORD + "\n")
         if self._as:
             shutil.chown(pwfile, "postgres", "postgres")
-        self._run([str(bindir / "initdb"), "-D", str(self.data), "-U", USER, f"--pwfile={pwfile}",
-                   "--auth=scram-sha-256", "-E", "UTF8", "--no-sync"])
+        self._run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                USER,
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]
+        )
         pwfile.unlink()
-        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60")
-        self._run([str(bindir / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"),
-                   "-w", "-t", "60", "start"])
+        opts = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60"
+        )
+        self._run(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-o",
+                opts,
+                "-l",
+                str(self.root / "log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
         self.pid = int((self.data / "postmaster.pid").read_text().splitlines()[0])
 
     def _run(self, cmd: list[str]) -> None:
@@ -80,8 +108,9 @@ class PostgresServer:
         import psycopg
 
         name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(host="127.0.0.1", port=self.port, user=USER, password=PASSWORD, dbname="postgres",
-                             autocommit=True) as con:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user=USER, password=PASSWORD, dbname="postgres", autocommit=True
+        ) as con:
             con.execute(f'CREATE DATABASE "{name}"')
         return name
 

@@ -1,4 +1,5 @@
 """Package boundaries DESIGN.md fixes: measurement and export never import a technique."""
+
 from __future__ import annotations
 
 import ast
@@ -18,7 +19,7 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
+            base = package[: len(package) - node.level + 1] if node.level else []
             module = ".".join(base + ([node.module] if node.module else []))
             out.add(module)
             out |= {f"{module}.{a.name}" for a in node.names}
@@ -27,14 +28,21 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("stage", ["measure", "export"])
 def test_measurement_and_export_never_import_a_technique(stage: str) -> None:
-    offenders = {str(p.relative_to(PACKAGE)): sorted(m for m in _imports(p) if m.startswith("autoshrink.techniques"))
-                 for p in (PACKAGE / stage).rglob("*.py")}
+    offenders = {
+        str(p.relative_to(PACKAGE)): sorted(m for m in _imports(p) if m.startswith("autoshrink.techniques"))
+        for p in (PACKAGE / stage).rglob("*.py")
+    }
     assert {p: m for p, m in offenders.items() if m} == {}
 
 
 def test_the_weight_representation_imports_no_stage() -> None:
-    stages = ("autoshrink.techniques", "autoshrink.measure", "autoshrink.export", "autoshrink.search",
-              "autoshrink.train")
+    stages = (
+        "autoshrink.techniques",
+        "autoshrink.measure",
+        "autoshrink.export",
+        "autoshrink.search",
+        "autoshrink.train",
+    )
     assert not [m for m in _imports(PACKAGE / "weights.py") if m.startswith(stages)]
 
 
@@ -67,7 +75,7 @@ def _import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 edges |= {known(a.name) for a in node.names}
             elif isinstance(node, ast.ImportFrom):
-                base = package[:len(package) - node.level + 1] if node.level else []
+                base = package[: len(package) - node.level + 1] if node.level else []
                 module = ".".join(base + ([node.module] if node.module else []))
                 for a in node.names:
                     edges.add(f"{module}.{a.name}" if f"{module}.{a.name}" in modules else known(module))

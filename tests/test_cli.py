@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import autoshrink as ash
-
 from autoshrink.cli import main
 
 # the walk-through adds ONNX Runtime columns where onnxruntime is installed and it runs on the CPU
@@ -52,8 +51,9 @@ def test_walkthrough_json(capsys) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error path")
 def test_user_error_is_one_line_exit_2() -> None:
-    proc = subprocess.run([sys.executable, "-m", "autoshrink.cli", "walkthrough", "--device", "cuda"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoshrink.cli", "walkthrough", "--device", "cuda"], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("autoshrink: error: Task.device")
     assert "Traceback" not in proc.stderr
@@ -85,8 +85,13 @@ def test_demo_smoke_local(tmp_path, monkeypatch, capsys) -> None:
 
 def test_demo_smoke_ray_subprocess(tmp_path) -> None:
     """Default executor (Ray, 2 actors) in a fresh process, as `make demo` runs it."""
-    proc = subprocess.run([sys.executable, "-m", "autoshrink.cli", *_demo_args(tmp_path, "--json")],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoshrink.cli", *_demo_args(tmp_path, "--json")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(proc.stdout)
     assert data["executor"] in ("ray", "local")
@@ -133,7 +138,9 @@ def test_search_ray_address_joins_that_cluster(monkeypatch, tmp_path) -> None:
 
 
 def test_search_ray_address_with_the_local_executor_is_one_line(capsys) -> None:
-    assert main(["search", "studies/digits_mlp_quantize.yaml", "--ray-address", "127.0.0.2:6399",
-                 "--executor", "local"]) == 2
+    assert (
+        main(["search", "studies/digits_mlp_quantize.yaml", "--ray-address", "127.0.0.2:6399", "--executor", "local"])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--ray-address 127.0.0.2:6399" in err and "drop one of them" in err

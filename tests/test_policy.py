@@ -38,12 +38,21 @@ def test_every_allowed_bit_width_is_accepted() -> None:
 
 
 def test_round_trip_and_equality() -> None:
-    p = ash.Policy(layers={"fc1": ash.LayerPolicy(sparsity=0.7, bits=4),
-                           "conv2": ash.LayerPolicy(sparsity=0.5, structured=True, rank=0.5)}, distill=True)
+    p = ash.Policy(
+        layers={
+            "fc1": ash.LayerPolicy(sparsity=0.7, bits=4),
+            "conv2": ash.LayerPolicy(sparsity=0.5, structured=True, rank=0.5),
+        },
+        distill=True,
+    )
     d = p.to_dict()
-    assert d == {"layers": {"fc1": {"sparsity": 0.7, "structured": False, "bits": 4, "rank": 1.0},
-                            "conv2": {"sparsity": 0.5, "structured": True, "bits": 32, "rank": 0.5}},
-                 "distill": True}
+    assert d == {
+        "layers": {
+            "fc1": {"sparsity": 0.7, "structured": False, "bits": 4, "rank": 1.0},
+            "conv2": {"sparsity": 0.5, "structured": True, "bits": 32, "rank": 0.5},
+        },
+        "distill": True,
+    }
     q = ash.Policy.from_dict(d)
     assert q == p and hash(q) == hash(p)
     assert list(q.active()) == ["fc1", "conv2"]

@@ -55,7 +55,12 @@ def test_callable_metric_and_loss_are_used(digits_mlp, digits) -> None:
         calls.append(len(loader.dataset))
         return 0.25
 
-    task = ash.Task(train_data=digits.train_data, eval_data=digits.eval_data, example_input=digits.example_input,
-                    metric=metric, device="cpu")
+    task = ash.Task(
+        train_data=digits.train_data,
+        eval_data=digits.eval_data,
+        example_input=digits.example_input,
+        metric=metric,
+        device="cpu",
+    )
     m = ash.measure(digits_mlp, task, latency=ash.LatencyConfig(warmup=1, min_repeats=2, min_seconds=0))
     assert m.accuracy == 0.25 and calls == [360]

@@ -6,6 +6,7 @@ processing that directory's own .pth files, so the editable install's finder nev
 the path), then, from a directory outside the checkout, loads every built-in space by name and runs
 `autoshrink search` on a copy of studies/digits_mlp_quantize.yaml (space: quantize_only, a built-in name).
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,11 @@ def _copy_source(dst: Path) -> None:
 
 
 def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PYTHONSAFEPATH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PYTHONSAFEPATH")
+    }
     env["PYTHONNOUSERSITE"] = "1"
     return env
 
@@ -54,18 +58,35 @@ def _clean_env() -> dict[str, str]:
 def test_wheel_installs_outside_the_checkout_with_its_spaces_and_searches(tmp_path) -> None:
     src, wheels, venv, run = (tmp_path / n for n in ("src", "wheels", "venv", "run"))
     _copy_source(src)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-          "-w", str(wheels), str(src)], tmp_path, timeout=300)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(wheels),
+            str(src),
+        ],
+        tmp_path,
+        timeout=300,
+    )
     (wheel,) = wheels.glob("autoshrink-*.whl")
     # the same base interpreter as this one (venv uses it), so the dependencies' compiled parts fit
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path, timeout=120)
     py = venv / "bin" / "python"
-    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", str(wheel)],
-         tmp_path, timeout=300)
-    purelib = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                        tmp_path, timeout=60).strip())
-    deps = [p for p in dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"]])
-            if Path(p).is_dir()]
+    _run(
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", str(wheel)],
+        tmp_path,
+        timeout=300,
+    )
+    purelib = Path(
+        _run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path, timeout=60).strip()
+    )
+    deps = [p for p in dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"]]) if Path(p).is_dir()]
     # plain directory lines: added to sys.path after the venv's own site-packages, their .pth files unread
     (purelib / "_autoshrink_test_deps.pth").write_text("".join(f"{p}\n" for p in deps))
 
@@ -98,11 +119,18 @@ def test_wheel_installs_outside_the_checkout_with_its_spaces_and_searches(tmp_pa
     config = run / f"{STUDY}.yaml"
     shutil.copy(ROOT / "studies" / f"{STUDY}.yaml", config)
     assert "\nspace: quantize_only\n" in config.read_text()  # a built-in name, found in the installed package
-    out = _run([str(venv / "bin" / "autoshrink"), "search", config.name, "--n-trials", "3", "--quiet"], run,
-               timeout=600, env=env)
+    out = _run(
+        [str(venv / "bin" / "autoshrink"), "search", config.name, "--n-trials", "3", "--quiet"],
+        run,
+        timeout=600,
+        env=env,
+    )
     assert out.rstrip().endswith(f"study '{STUDY}' in sqlite:///studies/{STUDY}.db"), out
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == [
-        f"{STUDY}.yaml", "studies", f"studies/{STUDY}.db"]
+        f"{STUDY}.yaml",
+        "studies",
+        f"studies/{STUDY}.db",
+    ]
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{run / 'studies' / f'{STUDY}.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
     bits = [32, 16, 8, 6, 5, 4, 3, 2]  # quantize_only.yaml's choices: bit-widths and distillation only

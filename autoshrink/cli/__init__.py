@@ -1,15 +1,17 @@
 """The `autoshrink` command: one module per subcommand, each adding its own parser."""
+
 from __future__ import annotations
 
 import argparse
 import sys
 import traceback
 import warnings
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
-from ..version import __version__
 from ..errors import AutoshrinkError
 from ..techniques import CompressionWarning
+from ..version import __version__
 from . import dashboard, demo, recipes, report, search, sensitivity, walkthrough
 
 COMMANDS = (demo, search, sensitivity, recipes, walkthrough, dashboard, report)
@@ -61,8 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception:  # not a user error: a bug -- the traceback, and where to send it
         traceback.print_exc()
-        print(f"autoshrink: internal error: this is a bug in autoshrink {__version__}, not in your input; please "
-              f"report it with the traceback above and the command you ran ({BUG_REPORTS}).", file=sys.stderr)
+        print(
+            f"autoshrink: internal error: this is a bug in autoshrink {__version__}, not in your input; please "
+            f"report it with the traceback above and the command you ran ({BUG_REPORTS}).",
+            file=sys.stderr,
+        )
         return 1
 
 

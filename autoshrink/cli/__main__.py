@@ -1,4 +1,5 @@
 """`python -m autoshrink.cli`."""
+
 from __future__ import annotations
 
 import sys

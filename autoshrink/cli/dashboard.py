@@ -1,4 +1,5 @@
 """`autoshrink dashboard`: optuna-dashboard for a study storage, served in-process on loopback."""
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,10 @@ def resolve_storage(arg: str | None) -> tuple[str, str | None]:
     if path.suffix in (".db", ".sqlite", ".sqlite3") or (path.is_file() and is_sqlite(path)):
         return f"sqlite:///{path}", None
     if path.exists():
-        raise _fail(f"{arg}: not an SQLite database nor a study config YAML; pass an Optuna storage URL "
-                    "(sqlite:///..., postgresql://...), a .db file or a study config YAML.")
+        raise _fail(
+            f"{arg}: not an SQLite database nor a study config YAML; pass an Optuna storage URL "
+            "(sqlite:///..., postgresql://...), a .db file or a study config YAML."
+        )
     if not path.suffix and "/" not in arg:  # a study name, as `autoshrink export NAME`
         name, url = _study_location(arg, None)
         return url, name
@@ -87,19 +90,25 @@ def make_server(app: Any, host: str, port: int) -> Any:
             pass
 
     family = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)[0][0]
-    server = type("DashboardServer", (ThreadingMixIn, WSGIServer),
-                  {"daemon_threads": True, "block_on_close": False, "address_family": family})
+    server = type(
+        "DashboardServer",
+        (ThreadingMixIn, WSGIServer),
+        {"daemon_threads": True, "block_on_close": False, "address_family": family},
+    )
     try:
         return _make(host, port, app, server_class=server, handler_class=Handler)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise _fail(f"port {port} on {host} is already in use (another dashboard?); pick a free one with "
-                        f"--port, e.g. --port {port + 1 if port < 65535 else 8081}.") from None
+            raise _fail(
+                f"port {port} on {host} is already in use (another dashboard?); pick a free one with "
+                f"--port, e.g. --port {port + 1 if port < 65535 else 8081}."
+            ) from None
         if exc.errno == errno.EACCES:
             raise _fail(f"port {port} on {host}: permission denied; use a port above 1023 with --port.") from None
         if exc.errno == errno.EADDRNOTAVAIL:
-            raise _fail(f"--host {host}: not an address of this machine; use 127.0.0.1 or one of its "
-                        "addresses.") from None
+            raise _fail(
+                f"--host {host}: not an address of this machine; use 127.0.0.1 or one of its addresses."
+            ) from None
         raise _fail(f"cannot listen on {host}:{port} ({exc.strerror or exc}); try another --host or --port.") from None
 
 
@@ -119,8 +128,11 @@ def _open_or_wait(url: str, poll_s: float = 1.0) -> Any:
             if url.startswith("sqlite"):
                 raise
             if not noted:
-                print(f"dashboard: {redact(url)} has no Optuna tables yet; waiting for a search to create them "
-                      "(Ctrl-C to stop)", flush=True)
+                print(
+                    f"dashboard: {redact(url)} has no Optuna tables yet; waiting for a search to create them "
+                    "(Ctrl-C to stop)",
+                    flush=True,
+                )
                 noted = True
             time.sleep(poll_s)
 
@@ -141,8 +153,10 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     try:
         summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     except Exception as exc:  # noqa: BLE001
-        raise _fail(f"storage {redact(url)}: cannot list its studies ({type(exc).__name__}: "
-                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}).") from None
+        raise _fail(
+            f"storage {redact(url)}: cannot list its studies ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})."
+        ) from None
     names = [s.study_name for s in summaries]
     study = args.study or implied
     if args.study and args.study not in names:
@@ -159,9 +173,13 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     listed = ", ".join(f"{s.study_name} ({s.n_trials} trials)" for s in summaries) or "no study yet"
     print(f"optuna-dashboard {optuna_dashboard.__version__} on {redact(url)}: {listed}")
     if not loopback:
-        print(f"warning: listening on {args.host}, reachable from other machines: the dashboard has no "
-              "authentication and can change and delete studies; use --host 127.0.0.1 (and an SSH tunnel) "
-              "unless the network is trusted.", file=sys.stderr, flush=True)
+        print(
+            f"warning: listening on {args.host}, reachable from other machines: the dashboard has no "
+            "authentication and can change and delete studies; use --host 127.0.0.1 (and an SSH tunnel) "
+            "unless the network is trusted.",
+            file=sys.stderr,
+            flush=True,
+        )
     if study is not None and study_id is None:
         print(f"note: study {study!r} is not in the storage yet; it appears once the search creates it.")
     print(f"{base}/studies/{study_id}" if study_id is not None else base)
@@ -169,6 +187,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
     previous = None
     if threading.current_thread() is threading.main_thread():
+
         def _on_term(signum: int, frame: Any) -> None:
             raise _Terminated()
 
@@ -186,13 +205,20 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("dashboard", help="browse a study storage in optuna-dashboard (loopback only by default)",
-                       description="Serve optuna-dashboard for the trials of autoshrink searches, in this process, "
-                                   "until Ctrl-C. It has no authentication and can change studies: it listens on "
-                                   f"127.0.0.1 unless --host says otherwise. Needs optuna-dashboard ({INSTALL}).")
-    p.add_argument("storage", metavar="STORAGE", nargs="?",
-                   help="an Optuna storage URL, a .db file, a study config YAML (its storage) or a study name "
-                        "(studies/<name>.db); default: the only studies/*.db here")
+    p = sub.add_parser(
+        "dashboard",
+        help="browse a study storage in optuna-dashboard (loopback only by default)",
+        description="Serve optuna-dashboard for the trials of autoshrink searches, in this process, "
+        "until Ctrl-C. It has no authentication and can change studies: it listens on "
+        f"127.0.0.1 unless --host says otherwise. Needs optuna-dashboard ({INSTALL}).",
+    )
+    p.add_argument(
+        "storage",
+        metavar="STORAGE",
+        nargs="?",
+        help="an Optuna storage URL, a .db file, a study config YAML (its storage) or a study name "
+        "(studies/<name>.db); default: the only studies/*.db here",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0 picks a free one)")
     p.add_argument("--study", help="the study to open (printed URL); must be in the storage")

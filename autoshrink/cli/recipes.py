@@ -1,4 +1,5 @@
 """`autoshrink export` and `autoshrink apply`: recipes from the shell."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,10 @@ def study_inputs(study: str, storage: str) -> list[tuple[str, str | None]]:
 
     from .outputs import sqlite_file
 
-    return [("the study config", study if Path(study).is_file() else None),
-            ("the study database", sqlite_file(storage))]
+    return [
+        ("the study config", study if Path(study).is_file() else None),
+        ("the study database", sqlite_file(storage)),
+    ]
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -44,17 +47,33 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.trial is not None:
         recipe = result.recipe(args.trial)
     else:
-        recipe = result.best(max_accuracy_drop=args.max_accuracy_drop, minimize=args.minimize or "size",
-                             max_latency_ms=args.max_latency_ms)
+        recipe = result.best(
+            max_accuracy_drop=args.max_accuracy_drop,
+            minimize=args.minimize or "size",
+            max_latency_ms=args.max_latency_ms,
+        )
     recipe.save(args.output)
     m, b = recipe.metrics, recipe.baseline
     if args.json:
-        print(json.dumps({"recipe": args.output, "study": name, "trial": recipe.trial, "metrics": m.to_dict(),
-                          "baseline": b.to_dict(), "policy": recipe.policy.to_dict()}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "recipe": args.output,
+                    "study": name,
+                    "trial": recipe.trial,
+                    "metrics": m.to_dict(),
+                    "baseline": b.to_dict(),
+                    "policy": recipe.policy.to_dict(),
+                },
+                indent=1,
+            )
+        )
         return 0
-    print(f"wrote {args.output}: study {name!r} trial {recipe.trial}: accuracy {m.accuracy * 100:.2f}% (baseline "
-          f"{b.accuracy * 100:.2f}%), {m.size_bytes} B ({b.size_bytes / m.size_bytes:.1f}x smaller), "
-          f"{m.latency_ms:.3f} ms ({m.runtime}, batch {m.batch_size}, {recipe.device}), {m.macs} MACs")
+    print(
+        f"wrote {args.output}: study {name!r} trial {recipe.trial}: accuracy {m.accuracy * 100:.2f}% (baseline "
+        f"{b.accuracy * 100:.2f}%), {m.size_bytes} B ({b.size_bytes / m.size_bytes:.1f}x smaller), "
+        f"{m.latency_ms:.3f} ms ({m.runtime}, batch {m.batch_size}, {recipe.device}), {m.macs} MACs"
+    )
     return 0
 
 
@@ -66,8 +85,10 @@ def _json_kwargs(text: str | None, flag: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{flag}: not valid JSON ({exc.msg} at column {exc.colno}): {text!r}; "
-                          """use an object such as '{"kind": "cnn"}'.""") from None
+        raise ConfigError(
+            f"{flag}: not valid JSON ({exc.msg} at column {exc.colno}): {text!r}; "
+            """use an object such as '{"kind": "cnn"}'."""
+        ) from None
     if not isinstance(value, dict):
         raise ConfigError(f"{flag}: got {text!r}; use a JSON object of keyword arguments, e.g. '{{\"seed\": 1}}'.")
     return value
@@ -88,12 +109,12 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         check_output(args.onnx, "--onnx", "onnx", [("the recipe", args.recipe), ("--out", args.out)])
     recipe = Recipe.load(args.recipe)
     cli = Source("command line")
-    model = call_factory(args.model, _json_kwargs(args.model_args, "--model-args"), "--model", cli, nn.Module,
-                         "--model-args")
+    model = call_factory(
+        args.model, _json_kwargs(args.model_args, "--model-args"), "--model", cli, nn.Module, "--model-args"
+    )
     task = None
     if args.task:
-        task = call_factory(args.task, _json_kwargs(args.task_args, "--task-args"), "--task", cli, Task,
-                            "--task-args")
+        task = call_factory(args.task, _json_kwargs(args.task_args, "--task-args"), "--task", cli, Task, "--task-args")
     onnx = None
     if args.onnx:
         from ..export.onnx import check_target
@@ -106,13 +127,19 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         calibration = None
         if args.onnx_activations == "static":
             if task is None:
-                raise ConfigError("--onnx-activations static calibrates the activations on training batches: pass "
-                                  "--task (or use --onnx-activations dynamic).")
+                raise ConfigError(
+                    "--onnx-activations static calibrates the activations on training batches: pass "
+                    "--task (or use --onnx-activations dynamic)."
+                )
             from ..measure.onnxruntime import calibration_batches
 
             calibration = calibration_batches(task)
-        onnx = to_onnx(small, task.example_input if task is not None else recipe.example_input.zeros(),
-                       activations=args.onnx_activations, calibration=calibration)
+        onnx = to_onnx(
+            small,
+            task.example_input if task is not None else recipe.example_input.zeros(),
+            activations=args.onnx_activations,
+            calibration=calibration,
+        )
     written = save_packed(small, args.out)
     exported = None
     if onnx is not None:
@@ -123,78 +150,137 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     keys = ("accuracy", "size_bytes", "latency_ms", "macs")
     measured = {k: (None if k == "accuracy" and task is None else getattr(got, k)) for k in keys}
     if args.json:
-        print(json.dumps({"recipe": args.recipe, "study": recipe.source.study, "trial": recipe.trial, "out": args.out,
-                          "file_bytes": written, "finetuned": report.finetuned, "runtime": got.runtime,
-                          "recorded": {k: getattr(rec, k) for k in keys}, "measured": measured,
-                          "notes": report.lines(),
-                          "onnx": None if exported is None else {"path": exported.path, "bytes": exported.size_bytes,
-                                                                 "activations": exported.activations,
-                                                                 "int8_kernels": list(exported.int8_kernels),
-                                                                 "qdq_weights": list(exported.qdq_weights),
-                                                                 "float16_weights": list(exported.float16_weights)}},
-                         indent=1))
+        print(
+            json.dumps(
+                {
+                    "recipe": args.recipe,
+                    "study": recipe.source.study,
+                    "trial": recipe.trial,
+                    "out": args.out,
+                    "file_bytes": written,
+                    "finetuned": report.finetuned,
+                    "runtime": got.runtime,
+                    "recorded": {k: getattr(rec, k) for k in keys},
+                    "measured": measured,
+                    "notes": report.lines(),
+                    "onnx": None
+                    if exported is None
+                    else {
+                        "path": exported.path,
+                        "bytes": exported.size_bytes,
+                        "activations": exported.activations,
+                        "int8_kernels": list(exported.int8_kernels),
+                        "qdq_weights": list(exported.qdq_weights),
+                        "float16_weights": list(exported.float16_weights),
+                    },
+                },
+                indent=1,
+            )
+        )
         return 0
-    how = (f"with the task and the recorded fine-tune ({recipe.finetune.steps} steps, seed {recipe.seed})"
-           if report.finetuned else "policy only" + ("" if task else f" (no --task: no fine-tune, traced with zeros "
-                                                                   f"of shape {list(recipe.example_input.shape)})"))
-    print(f"applied {args.recipe} (study {recipe.source.study!r} trial {recipe.trial}) to "
-          f"{type(small).__name__}, {how}")
+    how = (
+        f"with the task and the recorded fine-tune ({recipe.finetune.steps} steps, seed {recipe.seed})"
+        if report.finetuned
+        else "policy only"
+        + ("" if task else f" (no --task: no fine-tune, traced with zeros of shape {list(recipe.example_input.shape)})")
+    )
+    print(
+        f"applied {args.recipe} (study {recipe.source.study!r} trial {recipe.trial}) to {type(small).__name__}, {how}"
+    )
     print(f"{'':<12}{'recorded':>14}{'re-applied':>14}")
     for k in keys:
-        fmt = (lambda v: "-" if v is None else f"{v * 100:.2f}%") if k == "accuracy" else (
-            (lambda v: f"{v:.4f}") if k == "latency_ms" else str)
+        fmt = (
+            (lambda v: "-" if v is None else f"{v * 100:.2f}%")
+            if k == "accuracy"
+            else ((lambda v: f"{v:.4f}") if k == "latency_ms" else str)
+        )
         print(f"{k:<12}{fmt(getattr(rec, k)):>14}{fmt(measured[k]):>14}")
-    print(f"latency: {got.runtime} runtime, batch {got.batch_size}, {got.device}, {got.threads} threads "
-          f"(recorded: {rec.runtime}, batch {rec.batch_size}, {recipe.device}, {rec.threads} threads)")
+    print(
+        f"latency: {got.runtime} runtime, batch {got.batch_size}, {got.device}, {got.threads} threads "
+        f"(recorded: {rec.runtime}, batch {rec.batch_size}, {recipe.device}, {rec.threads} threads)"
+    )
     for line in report.lines():
         print(f"note: {line}")
     print(f"wrote {args.out} ({written} bytes)")
     if exported is not None:
-        print(f"wrote {exported.path} ({exported.size_bytes} bytes, ONNX opset {exported.opset}; int8 kernels: "
-              f"{', '.join(exported.int8_kernels) or 'none'}; int8 weights dequantized to float: "
-              f"{', '.join(exported.qdq_weights) or 'none'}; float16: {', '.join(exported.float16_weights) or 'none'})")
+        print(
+            f"wrote {exported.path} ({exported.size_bytes} bytes, ONNX opset {exported.opset}; int8 kernels: "
+            f"{', '.join(exported.int8_kernels) or 'none'}; int8 weights dequantized to float: "
+            f"{', '.join(exported.qdq_weights) or 'none'}; float16: {', '.join(exported.float16_weights) or 'none'})"
+        )
     return 0
 
 
 def add_parser(sub: Any) -> None:
-    exp = sub.add_parser("export", help="export a trial of a study as a recipe YAML (no model needed)",
-                         description="Write the recipe of one trial of a finished search: a trial by number, or "
-                                     "the smallest (or fastest) within an accuracy drop. Opens the study read-only.")
+    exp = sub.add_parser(
+        "export",
+        help="export a trial of a study as a recipe YAML (no model needed)",
+        description="Write the recipe of one trial of a finished search: a trial by number, or "
+        "the smallest (or fastest) within an accuracy drop. Opens the study read-only.",
+    )
     exp.add_argument("study", metavar="STUDY", help="a study config YAML (its name and storage) or a study name")
     pick = exp.add_mutually_exclusive_group(required=True)
     pick.add_argument("--trial", type=int, help="the trial number to export")
-    pick.add_argument("--max-accuracy-drop", type=float, metavar="X",
-                      help="export the best trial within this accuracy drop (a fraction: 0.01 = 1 pp)")
-    exp.add_argument("--minimize", choices=("size", "latency", "macs"),
-                     help="with --max-accuracy-drop: what the best trial minimizes (default size)")
-    exp.add_argument("--max-latency-ms", type=float, metavar="MS",
-                     help="with --max-accuracy-drop: only trials measured at most this latency (default: the "
-                          "search's max_latency_ms, if it had one)")
+    pick.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        metavar="X",
+        help="export the best trial within this accuracy drop (a fraction: 0.01 = 1 pp)",
+    )
+    exp.add_argument(
+        "--minimize",
+        choices=("size", "latency", "macs"),
+        help="with --max-accuracy-drop: what the best trial minimizes (default size)",
+    )
+    exp.add_argument(
+        "--max-latency-ms",
+        type=float,
+        metavar="MS",
+        help="with --max-accuracy-drop: only trials measured at most this latency (default: the "
+        "search's max_latency_ms, if it had one)",
+    )
     exp.add_argument("-o", "--output", required=True, help="the recipe YAML to write, e.g. recipe.yaml")
     exp.add_argument("--storage", help="Optuna storage URL (default: the config's, or sqlite:///studies/<name>.db)")
     exp.add_argument("--json", action="store_true", help="print what was exported as JSON")
     exp.set_defaults(func=_cmd_export)
 
-    app = sub.add_parser("apply", help="apply a recipe to a model and write the packed .ashz",
-                         description="Check the model against the recipe's fingerprint, replay its policy (and, with "
-                                     "--task, its fine-tune), write the packed artifact and print its measured "
-                                     "numbers next to the recipe's.")
+    app = sub.add_parser(
+        "apply",
+        help="apply a recipe to a model and write the packed .ashz",
+        description="Check the model against the recipe's fingerprint, replay its policy (and, with "
+        "--task, its fine-tune), write the packed artifact and print its measured "
+        "numbers next to the recipe's.",
+    )
     app.add_argument("recipe", help="recipe YAML written by `autoshrink export` or Recipe.save")
-    app.add_argument("--model", required=True, metavar="MODULE:FACTORY",
-                     help="'package.module:callable' returning the trained model")
+    app.add_argument(
+        "--model", required=True, metavar="MODULE:FACTORY", help="'package.module:callable' returning the trained model"
+    )
     app.add_argument("--model-args", metavar="JSON", help="keyword arguments of the model factory, a JSON object")
-    app.add_argument("--task", metavar="MODULE:FACTORY",
-                     help="'package.module:callable' returning an ash.Task: fine-tune as recorded, measure accuracy")
+    app.add_argument(
+        "--task",
+        metavar="MODULE:FACTORY",
+        help="'package.module:callable' returning an ash.Task: fine-tune as recorded, measure accuracy",
+    )
     app.add_argument("--task-args", metavar="JSON", help="keyword arguments of the task factory, a JSON object")
     app.add_argument("--out", required=True, help="the packed model to write, e.g. model.ashz")
-    app.add_argument("--onnx", metavar="PATH", help="also write the compressed model as ONNX (int8 codes as int8 "
-                                                     "initializers; needs autoshrink[onnx])")
-    app.add_argument("--onnx-activations", choices=("dynamic", "static", "weights"), default="dynamic",
-                     help="with --onnx: 'dynamic' runs quantized Linear layers on ONNX Runtime's int8 GEMM "
-                          "(activations quantized per batch); 'static' the same with activation scales calibrated "
-                          "on the task's first 4 training batches (needs --task); 'weights' dequantizes the weights "
-                          "(float compute)")
-    app.add_argument("--no-strict", action="store_true",
-                     help="apply the policy to the layers that match the fingerprint and report the others")
+    app.add_argument(
+        "--onnx",
+        metavar="PATH",
+        help="also write the compressed model as ONNX (int8 codes as int8 initializers; needs autoshrink[onnx])",
+    )
+    app.add_argument(
+        "--onnx-activations",
+        choices=("dynamic", "static", "weights"),
+        default="dynamic",
+        help="with --onnx: 'dynamic' runs quantized Linear layers on ONNX Runtime's int8 GEMM "
+        "(activations quantized per batch); 'static' the same with activation scales calibrated "
+        "on the task's first 4 training batches (needs --task); 'weights' dequantizes the weights "
+        "(float compute)",
+    )
+    app.add_argument(
+        "--no-strict",
+        action="store_true",
+        help="apply the policy to the layers that match the fingerprint and report the others",
+    )
     app.add_argument("--json", action="store_true", help="print the result as JSON")
     app.set_defaults(func=_cmd_apply)

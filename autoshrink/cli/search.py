@@ -1,4 +1,5 @@
 """`autoshrink search`: run or resume a study from its config YAML."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,8 +7,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from ..search.config import SETTINGS
-from .common import front_table, progress_printer
 from ..search.study.schema import StudyAttr
+from .common import front_table, progress_printer
 
 if TYPE_CHECKING:
     from ..search.config import SearchConfig
@@ -33,8 +34,9 @@ def cli_settings(args: argparse.Namespace, cfg: StudyConfig) -> SearchConfig:
         try:
             given[name] = yaml.safe_load(text) if len(text) <= 10_000 else text
         except yaml.YAMLError:
-            raise ConfigError(f"search: --{name.replace('_', '-')} {text!r}: not a YAML value; quote it or fix "
-                              "the syntax.") from None
+            raise ConfigError(
+                f"search: --{name.replace('_', '-')} {text!r}: not a YAML value; quote it or fix the syntax."
+            ) from None
 
     def error(name: str, value: Any, fix: str) -> Exception:
         return ConfigError(f"search: --{name.replace('_', '-')} {describe(value)}: {fix}")
@@ -54,8 +56,12 @@ def pick_executor(args: argparse.Namespace, cfg: StudyConfig) -> Any:
     from ..executors import make_executor
     from ..executors.runtime_env import check_py_modules, check_working_dir
 
-    flags = {"address": args.ray_address, "working_dir": args.ray_working_dir, "py_modules": args.ray_py_module,
-             "actors": args.ray_actors}
+    flags = {
+        "address": args.ray_address,
+        "working_dir": args.ray_working_dir,
+        "py_modules": args.ray_py_module,
+        "actors": args.ray_actors,
+    }
     if args.ray_actors is not None and args.ray_actors < 1:
         raise ConfigError(f"search: --ray-actors {args.ray_actors}; use a positive number of actors.")
     given = {name: value for name, value in flags.items() if value}
@@ -64,8 +70,9 @@ def pick_executor(args: argparse.Namespace, cfg: StudyConfig) -> Any:
         shown += [f"--ray-working-dir {args.ray_working_dir}"] if args.ray_working_dir else []
         shown += [f"--ray-py-module {m}" for m in args.ray_py_module or []]
         shown += [f"--ray-actors {args.ray_actors}"] if args.ray_actors else []
-        raise ConfigError(f"search: {' '.join(shown)} runs the trials on Ray, but --executor local was given; drop "
-                          "one of them.")
+        raise ConfigError(
+            f"search: {' '.join(shown)} runs the trials on Ray, but --executor local was given; drop one of them."
+        )
     if "working_dir" in given:
         given["working_dir"] = check_working_dir(given["working_dir"], "search: --ray-working-dir")
     if "py_modules" in given:
@@ -80,8 +87,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from torch import nn
 
     from ..search import search
-    from ..search.study_config import call_factory, load_study_config
     from ..search.study.urls import redact
+    from ..search.study_config import call_factory, load_study_config
     from ..space import load_space
     from ..task import Task
 
@@ -95,13 +102,27 @@ def _cmd_search(args: argparse.Namespace) -> int:
     model = call_factory(cfg.model, cfg.model_args, "model", src, nn.Module)
     drop = settings.max_accuracy_drop
     drop_label = f"{drop * 100:g} pp" if drop is not None else "1 pp"
-    result = search(model, task, space, settings.replace(executor=executor),
-                    progress=None if quiet else progress_printer(drop_label))
+    result = search(
+        model,
+        task,
+        space,
+        settings.replace(executor=executor),
+        progress=None if quiet else progress_printer(drop_label),
+    )
     front = result.pareto
     if args.json:
-        print(json.dumps({"study": result.study.study_name, "baseline": result.baseline.to_dict(),
-                          "timing": result.timing, "hypervolume": result.hypervolume(),
-                          "pareto": json.loads(front.to_json(orient="records"))}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "study": result.study.study_name,
+                    "baseline": result.baseline.to_dict(),
+                    "timing": result.timing,
+                    "hypervolume": result.hypervolume(),
+                    "pareto": json.loads(front.to_json(orient="records")),
+                },
+                indent=1,
+            )
+        )
         return 0
     print()
     print(front_table(result))
@@ -109,34 +130,57 @@ def _cmd_search(args: argparse.Namespace) -> int:
     rt = result.study.user_attrs.get(StudyAttr.RUNTIME) or {}
     if rt:
         print(f"\nruntime: {rt.get('runtime')} ({rt.get('decided_by')})")
-    print(f"\n{t['wall_s']:.1f} s wall, {t['eval_s']:.1f} s evaluating, engine overhead "
-          f"{t['overhead_fraction'] * 100:.1f}%; hypervolume {result.hypervolume():.4f}; "
-          f"study {result.study.study_name!r} in {redact(result.storage)}")
+    print(
+        f"\n{t['wall_s']:.1f} s wall, {t['eval_s']:.1f} s evaluating, engine overhead "
+        f"{t['overhead_fraction'] * 100:.1f}%; hypervolume {result.hypervolume():.4f}; "
+        f"study {result.study.study_name!r} in {redact(result.storage)}"
+    )
     return 0
 
 
 def add_parser(sub: Any) -> None:
-    srch = sub.add_parser("search", help="run (or resume) a search from a study config YAML",
-                          description="Run the study described by a studies/<name>.yaml config; re-running resumes it.")
+    srch = sub.add_parser(
+        "search",
+        help="run (or resume) a search from a study config YAML",
+        description="Run the study described by a studies/<name>.yaml config; re-running resumes it.",
+    )
     srch.add_argument("config", help="study config YAML, e.g. studies/digits_cnn.yaml")
     for name, setting in SETTINGS.items():
         flag = "--" + name.replace("_", "-")
         if name == "executor":
             srch.add_argument(flag, choices=("local", "ray"), help="override the executor")
             continue
-        srch.add_argument(flag, metavar="VALUE", dest=f"set_{name}", help=f"override {name}: {setting.help}"
-                          + ("" if setting.cli == "text" else " (read as YAML)"))
-    srch.add_argument("--ray-address", metavar="HOST:PORT",
-                      help="run the trials on the Ray cluster whose head listens at HOST:PORT (implies --executor ray)")
-    srch.add_argument("--ray-working-dir", metavar="DIR",
-                      help="ship DIR (your model/task modules) to every Ray worker; it is on their path "
-                           "(implies --executor ray; overrides the config's executor_args.working_dir)")
-    srch.add_argument("--ray-py-module", metavar="PATH", action="append",
-                      help="ship a module (package directory, .py or .whl file) to every Ray worker; repeatable "
-                           "(implies --executor ray; overrides the config's executor_args.py_modules)")
-    srch.add_argument("--ray-actors", type=int, metavar="N",
-                      help="this driver's Ray actors (default: as many as the cluster's free CPUs fit; give each of "
-                           "several drivers on one cluster its share; implies --executor ray)")
+        srch.add_argument(
+            flag,
+            metavar="VALUE",
+            dest=f"set_{name}",
+            help=f"override {name}: {setting.help}" + ("" if setting.cli == "text" else " (read as YAML)"),
+        )
+    srch.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run the trials on the Ray cluster whose head listens at HOST:PORT (implies --executor ray)",
+    )
+    srch.add_argument(
+        "--ray-working-dir",
+        metavar="DIR",
+        help="ship DIR (your model/task modules) to every Ray worker; it is on their path "
+        "(implies --executor ray; overrides the config's executor_args.working_dir)",
+    )
+    srch.add_argument(
+        "--ray-py-module",
+        metavar="PATH",
+        action="append",
+        help="ship a module (package directory, .py or .whl file) to every Ray worker; repeatable "
+        "(implies --executor ray; overrides the config's executor_args.py_modules)",
+    )
+    srch.add_argument(
+        "--ray-actors",
+        type=int,
+        metavar="N",
+        help="this driver's Ray actors (default: as many as the cluster's free CPUs fit; give each of "
+        "several drivers on one cluster its share; implies --executor ray)",
+    )
     srch.add_argument("--json", action="store_true", help="print the result as JSON")
     srch.add_argument("--quiet", action="store_true", help="no live progress")
     srch.set_defaults(func=_cmd_search)

@@ -3,6 +3,7 @@
 The search driver owns the study; an executor only turns (key, Policy) into an Outcome. Local and
 Ray executors implement the same small interface, so swapping them changes nothing else.
 """
+
 from __future__ import annotations
 
 import time
@@ -61,8 +62,14 @@ def run_job(job: Job, key: int, request: Request, worker: str = "local") -> Outc
     """Evaluate one request; any exception becomes a failed Outcome with its type, message and origin."""
     t0 = time.perf_counter()
     try:
-        m = evaluate(job.model, job.task, request.policy, finetune_config=request.finetune or job.finetune,
-                     latency=job.latency, runtime=request.runtime or job.runtime)
+        m = evaluate(
+            job.model,
+            job.task,
+            request.policy,
+            finetune_config=request.finetune or job.finetune,
+            latency=job.latency,
+            runtime=request.runtime or job.runtime,
+        )
         return Outcome(key, m, None, time.perf_counter() - t0, worker)
     except Exception as exc:  # noqa: BLE001 - a failed candidate is recorded with its reason, never hidden
         frames = traceback.extract_tb(exc.__traceback__)
@@ -78,8 +85,9 @@ class Executor(Protocol):
     def start(self, job: Job) -> None:
         """Ship the job (model, task, settings) once, before any submit."""
 
-    def submit(self, key: int, policy: Policy, finetune: FinetuneConfig | None = None, *,
-               runtime: str | None = None) -> None:
+    def submit(
+        self, key: int, policy: Policy, finetune: FinetuneConfig | None = None, *, runtime: str | None = None
+    ) -> None:
         """Queue one evaluation under `key` (`finetune` and `runtime` override the job's)."""
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:

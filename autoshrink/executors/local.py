@@ -1,4 +1,5 @@
 """LocalExecutor: evaluates in the calling process, one policy at a time."""
+
 from __future__ import annotations
 
 from collections import deque
@@ -21,8 +22,9 @@ class LocalExecutor:
     def start(self, job: Job) -> None:
         self._job = job
 
-    def submit(self, key: int, policy: Policy, finetune: FinetuneConfig | None = None, *,
-               runtime: str | None = None) -> None:
+    def submit(
+        self, key: int, policy: Policy, finetune: FinetuneConfig | None = None, *, runtime: str | None = None
+    ) -> None:
         if self._job is None:
             raise ConfigError("LocalExecutor.submit before start(job).")
         self._pending.append((key, Request(policy, finetune, runtime)))

@@ -1,4 +1,5 @@
 """Deployable artifacts beside .ashz: ONNX (int8 codes as int8 initializers, smaller layers)."""
+
 from __future__ import annotations
 
 from .onnx import ExportError, OnnxExport, export_onnx, to_onnx, write_onnx

@@ -8,6 +8,7 @@ their exact codes (pruned: 0) with per-output-channel scales and a QDQ `Dequanti
 range saturates) or "weights" (QDQ weights, float compute). Tested: "weights" within 1e-5 x (1 + max
 |output|); "dynamic" / "static" within 5 % of (1 + max |output|), top-1 agreeing on >= 98 %.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,9 +16,10 @@ import io
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,7 +49,7 @@ class OnnxExport:
 
 def _onnx():
     try:
-        import onnx  # noqa: F401
+        import onnx
         from onnx import helper, numpy_helper  # noqa: F401
     except ImportError as e:  # pragma: no cover - the extra is installed by make
         raise ExportError("ONNX export needs the onnx package: pip install 'autoshrink[onnx]'.") from e
@@ -68,14 +70,16 @@ def _quantized_weights(model: nn.Module) -> dict[str, int]:
 def _example_tuple(example_input: Any) -> tuple[torch.Tensor, ...]:
     items = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
     if not items or not all(isinstance(t, torch.Tensor) for t in items):
-        raise ExportError(f"export_onnx: example_input={describe(example_input)}; pass a tensor (or a tuple of "
-                          "tensors) shaped like one batch of the model's input, e.g. task.example_input.")
+        raise ExportError(
+            f"export_onnx: example_input={describe(example_input)}; pass a tensor (or a tuple of "
+            "tensors) shaped like one batch of the model's input, e.g. task.example_input."
+        )
     if any(t.dim() == 0 for t in items):
         raise ExportError("export_onnx: example_input has a 0-d tensor; it needs a batch dimension (dim 0).")
     return items
 
 
-def _torch_export(plain: nn.Module, example: tuple[torch.Tensor, ...], opset: int) -> "Any":
+def _torch_export(plain: nn.Module, example: tuple[torch.Tensor, ...], opset: int) -> Any:
     """The float graph from torch's TorchScript-based exporter (initializers keep the state_dict names)."""
     onnx = _onnx()
     inputs = ["input" if len(example) == 1 else f"input_{i}" for i in range(len(example))]
@@ -83,8 +87,10 @@ def _torch_export(plain: nn.Module, example: tuple[torch.Tensor, ...], opset: in
         with torch.no_grad():
             y = plain(*example)
     except Exception as e:  # noqa: BLE001 - one clear error
-        raise ExportError(f"export_onnx: the model fails on example_input ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}); pass one batch shaped like its input.") from e
+        raise ExportError(
+            f"export_onnx: the model fails on example_input ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); pass one batch shaped like its input."
+        ) from e
     n_out = len(y) if isinstance(y, (tuple, list)) else 1
     outputs = ["output" if n_out == 1 else f"output_{i}" for i in range(n_out)]
     buf = io.BytesIO()
@@ -92,13 +98,23 @@ def _torch_export(plain: nn.Module, example: tuple[torch.Tensor, ...], opset: in
         warnings.simplefilter("ignore")  # the exporter's deprecation notices; errors still raise
         try:
             with torch.no_grad():
-                torch.onnx.export(plain, example, buf, dynamo=False, input_names=inputs, output_names=outputs,
-                                  dynamic_axes={n: {0: "batch"} for n in inputs}, do_constant_folding=False,
-                                  opset_version=opset)
+                torch.onnx.export(
+                    plain,
+                    example,
+                    buf,
+                    dynamo=False,
+                    input_names=inputs,
+                    output_names=outputs,
+                    dynamic_axes={n: {0: "batch"} for n in inputs},
+                    do_constant_folding=False,
+                    opset_version=opset,
+                )
         except Exception as e:  # noqa: BLE001 - re-raised as one clear error
-            raise ExportError(f"export_onnx: torch's ONNX exporter cannot export {type(plain).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. Fix: replace the "
-                              "unsupported operation in the model's forward, or deploy the .ashz file.") from e
+            raise ExportError(
+                f"export_onnx: torch's ONNX exporter cannot export {type(plain).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. Fix: replace the "
+                "unsupported operation in the model's forward, or deploy the .ashz file."
+            ) from e
     model = onnx.load_from_string(buf.getvalue())
     for out in model.graph.output:  # the batch axis of every output is dynamic too
         dims = out.type.tensor_type.shape.dim
@@ -108,18 +124,29 @@ def _torch_export(plain: nn.Module, example: tuple[torch.Tensor, ...], opset: in
     return model
 
 
-def to_onnx(model: nn.Module, example_input: Any, *, activations: str = "dynamic", opset: int = OPSET,
-            calibration: Sequence[Any] | None = None) -> tuple[Any, dict[str, Any]]:
+def to_onnx(
+    model: nn.Module,
+    example_input: Any,
+    *,
+    activations: str = "dynamic",
+    opset: int = OPSET,
+    calibration: Sequence[Any] | None = None,
+) -> tuple[Any, dict[str, Any]]:
     """The compressed model as an onnx ModelProto, and what was done to each compressed layer.
     `calibration`: input batches (tensors or tuples of tensors) for activations="static"."""
     if activations not in ACTIVATIONS:
-        raise ExportError(f"export_onnx: activations={activations!r}; use one of {', '.join(ACTIVATIONS)} "
-                          "(dynamic: int8 kernels for quantized Linear layers, activations quantized per batch; "
-                          "static: the same with calibrated activation scales; weights: QDQ weights, float compute).")
-    if activations == "static" and (calibration is None or isinstance(calibration, torch.Tensor)
-                                    or len(calibration) == 0):
-        raise ExportError("export_onnx: activations='static' needs calibration=[a few input batches] (e.g. training "
-                          "inputs) to fix the activations' scales; or use activations='dynamic'.")
+        raise ExportError(
+            f"export_onnx: activations={activations!r}; use one of {', '.join(ACTIVATIONS)} "
+            "(dynamic: int8 kernels for quantized Linear layers, activations quantized per batch; "
+            "static: the same with calibrated activation scales; weights: QDQ weights, float compute)."
+        )
+    if activations == "static" and (
+        calibration is None or isinstance(calibration, torch.Tensor) or len(calibration) == 0
+    ):
+        raise ExportError(
+            "export_onnx: activations='static' needs calibration=[a few input batches] (e.g. training "
+            "inputs) to fix the activations' scales; or use activations='dynamic'."
+        )
     if isinstance(opset, bool) or not isinstance(opset, int) or not 13 <= opset <= 21:
         raise ExportError(f"export_onnx: opset={opset!r}; use an ONNX opset between 13 and 21 (default {OPSET}).")
     example = _example_tuple(example_input)
@@ -132,8 +159,11 @@ def to_onnx(model: nn.Module, example_input: Any, *, activations: str = "dynamic
     int8 = []
     if activations in ("dynamic", "static"):
         gemm = [n for n in codes_of if n in linear]
-        static = (calibrate(plain, [n.rsplit(".weight", 1)[0] for n in gemm], [_example_tuple(b) for b in calibration])
-                  if activations == "static" else {})
+        static = (
+            calibrate(plain, [n.rsplit(".weight", 1)[0] for n in gemm], [_example_tuple(b) for b in calibration])
+            if activations == "static"
+            else {}
+        )
         for name in gemm:
             stem = name.rsplit(".weight", 1)[0]
             if integer_gemm(graph, name, codes_of[name][0], static.get(stem)):
@@ -144,13 +174,25 @@ def to_onnx(model: nn.Module, example_input: Any, *, activations: str = "dynamic
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:  # noqa: BLE001 - an internal rewrite bug must not ship a broken file
         raise ExportError(f"export_onnx: the rewritten graph is not valid ONNX ({e}); please report it.") from e
-    info = {"int8_kernels": tuple(int8), "qdq_weights": tuple(qdq), "float16_weights": tuple(halves),
-            "inputs": tuple(i.name for i in proto.graph.input), "outputs": tuple(o.name for o in proto.graph.output)}
+    info = {
+        "int8_kernels": tuple(int8),
+        "qdq_weights": tuple(qdq),
+        "float16_weights": tuple(halves),
+        "inputs": tuple(i.name for i in proto.graph.input),
+        "outputs": tuple(o.name for o in proto.graph.output),
+    }
     return proto, info
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, *, example_input: Any, activations: str = "dynamic",
-                opset: int = OPSET, calibration: Sequence[Any] | None = None) -> OnnxExport:
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    example_input: Any,
+    activations: str = "dynamic",
+    opset: int = OPSET,
+    calibration: Sequence[Any] | None = None,
+) -> OnnxExport:
     """Write the compressed `model` as ONNX to `path` (see the module docstring for what the file holds;
     `calibration`: input batches for activations="static").
     The file is written to a temporary name and renamed, so a failure leaves nothing behind."""
@@ -169,8 +211,9 @@ def check_target(path: str | os.PathLike) -> Path:
     return target
 
 
-def write_onnx(proto: Any, info: dict[str, Any], path: str | os.PathLike, *, activations: str,
-               opset: int = OPSET) -> OnnxExport:
+def write_onnx(
+    proto: Any, info: dict[str, Any], path: str | os.PathLike, *, activations: str, opset: int = OPSET
+) -> OnnxExport:
     """Write a `to_onnx` result atomically (temporary file, then rename)."""
     target = check_target(path)
     data = proto.SerializeToString()

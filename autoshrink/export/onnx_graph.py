@@ -1,8 +1,10 @@
 """The ONNX graph rewrites of the export (onnx.py): quantized weights as int8 codes + DequantizeLinear
 (or float16 + Cast), calibration of static activation scales, and the integer-GEMM rewrite of a Linear."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,8 +49,9 @@ class Graph:
         return f"{stem}__ash{self.counter}"
 
 
-def dequantize_weights(graph: Graph, quantized: dict[str, int], model: nn.Module
-                        ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+def dequantize_weights(
+    graph: Graph, quantized: dict[str, int], model: nn.Module
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
     """Replace each quantized weight initializer by its int8 codes + scales and a DequantizeLinear (or
     float16 + Cast). Returns weight name -> (codes, scales) for the int8 ones, and the float16 names."""
     from onnx import TensorProto, helper
@@ -60,17 +63,20 @@ def dequantize_weights(graph: Graph, quantized: dict[str, int], model: nn.Module
     new_nodes = []
     for name, bits in quantized.items():
         if name not in graph.inits:
-            raise ExportError(f"export_onnx: the quantized weight {name!r} is not an initializer of the exported "
-                              "graph (the model's forward reshapes or reuses it in a way the exporter folded). "
-                              "Fix: export a model whose layers use their weight directly.")
+            raise ExportError(
+                f"export_onnx: the quantized weight {name!r} is not an initializer of the exported "
+                "graph (the model's forward reshapes or reuses it in a way the exporter folded). "
+                "Fix: export a model whose layers use their weight directly."
+            )
         weight = params.get(name, buffers.get(name))
         if weight is None:
             raise ExportError(f"export_onnx: {name!r} has no tensor in the model.")
         graph.drop_init(name)
         if bits == 16:
             graph.add_init(f"{name}_fp16", weight.detach().cpu().numpy().astype(np.float16))
-            new_nodes.append(helper.make_node("Cast", [f"{name}_fp16"], [name], to=TensorProto.FLOAT,
-                                              name=f"{name}_cast"))
+            new_nodes.append(
+                helper.make_node("Cast", [f"{name}_fp16"], [name], to=TensorProto.FLOAT, name=f"{name}_cast")
+            )
             halves.append(name.rsplit(".weight", 1)[0])
             continue
         codes, scales = quantize_codes(weight.detach().cpu(), bits)
@@ -79,9 +85,15 @@ def dequantize_weights(graph: Graph, quantized: dict[str, int], model: nn.Module
         graph.add_init(f"{name}_quantized", c)
         graph.add_init(f"{name}_scale", s)
         graph.add_init(f"{name}_zero_point", np.zeros(s.shape, dtype=np.int8))
-        new_nodes.append(helper.make_node("DequantizeLinear", [f"{name}_quantized", f"{name}_scale",
-                                                                f"{name}_zero_point"], [name], axis=0,
-                                          name=f"{name}_dequantize"))
+        new_nodes.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"],
+                [name],
+                axis=0,
+                name=f"{name}_dequantize",
+            )
+        )
     for i, n in enumerate(new_nodes):  # before every consumer: a valid topological order
         graph.g.node.insert(i, n)
     return codes_of, halves
@@ -89,15 +101,18 @@ def dequantize_weights(graph: Graph, quantized: dict[str, int], model: nn.Module
 
 def calibrate(plain: nn.Module, modules: Sequence[str], batches: Sequence[Any]) -> dict[str, tuple[float, int]]:
     """The uint8 (scale, zero point) of each named module's input over the calibration batches (each a
-    tuple of input tensors): the range [min(0, lo), max(0, hi)] over 255 steps, as DynamicQuantizeLinear computes it per batch."""
+    tuple of input tensors): the range [min(0, lo), max(0, hi)] over 255 steps, as DynamicQuantizeLinear
+    computes it per batch."""
     lo: dict[str, float] = {}
     hi: dict[str, float] = {}
     hooks = []
     for name in modules:
+
         def seen(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
             x = args[0].detach()
             lo[name] = min(lo.get(name, 0.0), float(x.min()))
             hi[name] = max(hi.get(name, 0.0), float(x.max()))
+
         hooks.append(plain.get_submodule(name).register_forward_pre_hook(seen))
     try:
         with torch.inference_mode():
@@ -128,8 +143,12 @@ def integer_gemm(graph: Graph, weight: str, codes: np.ndarray, static: tuple[flo
     bias = None
     if node.op_type == "Gemm" and node.input[1] == weight:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if attrs.get("transA", 0) or not attrs.get("transB", 0) or attrs.get("alpha", 1.0) != 1.0 or \
-                attrs.get("beta", 1.0) != 1.0:
+        if (
+            attrs.get("transA", 0)
+            or not attrs.get("transB", 0)
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+        ):
             return False
         x, out = node.input[0], node.output[0]
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
@@ -149,16 +168,20 @@ def integer_gemm(graph: Graph, weight: str, codes: np.ndarray, static: tuple[flo
     acc, accf, scale = graph.fresh(f"{stem}_int32"), graph.fresh(f"{stem}_int32_float"), graph.fresh(f"{stem}_scale")
     mm_out = graph.fresh(f"{stem}_matmul") if bias else out
     if static is None:
-        nodes = [helper.make_node("DynamicQuantizeLinear", [x], [xq, xs, xz], name=graph.fresh(f"{stem}_quantize_x")),
-                 helper.make_node("Mul", [xs, f"{weight}_scale"], [scale], name=graph.fresh(f"{stem}_scales"))]
+        nodes = [
+            helper.make_node("DynamicQuantizeLinear", [x], [xq, xs, xz], name=graph.fresh(f"{stem}_quantize_x")),
+            helper.make_node("Mul", [xs, f"{weight}_scale"], [scale], name=graph.fresh(f"{stem}_scales")),
+        ]
     else:
         xs = graph.add_init(xs, np.array(static[0], dtype=np.float32))
         xz = graph.add_init(xz, np.array(static[1], dtype=np.uint8))
         scale = graph.add_init(scale, (graph.array(f"{weight}_scale") * np.float32(static[0])).astype(np.float32))
         nodes = [helper.make_node("QuantizeLinear", [x, xs, xz], [xq], name=graph.fresh(f"{stem}_quantize_x"))]
-    nodes += [helper.make_node("MatMulInteger", [xq, wt, xz, wzp], [acc], name=graph.fresh(f"{stem}_matmul_integer")),
-              helper.make_node("Cast", [acc], [accf], to=TensorProto.FLOAT, name=graph.fresh(f"{stem}_cast")),
-              helper.make_node("Mul", [accf, scale], [mm_out], name=graph.fresh(f"{stem}_rescale"))]
+    nodes += [
+        helper.make_node("MatMulInteger", [xq, wt, xz, wzp], [acc], name=graph.fresh(f"{stem}_matmul_integer")),
+        helper.make_node("Cast", [acc], [accf], to=TensorProto.FLOAT, name=graph.fresh(f"{stem}_cast")),
+        helper.make_node("Mul", [accf, scale], [mm_out], name=graph.fresh(f"{stem}_rescale")),
+    ]
     if bias:
         nodes.append(helper.make_node("Add", [mm_out, bias], [out], name=graph.fresh(f"{stem}_bias")))
     at = min(list(graph.g.node).index(n) for n in removed)

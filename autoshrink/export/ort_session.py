@@ -1,10 +1,12 @@
 """ONNX Runtime sessions over exported models: creation with threads, device and optimization level,
 and running them on torch tensors."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,8 +14,9 @@ import torch
 from ..errors import ExportError
 
 
-def ort_session(source: str | os.PathLike | bytes | Any, threads: int = 1, device: str = "cpu",
-                optimize: str = "all") -> Any:
+def ort_session(
+    source: str | os.PathLike | bytes | Any, threads: int = 1, device: str = "cpu", optimize: str = "all"
+) -> Any:
     """An ONNX Runtime inference session on `device` ("cpu", or "cuda" where the CUDA provider exists)
     with `threads` intra-op threads and ORT's graph optimizations at `optimize` ("all": what a
     deployment uses, it may fuse a DequantizeLinear -> MatMul into ORT's own quantized kernel;
@@ -33,8 +36,9 @@ def ort_session(source: str | os.PathLike | bytes | Any, threads: int = 1, devic
     providers = ["CPUExecutionProvider"]
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ExportError("ONNX Runtime here has no CUDA execution provider; measure on device='cpu' or install "
-                              "onnxruntime-gpu.")
+            raise ExportError(
+                "ONNX Runtime here has no CUDA execution provider; measure on device='cpu' or install onnxruntime-gpu."
+            )
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     data = source.SerializeToString() if hasattr(source, "SerializeToString") else source
     if isinstance(data, (str, os.PathLike)):
@@ -42,8 +46,10 @@ def ort_session(source: str | os.PathLike | bytes | Any, threads: int = 1, devic
     try:
         return ort.InferenceSession(data, sess_options=opts, providers=providers)
     except Exception as e:  # noqa: BLE001 - one clear error
-        raise ExportError(f"ONNX Runtime cannot run this model: {str(e).splitlines()[0]}. Fix: export with "
-                          "activations='weights', or deploy with the float runtime.") from e
+        raise ExportError(
+            f"ONNX Runtime cannot run this model: {str(e).splitlines()[0]}. Fix: export with "
+            "activations='weights', or deploy with the float runtime."
+        ) from e
 
 
 def session_feed(session: Any, inputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
 """Measurement of compressed models: accuracy, packed size, latency, MACs."""
+
 from __future__ import annotations
 
 from .latency import LatencyConfig

@@ -1,4 +1,5 @@
 """The task metric on eval_data."""
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,10 @@ def evaluate_metric(model: nn.Module, task: Task, device: torch.device | None = 
             for x, y in iterate_batches(task.eval_data, task.batch_size):
                 out = model(x.to(device))
                 if not isinstance(out, torch.Tensor):
-                    raise TaskError(f"metric 'accuracy': the model returned {type(out).__name__}, not a logits tensor; pass a metric callable.")
+                    raise TaskError(
+                        f"metric 'accuracy': the model returned {type(out).__name__}, not a logits tensor; "
+                        "pass a metric callable."
+                    )
                 correct += int((out.argmax(dim=-1).cpu() == y.view(-1)).sum())
                 total += int(y.numel())
         value = correct / total

@@ -4,13 +4,15 @@ What is timed is the call a deployment makes: `model(x)` for a torch model; for 
 `deploy_call(x)` method (the ONNX Runtime runtime's OrtModule) the zero-argument callable it returns,
 which runs the runtime on inputs prepared once (ORT: `session.run` on numpy arrays), so no torch <->
 numpy conversion or nn.Module dispatch of autoshrink's own wrapper is counted as the model's latency."""
+
 from __future__ import annotations
 
 import contextlib
 import statistics
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -83,8 +85,9 @@ def deploy_call(model: nn.Module, x: Tensor) -> Callable[[], object]:
     return lambda: model(x)
 
 
-def time_forward(model: nn.Module, example_input: Tensor, device: torch.device,
-                 config: LatencyConfig = LatencyConfig()) -> list[float]:
+def time_forward(
+    model: nn.Module, example_input: Tensor, device: torch.device, config: LatencyConfig = LatencyConfig()
+) -> list[float]:
     """Wall times in ms of repeated forwards of `example_input` (model already on `device`)."""
     x = example_input.to(device)
     model.eval()
@@ -106,7 +109,8 @@ def time_forward(model: nn.Module, example_input: Tensor, device: torch.device,
     return times
 
 
-def median_latency_ms(model: nn.Module, example_input: Tensor, device: torch.device,
-                      config: LatencyConfig = LatencyConfig()) -> float:
+def median_latency_ms(
+    model: nn.Module, example_input: Tensor, device: torch.device, config: LatencyConfig = LatencyConfig()
+) -> float:
     """Median of `time_forward`."""
     return statistics.median(time_forward(model, example_input, device, config))

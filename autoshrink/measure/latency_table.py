@@ -8,11 +8,12 @@ Sum rule: predicted = the untouched model's latency + the sum over searched laye
 choice] - table[layer, "none"]); the rest of the model is taken as unchanged. Predictions are stored on
 the trial ("latency_predicted_ms") and checked against the measurement (prediction_errors).
 """
+
 from __future__ import annotations
 
 import json
 import statistics
-from typing import Mapping
+from collections.abc import Mapping
 
 import pandas as pd
 
@@ -72,7 +73,16 @@ class LatencyTable:
         rows = []
         for key, obs in self.entries.items():
             layer, choice, runtime, device, batch = json.loads(key)
-            rows.append({"layer": layer, "choice": choice, "runtime": runtime, "device": device, "batch": batch,
-                         "latency_ms": statistics.median(obs), "observations": len(obs)})
+            rows.append(
+                {
+                    "layer": layer,
+                    "choice": choice,
+                    "runtime": runtime,
+                    "device": device,
+                    "batch": batch,
+                    "latency_ms": statistics.median(obs),
+                    "observations": len(obs),
+                }
+            )
         cols = ["layer", "choice", "runtime", "device", "batch", "latency_ms", "observations"]
         return pd.DataFrame(rows, columns=cols).sort_values(["layer", "choice"], ignore_index=True)

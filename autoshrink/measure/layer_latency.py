@@ -7,16 +7,17 @@ dynamic-int8 copy; "onnxruntime" / "onnxruntime-static" the layer exported alone
 own ORT session (static: calibrated on the captured input). A layer whose input is not one tensor, or
 that the model never calls, is left out; the caller sees which ones are missing.
 """
+
 from __future__ import annotations
 
 import statistics
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .latency import LatencyConfig, time_forward
-from .runtime import materialize
 
 # one layer's timing: short, it runs for every layer of every trial
 LAYER_TIMING = LatencyConfig(warmup=3, min_repeats=15, min_seconds=0.02, max_repeats=500)
@@ -35,6 +36,7 @@ def layer_inputs(plain: nn.Module, example_input: Any, names: Sequence[str], dev
         def grab(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
             if name not in seen and len(args) == 1 and isinstance(args[0], Tensor):
                 seen[name] = args[0].detach().clone()
+
         hooks.append(module.register_forward_pre_hook(grab))
     try:
         with torch.inference_mode():
@@ -46,9 +48,16 @@ def layer_inputs(plain: nn.Module, example_input: Any, names: Sequence[str], dev
     return seen
 
 
-def layer_latencies(model: nn.Module, plain: nn.Module, runtime_model: nn.Module | None, runtime: str,
-                    example_input: Any, names: Sequence[str], device: torch.device,
-                    config: LatencyConfig = LAYER_TIMING) -> dict[str, float]:
+def layer_latencies(
+    model: nn.Module,
+    plain: nn.Module,
+    runtime_model: nn.Module | None,
+    runtime: str,
+    example_input: Any,
+    names: Sequence[str],
+    device: torch.device,
+    config: LatencyConfig = LAYER_TIMING,
+) -> dict[str, float]:
     """Median ms of each named layer alone on `runtime` ("float", "int8-dynamic" or "onnxruntime"; see
     the module docstring). `model`: the compressed model (parametrizations in place), `plain`: its
     materialized copy on `device`, `runtime_model`: the int8 copy for "int8-dynamic"."""
@@ -62,8 +71,13 @@ def layer_latencies(model: nn.Module, plain: nn.Module, runtime_model: nn.Module
             from .onnxruntime import ort_runtime
 
             static = runtime == "onnxruntime-static"
-            layer = ort_runtime(model.get_submodule(name), x.cpu(), device,
-                                activations="static" if static else "dynamic", calibration=[x.cpu()] if static else None)
+            layer = ort_runtime(
+                model.get_submodule(name),
+                x.cpu(),
+                device,
+                activations="static" if static else "dynamic",
+                calibration=[x.cpu()] if static else None,
+            )
         elif runtime == "int8-dynamic" and runtime_model is not None:
             layer = runtime_model.get_submodule(name)
         else:

@@ -1,4 +1,5 @@
 """MACs of one forward pass, counted by torch's FlopCounterMode over every aten op."""
+
 from __future__ import annotations
 
 import torch

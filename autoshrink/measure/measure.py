@@ -1,8 +1,9 @@
 """measure(model, task) -> Measurement: accuracy, packed size, latency and MACs, all measured."""
+
 from __future__ import annotations
 
 import statistics
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -20,16 +21,20 @@ from .runtime import deploy_runtime, int8_available, int8_runtime, materialize
 RUNTIMES = ("float", "int8", "onnxruntime", "onnxruntime-static", "auto")
 
 
-def _pick_runtime(candidates: dict[str, nn.Module], task: Task, device: torch.device,
-                  config: LatencyConfig, rounds: int = 3) -> dict[str, float]:
+def _pick_runtime(
+    candidates: dict[str, nn.Module], task: Task, device: torch.device, config: LatencyConfig, rounds: int = 3
+) -> dict[str, float]:
     """Median latency of each candidate, timed in interleaved rounds so drift hits all alike."""
-    per_round = LatencyConfig(warmup=config.warmup, min_repeats=max(1, config.min_repeats // rounds),
-                              min_seconds=config.min_seconds / rounds, max_repeats=config.max_repeats)
+    per_round = LatencyConfig(
+        warmup=config.warmup,
+        min_repeats=max(1, config.min_repeats // rounds),
+        min_seconds=config.min_seconds / rounds,
+        max_repeats=config.max_repeats,
+    )
     times: dict[str, list[float]] = {k: [] for k in candidates}
     for _ in range(rounds if len(candidates) > 1 else 1):
         for key, m in candidates.items():
-            times[key].extend(time_forward(m, task.example_input, device,
-                                           per_round if len(candidates) > 1 else config))
+            times[key].extend(time_forward(m, task.example_input, device, per_round if len(candidates) > 1 else config))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -66,8 +71,10 @@ def measure(
     device = task.torch_device
     config = latency or LatencyConfig()
     if runtime == "int8" and not int8_available(device):
-        raise ConfigError(f"measure: runtime='int8' but the device ({device}) has no int8 kernels (torch's dynamic "
-                          "int8 Linear runs on CPU); use runtime='float'.")
+        raise ConfigError(
+            f"measure: runtime='int8' but the device ({device}) has no int8 kernels (torch's dynamic "
+            "int8 Linear runs on CPU); use runtime='float'."
+        )
     blob, entries = pack(model)
     plain = materialize(model).to(device)
     candidates: dict[str, nn.Module] = {}
@@ -75,8 +82,13 @@ def measure(
         from .onnxruntime import calibration_batches, ort_runtime
 
         static = runtime == "onnxruntime-static"
-        candidates[runtime] = ort_runtime(model, task.example_input, device, activations="static" if static else "dynamic",
-                                          calibration=calibration_batches(task) if static else None)
+        candidates[runtime] = ort_runtime(
+            model,
+            task.example_input,
+            device,
+            activations="static" if static else "dynamic",
+            calibration=calibration_batches(task) if static else None,
+        )
     q = int8_runtime(model, device) if runtime in ("auto", "int8") else None
     if q is not None:
         candidates["int8-dynamic"] = q
@@ -88,13 +100,21 @@ def measure(
     layer_ms: dict[str, float] = {}
     if config.layers:
         with timing_guard():
-            layer_ms = layer_latencies(model, plain, candidates.get("int8-dynamic"), chosen, task.example_input,
-                                       config.layers, device)
+            layer_ms = layer_latencies(
+                model, plain, candidates.get("int8-dynamic"), chosen, task.example_input, config.layers, device
+            )
     accuracy = evaluate_metric(candidates[chosen], task, device)
     params = [p for p in plain.parameters()]
     layers = tuple(
-        LayerStats(name=e.name, shape=tuple(e.shape), params=e.numel, nonzero=e.nonzero, bits=e.bits,
-                   encoding=e.streams, bytes=e.nbytes)
+        LayerStats(
+            name=e.name,
+            shape=tuple(e.shape),
+            params=e.numel,
+            nonzero=e.nonzero,
+            bits=e.bits,
+            encoding=e.streams,
+            bytes=e.nbytes,
+        )
         for e in entries
         if e.name.endswith("weight") and len(e.shape) >= 2
     )

@@ -1,8 +1,10 @@
 """Measurement: what a (compressed) model measured, every number measured, never estimated."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class Measurement:
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Measurement":
+    def from_dict(cls, data: Mapping[str, Any]) -> Measurement:
         d = dict(data)
         d["layers"] = tuple(LayerStats(**dict(l, shape=tuple(l["shape"]))) for l in d.get("layers", ()))
         d["skipped"] = tuple(d.get("skipped", ()))

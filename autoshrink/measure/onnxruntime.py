@@ -8,9 +8,11 @@ an InferenceSession with as many intra-op threads as torch uses here, on the CPU
 (CUDA's where the device is a GPU and onnxruntime-gpu is installed). `measure` times it and runs the
 task's metric through it, so latency *and* accuracy are ONNX Runtime's.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,8 +61,9 @@ def calibration_batches(task: Any, n: int = CALIBRATION_BATCHES) -> list[torch.T
     return out
 
 
-def ort_runtime(model: nn.Module, example_input: Any, device: torch.device, activations: str = "dynamic",
-                calibration: Any = None) -> OrtModule:
+def ort_runtime(
+    model: nn.Module, example_input: Any, device: torch.device, activations: str = "dynamic", calibration: Any = None
+) -> OrtModule:
     """The ONNX export of `model` in an ORT session on `device` (see the module docstring)."""
     from ..export.onnx import ExportError, to_onnx
     from ..export.ort_session import ort_session

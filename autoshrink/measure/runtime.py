@@ -5,6 +5,7 @@ layers are real smaller layers). "int8-dynamic": additionally, every nn.Linear q
 runs torch's dynamic int8 kernel (int8 weights with our exact codes and per-channel scales,
 activations quantized per batch) -- only on CPU, where the x86/fbgemm backend has the kernel.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,7 +21,7 @@ from ..weights import quantize_codes, strip_parametrizations, weight_bits
 INT8_ENGINES = ("x86", "fbgemm", "qnnpack")
 DEPLOY_RUNTIMES = ("float", "int8", "onnxruntime", "onnxruntime-static")
 
-_deployed: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
+_deployed: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
 
 def set_deploy_runtime(model: nn.Module, runtime: str) -> None:

@@ -1,4 +1,5 @@
 """apply_recipe: check a model against a recipe's fingerprint, then replay its policy and fine-tune."""
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,9 @@ class RecipeReport:
     def lines(self) -> list[str]:
         out = self.mismatch.lines(limit=1000)
         if self.not_applied:
-            out.append(f"not applied to {len(self.not_applied)} layer(s) that do not fit: "
-                       + ", ".join(self.not_applied))
+            out.append(
+                f"not applied to {len(self.not_applied)} layer(s) that do not fit: " + ", ".join(self.not_applied)
+            )
         return out + self.applied.lines()
 
 
@@ -55,8 +57,9 @@ def _fitting_policy(target: nn.Module, recipe: Recipe, mismatch: Mismatch) -> tu
     return Policy(layers=layers, distill=recipe.policy.distill), tuple(left)
 
 
-def apply_recipe_with_report(model: nn.Module, recipe: Recipe | str | os.PathLike[str], task: Task | None = None, *,
-                             strict: bool = True) -> tuple[nn.Module, RecipeReport]:
+def apply_recipe_with_report(
+    model: nn.Module, recipe: Recipe | str | os.PathLike[str], task: Task | None = None, *, strict: bool = True
+) -> tuple[nn.Module, RecipeReport]:
     """Like `apply_recipe`, also returning the RecipeReport."""
     if isinstance(recipe, (str, os.PathLike)):
         recipe = Recipe.load(recipe)
@@ -71,29 +74,43 @@ def apply_recipe_with_report(model: nn.Module, recipe: Recipe | str | os.PathLik
     if mismatch and strict:
         raise RecipeError(
             f"{_where(recipe)}: the model does not match the recipe's fingerprint ({recipe.model.model_class}): "
-            + "; ".join(mismatch.lines()) + ". Fix: apply it to the architecture it was made for (retrained "
-            "weights are fine), or pass strict=False (CLI: --no-strict) to apply the policy to the layers that match.")
+            + "; ".join(mismatch.lines())
+            + ". Fix: apply it to the architecture it was made for (retrained "
+            "weights are fine), or pass strict=False (CLI: --no-strict) to apply the policy to the layers that match."
+        )
     policy, left = _fitting_policy(target, recipe, mismatch)
     if task is not None and task.transform_name != recipe.train_transform and recipe.finetune.steps:
-        warnings.warn(f"{_where(recipe)} was fine-tuned with train_transform {recipe.train_transform!r} but the task "
-                      f"has {task.transform_name!r}: the replayed fine-tune will not reproduce the recorded weights. "
-                      "Fix: give the task the same train_transform.", CompressionWarning, stacklevel=3)
+        warnings.warn(
+            f"{_where(recipe)} was fine-tuned with train_transform {recipe.train_transform!r} but the task "
+            f"has {task.transform_name!r}: the replayed fine-tune will not reproduce the recorded weights. "
+            "Fix: give the task the same train_transform.",
+            CompressionWarning,
+            stacklevel=3,
+        )
     x = task.example_input if task is not None else recipe.example_input.zeros()
     small, applied = compress(target, policy, task=task, finetune_config=recipe.finetune, example_input=x)
     set_deploy_runtime(small, recipe.measure_runtime)
-    report = RecipeReport(mismatch, left, applied, finetuned=task is not None and recipe.finetune.steps > 0
-                          and bool(policy.active()))
+    report = RecipeReport(
+        mismatch, left, applied, finetuned=task is not None and recipe.finetune.steps > 0 and bool(policy.active())
+    )
     if mismatch:
-        warnings.warn(f"{_where(recipe)} applied with strict=False to a model that does not match: "
-                      + "; ".join(report.lines()), CompressionWarning, stacklevel=3)
+        warnings.warn(
+            f"{_where(recipe)} applied with strict=False to a model that does not match: " + "; ".join(report.lines()),
+            CompressionWarning,
+            stacklevel=3,
+        )
     elif applied.skipped:
-        warnings.warn("some layers were not compressed as asked: " + "; ".join(map(str, applied.skipped)),
-                      CompressionWarning, stacklevel=3)
+        warnings.warn(
+            "some layers were not compressed as asked: " + "; ".join(map(str, applied.skipped)),
+            CompressionWarning,
+            stacklevel=3,
+        )
     return small, report
 
 
-def apply_recipe(model: nn.Module, recipe: Recipe | str | os.PathLike[str], task: Task | None = None, *,
-                 strict: bool = True) -> nn.Module:
+def apply_recipe(
+    model: nn.Module, recipe: Recipe | str | os.PathLike[str], task: Task | None = None, *, strict: bool = True
+) -> nn.Module:
     """Replay `recipe` on `model` and return the compressed copy (`model` is untouched).
 
     The model must match the recipe's fingerprint (module names, types and parameter shapes;
@@ -114,8 +131,9 @@ def _unmeasured(model: nn.Module, loader: object, device: torch.device) -> float
     return 0.0  # placeholder metric of the task-less measurement; reported as NaN below
 
 
-def measure_recipe(model: nn.Module, recipe: Recipe, task: Task | None = None, *,
-                   latency: LatencyConfig | None = None) -> Measurement:
+def measure_recipe(
+    model: nn.Module, recipe: Recipe, task: Task | None = None, *, latency: LatencyConfig | None = None
+) -> Measurement:
     """Measure a re-applied model comparably to the recipe: on the runtime the recipe recorded.
 
     Without a task: size, MACs and latency on zeros of the recorded example-input shape; the
@@ -125,6 +143,11 @@ def measure_recipe(model: nn.Module, recipe: Recipe, task: Task | None = None, *
     x = recipe.example_input.zeros()
     batch = x if x.dim() else x.reshape(1)
     data = (batch, torch.zeros(batch.shape[0], dtype=torch.long))
-    zeros = Task(train_data=data, eval_data=data, example_input=x, metric=_unmeasured,
-                 device="cpu" if recipe.device == "cpu" else "auto")
+    zeros = Task(
+        train_data=data,
+        eval_data=data,
+        example_input=x,
+        metric=_unmeasured,
+        device="cpu" if recipe.device == "cpu" else "auto",
+    )
     return replace(measure(model, zeros, runtime=recipe.measure_runtime, latency=latency), accuracy=float("nan"))

@@ -5,12 +5,14 @@ model against it, so a recipe fits any retrained copy of the same architecture a
 Wrapper prefixes (`module.` from DistributedDataParallel / DataParallel, `_orig_mod.` from
 torch.compile) are normalized away on both sides.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +27,7 @@ def normalize(name: str) -> str:
         changed = False
         for prefix in WRAPPER_PREFIXES:
             if name.startswith(prefix):
-                name, changed = name[len(prefix):], True
+                name, changed = name[len(prefix) :], True
     return name
 
 
@@ -79,8 +81,11 @@ class Fingerprint:
         return _digest(self.model_class, self.layers)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"class": self.model_class, "sha256": self.sha256,
-                "layers": {n: s.to_dict() for n, s in self.layers.items()}}
+        return {
+            "class": self.model_class,
+            "sha256": self.sha256,
+            "layers": {n: s.to_dict() for n, s in self.layers.items()},
+        }
 
 
 def fingerprint(model: nn.Module) -> Fingerprint:
@@ -118,13 +123,16 @@ class Mismatch:
         if self.model_class:
             out.append(f"model class: recorded {self.model_class[0]}, found {self.model_class[1]}")
         if self.missing:
-            out.append(f"missing {len(self.missing)} layer(s): "
-                       + some([f"{n} ({s.describe()})" for n, s in self.missing]))
+            out.append(
+                f"missing {len(self.missing)} layer(s): " + some([f"{n} ({s.describe()})" for n, s in self.missing])
+            )
         if self.extra:
             out.append(f"extra {len(self.extra)} layer(s): " + some([f"{n} ({s.describe()})" for n, s in self.extra]))
         if self.changed:
-            out.append(f"reshaped {len(self.changed)} layer(s): " + some(
-                [f"{n} (expected {e.describe()}, found {f.describe()})" for n, e, f in self.changed]))
+            out.append(
+                f"reshaped {len(self.changed)} layer(s): "
+                + some([f"{n} (expected {e.describe()}, found {f.describe()})" for n, e, f in self.changed])
+            )
         return out
 
 
@@ -149,7 +157,7 @@ class InputSpec:
     dtype: str
 
     @classmethod
-    def of(cls, x: torch.Tensor) -> "InputSpec":
+    def of(cls, x: torch.Tensor) -> InputSpec:
         return cls(tuple(int(d) for d in x.shape), str(x.dtype).removeprefix("torch."))
 
     def zeros(self) -> torch.Tensor:

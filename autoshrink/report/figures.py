@@ -3,11 +3,13 @@
 Every number comes from the study's records: nothing is re-measured or estimated here. Data go into
 the figures as plain lists (not numpy arrays), so the page's embedded JSON stays readable.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,13 +19,27 @@ from plotly.subplots import make_subplots
 from ..measure import Measurement
 from ..search.pareto import hypervolume, non_dominated
 from ..search.result import SearchResult
-from .stages import stage_note
 from ..search.study.schema import TrialAttr
+from .stages import stage_note
 
-MEASURED = ("accuracy", "accuracy_drop", "size_bytes", "latency_ms", "macs", "compression", "speedup",
-            "mac_reduction", "runtime", "device")
-AXIS = {"size_bytes": ("size (bytes, packed)", "log"), "latency_ms": ("latency (ms)", "linear"),
-        "macs": ("MACs", "log"), "accuracy": ("accuracy (%)", "linear")}
+MEASURED = (
+    "accuracy",
+    "accuracy_drop",
+    "size_bytes",
+    "latency_ms",
+    "macs",
+    "compression",
+    "speedup",
+    "mac_reduction",
+    "runtime",
+    "device",
+)
+AXIS = {
+    "size_bytes": ("size (bytes, packed)", "log"),
+    "latency_ms": ("latency (ms)", "linear"),
+    "macs": ("MACs", "log"),
+    "accuracy": ("accuracy (%)", "linear"),
+}
 GREY, INFEASIBLE, FRONT, LINE = "#9aa0a6", "#e8710a", "#1a73e8", "#174ea6"
 UNTOUCHED = {"sparsity": 0.0, "structured": False, "bits": 32, "rank": 1.0}  # LayerPolicy defaults
 TOLERANCE = 1e-12  # as SearchResult: a drop equal to the limit is feasible
@@ -50,8 +66,13 @@ def layer_label(layer: Mapping[str, Any] | None) -> str:
     if not layer:
         return "-"
     bits = int(layer.get("bits", 32))
-    parts = ["fp32" if bits == 32 else "fp16" if bits == 16 else f"{bits}b"
-             + ("k" if layer.get("codebook", "linear") == "kmeans" else "")]
+    parts = [
+        "fp32"
+        if bits == 32
+        else "fp16"
+        if bits == 16
+        else f"{bits}b" + ("k" if layer.get("codebook", "linear") == "kmeans" else "")
+    ]
     sparsity = float(layer.get("sparsity", 0.0))
     if sparsity:
         parts.append(f"{round(sparsity * 100, 1):g}%s")
@@ -74,7 +95,8 @@ def policy_summary(policy: Mapping[str, Any] | None) -> str:
 
 def trial_frame(result: SearchResult) -> pd.DataFrame:
     """Every trial with its measured columns (NaN where none) and flags: `complete`, `feasible`
-    (within max_accuracy_drop and max_latency_ms), `front` (in `result.pareto`), `slower` (smaller but slower), `summary`."""
+    (within max_accuracy_drop and max_latency_ms), `front` (in `result.pareto`), `slower` (smaller but
+    slower), `summary`."""
     df = result.trials
     if df.empty:
         df = pd.DataFrame(columns=["trial", "state", "policy", "failure", "retry_of"])
@@ -100,14 +122,27 @@ def _latency_note(b: Measurement) -> str:
 
 
 def _customdata(rows: pd.DataFrame) -> list[list[Any]]:
-    return [[int(r.trial), round(r.accuracy * 100, 4), round(r.accuracy_drop * 100, 4), int(r.size_bytes),
-             round(r.compression, 4), float(r.latency_ms), round(r.speedup, 4), int(r.macs), r.summary]
-            for r in rows.itertuples()]
+    return [
+        [
+            int(r.trial),
+            round(r.accuracy * 100, 4),
+            round(r.accuracy_drop * 100, 4),
+            int(r.size_bytes),
+            round(r.compression, 4),
+            float(r.latency_ms),
+            round(r.speedup, 4),
+            int(r.macs),
+            r.summary,
+        ]
+        for r in rows.itertuples()
+    ]
 
 
-HOVER = ("trial %{customdata[0]}<br>accuracy %{customdata[1]:.2f}% (drop %{customdata[2]:.2f} pp)<br>"
-         "size %{customdata[3]} B (%{customdata[4]:.2f}x smaller)<br>latency %{customdata[5]:.4f} ms "
-         "(%{customdata[6]:.2f}x speedup)<br>MACs %{customdata[7]}<br>%{customdata[8]}<extra>%{fullData.name}</extra>")
+HOVER = (
+    "trial %{customdata[0]}<br>accuracy %{customdata[1]:.2f}% (drop %{customdata[2]:.2f} pp)<br>"
+    "size %{customdata[3]} B (%{customdata[4]:.2f}x smaller)<br>latency %{customdata[5]:.4f} ms "
+    "(%{customdata[6]:.2f}x speedup)<br>MACs %{customdata[7]}<br>%{customdata[8]}<extra>%{fullData.name}</extra>"
+)
 
 
 def _value(rows: pd.DataFrame, field: str) -> list[float]:
@@ -126,13 +161,23 @@ def _groups(result: SearchResult, frame: pd.DataFrame) -> list[tuple[str, pd.Dat
     front = done[done["front"]].assign(_order=lambda d: d["trial"].map(order)).sort_values("_order")
     return [
         ("completed trials", done[done["feasible"] & ~done["front"]], dict(color=GREY, size=7, opacity=0.7)),
-        ("infeasible (" + " or ".join(([f"drop > {limit * 100:g} pp"] if limit is not None else [])
-                                     + ([f"latency > {result.max_latency_ms:g} ms"]
-                                        if result.max_latency_ms is not None else [])) + ")"
-         if limit is not None or result.max_latency_ms is not None else "infeasible",
-         done[~done["feasible"]], dict(color=INFEASIBLE, size=8, symbol="x")),
-        ("Pareto front (feasible)", front,
-         dict(color=FRONT, size=11, symbol="diamond", line=dict(color=LINE, width=1))),
+        (
+            "infeasible ("
+            + " or ".join(
+                ([f"drop > {limit * 100:g} pp"] if limit is not None else [])
+                + ([f"latency > {result.max_latency_ms:g} ms"] if result.max_latency_ms is not None else [])
+            )
+            + ")"
+            if limit is not None or result.max_latency_ms is not None
+            else "infeasible",
+            done[~done["feasible"]],
+            dict(color=INFEASIBLE, size=8, symbol="x"),
+        ),
+        (
+            "Pareto front (feasible)",
+            front,
+            dict(color=FRONT, size=11, symbol="diamond", line=dict(color=LINE, width=1)),
+        ),
     ]
 
 
@@ -149,25 +194,51 @@ def pareto_scatter(result: SearchResult, x: str = "size_bytes", frame: pd.DataFr
     fig = go.Figure()
     for name, rows, marker in _groups(result, frame):
         if len(rows):
-            fig.add_trace(go.Scatter(x=_value(rows, x), y=_value(rows, "accuracy"), mode="markers", name=name,
-                                     marker=marker, customdata=_customdata(rows), hovertemplate=HOVER))
+            fig.add_trace(
+                go.Scatter(
+                    x=_value(rows, x),
+                    y=_value(rows, "accuracy"),
+                    mode="markers",
+                    name=name,
+                    marker=marker,
+                    customdata=_customdata(rows),
+                    hovertemplate=HOVER,
+                )
+            )
     fields = _objective_fields(result)
     feasible = frame[frame["feasible"]]
     if "accuracy" in fields and x in fields and len(feasible):
         points = np.column_stack([-feasible["accuracy"].to_numpy(float), feasible[x].to_numpy(float)])
         line = feasible[non_dominated(points)].sort_values([x, "accuracy"])
-        fig.add_trace(go.Scatter(x=_value(line, x), y=_value(line, "accuracy"), mode="lines", line_shape="hv",
-                                 name=f"trade-off: accuracy vs {x}", line=dict(color=LINE, width=1.5),
-                                 hoverinfo="skip"))
+        fig.add_trace(
+            go.Scatter(
+                x=_value(line, x),
+                y=_value(line, "accuracy"),
+                mode="lines",
+                line_shape="hv",
+                name=f"trade-off: accuracy vs {x}",
+                line=dict(color=LINE, width=1.5),
+                hoverinfo="skip",
+            )
+        )
     b = result.baseline
     title, kind = AXIS[x]
     if x == "latency_ms":
         title += f", {_latency_note(b)}"
-    fig.add_hline(y=b.accuracy * 100, line=dict(color="#5f6368", dash="dot", width=1),
-                  annotation_text=f"baseline {b.accuracy * 100:.2f}%", annotation_position="bottom right")
-    fig.update_layout(title=f"accuracy vs {title.split(' (')[0]} (latency: {_latency_note(b)})",
-                      xaxis=dict(title=title, type=kind), yaxis=dict(title="accuracy (%)"),
-                      template="plotly_white", height=460, legend=dict(orientation="h", y=-0.2))
+    fig.add_hline(
+        y=b.accuracy * 100,
+        line=dict(color="#5f6368", dash="dot", width=1),
+        annotation_text=f"baseline {b.accuracy * 100:.2f}%",
+        annotation_position="bottom right",
+    )
+    fig.update_layout(
+        title=f"accuracy vs {title.split(' (')[0]} (latency: {_latency_note(b)})",
+        xaxis=dict(title=title, type=kind),
+        yaxis=dict(title="accuracy (%)"),
+        template="plotly_white",
+        height=460,
+        legend=dict(orientation="h", y=-0.2),
+    )
     return fig
 
 
@@ -181,12 +252,26 @@ def pareto_scatter_3d(result: SearchResult, frame: pd.DataFrame | None = None) -
     fig = go.Figure()
     for name, rows, marker in _groups(result, frame):
         if len(rows):
-            fig.add_trace(go.Scatter3d(x=_value(rows, axes[0]), y=_value(rows, axes[1]), z=_value(rows, axes[2]),
-                                       mode="markers", name=name, customdata=_customdata(rows),
-                                       hovertemplate=HOVER, marker={**marker, "size": marker["size"] * 0.6}))
+            fig.add_trace(
+                go.Scatter3d(
+                    x=_value(rows, axes[0]),
+                    y=_value(rows, axes[1]),
+                    z=_value(rows, axes[2]),
+                    mode="markers",
+                    name=name,
+                    customdata=_customdata(rows),
+                    hovertemplate=HOVER,
+                    marker={**marker, "size": marker["size"] * 0.6},
+                )
+            )
     scene = {f"{k}axis": dict(title=AXIS[f][0], type=AXIS[f][1]) for k, f in zip("xyz", axes)}
-    fig.update_layout(title=f"the three objectives (latency {_latency_note(result.baseline)})", scene=scene,
-                      template="plotly_white", height=560, legend=dict(orientation="h"))
+    fig.update_layout(
+        title=f"the three objectives (latency {_latency_note(result.baseline)})",
+        scene=scene,
+        template="plotly_white",
+        height=560,
+        legend=dict(orientation="h"),
+    )
     return fig
 
 
@@ -220,12 +305,25 @@ def reference_text(result: SearchResult) -> str:
 def hypervolume_figure(result: SearchResult, frame: pd.DataFrame | None = None) -> go.Figure:
     """The hypervolume history as a step line over trial numbers."""
     numbers, values = hypervolume_history(result, frame)
-    fig = go.Figure(go.Scatter(x=numbers, y=values, mode="lines+markers", line_shape="hv", name="hypervolume",
-                               marker=dict(size=5, color=FRONT),
-                               hovertemplate="after trial %{x}: %{y:.6g}<extra></extra>"))
-    fig.update_layout(title="hypervolume of the feasible trials so far (normalized units)",
-                      xaxis=dict(title="trial number"), yaxis=dict(title="hypervolume", rangemode="tozero"),
-                      template="plotly_white", height=360, showlegend=False)
+    fig = go.Figure(
+        go.Scatter(
+            x=numbers,
+            y=values,
+            mode="lines+markers",
+            line_shape="hv",
+            name="hypervolume",
+            marker=dict(size=5, color=FRONT),
+            hovertemplate="after trial %{x}: %{y:.6g}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="hypervolume of the feasible trials so far (normalized units)",
+        xaxis=dict(title="trial number"),
+        yaxis=dict(title="hypervolume", rangemode="tozero"),
+        template="plotly_white",
+        height=360,
+        showlegend=False,
+    )
     return fig
 
 
@@ -260,25 +358,63 @@ def policy_heatmaps(result: SearchResult) -> go.Figure | None:
     bits = [[math.log2(int(c["bits"])) for c in row] for row in cells]
     sparsity = [[round(float(c["sparsity"]) * 100, 2) for c in row] for row in cells]
     labels = [[layer_label(c) for c in row] for row in cells]
-    bits_text = [[" ".join(w for w in label.split() if not w.endswith(("%s", "S"))) for label in row]
-                 for row in labels]
-    sparsity_text = [[f"{v:g}%" + (" S" if c["structured"] and v else "") for v, c in zip(vs, row)]
-                     for vs, row in zip(sparsity, cells)]
-    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.08,
-                        subplot_titles=("bits per weight (32 = untouched)", "sparsity (%; S = structured)"))
-    fig.add_trace(go.Heatmap(z=bits, x=layers, y=rows, text=bits_text, customdata=labels, name="bits",
-                             texttemplate="%{text}",
-                             colorscale="Viridis", zmin=1, zmax=5, xgap=2, ygap=2,
-                             colorbar=dict(title="bits", x=0.45, len=0.9, tickvals=[1, 2, 3, 4, 5],
-                                           ticktext=["2", "4", "8", "16", "32"]),
-                             hovertemplate="%{y}, %{x}: %{customdata}<extra></extra>"), row=1, col=1)
-    fig.add_trace(go.Heatmap(z=sparsity, x=layers, y=rows, text=sparsity_text, customdata=labels, name="sparsity",
-                             texttemplate="%{text}",
-                             colorscale="Blues", zmin=0, zmax=100, xgap=2, ygap=2,
-                             colorbar=dict(title="%", x=1.0, len=0.9),
-                             hovertemplate="%{y}, %{x}: %{customdata}<extra></extra>"), row=1, col=2)
+    bits_text = [[" ".join(w for w in label.split() if not w.endswith(("%s", "S"))) for label in row] for row in labels]
+    sparsity_text = [
+        [f"{v:g}%" + (" S" if c["structured"] and v else "") for v, c in zip(vs, row)]
+        for vs, row in zip(sparsity, cells)
+    ]
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        shared_yaxes=True,
+        horizontal_spacing=0.08,
+        subplot_titles=("bits per weight (32 = untouched)", "sparsity (%; S = structured)"),
+    )
+    fig.add_trace(
+        go.Heatmap(
+            z=bits,
+            x=layers,
+            y=rows,
+            text=bits_text,
+            customdata=labels,
+            name="bits",
+            texttemplate="%{text}",
+            colorscale="Viridis",
+            zmin=1,
+            zmax=5,
+            xgap=2,
+            ygap=2,
+            colorbar=dict(
+                title="bits", x=0.45, len=0.9, tickvals=[1, 2, 3, 4, 5], ticktext=["2", "4", "8", "16", "32"]
+            ),
+            hovertemplate="%{y}, %{x}: %{customdata}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Heatmap(
+            z=sparsity,
+            x=layers,
+            y=rows,
+            text=sparsity_text,
+            customdata=labels,
+            name="sparsity",
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=100,
+            xgap=2,
+            ygap=2,
+            colorbar=dict(title="%", x=1.0, len=0.9),
+            hovertemplate="%{y}, %{x}: %{customdata}<extra></extra>",
+        ),
+        row=1,
+        col=2,
+    )
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(type="category")
-    fig.update_layout(title="per-layer policy of the Pareto front", template="plotly_white",
-                      height=min(200 + 30 * len(rows), 1600))
+    fig.update_layout(
+        title="per-layer policy of the Pareto front", template="plotly_white", height=min(200 + 30 * len(rows), 1600)
+    )
     return fig

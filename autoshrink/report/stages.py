@@ -1,9 +1,11 @@
 """Report parts for the search's stages: the sensitivity heatmap, the narrowed choices, how each trial
 came to be (baseline, warm start, search, refined) and at which fidelity (screened out, full)."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from html import escape
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -11,8 +13,12 @@ import plotly.graph_objects as go
 from ..search.result import SearchResult
 from ..search.study.schema import StudyAttr, TrialAttr
 
-FIELD_LABEL = {"sparsity": "sparsity {v:g}", "structured": "structured {v:g}", "bits": "{v:g} bits",
-               "rank": "rank {v:g}"}
+FIELD_LABEL = {
+    "sparsity": "sparsity {v:g}",
+    "structured": "structured {v:g}",
+    "bits": "{v:g} bits",
+    "rank": "rank {v:g}",
+}
 STAGES = ("baseline", "warm-start", "search", "refined")
 
 
@@ -30,13 +36,19 @@ def sensitivity_heatmap(result: SearchResult) -> go.Figure | None:
     rows = sensitivity_rows(result)
     if not rows:
         return None
-    removed = {(r["layer"], r["field"], float(r["value"])) for r in result.study.user_attrs.get(StudyAttr.NARROWED) or []
-               if r["field"] != "structured"}
-    no_structured = {r["layer"] for r in result.study.user_attrs.get(StudyAttr.NARROWED) or [] if r["field"] == "structured"}
+    removed = {
+        (r["layer"], r["field"], float(r["value"]))
+        for r in result.study.user_attrs.get(StudyAttr.NARROWED) or []
+        if r["field"] != "structured"
+    }
+    no_structured = {
+        r["layer"] for r in result.study.user_attrs.get(StudyAttr.NARROWED) or [] if r["field"] == "structured"
+    }
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     order = {"sparsity": 0, "structured": 1, "bits": 2, "rank": 3}
-    columns = sorted({(r["field"], float(r["value"])) for r in rows},
-                     key=lambda c: (order[c[0]], -c[1] if c[0] == "bits" else c[1]))
+    columns = sorted(
+        {(r["field"], float(r["value"])) for r in rows}, key=lambda c: (order[c[0]], -c[1] if c[0] == "bits" else c[1])
+    )
     by = {(r["layer"], r["field"], float(r["value"])): r for r in rows}
     z, text = [], []
     for layer in layers:
@@ -55,13 +67,28 @@ def sensitivity_heatmap(result: SearchResult) -> go.Figure | None:
         z.append(zr)
         text.append(tr)
     labels = [choice_label(f, v) for f, v in columns]
-    fig = go.Figure(go.Heatmap(z=z, x=labels, y=layers, text=text, texttemplate="%{text}", colorscale="Reds",
-                               zmin=0, colorbar=dict(title="drop (pp)"), xgap=2, ygap=2,
-                               hovertemplate="%{y}, %{x}: %{text} pp drop alone<extra></extra>"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=labels,
+            y=layers,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Reds",
+            zmin=0,
+            colorbar=dict(title="drop (pp)"),
+            xgap=2,
+            ygap=2,
+            hovertemplate="%{y}, %{x}: %{text} pp drop alone<extra></extra>",
+        )
+    )
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(type="category")
-    fig.update_layout(title="sensitivity: accuracy drop of each choice applied alone (no fine-tune)",
-                      template="plotly_white", height=min(220 + 32 * len(layers), 1600))
+    fig.update_layout(
+        title="sensitivity: accuracy drop of each choice applied alone (no fine-tune)",
+        template="plotly_white",
+        height=min(220 + 32 * len(layers), 1600),
+    )
     return fig
 
 
@@ -73,11 +100,15 @@ def narrowed_table(result: SearchResult) -> str:
     if not removed:
         return "<p>No choice exceeded the cutoff alone: the space was searched as given.</p>"
     rows = "".join(
-        f"<tr><td class=\"text\">{escape(r['layer'])}</td><td class=\"text\">"
+        f'<tr><td class="text">{escape(r["layer"])}</td><td class="text">'
         f"{escape('structured pruning' if r['field'] == 'structured' else choice_label(r['field'], r['value']))}"
-        f"</td><td class=\"text\">{escape(r['reason'])}</td></tr>" for r in removed)
-    return ("<table id=\"narrowed-table\"><tr><th class=\"text\">layer</th><th class=\"text\">removed choice</th>"
-            f"<th class=\"text\">why</th></tr>{rows}</table>")
+        f'</td><td class="text">{escape(r["reason"])}</td></tr>'
+        for r in removed
+    )
+    return (
+        '<table id="narrowed-table"><tr><th class="text">layer</th><th class="text">removed choice</th>'
+        f'<th class="text">why</th></tr>{rows}</table>'
+    )
 
 
 def stage_counts(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
@@ -88,7 +119,11 @@ def stage_counts(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
     stages = frame["stage"] if "stage" in frame else pd.Series(["search"] * len(frame))
     skipped = frame["skipped"].notna() if "skipped" in frame else pd.Series([False] * len(frame))
     for stage, state, skip in zip(stages.fillna("search"), frame["state"], skipped):
-        kind = "not run" if skip else {"COMPLETE": "full", "PRUNED": "screened out", "FAIL": "failed"}.get(state, "pending")
+        kind = (
+            "not run"
+            if skip
+            else {"COMPLETE": "full", "PRUNED": "screened out", "FAIL": "failed"}.get(state, "pending")
+        )
         out.setdefault(stage, {}).setdefault(kind, 0)
         out[stage][kind] += 1
     return out
@@ -100,33 +135,45 @@ def stages_section(result: SearchResult, frame: pd.DataFrame) -> str:
     counts = stage_counts(frame)
     kinds = ("full", "screened out", "not run", "failed", "pending")
     head = "".join(f"<th>{k}</th>" for k in kinds)
-    body = "".join(f"<tr><td class=\"text\">{s}</td>" + "".join(f"<td>{counts.get(s, {}).get(k, 0)}</td>"
-                                                                  for k in kinds) + "</tr>"
-                   for s in STAGES if s in counts)
-    parts = [f"<table id=\"stage-table\"><tr><th class=\"text\">stage</th>{head}</tr>{body}</table>",
-             "<p class=\"caption\">baseline: the uniform policies enqueued first; warm-start: policies allocated "
-             "from the sensitivity table for a sweep of budgets; search: proposed by the sampler; refined: a "
-             "front candidate re-run with the long refine fine-tune (its source trial in the trials table). "
-             "Screened out: stopped after the short screening fine-tune (Optuna state PRUNED; its screened "
-             "numbers are kept in the trial's <code>screen</code> attribute, not on the front). Not run: a "
-             "warm-start twin whose distillation setting lost on an earlier allocation (its "
-             "<code>skipped</code> attribute says which).</p>"]
+    body = "".join(
+        f'<tr><td class="text">{s}</td>' + "".join(f"<td>{counts.get(s, {}).get(k, 0)}</td>" for k in kinds) + "</tr>"
+        for s in STAGES
+        if s in counts
+    )
+    parts = [
+        f'<table id="stage-table"><tr><th class="text">stage</th>{head}</tr>{body}</table>',
+        '<p class="caption">baseline: the uniform policies enqueued first; warm-start: policies allocated '
+        "from the sensitivity table for a sweep of budgets; search: proposed by the sampler; refined: a "
+        "front candidate re-run with the long refine fine-tune (its source trial in the trials table). "
+        "Screened out: stopped after the short screening fine-tune (Optuna state PRUNED; its screened "
+        "numbers are kept in the trial's <code>screen</code> attribute, not on the front). Not run: a "
+        "warm-start twin whose distillation setting lost on an earlier allocation (its "
+        "<code>skipped</code> attribute says which).</p>",
+    ]
     notes = []
     rt = attrs.get(StudyAttr.RUNTIME)
     if rt:
         notes.append(f"runtime of every measurement: <b>{escape(rt['runtime'])}</b> ({escape(rt['decided_by'])})")
     sens = attrs.get(StudyAttr.SENSITIVITY)
     if sens:
-        notes.append(f"sensitivity pre-pass: {len(sens['rows'])} single choices measured in {sens['wall_s']:.1f} s "
-                     f"({sens['eval_s']:.1f} s evaluating)")
+        notes.append(
+            f"sensitivity pre-pass: {len(sens['rows'])} single choices measured in {sens['wall_s']:.1f} s "
+            f"({sens['eval_s']:.1f} s evaluating)"
+        )
     run = attrs.get(StudyAttr.LAST_RUN) or {}
     sc = run.get("screening") or {}
     if sc.get("screened"):
         saved = sc.get("saved_s_estimated")
-        notes.append(f"screening in the last run: {sc['screened']} candidates screened, {sc['promoted']} promoted "
-                     f"to the full fine-tune, {sc['stopped']} stopped ({sc['screen_s']:.1f} s screening"
-                     + (f"; about {saved:.1f} s of full fine-tuning not spent, estimated from the promoted "
-                        "candidates' mean" if saved is not None else "") + ")")
+        notes.append(
+            f"screening in the last run: {sc['screened']} candidates screened, {sc['promoted']} promoted "
+            f"to the full fine-tune, {sc['stopped']} stopped ({sc['screen_s']:.1f} s screening"
+            + (
+                f"; about {saved:.1f} s of full fine-tuning not spent, estimated from the promoted candidates' mean"
+                if saved is not None
+                else ""
+            )
+            + ")"
+        )
     if notes:
         parts.append("<ul>" + "".join(f"<li>{n}</li>" for n in notes) + "</ul>")
     return "".join(parts)
@@ -146,12 +193,15 @@ def refined_table(frame: pd.DataFrame, result: SearchResult) -> str:
         shown = f"{before * 100:.2f}"
         if before != before and screen and "measurement" in screen:  # screened out: no full measurement
             shown = f"{(result.baseline.accuracy - screen['measurement']['accuracy']) * 100:.2f} (screened)"
-        rows.append(f"<tr><td>{int(r.trial)}</td><td>{src}</td><td>{shown}</td>"
-                    f"<td>{r.accuracy_drop * 100:.2f}</td><td>{r.compression:.2f}</td>"
-                    f"<td>{int(r.finetune_steps) if r.finetune_steps == r.finetune_steps else '-'}</td></tr>")
-    return ("<table id=\"refined-table\"><tr><th>refined trial</th><th>from trial</th><th>drop before (pp)</th>"
-            "<th>drop after (pp)</th><th>compression (x)</th><th>fine-tune steps</th></tr>" + "".join(rows)
-            + "</table>")
+        rows.append(
+            f"<tr><td>{int(r.trial)}</td><td>{src}</td><td>{shown}</td>"
+            f"<td>{r.accuracy_drop * 100:.2f}</td><td>{r.compression:.2f}</td>"
+            f"<td>{int(r.finetune_steps) if r.finetune_steps == r.finetune_steps else '-'}</td></tr>"
+        )
+    return (
+        '<table id="refined-table"><tr><th>refined trial</th><th>from trial</th><th>drop before (pp)</th>'
+        "<th>drop after (pp)</th><th>compression (x)</th><th>fine-tune steps</th></tr>" + "".join(rows) + "</table>"
+    )
 
 
 def stage_note(row: Any) -> str:

@@ -3,11 +3,13 @@
 `ash.search(...)` keywords, study-config YAML keys and `autoshrink search` flags all build it from the
 one SETTINGS table below, so a new setting is one dataclass field plus one table row.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ..errors import ConfigError, describe, finite_number
 from ..measure import LatencyConfig
@@ -104,9 +106,11 @@ def cross_check(values: Mapping[str, Any]) -> list[str]:
     if values["n_trials"] is None and values["timeout"] is None:
         out.append("give n_trials and/or timeout, or it would never stop.")
     if values["max_latency_ms"] is not None and "latency" not in values["objectives"]:
-        out.append("max_latency_ms needs 'latency' among the objectives (the limit is checked on the measured "
-                   "latency, and the lookup table that predicts it is filled only then); add it, e.g. "
-                   "objectives=('accuracy', 'size', 'latency').")
+        out.append(
+            "max_latency_ms needs 'latency' among the objectives (the limit is checked on the measured "
+            "latency, and the lookup table that predicts it is filled only then); add it, e.g. "
+            "objectives=('accuracy', 'size', 'latency')."
+        )
     return out
 
 
@@ -175,8 +179,10 @@ def _text(fix: str) -> Callable[[Any], str | None]:
 
 def _study_name(v: Any) -> str | None:
     if v is not None and (not isinstance(v, str) or not NAME.fullmatch(v)):
-        raise SettingError("use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit (it names "
-                           "the study database file).")
+        raise SettingError(
+            "use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit (it names "
+            "the study database file)."
+        )
     return v
 
 
@@ -227,8 +233,10 @@ def _screen(v: Any) -> bool | float | Screening:
         try:
             Screening(share=float(v))
         except ConfigError:
-            raise SettingError("use true (default), false, a share of the steps in (0, 1) (e.g. 0.25) or a "
-                               "mapping of share, slack, margin, calibrate.") from None
+            raise SettingError(
+                "use true (default), false, a share of the steps in (0, 1) (e.g. 0.25) or a "
+                "mapping of share, slack, margin, calibrate."
+            ) from None
         return float(v)
     known = [f.name for f in fields(Screening)]
     if isinstance(v, Mapping) and set(v) <= set(known):
@@ -236,8 +244,9 @@ def _screen(v: Any) -> bool | float | Screening:
             return Screening(**dict(v))
         except (ConfigError, TypeError) as exc:
             raise SettingError(str(exc)) from None
-    raise SettingError("use true (default), false, a share of the steps in (0, 1) (e.g. 0.25) or a mapping of "
-                       f"{', '.join(known)}.")
+    raise SettingError(
+        f"use true (default), false, a share of the steps in (0, 1) (e.g. 0.25) or a mapping of {', '.join(known)}."
+    )
 
 
 def _refine_finetune(v: Any) -> Mapping[str, Any] | None:
@@ -263,27 +272,35 @@ class Setting:
 
 SETTINGS: dict[str, Setting] = {
     "objectives": Setting(_objectives, f"objectives to optimize, any of {', '.join(OBJECTIVES)}"),
-    "n_trials": Setting(_integer(1, True, ""),
-                        "finished candidate trials in the study (all drivers)"),
-    "timeout": Setting(_number(0, math.inf, False, False, "use seconds > 0."),
-                       "stop asking new trials after this many seconds"),
-    "finetune_steps": Setting(_integer(0, True, ""),
-                              "fine-tune steps per candidate (default: the space's)"),
+    "n_trials": Setting(_integer(1, True, ""), "finished candidate trials in the study (all drivers)"),
+    "timeout": Setting(
+        _number(0, math.inf, False, False, "use seconds > 0."), "stop asking new trials after this many seconds"
+    ),
+    "finetune_steps": Setting(_integer(0, True, ""), "fine-tune steps per candidate (default: the space's)"),
     "executor": Setting(_executor, "local or ray"),
-    "storage": Setting(_text("use an Optuna storage URL, e.g. sqlite:///studies/name.db."),
-                       "Optuna storage URL (default sqlite:///studies/<study_name>.db)", cli="text"),
+    "storage": Setting(
+        _text("use an Optuna storage URL, e.g. sqlite:///studies/name.db."),
+        "Optuna storage URL (default sqlite:///studies/<study_name>.db)",
+        cli="text",
+    ),
     "study_name": Setting(_study_name, "the study's name (default: the config's name)", cli="text"),
     "sampler": Setting(_sampler, f"one of {', '.join(SAMPLERS)}"),
     "seed": Setting(_seed, "seed of the sampler and the fine-tunes"),
-    "max_accuracy_drop": Setting(_number(0, 1, True, False, "use a fraction in [0, 1) (0.01 = 1 pp)."),
-                                 "constraint: the largest accuracy drop (fraction)"),
-    "max_latency_ms": Setting(_number(0, math.inf, False, False, "use a latency in milliseconds > 0, or None."),
-                              "constraint: the largest measured latency (ms; needs the latency objective)"),
+    "max_accuracy_drop": Setting(
+        _number(0, 1, True, False, "use a fraction in [0, 1) (0.01 = 1 pp)."),
+        "constraint: the largest accuracy drop (fraction)",
+    ),
+    "max_latency_ms": Setting(
+        _number(0, math.inf, False, False, "use a latency in milliseconds > 0, or None."),
+        "constraint: the largest measured latency (ms; needs the latency objective)",
+    ),
     "latency": Setting(_latency, "latency timing: {warmup, min_repeats, min_seconds, max_repeats}"),
     "runtime": Setting(_runtime, "the runtime every trial is measured on (decided once per study)"),
     "sensitivity": Setting(_boolean, "run the sensitivity pre-pass (and narrowing, warm start)"),
-    "narrow_cutoff": Setting(_number(0, 1, False, True, "use a drop in (0, 1] (0.1 = 10 pp), or None."),
-                             "drop a choice that alone costs more than this (fraction)"),
+    "narrow_cutoff": Setting(
+        _number(0, 1, False, True, "use a drop in (0, 1] (0.1 = 10 pp), or None."),
+        "drop a choice that alone costs more than this (fraction)",
+    ),
     "warm_start": Setting(_warm_start, "enqueue policies allocated from the pre-pass (true, false or a count)"),
     "screen": Setting(_screen, "multi-fidelity screening: true, false, a share of the steps or a mapping"),
     "refine_top": Setting(_integer(0, False, ""), "refine stage: re-run the K best policies with a long fine-tune"),
@@ -292,8 +309,12 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
-def from_mapping(data: Mapping[str, Any], on_error: Callable[[str, Any, str], Exception],
-                 on_rule: Callable[[str], Exception], base: SearchConfig | None = None) -> SearchConfig:
+def from_mapping(
+    data: Mapping[str, Any],
+    on_error: Callable[[str, Any, str], Exception],
+    on_rule: Callable[[str], Exception],
+    base: SearchConfig | None = None,
+) -> SearchConfig:
     """A SearchConfig from settings read from a file or the command line: each value checked alone
     first, so that `on_error(name, value, fix)` can say where it came from; a rule between settings
     broken is `on_rule(message)`."""

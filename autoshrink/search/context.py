@@ -1,11 +1,13 @@
 """What the loop and the later stages share: the study, the executor, the study's fixed settings and
 the driver's clocks; progress reports."""
+
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import optuna
@@ -21,8 +23,8 @@ from .stages.latency_limit import over_limit
 from .study.claims import Reaper
 from .study.latency_records import save_table
 from .study.leases import DriverLocks
-from .study.storage import counted
 from .study.schema import TrialAttr
+from .study.storage import counted
 
 
 @dataclass(frozen=True)
@@ -135,9 +137,13 @@ class LoopContext:
         if o.ok and full:
             m = o.measurement
             if self.feasible(m):
-                self.feasible_trials.append((o.key, [ob.normalized(v, self.baseline) for ob, v in zip(self.objectives,
-                                                                                              self.values(m))],
-                                      self.baseline.size_bytes / m.size_bytes))
+                self.feasible_trials.append(
+                    (
+                        o.key,
+                        [ob.normalized(v, self.baseline) for ob, v in zip(self.objectives, self.values(m))],
+                        self.baseline.size_bytes / m.size_bytes,
+                    )
+                )
         if self.progress:
             self.progress(_progress(self, pending, o))
 
@@ -187,6 +193,7 @@ def _progress(ctx: LoopContext, pending: int, o: Outcome) -> Progress:
         remaining = min(remaining, left) if remaining is not None else left
     last = {"trial": o.key, "ok": o.ok, "error": o.error}
     if o.ok:
-        last.update(accuracy=o.measurement.accuracy, size_bytes=o.measurement.size_bytes,
-                    latency_ms=o.measurement.latency_ms)
+        last.update(
+            accuracy=o.measurement.accuracy, size_bytes=o.measurement.size_bytes, latency_ms=o.measurement.latency_ms
+        )
     return Progress(ctx.done, ctx.failed, target or 0, pending, front, best, elapsed, remaining, last)

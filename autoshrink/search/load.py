@@ -1,6 +1,6 @@
 """load_result: a finished (or running) search's SearchResult from storage alone, without the model."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import optuna
 
@@ -9,8 +9,7 @@ from ..measure import Measurement
 from .objectives import resolve
 from .result import SearchResult
 from .study.readonly import open_readonly
-from .study.schema import FORMAT
-from .study.schema import StudyAttr
+from .study.schema import FORMAT, StudyAttr
 
 
 def load_result(study_name: str, storage: str | None = None) -> SearchResult:
@@ -25,8 +24,10 @@ def load_result(study_name: str, storage: str | None = None) -> SearchResult:
         names = optuna.study.get_all_study_names(rdb)
         if study_name not in names:
             listed = ", ".join(map(repr, sorted(names))) or "none"
-            raise ConfigError(f"storage {url!r} holds no study {study_name!r}; the studies there: {listed}. "
-                              "Fix: use one of those names, or pass the storage the search used.")
+            raise ConfigError(
+                f"storage {url!r} holds no study {study_name!r}; the studies there: {listed}. "
+                "Fix: use one of those names, or pass the storage the search used."
+            )
         study = optuna.load_study(study_name=study_name, storage=rdb)
     except ConfigError:
         raise
@@ -38,8 +39,16 @@ def load_result(study_name: str, storage: str | None = None) -> SearchResult:
     if attrs.get(StudyAttr.FORMAT) != FORMAT or StudyAttr.OBJECTIVES not in attrs:
         raise ConfigError(f"study {study_name!r} in {url} was not created by autoshrink search; nothing to export.")
     if StudyAttr.BASELINE not in attrs:
-        raise ConfigError(f"study {study_name!r} in {url} has no baseline measurement yet (the search stopped "
-                          "before measuring the untouched model); run the search again to resume it.")
-    return SearchResult(study=study, baseline=Measurement.from_dict(attrs[StudyAttr.BASELINE]),
-                        max_accuracy_drop=attrs.get(StudyAttr.MAX_ACCURACY_DROP), max_latency_ms=attrs.get(StudyAttr.MAX_LATENCY_MS),
-                        objectives=resolve(attrs[StudyAttr.OBJECTIVES]), storage=url, timing=dict(attrs.get(StudyAttr.LAST_RUN) or {}))
+        raise ConfigError(
+            f"study {study_name!r} in {url} has no baseline measurement yet (the search stopped "
+            "before measuring the untouched model); run the search again to resume it."
+        )
+    return SearchResult(
+        study=study,
+        baseline=Measurement.from_dict(attrs[StudyAttr.BASELINE]),
+        max_accuracy_drop=attrs.get(StudyAttr.MAX_ACCURACY_DROP),
+        max_latency_ms=attrs.get(StudyAttr.MAX_LATENCY_MS),
+        objectives=resolve(attrs[StudyAttr.OBJECTIVES]),
+        storage=url,
+        timing=dict(attrs.get(StudyAttr.LAST_RUN) or {}),
+    )

@@ -1,4 +1,5 @@
 """The ask/tell loop: ask the sampler, hand policies to the executor, tell the study what came back."""
+
 from __future__ import annotations
 
 import time
@@ -16,9 +17,17 @@ from .context import LoopContext, stage_of
 from .stages.fidelity import Screening
 from .stages.latency_limit import skip_margin, skip_reason
 from .study.claims import claim
-from .tell import (abandon, lease_lost, promoted_pairs, skip_candidate, skip_twin, tell_outcome, tell_screened_out,
-                   twin_verdict)
 from .study.schema import TrialAttr
+from .tell import (
+    abandon,
+    lease_lost,
+    promoted_pairs,
+    skip_candidate,
+    skip_twin,
+    tell_outcome,
+    tell_screened_out,
+    twin_verdict,
+)
 
 
 @dataclass
@@ -41,13 +50,24 @@ class ScreenTally:
         """Counts, seconds, and the full-evaluation time the stopped candidates did not spend --
         an estimate: stopped candidates times the mean full evaluation of the promoted ones."""
         mean_full = sum(self.full_s) / len(self.full_s) if self.full_s else None
-        return {"screened": self.promoted + self.stopped, "promoted": self.promoted, "stopped": self.stopped,
-                "screen_s": round(self.screen_s, 3), "full_s": round(sum(self.full_s), 3),
-                "saved_s_estimated": None if mean_full is None else round(self.stopped * mean_full, 3)}
+        return {
+            "screened": self.promoted + self.stopped,
+            "promoted": self.promoted,
+            "stopped": self.stopped,
+            "screen_s": round(self.screen_s, 3),
+            "full_s": round(sum(self.full_s), 3),
+            "saved_s_estimated": None if mean_full is None else round(self.stopped * mean_full, 3),
+        }
 
 
-def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted: int,
-             screening: Screening | None = None, full: FinetuneConfig | None = None) -> ScreenTally:
+def run_loop(
+    ctx: LoopContext,
+    bound: BoundSpace,
+    n_trials: int | None,
+    counted: int,
+    screening: Screening | None = None,
+    full: FinetuneConfig | None = None,
+) -> ScreenTally:
     """Ask, evaluate and tell until `n_trials` candidates are finished in the study -- by this driver
     and any other on the same study (drivers.claim) -- or the timeout passes. With `screening`
     (fidelity.Screening) and the full fine-tune settings, candidates are screened first and only
@@ -77,8 +97,11 @@ def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted:
                     skip_twin(ctx, trial, verdict)
                     continue
                 predicted = ctx.predict_latency(trial, policy)
-                why = (skip_reason(predicted, ctx.max_latency, skip_margin(study))
-                       if ctx.max_latency is not None and stage != "baseline" else None)
+                why = (
+                    skip_reason(predicted, ctx.max_latency, skip_margin(study))
+                    if ctx.max_latency is not None and stage != "baseline"
+                    else None
+                )
                 if why is not None:
                     skip_candidate(ctx, trial, why)
                     continue
@@ -97,12 +120,25 @@ def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted:
                     ctx.observe_latency(p.policy, o)
                     if p.stage == "screen" and o.ok:
                         tally.screen_s += o.seconds
-                        promote, why = screening.promote(o.measurement, ctx.baseline, ctx.max_drop, ctx.objectives,
-                                                         screened, pairs.get(p.policy.distill, []))
+                        promote, why = screening.promote(
+                            o.measurement,
+                            ctx.baseline,
+                            ctx.max_drop,
+                            ctx.objectives,
+                            screened,
+                            pairs.get(p.policy.distill, []),
+                        )
                         screened.append(o.measurement)
-                        p.trial.set_user_attr(TrialAttr.SCREEN, {"steps": screen_cfg.steps, "seconds": round(o.seconds, 4),
-                                                         "decision": "promoted" if promote else "stopped",
-                                                         "reason": why, "measurement": o.measurement.to_dict()})
+                        p.trial.set_user_attr(
+                            TrialAttr.SCREEN,
+                            {
+                                "steps": screen_cfg.steps,
+                                "seconds": round(o.seconds, 4),
+                                "decision": "promoted" if promote else "stopped",
+                                "reason": why,
+                                "measurement": o.measurement.to_dict(),
+                            },
+                        )
                         if promote:
                             tally.promoted += 1
                             ex.submit(o.key, p.policy, runtime=ctx.runtime)
@@ -121,8 +157,11 @@ def run_loop(ctx: LoopContext, bound: BoundSpace, n_trials: int | None, counted:
                             if o.ok:
                                 screen = Measurement.from_dict(p.trial.user_attrs[TrialAttr.SCREEN]["measurement"])
                                 pairs.setdefault(p.policy.distill, []).append(
-                                    (ctx.baseline.accuracy - screen.accuracy,
-                                     ctx.baseline.accuracy - o.measurement.accuracy))
+                                    (
+                                        ctx.baseline.accuracy - screen.accuracy,
+                                        ctx.baseline.accuracy - o.measurement.accuracy,
+                                    )
+                                )
                         with ctx.on_study():
                             tell_outcome(ctx, p.trial, o)
                     ctx.report(o, len(pending))

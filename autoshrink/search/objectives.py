@@ -1,8 +1,10 @@
 """Objectives: names users give, the Measurement field each reads, and its direction."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import ConfigError
 from ..measure import Measurement
@@ -11,8 +13,8 @@ from .study.schema import TrialAttr
 
 @dataclass(frozen=True)
 class Objective:
-    name: str          # what users write: accuracy, size, latency, macs
-    field: str         # Measurement field and Optuna metric name
+    name: str  # what users write: accuracy, size, latency, macs
+    field: str  # Measurement field and Optuna metric name
     maximize: bool
     hv_reference: float  # reference in normalized units (see normalized())
 

@@ -1,4 +1,5 @@
 """Pareto fronts and their hypervolume, over points to minimize (normalized objective values)."""
+
 from __future__ import annotations
 
 import numpy as np

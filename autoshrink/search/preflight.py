@@ -1,6 +1,7 @@
 """Checks a search makes before it creates anything (a folder, a database, a study attribute): the
 study name and seed, the model on the example input, and the labels against the model's outputs.
 A request that fails here leaves no trace on disk."""
+
 from __future__ import annotations
 
 import re
@@ -19,13 +20,15 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 def check_name(name: Any) -> str:
     """A study name is also a file name (studies/<name>.db): letters, digits, '.', '_', '-'."""
     if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise ConfigError(f"search: study_name={name!r}; use 1-128 letters, digits, '.', '_' or '-', starting with "
-                          "a letter or digit (it names the study database file).")
+        raise ConfigError(
+            f"search: study_name={name!r}; use 1-128 letters, digits, '.', '_' or '-', starting with "
+            "a letter or digit (it names the study database file)."
+        )
     return name
 
 
 def check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ConfigError(f"search: seed={seed!r}; use an integer in [0, 2^32).")
     return seed
 
@@ -36,8 +39,10 @@ def check_model_on_task(model: nn.Module, task: Task) -> None:
     data must index an output."""
     x = task.example_input
     if x.dim() == 0 or x.shape[0] == 0:
-        raise TaskError(f"Task.example_input: shape {list(x.shape)} holds no example; give one batch of at least "
-                        "one input (its first dimension is the batch).")
+        raise TaskError(
+            f"Task.example_input: shape {list(x.shape)} holds no example; give one batch of at least "
+            "one input (its first dimension is the batch)."
+        )
     modes = [(m, m.training) for m in model.modules()]  # restored exactly, mixed modes included
     device = next(model.parameters(), torch.empty(0)).device
     try:
@@ -47,8 +52,10 @@ def check_model_on_task(model: nn.Module, task: Task) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's model cannot run the input: say so, with its words
         text = " ".join(str(exc).split())[:300]
-        raise TaskError(f"Task.example_input: the model cannot run it (shape {list(x.shape)}, {x.dtype}): "
-                        f"{type(exc).__name__}: {text}. Fix: give a batch shaped as the model's input.") from None
+        raise TaskError(
+            f"Task.example_input: the model cannot run it (shape {list(x.shape)}, {x.dtype}): "
+            f"{type(exc).__name__}: {text}. Fix: give a batch shaped as the model's input."
+        ) from None
     finally:
         for m, mode in modes:
             m.training = mode
@@ -64,5 +71,7 @@ def check_model_on_task(model: nn.Module, task: Task) -> None:
             continue
         low, high = int(y.min()), int(y.max())
         if low < 0 or high >= classes:
-            raise TaskError(f"Task.{field}: labels span {low}..{high}, but the model outputs {classes} classes "
-                            f"(labels 0..{classes - 1}); fix the labels or the model's last layer.")
+            raise TaskError(
+                f"Task.{field}: labels span {low}..{high}, but the model outputs {classes} classes "
+                f"(labels 0..{classes - 1}); fix the labels or the model's last layer."
+            )

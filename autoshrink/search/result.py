@@ -1,8 +1,10 @@
 """SearchResult: the baseline, the trials, the feasible Pareto front, selection and hypervolume."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
@@ -11,10 +13,10 @@ import pandas as pd
 from ..errors import ConfigError, RecipeError
 from ..measure import Measurement
 from ..recipe import Recipe, recipe_from_search
-from .stages.latency_limit import over_limit
+from .context import Session
 from .objectives import Objective
 from .pareto import hypervolume, non_dominated
-from .context import Session
+from .stages.latency_limit import over_limit
 from .stages.refine import refine_study
 from .study.schema import StudyAttr, TrialAttr
 
@@ -50,18 +52,25 @@ class SearchResult:
             row["retry_of"] = u.get(TrialAttr.RETRY_OF)
             row["refined_from"] = u.get(TrialAttr.REFINED_FROM)
             row["skipped"] = u.get(TrialAttr.SKIPPED)  # a warm-start twin not run (search/tell.py twin_verdict)
-            row["finetune_steps"] = (u.get(TrialAttr.FINETUNE) or self.study.user_attrs.get(StudyAttr.FINETUNE, {})).get("steps")
+            row["finetune_steps"] = (
+                u.get(TrialAttr.FINETUNE) or self.study.user_attrs.get(StudyAttr.FINETUNE, {})
+            ).get("steps")
             rows.append(row)
         return pd.DataFrame(rows)
 
     def _derived(self, m: dict[str, Any]) -> dict[str, Any]:
         b = self.baseline
         return {
-            "accuracy": m["accuracy"], "accuracy_drop": b.accuracy - m["accuracy"],
-            "size_bytes": m["size_bytes"], "latency_ms": m["latency_ms"], "macs": m["macs"],
-            "compression": b.size_bytes / m["size_bytes"], "speedup": b.latency_ms / m["latency_ms"],
+            "accuracy": m["accuracy"],
+            "accuracy_drop": b.accuracy - m["accuracy"],
+            "size_bytes": m["size_bytes"],
+            "latency_ms": m["latency_ms"],
+            "macs": m["macs"],
+            "compression": b.size_bytes / m["size_bytes"],
+            "speedup": b.latency_ms / m["latency_ms"],
             "mac_reduction": b.macs / m["macs"] if m["macs"] else float("nan"),
-            "runtime": m["runtime"], "device": m["device"],
+            "runtime": m["runtime"],
+            "device": m["device"],
         }
 
     def _feasible(self) -> list[optuna.trial.FrozenTrial]:
@@ -70,7 +79,10 @@ class SearchResult:
             m = t.user_attrs.get(TrialAttr.MEASUREMENT)
             if not m:
                 continue
-            if self.max_accuracy_drop is not None and self.baseline.accuracy - m["accuracy"] > self.max_accuracy_drop + 1e-12:
+            if (
+                self.max_accuracy_drop is not None
+                and self.baseline.accuracy - m["accuracy"] > self.max_accuracy_drop + 1e-12
+            ):
                 continue
             if over_limit(m["latency_ms"], self.max_latency_ms):
                 continue
@@ -78,22 +90,47 @@ class SearchResult:
         return out
 
     def _normalized(self, trials: Sequence[optuna.trial.FrozenTrial]) -> np.ndarray:
-        return np.array([[o.normalized(v, self.baseline) for o, v in zip(self.objectives, t.values)] for t in trials],
-                        dtype=float).reshape(len(trials), len(self.objectives))
+        return np.array(
+            [[o.normalized(v, self.baseline) for o, v in zip(self.objectives, t.values)] for t in trials], dtype=float
+        ).reshape(len(trials), len(self.objectives))
 
     @property
     def pareto(self) -> pd.DataFrame:
         """Feasible (within max_accuracy_drop and max_latency_ms) Pareto-optimal trials, best accuracy first."""
         feasible = self._feasible()
         if not feasible:
-            return pd.DataFrame(columns=["trial", "accuracy", "accuracy_drop", "size_bytes", "latency_ms", "macs",
-                                         "compression", "speedup", "mac_reduction", "runtime", "device", "policy",
-                                         "stage", "refined_from"])
+            return pd.DataFrame(
+                columns=[
+                    "trial",
+                    "accuracy",
+                    "accuracy_drop",
+                    "size_bytes",
+                    "latency_ms",
+                    "macs",
+                    "compression",
+                    "speedup",
+                    "mac_reduction",
+                    "runtime",
+                    "device",
+                    "policy",
+                    "stage",
+                    "refined_from",
+                ]
+            )
         front = [t for t, keep in zip(feasible, non_dominated(self._normalized(feasible))) if keep]
-        rows = [{"trial": t.number, **self._derived(t.user_attrs[TrialAttr.MEASUREMENT]), "policy": t.user_attrs.get(TrialAttr.POLICY),
-                 "stage": t.user_attrs.get(TrialAttr.STAGE), "refined_from": t.user_attrs.get(TrialAttr.REFINED_FROM)}
-                for t in front]
-        return pd.DataFrame(rows).sort_values(["accuracy", "size_bytes"], ascending=[False, True]).reset_index(drop=True)
+        rows = [
+            {
+                "trial": t.number,
+                **self._derived(t.user_attrs[TrialAttr.MEASUREMENT]),
+                "policy": t.user_attrs.get(TrialAttr.POLICY),
+                "stage": t.user_attrs.get(TrialAttr.STAGE),
+                "refined_from": t.user_attrs.get(TrialAttr.REFINED_FROM),
+            }
+            for t in front
+        ]
+        return (
+            pd.DataFrame(rows).sort_values(["accuracy", "size_bytes"], ascending=[False, True]).reset_index(drop=True)
+        )
 
     # ------------------------------------------------------------------ selection
     def recipe(self, trial_number: int) -> Recipe:
@@ -108,17 +145,27 @@ class SearchResult:
         attrs = self.study.user_attrs
         name = self.study.study_name
         if StudyAttr.FINGERPRINT not in attrs or StudyAttr.EXAMPLE_INPUT not in attrs:
-            raise RecipeError(f"study {name!r} holds no model fingerprint (it was created by an older autoshrink), "
-                              "so no recipe can be checked against a model. Fix: run the search in a new study.")
-        return recipe_from_search(study=name, storage=self.storage or "unknown", trial=t.number,
-                                  policy=t.user_attrs[TrialAttr.POLICY], measurement=t.user_attrs[TrialAttr.MEASUREMENT],
-                                  baseline=self.baseline.to_dict(),
-                                  finetune=t.user_attrs.get(TrialAttr.FINETUNE) or attrs[StudyAttr.FINETUNE],
-                                  fingerprint=attrs[StudyAttr.FINGERPRINT], example_input=attrs[StudyAttr.EXAMPLE_INPUT],
-                                  train_transform=attrs.get(StudyAttr.TRAIN_TRANSFORM), produced_by=attrs.get(StudyAttr.VERSIONS))
+            raise RecipeError(
+                f"study {name!r} holds no model fingerprint (it was created by an older autoshrink), "
+                "so no recipe can be checked against a model. Fix: run the search in a new study."
+            )
+        return recipe_from_search(
+            study=name,
+            storage=self.storage or "unknown",
+            trial=t.number,
+            policy=t.user_attrs[TrialAttr.POLICY],
+            measurement=t.user_attrs[TrialAttr.MEASUREMENT],
+            baseline=self.baseline.to_dict(),
+            finetune=t.user_attrs.get(TrialAttr.FINETUNE) or attrs[StudyAttr.FINETUNE],
+            fingerprint=attrs[StudyAttr.FINGERPRINT],
+            example_input=attrs[StudyAttr.EXAMPLE_INPUT],
+            train_transform=attrs.get(StudyAttr.TRAIN_TRANSFORM),
+            produced_by=attrs.get(StudyAttr.VERSIONS),
+        )
 
-    def best(self, max_accuracy_drop: float = 0.01, minimize: str = "size",
-             max_latency_ms: float | None = None) -> Recipe:
+    def best(
+        self, max_accuracy_drop: float = 0.01, minimize: str = "size", max_latency_ms: float | None = None
+    ) -> Recipe:
         """The Recipe of the trial with the smallest `minimize` (size, latency or macs) among those
         within `max_accuracy_drop` (a fraction: 0.01 = 1 pp) of the baseline and measured at most
         `max_latency_ms` (default: the search's limit, if it had one); ties -> higher accuracy."""
@@ -126,10 +173,12 @@ class SearchResult:
             raise ConfigError(f"best: minimize={minimize!r}; use one of {', '.join(MINIMIZE)}.")
         if not isinstance(max_accuracy_drop, (int, float)) or max_accuracy_drop < 0:
             raise ConfigError(f"best: max_accuracy_drop={max_accuracy_drop!r}; use a fraction >= 0 (0.01 = 1 pp).")
-        if max_latency_ms is not None and (isinstance(max_latency_ms, bool) or not isinstance(max_latency_ms, (int, float))
-                                           or not max_latency_ms > 0):
-            raise ConfigError(f"best: max_latency_ms={max_latency_ms!r}; use milliseconds > 0, or None for the "
-                              "search's own limit.")
+        if max_latency_ms is not None and (
+            isinstance(max_latency_ms, bool) or not isinstance(max_latency_ms, (int, float)) or not max_latency_ms > 0
+        ):
+            raise ConfigError(
+                f"best: max_latency_ms={max_latency_ms!r}; use milliseconds > 0, or None for the search's own limit."
+            )
         limit = self.max_latency_ms if max_latency_ms is None else float(max_latency_ms)
         df = self.trials
         if df.empty or "accuracy" not in df:
@@ -140,23 +189,37 @@ class SearchResult:
             fast = ok[~ok["latency_ms"].map(lambda v: over_limit(v, limit))]
             if fast.empty:
                 quickest = ok.sort_values("latency_ms").iloc[0]
-                raise ConfigError(f"no trial within {max_accuracy_drop * 100:.2f} pp runs in {limit:g} ms or less; the "
-                                  f"fastest is trial {int(quickest['trial'])} at {quickest['latency_ms']:.4g} ms. "
-                                  "Relax max_latency_ms or max_accuracy_drop, or run more trials.")
+                raise ConfigError(
+                    f"no trial within {max_accuracy_drop * 100:.2f} pp runs in {limit:g} ms or less; the "
+                    f"fastest is trial {int(quickest['trial'])} at {quickest['latency_ms']:.4g} ms. "
+                    "Relax max_latency_ms or max_accuracy_drop, or run more trials."
+                )
             ok = fast
         if ok.empty:
             closest = done.sort_values("accuracy_drop").iloc[0]
-            raise ConfigError(f"no trial is within {max_accuracy_drop * 100:.2f} pp of the baseline; the closest is "
-                              f"trial {int(closest['trial'])} at {closest['accuracy_drop'] * 100:.2f} pp. "
-                              "Relax max_accuracy_drop or run more trials.")
+            raise ConfigError(
+                f"no trial is within {max_accuracy_drop * 100:.2f} pp of the baseline; the closest is "
+                f"trial {int(closest['trial'])} at {closest['accuracy_drop'] * 100:.2f} pp. "
+                "Relax max_accuracy_drop or run more trials."
+            )
         pick = ok.sort_values([MINIMIZE[minimize], "accuracy"], ascending=[True, False]).iloc[0]
         return self.recipe(int(pick["trial"]))
 
     # ------------------------------------------------------------------ refine
-    def refine(self, k: int = 1, *, steps: int | None = None, trials: Sequence[int] | None = None,
-               model: Any = None, task: Any = None, executor: Any = None,
-               finetune: Mapping[str, Any] | None = None, slack: float | None = None,
-               distill: bool | None = None, progress: Callable[[Any], None] | None = None) -> pd.DataFrame:
+    def refine(
+        self,
+        k: int = 1,
+        *,
+        steps: int | None = None,
+        trials: Sequence[int] | None = None,
+        model: Any = None,
+        task: Any = None,
+        executor: Any = None,
+        finetune: Mapping[str, Any] | None = None,
+        slack: float | None = None,
+        distill: bool | None = None,
+        progress: Callable[[Any], None] | None = None,
+    ) -> pd.DataFrame:
         """Refine stage after the search (see search/refine.py): re-run the k best feasible or
         near-feasible policies (or the given `trials`) with `steps` fine-tune steps (default 5x the
         study's) and gradual pruning, each keeping its own policy, as new trials of this study: with
@@ -164,10 +227,25 @@ class SearchResult:
         forces one). Model, task and executor default to the search's own (needed after
         `load_result`). Returns the new trials' rows of `trials` (with `refined_from`). `slack` widens
         "near-feasible" (default REFINE_SLACK)."""
-        numbers = refine_study(self.study, self.baseline, self.objectives, max_accuracy_drop=self.max_accuracy_drop,
-                               max_latency_ms=self.max_latency_ms, storage=self.storage, session=self.session, k=k,
-                               steps=steps, trials=trials, model=model, task=task, executor=executor,
-                               finetune=finetune, slack=slack, distill=distill, progress=progress)
+        numbers = refine_study(
+            self.study,
+            self.baseline,
+            self.objectives,
+            max_accuracy_drop=self.max_accuracy_drop,
+            max_latency_ms=self.max_latency_ms,
+            storage=self.storage,
+            session=self.session,
+            k=k,
+            steps=steps,
+            trials=trials,
+            model=model,
+            task=task,
+            executor=executor,
+            finetune=finetune,
+            slack=slack,
+            distill=distill,
+            progress=progress,
+        )
         df = self.trials
         return df[df["trial"].isin(numbers)].reset_index(drop=True)
 

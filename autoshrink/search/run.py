@@ -6,11 +6,13 @@ pre-pass and the narrowed space, the uniform baselines and the warm start enqueu
 ask/tell loop with multi-fidelity screening (loop.py), then the optional refine stage. Every stage
 submits its work through the executor and records what it did in the study.
 """
+
 from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 from torch import nn
@@ -34,8 +36,15 @@ from .tell import StudyWarning
 __all__ = ["search"]
 
 
-def search(model: nn.Module, task: Task, space: SearchSpace, config: SearchConfig | None = None, *,
-           progress: Callable[[Progress], None] | None = None, **settings: Any) -> SearchResult:
+def search(
+    model: nn.Module,
+    task: Task,
+    space: SearchSpace,
+    config: SearchConfig | None = None,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    **settings: Any,
+) -> SearchResult:
     """Search per-layer compression policies for `model` on `task`; return the SearchResult.
 
     `config` (an ash.SearchConfig) holds every setting; keyword `settings` override it (the same
@@ -48,8 +57,10 @@ def search(model: nn.Module, task: Task, space: SearchSpace, config: SearchConfi
     if not isinstance(space, SearchSpace):
         raise ConfigError(f"search: space must be a SearchSpace (use ash.load_space), got {type(space).__name__}.")
     if config is not None and not isinstance(config, SearchConfig):
-        raise ConfigError(f"search: config must be an ash.SearchConfig, got {type(config).__name__}; pass settings "
-                          "as SearchConfig(...) or as keywords.")
+        raise ConfigError(
+            f"search: config must be an ash.SearchConfig, got {type(config).__name__}; pass settings "
+            "as SearchConfig(...) or as keywords."
+        )
     if progress is not None and not callable(progress):
         raise ConfigError(f"search: progress={progress!r}; use a callable taking a Progress, or None.")
     check_names(settings, "search")
@@ -62,26 +73,43 @@ def search(model: nn.Module, task: Task, space: SearchSpace, config: SearchConfi
         optuna.logging.set_verbosity(verbosity)
 
 
-def _run(model: nn.Module, task: Task, space: SearchSpace, cfg: SearchConfig,
-         progress: Callable[[Progress], None] | None, t_start: float) -> SearchResult:
+def _run(
+    model: nn.Module,
+    task: Task,
+    space: SearchSpace,
+    cfg: SearchConfig,
+    progress: Callable[[Progress], None] | None,
+    t_start: float,
+) -> SearchResult:
     ex = make_executor(cfg.executor)  # an unknown executor is refused before anything is created
     check_model_on_task(model, task)
     p = plan(model, task, space, cfg)
     check_storage(p.storage)  # from here on the study may be created
     with open_locks(p.storage, p.study_name) as locks:  # this driver's lease; the study's mutex
         try:
+
             def waiting() -> None:
-                warnings.warn(f"study {p.study_name!r}: another driver is setting it up (or claiming a trial); "
-                              "waiting for it, then this one joins", StudyWarning, stacklevel=4)
+                warnings.warn(
+                    f"study {p.study_name!r}: another driver is setting it up (or claiming a trial); "
+                    "waiting for it, then this one joins",
+                    StudyWarning,
+                    stacklevel=4,
+                )
 
             with locks.mutex(on_wait=waiting):  # set-up is once per study: others wait, then find it stored
                 study, result, ctx, bound, pre_s = setup(model, task, cfg, p, locks, ex, progress, t_start)
             tally = run_loop(ctx, bound, cfg.n_trials, counted(study), p.screening, p.finetune)
             if p.refine is not None:
-                sources = refine_candidates(study, result.baseline, p.objectives, cfg.max_accuracy_drop,
-                                            cfg.refine_top,
-                                            screened_limit=screened_refine_limit(study.user_attrs[StudyAttr.SCREEN]),
-                                            max_latency=cfg.max_latency_ms, skip_refined=False)
+                sources = refine_candidates(
+                    study,
+                    result.baseline,
+                    p.objectives,
+                    cfg.max_accuracy_drop,
+                    cfg.refine_top,
+                    screened_limit=screened_refine_limit(study.user_attrs[StudyAttr.SCREEN]),
+                    max_latency=cfg.max_latency_ms,
+                    skip_refined=False,
+                )
                 run_refine(ctx, sources, p.refine)
         finally:
             ex.shutdown()
@@ -92,11 +120,18 @@ def _run(model: nn.Module, task: Task, space: SearchSpace, cfg: SearchConfig,
     # study_s: the loop's study calls (claims under the mutex, sampling, attributes, tells); dispatch_s:
     # the executor's submitting and collecting (Ray)
     busy = wall - clock.waited
-    result.timing = {"wall_s": wall, "eval_s": ctx.eval_s, "wait_s": clock.waited, "overhead_s": busy,
-                     "overhead_fraction": busy / wall if wall else 0.0, "study_s": ctx.study_s,
-                     "dispatch_s": getattr(ex, "dispatch_s", 0.0),
-                     "sensitivity_s": pre_s,
-                     "screening": tally.summary()}
-    study.set_user_attr(StudyAttr.LAST_RUN, {k: (round(v, 4) if isinstance(v, float) else v)
-                                             for k, v in result.timing.items()})
+    result.timing = {
+        "wall_s": wall,
+        "eval_s": ctx.eval_s,
+        "wait_s": clock.waited,
+        "overhead_s": busy,
+        "overhead_fraction": busy / wall if wall else 0.0,
+        "study_s": ctx.study_s,
+        "dispatch_s": getattr(ex, "dispatch_s", 0.0),
+        "sensitivity_s": pre_s,
+        "screening": tally.summary(),
+    }
+    study.set_user_attr(
+        StudyAttr.LAST_RUN, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.timing.items()}
+    )
     return result

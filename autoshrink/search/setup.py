@@ -1,12 +1,14 @@
 """Before the loop: what a search's settings resolve to (the Plan, no side effects), and the study's
 set-up under its mutex (open or create, runtime, baseline, pre-pass, narrowing, enqueued policies)."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import optuna
 from torch import nn
@@ -36,8 +38,8 @@ from .stages.warmstart import warm_start_params
 from .study.claims import Reaper
 from .study.latency_records import load_table, save_table
 from .study.leases import DriverLocks
-from .study.storage import default_storage, open_study
 from .study.schema import StudyAttr, TrialAttr
+from .study.storage import default_storage, open_study
 
 BASELINE_KEY = -1
 
@@ -80,12 +82,22 @@ def plan(model: nn.Module, task: Task, space: SearchSpace, cfg: SearchConfig) ->
         refine = refine_config(ft, steps, cfg.refine_finetune)
     grid = {name: list(choice.values) for name, choice in bound.params()}
     study_name = cfg.study_name or f"autoshrink-{type(model).__name__.lower()}"
-    return Plan(objectives=objs, bound=bound, blocked=blocked, finetune=ft, refine=refine, latency=latency,
-                screening=_screening(cfg.screen), n_warm=_warm_count(cfg.warm_start, cfg.n_trials),
-                cutoff=cutoff_for(cfg.max_accuracy_drop, cfg.narrow_cutoff) if cfg.sensitivity else None,
-                first_sampler=make_sampler(cfg.sampler, seed=cfg.seed, n_trials=cfg.n_trials, search_space=grid,
-                                           values_of=replayable_values(objs)),
-                study_name=study_name, storage=cfg.storage or default_storage(study_name))
+    return Plan(
+        objectives=objs,
+        bound=bound,
+        blocked=blocked,
+        finetune=ft,
+        refine=refine,
+        latency=latency,
+        screening=_screening(cfg.screen),
+        n_warm=_warm_count(cfg.warm_start, cfg.n_trials),
+        cutoff=cutoff_for(cfg.max_accuracy_drop, cfg.narrow_cutoff) if cfg.sensitivity else None,
+        first_sampler=make_sampler(
+            cfg.sampler, seed=cfg.seed, n_trials=cfg.n_trials, search_space=grid, values_of=replayable_values(objs)
+        ),
+        study_name=study_name,
+        storage=cfg.storage or default_storage(study_name),
+    )
 
 
 def _screening(screen: bool | float | Screening) -> Screening | None:
@@ -113,18 +125,36 @@ def _baselines(bound: BoundSpace) -> list[dict[str, Any]]:
     return out
 
 
-def _signature(model: nn.Module, bound: BoundSpace, objectives: Sequence[Objective], ft: FinetuneConfig,
-               task: Task, cutoff: float | None) -> dict[str, Any]:
+def _signature(
+    model: nn.Module,
+    bound: BoundSpace,
+    objectives: Sequence[Objective],
+    ft: FinetuneConfig,
+    task: Task,
+    cutoff: float | None,
+) -> dict[str, Any]:
     space = {name: list(choice.values) for name, choice in bound.params()}
     digest = hashlib.sha256(json.dumps(space, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return {"model": type(model).__name__, "space": digest, "finetune": ft.to_dict(),
-            "example_input": list(task.example_input.shape), "train_transform": task.transform_name,
-            "narrow_cutoff": cutoff}
+    return {
+        "model": type(model).__name__,
+        "space": digest,
+        "finetune": ft.to_dict(),
+        "example_input": list(task.example_input.shape),
+        "train_transform": task.transform_name,
+        "narrow_cutoff": cutoff,
+    }
 
 
-def setup(model: nn.Module, task: Task, cfg: SearchConfig, plan: Plan, locks: DriverLocks, ex: Executor,
-          progress: Callable[[Progress], None] | None,
-          t_start: float) -> tuple[optuna.Study, SearchResult, LoopContext, BoundSpace, float]:
+def setup(
+    model: nn.Module,
+    task: Task,
+    cfg: SearchConfig,
+    plan: Plan,
+    locks: DriverLocks,
+    ex: Executor,
+    progress: Callable[[Progress], None] | None,
+    t_start: float,
+) -> tuple[optuna.Study, SearchResult, LoopContext, BoundSpace, float]:
     """Under the study mutex: open or create the study, start the executor, decide the runtime, re-queue
     dead drivers' trials, measure the baseline, run the pre-pass and enqueue the first policies -- each
     only where the study does not hold it yet."""
@@ -143,17 +173,41 @@ def setup(model: nn.Module, task: Task, cfg: SearchConfig, plan: Plan, locks: Dr
     session = Session(model=model, task=task, executor=cfg.executor, latency=plan.latency, finetune=ft)
     ex.start(Job(model=model, task=task, finetune=ft, latency=plan.latency))
     chosen, probe_s = study_runtime(study, cfg.runtime, model, ex, clock.wait)  # may refuse a resume
-    study.set_user_attr(StudyAttr.MAX_ACCURACY_DROP, cfg.max_accuracy_drop)  # this run's constraint, read by load_result
+    study.set_user_attr(
+        StudyAttr.MAX_ACCURACY_DROP, cfg.max_accuracy_drop
+    )  # this run's constraint, read by load_result
     study.set_user_attr(LIMIT_ATTR, cfg.max_latency_ms)  # likewise
-    study.set_user_attr(StudyAttr.SCREEN, _screen_attr(plan.screening, cfg.max_accuracy_drop))  # this run's rule, read by refine
+    study.set_user_attr(
+        StudyAttr.SCREEN, _screen_attr(plan.screening, cfg.max_accuracy_drop)
+    )  # this run's rule, read by refine
     reaper = Reaper(locks)
     reaper(study, force=True)  # dead drivers' running trials; a live driver's are left alone
     baseline, base_s = _baseline(study, ex, clock, chosen)
-    result = SearchResult(study=study, baseline=baseline, objectives=objs, max_accuracy_drop=cfg.max_accuracy_drop,
-                          max_latency_ms=cfg.max_latency_ms, storage=plan.storage, session=session)
-    ctx = LoopContext(study=study, ex=ex, clock=clock, objectives=objs, baseline=baseline, runtime=chosen,
-                      max_drop=cfg.max_accuracy_drop, max_latency=cfg.max_latency_ms, progress=progress,
-                      t_start=t_start, timeout=cfg.timeout, eval_s=probe_s + base_s, locks=locks, reaper=reaper)
+    result = SearchResult(
+        study=study,
+        baseline=baseline,
+        objectives=objs,
+        max_accuracy_drop=cfg.max_accuracy_drop,
+        max_latency_ms=cfg.max_latency_ms,
+        storage=plan.storage,
+        session=session,
+    )
+    ctx = LoopContext(
+        study=study,
+        ex=ex,
+        clock=clock,
+        objectives=objs,
+        baseline=baseline,
+        runtime=chosen,
+        max_drop=cfg.max_accuracy_drop,
+        max_latency=cfg.max_latency_ms,
+        progress=progress,
+        t_start=t_start,
+        timeout=cfg.timeout,
+        eval_s=probe_s + base_s,
+        locks=locks,
+        reaper=reaper,
+    )
     if plan.latency is not None and plan.latency.layers:
         ctx.latency_table = load_table(study)
         if base_s:  # measured in this run (a stored baseline's timings are in the stored table)
@@ -164,17 +218,25 @@ def setup(model: nn.Module, task: Task, cfg: SearchConfig, plan: Plan, locks: Dr
         if pre_s and ctx.latency_table is not None:  # measured in this run: its timings join the table
             for r in rows:
                 if r.get("layer_latency_ms"):
-                    ctx.latency_table.observe(Choice1(r["layer"], r["field"], r["value"]).policy(),
-                                              r["layer_latency_ms"], chosen, baseline.device,
-                                              baseline.batch_size)
+                    ctx.latency_table.observe(
+                        Choice1(r["layer"], r["field"], r["value"]).policy(),
+                        r["layer_latency_ms"],
+                        chosen,
+                        baseline.device,
+                        baseline.batch_size,
+                    )
             save_table(study, ctx.latency_table)
         bound, removed = narrow(bound, rows, cutoff)
         if StudyAttr.NARROWED not in study.user_attrs:
             study.set_user_attr(StudyAttr.NARROWED, removed)
         if cfg.sampler in ("grid", "front"):  # they sample the narrowed space
-            study.sampler = make_sampler(cfg.sampler, seed=cfg.seed, n_trials=cfg.n_trials,
-                                         search_space={n: list(c.values) for n, c in bound.params()},
-                                         values_of=replayable_values(objs))
+            study.sampler = make_sampler(
+                cfg.sampler,
+                seed=cfg.seed,
+                n_trials=cfg.n_trials,
+                search_space={n: list(c.values) for n, c in bound.params()},
+                values_of=replayable_values(objs),
+            )
     if not study.user_attrs.get(StudyAttr.ENQUEUED):
         _enqueue(study, model, bound, baseline, objs, plan.n_warm if cutoff is not None else 0, cfg.n_trials)
     return study, result, ctx, bound, pre_s
@@ -184,8 +246,13 @@ def _screen_attr(screening: Screening | None, max_drop: float | None) -> dict[st
     """The screening rule as stored in the study: its settings and, under a constraint, its limit."""
     if screening is None:
         return None
-    return {"share": screening.share, "slack": screening.slack, "margin": screening.margin,
-            "calibrate": screening.calibrate, "limit": None if max_drop is None else round(screening.limit(max_drop), 6)}
+    return {
+        "share": screening.share,
+        "slack": screening.slack,
+        "margin": screening.margin,
+        "calibrate": screening.calibrate,
+        "limit": None if max_drop is None else round(screening.limit(max_drop), 6),
+    }
 
 
 def _sensitivity(ctx: LoopContext, bound: BoundSpace, ft: FinetuneConfig) -> tuple[list[dict[str, Any]], float]:
@@ -195,16 +262,26 @@ def _sensitivity(ctx: LoopContext, bound: BoundSpace, ft: FinetuneConfig) -> tup
     if stored:
         return stored["rows"], 0.0
     t0 = time.perf_counter()
-    rows, seconds = run_choices(ctx.ex, ctx.clock.wait, choices(bound), ctx.baseline, ctx.runtime, ft.bn_batches,
-                                ft.seed)
+    rows, seconds = run_choices(
+        ctx.ex, ctx.clock.wait, choices(bound), ctx.baseline, ctx.runtime, ft.bn_batches, ft.seed
+    )
     ctx.eval_s += seconds
     wall = time.perf_counter() - t0
-    ctx.study.set_user_attr(StudyAttr.SENSITIVITY, {"rows": rows, "eval_s": round(seconds, 3), "wall_s": round(wall, 3)})
+    ctx.study.set_user_attr(
+        StudyAttr.SENSITIVITY, {"rows": rows, "eval_s": round(seconds, 3), "wall_s": round(wall, 3)}
+    )
     return rows, wall
 
 
-def _enqueue(study: optuna.Study, model: nn.Module, bound: BoundSpace, baseline: Measurement,
-             objs: Sequence[Objective], n_warm: int, n_trials: int | None) -> None:
+def _enqueue(
+    study: optuna.Study,
+    model: nn.Module,
+    bound: BoundSpace,
+    baseline: Measurement,
+    objs: Sequence[Objective],
+    n_warm: int,
+    n_trials: int | None,
+) -> None:
     """The uniform baselines, then the warm-start policies (no more than n_trials leaves room for,
     so that none is left waiting when the budget ends), once per study."""
     base = _baselines(bound)
@@ -213,10 +290,13 @@ def _enqueue(study: optuna.Study, model: nn.Module, bound: BoundSpace, baseline:
     warm = []
     if n_warm:
         rows = study.user_attrs[StudyAttr.SENSITIVITY]["rows"]
-        warm = [(p, d) for p, d in warm_start_params(model, bound, rows, baseline, [o.name for o in objs], n_warm)
-                if p not in base]
+        warm = [
+            (p, d)
+            for p, d in warm_start_params(model, bound, rows, baseline, [o.name for o in objs], n_warm)
+            if p not in base
+        ]
         if n_trials is not None:
-            warm = warm[:max(0, n_trials - len(base))]
+            warm = warm[: max(0, n_trials - len(base))]
         for params, description in warm:
             study.enqueue_trial(params, user_attrs={TrialAttr.WARM_START: description})
     study.set_user_attr(StudyAttr.ENQUEUED, {"baselines": len(base), "warm_start": len(warm)})

@@ -2,13 +2,15 @@
 the space, and every SearchConfig setting as a top-level key (docs/search.md lists them); `name` is the
 study name.
 """
+
 from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ..errors import describe
 from ..executors.runtime_env import check_py_modules, check_working_dir
@@ -80,8 +82,9 @@ def _described(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def call_factory(spec: str, kwargs: Mapping[str, Any], path: str, src: Source, returns: type,
-                 args_path: str | None = None) -> Any:
+def call_factory(
+    spec: str, kwargs: Mapping[str, Any], path: str, src: Source, returns: type, args_path: str | None = None
+) -> Any:
     """Load `spec`, call it with `kwargs` and check it returned a `returns`: each failure (arguments it
     does not take, an exception inside it, a wrong return type) is one ConfigError naming `path`."""
     fn = load_entry_point(spec, path, src)
@@ -105,8 +108,9 @@ def call_factory(spec: str, kwargs: Mapping[str, Any], path: str, src: Source, r
         raise src.error(path, f"{spec}({shown}) raised {_described(exc)}; fix the factory or its arguments.") from None
     if not isinstance(value, returns):
         wanted = "torch.nn.Module" if returns.__module__.startswith("torch") else f"autoshrink.{returns.__qualname__}"
-        raise src.error(path, f"{spec} returned {type(value).__name__}, not {an(wanted)}; name a factory that "
-                        "returns one.")
+        raise src.error(
+            path, f"{spec} returned {type(value).__name__}, not {an(wanted)}; name a factory that returns one."
+        )
     return value
 
 
@@ -120,11 +124,15 @@ def _executor_args(data: Mapping[str, Any], src: Source, base: Path) -> dict[str
         raise src.error("executor_args", f"got {describe(given)}; expected a mapping with {', '.join(EXECUTOR_ARGS)}.")
     unknown = sorted(set(given) - set(EXECUTOR_ARGS))
     if unknown:
-        raise src.error(f"executor_args.{unknown[0]}", f"unknown key {unknown[0]!r}; allowed are "
-                        f"{', '.join(EXECUTOR_ARGS)}.")
+        raise src.error(
+            f"executor_args.{unknown[0]}", f"unknown key {unknown[0]!r}; allowed are {', '.join(EXECUTOR_ARGS)}."
+        )
     if given and data.get("executor", "local") != "ray":
-        raise src.error("executor_args", f"{', '.join(given)}: settings of the Ray executor, but executor is "
-                        f"{data.get('executor', 'local')!r}; set executor: ray or remove executor_args.")
+        raise src.error(
+            "executor_args",
+            f"{', '.join(given)}: settings of the Ray executor, but executor is "
+            f"{data.get('executor', 'local')!r}; set executor: ray or remove executor_args.",
+        )
     out: dict[str, Any] = {}
     address = given.get("address")
     if address is not None:
@@ -134,8 +142,11 @@ def _executor_args(data: Mapping[str, Any], src: Source, base: Path) -> dict[str
     actors = given.get("actors")
     if actors is not None:
         if isinstance(actors, bool) or not isinstance(actors, int) or not 1 <= actors <= 4096:
-            raise src.error("executor_args.actors", f"got {describe(actors)}; use a positive integer (actors this "
-                            "driver runs), or leave it out for as many as the cluster's free CPUs fit.")
+            raise src.error(
+                "executor_args.actors",
+                f"got {describe(actors)}; use a positive integer (actors this "
+                "driver runs), or leave it out for as many as the cluster's free CPUs fit.",
+            )
         out["actors"] = actors
     if given.get("working_dir") is not None:
         out["working_dir"] = check_working_dir(given["working_dir"], src.at("executor_args.working_dir"), base)
@@ -168,8 +179,16 @@ def load_study_config(path: str | Path) -> StudyConfig:
         return src.error("name" if name == "study_name" else name, f"got {describe(value)}; {fix}")
 
     settings = from_mapping(given, error, lambda message: src.error("<root>", message))
-    return StudyConfig(name=data["name"], model=data["model"], task=data["task"], settings=settings,
-                       model_args=dict(data.get("model_args") or {}), task_args=dict(data.get("task_args") or {}),
-                       space=data.get("space") or "default", description=data.get("description") or "",
-                       executor_args=_executor_args(data, src, Path(path).resolve().parent),
-                       base_dir=str(Path(path).resolve().parent), source=src)
+    return StudyConfig(
+        name=data["name"],
+        model=data["model"],
+        task=data["task"],
+        settings=settings,
+        model_args=dict(data.get("model_args") or {}),
+        task_args=dict(data.get("task_args") or {}),
+        space=data.get("space") or "default",
+        description=data.get("description") or "",
+        executor_args=_executor_args(data, src, Path(path).resolve().parent),
+        base_dir=str(Path(path).resolve().parent),
+        source=src,
+    )

@@ -1,5 +1,6 @@
 """Writing to the study from the loop: tell outcomes (COMPLETE, FAIL, screened out, skipped), the warm-start
 twin verdict, re-queue on interruption, and a result for a trial another driver re-queued."""
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,8 @@ from ..measure import Measurement
 from ..techniques.apply import CompressionWarning
 from .context import LoopContext
 from .stages.latency_limit import relative_excess
-from .study.storage import requeue_attrs
 from .study.schema import TrialAttr
+from .study.storage import requeue_attrs
 
 
 class StudyWarning(CompressionWarning):
@@ -25,9 +26,13 @@ class StudyWarning(CompressionWarning):
 def lease_lost(number: int) -> None:
     """Another driver finished `number` while this one evaluated it: this driver's lease was taken for a
     dead one's (its database connection dropped). The trial was re-queued there; this result is dropped."""
-    warnings.warn(f"trial {number}: another driver failed and re-queued it while this one evaluated it (this "
-                  "driver's lease on the storage was lost, e.g. its database connection dropped); this result is "
-                  "dropped and the re-queued trial runs again.", StudyWarning, stacklevel=2)
+    warnings.warn(
+        f"trial {number}: another driver failed and re-queued it while this one evaluated it (this "
+        "driver's lease on the storage was lost, e.g. its database connection dropped); this result is "
+        "dropped and the re-queued trial runs again.",
+        StudyWarning,
+        stacklevel=2,
+    )
 
 
 def twin_verdict(study: optuna.Study, baseline: Measurement) -> tuple[bool, int] | None:
@@ -37,7 +42,9 @@ def twin_verdict(study: optuna.Study, baseline: Measurement) -> tuple[bool, int]
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         what, m = t.user_attrs.get(TrialAttr.WARM_START), t.user_attrs.get(TrialAttr.MEASUREMENT)
         if isinstance(what, dict) and "allocation" in what and m and t.user_attrs.get(TrialAttr.REFINED_FROM) is None:
-            twins.setdefault(int(what["allocation"]), {})[bool(t.user_attrs[TrialAttr.POLICY].get("distill"))] = m["accuracy"]
+            twins.setdefault(int(what["allocation"]), {})[bool(t.user_attrs[TrialAttr.POLICY].get("distill"))] = m[
+                "accuracy"
+            ]
     for allocation in sorted(twins):
         acc = twins[allocation]
         if len(acc) == 2 and acc[True] != acc[False]:
@@ -56,8 +63,12 @@ def skip_candidate(ctx: LoopContext, trial: optuna.trial.Trial, why: str) -> Non
 def skip_twin(ctx: LoopContext, trial: optuna.trial.Trial, verdict: tuple[bool, int]) -> None:
     """A warm-start twin whose distill setting lost on an earlier allocation: told PRUNED unevaluated."""
     winner, allocation = verdict
-    skip_candidate(ctx, trial, f"not run: on warm-start allocation {allocation} distill={winner} recovered "
-                               f"better than distill={not winner} in the full fine-tune")
+    skip_candidate(
+        ctx,
+        trial,
+        f"not run: on warm-start allocation {allocation} distill={winner} recovered "
+        f"better than distill={not winner} in the full fine-tune",
+    )
 
 
 def promoted_pairs(study: optuna.Study, baseline: Measurement) -> dict[bool, list[tuple[float, float]]]:
@@ -67,8 +78,9 @@ def promoted_pairs(study: optuna.Study, baseline: Measurement) -> dict[bool, lis
         screen, full = t.user_attrs.get(TrialAttr.SCREEN), t.user_attrs.get(TrialAttr.MEASUREMENT)
         if screen and full and t.user_attrs.get(TrialAttr.REFINED_FROM) is None:
             distill = bool(t.user_attrs.get(TrialAttr.POLICY, {}).get("distill", False))
-            out.setdefault(distill, []).append((baseline.accuracy - screen["measurement"]["accuracy"],
-                                                baseline.accuracy - full["accuracy"]))
+            out.setdefault(distill, []).append(
+                (baseline.accuracy - screen["measurement"]["accuracy"], baseline.accuracy - full["accuracy"])
+            )
     return out
 
 

@@ -1,4 +1,5 @@
 """Search spaces: YAML -> SearchSpace (validated) -> bound to a model -> sampled Policies."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,10 @@ def load_space(path: str | Path) -> SearchSpace:
     file, line, YAML path and value.
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise ConfigError(f"load_space: got {describe(path)}; pass the path of a search space YAML or a built-in "
-                          "name such as 'default'.")
+        raise ConfigError(
+            f"load_space: got {describe(path)}; pass the path of a search space YAML or a built-in "
+            "name such as 'default'."
+        )
     p = Path(path)
     if not p.exists():
         name = p.name if p.suffix else f"{p.name}.yaml"

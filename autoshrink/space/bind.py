@@ -1,10 +1,12 @@
 """Bind a SearchSpace to a model: the choices of every layer, by module name."""
+
 from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -60,12 +62,12 @@ class BoundSpace:
         distill = params.get("distill", self.distill.values[0])
         return Policy(layers=layers, distill=bool(distill) and bool(layers))
 
-    def without_structured(self, layers: Mapping[str, str]) -> "BoundSpace":
+    def without_structured(self, layers: Mapping[str, str]) -> BoundSpace:
         """A copy where the named layers can only be pruned unstructured (structured fixed false)."""
         fixed = {n: ({**f, "structured": Choice((False,))} if n in layers else f) for n, f in self.layers.items()}
         return BoundSpace(layers=fixed, distill=self.distill, space=self.space)
 
-    def restricted(self, values: Mapping[str, Mapping[str, tuple[Any, ...]]]) -> "BoundSpace":
+    def restricted(self, values: Mapping[str, Mapping[str, tuple[Any, ...]]]) -> BoundSpace:
         """A copy where the given layers' fields take only the given values (layer -> field -> values);
         each must be a non-empty subset of the field's choices, kept in their order."""
         layers = {}
@@ -116,17 +118,30 @@ def bind(space: SearchSpace, model: nn.Module) -> BoundSpace:
     for rule in space.rules:
         unknown = [t for t in rule.types if t not in known_types]
         if unknown:
-            raise src.error(f"{rule.path}.type", f"{unknown[0]!r} is not a torch.nn module class nor a class in "
-                                                 f"{type(model).__name__}; check the spelling (e.g. Conv2d, Linear).")
+            raise src.error(
+                f"{rule.path}.type",
+                f"{unknown[0]!r} is not a torch.nn module class nor a class in "
+                f"{type(model).__name__}; check the spelling (e.g. Conv2d, Linear).",
+            )
         hits = [(n, m) for n, m in compressible if _rule_matches(rule, n, m)]
         if not hits and (rule.optional or not rule.match):
             continue
         if not hits:
             others = [f"{n} ({type(m).__name__})" for n, m in modules if _rule_matches(rule, n, m)]
-            what = " and ".join(filter(None, [f"match {list(rule.match)}" if rule.match else "",
-                                              f"type {list(rule.types)}" if rule.types else ""]))
-            hint = (f"it matches only modules no technique compresses: {', '.join(others[:5])}" if others else
-                    f"the model's compressible layers are: {', '.join(n for n, _ in compressible[:20])}")
+            what = " and ".join(
+                filter(
+                    None,
+                    [
+                        f"match {list(rule.match)}" if rule.match else "",
+                        f"type {list(rule.types)}" if rule.types else "",
+                    ],
+                )
+            )
+            hint = (
+                f"it matches only modules no technique compresses: {', '.join(others[:5])}"
+                if others
+                else f"the model's compressible layers are: {', '.join(n for n, _ in compressible[:20])}"
+            )
             raise src.error(rule.path, f"{what} matches no compressible layer of {type(model).__name__}; {hint}.")
         for n, _ in hits:
             if rule.skip:

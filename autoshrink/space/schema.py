@@ -7,12 +7,14 @@ with `match` (exact name, glob or "re:" regex) and/or `type` (module type names)
 true`; `distill` and `finetune`. A rule with `match` that matches no compressible layer is an error
 unless `optional: true`; a `type`-only rule may match nothing, but its types must be real module classes.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 from ..policy import ALLOWED_BITS, CODEBOOKS
@@ -21,7 +23,7 @@ from .yaml_source import Source
 
 FIELDS = ("sparsity", "structured", "bits", "rank", "codebook")
 MAX_RANGE_VALUES = 1_000  # a {low, high, step} range expands to at most this many choices
-MAX_NUMBER = 2 ** 53  # integers beyond this are not a setting anyone means
+MAX_NUMBER = 2**53  # integers beyond this are not a setting anyone means
 IDENTITY = {"sparsity": 0.0, "structured": False, "bits": 32, "rank": 1.0, "codebook": "linear"}
 _RULE_KEYS = set(FIELDS) | {"match", "type", "skip", "optional"}
 _TOP_KEYS = {"defaults", "rules", "distill", "finetune", "description", "version"}
@@ -87,8 +89,11 @@ def parse_choice(raw: Any, fld: str, path: str, src: Source) -> Choice:
         if unknown or "low" not in raw or "high" not in raw:
             raise src.error(path, f"got {dict(raw)!r}; a range needs exactly low, high and optional step.")
         if fld in ("structured", "distill", "codebook"):
-            raise src.error(path, "a range makes no sense for this field; give a list, e.g. "
-                            + ("[linear, kmeans]." if fld == "codebook" else "[false, true]."))
+            raise src.error(
+                path,
+                "a range makes no sense for this field; give a list, e.g. "
+                + ("[linear, kmeans]." if fld == "codebook" else "[false, true]."),
+            )
         low, high = raw["low"], raw["high"]
         for name, v in (("low", low), ("high", high), ("step", raw.get("step", 1))):
             if not _finite(v):
@@ -106,8 +111,10 @@ def parse_choice(raw: Any, fld: str, path: str, src: Source) -> Choice:
             raise src.error(f"{path}.step", f"got {step}; it must be > 0.")
         span = (high - low) / step
         if not span < MAX_RANGE_VALUES:  # also inf and nan
-            raise src.error(path, f"low {low}, high {high}, step {step} give more than {MAX_RANGE_VALUES:,} values; "
-                            "use a larger step.")
+            raise src.error(
+                path,
+                f"low {low}, high {high}, step {step} give more than {MAX_RANGE_VALUES:,} values; use a larger step.",
+            )
         n = int(math.floor(span + 1e-9)) + 1
         values = tuple(round(low + i * step, 10) for i in range(n))
         is_range = True
@@ -164,8 +171,11 @@ def _str_list(raw: Any, path: str, src: Source) -> tuple[str, ...]:
                 re.compile(item[3:])
             except re.error as exc:
                 where = path if isinstance(raw, str) else f"{path}[{i}]"
-                raise src.error(where, f"got {item!r}; not a valid regular expression ({exc}). Fix the pattern, or "
-                                "use a glob without the re: prefix.") from None
+                raise src.error(
+                    where,
+                    f"got {item!r}; not a valid regular expression ({exc}). Fix the pattern, or "
+                    "use a glob without the re: prefix.",
+                ) from None
     return tuple(items)
 
 
@@ -202,11 +212,16 @@ def parse_space(data: Any, src: Source) -> SearchSpace:
         for key, v in (("skip", skip), ("optional", optional)):
             if not isinstance(v, bool):
                 raise src.error(f"{path}.{key}", f"got {v!r}; it must be true or false.")
-        rules.append(Rule(
-            match=_str_list(r["match"], f"{path}.match", src) if "match" in r else (),
-            types=_str_list(r["type"], f"{path}.type", src) if "type" in r else (),
-            fields={f: parse_choice(r[f], f, f"{path}.{f}", src) for f in FIELDS if f in r},
-            skip=skip, path=path, optional=optional))
+        rules.append(
+            Rule(
+                match=_str_list(r["match"], f"{path}.match", src) if "match" in r else (),
+                types=_str_list(r["type"], f"{path}.type", src) if "type" in r else (),
+                fields={f: parse_choice(r[f], f, f"{path}.{f}", src) for f in FIELDS if f in r},
+                skip=skip,
+                path=path,
+                optional=optional,
+            )
+        )
     distill = parse_choice(data.get("distill", [False]), "distill", "distill", src)
     raw_ft = data.get("finetune") or {}
     if not isinstance(raw_ft, Mapping):
@@ -218,5 +233,6 @@ def parse_space(data: Any, src: Source) -> SearchSpace:
     description = data.get("description", "")
     if not isinstance(description, str):
         raise src.error("description", "expected a string.")
-    return SearchSpace(defaults=defaults, rules=tuple(rules), distill=distill, finetune=finetune, source=src,
-                       description=description)
+    return SearchSpace(
+        defaults=defaults, rules=tuple(rules), distill=distill, finetune=finetune, source=src, description=description
+    )

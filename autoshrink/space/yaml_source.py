@@ -1,4 +1,5 @@
 """Safe YAML loading that remembers the line of every value, for error messages."""
+
 from __future__ import annotations
 
 import os
@@ -73,27 +74,38 @@ def _check_nodes(root: yaml.Node, p: Path) -> None:
     while stack:
         node, depth, done = stack.pop()
         if done:
-            children = ([c for kv in node.value for c in kv] if isinstance(node, yaml.MappingNode)
-                        else node.value if isinstance(node, yaml.SequenceNode) else [])
+            children = (
+                [c for kv in node.value for c in kv]
+                if isinstance(node, yaml.MappingNode)
+                else node.value
+                if isinstance(node, yaml.SequenceNode)
+                else []
+            )
             expanded[id(node)] = 1 + sum(expanded[id(c)] for c in children)
             on_path.discard(id(node))
             if expanded[id(node)] > MAX_YAML_NODES:
-                raise ConfigError(f"{p}:{node.start_mark.line + 1}: the YAML expands to more than {MAX_YAML_NODES:,} "
-                                  "values through its aliases (*name); write the values out, or use fewer aliases.")
+                raise ConfigError(
+                    f"{p}:{node.start_mark.line + 1}: the YAML expands to more than {MAX_YAML_NODES:,} "
+                    "values through its aliases (*name); write the values out, or use fewer aliases."
+                )
             continue
         if id(node) in seen:
             aliases += 1
             if aliases > MAX_YAML_ALIASES:
                 raise ConfigError(f"{p}: more than {MAX_YAML_ALIASES:,} aliases (*name); write the values out.")
             if id(node) in on_path:
-                raise ConfigError(f"{p}:{node.start_mark.line + 1}: an alias refers to a value that contains it (a "
-                                  "recursive anchor); write the values out.")
+                raise ConfigError(
+                    f"{p}:{node.start_mark.line + 1}: an alias refers to a value that contains it (a "
+                    "recursive anchor); write the values out."
+                )
             if id(node) in expanded:
                 continue
         seen.add(id(node))
         if depth > MAX_YAML_DEPTH:
-            raise ConfigError(f"{p}:{node.start_mark.line + 1}: nested deeper than {MAX_YAML_DEPTH} levels; a config "
-                              "is a few levels deep, check the indentation.")
+            raise ConfigError(
+                f"{p}:{node.start_mark.line + 1}: nested deeper than {MAX_YAML_DEPTH} levels; a config "
+                "is a few levels deep, check the indentation."
+            )
         on_path.add(id(node))
         stack.append((node, depth, True))
         if isinstance(node, yaml.MappingNode):
@@ -101,11 +113,15 @@ def _check_nodes(root: yaml.Node, p: Path) -> None:
             for key, value in node.value:
                 line = key.start_mark.line + 1
                 if not isinstance(key, yaml.ScalarNode):
-                    raise ConfigError(f"{p}:{line}: a key that is a list or mapping; keys are plain names (quote "
-                                      "it if it holds [ ] { } characters).")
+                    raise ConfigError(
+                        f"{p}:{line}: a key that is a list or mapping; keys are plain names (quote "
+                        "it if it holds [ ] { } characters)."
+                    )
                 if key.value in keys and key.tag != "tag:yaml.org,2002:merge":
-                    raise ConfigError(f"{p}:{line}: key {key.value!r} appears twice (first on line {keys[key.value]}); "
-                                      "YAML would keep only the last one. Remove or merge one of them.")
+                    raise ConfigError(
+                        f"{p}:{line}: key {key.value!r} appears twice (first on line {keys[key.value]}); "
+                        "YAML would keep only the last one. Remove or merge one of them."
+                    )
                 keys[key.value] = line
                 stack.extend([(value, depth + 1, False), (key, depth + 1, False)])
         elif isinstance(node, yaml.SequenceNode):
@@ -123,8 +139,9 @@ def read_text(path: str | Path, what: str = "file", limit: int = MAX_YAML_BYTES)
         if not stat.S_ISREG(info.st_mode):
             raise ConfigError(f"{p}: not a regular file (a folder, FIFO or device); pass the path of a YAML {what}.")
         if info.st_size > limit:
-            raise ConfigError(f"{p}: {info.st_size:,} bytes, over the {limit:,}-byte limit for a YAML {what}; "
-                              "pass the right file.")
+            raise ConfigError(
+                f"{p}: {info.st_size:,} bytes, over the {limit:,}-byte limit for a YAML {what}; pass the right file."
+            )
         with p.open("rb") as f:
             raw = f.read(limit + 1)
     except FileNotFoundError:
@@ -140,8 +157,9 @@ def read_text(path: str | Path, what: str = "file", limit: int = MAX_YAML_BYTES)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{p}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save it as "
-                          "UTF-8.") from None
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save it as UTF-8."
+        ) from None
 
 
 def load_yaml(path: str | Path) -> tuple[Any, Source]:
@@ -159,8 +177,10 @@ def load_yaml(path: str | Path) -> tuple[Any, Source]:
         where = f"{p}:{mark.line + 1}" if mark else str(p)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         if isinstance(exc, yaml.constructor.ConstructorError):  # e.g. !!python/object/apply: never constructed
-            raise ConfigError(f"{where}: not valid YAML here, tag refused ({problem}); only plain YAML is accepted "
-                              "(tags that build Python objects could run code). Remove the tag.") from None
+            raise ConfigError(
+                f"{where}: not valid YAML here, tag refused ({problem}); only plain YAML is accepted "
+                "(tags that build Python objects could run code). Remove the tag."
+            ) from None
         raise ConfigError(f"{where}: not valid YAML ({problem}); fix the syntax there.") from None
     except RecursionError:
         raise ConfigError(f"{p}: nested too deeply to read; a config is a few levels deep.") from None

@@ -1,4 +1,5 @@
 """Compression techniques, registered by name and applied in a fixed order."""
+
 from __future__ import annotations
 
 from . import lowrank, prune, quantize, structured  # noqa: F401  (registration)
@@ -6,6 +7,12 @@ from .apply import ApplyReport, CompressionWarning, apply_policy, apply_policy_w
 from .registry import Skipped, Technique, register, techniques
 
 __all__ = [
-    "ApplyReport", "CompressionWarning", "Skipped", "Technique",
-    "apply_policy", "apply_policy_with_report", "register", "techniques",
+    "ApplyReport",
+    "CompressionWarning",
+    "Skipped",
+    "Technique",
+    "apply_policy",
+    "apply_policy_with_report",
+    "register",
+    "techniques",
 ]

@@ -4,6 +4,7 @@ Order: low-rank -> structured pruning -> unstructured pruning -> quantization. T
 is never modified. Layers a technique cannot handle are reported (ApplyReport.skipped) and
 warned about, never a crash; a policy naming a module the model does not have is an error.
 """
+
 from __future__ import annotations
 
 import copy

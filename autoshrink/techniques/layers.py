@@ -1,4 +1,5 @@
 """Which modules the weight techniques (pruning, quantization) can handle."""
+
 from __future__ import annotations
 
 from abc import abstractmethod

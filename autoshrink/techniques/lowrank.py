@@ -6,6 +6,7 @@ a 1x1 Conv(k, cout). k = max(1, round(rank * min(out, cin * prod(kernel)))).
 Applied only where the two factors hold fewer parameters than the original weight; grouped
 convolutions and other layer types are skipped and reported.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,7 +57,10 @@ def factorize(layer: nn.Module, rank: float) -> nn.Module | str:
         shape = tuple(layer.weight.shape)
         k = target_rank(shape, rank)
         if factor_params(shape, k) >= layer.weight.numel():
-            return f"rank {rank} keeps {k} of {min(shape)} singular values: {factor_params(shape, k)} factor weights >= {layer.weight.numel()} original; no saving"
+            return (
+                f"rank {rank} keeps {k} of {min(shape)} singular values: {factor_params(shape, k)} factor weights "
+                f">= {layer.weight.numel()} original; no saving"
+            )
         a, b = svd_factors(layer.weight, k)
         dev, dt = layer.weight.device, layer.weight.dtype
         first = nn.Linear(layer.in_features, k, bias=False, device=dev, dtype=dt)
@@ -75,12 +79,24 @@ def factorize(layer: nn.Module, rank: float) -> nn.Module | str:
         shape = tuple(layer.weight.shape)
         k = target_rank(shape, rank)
         if factor_params(shape, k) >= layer.weight.numel():
-            return f"rank {rank} keeps {k} channels: {factor_params(shape, k)} factor weights >= {layer.weight.numel()} original; no saving"
+            return (
+                f"rank {rank} keeps {k} channels: {factor_params(shape, k)} factor weights "
+                f">= {layer.weight.numel()} original; no saving"
+            )
         a, b = svd_factors(layer.weight, k)
         conv = type(layer)
         dev, dt = layer.weight.device, layer.weight.dtype
-        first = conv(layer.in_channels, k, layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                     dilation=layer.dilation, bias=False, device=dev, dtype=dt)
+        first = conv(
+            layer.in_channels,
+            k,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            bias=False,
+            device=dev,
+            dtype=dt,
+        )
         second = conv(k, layer.out_channels, 1, bias=layer.bias is not None, device=dev, dtype=dt)
         with torch.no_grad():
             first.weight.copy_(a.reshape(first.weight.shape))

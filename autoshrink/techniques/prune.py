@@ -3,15 +3,16 @@
 The mask is a parametrization (`weights.PruneMask`), so pruned entries stay zero through
 fine-tuning. Ties in magnitude are broken by position (stable sort), so results are deterministic.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from ..policy import LayerPolicy
+from ..weights import add_mask
 from .layers import LayerwiseTechnique
 from .registry import register
-from ..weights import add_mask
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:

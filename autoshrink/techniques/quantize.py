@@ -4,6 +4,7 @@ trained k-means codebook (LayerPolicy.codebook = "kmeans": 2^bits - 1 shared val
 Implemented as parametrizations (`weights.FakeQuant`, straight-through estimator; `weights.Codebook`,
 centroids trained), applied after pruning so pruned entries stay exactly zero.
 """
+
 from __future__ import annotations
 
 from torch import nn

@@ -1,4 +1,5 @@
 """Technique registry: each technique is one class registered by name, applied in `order`."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -9,7 +10,7 @@ from torch import nn
 
 from ..policy import LayerPolicy
 
-_REGISTRY: dict[str, "Technique"] = {}
+_REGISTRY: dict[str, Technique] = {}
 
 
 @dataclass(frozen=True)

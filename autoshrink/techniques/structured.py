@@ -8,10 +8,10 @@ layers; a prune that changes the output shapes is rolled back and reported as Sk
 are pruned once, by the largest n. Context keys: "structured_counts" (a gradual round's n per name),
 "structured" (name -> (channels_before, channels_after)), "structured_notes".
 """
+
 from __future__ import annotations
 
 import copy
-
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +52,10 @@ def _resolve(model: nn.Module, name: str, lp: LayerPolicy, count: int | None = N
         return f"no module named {name!r} in the model"
     layer = module.second if isinstance(module, Factorized) else module
     if not isinstance(layer, _SUPPORTED):
-        return (f"{type(layer).__name__} is not structurally pruned "
-                "(only Linear, Conv1d and Conv2d, or a low-rank Factorized pair)")
+        return (
+            f"{type(layer).__name__} is not structurally pruned "
+            "(only Linear, Conv1d and Conv2d, or a low-rank Factorized pair)"
+        )
     if isinstance(layer, nn.Conv1d | nn.Conv2d) and layer.padding_mode != "zeros":
         return f"padding_mode={layer.padding_mode!r} is not supported for structured pruning"
     if torch.nn.utils.parametrize.is_parametrized(layer):
@@ -113,8 +115,7 @@ def _build_graph(model: nn.Module, x: Tensor) -> tuple[tp.DependencyGraph, set[i
 
     try:
         with torch.enable_grad():
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=x, forward_fn=forward,
-                                                       verbose=False)
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=x, forward_fn=forward, verbose=False)
     finally:
         for p in frozen:
             p.requires_grad_(False)
@@ -136,8 +137,10 @@ def _blocker(group: Any, names: dict[int, str]) -> str | None:
             continue
         where = names.get(id(m), type(m).__name__)
         if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and not m.groups == m.in_channels == m.out_channels:
-            return (f"its channels are coupled to the grouped convolution {where} (groups={m.groups}), "
-                    "whose groups would not stay aligned")
+            return (
+                f"its channels are coupled to the grouped convolution {where} (groups={m.groups}), "
+                "whose groups would not stay aligned"
+            )
         if torch.nn.utils.parametrize.is_parametrized(m):
             return f"its channels are coupled to {where}, whose weights are parametrized"
     return None
@@ -161,10 +164,13 @@ class _Snapshot:
         for m in own.values():  # the owners of unwrapped nn.Parameters in the group
             if any(p is q for p in m._parameters.values() for q in params):
                 mods[id(m)] = m
-        self.states = [(m, {k: (v.copy() if isinstance(v, dict | list) else v) for k, v in m.__dict__.items()})
-                       for m in mods.values()]
-        self.grad_flags = [(m, k, p.requires_grad) for m in mods.values()
-                           for k, p in m._parameters.items() if p is not None]
+        self.states = [
+            (m, {k: (v.copy() if isinstance(v, dict | list) else v) for k, v in m.__dict__.items()})
+            for m in mods.values()
+        ]
+        self.grad_flags = [
+            (m, k, p.requires_grad) for m in mods.values() for k, p in m._parameters.items() if p is not None
+        ]
 
     def keep_grad_flags(self) -> None:
         for m, k, flag in self.grad_flags:
@@ -213,8 +219,9 @@ class StructuredPrune(Technique):
                 m.training = mode
         return skipped
 
-    def _prune_all(self, model: nn.Module, pending: list[_Target], x: Tensor,
-                   report: dict[str, tuple[int, int]], notes: list[str]) -> list[Skipped]:
+    def _prune_all(
+        self, model: nn.Module, pending: list[_Target], x: Tensor, report: dict[str, tuple[int, int]], notes: list[str]
+    ) -> list[Skipped]:
         """Prune the resolved targets one coupled group at a time; return those left alone."""
         param = next(model.parameters(), None)
         x = x.to(param.device if param is not None else torch.device("cpu"))
@@ -222,11 +229,14 @@ class StructuredPrune(Technique):
         try:
             ref = _signature(_run(model, x))
         except Exception as exc:  # recorded per target, never hidden
-            return [Skipped(t.name, self.name, f"the model does not run on example_input ({_error(exc)})")
-                    for t in pending]
+            return [
+                Skipped(t.name, self.name, f"the model does not run on example_input ({_error(exc)})") for t in pending
+            ]
         if not ref:
-            return [Skipped(t.name, self.name, "the model's output holds no tensor to check the pruned model against")
-                    for t in pending]
+            return [
+                Skipped(t.name, self.name, "the model's output holds no tensor to check the pruned model against")
+                for t in pending
+            ]
         skipped: list[Skipped] = []
         done: set[int] = set()
         dg: tp.DependencyGraph | None = None
@@ -239,8 +249,9 @@ class StructuredPrune(Technique):
                     dg, ends = _build_graph(model, x)
                 except Exception as exc:
                     reason = f"torch-pruning could not trace the model ({_error(exc)})"
-                    return skipped + [Skipped(u.name, self.name, reason)
-                                      for j, u in enumerate(pending) if j not in done]
+                    return skipped + [
+                        Skipped(u.name, self.name, reason) for j, u in enumerate(pending) if j not in done
+                    ]
             done.add(i)
             if t.layer not in dg.module2node:
                 skipped.append(Skipped(t.name, self.name, "the example input does not reach this layer"))
@@ -264,16 +275,32 @@ class StructuredPrune(Technique):
                 dg = None  # a rolled-back prune: trace again before the next group
         return skipped
 
-    def _prune_group(self, model: nn.Module, dg: tp.DependencyGraph, ends: set[int], full: Any,
-                     members: list[_Target], x: Tensor, ref: list, report: dict[str, tuple[int, int]],
-                     notes: list[str]) -> tuple[str | None, bool]:
+    def _prune_group(
+        self,
+        model: nn.Module,
+        dg: tp.DependencyGraph,
+        ends: set[int],
+        full: Any,
+        members: list[_Target],
+        x: Tensor,
+        ref: list,
+        report: dict[str, tuple[int, int]],
+        notes: list[str],
+    ) -> tuple[str | None, bool]:
         """Prune one coupled group; return (reason it was not pruned or None, graph is stale)."""
         root = members[0]
         names = {id(m): n for n, m in model.named_modules()}
         if any(id(dep.target) in ends and dg.is_out_channel_pruning_fn(dep.handler) for dep, _ in full):
-            others = sorted({names[id(dep.target.module)] for dep, _ in full
-                             if dg.is_out_channel_pruning_fn(dep.handler) and id(dep.target.module) in names
-                             and dep.target.module is not root.layer and isinstance(dep.target.module, _SUPPORTED)})
+            others = sorted(
+                {
+                    names[id(dep.target.module)]
+                    for dep, _ in full
+                    if dg.is_out_channel_pruning_fn(dep.handler)
+                    and id(dep.target.module) in names
+                    and dep.target.module is not root.layer
+                    and isinstance(dep.target.module, _SUPPORTED)
+                }
+            )
             via = f" (coupled through {', '.join(others)})" if others else ""
             return f"its output channels are the model's outputs{via}; removing them would change the output", False
         blocker = _blocker(full, names)
@@ -301,13 +328,17 @@ class StructuredPrune(Technique):
                 raise RuntimeError(f"output shapes changed from {ref} to {sig}")
         except Exception as exc:  # rolled back and reported as Skipped by the caller
             snap.restore()
-            return (f"removing {n} of {root.channels} channels broke the model ({_error(exc)}); "
-                    "the layers were restored", True)
+            return (
+                f"removing {n} of {root.channels} channels broke the model ({_error(exc)}); the layers were restored",
+                True,
+            )
         for m in members:
             report[m.name] = (before[m.name], _out_channels(m.layer))
         if len(members) > 1:
-            notes.append(f"{', '.join(m.name for m in members)}: output channels coupled; "
-                         f"pruned together by {n} channels (the largest request)")
+            notes.append(
+                f"{', '.join(m.name for m in members)}: output channels coupled; "
+                f"pruned together by {n} channels (the largest request)"
+            )
         return None, False
 
 

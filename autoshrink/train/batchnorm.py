@@ -8,6 +8,7 @@ BatchNorm layers in train mode (dropout and the rest stay in eval mode), no grad
 augmentation, batches drawn with a seeded generator, and a cumulative average (momentum=None):
 running_mean = mean of the batch means, running_var = mean of the unbiased batch variances.
 """
+
 from __future__ import annotations
 
 import itertools

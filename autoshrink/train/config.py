@@ -1,8 +1,10 @@
 """Fine-tune settings as frozen data."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import ConfigError, describe, finite_number
 
@@ -84,9 +86,11 @@ class FinetuneConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FinetuneConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> FinetuneConfig:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"finetune: unknown key(s) {', '.join(map(repr, unknown))}; allowed are {', '.join(sorted(known))}.")
+            raise ConfigError(
+                f"finetune: unknown key(s) {', '.join(map(repr, unknown))}; allowed are {', '.join(sorted(known))}."
+            )
         return cls(**dict(data))

@@ -1,4 +1,5 @@
 """Knowledge distillation loss (Hinton et al.): soft targets from the uncompressed model."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F

@@ -1,10 +1,12 @@
 """Budgeted fine-tuning that keeps masks and quantization in force (they are parametrizations)."""
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +57,9 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
 def _logits(output: Any, where: str) -> Tensor:
     if isinstance(output, Tensor):
         return output
-    raise TrainingError(f"{where}: the model returned {type(output).__name__}; fine-tuning needs a tensor output (logits).")
+    raise TrainingError(
+        f"{where}: the model returned {type(output).__name__}; fine-tuning needs a tensor output (logits)."
+    )
 
 
 @contextlib.contextmanager
@@ -109,8 +113,14 @@ def finetune(
     return run_finetune(model, task, cfg, teacher=teacher)
 
 
-def run_finetune(model: nn.Module, task: Task, cfg: FinetuneConfig, *, teacher: nn.Module | None = None,
-                 plan: StructuredPlan | None = None) -> nn.Module:
+def run_finetune(
+    model: nn.Module,
+    task: Task,
+    cfg: FinetuneConfig,
+    *,
+    teacher: nn.Module | None = None,
+    plan: StructuredPlan | None = None,
+) -> nn.Module:
     """The fine-tune loop of `finetune`; `plan` adds gradual structured pruning (see train/gradual.py)."""
     if cfg.steps == 0:
         return model.eval()
@@ -142,8 +152,9 @@ def run_finetune(model: nn.Module, task: Task, cfg: FinetuneConfig, *, teacher: 
                     if cfg.alpha == 1.0:  # distillation only: no label term at all
                         loss = kd_term(out, t_out, cfg.temperature)
                     else:
-                        loss = distillation_loss(out, t_out, loss_fn(out, y), alpha=cfg.alpha,
-                                                 temperature=cfg.temperature)
+                        loss = distillation_loss(
+                            out, t_out, loss_fn(out, y), alpha=cfg.alpha, temperature=cfg.temperature
+                        )
                 else:
                     loss = loss_fn(out, y)
                 if not torch.isfinite(loss):

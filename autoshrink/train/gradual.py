@@ -7,11 +7,12 @@ the one-shot count. Structured targets (a `StructuredPlan` from a one-shot dry r
 their n channels at the same updates, by group magnitude; a round changes parameter shapes, so the
 caller rebuilds its optimizer (`update` says so).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -133,9 +134,10 @@ class GradualPruning:
         context = {"example_input": self.plan.example_input, "structured_counts": due}
         skipped = StructuredPrune().apply(model, {name: self.plan.layers[name] for name in due}, context)
         if skipped:
-            raise TrainingError("gradual structured pruning: a round could not remove the channels the one-shot "
-                                "dry run removed: " + "; ".join(map(str, skipped))
-                                + ". Fix: use schedule='oneshot' for this policy.")
+            raise TrainingError(
+                "gradual structured pruning: a round could not remove the channels the one-shot "
+                "dry run removed: " + "; ".join(map(str, skipped)) + ". Fix: use schedule='oneshot' for this policy."
+            )
         for name, lp in self.plan.layers.items():
             leaves = weight_layers(model.get_submodule(name))
             for leaf in leaves if isinstance(leaves, list) else []:

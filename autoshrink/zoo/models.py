@@ -1,4 +1,5 @@
 """Small reference models used by the demo, the tests and the benchmarks."""
+
 from __future__ import annotations
 
 from torch import Tensor, nn

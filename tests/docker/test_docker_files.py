@@ -1,5 +1,6 @@
 """docker/: both Dockerfiles pass hadolint, compose.yaml has the services the README promises and binds
 nothing beyond loopback on the host, and compose itself accepts it (where a compose CLI exists)."""
+
 from __future__ import annotations
 
 import re
@@ -64,9 +65,13 @@ def test_compose_config_is_valid_and_needs_a_password(tmp_path) -> None:
     shutil.copy(DOCKER / "compose.yaml", tmp_path / "compose.yaml")
     env = (DOCKER / ".env.example").read_text()
     (tmp_path / ".env").write_text(env)
-    out = subprocess.run(cli + ["-f", "compose.yaml", "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        cli + ["-f", "compose.yaml", "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode != 0 and "set POSTGRES_PASSWORD in docker/.env" in out.stderr
     (tmp_path / ".env").write_text(env.replace("POSTGRES_PASSWORD=\n", "POSTGRES_PASSWORD=s3cret\n"))
-    out = subprocess.run(cli + ["-f", "compose.yaml", "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        cli + ["-f", "compose.yaml", "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert "postgresql+psycopg://autoshrink:s3cret@postgres:5432/autoshrink" in out.stdout

@@ -3,6 +3,7 @@
 Every process is started here with start_new_session=True and stopped by its PID (its own process group for
 Chromium, whose helpers share it); every wait is bounded. Servers listen on 127.0.0.1 only.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,13 +29,24 @@ CHROMIUM = Path("/usr/bin/chromium")
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium not installed (.ci/run installs it)")
 # the flags that work on a closed network as root; without the background-networking ones Chromium keeps
 # trying to reach Google's hosts
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1400,1000")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--window-size=1400,1000",
+)
 STUDY = "e2e"
 
 
 # -- the study -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Study:
@@ -51,7 +63,7 @@ class Study:
         return optuna.load_study(study_name=self.name, storage=self.url)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def small_study(root: Path) -> Study:
     """A real search (digits MLP, 6 trials, accuracy and size) into <root>/e2e_study/studies/e2e.db; made once per
     session whichever test module asks first."""
@@ -60,13 +72,22 @@ def small_study(root: Path) -> Study:
 
     folder = root / "e2e_study"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "space.yaml").write_text("defaults:\n  sparsity: [0.0, 0.5, 0.8]\n  bits: [32, 8, 4]\n"
-                                       "finetune: {steps: 5}\n")
+    (folder / "space.yaml").write_text(
+        "defaults:\n  sparsity: [0.0, 0.5, 0.8]\n  bits: [32, 8, 4]\nfinetune: {steps: 5}\n"
+    )
     db = folder / "studies" / f"{STUDY}.db"
-    ash.search(digits_model("mlp", steps=200), digits_task(device="cpu"), ash.load_space(folder / "space.yaml"),
-               objectives=("accuracy", "size"), n_trials=6, storage=f"sqlite:///{db}", study_name=STUDY, seed=0,
-               max_accuracy_drop=0.002,  # tight: the screen stops some candidates (PRUNED in the dashboard)
-               latency=ash.LatencyConfig(warmup=1, min_repeats=3, min_seconds=0.0))
+    ash.search(
+        digits_model("mlp", steps=200),
+        digits_task(device="cpu"),
+        ash.load_space(folder / "space.yaml"),
+        objectives=("accuracy", "size"),
+        n_trials=6,
+        storage=f"sqlite:///{db}",
+        study_name=STUDY,
+        seed=0,
+        max_accuracy_drop=0.002,  # tight: the screen stops some candidates (PRUNED in the dashboard)
+        latency=ash.LatencyConfig(warmup=1, min_repeats=3, min_seconds=0.0),
+    )
     return Study(STUDY, db)
 
 
@@ -76,6 +97,7 @@ def study(tmp_path_factory) -> Study:
 
 
 # -- the dashboard process ------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -111,8 +133,13 @@ def start_dashboard(storage: str, tmp: Path, *extra: str, ready_s: float = 30.0)
     port = free_port()
     log = tmp / f"dashboard-{port}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(autoshrink_cmd("dashboard", storage, "--port", str(port), *extra), cwd=tmp,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            autoshrink_cmd("dashboard", storage, "--port", str(port), *extra),
+            cwd=tmp,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     dash = Dashboard(proc, port, log)
     deadline = time.monotonic() + ready_s
     while True:
@@ -125,8 +152,9 @@ def start_dashboard(storage: str, tmp: Path, *extra: str, ready_s: float = 30.0)
             pass
         if time.monotonic() > deadline:
             stop(proc)
-            raise AssertionError(f"the dashboard did not answer on port {port} within {ready_s:.0f} s:\n"
-                                 f"{dash.output()}")
+            raise AssertionError(
+                f"the dashboard did not answer on port {port} within {ready_s:.0f} s:\n{dash.output()}"
+            )
         time.sleep(0.2)
 
 
@@ -153,6 +181,7 @@ def is_gone(pid: int) -> bool:
 
 # -- headless Chromium ----------------------------------------------------------------------------
 
+
 def chromium(*args: str, timeout_s: float = 60.0) -> str:
     """Run headless Chromium with a fresh profile; returns its stdout. On timeout its process group (the one
     started here, Chromium and its helpers) is killed by its PID."""
@@ -160,8 +189,12 @@ def chromium(*args: str, timeout_s: float = 60.0) -> str:
     err = profile.parent / (profile.name + ".log")
     try:
         with err.open("wb") as stderr:
-            proc = subprocess.Popen([str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", *args],
-                                    stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
+            proc = subprocess.Popen(
+                [str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", *args],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                start_new_session=True,
+            )
             try:
                 out, _ = proc.communicate(timeout=timeout_s)
             except subprocess.TimeoutExpired:

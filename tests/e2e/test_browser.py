@@ -1,4 +1,5 @@
 """End to end in headless Chromium: the dashboard's single-page app and the HTML report, as a browser renders them."""
+
 from __future__ import annotations
 
 import re
@@ -8,8 +9,17 @@ import numpy as np
 from autoshrink.cli import main
 from autoshrink.search import non_dominated
 
-from .browser import (STUDY, dump_dom, get_json, js_number, needs_chromium, screenshot, start_dashboard, stop,
-                      study, visible_text)  # noqa: F401 (fixture)
+from .browser import (
+    STUDY,
+    dump_dom,
+    get_json,
+    js_number,
+    needs_chromium,
+    screenshot,
+    start_dashboard,
+    stop,
+    visible_text,
+)
 
 pytestmark = needs_chromium
 
@@ -38,7 +48,7 @@ def test_dashboard_renders_the_study_in_chromium(study, tmp_path) -> None:
     listed = visible_text(trials)
     assert f"{len(expected.trials)} Trials" in listed  # the trial list's header
     shown = [(str(t.number), t.state.name.capitalize()) for t in expected.trials]  # Complete, or Pruned (screened)
-    assert re.findall(r"Trial (\d+) (Complete|Pruned)", listed)[:len(shown)] == shown
+    assert re.findall(r"Trial (\d+) (Complete|Pruned)", listed)[: len(shown)] == shown
     assert ("3", "Pruned") in shown
     first = expected.trials[0]  # the selected trial's detail panel
     assert re.search(r"Trial 0 \(trial_id=\d+\) Complete", listed)
@@ -51,7 +61,7 @@ def _figure(dom: str, key: str) -> str:
     """The rendered markup of the report's figure `fig-<key>` (up to the next figure)."""
     start = dom.index(f'id="fig-{key}"')
     end = dom.find('id="fig-', start + 1)
-    return dom[start:end if end > 0 else len(dom)]
+    return dom[start : end if end > 0 else len(dom)]
 
 
 def test_report_renders_plots_and_front_in_chromium(study, tmp_path, capsys) -> None:

@@ -1,4 +1,5 @@
 """`autoshrink dashboard`: a real optuna-dashboard process over a real search's storage, and its errors."""
+
 from __future__ import annotations
 
 import socket
@@ -37,7 +38,9 @@ def test_dashboard_serves_the_study_and_stops_on_sigterm(study, tmp_path) -> Non
     # optuna-dashboard 0.21 draws the front without the constraints (README): compare with that front
     done = [t for t in expected.trials if t.state.name == "COMPLETE"]
     front = non_dominated(np.array([[-t.values[0], t.values[1]] for t in done]))
-    assert sorted(t["number"] for t in detail["best_trials"]) == sorted(t.number for t, keep in zip(done, front) if keep)
+    assert sorted(t["number"] for t in detail["best_trials"]) == sorted(
+        t.number for t, keep in zip(done, front) if keep
+    )
     out = dash.output()
     assert f"http://127.0.0.1:{dash.port}/dashboard/studies/{sid}" in out and "Ctrl-C to stop" in out
     assert f"{STUDY} (6 trials)" in out
@@ -58,25 +61,34 @@ def test_busy_port_is_one_line_exit_2(study, tmp_path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = subprocess.run(autoshrink_cmd("dashboard", str(study.db), "--port", str(port)), cwd=tmp_path,
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            autoshrink_cmd("dashboard", str(study.db), "--port", str(port)),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     err = _one_line_error(proc)
     assert f"port {port} on 127.0.0.1 is already in use" in err and f"--port {port + 1}" in err
     assert proc.stdout == ""  # no URL printed for a server that never started
 
 
 def test_missing_storage_is_one_line_exit_2(tmp_path) -> None:
-    proc = subprocess.run(autoshrink_cmd("dashboard", "nowhere/missing.db"), cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        autoshrink_cmd("dashboard", "nowhere/missing.db"), cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     err = _one_line_error(proc)
     assert "storage sqlite:///nowhere/missing.db: no such file nowhere/missing.db" in err
     assert not (tmp_path / "nowhere").exists()  # SQLite was not allowed to create it
 
 
-@pytest.mark.parametrize("dbs, message", [
-    ([], "no STORAGE given and no studies/*.db in {cwd}; pass a storage URL"),
-    (["b", "a"], "no STORAGE given and 2 studies/*.db in {cwd} (studies/a.db, studies/b.db); pass one of them."),
-])
+@pytest.mark.parametrize(
+    "dbs, message",
+    [
+        ([], "no STORAGE given and no studies/*.db in {cwd}; pass a storage URL"),
+        (["b", "a"], "no STORAGE given and 2 studies/*.db in {cwd} (studies/a.db, studies/b.db); pass one of them."),
+    ],
+)
 def test_no_storage_needs_exactly_one_studies_db(tmp_path, monkeypatch, capsys, dbs, message) -> None:
     for name in dbs:
         (tmp_path / "studies").mkdir(exist_ok=True)
@@ -100,13 +112,16 @@ def test_storage_argument_forms(study, tmp_path, monkeypatch) -> None:
     assert dashboard.resolve_storage(str(cfg)) == (study.url, "mine")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["{tmp}/not_sqlite.db"], "{tmp}/not_sqlite.db is not an SQLite database"),
-    (["{tmp}/empty.db"], "{tmp}/empty.db is an empty file, not a study database; nothing was changed"),
-    (["{db}", "--study", "nope"], "--study 'nope': not in sqlite:///{db}; its studies: e2e."),
-    (["{db}", "--port", "70000"], "--port 70000: not a TCP port"),
-    (["{db}", "--host", "no-such-host.invalid"], "--host no-such-host.invalid: cannot resolve it"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{tmp}/not_sqlite.db"], "{tmp}/not_sqlite.db is not an SQLite database"),
+        (["{tmp}/empty.db"], "{tmp}/empty.db is an empty file, not a study database; nothing was changed"),
+        (["{db}", "--study", "nope"], "--study 'nope': not in sqlite:///{db}; its studies: e2e."),
+        (["{db}", "--port", "70000"], "--port 70000: not a TCP port"),
+        (["{db}", "--host", "no-such-host.invalid"], "--host no-such-host.invalid: cannot resolve it"),
+    ],
+)
 def test_other_user_errors_are_one_line(study, tmp_path, capsys, args, message) -> None:
     (tmp_path / "not_sqlite.db").write_text("hello")
     (tmp_path / "empty.db").write_bytes(b"")
@@ -147,6 +162,9 @@ def test_non_loopback_host_warns_and_ctrl_c_is_130(study, monkeypatch, capsys) -
     monkeypatch.setattr(dashboard, "make_server", lambda app, host, port: _FakeServer())
     assert main(["dashboard", str(study.db), "--host", "0.0.0.0", "--port", "8123"]) == 130
     captured = capsys.readouterr()
-    assert "warning: listening on 0.0.0.0, reachable from other machines: the dashboard has no authentication" \
-        in captured.err and "autoshrink: interrupted" in captured.err
+    assert (
+        "warning: listening on 0.0.0.0, reachable from other machines: the dashboard has no authentication"
+        in captured.err
+        and "autoshrink: interrupted" in captured.err
+    )
     assert "http://0.0.0.0:8123/dashboard/studies/1\nCtrl-C to stop\n" in captured.out

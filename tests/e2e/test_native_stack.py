@@ -2,6 +2,7 @@
 (127.0.0.2) and a worker node (127.0.0.3), optuna-dashboard on the study storage, and two drivers
 running `autoshrink search` on one study -- then the study in PostgreSQL, the dashboard's
 /api/studies and the report. Every process is stopped by PID."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ import optuna
 import pytest
 
 from autoshrink.cli import main
-from autoshrink.search.study.urls import rdb_url
 from autoshrink.search.study.storage import counted
+from autoshrink.search.study.urls import rdb_url
 from tests.executors.cluster import HEAD, SECOND, LoopbackCluster
 from tests.pgserver import PASSWORD
 
@@ -42,9 +43,17 @@ executor: ray
 executor_args: {{address: "{cluster.address}", actors: 1}}
 """)
         env = {**cluster.env, "PYTHONPATH": str(ROOT)}
-        drivers = [subprocess.Popen([sys.executable, "-m", "autoshrink.cli", "search", str(config), "--storage",
-                                     url, "--quiet"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        drivers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "autoshrink.cli", "search", str(config), "--storage", url, "--quiet"],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
         try:
             # started with the drivers, as compose starts it: it waits for the first search's tables
             dash = start_dashboard(url, tmp_path, ready_s=120)

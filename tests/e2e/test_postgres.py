@@ -1,6 +1,7 @@
 """A study in a real PostgreSQL server, end to end through the CLI (search, resume, export, report,
 dashboard), and the three ways a server connection fails -- each one clear line, exit code 2, no
 password shown, nothing written."""
+
 from __future__ import annotations
 
 import socket
@@ -50,8 +51,9 @@ def test_postgres_study_search_resume_export_report_dashboard(postgres, config, 
     assert PASSWORD not in out and "autoshrink:***@127.0.0.1" in out
     assert _files(tmp_path) == []  # nothing local: the study lives in the server
     assert main(["search", config, "--storage", url, "--n-trials", "4", "--quiet"]) == 0  # resume
-    study = optuna.load_study(study_name="digits_mlp_quantize", storage=postgres.url(url.rsplit("/", 1)[1],
-                                                                                      driver="psycopg"))
+    study = optuna.load_study(
+        study_name="digits_mlp_quantize", storage=postgres.url(url.rsplit("/", 1)[1], driver="psycopg")
+    )
     assert counted(study) == 4 and study.user_attrs["enqueued"]["baselines"] >= 1
     assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
     capsys.readouterr()
@@ -82,26 +84,38 @@ def _closed_port() -> int:
 
 
 CASES = {
-    "unreachable": (lambda pg: pg.url("postgres").replace(f":{pg.port}/", f":{_closed_port()}/"),
-                    "cannot reach the database server at 127.0.0.1:", "start the server"),
-    "auth": (lambda pg: pg.url("postgres", password="wrong-password"),
-             "refused user 'autoshrink' (wrong password or user)", "correct the user and password"),
-    "no-database": (lambda pg: pg.url("nosuchdb"), "database 'nosuchdb' does not exist on the server at 127.0.0.1:",
-                    "createdb nosuchdb"),
+    "unreachable": (
+        lambda pg: pg.url("postgres").replace(f":{pg.port}/", f":{_closed_port()}/"),
+        "cannot reach the database server at 127.0.0.1:",
+        "start the server",
+    ),
+    "auth": (
+        lambda pg: pg.url("postgres", password="wrong-password"),
+        "refused user 'autoshrink' (wrong password or user)",
+        "correct the user and password",
+    ),
+    "no-database": (
+        lambda pg: pg.url("nosuchdb"),
+        "database 'nosuchdb' does not exist on the server at 127.0.0.1:",
+        "createdb nosuchdb",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("command", ["search", "export", "report", "dashboard"])
-def test_server_connection_failures_are_one_clear_line(postgres, config, tmp_path, monkeypatch, capsys, case,
-                                                      command) -> None:
+def test_server_connection_failures_are_one_clear_line(
+    postgres, config, tmp_path, monkeypatch, capsys, case, command
+) -> None:
     make, what, fix = CASES[case]
     url = make(postgres)
     monkeypatch.chdir(tmp_path)
-    argv = {"search": ["search", config, "--storage", url, "--n-trials", "2", "--quiet"],
-            "export": ["export", "digits_mlp_quantize", "--storage", url, "--trial", "0", "-o", "r.yaml"],
-            "report": ["report", "digits_mlp_quantize", "--storage", url, "-o", "r.html"],
-            "dashboard": ["dashboard", url, "--port", "0"]}[command]
+    argv = {
+        "search": ["search", config, "--storage", url, "--n-trials", "2", "--quiet"],
+        "export": ["export", "digits_mlp_quantize", "--storage", url, "--trial", "0", "-o", "r.yaml"],
+        "report": ["report", "digits_mlp_quantize", "--storage", url, "-o", "r.html"],
+        "dashboard": ["dashboard", url, "--port", "0"],
+    }[command]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and what in err and fix in err, err
@@ -118,10 +132,13 @@ def test_api_search_on_a_missing_database_raises_before_any_work(postgres, digit
 def test_missing_driver_names_the_extra(monkeypatch) -> None:
     from autoshrink.search.study.urls import storage_error
 
-    err = storage_error("postgresql+psycopg2://u:pw@h/db", ModuleNotFoundError("No module named 'psycopg2'",
-                                                                               name="psycopg2"))
-    assert str(err) == ("storage postgresql+psycopg2://u:***@h/db: its database driver is not installed (psycopg2). "
-                        "Fix: pip install 'autoshrink[postgres]'.")
+    err = storage_error(
+        "postgresql+psycopg2://u:pw@h/db", ModuleNotFoundError("No module named 'psycopg2'", name="psycopg2")
+    )
+    assert str(err) == (
+        "storage postgresql+psycopg2://u:***@h/db: its database driver is not installed (psycopg2). "
+        "Fix: pip install 'autoshrink[postgres]'."
+    )
 
 
 def test_dashboard_on_an_empty_server_database_waits_for_the_first_search(postgres, tmp_path) -> None:
@@ -136,16 +153,23 @@ def test_dashboard_on_an_empty_server_database_waits_for_the_first_search(postgr
     port = free_port()
     log = tmp_path / "dash.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(autoshrink_cmd("dashboard", url, "--port", str(port)), cwd=tmp_path, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            autoshrink_cmd("dashboard", url, "--port", str(port)),
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 30
         while "waiting for a search" not in log.read_text() and time.monotonic() < deadline:
             assert proc.poll() is None, log.read_text()
             time.sleep(0.2)
-        assert log.read_text().splitlines() == [f"dashboard: postgresql://autoshrink:***@127.0.0.1:{postgres.port}/"
-                                                f"{url.rsplit('/', 1)[1]} has no Optuna tables yet; waiting for a "
-                                                "search to create them (Ctrl-C to stop)"]
+        assert log.read_text().splitlines() == [
+            f"dashboard: postgresql://autoshrink:***@127.0.0.1:{postgres.port}/"
+            f"{url.rsplit('/', 1)[1]} has no Optuna tables yet; waiting for a "
+            "search to create them (Ctrl-C to stop)"
+        ]
         optuna.create_study(storage=rdb_url(url), study_name="late")  # what the first search does
         deadline = time.monotonic() + 30
         while True:
@@ -166,8 +190,11 @@ def test_url_forms_name_the_same_server(postgres) -> None:
     from autoshrink.search.study.urls import dialect, rdb_url
 
     url = postgres.url(postgres.create_db())
-    assert dialect(url.replace("postgresql://", "postgres://")) == "postgresql" == dialect(
-        url.replace("postgresql://", "postgresql+psycopg://"))
+    assert (
+        dialect(url.replace("postgresql://", "postgres://"))
+        == "postgresql"
+        == dialect(url.replace("postgresql://", "postgresql+psycopg://"))
+    )
     import importlib.util
 
     if importlib.util.find_spec("psycopg2") is None:  # only psycopg 3 (autoshrink[postgres]): a bare URL uses it

@@ -6,6 +6,7 @@ runs with RAY_AUTH_MODE=disabled (drivers need the same in their environment: `c
 process the cluster started is stopped by PID afterwards -- never `ray stop`, which kills every Ray
 process on the machine.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -84,10 +85,21 @@ class LoopbackCluster:
 
     def _ray_start(self, *args: str) -> subprocess.Popen[bytes]:
         ray_bin = str(Path(sys.executable).with_name("ray"))
-        common = ["--num-cpus=1", "--num-gpus=0", "--memory=1000000000", "--object-store-memory=150000000",
-                  f"--temp-dir={self.temp}", "--block"]
-        proc = subprocess.Popen([ray_bin, "start", *args, *common], env=self.env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        common = [
+            "--num-cpus=1",
+            "--num-gpus=0",
+            "--memory=1000000000",
+            "--object-store-memory=150000000",
+            f"--temp-dir={self.temp}",
+            "--block",
+        ]
+        proc = subprocess.Popen(
+            [ray_bin, "start", *args, *common],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.started.append(proc)
         return proc
 
@@ -112,8 +124,9 @@ class LoopbackCluster:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def stop(self) -> None:

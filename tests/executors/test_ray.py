@@ -2,6 +2,7 @@
 
 Ray runs with explicit small resources on loopback; every process a test starts is stopped by PID.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,14 @@ L = ash.LayerPolicy
 @pytest.fixture(scope="module")
 def ray_local():
     """One private Ray instance for this module: 2 CPUs, loopback (127.0.0.2: Ray rewrites .1), small store."""
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=200 * 1024**2,
-             _node_ip_address="127.0.0.2", logging_level="ERROR")
+    ray.init(
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        object_store_memory=200 * 1024**2,
+        _node_ip_address="127.0.0.2",
+        logging_level="ERROR",
+    )
     yield
     ray.shutdown()
 
@@ -45,9 +52,12 @@ def tiny_trained():
     return model
 
 
-POLICIES = [ash.Policy(), ash.Policy(layers={"fc1": L(bits=8)}),
-            ash.Policy(layers={"fc1": L(sparsity=0.8, bits=4), "fc2": L(bits=8)}, distill=True),
-            ash.Policy(layers={"fc1": L(rank=0.25), "fc2": L(sparsity=0.5)})]
+POLICIES = [
+    ash.Policy(),
+    ash.Policy(layers={"fc1": L(bits=8)}),
+    ash.Policy(layers={"fc1": L(sparsity=0.8, bits=4), "fc2": L(bits=8)}, distill=True),
+    ash.Policy(layers={"fc1": L(rank=0.25), "fc2": L(sparsity=0.5)}),
+]
 
 
 def _run_all(ex, job, policies):
@@ -66,7 +76,9 @@ def _run_all(ex, job, policies):
 
 def test_import_autoshrink_does_not_import_ray() -> None:
     code = "import sys, autoshrink; assert 'ray' not in sys.modules, 'ray imported'; autoshrink.RayExecutor"
-    proc = subprocess.run([sys.executable, "-c", code + "; assert 'ray' in sys.modules"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code + "; assert 'ray' in sys.modules"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-1500:]
 
 
@@ -90,8 +102,7 @@ def test_ray_and_local_measure_the_same(ray_local, tiny_trained) -> None:
 def test_the_sensitivity_prepass_runs_on_ray_actors_as_locally(ray_local, tiny_trained, tmp_path) -> None:
     """The pre-pass goes through the executor like any trial: on 2 actors it gives the local table."""
     space = tmp_path / "s.yaml"
-    space.write_text("defaults: {sparsity: [0.0, 0.5], bits: [32, 8, 4], rank: [1.0, 0.25]}\n"
-                     "finetune: {steps: 2}\n")
+    space.write_text("defaults: {sparsity: [0.0, 0.5], bits: [32, 8, 4], rank: [1.0, 0.25]}\nfinetune: {steps: 2}\n")
     space = ash.load_space(space)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # like the 1-CPU actors
@@ -99,8 +110,9 @@ def test_the_sensitivity_prepass_runs_on_ray_actors_as_locally(ray_local, tiny_t
         local = ash.sensitivity(tiny_trained, digits_task(device="cpu"), space, latency=FAST)
     finally:
         torch.set_num_threads(threads)
-    remote = ash.sensitivity(tiny_trained, digits_task(device="cpu"), space, executor=ash.RayExecutor(actors=2),
-                             latency=FAST)
+    remote = ash.sensitivity(
+        tiny_trained, digits_task(device="cpu"), space, executor=ash.RayExecutor(actors=2), latency=FAST
+    )
     exact = ["layer", "field", "value", "accuracy", "size_bytes", "bytes_saved", "macs_saved"]
     assert len(local) == 8 and local[exact].equals(remote[exact])
 
@@ -123,7 +135,10 @@ def test_gpu_request_without_gpus_fails_fast(ray_local, tiny_trained) -> None:
 
 def test_too_many_actors_is_a_clear_error(ray_local, tiny_trained) -> None:
     job = Job(model=tiny_trained, task=digits_task(device="cpu"), finetune=ash.FinetuneConfig(steps=0))
-    with pytest.raises(ConfigError, match=r"3 actors need 3 CPU and 0 GPU, but the cluster has 2 CPU and 0 GPU; ask for fewer actors \(at most 2\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"3 actors need 3 CPU and 0 GPU, but the cluster has 2 CPU and 0 GPU; ask for fewer actors \(at most 2\)",
+    ):
         ash.RayExecutor(actors=3).start(job)
 
 
@@ -142,13 +157,23 @@ def test_actor_killed_mid_search_is_replaced_and_its_trial_retried(ray_local, ti
             os.kill(info["pid"], signal.SIGKILL)
             killed.update(key=key, pid=info["pid"])
 
-    r = ash.search(tiny_trained, digits_task(device="cpu"), ash.load_space(space_file), n_trials=8, executor=ex,
-                   storage=f"sqlite:///{tmp_path}/k.db", study_name="k", latency=FAST, progress=kill_a_busy_actor)
+    r = ash.search(
+        tiny_trained,
+        digits_task(device="cpu"),
+        ash.load_space(space_file),
+        n_trials=8,
+        executor=ex,
+        storage=f"sqlite:///{tmp_path}/k.db",
+        study_name="k",
+        latency=FAST,
+        progress=kill_a_busy_actor,
+    )
     assert killed, "no actor was busy to kill"
     trials = r.study.trials
     # every candidate finished: in full, or stopped by the screen (PRUNED, with its screened numbers)
-    assert len(trials) == 8 and all(t.state.name == "COMPLETE" or (t.state.name == "PRUNED" and "screen" in t.user_attrs)
-                                    for t in trials)
+    assert len(trials) == 8 and all(
+        t.state.name == "COMPLETE" or (t.state.name == "PRUNED" and "screen" in t.user_attrs) for t in trials
+    )
     # The retried trial is the killed one, or -- if the kill landed just after it returned -- the next
     # trial sent to the dead actor. Either way exactly one trial needed a second attempt, on a live actor.
     retried = [t for t in trials if t.user_attrs["eval"]["attempts"] == 2]
@@ -179,10 +204,12 @@ def test_two_node_loopback_cluster(tmp_path) -> None:
     with LoopbackCluster() as cluster:
         space = tmp_path / "s.yaml"
         space.write_text("defaults: {bits: [32, 8, 4], sparsity: [0.0, 0.5]}\nfinetune: {steps: 20}\n")
-        code = DRIVER.format(root=str(ROOT), address=cluster.address, space=str(space),
-                             storage=f"sqlite:///{tmp_path}/c.db")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
-                              env=cluster.env)
+        code = DRIVER.format(
+            root=str(ROOT), address=cluster.address, space=str(space), storage=f"sqlite:///{tmp_path}/c.db"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=cluster.env
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         import json
 
@@ -236,8 +263,11 @@ def test_ctrl_c_fails_and_requeues_pending_trials_and_releases_ray(tmp_path) -> 
     study = optuna.load_study(study_name="c", storage=storage)
     interrupted = [t for t in study.trials if t.user_attrs.get("crashed")]
     assert interrupted and all(t.state.name == "FAIL" for t in interrupted)
-    waiting = {t.user_attrs.get("retry_of"): t.system_attrs["fixed_params"]  # queued trials hold their params here
-               for t in study.trials if t.state.name == "WAITING" and t.user_attrs.get("retry_of") is not None}
+    waiting = {
+        t.user_attrs.get("retry_of"): t.system_attrs["fixed_params"]  # queued trials hold their params here
+        for t in study.trials
+        if t.state.name == "WAITING" and t.user_attrs.get("retry_of") is not None
+    }
     assert {t.number: t.params for t in interrupted} == waiting  # same parameters queued again
 
 
@@ -264,9 +294,15 @@ def test_a_failed_start_releases_ray_and_the_sigint_handler(tiny_trained, tmp_pa
     before = _signal.getsignal(_signal.SIGINT)
     was_running = ray.is_initialized()  # a Ray the executor did not start must be left alone
     with pytest.raises(ConfigError, match="ask for fewer actors"):
-        ash.search(tiny_trained, digits_task(device="cpu"), ash.load_space("quantize_only"), n_trials=2,
-                   executor=ash.RayExecutor(actors=64, init_kwargs={"num_cpus": 2}),
-                   storage=f"sqlite:///{tmp_path}/f.db", study_name="f")
+        ash.search(
+            tiny_trained,
+            digits_task(device="cpu"),
+            ash.load_space("quantize_only"),
+            n_trials=2,
+            executor=ash.RayExecutor(actors=64, init_kwargs={"num_cpus": 2}),
+            storage=f"sqlite:///{tmp_path}/f.db",
+            study_name="f",
+        )
     assert _signal.getsignal(_signal.SIGINT) is before
     assert ray.is_initialized() == was_running
 
@@ -284,9 +320,12 @@ def test_default_actor_count_leaves_other_drivers_actors_alone(ray_local, tiny_t
         assert first.capacity == 1
         assert RayExecutor()._actor_count(settle_s=0) == 1  # the one CPU the first driver left free
         greedy = RayExecutor(actors=2)
-        with pytest.raises(ExecutorUnavailable, match=r"^RayExecutor: the cluster's 2 CPU and 0 GPU are held by other "
-                                                      r"jobs \(another search driver\?\); 1 CPU and 0 GPU are free, too "
-                                                      r"few for 2 actor\(s\)\. Fix: give each driver fewer actors"):
+        with pytest.raises(
+            ExecutorUnavailable,
+            match=r"^RayExecutor: the cluster's 2 CPU and 0 GPU are held by other "
+            r"jobs \(another search driver\?\); 1 CPU and 0 GPU are free, too "
+            r"few for 2 actor\(s\)\. Fix: give each driver fewer actors",
+        ):
             greedy._actor_count(settle_s=0.2)
         second = RayExecutor()
         second.start(job)

@@ -1,4 +1,5 @@
 """ONNX export: every technique as standard ONNX that ONNX Runtime loads, int8 codes as int8 initializers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,7 +24,12 @@ L = ash.LayerPolicy
 class MLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.fc1, self.fc2, self.fc3, self.fc4 = nn.Linear(64, 48), nn.Linear(48, 40), nn.Linear(40, 32), nn.Linear(32, 10)
+        self.fc1, self.fc2, self.fc3, self.fc4 = (
+            nn.Linear(64, 48),
+            nn.Linear(48, 40),
+            nn.Linear(40, 32),
+            nn.Linear(32, 10),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.fc1(x.flatten(1)))
@@ -31,8 +37,14 @@ class MLP(nn.Module):
         return self.fc4(torch.relu(self.fc3(x)))
 
 
-EVERY = ash.Policy(layers={"fc1": L(rank=0.25, bits=4), "fc2": L(sparsity=0.8, bits=3),
-                           "fc3": L(sparsity=0.5, structured=True, bits=8), "fc4": L(bits=16)})
+EVERY = ash.Policy(
+    layers={
+        "fc1": L(rank=0.25, bits=4),
+        "fc2": L(sparsity=0.8, bits=3),
+        "fc3": L(sparsity=0.5, structured=True, bits=8),
+        "fc4": L(bits=16),
+    }
+)
 
 
 def _inits(proto) -> dict[str, np.ndarray]:
@@ -109,7 +121,9 @@ def test_static_activations_use_calibrated_constant_scales(tmp_path) -> None:
     lo = min(0.0, min(float(c.min()) for c in calib))
     hi = max(0.0, max(float(c.max()) for c in calib))
     q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.name.startswith("fc1.first"))
-    assert inits[q.input[1]] == pytest.approx((hi - lo) / 255) and int(inits[q.input[2]]) == round(-lo / ((hi - lo) / 255))
+    assert inits[q.input[1]] == pytest.approx((hi - lo) / 255) and int(inits[q.input[2]]) == round(
+        -lo / ((hi - lo) / 255)
+    )
     assert inits[q.input[2]].dtype == np.uint8 and "fc1.first.weight_scale" not in inits  # folded into the rescale
     x = torch.randn(7, 1, 8, 8)
     _close(run_session(ort_session(out.path), [x])[0], _torch(small, x), 0.05)
@@ -134,8 +148,13 @@ def test_residual_structured_and_depthwise_convolutions(tmp_path) -> None:
     res = DigitsResNet().eval()
     x1 = torch.randn(1, 1, 8, 8)
     convs = [n for n, m in res.named_modules() if isinstance(m, nn.Conv2d)]
-    policy = ash.Policy(layers={convs[0]: L(sparsity=0.5, structured=True, bits=8), convs[1]: L(bits=4),
-                                convs[-1]: L(sparsity=0.5, bits=6)})
+    policy = ash.Policy(
+        layers={
+            convs[0]: L(sparsity=0.5, structured=True, bits=8),
+            convs[1]: L(bits=4),
+            convs[-1]: L(sparsity=0.5, bits=6),
+        }
+    )
     small = ash.apply_policy(res, policy, example_input=x1)
     x = torch.randn(5, 1, 8, 8)
     out = export_onnx(small, tmp_path / "r.onnx", example_input=x1)
@@ -144,8 +163,11 @@ def test_residual_structured_and_depthwise_convolutions(tmp_path) -> None:
 
     sep = Separable().eval()
     x1 = torch.randn(1, 4, 8, 8)
-    small = ash.apply_policy(sep, ash.Policy(layers={"dw": L(bits=4), "pw1": L(sparsity=0.5, structured=True),
-                                                     "fc": L(bits=8)}), example_input=x1)
+    small = ash.apply_policy(
+        sep,
+        ash.Policy(layers={"dw": L(bits=4), "pw1": L(sparsity=0.5, structured=True), "fc": L(bits=8)}),
+        example_input=x1,
+    )
     assert small.dw.groups == 8  # the depthwise conv followed the pruned pointwise conv
     out = export_onnx(small, tmp_path / "s.onnx", example_input=x1)
     assert out.qdq_weights == ("dw",) and out.int8_kernels == ("fc",)
@@ -157,8 +179,15 @@ def test_attention_from_linear_and_token_id_inputs(tmp_path) -> None:
     torch.manual_seed(0)
     model = TinyTransformer().eval()
     ids = torch.randint(0, 100, (1, 6))
-    policy = ash.Policy(layers={"embed": L(bits=8), "attn.q_proj": L(bits=4), "attn.v_proj": L(rank=0.25, bits=8),
-                                "attn.out_proj": L(sparsity=0.5, bits=8), "head": L(bits=6)})
+    policy = ash.Policy(
+        layers={
+            "embed": L(bits=8),
+            "attn.q_proj": L(bits=4),
+            "attn.v_proj": L(rank=0.25, bits=8),
+            "attn.out_proj": L(sparsity=0.5, bits=8),
+            "head": L(bits=6),
+        }
+    )
     small = ash.apply_policy(model, policy)
     out = export_onnx(small, tmp_path / "t.onnx", example_input=ids)
     assert out.qdq_weights == ("embed",)  # a Gather reads the dequantized table
@@ -234,9 +263,18 @@ def test_a_search_on_onnx_runtime_measures_every_trial_there_and_recipes_replay(
     space_file.write_text("defaults:\n  sparsity: [0.0, 0.5]\n  bits: [32, 8, 4]\nfinetune: {steps: 3}\n")
     fast = ash.LatencyConfig(warmup=1, min_repeats=3, min_seconds=0.0)
     model = MLP()
-    r = ash.search(model, task, ash.load_space(space_file), objectives=("accuracy", "size", "latency"), n_trials=5,
-                   storage=f"sqlite:///{tmp_path}/o.db", study_name="o", runtime="onnxruntime", latency=fast,
-                   executor="local")
+    r = ash.search(
+        model,
+        task,
+        ash.load_space(space_file),
+        objectives=("accuracy", "size", "latency"),
+        n_trials=5,
+        storage=f"sqlite:///{tmp_path}/o.db",
+        study_name="o",
+        runtime="onnxruntime",
+        latency=fast,
+        executor="local",
+    )
     assert r.study.user_attrs["runtime"] == {"runtime": "onnxruntime", "decided_by": "the user"}
     done = [t for t in r.study.trials if t.state.name == "COMPLETE"]
     assert done and all(t.user_attrs["measurement"]["runtime"] == "onnxruntime" for t in done)
@@ -250,13 +288,17 @@ def test_a_search_on_onnx_runtime_measures_every_trial_there_and_recipes_replay(
 def test_codebook_weights_export_as_the_float_values_they_are(tmp_path) -> None:
     torch.manual_seed(2)
     x = torch.randn(5, 1, 8, 8)
-    small = ash.apply_policy(MLP(), ash.Policy(layers={"fc1": L(sparsity=0.6, bits=4, codebook="kmeans"),
-                                                        "fc2": L(bits=3)}), example_input=x[:1])
+    small = ash.apply_policy(
+        MLP(),
+        ash.Policy(layers={"fc1": L(sparsity=0.6, bits=4, codebook="kmeans"), "fc2": L(bits=3)}),
+        example_input=x[:1],
+    )
     out = export_onnx(small, tmp_path / "k.onnx", example_input=x[:1], activations="weights")
     assert out.qdq_weights == ("fc2",)  # a codebook is not a linear grid: no QDQ for fc1
     inits = _inits(onnx.load(str(tmp_path / "k.onnx")))
     fc1 = next(v for v in inits.values() if v.shape == (48, 64))
     assert np.unique(fc1).size <= 16  # its 15 shared values and zero
     from autoshrink.export.ort_session import ort_session, run_session
+
     got = run_session(ort_session(str(tmp_path / "k.onnx")), [x])[0]
     _close(got, _torch(small, x), 1e-5)

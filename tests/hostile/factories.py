@@ -1,4 +1,5 @@
 """Model and task factories the hostile-input corpus names in its study configs and commands."""
+
 from __future__ import annotations
 
 import torch
@@ -50,4 +51,6 @@ def exits() -> nn.Module:
 
 def returns_int() -> int:
     return 42
+
+
 NOT_CALLABLE = 3

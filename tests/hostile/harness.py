@@ -1,6 +1,7 @@
 """Run a CLI command or an API call on hostile input and check the promise: one clear message
 (exit 2 and one line from the CLI; an AutoshrinkError from the API), within a time and memory
 bound, and the working directory with every input file byte-identical afterwards."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,9 +10,10 @@ import io
 import os
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from autoshrink.cli import main
 from autoshrink.errors import AutoshrinkError
@@ -57,7 +59,7 @@ def _measured(fn: Callable[[], Any], cwd: Path) -> tuple[Any, BaseException | No
         error = exc
     finally:
         seconds = time.perf_counter() - t0
-        peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
         os.chdir(old)
     return value, error, seconds, peak
@@ -91,8 +93,15 @@ def refused_by_cli(argv: list[str], cwd: Path, message: str, *, seconds: float =
     return r.err
 
 
-def refused_by_api(call: Callable[[], Any], cwd: Path, kind: type[AutoshrinkError], message: str, *,
-                   seconds: float = 20.0, megabytes: float = 256.0) -> AutoshrinkError:
+def refused_by_api(
+    call: Callable[[], Any],
+    cwd: Path,
+    kind: type[AutoshrinkError],
+    message: str,
+    *,
+    seconds: float = 20.0,
+    megabytes: float = 256.0,
+) -> AutoshrinkError:
     """Call `call()` in `cwd`; assert it raised `kind` whose message holds `message`, nothing changed."""
     before = snapshot(cwd)
     _, error, took, peak = _measured(call, cwd)

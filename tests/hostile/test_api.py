@@ -1,5 +1,6 @@
 """Hostile values through the Python API and hostile .ashz files: one AutoshrinkError each, naming the
 value and the fix, and no file created (a refused search leaves no studies/ folder or database)."""
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,12 @@ SEARCH = [  # id, keyword arguments or a task factory, the error type, the messa
     ("seed-negative", {"seed": -1}, ConfigError, "search: seed=-1; use an integer in [0, 2^32)"),
     ("seed-bool", {"seed": True}, ConfigError, "search: seed=True"),
     ("sampler-unknown", {"sampler": "nope"}, ConfigError, "sampler"),
-    ("executor-unknown", {"executor": "nope"}, ConfigError, "search: executor='nope'; use 'local', 'ray' or an executor object."),
+    (
+        "executor-unknown",
+        {"executor": "nope"},
+        ConfigError,
+        "search: executor='nope'; use 'local', 'ray' or an executor object.",
+    ),
     ("name-slash", {"study_name": "a/b"}, ConfigError, "study_name='a/b'"),
     ("name-dots", {"study_name": ".."}, ConfigError, "study_name='..'"),
     ("n-trials-zero", {"n_trials": 0}, ConfigError, "n_trials"),
@@ -57,27 +63,61 @@ def test_search_refuses_before_creating_anything(tmp_path, given, kind, message)
 
 
 def test_search_with_a_space_that_is_not_one(tmp_path) -> None:
-    refused_by_api(lambda: ash.search(factories.tiny(), factories.task(), {"defaults": {}}, n_trials=1), tmp_path,
-                   ConfigError, "space must be a SearchSpace (use ash.load_space), got dict")
+    refused_by_api(
+        lambda: ash.search(factories.tiny(), factories.task(), {"defaults": {}}, n_trials=1),
+        tmp_path,
+        ConfigError,
+        "space must be a SearchSpace (use ash.load_space), got dict",
+    )
 
 
-@pytest.mark.parametrize("make, kind, message", [
-    (lambda: ash.LayerPolicy(bits=9), PolicyError, "bits"),
-    (lambda: ash.LayerPolicy(sparsity=math.nan), PolicyError, "sparsity"),
-    (lambda: ash.LayerPolicy(sparsity=1.0), PolicyError, "sparsity"),
-    (lambda: ash.LayerPolicy(rank=0), PolicyError, "rank"),
-    (lambda: ash.LayerPolicy(bits=4, codebook="lloyd"), PolicyError, "codebook"),
-    (lambda: ash.Task(train_data=None, eval_data=None, example_input=None), TaskError, "Task.train_data"),
-    (lambda: ash.Task(train_data=(torch.zeros(3, 2), torch.zeros(2)), eval_data=(torch.zeros(1, 2), torch.zeros(1)),
-                      example_input=torch.zeros(1, 2)), TaskError, "X has 3 rows but y has 2"),
-    (lambda: ash.Task(train_data=(torch.zeros(1, 2), torch.zeros(1)), eval_data=(torch.zeros(1, 2), torch.zeros(1)),
-                      example_input=[1, 2]), TaskError, "Task.example_input"),
-    (lambda: ash.FinetuneConfig(steps=-1), ConfigError, "steps"),
-    (lambda: ash.RayExecutor(cpus_per_actor=math.nan), ConfigError, "RayExecutor.cpus_per_actor: got nan"),
-    (lambda: ash.RayExecutor(gpus_per_actor=math.inf), ConfigError, "RayExecutor.gpus_per_actor: got inf"),
-    (lambda: ash.RayExecutor(actors=0), ConfigError, "RayExecutor.actors: got 0"),
-], ids=["bits-9", "sparsity-nan", "sparsity-one", "rank-zero", "codebook-unknown", "task-none", "task-rows",
-        "task-example-list", "finetune-steps", "ray-cpus-nan", "ray-gpus-inf", "ray-actors-zero"])
+@pytest.mark.parametrize(
+    "make, kind, message",
+    [
+        (lambda: ash.LayerPolicy(bits=9), PolicyError, "bits"),
+        (lambda: ash.LayerPolicy(sparsity=math.nan), PolicyError, "sparsity"),
+        (lambda: ash.LayerPolicy(sparsity=1.0), PolicyError, "sparsity"),
+        (lambda: ash.LayerPolicy(rank=0), PolicyError, "rank"),
+        (lambda: ash.LayerPolicy(bits=4, codebook="lloyd"), PolicyError, "codebook"),
+        (lambda: ash.Task(train_data=None, eval_data=None, example_input=None), TaskError, "Task.train_data"),
+        (
+            lambda: ash.Task(
+                train_data=(torch.zeros(3, 2), torch.zeros(2)),
+                eval_data=(torch.zeros(1, 2), torch.zeros(1)),
+                example_input=torch.zeros(1, 2),
+            ),
+            TaskError,
+            "X has 3 rows but y has 2",
+        ),
+        (
+            lambda: ash.Task(
+                train_data=(torch.zeros(1, 2), torch.zeros(1)),
+                eval_data=(torch.zeros(1, 2), torch.zeros(1)),
+                example_input=[1, 2],
+            ),
+            TaskError,
+            "Task.example_input",
+        ),
+        (lambda: ash.FinetuneConfig(steps=-1), ConfigError, "steps"),
+        (lambda: ash.RayExecutor(cpus_per_actor=math.nan), ConfigError, "RayExecutor.cpus_per_actor: got nan"),
+        (lambda: ash.RayExecutor(gpus_per_actor=math.inf), ConfigError, "RayExecutor.gpus_per_actor: got inf"),
+        (lambda: ash.RayExecutor(actors=0), ConfigError, "RayExecutor.actors: got 0"),
+    ],
+    ids=[
+        "bits-9",
+        "sparsity-nan",
+        "sparsity-one",
+        "rank-zero",
+        "codebook-unknown",
+        "task-none",
+        "task-rows",
+        "task-example-list",
+        "finetune-steps",
+        "ray-cpus-nan",
+        "ray-gpus-inf",
+        "ray-actors-zero",
+    ],
+)
 def test_api_values_are_one_error(tmp_path, make, kind, message) -> None:
     refused_by_api(make, tmp_path, kind, message)
 
@@ -95,8 +135,11 @@ ASHZ = [  # id, how the bytes are made from a good file, the message
     ("no-version", lambda good: b"ASHZ", "no format version"),
     ("truncated", lambda good: good[: len(good) // 2], "truncated or corrupt"),
     ("trailing", lambda good: good + b"\x00" * 7, "7 bytes follow the last tensor"),
-    ("header-not-json", lambda good: good[:5] + framing.varint(len(framing.deflate(b"{"))) + framing.deflate(b"{")
-     + good[5:], "truncated or corrupt"),
+    (
+        "header-not-json",
+        lambda good: good[:5] + framing.varint(len(framing.deflate(b"{"))) + framing.deflate(b"{") + good[5:],
+        "truncated or corrupt",
+    ),
     ("huge-length", lambda good: good[:5] + framing.varint(1 << 40) + good[5:], "truncated or corrupt"),
 ]
 
@@ -109,8 +152,10 @@ def test_load_packed_refuses_broken_files(tmp_path, make, message) -> None:
     refused_by_api(lambda: ash.load_packed(path), tmp_path, PackError, message, seconds=5, megabytes=64)
 
 
-@pytest.mark.parametrize("target, message", [("/dev/zero", "not a regular file"), ("folder", "not a regular file"),
-                                             ("missing.ashz", "no such file")])
+@pytest.mark.parametrize(
+    "target, message",
+    [("/dev/zero", "not a regular file"), ("folder", "not a regular file"), ("missing.ashz", "no such file")],
+)
 def test_load_packed_of_what_is_not_a_file(tmp_path, target, message) -> None:
     if target == "folder":
         (tmp_path / "folder").mkdir()
@@ -126,15 +171,23 @@ def _wrong_types() -> list:
         ("recipe-load-none", lambda: ash.Recipe.load(None), AutoshrinkError, "got None where the path of a YAML file"),
         ("load-packed-none", lambda: ash.load_packed(None), PackError, "load_packed: got None"),
         ("measure-task-text", lambda: ash.measure(m, "task"), TaskError, "measure: task must be an autoshrink.Task"),
-        ("search-model-text", lambda: ash.search("model", t, space, n_trials=1), ConfigError,
-         "search: model must be a torch.nn.Module, got 'model'"),
+        (
+            "search-model-text",
+            lambda: ash.search("model", t, space, n_trials=1),
+            ConfigError,
+            "search: model must be a torch.nn.Module, got 'model'",
+        ),
         ("search-task-none", lambda: ash.search(m, None, space, n_trials=1), TaskError, "search: task must be"),
-        ("evaluate-policy-dict", lambda: ash.evaluate(m, t, {"fc1": 3}), PolicyError,
-         "evaluate: policy must be an autoshrink.Policy"),
+        (
+            "evaluate-policy-dict",
+            lambda: ash.evaluate(m, t, {"fc1": 3}),
+            PolicyError,
+            "evaluate: policy must be an autoshrink.Policy",
+        ),
         ("sensitivity-task-none", lambda: ash.sensitivity(m, None, space), TaskError, "sensitivity: task must be"),
         ("finetune-model-none", lambda: ash.finetune(None, t, steps=1), ConfigError, "finetune: model must be"),
-        ("policy-huge-int", lambda: ash.LayerPolicy(sparsity=10 ** 400), PolicyError, "sparsity: got"),
-        ("finetune-lr-huge", lambda: ash.FinetuneConfig(lr=10 ** 400), ConfigError, "finetune.lr: got"),
+        ("policy-huge-int", lambda: ash.LayerPolicy(sparsity=10**400), PolicyError, "sparsity: got"),
+        ("finetune-lr-huge", lambda: ash.FinetuneConfig(lr=10**400), ConfigError, "finetune.lr: got"),
     ]
 
 

@@ -1,5 +1,6 @@
 """Hostile recipes, storages and arguments through `autoshrink apply / export / report / dashboard`
 and argument parsing: one line, exit 2, nothing written, no input changed."""
+
 from __future__ import annotations
 
 import os
@@ -22,14 +23,20 @@ def _unsigned(text: str) -> str:
 RECIPES = [  # id, recipe file content, the message
     ("edited-signed", RECIPE.replace("bits: 4", "bits: 2"), "checksum mismatch"),
     ("bad-bits", _unsigned(RECIPE).replace("bits: 4", "bits: 9"), "bits"),
-    ("future-format", _unsigned(RECIPE).replace("autoshrink-recipe/1", "autoshrink-recipe/9"),
-     "written by a newer autoshrink"),
+    (
+        "future-format",
+        _unsigned(RECIPE).replace("autoshrink-recipe/1", "autoshrink-recipe/9"),
+        "written by a newer autoshrink",
+    ),
     ("not-a-recipe", "name: a study config\nmodel: x:y\n", "not an autoshrink recipe"),
     ("duplicate-key", _unsigned(RECIPE) + "seed: 3\n", "key 'seed' appears twice"),
     ("binary", b"\x00\x01\x02\x03", "study"),
     ("too-large", "# " + "x" * (1 << 20) + "\n" + RECIPE, "over the 1,048,576-byte limit"),
-    ("alias-bomb", "a: &a [1, 2]\n" + "".join(f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n"
-                                              for p, n in zip("abcdef", "bcdefg")), "expands to more than"),
+    (
+        "alias-bomb",
+        "a: &a [1, 2]\n" + "".join(f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdef", "bcdefg")),
+        "expands to more than",
+    ),
     ("python-tag", "format: !!python/object/apply:os.system ['touch pwned']\n", "tag refused"),
     ("latin1", b"format: caf\xe9\n", "not UTF-8 text"),
 ]
@@ -62,12 +69,21 @@ APPLY = [  # id, extra arguments (after the recipe and --model), the message; r.
     ("onnx-is-recipe", ["--out", "m.ashz", "--onnx", "r.yaml"], "--onnx r.yaml: that is the recipe r.yaml"),
     ("model-args-json", ["--out", "m.ashz", "--model-args", "{bad"], "--model-args: not valid JSON"),
     ("model-args-list", ["--out", "m.ashz", "--model-args", "[1]"], "--model-args: got '[1]'; use a JSON object"),
-    ("model-args-unknown", ["--out", "m.ashz", "--model-args", '{"depth": 3}'],
-     "--model-args: got an unexpected keyword argument 'depth'"),
-    ("task-is-model", ["--out", "m.ashz", "--task", "tests.hostile.factories:tiny"],
-     "returned Tiny, not an autoshrink.Task"),
-    ("task-raises", ["--out", "m.ashz", "--task", "tests.hostile.factories:raises"],
-     "tests.hostile.factories:raises() raised ValueError"),
+    (
+        "model-args-unknown",
+        ["--out", "m.ashz", "--model-args", '{"depth": 3}'],
+        "--model-args: got an unexpected keyword argument 'depth'",
+    ),
+    (
+        "task-is-model",
+        ["--out", "m.ashz", "--task", "tests.hostile.factories:tiny"],
+        "returned Tiny, not an autoshrink.Task",
+    ),
+    (
+        "task-raises",
+        ["--out", "m.ashz", "--task", "tests.hostile.factories:raises"],
+        "tests.hostile.factories:raises() raised ValueError",
+    ),
     ("task-missing", ["--out", "m.ashz", "--task", "nope.nope:task"], "cannot import 'nope.nope'"),
 ]
 
@@ -83,8 +99,11 @@ def test_apply_argument_errors(tmp_path, extra, message) -> None:
 
 def test_apply_to_another_model_writes_nothing(tmp_path) -> None:
     (tmp_path / "r.yaml").write_text(RECIPE)
-    refused_by_cli(["apply", "r.yaml", "--model", "tests.recipe.models:Mixed", "--out", "m.ashz"], tmp_path,
-                   "the model does not match the recipe's fingerprint")
+    refused_by_cli(
+        ["apply", "r.yaml", "--model", "tests.recipe.models:Mixed", "--out", "m.ashz"],
+        tmp_path,
+        "the model does not match the recipe's fingerprint",
+    )
 
 
 def test_apply_of_a_fifo_recipe_does_not_block(tmp_path) -> None:
@@ -111,32 +130,43 @@ def test_read_only_commands_on_a_wrong_storage(tmp_path, command, made, message)
     refused_by_cli([command, "x", "--storage", "sqlite:///s.db", *out], tmp_path, message)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["export", "x", "--storage", "nope://x", "--trial", "0", "-o", "r.yaml"], "storage nope://x: cannot open it"),
-    (["export", "x", "--storage", "sqlite:///s.db", "--trial", "0", "--minimize", "size", "-o", "r.yaml"],
-     "--minimize goes with --max-accuracy-drop"),
-    (["export", "x", "--trial", "0"], "the following arguments are required: -o/--output"),
-    (["export", "x", "--trial", "zero", "-o", "r.yaml"], "argument --trial: invalid int value: 'zero'"),
-    (["apply", "r.yaml", "--model", "a:b"], "the following arguments are required: --out"),
-    (["search", "study.yaml", "--n-trials", "many"], "argument --n-trials: invalid int value: 'many'"),
-    (["search", "study.yaml", "--executor", "mpi"], "argument --executor: invalid choice: 'mpi'"),
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
-    (["dashboard", "s.db", "--port", "70000"], "--port 70000: not a TCP port"),
-    (["report", "x", "--storage", "sqlite:///:memory:", "-o", "r.html"], "in-memory SQLite storage holds no study"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["export", "x", "--storage", "nope://x", "--trial", "0", "-o", "r.yaml"], "storage nope://x: cannot open it"),
+        (
+            ["export", "x", "--storage", "sqlite:///s.db", "--trial", "0", "--minimize", "size", "-o", "r.yaml"],
+            "--minimize goes with --max-accuracy-drop",
+        ),
+        (["export", "x", "--trial", "0"], "the following arguments are required: -o/--output"),
+        (["export", "x", "--trial", "zero", "-o", "r.yaml"], "argument --trial: invalid int value: 'zero'"),
+        (["apply", "r.yaml", "--model", "a:b"], "the following arguments are required: --out"),
+        (["search", "study.yaml", "--n-trials", "many"], "argument --n-trials: invalid int value: 'many'"),
+        (["search", "study.yaml", "--executor", "mpi"], "argument --executor: invalid choice: 'mpi'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["dashboard", "s.db", "--port", "70000"], "--port 70000: not a TCP port"),
+        (["report", "x", "--storage", "sqlite:///:memory:", "-o", "r.html"], "in-memory SQLite storage holds no study"),
+    ],
+)
 def test_argument_and_storage_errors_are_one_line(tmp_path, argv, message) -> None:
     refused_by_cli(argv, tmp_path, message)
 
 
-@pytest.mark.parametrize("made, message", [
-    ("sqlite", "is another application's SQLite database (tables customers); a search never adds Optuna's tables"),
-    (b"notes\n", "exists and is not an SQLite database; a search never writes into another file"),
-], ids=["foreign-sqlite", "text-file"])
+@pytest.mark.parametrize(
+    "made, message",
+    [
+        ("sqlite", "is another application's SQLite database (tables customers); a search never adds Optuna's tables"),
+        (b"notes\n", "exists and is not an SQLite database; a search never writes into another file"),
+    ],
+    ids=["foreign-sqlite", "text-file"],
+)
 def test_search_never_writes_into_a_foreign_file(tmp_path, made, message) -> None:
     if made == "sqlite":
         _sqlite(tmp_path / "app.db")
     else:
         (tmp_path / "app.db").write_bytes(made)
-    (tmp_path / "study.yaml").write_text("name: hostile\nmodel: tests.hostile.factories:tiny\n"
-                                         "task: tests.hostile.factories:task\nn_trials: 2\nstorage: sqlite:///app.db\n")
+    (tmp_path / "study.yaml").write_text(
+        "name: hostile\nmodel: tests.hostile.factories:tiny\n"
+        "task: tests.hostile.factories:task\nn_trials: 2\nstorage: sqlite:///app.db\n"
+    )
     refused_by_cli(["search", "study.yaml"], tmp_path, message)

@@ -1,4 +1,5 @@
 """Hostile search-space YAML files, through `ash.load_space` and through `autoshrink search`."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,7 @@ from autoshrink.errors import ConfigError
 
 from .harness import refused_by_api, refused_by_cli
 
-BOMB = "a: &a [1, 2]\n" + "".join(
-    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdef", "bcdefg"))
+BOMB = "a: &a [1, 2]\n" + "".join(f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdef", "bcdefg"))
 
 CASES = [  # id, file content (str or bytes), the message
     ("duplicate-key", "defaults:\n  bits: [8]\n  bits: [4]\n", "key 'bits' appears twice (first on line 2)"),
@@ -26,10 +26,16 @@ CASES = [  # id, file content (str or bytes), the message
     ("python-tag", "defaults: !!python/object/apply:os.system ['touch pwned']\n", "tag refused"),
     ("syntax", "defaults: [8, 4\n", "not valid YAML"),
     ("bits-fraction", "defaults:\n  bits: {low: 2.5, high: 8}\n", "defaults.bits.low: got 2.5; bits are whole numbers"),
-    ("step-as-text", "defaults:\n  sparsity: {low: 0, high: 0.9, step: 1e-12}\n",
-     "YAML read '1e-12' as text: write it with a dot"),
-    ("tiny-step", "defaults:\n  sparsity: {low: 0.0, high: 0.9, step: 1.0e-12}\n",
-     "give more than 1,000 values; use a larger step"),
+    (
+        "step-as-text",
+        "defaults:\n  sparsity: {low: 0, high: 0.9, step: 1e-12}\n",
+        "YAML read '1e-12' as text: write it with a dot",
+    ),
+    (
+        "tiny-step",
+        "defaults:\n  sparsity: {low: 0.0, high: 0.9, step: 1.0e-12}\n",
+        "give more than 1,000 values; use a larger step",
+    ),
     ("huge-high", "defaults:\n  rank: {low: 0.1, high: 1.0e+12, step: 0.1}\n", "give more than 1,000 values"),
     ("subnormal-step", "defaults:\n  rank: {low: 0.1, high: 1.0, step: 1.0e-320}\n", "give more than 1,000 values"),
     ("inf", "defaults:\n  sparsity: [.inf]\n", "defaults.sparsity[0]: got inf; sparsity must be a finite number"),
@@ -63,12 +69,15 @@ def test_load_space_refuses(tmp_path, content, message) -> None:
     assert not (tmp_path / "pwned").exists()
 
 
-@pytest.mark.parametrize("target, message", [
-    ("folder", "not a regular file (a folder, FIFO or device)"),
-    ("fifo", "not a regular file (a folder, FIFO or device)"),
-    ("/dev/zero", "/dev/zero: not a regular file"),
-    ("missing.yaml", "missing.yaml: no such file; check the path."),
-])
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("folder", "not a regular file (a folder, FIFO or device)"),
+        ("fifo", "not a regular file (a folder, FIFO or device)"),
+        ("/dev/zero", "/dev/zero: not a regular file"),
+        ("missing.yaml", "missing.yaml: no such file; check the path."),
+    ],
+)
 def test_load_space_never_blocks_on_special_files(tmp_path, target, message) -> None:
     if target == "folder":
         (tmp_path / "folder").mkdir()
@@ -82,6 +91,8 @@ def test_load_space_never_blocks_on_special_files(tmp_path, target, message) -> 
 def test_search_with_a_hostile_space_leaves_nothing_behind(tmp_path, case) -> None:
     _, content, message = next(c for c in CASES if c[0] == case)
     (tmp_path / "space.yaml").write_text(content)
-    (tmp_path / "study.yaml").write_text("name: hostile\nmodel: tests.hostile.factories:tiny\n"
-                                         "task: tests.hostile.factories:task\nspace: space.yaml\nn_trials: 2\n")
+    (tmp_path / "study.yaml").write_text(
+        "name: hostile\nmodel: tests.hostile.factories:tiny\n"
+        "task: tests.hostile.factories:task\nspace: space.yaml\nn_trials: 2\n"
+    )
     refused_by_cli(["search", "study.yaml"], tmp_path, message)

@@ -1,5 +1,6 @@
 """Hostile study configs through `autoshrink search`: refused before any folder, database or study
 attribute exists."""
+
 from __future__ import annotations
 
 import sys
@@ -8,8 +9,12 @@ import pytest
 
 from .harness import refused_by_cli
 
-GOOD = {"name": "hostile", "model": "tests.hostile.factories:tiny", "task": "tests.hostile.factories:task",
-        "n_trials": "2"}
+GOOD = {
+    "name": "hostile",
+    "model": "tests.hostile.factories:tiny",
+    "task": "tests.hostile.factories:task",
+    "n_trials": "2",
+}
 
 
 def _config(**changes: str | None) -> str:
@@ -25,12 +30,17 @@ CASES = [  # id, config text, the message
     ("model-module-missing", _config(model="no_such_pkg.models:net"), "cannot import 'no_such_pkg.models'"),
     ("model-attr-missing", _config(model="tests.hostile.factories:nope"), "has no attribute 'nope'"),
     ("model-not-callable", _config(model="tests.hostile.factories:NOT_CALLABLE"), "is not callable"),
-    ("factory-raises", _config(model="tests.hostile.factories:raises", model_args="{kind: mlp}"),
-     "tests.hostile.factories:raises(kind='mlp') raised ValueError: no model of kind 'mlp'"),
-    ("factory-exits", _config(model="tests.hostile.factories:exits"),
-     "tests.hostile.factories:exits() raised SystemExit: 4"),
-    ("factory-wrong-type", _config(model="tests.hostile.factories:returns_int"),
-     "returned int, not a torch.nn.Module"),
+    (
+        "factory-raises",
+        _config(model="tests.hostile.factories:raises", model_args="{kind: mlp}"),
+        "tests.hostile.factories:raises(kind='mlp') raised ValueError: no model of kind 'mlp'",
+    ),
+    (
+        "factory-exits",
+        _config(model="tests.hostile.factories:exits"),
+        "tests.hostile.factories:exits() raised SystemExit: 4",
+    ),
+    ("factory-wrong-type", _config(model="tests.hostile.factories:returns_int"), "returned int, not a torch.nn.Module"),
     ("task-wrong-type", _config(task="tests.hostile.factories:tiny"), "returned Tiny, not an autoshrink.Task"),
     ("model-args-unknown", _config(model_args="{depth: 3}"), "model_args: got an unexpected keyword argument 'depth'"),
     ("model-args-list", _config(model_args="[1, 2]"), "expected a mapping of keyword arguments"),
@@ -44,20 +54,43 @@ CASES = [  # id, config text, the message
     ("executor-unknown", _config(executor="nope"), "executor: got 'nope'; use 'local', 'ray'"),
     ("name-path", _config(name="'../escape'"), "name: got '../escape'; use 1-128 letters"),
     ("name-empty-ish", _config(name="'-x'"), "name: got '-x'; use 1-128 letters"),
-    ("runtime-unknown", _config(runtime="tensorrt"), "runtime: got 'tensorrt'; use auto, float, int8, onnxruntime, onnxruntime-static."),
+    (
+        "runtime-unknown",
+        _config(runtime="tensorrt"),
+        "runtime: got 'tensorrt'; use auto, float, int8, onnxruntime, onnxruntime-static.",
+    ),
     ("timeout-bool", _config(timeout="true"), "timeout: got True; use seconds > 0."),
-    ("drop-too-big", _config(max_accuracy_drop="2"), "max_accuracy_drop: got 2; use a fraction in [0, 1) (0.01 = 1 pp)."),
-    ("example-input-shape", _config(task="tests.hostile.factories:wrong_shape_task"),
-     "Task.example_input: the model cannot run it (shape [1, 3, 5, 5], torch.float32)"),
-    ("example-input-empty", _config(task="tests.hostile.factories:empty_batch_task"),
-     "Task.example_input: shape [0, 1, 8, 8] holds no example"),
-    ("labels-out-of-range", _config(task="tests.hostile.factories:labels_out_of_range_task"),
-     "Task.train_data: labels span 0..12, but the model outputs 10 classes"),
+    (
+        "drop-too-big",
+        _config(max_accuracy_drop="2"),
+        "max_accuracy_drop: got 2; use a fraction in [0, 1) (0.01 = 1 pp).",
+    ),
+    (
+        "example-input-shape",
+        _config(task="tests.hostile.factories:wrong_shape_task"),
+        "Task.example_input: the model cannot run it (shape [1, 3, 5, 5], torch.float32)",
+    ),
+    (
+        "example-input-empty",
+        _config(task="tests.hostile.factories:empty_batch_task"),
+        "Task.example_input: shape [0, 1, 8, 8] holds no example",
+    ),
+    (
+        "labels-out-of-range",
+        _config(task="tests.hostile.factories:labels_out_of_range_task"),
+        "Task.train_data: labels span 0..12, but the model outputs 10 classes",
+    ),
     ("space-missing", _config(space="nowhere.yaml"), "nowhere.yaml"),
-    ("storage-garbage", _config(storage="'nope://x'"),
-     "storage 'nope://x': not an SQLite, PostgreSQL or MySQL URL; autoshrink search needs one of them"),
-    ("storage-in-memory", _config(storage="'sqlite:///:memory:'"),
-     "storage 'sqlite:///:memory:': an in-memory SQLite storage is lost when the search ends; name a .db file"),
+    (
+        "storage-garbage",
+        _config(storage="'nope://x'"),
+        "storage 'nope://x': not an SQLite, PostgreSQL or MySQL URL; autoshrink search needs one of them",
+    ),
+    (
+        "storage-in-memory",
+        _config(storage="'sqlite:///:memory:'"),
+        "storage 'sqlite:///:memory:': an in-memory SQLite storage is lost when the search ends; name a .db file",
+    ),
     ("duplicate-keys", _config() + "seed: 1\nseed: 2\n", "key 'seed' appears twice"),
     ("root-list", "- name\n- model\n", "a study config is a mapping"),
 ]
@@ -69,10 +102,13 @@ def test_search_refuses_before_any_side_effect(tmp_path, text, message) -> None:
     refused_by_cli(["search", "study.yaml"], tmp_path, message)
 
 
-@pytest.mark.parametrize("source, message", [
-    ("def net(:\n", "importing 'user_models_syntax' raised SyntaxError"),
-    ("raise SystemExit(3)\n", "importing 'user_models_exit' raised SystemExit: 3"),
-])
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("def net(:\n", "importing 'user_models_syntax' raised SyntaxError"),
+        ("raise SystemExit(3)\n", "importing 'user_models_exit' raised SystemExit: 3"),
+    ],
+)
 def test_a_broken_user_module_is_one_line(tmp_path, monkeypatch, source, message) -> None:
     name = "user_models_syntax" if "def" in source else "user_models_exit"
     (tmp_path / f"{name}.py").write_text(source)
@@ -82,8 +118,9 @@ def test_a_broken_user_module_is_one_line(tmp_path, monkeypatch, source, message
     refused_by_cli(["search", "study.yaml"], tmp_path, message)
 
 
-@pytest.mark.parametrize("content", [b"\xff\xfe" + "name: x\n".encode("utf-16-le"), b"\x00\x01\x02binary"],
-                         ids=["utf16", "binary"])
+@pytest.mark.parametrize(
+    "content", [b"\xff\xfe" + "name: x\n".encode("utf-16-le"), b"\x00\x01\x02binary"], ids=["utf16", "binary"]
+)
 def test_search_of_a_config_that_is_not_text(tmp_path, content) -> None:
     (tmp_path / "study.yaml").write_bytes(content)
     refused_by_cli(["search", "study.yaml"], tmp_path, "study.yaml: ")

@@ -1,4 +1,5 @@
 """Latency times the call a deployment makes: a runtime's `deploy_call`, not autoshrink's wrapper."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,6 +28,7 @@ class Prepared(nn.Module):
 
         def run() -> None:
             self.calls += 1
+
         return run
 
 

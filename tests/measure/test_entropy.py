@@ -1,4 +1,5 @@
 """Entropy-coded streams (format version 2): exact decoding, never larger, old files still load."""
+
 from __future__ import annotations
 
 import math
@@ -52,11 +53,14 @@ def test_empty_or_too_large_alphabets_are_not_coded() -> None:
         entropy.encode(np.array([0, 4]), 4)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d + b"\x00\x00\x00\x00", "more code than its symbols use|does not decode"),
-    (lambda d: d[:-1], "whole 32-bit words"),
-    (lambda d: bytes([200, 1]) + d[2:], "covers symbols"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d + b"\x00\x00\x00\x00", "more code than its symbols use|does not decode"),
+        (lambda d: d[:-1], "whole 32-bit words"),
+        (lambda d: bytes([200, 1]) + d[2:], "covers symbols"),
+    ],
+)
 def test_corrupt_streams_are_refused(mutate, message: str) -> None:
     symbols, alphabet = _streams()["peaked"]
     data = entropy.encode(symbols, alphabet)
@@ -67,8 +71,13 @@ def test_corrupt_streams_are_refused(mutate, message: str) -> None:
 def _model(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
-    policy = ash.Policy(layers={"0": ash.LayerPolicy(sparsity=0.9, bits=4), "2": ash.LayerPolicy(sparsity=0.6, bits=6),
-                                "4": ash.LayerPolicy(bits=2)})
+    policy = ash.Policy(
+        layers={
+            "0": ash.LayerPolicy(sparsity=0.9, bits=4),
+            "2": ash.LayerPolicy(sparsity=0.6, bits=6),
+            "4": ash.LayerPolicy(bits=2),
+        }
+    )
     return ash.apply_policy(model, policy)
 
 

@@ -1,4 +1,5 @@
 """Latency lookup table: per-layer timings and the sum rule."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,16 @@ L = ash.LayerPolicy
 
 
 def _base(layer_ms: dict[str, float], total: float = 1.0) -> Measurement:
-    return Measurement(accuracy=0.9, size_bytes=1000, latency_ms=total, macs=100, device="cpu", threads=1,
-                       batch_size=1, layer_latency_ms=layer_ms)
+    return Measurement(
+        accuracy=0.9,
+        size_bytes=1000,
+        latency_ms=total,
+        macs=100,
+        device="cpu",
+        threads=1,
+        batch_size=1,
+        layer_latency_ms=layer_ms,
+    )
 
 
 def test_the_prediction_is_the_sum_rule_over_observed_medians() -> None:
@@ -42,6 +51,7 @@ def test_the_prediction_is_the_sum_rule_over_observed_medians() -> None:
     assert list(frame.columns) == ["layer", "choice", "runtime", "device", "batch", "latency_ms", "observations"]
     assert len(frame) == 4 and set(frame.choice) == {"none", choice_label(p, "fc1"), choice_label(p, "fc2")}
     assert choice_label(ash.Policy(layers={"fc1": L()}), "fc1") == "none"  # an identity layer policy is untouched
+
 
 class Tiny(nn.Module):
     def __init__(self) -> None:

@@ -1,5 +1,6 @@
 """Loading a hostile .ashz: no import, no call of the file's choosing, no memory bomb, no hang, and
 every failure a PackError -- each route checked with a marker file that must stay absent."""
+
 from __future__ import annotations
 
 import io
@@ -19,7 +20,7 @@ from torch import nn
 from autoshrink.errors import PackError
 from autoshrink.measure.packing import framing, limits, load_packed, save_packed, skeleton
 
-MODULE_SOURCE = '''
+MODULE_SOURCE = """
 import pathlib
 from torch import nn
 pathlib.Path({marker!r}).write_text("imported")
@@ -32,7 +33,7 @@ class Net(nn.Module):
 
     def forward(self, x):
         return self.fc(x)
-'''
+"""
 
 
 def _file(header: bytes, skel: bytes, payload: bytes = b"") -> bytes:
@@ -63,7 +64,7 @@ def _bounded(fn, *, seconds: float = 5.0, megabytes: float = 64.0):
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert time.perf_counter() - t0 < seconds
-    assert peak < megabytes * 2 ** 20, f"{peak / 2 ** 20:.0f} MiB"
+    assert peak < megabytes * 2**20, f"{peak / 2**20:.0f} MiB"
     assert raised is not None, "expected a PackError"
     return raised
 
@@ -76,8 +77,11 @@ def test_a_module_the_caller_did_not_import_is_never_imported(tmp_path, monkeypa
     save_packed(model, path)
     marker.unlink()
     monkeypatch.delitem(sys.modules, name)
-    with pytest.raises(PackError, match=rf"refers to {name}\.Net, but module {name} is not imported; loading never "
-                                        rf"imports a module by itself: import it first, or pass allow=\['{name}'\]"):
+    with pytest.raises(
+        PackError,
+        match=rf"refers to {name}\.Net, but module {name} is not imported; loading never "
+        rf"imports a module by itself: import it first, or pass allow=\['{name}'\]",
+    ):
         load_packed(path)
     assert not marker.exists() and name not in sys.modules
     back = load_packed(path, allow=[name])  # the caller allows it: imported, and the model loads
@@ -134,7 +138,8 @@ def test_a_module_getattr_is_never_run(tmp_path, monkeypatch) -> None:
     marker = tmp_path / "getattr-ran"
     (tmp_path / f"{name}.py").write_text(
         f"import pathlib\nfrom torch import nn\n\ndef __getattr__(attr):\n"
-        f"    pathlib.Path({str(marker)!r}).write_text(attr)\n    return nn.Linear\n")
+        f"    pathlib.Path({str(marker)!r}).write_text(attr)\n    return nn.Linear\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     __import__(name)
     with pytest.raises(PackError, match=rf"refers to {name}\.Anything, which autoshrink does not load"):
@@ -142,14 +147,18 @@ def test_a_module_getattr_is_never_run(tmp_path, monkeypatch) -> None:
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("skel, pattern", [
-    (b"\x80\x02ctorch.nn\nLinear\nJ\xa0\x86\x01\x00J\xa0\x86\x01\x00\x86R.", "calls Linear with arguments"),
-    (b"\x80\x02ctorch.nn\nLinear\n)\x81.", "uses pickle's NEWOBJ"),
-    (b"\x80\x02ccollections\nOrderedDict\n)R}b.", "uses pickle's BUILD"),
-    (b"\x80\x02ctorch\nSize\ncbuiltins\nrange\nJ\x00\x00\x00\x7f\x85R\x85R.", "calls Size with arguments"),
-    (b"\x80\x02cbuiltins\nbytes\nJ\x00\x00\x00\x7f\x85R.", r"refers to builtins\.bytes"),
-    (b"\x80\x02cbuiltins\nset\ncbuiltins\nrange\nJ\x00\x00\x00\x7f\x85R\x85R.", "calls set with arguments"),
-], ids=["linear-constructor", "newobj", "build", "size-of-range", "bytes", "set-of-range"])
+@pytest.mark.parametrize(
+    "skel, pattern",
+    [
+        (b"\x80\x02ctorch.nn\nLinear\nJ\xa0\x86\x01\x00J\xa0\x86\x01\x00\x86R.", "calls Linear with arguments"),
+        (b"\x80\x02ctorch.nn\nLinear\n)\x81.", "uses pickle's NEWOBJ"),
+        (b"\x80\x02ccollections\nOrderedDict\n)R}b.", "uses pickle's BUILD"),
+        (b"\x80\x02ctorch\nSize\ncbuiltins\nrange\nJ\x00\x00\x00\x7f\x85R\x85R.", "calls Size with arguments"),
+        (b"\x80\x02cbuiltins\nbytes\nJ\x00\x00\x00\x7f\x85R.", r"refers to builtins\.bytes"),
+        (b"\x80\x02cbuiltins\nset\ncbuiltins\nrange\nJ\x00\x00\x00\x7f\x85R\x85R.", "calls set with arguments"),
+    ],
+    ids=["linear-constructor", "newobj", "build", "size-of-range", "bytes", "set-of-range"],
+)
 def test_no_call_of_the_files_choosing(tmp_path, skel, pattern) -> None:
     err = _bounded(lambda: load_packed(_write(tmp_path, _file(b"[]", skel))))
     assert __import__("re").search(pattern, str(err)), str(err)
@@ -157,7 +166,7 @@ def test_no_call_of_the_files_choosing(tmp_path, skel, pattern) -> None:
 
 def test_a_header_that_inflates_to_gigabytes_is_refused_early(tmp_path) -> None:
     path = _write(tmp_path, _file(b"[" + b" " * (limits.MAX_HEADER_BYTES + 10) + b"]", b"."))
-    err = _bounded(lambda: load_packed(path), megabytes=2 * limits.MAX_HEADER_BYTES / 2 ** 20 + 16)  # to the cap
+    err = _bounded(lambda: load_packed(path), megabytes=2 * limits.MAX_HEADER_BYTES / 2**20 + 16)  # to the cap
     assert f"inflates to more than {limits.MAX_HEADER_BYTES:,} bytes" in str(err)
 
 

@@ -49,8 +49,11 @@ def test_macs_count_attention_matmuls() -> None:
 
 
 def test_structured_and_lowrank_cut_macs(digits_cnn, digits, fast_latency) -> None:
-    small = ash.apply_policy(digits_cnn, ash.Policy(layers={"conv2": L(sparsity=0.5, structured=True),
-                                                            "fc1": L(rank=0.25)}), example_input=digits.example_input)
+    small = ash.apply_policy(
+        digits_cnn,
+        ash.Policy(layers={"conv2": L(sparsity=0.5, structured=True), "fc1": L(rank=0.25)}),
+        example_input=digits.example_input,
+    )
     m = ash.measure(small, digits, latency=fast_latency)
     # conv1 unchanged; conv2 32 -> 32 channels; fc1 512 -> 32 -> 128; fc2 unchanged
     assert m.macs == 64 * 32 * 9 + 64 * 32 * 32 * 9 + 512 * 32 + 32 * 128 + 128 * 10
@@ -63,8 +66,7 @@ def test_int8_runtime_uses_real_int8_kernels_with_our_codes(digits_mlp, digits) 
 
     int8_layers = [n for n, m in q.named_modules() if isinstance(m, nnqd.Linear)]
     assert int8_layers == ["fc1", "fc2"]  # the <= 8-bit Linears, and only those
-    assert torch.equal(q.fc2.weight().int_repr(),
-                       ash.weights.quantize_codes(small.fc2.weight, 4)[0])
+    assert torch.equal(q.fc2.weight().int_repr(), ash.weights.quantize_codes(small.fc2.weight, 4)[0])
     assert type(q.fc3) is nn.Linear
     x = digits.eval_data.tensors[0][:64]
     ref = materialize(small)(x)

@@ -1,4 +1,5 @@
 """The packed artifact: exact byte counts of every encoding, bitwise round trips, safe loading."""
+
 from __future__ import annotations
 
 import copy
@@ -12,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoshrink.errors import PackError
-from autoshrink.measure.packing import PackedTensor, load_packed, pack, save_packed
-from autoshrink.measure.packing import bits as bitstream, codec, framing
 from autoshrink import weights
+from autoshrink.errors import PackError
+from autoshrink.measure.packing import PackedTensor, codec, framing, load_packed, pack, save_packed
+from autoshrink.measure.packing import bits as bitstream
 from autoshrink.techniques.lowrank import Factorized, factorize
 
-
 # ----------------------------------------------------------------------------- helpers
+
 
 def _prune_quant(layer: nn.Module, sparsity: float, bits: int) -> None:
     """Mask the smallest `sparsity` fraction of layer.weight, then fake-quantize to `bits` (0: none)."""
@@ -65,18 +66,19 @@ def _mlp(*sizes: int) -> nn.Sequential:
 
 # ----------------------------------------------------------------------------- codec
 
+
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_bit_packing_round_trip_every_width(bits: int) -> None:
     rng = np.random.default_rng(bits)
-    values = rng.integers(0, 2 ** bits, size=1003, dtype=np.uint8).reshape(-1, 1)
+    values = rng.integers(0, 2**bits, size=1003, dtype=np.uint8).reshape(-1, 1)
     data = bitstream.pack_fields([(values, bits)])
     assert len(data) == math.ceil(1003 * bits / 8)
     (back,) = bitstream.unpack_fields(data, 1003, [(1, bits)])
     assert np.array_equal(back, values)
     # entries of two fields (k-bit gap, value) across a chunk boundary
     n = 70_001
-    gaps = rng.integers(0, 2 ** 11, size=n, dtype=np.uint16)
-    vals = rng.integers(0, 2 ** bits, size=n, dtype=np.uint8).reshape(-1, 1)
+    gaps = rng.integers(0, 2**11, size=n, dtype=np.uint16)
+    vals = rng.integers(0, 2**bits, size=n, dtype=np.uint8).reshape(-1, 1)
     data = bitstream.pack_fields([(gaps.view(np.uint8).reshape(n, 2), 11), (vals, bits)])
     assert len(data) == math.ceil(n * (11 + bits) / 8)
     g, v = bitstream.unpack_fields(data, n, [(2, 11), (1, bits)])
@@ -98,7 +100,8 @@ def test_relidx_hand_computed_with_fillers() -> None:
     expected[positions] = values
     assert np.array_equal(rows, expected)
     assert bitstream.stream_sizes(100, gaps, 4)["relidx"] == min(
-        (math.ceil(bitstream.relidx_entries(gaps, k) * (k + 4) / 8), k) for k in range(1, 17))
+        (math.ceil(bitstream.relidx_entries(gaps, k) * (k + 4) / 8), k) for k in range(1, 17)
+    )
 
 
 @pytest.mark.parametrize("qbits", [0, 4, 16])
@@ -117,8 +120,9 @@ def test_tensor_round_trip_sparse_patterns(case: str, qbits: int) -> None:
     coded = codec.encode_tensor(w, qbits)  # entropy coding where smaller: decodes exactly, never larger
     enc = codec.encode_tensor(w, qbits, use_entropy=False)
     assert len(coded.payload) <= len(enc.payload)
-    back = codec.decode_tensor(coded.payload, (8, 500), torch.float32, qbits, coded.encoding, coded.k, coded.count,
-                               coded.coded)
+    back = codec.decode_tensor(
+        coded.payload, (8, 500), torch.float32, qbits, coded.encoding, coded.k, coded.count, coded.coded
+    )
     assert torch.equal(back, w)
     nnz = int(keep.sum())
     assert enc.nnz == nnz
@@ -170,8 +174,9 @@ def test_million_entries_encode_fast() -> None:
     assert time.perf_counter() - start < 1.0 and torch.equal(back, w)
     fixed = codec.encode_tensor(w, 4, use_entropy=False)
     assert fixed.encoding == "relidx" and len(enc.payload) < len(fixed.payload)
-    assert torch.equal(codec.decode_tensor(fixed.payload, (1000, 1000), torch.float32, 4, "relidx", fixed.k,
-                                           fixed.count), w)
+    assert torch.equal(
+        codec.decode_tensor(fixed.payload, (1000, 1000), torch.float32, 4, "relidx", fixed.k, fixed.count), w
+    )
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8, 16])
@@ -197,13 +202,19 @@ def test_off_grid_weight_is_refused() -> None:
 
 # ----------------------------------------------------------------------------- round trips
 
+
 def test_plain_fp32_mlp(tmp_path) -> None:
     model = _mlp(20, 16, 8, 3)
     _, report = pack(model)
     assert all(isinstance(t, PackedTensor) for t in report)
     assert [(t.name, t.encoding, t.bits, t.nbytes) for t in report] == [
-        ("0.weight", "dense", 32, 20 * 16 * 4), ("0.bias", "dense", 32, 64), ("2.weight", "dense", 32, 16 * 8 * 4),
-        ("2.bias", "dense", 32, 32), ("4.weight", "dense", 32, 8 * 3 * 4), ("4.bias", "dense", 32, 12)]
+        ("0.weight", "dense", 32, 20 * 16 * 4),
+        ("0.bias", "dense", 32, 64),
+        ("2.weight", "dense", 32, 16 * 8 * 4),
+        ("2.bias", "dense", 32, 32),
+        ("4.weight", "dense", 32, 8 * 3 * 4),
+        ("4.bias", "dense", 32, 12),
+    ]
     _round_trip(model, torch.randn(5, 20), tmp_path)
 
 
@@ -245,8 +256,17 @@ def test_every_bit_width(bits: int, tmp_path) -> None:
 
 
 def test_cnn_with_batchnorm_and_masks(tmp_path) -> None:
-    model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(6, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 2 * 2, 4))
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 3),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 2 * 2, 4),
+    )
     for _ in range(3):  # running statistics and num_batches_tracked away from their defaults
         model(torch.randn(8, 1, 10, 10))
     _prune_quant(model[0], 0.5, 0)
@@ -350,14 +370,29 @@ class SequenceOutput(nn.Module):
 def test_common_layers_load_without_trust(name: str, tmp_path) -> None:
     model, x = {
         "lstm": (SequenceOutput(nn.LSTM(8, 16, 2, batch_first=True)), torch.randn(2, 5, 8)),
-        "conv1d_prelu": (nn.Sequential(nn.Conv1d(3, 4, 3, padding="same"), nn.PReLU(), nn.AdaptiveAvgPool1d(2)),
-                         torch.randn(2, 3, 9)),
-        "transformer_gelu": (nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, batch_first=True,
-                                                                              activation="gelu"),
-                                                   2, enable_nested_tensor=False), torch.randn(2, 3, 16)),
+        "conv1d_prelu": (
+            nn.Sequential(nn.Conv1d(3, 4, 3, padding="same"), nn.PReLU(), nn.AdaptiveAvgPool1d(2)),
+            torch.randn(2, 3, 9),
+        ),
+        "transformer_gelu": (
+            nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(16, 4, 32, batch_first=True, activation="gelu"),
+                2,
+                enable_nested_tensor=False,
+            ),
+            torch.randn(2, 3, 16),
+        ),
         "embedding_bag": (nn.EmbeddingBag(20, 4, mode="mean"), torch.randint(0, 20, (3, 4))),
-        "conv_transpose": (nn.Sequential(nn.ConvTranspose2d(3, 4, 3, stride=2), nn.GroupNorm(2, 4), nn.SiLU(),
-                                         nn.Upsample(scale_factor=2), nn.Softmax(dim=1)), torch.randn(1, 3, 5, 5)),
+        "conv_transpose": (
+            nn.Sequential(
+                nn.ConvTranspose2d(3, 4, 3, stride=2),
+                nn.GroupNorm(2, 4),
+                nn.SiLU(),
+                nn.Upsample(scale_factor=2),
+                nn.Softmax(dim=1),
+            ),
+            torch.randn(1, 3, 5, 5),
+        ),
     }[name]
     _round_trip(model, x, tmp_path)
 
@@ -384,6 +419,7 @@ def test_lenet_300_100_packs_over_20x_smaller(tmp_path) -> None:
 
 
 # ----------------------------------------------------------------------------- safety and errors
+
 
 def _file(header: bytes, skeleton: bytes, payload: bytes = b"", version: int = 1) -> bytes:
     head, skel = framing.deflate(header), framing.deflate(skeleton)

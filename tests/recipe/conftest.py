@@ -13,8 +13,10 @@ from autoshrink.zoo import digits_task
 from ..search.conftest import FAST, Tiny
 
 ROOT = Path(__file__).resolve().parents[2]
-SPACE = ("defaults:\n  sparsity: [0.0, 0.5, 0.8]\n  structured: [false, true]\n  bits: [32, 8, 4]\n"
-         "distill: [false, true]\nfinetune: {steps: 10}\n")
+SPACE = (
+    "defaults:\n  sparsity: [0.0, 0.5, 0.8]\n  structured: [false, true]\n  bits: [32, 8, 4]\n"
+    "distill: [false, true]\nfinetune: {steps: 10}\n"
+)
 
 
 def trained_tiny(seed: int) -> Tiny:
@@ -35,9 +37,19 @@ def searched(tmp_path_factory) -> SimpleNamespace:
     storage = f"sqlite:///{tmp}/tiny.db"
     # no pre-pass / screening: every kind of trial (structured ones included) stays in, each fine-tuned in full
     # NSGA-II's random first generation gives every kind of trial here (structured ones included)
-    result = ash.search(model, digits_task(device="cpu"), ash.load_space(tmp / "space.yaml"), n_trials=10,
-                        storage=storage, study_name="tiny", latency=FAST, seed=0, sensitivity=False, screen=False,
-                        sampler="nsga2")
+    result = ash.search(
+        model,
+        digits_task(device="cpu"),
+        ash.load_space(tmp / "space.yaml"),
+        n_trials=10,
+        storage=storage,
+        study_name="tiny",
+        latency=FAST,
+        seed=0,
+        sensitivity=False,
+        screen=False,
+        sampler="nsga2",
+    )
     return SimpleNamespace(model=model, weights=str(weights), result=result, storage=storage, dir=tmp)
 
 
@@ -46,8 +58,9 @@ def recipe(searched) -> ash.Recipe:
     """A recipe with a known policy: fc1 50 % sparse at 4 bits, fc2 8 bits, distilled."""
     r = searched.result.best(max_accuracy_drop=0.05)
     L = ash.LayerPolicy
-    return dataclasses.replace(r, policy=ash.Policy(layers={"fc1": L(sparsity=0.5, bits=4), "fc2": L(bits=8)},
-                                                    distill=True))
+    return dataclasses.replace(
+        r, policy=ash.Policy(layers={"fc1": L(sparsity=0.5, bits=4), "fc2": L(bits=8)}, distill=True)
+    )
 
 
 def state_digest(model: torch.nn.Module) -> str:

@@ -1,4 +1,5 @@
 """Models for the recipe tests: the search's Tiny (loadable by CLI entry point) and mismatching variants."""
+
 from __future__ import annotations
 
 import torch

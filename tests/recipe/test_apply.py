@@ -23,14 +23,20 @@ def test_mismatch_lists_missing_extra_and_reshaped_layers(recipe) -> None:
     assert "model class: recorded Tiny, found Mixed" in msg
     assert "missing 1 layer(s): fc2 (Linear weight [10, 32] bias [10])" in msg
     assert "extra 1 layer(s): head (Linear weight [10, 16] bias [10])" in msg
-    assert ("reshaped 1 layer(s): fc1 (expected Linear weight [32, 64] bias [32], "
-            "found Linear weight [16, 64] bias [16])") in msg
+    assert (
+        "reshaped 1 layer(s): fc1 (expected Linear weight [32, 64] bias [32], found Linear weight [16, 64] bias [16])"
+    ) in msg
     assert "strict=False" in msg
 
 
 def test_a_changed_layer_type_is_a_mismatch(recipe) -> None:
-    with pytest.raises(RecipeError, match=re.escape("reshaped 1 layer(s): fc2 (expected Linear weight [10, 32] "
-                                                    "bias [10], found MyLinear weight [10, 32] bias [10])")):
+    with pytest.raises(
+        RecipeError,
+        match=re.escape(
+            "reshaped 1 layer(s): fc2 (expected Linear weight [10, 32] "
+            "bias [10], found MyLinear weight [10, 32] bias [10])"
+        ),
+    ):
         ash.apply_recipe(Retyped(), recipe)
 
 
@@ -58,10 +64,13 @@ def test_wrapped_models_apply_like_the_plain_model(searched, recipe, wrap) -> No
 def test_prefixed_names_in_the_recipe_are_normalized(searched, recipe) -> None:
     fp = fingerprint(searched.model)
     prefixed = dataclasses.replace(
-        recipe, model=Fingerprint("Tiny", {f"module._orig_mod.{n}": s for n, s in fp.layers.items()}),
-        policy=ash.Policy(layers={f"module.{n}": lp for n, lp in recipe.policy.layers.items()}, distill=True))
+        recipe,
+        model=Fingerprint("Tiny", {f"module._orig_mod.{n}": s for n, s in fp.layers.items()}),
+        policy=ash.Policy(layers={f"module.{n}": lp for n, lp in recipe.policy.layers.items()}, distill=True),
+    )
     assert state_digest(ash.apply_recipe(searched.model, prefixed)) == state_digest(
-        ash.apply_recipe(searched.model, recipe))
+        ash.apply_recipe(searched.model, recipe)
+    )
 
 
 def test_wrong_argument_types(searched, recipe) -> None:

@@ -19,8 +19,23 @@ def test_export_by_trial_and_by_accuracy_drop(searched, tmp_path, capsys) -> Non
     assert ash.Recipe.load(out) == searched.result.recipe(3)
 
     out = tmp_path / "best.yaml"
-    assert main(["export", "tiny", "--storage", searched.storage, "--max-accuracy-drop", "0.05", "--minimize",
-                 "size", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "tiny",
+                "--storage",
+                searched.storage,
+                "--max-accuracy-drop",
+                "0.05",
+                "--minimize",
+                "size",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     best = searched.result.best(max_accuracy_drop=0.05, minimize="size")
     assert ash.Recipe.load(out) == best
     assert f"trial {best.trial}: " in capsys.readouterr().out
@@ -28,8 +43,9 @@ def test_export_by_trial_and_by_accuracy_drop(searched, tmp_path, capsys) -> Non
 
 def test_export_from_a_study_config(searched, tmp_path) -> None:
     cfg = tmp_path / "study.yaml"
-    cfg.write_text(f"name: tiny\nmodel: tests.recipe.models:tiny\ntask: autoshrink.zoo:digits_task\n"
-                   f"storage: {searched.storage}\n")
+    cfg.write_text(
+        f"name: tiny\nmodel: tests.recipe.models:tiny\ntask: autoshrink.zoo:digits_task\nstorage: {searched.storage}\n"
+    )
     out = tmp_path / "r.yaml"
     assert main(["export", str(cfg), "--max-accuracy-drop", "0.05", "-o", str(out)]) == 0
     assert ash.Recipe.load(out).trial == searched.result.best(max_accuracy_drop=0.05).trial
@@ -39,17 +55,25 @@ def test_load_result_reads_the_study_without_the_model(searched) -> None:
     r = load_result("tiny", searched.storage)
     assert r.baseline == searched.result.baseline and r.storage == searched.storage
     assert r.pareto.trial.tolist() == searched.result.pareto.trial.tolist()
-    with pytest.raises(ConfigError, match=re.escape(f"storage {searched.storage!r} holds no study 'tinny'; the "
-                                                    "studies there: 'tiny'. Fix: use one of those names")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            f"storage {searched.storage!r} holds no study 'tinny'; the "
+            "studies there: 'tiny'. Fix: use one of those names"
+        ),
+    ):
         load_result("tinny", searched.storage)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["tinny", "--trial", "0"], "holds no study 'tinny'; the studies there: 'tiny'"),
-    (["tiny", "--trial", "99"], "trial 99: the study has trials 0..9"),
-    (["tiny", "--max-accuracy-drop", "-1"], "best: max_accuracy_drop=-1.0; use a fraction >= 0"),
-    (["tiny", "--trial", "1", "--minimize", "size"], "--minimize goes with --max-accuracy-drop"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["tinny", "--trial", "0"], "holds no study 'tinny'; the studies there: 'tiny'"),
+        (["tiny", "--trial", "99"], "trial 99: the study has trials 0..9"),
+        (["tiny", "--max-accuracy-drop", "-1"], "best: max_accuracy_drop=-1.0; use a fraction >= 0"),
+        (["tiny", "--trial", "1", "--minimize", "size"], "--minimize goes with --max-accuracy-drop"),
+    ],
+)
 def test_export_errors_are_one_line_exit_2(searched, tmp_path, capsys, argv, message) -> None:
     assert main(["export", *argv, "--storage", searched.storage, "-o", str(tmp_path / "r.yaml")]) == 2
     err = capsys.readouterr().err
@@ -68,17 +92,36 @@ def test_apply_writes_the_packed_model_whose_size_is_printed(searched, recipe, t
     recipe.save(path)
     model_args = json.dumps({"weights": searched.weights})
     out = tmp_path / "with_task.ashz"
-    assert main(["apply", str(path), "--model", "tests.recipe.models:tiny", "--model-args", model_args,
-                 "--task", "autoshrink.zoo:digits_task", "--task-args", '{"device": "cpu"}', "--out", str(out),
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "apply",
+                str(path),
+                "--model",
+                "tests.recipe.models:tiny",
+                "--model-args",
+                model_args,
+                "--task",
+                "autoshrink.zoo:digits_task",
+                "--task-args",
+                '{"device": "cpu"}',
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["measured"]["size_bytes"] == data["file_bytes"] == out.stat().st_size
     assert data["finetuned"] is True and 0 < data["measured"]["accuracy"] <= 1 and data["trial"] == recipe.trial
     assert set(data["recorded"]) == {"accuracy", "size_bytes", "latency_ms", "macs"}
 
     out = tmp_path / "no_task.ashz"
-    assert main(["apply", str(path), "--model", "tests.recipe.models:tiny", "--model-args", model_args,
-                 "--out", str(out)]) == 0
+    assert (
+        main(["apply", str(path), "--model", "tests.recipe.models:tiny", "--model-args", model_args, "--out", str(out)])
+        == 0
+    )
     text = capsys.readouterr().out
     size = out.stat().st_size
     assert re.search(rf"^size_bytes +{recipe.metrics.size_bytes} +{size}$", text, flags=re.M), text
@@ -88,11 +131,17 @@ def test_apply_writes_the_packed_model_whose_size_is_printed(searched, recipe, t
     assert size == ash.measure(ash.load_packed(out), ash.zoo.digits_task(device="cpu")).size_bytes
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--model-args", "{bad"], "--model-args: not valid JSON"),
-    (["--model-args", "[1]"], "--model-args: got '[1]'; use a JSON object"),
-    (["--task", "tests.recipe.models:tiny"], "--task: tests.recipe.models:tiny returned Tiny, not an autoshrink.Task"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model-args", "{bad"], "--model-args: not valid JSON"),
+        (["--model-args", "[1]"], "--model-args: got '[1]'; use a JSON object"),
+        (
+            ["--task", "tests.recipe.models:tiny"],
+            "--task: tests.recipe.models:tiny returned Tiny, not an autoshrink.Task",
+        ),
+    ],
+)
 def test_apply_argument_errors_are_one_line_exit_2(searched, recipe, tmp_path, capsys, extra, message) -> None:
     path = tmp_path / "r.yaml"
     recipe.save(path)
@@ -117,7 +166,6 @@ def test_a_storage_password_is_never_written(searched) -> None:
     assert result.recipe(3).source.storage == "postgresql://bob:***@db:5432/studies"
 
 
-
 def test_export_json(searched, tmp_path, capsys) -> None:
     out = tmp_path / "t2.yaml"
     assert main(["export", "tiny", "--storage", searched.storage, "--trial", "2", "-o", str(out), "--json"]) == 0
@@ -139,8 +187,24 @@ def test_apply_also_writes_onnx_that_onnx_runtime_runs(searched, recipe, tmp_pat
     recipe.save(path)
     model_args = json.dumps({"weights": searched.weights})
     out, onnx_path = tmp_path / "m.ashz", tmp_path / "m.onnx"
-    assert main(["apply", str(path), "--model", "tests.recipe.models:tiny", "--model-args", model_args,
-                 "--out", str(out), "--onnx", str(onnx_path), "--json"]) == 0
+    assert (
+        main(
+            [
+                "apply",
+                str(path),
+                "--model",
+                "tests.recipe.models:tiny",
+                "--model-args",
+                model_args,
+                "--out",
+                str(out),
+                "--onnx",
+                str(onnx_path),
+                "--json",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["onnx"]["path"] == str(onnx_path) and data["onnx"]["bytes"] == onnx_path.stat().st_size
     assert data["onnx"]["activations"] == "dynamic"
@@ -152,13 +216,44 @@ def test_apply_also_writes_onnx_that_onnx_runtime_runs(searched, recipe, tmp_pat
     assert got.shape == ref.shape and np.abs(got - ref).max() <= 0.05 * (1 + np.abs(ref).max())
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.98
     # --onnx onto the recipe or the .ashz is refused before anything is written
-    assert main(["apply", str(path), "--model", "tests.recipe.models:tiny", "--model-args", model_args,
-                 "--out", str(tmp_path / "n.ashz"), "--onnx", str(path)]) == 2
+    assert (
+        main(
+            [
+                "apply",
+                str(path),
+                "--model",
+                "tests.recipe.models:tiny",
+                "--model-args",
+                model_args,
+                "--out",
+                str(tmp_path / "n.ashz"),
+                "--onnx",
+                str(path),
+            ]
+        )
+        == 2
+    )
     assert "--onnx" in capsys.readouterr().err and not (tmp_path / "n.ashz").exists()
     # static activations are calibrated on the task's training batches: without --task, one message
-    assert main(["apply", str(path), "--model", "tests.recipe.models:tiny", "--model-args", model_args,
-                 "--out", str(tmp_path / "s.ashz"), "--onnx", str(tmp_path / "s.onnx"),
-                 "--onnx-activations", "static"]) == 2
+    assert (
+        main(
+            [
+                "apply",
+                str(path),
+                "--model",
+                "tests.recipe.models:tiny",
+                "--model-args",
+                model_args,
+                "--out",
+                str(tmp_path / "s.ashz"),
+                "--onnx",
+                str(tmp_path / "s.onnx"),
+                "--onnx-activations",
+                "static",
+            ]
+        )
+        == 2
+    )
     assert "--onnx-activations static calibrates" in capsys.readouterr().err
     assert not (tmp_path / "s.ashz").exists() and not (tmp_path / "s.onnx").exists()
     assert ash.Recipe.load(path) == recipe

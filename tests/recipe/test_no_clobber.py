@@ -1,5 +1,6 @@
 """No command destroys what it reads: a study database, a recipe, another application's file, any
 input by any path or link; read-only commands leave a foreign or empty SQLite file untouched."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,7 @@ def _digest(path: Path) -> str:
 def study_copy(searched, tmp_path) -> Path:
     """A private copy of the searched study's database (tests here may try to destroy it)."""
     db = tmp_path / "tiny.db"
-    src, dst = sqlite3.connect(searched.storage[len("sqlite:///"):]), sqlite3.connect(db)
+    src, dst = sqlite3.connect(searched.storage[len("sqlite:///") :]), sqlite3.connect(db)
     src.backup(dst)  # the committed state, whatever the journal mode
     src.close()
     dst.close()
@@ -58,8 +59,11 @@ def test_outputs_replace_only_files_of_their_own_kind(study_copy, tmp_path, caps
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes\n")
     assert main(["export", "tiny", "--storage", url, "--trial", "0", "-o", str(notes)]) == 2
-    _one_line(capsys, f"-o {notes}: exists and is not an autoshrink recipe; autoshrink replaces only a file of the "
-                      "kind it writes there. Fix: name a new file, or remove that one first.")
+    _one_line(
+        capsys,
+        f"-o {notes}: exists and is not an autoshrink recipe; autoshrink replaces only a file of the "
+        "kind it writes there. Fix: name a new file, or remove that one first.",
+    )
     assert main(["report", "tiny", "--storage", url, "-o", str(notes)]) == 2
     _one_line(capsys, "exists and is not an autoshrink report")
     assert notes.read_text() == "my notes\n"
@@ -80,8 +84,14 @@ def test_apply_never_writes_over_its_recipe(searched, recipe, tmp_path, capsys) 
     path = tmp_path / "r.yaml"
     recipe.save(path)
     before = _digest(path)
-    base = ["apply", str(path), "--model", "tests.recipe.models:tiny", "--model-args",
-            f'{{"weights": "{searched.weights}"}}']
+    base = [
+        "apply",
+        str(path),
+        "--model",
+        "tests.recipe.models:tiny",
+        "--model-args",
+        f'{{"weights": "{searched.weights}"}}',
+    ]
     assert main(base + ["--out", str(path)]) == 2
     _one_line(capsys, f"--out {path}: that is the recipe {path}; writing there would destroy it")
     hard = tmp_path / "hard.ashz"
@@ -95,8 +105,9 @@ def test_apply_never_writes_over_its_recipe(searched, recipe, tmp_path, capsys) 
     assert _digest(path) == before and not (tmp_path / "m.ashz").exists()
 
 
-@pytest.mark.parametrize("content", [b"", b"plain text, not a database\n", "foreign"],
-                         ids=["empty", "not-sqlite", "foreign-sqlite"])
+@pytest.mark.parametrize(
+    "content", [b"", b"plain text, not a database\n", "foreign"], ids=["empty", "not-sqlite", "foreign-sqlite"]
+)
 def test_read_only_commands_leave_other_files_untouched(tmp_path, capsys, content) -> None:
     db = tmp_path / "app.db"
     if content == "foreign":
@@ -104,14 +115,18 @@ def test_read_only_commands_leave_other_files_untouched(tmp_path, capsys, conten
         con.execute("CREATE TABLE customers (name TEXT)")
         con.commit()
         con.close()
-        expected = "is an SQLite database but not an Optuna study storage (no alembic_version, studies, trials, " \
-                   "version_info tables); nothing was changed"
+        expected = (
+            "is an SQLite database but not an Optuna study storage (no alembic_version, studies, trials, "
+            "version_info tables); nothing was changed"
+        )
     else:
         db.write_bytes(content)
         expected = "is an empty file, not a study database" if not content else "is not an SQLite database"
     before = _digest(db)
-    for argv in (["export", "x", "--storage", f"sqlite:///{db}", "--trial", "0", "-o", str(tmp_path / "r.yaml")],
-                 ["report", "x", "--storage", f"sqlite:///{db}", "-o", str(tmp_path / "r.html")]):
+    for argv in (
+        ["export", "x", "--storage", f"sqlite:///{db}", "--trial", "0", "-o", str(tmp_path / "r.yaml")],
+        ["report", "x", "--storage", f"sqlite:///{db}", "-o", str(tmp_path / "r.html")],
+    ):
         assert main(argv) == 2
         _one_line(capsys, expected)
     assert _digest(db) == before and sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]

@@ -60,8 +60,10 @@ def test_every_trial_replays_exactly_in_a_fresh_process(searched, tmp_path) -> N
     for path, r in recipes.items():
         record = result.study.trials[r.trial].user_attrs["measurement"]
         got = fresh[path]
-        print(f"trial {r.trial}: recorded accuracy {record['accuracy']:.4f} size {record['size_bytes']} "
-              f"({record['runtime']}); fresh process {got['accuracy']:.4f} size {got['size_bytes']} ({got['runtime']})")
+        print(
+            f"trial {r.trial}: recorded accuracy {record['accuracy']:.4f} size {record['size_bytes']} "
+            f"({record['runtime']}); fresh process {got['accuracy']:.4f} size {got['size_bytes']} ({got['runtime']})"
+        )
         assert got["size_bytes"] == record["size_bytes"] == r.metrics.size_bytes
         assert abs(got["accuracy"] - record["accuracy"]) <= 0.001
         assert got["runtime"] == record["runtime"]
@@ -109,8 +111,9 @@ def test_retrained_copy_gets_the_policy_structure(searched, recipe) -> None:
 
 
 def test_structured_recipe_applies_without_a_task_using_the_recorded_input_shape(searched, recipe) -> None:
-    structured = dataclasses.replace(recipe, policy=ash.Policy(
-        layers={"fc1": ash.LayerPolicy(sparsity=0.5, structured=True)}))
+    structured = dataclasses.replace(
+        recipe, policy=ash.Policy(layers={"fc1": ash.LayerPolicy(sparsity=0.5, structured=True)})
+    )
     small = ash.apply_recipe(trained_tiny(1), structured)
     assert (small.fc1.out_features, small.fc2.in_features) == (16, 16)
     m = measure_recipe(small, structured, latency=FAST)
@@ -119,8 +122,13 @@ def test_structured_recipe_applies_without_a_task_using_the_recorded_input_shape
 
 def test_a_codebook_recipe_saves_loads_and_replays_bitwise(searched, recipe, tmp_path) -> None:
     L = ash.LayerPolicy
-    book = dataclasses.replace(recipe, policy=ash.Policy(layers={"fc1": L(sparsity=0.5, bits=4, codebook="kmeans"),
-                                                                 "fc2": L(bits=3, codebook="kmeans")}, distill=True))
+    book = dataclasses.replace(
+        recipe,
+        policy=ash.Policy(
+            layers={"fc1": L(sparsity=0.5, bits=4, codebook="kmeans"), "fc2": L(bits=3, codebook="kmeans")},
+            distill=True,
+        ),
+    )
     book.save(tmp_path / "book.yaml")
     assert "codebook: kmeans" in (tmp_path / "book.yaml").read_text()
     loaded = ash.Recipe.load(tmp_path / "book.yaml")

@@ -1,9 +1,9 @@
 """The HTML report: the figures' embedded data, an offline page, the 'smaller but slower' flag,
 the `autoshrink report` command and the edge cases (empty study, one objective, no feasible trial)."""
+
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import re
 import subprocess
@@ -19,8 +19,13 @@ from autoshrink.cli import main
 from autoshrink.errors import ConfigError
 from autoshrink.measure import Measurement
 from autoshrink.report import build_report, write_report
-from autoshrink.report.figures import (hypervolume_history, layer_label, policy_heatmaps, policy_summary,
-                                       with_recorded_constraint)
+from autoshrink.report.figures import (
+    hypervolume_history,
+    layer_label,
+    policy_heatmaps,
+    policy_summary,
+    with_recorded_constraint,
+)
 from autoshrink.report.html import mask_url
 from autoshrink.search import SearchResult, load_result
 from autoshrink.search.objectives import resolve
@@ -28,8 +33,10 @@ from autoshrink.search.study.schema import FORMAT
 from autoshrink.zoo import digits_task
 from tests.search.conftest import FAST, Tiny
 
-SPACE = ("defaults:\n  sparsity: [0.0, 0.5, 0.8, 0.95]\n  bits: [32, 8, 4, 2]\n"
-         "distill: [false, true]\nfinetune: {steps: 5}\n")
+SPACE = (
+    "defaults:\n  sparsity: [0.0, 0.5, 0.8, 0.95]\n  bits: [32, 8, 4, 2]\n"
+    "distill: [false, true]\nfinetune: {steps: 5}\n"
+)
 FRONT = "Pareto front (feasible)"
 BUNDLE = "* plotly.js v"  # the licence header that opens the inlined plotly.js
 
@@ -49,30 +56,37 @@ def trace(traces: list[dict], name: str) -> dict:
 
 def badge_rows(page: str) -> list[int]:
     """Trial numbers of the front table's rows that carry the 'smaller but slower' badge."""
-    table = page[page.index('<table id="front-table">'):]
-    table = table[:table.index("</table>")]
+    table = page[page.index('<table id="front-table">') :]
+    table = table[: table.index("</table>")]
     rows = re.findall(r'<tr data-trial="(\d+)"(.*?)</tr>', table, flags=re.S)
     return [int(n) for n, body in rows if "smaller but slower" in body]
 
 
 def table_rows(page: str, table_id: str) -> list[int]:
-    table = page[page.index(f'<table id="{table_id}">'):]
-    return [int(n) for n in re.findall(r'<tr data-trial="(\d+)"', table[:table.index("</table>")])]
+    table = page[page.index(f'<table id="{table_id}">') :]
+    return [int(n) for n in re.findall(r'<tr data-trial="(\d+)"', table[: table.index("</table>")])]
 
 
 BASE = Measurement(accuracy=0.9, size_bytes=1000, latency_ms=1.0, macs=100, device="cpu", threads=1, batch_size=1)
 POLICY = {"layers": {"fc1": {"sparsity": 0.9, "structured": False, "bits": 4, "rank": 1.0}}, "distill": False}
 
 
-def synthetic(rows: list[tuple[float, int, float]], objectives: tuple[str, ...] = ("accuracy", "size", "latency"),
-              max_drop: float | None = None, storage: str | None = None) -> SearchResult:
+def synthetic(
+    rows: list[tuple[float, int, float]],
+    objectives: tuple[str, ...] = ("accuracy", "size", "latency"),
+    max_drop: float | None = None,
+    storage: str | None = None,
+) -> SearchResult:
     """A SearchResult over an in-memory study whose trials measured exactly (accuracy, size, latency)."""
     objs = resolve(objectives)
     study = optuna.create_study(directions=[o.direction for o in objs])
     for accuracy, size, latency in rows:
         m = {**BASE.to_dict(), "accuracy": accuracy, "size_bytes": size, "latency_ms": latency}
-        study.add_trial(optuna.trial.create_trial(values=[m[o.field] for o in objs],
-                                                  user_attrs={"measurement": m, "policy": POLICY}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[m[o.field] for o in objs], user_attrs={"measurement": m, "policy": POLICY}
+            )
+        )
     return SearchResult(study=study, baseline=BASE, objectives=objs, max_accuracy_drop=max_drop, storage=storage)
 
 
@@ -94,8 +108,19 @@ def searched(tmp_path_factory) -> dict:
     url = f"sqlite:///{root}/report.db"
     out = {"url": url, "root": root}
     for name, objectives in (("three", ("accuracy", "size", "latency")), ("two", ("accuracy", "size"))):
-        out[name] = ash.search(model, task, space, objectives=objectives, n_trials=10, storage=url, study_name=name,
-                               seed=0, max_accuracy_drop=0.02, latency=FAST, screen=False)
+        out[name] = ash.search(
+            model,
+            task,
+            space,
+            objectives=objectives,
+            n_trials=10,
+            storage=url,
+            study_name=name,
+            seed=0,
+            max_accuracy_drop=0.02,
+            latency=FAST,
+            screen=False,
+        )
     return out
 
 
@@ -111,8 +136,14 @@ def test_front_trials_and_sizes_are_in_the_plot_data(searched, pages) -> None:
     drop_ok = df["accuracy_drop"] <= 0.02 + 1e-12
     assert 0 < drop_ok.sum() < 10  # the constraint leaves some trials out: the case under test
     figs = figures_in(pages["three"])
-    assert set(figs) == {"fig-pareto-size_bytes", "fig-pareto-latency_ms", "fig-pareto-3d", "fig-hypervolume",
-                         "fig-policy", "fig-sensitivity"}  # the sensitivity pre-pass runs by default
+    assert set(figs) == {
+        "fig-pareto-size_bytes",
+        "fig-pareto-latency_ms",
+        "fig-pareto-3d",
+        "fig-hypervolume",
+        "fig-policy",
+        "fig-sensitivity",
+    }  # the sensitivity pre-pass runs by default
     expected = [(int(r.trial), int(r.size_bytes)) for r in result.pareto.itertuples()]
     for key in ("fig-pareto-size_bytes", "fig-pareto-latency_ms", "fig-pareto-3d"):
         front = trace(figs[key], FRONT)
@@ -173,7 +204,7 @@ def test_page_is_offline_with_plotly_inlined_once(pages) -> None:
     # plotly.js itself holds strings such as t.href="https://plotly.com/" (its logo link, map attributions):
     # code, not links the page loads. Everywhere else, no such text at all.
     start = page.index(BUNDLE)
-    outside = page[:start] + page[page.index("</script>", start):]
+    outside = page[:start] + page[page.index("</script>", start) :]
     assert 'src="http' not in outside and 'href="http' not in outside
     assert "http" not in outside.replace("http-equiv", "")
 
@@ -210,8 +241,12 @@ def test_hypervolume_history_exact_values() -> None:
 
 # ------------------------------------------------------------------ edge cases
 def test_latency_not_an_objective_gives_no_latency_or_3d_plot(pages) -> None:
-    assert set(figures_in(pages["two"])) == {"fig-pareto-size_bytes", "fig-hypervolume", "fig-policy",
-                                             "fig-sensitivity"}
+    assert set(figures_in(pages["two"])) == {
+        "fig-pareto-size_bytes",
+        "fig-hypervolume",
+        "fig-policy",
+        "fig-sensitivity",
+    }
 
 
 def test_single_objective() -> None:
@@ -276,8 +311,9 @@ def test_cli_writes_at_o_and_at_the_default_path(searched, tmp_path, monkeypatch
     assert (tmp_path / "studies" / "two" / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert capsys.readouterr().out.startswith("wrote studies/two/report.html (")
     config = tmp_path / "two.yaml"  # STUDY as a study config: its name and storage
-    config.write_text(f"name: two\nmodel: autoshrink.zoo:digits_model\ntask: autoshrink.zoo:digits_task\n"
-                      f"storage: {url}\n")
+    config.write_text(
+        f"name: two\nmodel: autoshrink.zoo:digits_model\ntask: autoshrink.zoo:digits_task\nstorage: {url}\n"
+    )
     (tmp_path / "studies" / "two" / "report.html").unlink()
     assert main(["report", str(config)]) == 0
     assert (tmp_path / "studies" / "two" / "report.html").is_file()
@@ -285,12 +321,16 @@ def test_cli_writes_at_o_and_at_the_default_path(searched, tmp_path, monkeypatch
 
 
 def test_cli_missing_study_is_one_line_exit_2(searched) -> None:
-    proc = subprocess.run([sys.executable, "-m", "autoshrink.cli", "report", "nosuch", "--storage", searched["url"]],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoshrink.cli", "report", "nosuch", "--storage", searched["url"]],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1
-    assert proc.stderr.startswith(f"autoshrink: error: storage {searched['url']!r} holds no study 'nosuch'; "
-                                  "the studies there: 'three', 'two'.")
+    assert proc.stderr.startswith(
+        f"autoshrink: error: storage {searched['url']!r} holds no study 'nosuch'; the studies there: 'three', 'two'."
+    )
 
 
 def test_cli_help(capsys) -> None:
@@ -323,8 +363,13 @@ def test_storage_password_is_masked() -> None:
 def test_labels_and_summaries() -> None:
     assert layer_label({"sparsity": 0.9, "structured": True, "bits": 4, "rank": 0.25}) == "4b 90%s r0.25 S"
     assert layer_label({"sparsity": 0.0, "structured": True, "bits": 16, "rank": 1.0}) == "fp16"
-    policy = {"layers": {"fc1": {"sparsity": 0.5, "structured": False, "bits": 8, "rank": 1.0},
-                         "fc2": {"sparsity": 0.0, "structured": False, "bits": 32, "rank": 1.0}}, "distill": True}
+    policy = {
+        "layers": {
+            "fc1": {"sparsity": 0.5, "structured": False, "bits": 8, "rank": 1.0},
+            "fc2": {"sparsity": 0.0, "structured": False, "bits": 32, "rank": 1.0},
+        },
+        "distill": True,
+    }
     assert policy_summary(policy) == "fc1 8b 50%s + KD"
     assert policy_summary({"layers": {}, "distill": False}) == "no compression"
 
@@ -347,9 +392,21 @@ def test_report_shows_stages_sensitivity_narrowing_and_refined_trials(tmp_path) 
     model = Tiny()
     ash.finetune(model, task, steps=300, lr=3e-3)
     (tmp_path / "s.yaml").write_text(SPACE)
-    r = ash.search(model, task, ash.load_space(tmp_path / "s.yaml"), objectives=("accuracy", "size"), n_trials=12,
-                   storage=f"sqlite:///{tmp_path}/st.db", study_name="st", seed=0, max_accuracy_drop=0.05,
-                   latency=FAST, refine_top=1, refine_steps=6, narrow_cutoff=0.3)
+    r = ash.search(
+        model,
+        task,
+        ash.load_space(tmp_path / "s.yaml"),
+        objectives=("accuracy", "size"),
+        n_trials=12,
+        storage=f"sqlite:///{tmp_path}/st.db",
+        study_name="st",
+        seed=0,
+        max_accuracy_drop=0.05,
+        latency=FAST,
+        refine_top=1,
+        refine_steps=6,
+        narrow_cutoff=0.3,
+    )
     loaded = load_result("st", f"sqlite:///{tmp_path}/st.db")
     assert loaded.timing["screening"] == r.timing["screening"]  # the last run's timing is kept in the study
     page = build_report(loaded)
@@ -359,8 +416,8 @@ def test_report_shows_stages_sensitivity_narrowing_and_refined_trials(tmp_path) 
     assert heat["y"] == ["fc1", "fc2"] and len(heat["x"]) == len({(x["field"], x["value"]) for x in rows}) == 6
     removed = r.study.user_attrs["narrowed"]
     assert sum("removed" in cell for row in heat["text"] for cell in row) == len(removed)
-    table = page[page.index('<table id="stage-table">'):]
-    table = table[:table.index("</table>")]
+    table = page[page.index('<table id="stage-table">') :]
+    table = table[: table.index("</table>")]
     states = [t.state.name for t in r.study.trials]
     stages = [t.user_attrs["stage"] for t in r.study.trials]
     for stage in set(stages):
@@ -371,8 +428,8 @@ def test_report_shows_stages_sensitivity_narrowing_and_refined_trials(tmp_path) 
     src = next(t.user_attrs["refined_from"] for t in r.study.trials if t.user_attrs["stage"] == "refined")
     assert f"[refined from {src}]" in page
     if removed:
-        narrowed = page[page.index('<table id="narrowed-table">'):]
-        assert narrowed[:narrowed.index("</table>")].count("<tr><td") == len(removed)
+        narrowed = page[page.index('<table id="narrowed-table">') :]
+        assert narrowed[: narrowed.index("</table>")].count("<tr><td") == len(removed)
     else:
         assert "No choice exceeded the cutoff alone" in page
     assert "runtime of every measurement" in page and "sensitivity pre-pass: 12 single choices" in page
@@ -383,8 +440,8 @@ def test_latency_lookup_table_section(searched, pages) -> None:
     assert set(table.layer) == {"fc1", "fc2"} and (table.choice == "none").sum() == 2
     page = pages["three"]
     assert "<h2>Latency lookup table</h2>" in page
-    sect = page[page.index('<table id="latency-table">'):]
-    assert sect[:sect.index("</table>")].count("<tr><td>") == len(table)  # a row per entry (fewer than the cap)
+    sect = page[page.index('<table id="latency-table">') :]
+    assert sect[: sect.index("</table>")].count("<tr><td>") == len(table)  # a row per entry (fewer than the cap)
     pred = searched["three"].latency_predictions()
     if len(pred):
         assert f"all: {len(pred)} trials, median |error|" in page
@@ -395,10 +452,13 @@ def test_storage_table_breaks_down_the_smallest_front_point(searched, pages) -> 
     result = searched["two"]
     smallest = result.pareto.sort_values(["size_bytes", "trial"]).iloc[0]
     layers = result.study.trials[int(smallest.trial)].user_attrs["measurement"]["layers"]
-    table = pages["two"].split("<table id=\"storage-table\">", 1)[1].split("</table>", 1)[0]
+    table = pages["two"].split('<table id="storage-table">', 1)[1].split("</table>", 1)[0]
     rows = table.split("<tr>")[2:]
     assert len(rows) == len(layers) >= 1
     for row, layer in zip(rows, layers):
-        assert f"<td class=\"text\">{layer['name']}</td>" in row and f"<td>{layer['bytes']}</td>" in row
-        assert f"<td class=\"text\">{layer['encoding']}</td>" in row
-    assert f"Trial {int(smallest.trial)}, the smallest feasible front point ({int(smallest.size_bytes)} bytes" in pages["two"]
+        assert f'<td class="text">{layer["name"]}</td>' in row and f"<td>{layer['bytes']}</td>" in row
+        assert f'<td class="text">{layer["encoding"]}</td>' in row
+    assert (
+        f"Trial {int(smallest.trial)}, the smallest feasible front point ({int(smallest.size_bytes)} bytes"
+        in pages["two"]
+    )

@@ -34,6 +34,8 @@ def tiny_model() -> nn.Module:
 @pytest.fixture
 def tiny_space(tmp_path) -> ash.SearchSpace:
     p = tmp_path / "tiny.yaml"
-    p.write_text("defaults:\n  sparsity: [0.0, 0.5, 0.8, 0.95]\n  bits: [32, 8, 4, 2]\n"
-                 "distill: [false, true]\nfinetune: {steps: 5}\n")
+    p.write_text(
+        "defaults:\n  sparsity: [0.0, 0.5, 0.8, 0.95]\n  bits: [32, 8, 4, 2]\n"
+        "distill: [false, true]\nfinetune: {steps: 5}\n"
+    )
     return ash.load_space(p)

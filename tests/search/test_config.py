@@ -1,4 +1,5 @@
 """SearchConfig: one frozen, validated object that ash.search, study YAML and the CLI all build."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,7 +45,8 @@ def test_yaml_reaches_the_settings_the_old_config_could_not(tmp_path) -> None:
     (tmp_path / "s.yaml").write_text(
         "name: s\nmodel: a:b\ntask: c:d\nsensitivity: false\nwarm_start: 3\nnarrow_cutoff: 0.2\n"
         "screen: {share: 0.5, margin: 0.02}\nlatency: {warmup: 1, min_repeats: 3}\nrefine_top: 2\n"
-        "refine_finetune: {lr: 0.002}\n")
+        "refine_finetune: {lr: 0.002}\n"
+    )
     s = load_study_config(tmp_path / "s.yaml").settings
     assert (s.sensitivity, s.warm_start, s.narrow_cutoff, s.refine_top) == (False, 3, 0.2, 2)
     assert s.screen == Screening(share=0.5, margin=0.02)
@@ -52,14 +54,21 @@ def test_yaml_reaches_the_settings_the_old_config_could_not(tmp_path) -> None:
     assert s.refine_finetune == {"lr": 0.002} and s.study_name == "s"
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("screen", "{share: 2}", "screen: got {'share': 2}; search: screen share=2; use a fraction of the steps in (0, 1)"),
-    ("latency", "{repeats: 3}", "latency: got {'repeats': 3}; use a mapping with any of warmup, min_repeats"),
-    ("warm_start", "-1", "warm_start: got -1; use true (default), false or a count >= 0."),
-    ("sensitivity", "'yes'", "sensitivity: got 'yes'; use true or false."),
-    ("refine_finetune", "{lrr: 1}", "refine_finetune: got {'lrr': 1}; finetune: unknown key(s) 'lrr'"),
-    ("objectives", "7", "objectives: got 7; use a list of objective names from accuracy, size, latency, macs."),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        (
+            "screen",
+            "{share: 2}",
+            "screen: got {'share': 2}; search: screen share=2; use a fraction of the steps in (0, 1)",
+        ),
+        ("latency", "{repeats: 3}", "latency: got {'repeats': 3}; use a mapping with any of warmup, min_repeats"),
+        ("warm_start", "-1", "warm_start: got -1; use true (default), false or a count >= 0."),
+        ("sensitivity", "'yes'", "sensitivity: got 'yes'; use true or false."),
+        ("refine_finetune", "{lrr: 1}", "refine_finetune: got {'lrr': 1}; finetune: unknown key(s) 'lrr'"),
+        ("objectives", "7", "objectives: got 7; use a list of objective names from accuracy, size, latency, macs."),
+    ],
+)
 def test_yaml_errors_name_the_key_the_value_and_the_fix(tmp_path, key, value, message) -> None:
     (tmp_path / "s.yaml").write_text(f"name: s\nmodel: a:b\ntask: c:d\n{key}: {value}\n")
     with pytest.raises(ConfigError) as info:
@@ -68,8 +77,9 @@ def test_yaml_errors_name_the_key_the_value_and_the_fix(tmp_path, key, value, me
 
 
 def test_a_rule_between_settings_is_one_error(tmp_path) -> None:
-    (tmp_path / "s.yaml").write_text("name: s\nmodel: a:b\ntask: c:d\nobjectives: [accuracy, size]\n"
-                                     "max_latency_ms: 3\n")
+    (tmp_path / "s.yaml").write_text(
+        "name: s\nmodel: a:b\ntask: c:d\nobjectives: [accuracy, size]\nmax_latency_ms: 3\n"
+    )
     with pytest.raises(ConfigError, match="max_latency_ms needs 'latency' among the objectives"):
         load_study_config(tmp_path / "s.yaml")
     with pytest.raises(ConfigError, match="search: max_latency_ms needs 'latency'"):
@@ -89,8 +99,15 @@ def test_values_are_normalized_and_the_config_is_frozen() -> None:
 
 
 def test_search_takes_a_config_and_keyword_overrides(tiny_model, tiny_space, tmp_path) -> None:
-    cfg = SearchConfig(n_trials=3, finetune_steps=2, sensitivity=False, screen=False, latency=FAST,
-                       storage=f"sqlite:///{tmp_path / 'c.db'}", study_name="c")
+    cfg = SearchConfig(
+        n_trials=3,
+        finetune_steps=2,
+        sensitivity=False,
+        screen=False,
+        latency=FAST,
+        storage=f"sqlite:///{tmp_path / 'c.db'}",
+        study_name="c",
+    )
     task = digits_task(device="cpu")
     r = ash.search(tiny_model, task, tiny_space, cfg, n_trials=2)
     assert sum(t.state.name == "COMPLETE" for t in r.study.trials) == 2 and r.study.study_name == "c"

@@ -22,12 +22,15 @@ def test_shipped_study_configs_are_valid(name: str) -> None:
     assert callable(load_entry_point(cfg.task, "task", cfg.source))
 
 
-@pytest.mark.parametrize("body, message", [
-    ("name: x\ntask: autoshrink.zoo:digits_task\n", "model: missing"),
-    ("name: x\nmodel: a:b\ntask: c:d\ntrials: 4\n", "unknown key 'trials'"),
-    ("name: x\nmodel: a:b\ntask: c:d\nn_trials: many\n", "n_trials: got 'many'; use an integer >= 1"),
-    ("name: x\nmodel: a:b\ntask: c:d\nmodel_args: [1]\n", "model_args: got [1]"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("name: x\ntask: autoshrink.zoo:digits_task\n", "model: missing"),
+        ("name: x\nmodel: a:b\ntask: c:d\ntrials: 4\n", "unknown key 'trials'"),
+        ("name: x\nmodel: a:b\ntask: c:d\nn_trials: many\n", "n_trials: got 'many'; use an integer >= 1"),
+        ("name: x\nmodel: a:b\ntask: c:d\nmodel_args: [1]\n", "model_args: got [1]"),
+    ],
+)
 def test_config_errors(tmp_path, body: str, message: str) -> None:
     p = tmp_path / "c.yaml"
     p.write_text(body)
@@ -50,7 +53,8 @@ def test_entry_point_errors(tmp_path) -> None:
 def _config(tmp_path: Path) -> Path:
     (tmp_path / "space.yaml").write_text("defaults: {bits: [32, 8, 4]}\nfinetune: {steps: 3}\n")
     p = tmp_path / "study.yaml"
-    p.write_text(textwrap.dedent(f"""
+    p.write_text(
+        textwrap.dedent(f"""
         name: clitest
         model: autoshrink.zoo:digits_model
         model_args: {{kind: mlp, steps: 200}}
@@ -60,7 +64,8 @@ def _config(tmp_path: Path) -> Path:
         objectives: [accuracy, size]
         n_trials: 5
         storage: sqlite:///{tmp_path}/clitest.db
-    """))
+    """)
+    )
     return p
 
 
@@ -101,7 +106,8 @@ def test_cli_sensitivity_measures_then_reads_the_stored_table(tmp_path, capsys) 
     data = json.loads(capsys.readouterr().out)
     assert data["source"].startswith("stored in study 'clitest'") and len(data["rows"]) == 6
     assert {(r["layer"], r["field"], r["value"]) for r in data["rows"]} == {
-        (f"fc{i}", "bits", b) for i in (1, 2, 3) for b in (8.0, 4.0)}
+        (f"fc{i}", "bits", b) for i in (1, 2, 3) for b in (8.0, 4.0)
+    }
     import optuna
 
     trials = optuna.load_study(study_name="clitest", storage=f"sqlite:///{tmp_path}/clitest.db").trials

@@ -1,5 +1,6 @@
 """Many drivers on one study (search/drivers.py): the lease, the mutex, a shared budget, and a SIGKILLed
 driver whose running trials -- and only those -- are re-queued. On SQLite and on a real PostgreSQL server."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,11 @@ HOLD_SCRIPT = textwrap.dedent("""
 
 
 def _holder(url: str, mutex: bool = False) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT.format(root=str(ROOT), url=url, mutex=mutex)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_SCRIPT.format(root=str(ROOT), url=url, mutex=mutex)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     driver = proc.stdout.readline().strip()
     if mutex:
         assert proc.stdout.readline().strip() == "in"
@@ -75,6 +79,7 @@ def test_mutex_excludes_other_processes_until_the_holder_dies(url) -> None:
     entered = threading.Event()
     notes: list[str] = []
     with open_locks(url, "s") as me:
+
         def enter() -> None:
             with me.mutex(on_wait=lambda: notes.append("waiting")):
                 with me.mutex(on_wait=lambda: notes.append("inner")):  # re-entrant within one driver: no wait
@@ -131,15 +136,24 @@ DRIVER_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _driver(tmp_path: Path, tiny_model, tiny_space, storage: str, n: int, delay: float, seed: int,
-            refine_top: int = 0) -> subprocess.Popen:
+def _driver(
+    tmp_path: Path, tiny_model, tiny_space, storage: str, n: int, delay: float, seed: int, refine_top: int = 0
+) -> subprocess.Popen:
     import torch
 
     weights = tmp_path / "w.pt"
     if not weights.exists():
         torch.save(tiny_model.state_dict(), weights)
-    script = DRIVER_SCRIPT.format(root=str(ROOT), weights=str(weights), space=str(tiny_space.source.name),
-                                  storage=storage, n=n, delay=delay, seed=seed, refine_top=refine_top)
+    script = DRIVER_SCRIPT.format(
+        root=str(ROOT),
+        weights=str(weights),
+        space=str(tiny_space.source.name),
+        storage=storage,
+        n=n,
+        delay=delay,
+        seed=seed,
+        refine_top=refine_top,
+    )
     return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -160,8 +174,11 @@ def _check_shared(study: optuna.Study, n: int) -> None:
     first = [t for t in trials if "retry_of" not in t.user_attrs]
     baselines = [t for t in first if t.user_attrs.get("baseline_policy")]
     assert len(baselines) == 3  # enqueued once, not once per driver
-    enqueued = [repr(sorted(t.params.items())) for t in first if t.user_attrs.get("baseline_policy")
-                or t.user_attrs.get("warm_start")]
+    enqueued = [
+        repr(sorted(t.params.items()))
+        for t in first
+        if t.user_attrs.get("baseline_policy") or t.user_attrs.get("warm_start")
+    ]
     assert len(enqueued) == len(set(enqueued)) == 3 + study.user_attrs["enqueued"]["warm_start"]
     retries = [t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs]
     assert len(retries) == len(set(retries))
@@ -185,8 +202,9 @@ def _optuna_url(url: str) -> str:
     return rdb_url(url)
 
 
-def test_sigkilled_driver_restarts_and_requeues_only_its_own_running_trials(url, tmp_path, tiny_model,
-                                                                             tiny_space) -> None:
+def test_sigkilled_driver_restarts_and_requeues_only_its_own_running_trials(
+    url, tmp_path, tiny_model, tiny_space
+) -> None:
     n = 16
     # one connection pool for all the polling; created (with Optuna's tables) before the drivers start
     storage = optuna.storages.RDBStorage(_optuna_url(url))
@@ -207,8 +225,11 @@ def test_sigkilled_driver_restarts_and_requeues_only_its_own_running_trials(url,
         if running_a and len(done_a) >= 2:
             a.send_signal(signal.SIGKILL)
             a.wait(30)
-            killed = [t.number for t in optuna.load_study(study_name="shared", storage=storage).get_trials(
-                deepcopy=False) if t.state.name == "RUNNING" and mine(t, a)]
+            killed = [
+                t.number
+                for t in optuna.load_study(study_name="shared", storage=storage).get_trials(deepcopy=False)
+                if t.state.name == "RUNNING" and mine(t, a)
+            ]
     assert killed, "driver A never had a running trial to kill"
     assert b.poll() is None, "driver B finished before A could be killed; raise the delay"
     study = optuna.load_study(study_name="shared", storage=storage)
@@ -232,14 +253,15 @@ def test_sigkilled_driver_restarts_and_requeues_only_its_own_running_trials(url,
     _check_shared(study, n)
 
 
-def test_a_result_for_a_trial_another_driver_requeued_is_dropped_with_a_warning(tiny_model, tiny_space,
-                                                                               tmp_path) -> None:
+def test_a_result_for_a_trial_another_driver_requeued_is_dropped_with_a_warning(
+    tiny_model, tiny_space, tmp_path
+) -> None:
     """This driver's lease was lost (its connection dropped) and another driver re-queued its running
     trial: the late result is dropped with one warning, the re-queued copy runs, the budget holds."""
     import autoshrink as ash
     from autoshrink.executors import LocalExecutor
-    from autoshrink.search.tell import StudyWarning
     from autoshrink.search.study.storage import counted, requeue_crashed
+    from autoshrink.search.tell import StudyWarning
     from autoshrink.zoo import digits_task
 
     from .conftest import FAST
@@ -258,10 +280,22 @@ def test_a_result_for_a_trial_another_driver_requeued_is_dropped_with_a_warning(
                 requeue_crashed(other, [other.trials[3]])
             return super().wait(timeout)
 
-    with pytest.warns(StudyWarning, match=r"^trial 3: another driver failed and re-queued it while this one "
-                                          r"evaluated it \(this driver's lease on the storage was lost"):
-        r = ash.search(tiny_model, digits_task(device="cpu"), tiny_space, n_trials=6, storage=storage,
-                       study_name="lost", latency=FAST, executor=ReapedOnce(), screen=False)
+    with pytest.warns(
+        StudyWarning,
+        match=r"^trial 3: another driver failed and re-queued it while this one "
+        r"evaluated it \(this driver's lease on the storage was lost",
+    ):
+        r = ash.search(
+            tiny_model,
+            digits_task(device="cpu"),
+            tiny_space,
+            n_trials=6,
+            storage=storage,
+            study_name="lost",
+            latency=FAST,
+            executor=ReapedOnce(),
+            screen=False,
+        )
     trials = r.study.trials
     assert ReapedOnce.reaped and trials[3].state.name == "FAIL" and trials[3].user_attrs["crashed"] is True
     assert "measurement" not in trials[3].user_attrs  # the dropped result was not written
@@ -282,7 +316,9 @@ def test_two_drivers_never_run_the_same_refine_twice(tmp_path, tiny_model, tiny_
     study = optuna.load_study(study_name="shared", storage=storage)
     _check_shared(study, 10)
     refined = [t for t in study.trials if t.user_attrs.get("refined_from") is not None]
-    keys = [(json.dumps(t.user_attrs["policy"], sort_keys=True), json.dumps(t.user_attrs["finetune"], sort_keys=True))
-            for t in refined]
+    keys = [
+        (json.dumps(t.user_attrs["policy"], sort_keys=True), json.dumps(t.user_attrs["finetune"], sort_keys=True))
+        for t in refined
+    ]
     assert refined and len(keys) == len(set(keys))
     assert all(t.state.name == "COMPLETE" for t in refined)

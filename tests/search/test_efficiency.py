@@ -1,4 +1,5 @@
 """Sensitivity pre-pass, narrowed space, warm start and multi-fidelity screening."""
+
 from __future__ import annotations
 
 import copy
@@ -11,12 +12,12 @@ import torch
 import autoshrink as ash
 from autoshrink.executors import LocalExecutor, Outcome
 from autoshrink.measure import Measurement
+from autoshrink.search.objectives import OBJECTIVES
 from autoshrink.search.stages.fidelity import Screening
 from autoshrink.search.stages.narrow import narrow, narrow_cutoff
-from autoshrink.search.objectives import OBJECTIVES
 from autoshrink.search.stages.sensitivity import FIRST_KEY
-from autoshrink.search.tell import twin_verdict
 from autoshrink.search.stages.warmstart import Combo, allocate, compounded, layer_combos, warm_start_params
+from autoshrink.search.tell import twin_verdict
 from autoshrink.space import bind
 from autoshrink.zoo import digits_task
 
@@ -40,8 +41,10 @@ def trap_model(tiny_model):
 @pytest.fixture
 def trap_space(tmp_path):
     p = tmp_path / "trap.yaml"
-    p.write_text("defaults:\n  sparsity: [0.0, 0.5]\n  bits: [32, 8]\nrules:\n  - match: fc1\n    bits: [32, 8, 2]\n"
-                 "distill: [false]\nfinetune: {steps: 4}\n")
+    p.write_text(
+        "defaults:\n  sparsity: [0.0, 0.5]\n  bits: [32, 8]\nrules:\n  - match: fc1\n    bits: [32, 8, 2]\n"
+        "distill: [false]\nfinetune: {steps: 4}\n"
+    )
     return ash.load_space(p)
 
 
@@ -49,8 +52,13 @@ def test_the_table_shows_the_catastrophic_choice_and_narrowing_drops_exactly_it(
     task = digits_task(device="cpu")
     table = ash.sensitivity(trap_model, task, trap_space, latency=FAST)
     got = {(r.layer, r.field, r.value) for r in table.itertuples()}
-    assert got == {("fc1", "sparsity", 0.5), ("fc1", "bits", 8), ("fc1", "bits", 2),
-                   ("fc2", "sparsity", 0.5), ("fc2", "bits", 8)}
+    assert got == {
+        ("fc1", "sparsity", 0.5),
+        ("fc1", "bits", 8),
+        ("fc1", "bits", 2),
+        ("fc2", "sparsity", 0.5),
+        ("fc2", "bits", 8),
+    }
     drops = {(r.layer, r.field, r.value): r.accuracy_drop for r in table.itertuples()}
     assert drops[("fc1", "bits", 2)] > 0.5  # near chance: the model is broken by this one choice
     assert max(v for k, v in drops.items() if k != ("fc1", "bits", 2)) < 0.05
@@ -92,16 +100,32 @@ def test_search_narrows_stores_the_prepass_and_a_resume_does_not_repeat_it(trap_
 
 
 def _combo(drop: float, nbytes: float, **kw) -> Combo:
-    return Combo(sparsity=kw.get("s", 0.0), structured=False, bits=kw.get("b", 32), rank=1.0, drop=drop,
-                 bytes=nbytes, macs=0.0, latency=0.0)
+    return Combo(
+        sparsity=kw.get("s", 0.0),
+        structured=False,
+        bits=kw.get("b", 32),
+        rank=1.0,
+        drop=drop,
+        bytes=nbytes,
+        macs=0.0,
+        latency=0.0,
+    )
 
 
 def test_allocation_respects_the_budget_and_prefers_the_less_sensitive_layer() -> None:
     # two layers of 1000 bytes; compressing "sensitive" to 100 B costs 5 pp, "robust" the same for 0.1 pp
-    combos = {"sensitive": [_combo(0.0, 1000), _combo(0.01, 400, b=8), _combo(0.05, 100, b=2)],
-              "robust": [_combo(0.0, 1000), _combo(0.0005, 400, b=8), _combo(0.001, 100, b=2)]}
-    for budget, expected in ((2000, (1000, 1000)), (1500, (1000, 400)), (1100, (1000, 100)), (800, (400, 100)),
-                             (500, (400, 100)), (200, (100, 100))):
+    combos = {
+        "sensitive": [_combo(0.0, 1000), _combo(0.01, 400, b=8), _combo(0.05, 100, b=2)],
+        "robust": [_combo(0.0, 1000), _combo(0.0005, 400, b=8), _combo(0.001, 100, b=2)],
+    }
+    for budget, expected in (
+        (2000, (1000, 1000)),
+        (1500, (1000, 400)),
+        (1100, (1000, 100)),
+        (800, (400, 100)),
+        (500, (400, 100)),
+        (200, (100, 100)),
+    ):
         alloc = allocate(combos, "bytes", budget)
         got = (alloc["sensitive"].bytes, alloc["robust"].bytes)
         assert got == expected, (budget, got)
@@ -140,16 +164,28 @@ def test_warm_start_enqueues_each_allocation_with_and_without_the_teacher(trap_m
     paired = warm_start_params(trap_model, bound2, rows, base, ["accuracy", "size"], 3)
     assert [p["distill"] for p, _ in paired] == [True, False] * len(single)
     for i, ((on, what_on), (off, what_off), (alone, what)) in enumerate(zip(paired[::2], paired[1::2], single)):
-        assert {k: v for k, v in on.items() if k != "distill"} == alone == {k: v for k, v in off.items() if k != "distill"}
+        assert (
+            {k: v for k, v in on.items() if k != "distill"} == alone == {k: v for k, v in off.items() if k != "distill"}
+        )
         assert what_on == what_off == {**what, "allocation": i}
 
 
 def test_after_one_twin_verdict_the_losing_setting_is_not_run_again(trap_model, trap_space, tmp_path) -> None:
     p = tmp_path / "both.yaml"
     p.write_text((tmp_path / "trap.yaml").read_text().replace("distill: [false]", "distill: [false, true]"))
-    r = ash.search(trap_model, digits_task(device="cpu"), ash.load_space(p), n_trials=20, seed=0, latency=FAST,
-                   storage=f"sqlite:///{tmp_path}/tw.db", study_name="tw", objectives=("accuracy", "size"),
-                   screen=False, warm_start=4)
+    r = ash.search(
+        trap_model,
+        digits_task(device="cpu"),
+        ash.load_space(p),
+        n_trials=20,
+        seed=0,
+        latency=FAST,
+        storage=f"sqlite:///{tmp_path}/tw.db",
+        study_name="tw",
+        objectives=("accuracy", "size"),
+        screen=False,
+        warm_start=4,
+    )
     warm = [t for t in r.study.trials if t.user_attrs.get("stage") == "warm-start"]
     assert len(warm) >= 4
     verdict = twin_verdict(r.study, r.baseline)
@@ -161,11 +197,16 @@ def test_after_one_twin_verdict_the_losing_setting_is_not_run_again(trap_model, 
             assert t.state.name == "COMPLETE" and "skipped" not in t.user_attrs, t.number
         else:  # the loser after the verdict: not evaluated at all
             assert t.state.name == "PRUNED" and "measurement" not in t.user_attrs and "screen" not in t.user_attrs
-            assert t.user_attrs["skipped"].startswith(f"not run: on warm-start allocation {allocation} distill={winner}")
+            assert t.user_attrs["skipped"].startswith(
+                f"not run: on warm-start allocation {allocation} distill={winner}"
+            )
     assert any("skipped" in t.user_attrs for t in warm)
     assert r.trials["skipped"].notna().sum() == sum("skipped" in t.user_attrs for t in warm)
-    twins = {bool(t.user_attrs["policy"]["distill"]): t.values[0] for t in warm
-             if t.user_attrs["warm_start"]["allocation"] == allocation}
+    twins = {
+        bool(t.user_attrs["policy"]["distill"]): t.values[0]
+        for t in warm
+        if t.user_attrs["warm_start"]["allocation"] == allocation
+    }
     assert (twins[True] > twins[False]) == winner
 
 
@@ -202,8 +243,16 @@ class StubExecutor:
         self.requests.append((key, steps))
         size = sum(100 * (lp.bits / 32) * (1 - lp.sparsity) for lp in policy.layers.values())
         size += 100 * (2 - len(policy.layers))
-        m = Measurement(accuracy=self.accuracy(policy, screened), size_bytes=max(1, int(size)), latency_ms=1.0,
-                        macs=100, device="cpu", threads=1, batch_size=1, runtime="float")
+        m = Measurement(
+            accuracy=self.accuracy(policy, screened),
+            size_bytes=max(1, int(size)),
+            latency_ms=1.0,
+            macs=100,
+            device="cpu",
+            threads=1,
+            batch_size=1,
+            runtime="float",
+        )
         return [Outcome(key, m, None, 0.01, "stub")]
 
     def cancel(self) -> list[int]:
@@ -217,10 +266,21 @@ class StubExecutor:
 
 def test_multi_fidelity_promotes_and_stops_exactly_the_expected_candidates(tiny_model, tiny_space, tmp_path) -> None:
     ex = StubExecutor()
-    r = ash.search(tiny_model, digits_task(device="cpu"), tiny_space, n_trials=24, executor=ex, seed=1,
-                   storage=f"sqlite:///{tmp_path}/mf.db", study_name="mf", objectives=("accuracy", "size"),
-                   max_accuracy_drop=0.03, sensitivity=False, screen=Screening(share=0.4, slack=0.01),
-                   finetune_steps=10)
+    r = ash.search(
+        tiny_model,
+        digits_task(device="cpu"),
+        tiny_space,
+        n_trials=24,
+        executor=ex,
+        seed=1,
+        storage=f"sqlite:///{tmp_path}/mf.db",
+        study_name="mf",
+        objectives=("accuracy", "size"),
+        max_accuracy_drop=0.03,
+        sensitivity=False,
+        screen=Screening(share=0.4, slack=0.01),
+        finetune_steps=10,
+    )
     stopped = promoted = 0
     for t in r.study.trials:
         policy = ash.Policy.from_dict(t.user_attrs["policy"])
@@ -246,8 +306,13 @@ def test_multi_fidelity_promotes_and_stops_exactly_the_expected_candidates(tiny_
     assert r.timing["screening"]["saved_s_estimated"] == pytest.approx(stopped * 0.01)
     assert len(r.study.trials) == 24  # n_trials counts every candidate, stopped ones too
     assert not set(r.pareto.trial) & {t.number for t in r.study.trials if t.state.name == "PRUNED"}
-    assert r.study.user_attrs["screen"] == {"share": 0.4, "slack": 0.01, "margin": 0.01, "calibrate": True,
-                                            "limit": 0.04}
+    assert r.study.user_attrs["screen"] == {
+        "share": 0.4,
+        "slack": 0.01,
+        "margin": 0.01,
+        "calibrate": True,
+        "limit": 0.04,
+    }
 
 
 class NoRecovery(StubExecutor):
@@ -259,10 +324,22 @@ class NoRecovery(StubExecutor):
 
 
 def test_screen_slack_becomes_the_recovery_measured_per_distill_setting(tiny_model, tiny_space, tmp_path) -> None:
-    r = ash.search(tiny_model, digits_task(device="cpu"), tiny_space, n_trials=40, executor=NoRecovery(), seed=2,
-                   storage=f"sqlite:///{tmp_path}/cal.db", study_name="cal", objectives=("accuracy", "size"),
-                   max_accuracy_drop=0.03, sensitivity=False, screen=Screening(share=0.4, slack=0.01),
-                   finetune_steps=10, sampler="random")
+    r = ash.search(
+        tiny_model,
+        digits_task(device="cpu"),
+        tiny_space,
+        n_trials=40,
+        executor=NoRecovery(),
+        seed=2,
+        storage=f"sqlite:///{tmp_path}/cal.db",
+        study_name="cal",
+        objectives=("accuracy", "size"),
+        max_accuracy_drop=0.03,
+        sensitivity=False,
+        screen=Screening(share=0.4, slack=0.01),
+        finetune_steps=10,
+        sampler="random",
+    )
     pairs: dict[bool, int] = {True: 0, False: 0}
     calibrated = 0
     for t in r.study.trials:
@@ -281,10 +358,22 @@ def test_screen_slack_becomes_the_recovery_measured_per_distill_setting(tiny_mod
         pairs[policy.distill] += expect
     assert calibrated and min(pairs.values()) >= 3
     # the same without calibration: the fixed limit for every candidate
-    r = ash.search(tiny_model, digits_task(device="cpu"), tiny_space, n_trials=40, executor=NoRecovery(), seed=2,
-                   storage=f"sqlite:///{tmp_path}/fixed.db", study_name="fixed", objectives=("accuracy", "size"),
-                   max_accuracy_drop=0.03, sensitivity=False,
-                   screen=Screening(share=0.4, slack=0.01, calibrate=False), finetune_steps=10, sampler="random")
+    r = ash.search(
+        tiny_model,
+        digits_task(device="cpu"),
+        tiny_space,
+        n_trials=40,
+        executor=NoRecovery(),
+        seed=2,
+        storage=f"sqlite:///{tmp_path}/fixed.db",
+        study_name="fixed",
+        objectives=("accuracy", "size"),
+        max_accuracy_drop=0.03,
+        sensitivity=False,
+        screen=Screening(share=0.4, slack=0.01, calibrate=False),
+        finetune_steps=10,
+        sampler="random",
+    )
     for t in r.study.trials:
         if "screen" in t.user_attrs:
             drop = 0.95 - NoRecovery.accuracy(ash.Policy.from_dict(t.user_attrs["policy"]), screened=True)
@@ -295,8 +384,12 @@ def test_without_a_constraint_screening_stops_what_a_screened_candidate_beats() 
     s = Screening(margin=0.01)
     obj = OBJECTIVES
     base = Measurement(accuracy=0.9, size_bytes=1000, latency_ms=1.0, macs=100, device="cpu", threads=1, batch_size=1)
-    m = lambda acc, size, macs=100, lat=1.0: Measurement(accuracy=acc, size_bytes=size, latency_ms=lat,  # noqa: E731
-                                                         macs=macs, device="cpu", threads=1, batch_size=1)
+
+    def m(acc: float, size: int, macs: int = 100, lat: float = 1.0) -> Measurement:
+        return Measurement(
+            accuracy=acc, size_bytes=size, latency_ms=lat, macs=macs, device="cpu", threads=1, batch_size=1
+        )
+
     objs = (obj["accuracy"], obj["size"], obj["latency"])
     others = [m(0.88, 500)]
     assert s.promote(m(0.875, 400), base, None, objs, others)[0]  # smaller: not dominated
@@ -312,8 +405,12 @@ def test_default_screening_limit_is_twice_the_constraint_with_half_a_pp_at_least
     s = Screening()
     obj = (OBJECTIVES["accuracy"], OBJECTIVES["size"])
     base = Measurement(accuracy=0.9, size_bytes=1000, latency_ms=1.0, macs=100, device="cpu", threads=1, batch_size=1)
-    m = lambda drop: Measurement(accuracy=0.9 - drop, size_bytes=10, latency_ms=1.0, macs=100,  # noqa: E731
-                                 device="cpu", threads=1, batch_size=1)
+
+    def m(drop: float) -> Measurement:
+        return Measurement(
+            accuracy=0.9 - drop, size_bytes=10, latency_ms=1.0, macs=100, device="cpu", threads=1, batch_size=1
+        )
+
     assert s.promote(m(0.0099), base, 0.005, obj, [])[0] and not s.promote(m(0.0101), base, 0.005, obj, [])[0]
     assert s.promote(m(0.0399), base, 0.02, obj, [])[0] and not s.promote(m(0.0401), base, 0.02, obj, [])[0]
     assert s.promote(m(0.0069), base, 0.002, obj, [])[0] and not s.promote(m(0.0071), base, 0.002, obj, [])[0]
@@ -334,17 +431,36 @@ def test_compounded_savings_take_each_share_of_what_the_others_left() -> None:
 
 def _compute_case(tmp_path):
     from collections import OrderedDict
-    model = torch.nn.Sequential(OrderedDict(fc1=torch.nn.Linear(40, 20), act=torch.nn.ReLU(), fc2=torch.nn.Linear(20, 4)))
+
+    model = torch.nn.Sequential(
+        OrderedDict(fc1=torch.nn.Linear(40, 20), act=torch.nn.ReLU(), fc2=torch.nn.Linear(20, 4))
+    )
     p = tmp_path / "compute.yaml"
-    p.write_text("defaults:\n  sparsity: [0.0, 0.5]\n  structured: [false, true]\n  bits: [32, 8]\n  rank: [1.0, 0.25]\n"
-                 "distill: [false]\n")
+    p.write_text(
+        "defaults:\n  sparsity: [0.0, 0.5]\n  structured: [false, true]\n  bits: [32, 8]\n  rank: [1.0, 0.25]\n"
+        "distill: [false]\n"
+    )
     bound = bind(ash.load_space(p), model)
-    rows = [("fc1", "structured", 0.5, 0.002, 400, 0.4), ("fc1", "rank", 0.25, 0.003, 500, 0.5),
-            ("fc1", "bits", 8, 0.001, 0, 0.3), ("fc1", "sparsity", 0.5, 0.004, 0, 0.0),
-            ("fc2", "bits", 8, 0.001, 0, 0.01)]  # fc2's int8 saving is 1 % of the baseline: noise
-    table = [dict(layer=l, field=f, value=v, accuracy_drop=d, macs_saved=m, latency_saved=s) for l, f, v, d, m, s in rows]
-    base = Measurement(accuracy=0.9, size_bytes=5000, latency_ms=1.0, macs=1000, device="cpu", threads=1, batch_size=1,
-                       runtime="onnxruntime")
+    rows = [
+        ("fc1", "structured", 0.5, 0.002, 400, 0.4),
+        ("fc1", "rank", 0.25, 0.003, 500, 0.5),
+        ("fc1", "bits", 8, 0.001, 0, 0.3),
+        ("fc1", "sparsity", 0.5, 0.004, 0, 0.0),
+        ("fc2", "bits", 8, 0.001, 0, 0.01),
+    ]  # fc2's int8 saving is 1 % of the baseline: noise
+    table = [
+        dict(layer=l, field=f, value=v, accuracy_drop=d, macs_saved=m, latency_saved=s) for l, f, v, d, m, s in rows
+    ]
+    base = Measurement(
+        accuracy=0.9,
+        size_bytes=5000,
+        latency_ms=1.0,
+        macs=1000,
+        device="cpu",
+        threads=1,
+        batch_size=1,
+        runtime="onnxruntime",
+    )
     return model, bound, table, base
 
 
@@ -381,7 +497,12 @@ def test_latency_budgets_can_allocate_structured_low_rank(tmp_path) -> None:
     model, bound, table, base = _compute_case(tmp_path)
     combos = layer_combos(model, bound, table, base, ("accuracy", "size", "latency"))
     alloc = allocate(combos, "latency", -0.75)  # save at least 0.75 ms of 1.0: only fc1 structured + rank + int8 does
-    assert (alloc["fc1"].structured, alloc["fc1"].sparsity, alloc["fc1"].rank, alloc["fc1"].bits) == (True, 0.5, 0.25, 8)
+    assert (alloc["fc1"].structured, alloc["fc1"].sparsity, alloc["fc1"].rank, alloc["fc1"].bits) == (
+        True,
+        0.5,
+        0.25,
+        8,
+    )
     assert alloc["fc1"].latency == pytest.approx(-0.79, abs=1e-12)
     assert allocate(combos, "latency", -0.80) is None  # 0.79 ms is the most fc1 can save, fc2's int8 (noise) none
 

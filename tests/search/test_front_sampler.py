@@ -1,4 +1,5 @@
 """The front sampler: ranks, crowding, neighbour mutation, layer-wise crossover, no repeats."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,18 @@ import pytest
 from autoshrink.search.sampling.front import PARENTS_ATTR, FrontSampler, crowding, ranks
 from autoshrink.search.sampling.samplers import make_sampler
 
-SPACE = {"fc1.sparsity": [0.0, 0.5, 0.7, 0.9], "fc1.bits": [32, 8, 4, 2], "fc2.bits": [32, 8, 4], "distill": [True, False]}
-ORDER = {"fc1.sparsity": [0.0, 0.5, 0.7, 0.9], "fc1.bits": [2, 4, 8, 32], "fc2.bits": [4, 8, 32], "distill": [False, True]}
+SPACE = {
+    "fc1.sparsity": [0.0, 0.5, 0.7, 0.9],
+    "fc1.bits": [32, 8, 4, 2],
+    "fc2.bits": [32, 8, 4],
+    "distill": [True, False],
+}
+ORDER = {
+    "fc1.sparsity": [0.0, 0.5, 0.7, 0.9],
+    "fc1.bits": [2, 4, 8, 32],
+    "fc2.bits": [4, 8, 32],
+    "distill": [False, True],
+}
 
 
 def _study(sampler: optuna.samplers.BaseSampler) -> optuna.Study:
@@ -21,9 +32,12 @@ def _study(sampler: optuna.samplers.BaseSampler) -> optuna.Study:
 
 def _add(study: optuna.Study, params: dict, values: list[float], violation: float | None = None) -> int:
     dists = {n: optuna.distributions.CategoricalDistribution(SPACE[n]) for n in SPACE}
-    trial = optuna.trial.create_trial(params=params, distributions=dists, values=values,
-                                      system_attrs={} if violation is None else
-                                      {"constraints:accuracy_drop": violation})
+    trial = optuna.trial.create_trial(
+        params=params,
+        distributions=dists,
+        values=values,
+        system_attrs={} if violation is None else {"constraints:accuracy_drop": violation},
+    )
     study.add_trial(trial)
     return study.trials[-1].number
 

@@ -1,4 +1,5 @@
 """The study's latency lookup table: filled by a search, predictions stored and checked against measurements."""
+
 from __future__ import annotations
 
 import optuna
@@ -30,19 +31,39 @@ class AdditiveStub(StubExecutor):
         if not self.queue:
             return []
         key, policy, _ = self.queue.pop(0)
-        per = {name: 0.4 * policy.layers.get(name, L()).bits / 32 * (1 - policy.layers.get(name, L()).sparsity)
-               for name in self.layers}
-        m = Measurement(accuracy=0.95 - 0.001 * len(policy.active()), size_bytes=1 + int(100 * sum(per.values())),
-                        latency_ms=0.3 + sum(per.values()), macs=100, device="cpu", threads=1, batch_size=1,
-                        layer_latency_ms=per)
+        per = {
+            name: 0.4 * policy.layers.get(name, L()).bits / 32 * (1 - policy.layers.get(name, L()).sparsity)
+            for name in self.layers
+        }
+        m = Measurement(
+            accuracy=0.95 - 0.001 * len(policy.active()),
+            size_bytes=1 + int(100 * sum(per.values())),
+            latency_ms=0.3 + sum(per.values()),
+            macs=100,
+            device="cpu",
+            threads=1,
+            batch_size=1,
+            layer_latency_ms=per,
+        )
         return [Outcome(key, m, None, 0.01, "stub")]
 
 
 def test_a_search_fills_the_table_and_predicts_exactly_on_an_additive_stub(tiny_model, tiny_space, tmp_path) -> None:
     ex = AdditiveStub()
-    r = ash.search(tiny_model, digits_task(device="cpu"), tiny_space, n_trials=40, executor=ex, seed=0,
-                   storage=f"sqlite:///{tmp_path}/lut.db", study_name="lut", objectives=("accuracy", "size", "latency"),
-                   sensitivity=False, screen=False, finetune_steps=5)
+    r = ash.search(
+        tiny_model,
+        digits_task(device="cpu"),
+        tiny_space,
+        n_trials=40,
+        executor=ex,
+        seed=0,
+        storage=f"sqlite:///{tmp_path}/lut.db",
+        study_name="lut",
+        objectives=("accuracy", "size", "latency"),
+        sensitivity=False,
+        screen=False,
+        finetune_steps=5,
+    )
     assert ex.layers == ("fc1", "fc2")  # every searched layer is timed alone
     pred = r.latency_predictions()
     assert len(pred) >= 5 and set(pred.fidelity) == {"full"}
@@ -63,7 +84,18 @@ def test_without_a_latency_objective_nothing_is_timed_per_layer(tiny_model, tiny
             assert job.latency is None or job.latency.layers == ()
             self.layers = ()
 
-    r = ash.search(tiny_model, digits_task(device="cpu"), tiny_space, n_trials=4, executor=NoLatency(), seed=0,
-                   storage=f"sqlite:///{tmp_path}/nl.db", study_name="nl", objectives=("accuracy", "size"),
-                   sensitivity=False, screen=False, finetune_steps=5)
+    r = ash.search(
+        tiny_model,
+        digits_task(device="cpu"),
+        tiny_space,
+        n_trials=4,
+        executor=NoLatency(),
+        seed=0,
+        storage=f"sqlite:///{tmp_path}/nl.db",
+        study_name="nl",
+        objectives=("accuracy", "size"),
+        sensitivity=False,
+        screen=False,
+        finetune_steps=5,
+    )
     assert r.latency_table().empty and r.latency_predictions().empty

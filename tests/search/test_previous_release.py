@@ -1,6 +1,7 @@
 """A study written by the previous release (0.1.0, before the search/ restructure and the schema
 module: fixtures/release-0.1.db, 6 trials of the tiny digits MLP, max_accuracy_drop 0.05) still
 loads, exports, reports and resumes."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,10 @@ from autoshrink.zoo import digits_task
 from .conftest import FAST
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release-0.1.db"
-SPACE = ("defaults:\n  sparsity: [0.0, 0.5, 0.8, 0.95]\n  bits: [32, 8, 4, 2]\n"
-         "distill: [false, true]\nfinetune: {steps: 5}\n")
+SPACE = (
+    "defaults:\n  sparsity: [0.0, 0.5, 0.8, 0.95]\n  bits: [32, 8, 4, 2]\n"
+    "distill: [false, true]\nfinetune: {steps: 5}\n"
+)
 
 
 def _copy(tmp_path: Path) -> str:
@@ -29,8 +32,12 @@ def test_it_loads_and_exports_as_written(tmp_path, capsys) -> None:
     r = load_result("old", url)
     assert len(r.study.trials) == 6 and r.max_accuracy_drop == 0.05
     assert list(r.pareto.trial) == [1, 5] and list(r.pareto.size_bytes) == [2840, 2083]
-    assert main(["export", "old", "--storage", url, "--max-accuracy-drop", "0.05", "-o", str(tmp_path / "r.yaml"),
-                 "--json"]) == 0
+    assert (
+        main(
+            ["export", "old", "--storage", url, "--max-accuracy-drop", "0.05", "-o", str(tmp_path / "r.yaml"), "--json"]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     recipe = ash.Recipe.load(tmp_path / "r.yaml")
     assert recipe.trial == 5 and recipe.metrics.size_bytes == 2083 and out["trial"] == 5
@@ -45,8 +52,17 @@ def test_it_resumes(tiny_model, tmp_path) -> None:
     before = load_result("old", url)
     baseline = before.baseline
     old = [(t.number, t.state.name, t.params) for t in before.study.trials]
-    r = ash.search(tiny_model, digits_task(device="cpu"), ash.load_space(tmp_path / "tiny.yaml"), n_trials=8,
-                   storage=url, study_name="old", latency=FAST, seed=0, max_accuracy_drop=0.05)
+    r = ash.search(
+        tiny_model,
+        digits_task(device="cpu"),
+        ash.load_space(tmp_path / "tiny.yaml"),
+        n_trials=8,
+        storage=url,
+        study_name="old",
+        latency=FAST,
+        seed=0,
+        max_accuracy_drop=0.05,
+    )
     finished = [t for t in r.study.trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL")]
     assert len(finished) == 8 and r.baseline == baseline  # the stored baseline, not a new measurement
     assert [(t.number, t.state.name, t.params) for t in r.study.trials[:6]] == old

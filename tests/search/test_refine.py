@@ -1,4 +1,5 @@
 """Refine stage and the study's runtime: trials of their own, bitwise recipes, kept on resume."""
+
 from __future__ import annotations
 
 import optuna
@@ -16,20 +17,40 @@ from .conftest import FAST
 
 def run(model, space, tmp_path, name="r", **kw):
     kw.setdefault("n_trials", 8)
-    return ash.search(model, digits_task(device="cpu"), space, storage=f"sqlite:///{tmp_path}/{name}.db",
-                      study_name=name, latency=FAST, **kw)
+    return ash.search(
+        model,
+        digits_task(device="cpu"),
+        space,
+        storage=f"sqlite:///{tmp_path}/{name}.db",
+        study_name=name,
+        latency=FAST,
+        **kw,
+    )
 
 
 def test_refined_trials_are_trials_of_their_own_and_replay_bitwise(tiny_model, tiny_space, tmp_path) -> None:
     # NSGA-II's draws give two distinct refine candidates among 8 trials here
-    r = run(tiny_model, tiny_space, tmp_path, objectives=("accuracy", "size"), max_accuracy_drop=0.1,
-            refine_top=2, refine_steps=12, runtime="float", sampler="nsga2")
+    r = run(
+        tiny_model,
+        tiny_space,
+        tmp_path,
+        objectives=("accuracy", "size"),
+        max_accuracy_drop=0.1,
+        refine_top=2,
+        refine_steps=12,
+        runtime="float",
+        sampler="nsga2",
+    )
     trials = r.study.trials
     refined = [t for t in trials if t.user_attrs.get("refined_from") is not None]
     # two policies, each with the source's distillation choice, then the other (the space searches it)
     assert len(refined) == 4 and [t.number for t in refined] == [8, 9, 10, 11]
-    assert refined[0].user_attrs["refined_from"] == refined[1].user_attrs["refined_from"] != \
-        refined[2].user_attrs["refined_from"] == refined[3].user_attrs["refined_from"]
+    assert (
+        refined[0].user_attrs["refined_from"]
+        == refined[1].user_attrs["refined_from"]
+        != refined[2].user_attrs["refined_from"]
+        == refined[3].user_attrs["refined_from"]
+    )
     assert sum(1 for t in trials if t.user_attrs.get("refined_from") is None) == 8  # n_trials: candidates only
     for i, t in enumerate(refined):
         src = trials[t.user_attrs["refined_from"]]
@@ -53,8 +74,9 @@ def test_refined_trials_are_trials_of_their_own_and_replay_bitwise(tiny_model, t
 
 
 def test_refine_candidates_are_the_near_feasible_front_most_compressed_first(tiny_model, tiny_space, tmp_path) -> None:
-    r = run(tiny_model, tiny_space, tmp_path, name="c", objectives=("accuracy", "size"), n_trials=12,
-            max_accuracy_drop=0.01)
+    r = run(
+        tiny_model, tiny_space, tmp_path, name="c", objectives=("accuracy", "size"), n_trials=12, max_accuracy_drop=0.01
+    )
     base = r.baseline
     picked = refine_candidates(r.study, base, r.objectives, 0.01, k=3, slack=0.02)
     done = [t for t in r.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -63,14 +85,20 @@ def test_refine_candidates_are_the_near_feasible_front_most_compressed_first(tin
     assert sizes == sorted(sizes) and len(picked) == min(3, len(picked)) and picked
     for t in picked:  # near-feasible and non-dominated among the near-feasible
         assert t in near
-        assert not any(o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values
-                       for o in near)
+        assert not any(o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values for o in near)
     assert sizes[0] == min(t.values[1] for t in near)
 
 
 def test_result_refine_after_loading_from_storage(tiny_model, tiny_space, tmp_path) -> None:
-    r = run(tiny_model, tiny_space, tmp_path, name="late", objectives=("accuracy", "size"), n_trials=7,
-            max_accuracy_drop=0.1)  # 3 baselines + 2 warm-start allocations x (with, without the teacher)
+    r = run(
+        tiny_model,
+        tiny_space,
+        tmp_path,
+        name="late",
+        objectives=("accuracy", "size"),
+        n_trials=7,
+        max_accuracy_drop=0.1,
+    )  # 3 baselines + 2 warm-start allocations x (with, without the teacher)
     assert len(r.study.trials) == 7 and all(t.state.is_finished() for t in r.study.trials)
     loaded = load_result("late", f"sqlite:///{tmp_path}/late.db")
     with pytest.raises(ConfigError, match="pass model= and task="):
@@ -92,10 +120,15 @@ def test_result_refine_after_loading_from_storage(tiny_model, tiny_space, tmp_pa
 def test_the_study_runtime_is_decided_once_and_kept_on_resume(tiny_model, tiny_space, tmp_path) -> None:
     r = run(tiny_model, tiny_space, tmp_path, name="rt", n_trials=4, runtime="int8")
     assert r.study.user_attrs["runtime"] == {"runtime": "int8", "decided_by": "the user"}
-    runtimes = {t.user_attrs["measurement"]["runtime"] for t in r.study.trials
-                if t.state == optuna.trial.TrialState.COMPLETE}
-    quantized = [t for t in r.study.trials if t.state == optuna.trial.TrialState.COMPLETE
-                 and any(lp["bits"] <= 8 for lp in t.user_attrs["policy"]["layers"].values())]
+    runtimes = {
+        t.user_attrs["measurement"]["runtime"] for t in r.study.trials if t.state == optuna.trial.TrialState.COMPLETE
+    }
+    quantized = [
+        t
+        for t in r.study.trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+        and any(lp["bits"] <= 8 for lp in t.user_attrs["policy"]["layers"].values())
+    ]
     assert all(t.user_attrs["measurement"]["runtime"] == "int8-dynamic" for t in quantized)
     assert runtimes <= {"int8-dynamic", "float"}
     again = run(tiny_model, tiny_space, tmp_path, name="rt", n_trials=6)  # runtime="auto": the stored one wins
@@ -123,13 +156,19 @@ def test_refine_candidates_count_distillation_twins_once() -> None:
 
     def add(acc: float, size: int, sparsity: float, distill: bool) -> None:
         policy = ash.Policy(layers={"fc1": ash.LayerPolicy(sparsity=sparsity)}, distill=distill).to_dict()
-        study.add_trial(optuna.trial.create_trial(values=[acc, size], params={"distill": distill}, distributions=dist,
-                                                  user_attrs={"policy": policy, "measurement": {"accuracy": acc}}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[acc, size],
+                params={"distill": distill},
+                distributions=dist,
+                user_attrs={"policy": policy, "measurement": {"accuracy": acc}},
+            )
+        )
 
-    add(0.890, 100, 0.9, True)   # 0: twins of one policy, both on the front (the packer's bytes differ a little)
+    add(0.890, 100, 0.9, True)  # 0: twins of one policy, both on the front (the packer's bytes differ a little)
     add(0.895, 101, 0.9, False)  # 1
-    add(0.899, 300, 0.5, True)   # 2: another policy
-    add(0.850, 50, 0.95, True)   # 3: beyond max drop + slack
+    add(0.899, 300, 0.5, True)  # 2: another policy
+    add(0.850, 50, 0.95, True)  # 3: beyond max drop + slack
     objs = [OBJECTIVES["accuracy"], OBJECTIVES["size"]]
     picked = refine_candidates(study, base, objs, 0.01, k=2, slack=0.02)
     assert [t.number for t in picked] == [0, 2]  # the twin 1 is the same policy as 0: not a second candidate
@@ -148,14 +187,26 @@ def test_refine_takes_screened_out_near_misses_within_the_screened_limit() -> No
         return ash.Policy(layers={"fc1": ash.LayerPolicy(sparsity=sparsity)}, distill=distill).to_dict()
 
     def screened_out(acc: float, size: int, sparsity: float) -> None:
-        m = Measurement(accuracy=acc, size_bytes=size, latency_ms=1.0, macs=100, device="cpu", threads=1,
-                        batch_size=1).to_dict()
-        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={"distill": False},
-                                                  distributions=dist, user_attrs={"policy": policy(sparsity),
-                                                                                  "screen": {"measurement": m}}))
+        m = Measurement(
+            accuracy=acc, size_bytes=size, latency_ms=1.0, macs=100, device="cpu", threads=1, batch_size=1
+        ).to_dict()
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.PRUNED,
+                params={"distill": False},
+                distributions=dist,
+                user_attrs={"policy": policy(sparsity), "screen": {"measurement": m}},
+            )
+        )
 
-    study.add_trial(optuna.trial.create_trial(values=[0.898, 300], params={"distill": False}, distributions=dist,
-                                              user_attrs={"policy": policy(0.5), "measurement": {"accuracy": 0.898}}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=[0.898, 300],
+            params={"distill": False},
+            distributions=dist,
+            user_attrs={"policy": policy(0.5), "measurement": {"accuracy": 0.898}},
+        )
+    )
     screened_out(0.887, 80, 0.95)  # 1: screened 1.3 pp: within 1.5 x the 1.0 pp screen limit
     screened_out(0.880, 40, 0.98)  # 2: screened 2.0 pp: beyond it
     objs = [OBJECTIVES["accuracy"], OBJECTIVES["size"]]

@@ -20,8 +20,15 @@ from .conftest import FAST
 
 def run(model, space, tmp_path, name="s", **kw):
     kw.setdefault("n_trials", 10)
-    return ash.search(model, digits_task(device="cpu"), space, storage=f"sqlite:///{tmp_path}/{name}.db",
-                      study_name=name, latency=FAST, **kw)
+    return ash.search(
+        model,
+        digits_task(device="cpu"),
+        space,
+        storage=f"sqlite:///{tmp_path}/{name}.db",
+        study_name=name,
+        latency=FAST,
+        **kw,
+    )
 
 
 def test_front_is_non_empty_and_truly_non_dominated(tiny_model, tiny_space, tmp_path) -> None:
@@ -31,14 +38,25 @@ def test_front_is_non_empty_and_truly_non_dominated(tiny_model, tiny_space, tmp_
     assert len(front) >= 1
     done = r.trials[r.trials.state == "COMPLETE"]
     for _, p in front.iterrows():  # no completed trial dominates a front point
-        better = done[(done.accuracy >= p.accuracy) & (done.size_bytes <= p.size_bytes)
-                      & ((done.accuracy > p.accuracy) | (done.size_bytes < p.size_bytes))]
+        better = done[
+            (done.accuracy >= p.accuracy)
+            & (done.size_bytes <= p.size_bytes)
+            & ((done.accuracy > p.accuracy) | (done.size_bytes < p.size_bytes))
+        ]
         assert better.empty, f"trial {p.trial} is dominated by {list(better.trial)}"
     for _, t in done.iterrows():  # every completed trial off the front is dominated by one on it
         if t.trial not in set(front.trial):
             assert ((front.accuracy >= t.accuracy) & (front.size_bytes <= t.size_bytes)).any()
-    assert set(front.columns) >= {"trial", "accuracy", "size_bytes", "latency_ms", "macs", "compression",
-                                  "speedup", "policy"}
+    assert set(front.columns) >= {
+        "trial",
+        "accuracy",
+        "size_bytes",
+        "latency_ms",
+        "macs",
+        "compression",
+        "speedup",
+        "policy",
+    }
     assert r.study.metric_names == ["accuracy", "size_bytes"]
     assert [d.name for d in r.study.directions] == ["MAXIMIZE", "MINIMIZE"]
 
@@ -47,13 +65,20 @@ def test_baselines_are_the_first_trials(tiny_model, tiny_space, tmp_path) -> Non
     r = run(tiny_model, tiny_space, tmp_path, n_trials=5)
     policies = [ash.Policy.from_dict(t.user_attrs["policy"]) for t in r.study.trials[:3]]
     L = ash.LayerPolicy
-    assert policies == [ash.Policy(),
-                        ash.Policy(layers={"fc1": L(bits=8), "fc2": L(bits=8)}),
-                        ash.Policy(layers={"fc1": L(sparsity=0.5), "fc2": L(sparsity=0.5)})]
+    assert policies == [
+        ash.Policy(),
+        ash.Policy(layers={"fc1": L(bits=8), "fc2": L(bits=8)}),
+        ash.Policy(layers={"fc1": L(sparsity=0.5), "fc2": L(sparsity=0.5)}),
+    ]
     first = r.study.trials[0].user_attrs["measurement"]
     assert first["size_bytes"] == r.baseline.size_bytes and first["accuracy"] == r.baseline.accuracy
-    assert r.study.trials[0].params == {"fc1.sparsity": 0.0, "fc1.bits": 32, "fc2.sparsity": 0.0, "fc2.bits": 32,
-                                        "distill": False}
+    assert r.study.trials[0].params == {
+        "fc1.sparsity": 0.0,
+        "fc1.bits": 32,
+        "fc2.sparsity": 0.0,
+        "fc2.bits": 32,
+        "distill": False,
+    }
 
 
 def test_trial_attributes_hold_measurement_and_breakdown(tiny_model, tiny_space, tmp_path) -> None:
@@ -64,9 +89,13 @@ def test_trial_attributes_hold_measurement_and_breakdown(tiny_model, tiny_space,
     assert m["runtime"] in ("float", "int8-dynamic") and m["device"] == "cpu"
     assert [layer["name"] for layer in m["layers"]] == ["fc1.weight", "fc2.weight"]
     assert m["layers"][0]["bits"] == 8 and attrs["eval"]["seconds"] > 0 and attrs["eval"]["worker"] == "local"
-    assert attrs["policy"] == {"layers": {"fc1": {"sparsity": 0.0, "structured": False, "bits": 8, "rank": 1.0},
-                                          "fc2": {"sparsity": 0.0, "structured": False, "bits": 8, "rank": 1.0}},
-                               "distill": False}
+    assert attrs["policy"] == {
+        "layers": {
+            "fc1": {"sparsity": 0.0, "structured": False, "bits": 8, "rank": 1.0},
+            "fc2": {"sparsity": 0.0, "structured": False, "bits": 8, "rank": 1.0},
+        },
+        "distill": False,
+    }
 
 
 class FailingExecutor(LocalExecutor):
@@ -85,8 +114,9 @@ def test_a_failing_evaluation_is_recorded_and_the_search_goes_on(tiny_model, tin
     assert states.count(optuna.trial.TrialState.COMPLETE) == 7
     reason = r.study.trials[4].user_attrs["failure"]
     # trial 4 is screened first (a short fine-tune), which is where it fails
-    assert reason.startswith("screening fine-tune: PolicyError: policy names 1 layer(s) the model does not have: "
-                             "'no_such_layer'")
+    assert reason.startswith(
+        "screening fine-tune: PolicyError: policy names 1 layer(s) the model does not have: 'no_such_layer'"
+    )
 
 
 def test_constraint_excludes_infeasible_points_from_the_front(tiny_model, tiny_space, tmp_path) -> None:
@@ -107,10 +137,16 @@ def test_same_seed_same_trials(tiny_model, tiny_space, tmp_path) -> None:
     c = run(tiny_model, tiny_space, tmp_path, name="c", n_trials=10, seed=4)
     params = lambda r: [t.params for t in r.study.trials]  # noqa: E731
     assert params(a) == params(b) and params(a) != params(c)
+
     def measured(r):  # the full measurement, or the screen's for a candidate the screen stopped
-        return [(t.state.name, (t.user_attrs.get("measurement") or t.user_attrs["screen"]["measurement"])["accuracy"],
-                 (t.user_attrs.get("measurement") or t.user_attrs["screen"]["measurement"])["size_bytes"])
-                for t in r.study.trials]
+        return [
+            (
+                t.state.name,
+                (t.user_attrs.get("measurement") or t.user_attrs["screen"]["measurement"])["accuracy"],
+                (t.user_attrs.get("measurement") or t.user_attrs["screen"]["measurement"])["size_bytes"],
+            )
+            for t in r.study.trials
+        ]
 
     assert measured(a) == measured(b)
     exact = ("layer", "field", "value", "accuracy", "size_bytes", "macs_saved")  # not the timings
@@ -143,14 +179,19 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 def test_killed_search_resumes_keeps_completed_trials_and_reaches_n_trials(tiny_model, tiny_space, tmp_path) -> None:
-    import torch
     from pathlib import Path
+
+    import torch
 
     weights = str(tmp_path / "w.pt")
     torch.save(tiny_model.state_dict(), weights)
     storage = f"sqlite:///{tmp_path}/k.db"
-    script = KILL_SCRIPT.format(root=str(Path(__file__).resolve().parents[2]), weights=weights,
-                                space=str(tiny_space.source.name), storage=storage)
+    script = KILL_SCRIPT.format(
+        root=str(Path(__file__).resolve().parents[2]),
+        weights=weights,
+        space=str(tiny_space.source.name),
+        storage=storage,
+    )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 17, proc.stderr[-2000:]
     study = optuna.load_study(study_name="k", storage=storage)
@@ -158,8 +199,9 @@ def test_killed_search_resumes_keeps_completed_trials_and_reaches_n_trials(tiny_
     assert sorted(before) == [0, 1, 2, 3] and study.trials[4].state.name == "RUNNING"
     killed_params = study.trials[4].params
 
-    r = ash.search(tiny_model, digits_task(device="cpu"), tiny_space, n_trials=8, storage=storage, study_name="k",
-                   latency=FAST)
+    r = ash.search(
+        tiny_model, digits_task(device="cpu"), tiny_space, n_trials=8, storage=storage, study_name="k", latency=FAST
+    )
     trials = r.study.trials
     assert {t.number: (t.params, t.values) for t in trials if t.number in before} == before
     assert trials[4].state.name == "FAIL" and trials[4].user_attrs["crashed"] is True
@@ -171,8 +213,11 @@ def test_killed_search_resumes_keeps_completed_trials_and_reaches_n_trials(tiny_
 
 def test_resume_with_other_objectives_or_space_fails_clearly(tiny_model, tiny_space, tmp_path) -> None:
     run(tiny_model, tiny_space, tmp_path, name="r", n_trials=3)
-    with pytest.raises(ConfigError, match=r"created with objectives \['accuracy', 'size', 'latency'\], not "
-                                          r"\['accuracy', 'size'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"created with objectives \['accuracy', 'size', 'latency'\], not "
+        r"\['accuracy', 'size'\]",
+    ):
         run(tiny_model, tiny_space, tmp_path, name="r", n_trials=4, objectives=("accuracy", "size"))
     with pytest.raises(ConfigError, match="different search setup.*changed: finetune"):
         run(tiny_model, tiny_space, tmp_path, name="r", n_trials=4, finetune_steps=50)
@@ -181,14 +226,15 @@ def test_resume_with_other_objectives_or_space_fails_clearly(tiny_model, tiny_sp
 
 
 def test_bad_arguments(tiny_model, tiny_space, tmp_path) -> None:
-    for kw, msg in [({"objectives": ("accuracy", "speed")}, "search: objectives=('accuracy', 'speed'); objectives: "
-                                                            "got 'speed'"),
-                    ({"sampler": "cmaes"}, "search: sampler='cmaes'; use one of front"),
-                    ({"n_trials": 0}, "search: n_trials=0; use an integer >= 1"),
-                    ({"n_trials": None}, "search: give n_trials and/or timeout"),
-                    ({"max_accuracy_drop": 2}, "search: max_accuracy_drop=2; use a fraction in [0, 1)"),
-                    ({"executor": "dask"}, "search: executor='dask'; use 'local', 'ray'"),
-                    ({"n_trails": 3}, "search: unknown setting 'n_trails' (did you mean 'n_trials'?)")]:
+    for kw, msg in [
+        ({"objectives": ("accuracy", "speed")}, "search: objectives=('accuracy', 'speed'); objectives: got 'speed'"),
+        ({"sampler": "cmaes"}, "search: sampler='cmaes'; use one of front"),
+        ({"n_trials": 0}, "search: n_trials=0; use an integer >= 1"),
+        ({"n_trials": None}, "search: give n_trials and/or timeout"),
+        ({"max_accuracy_drop": 2}, "search: max_accuracy_drop=2; use a fraction in [0, 1)"),
+        ({"executor": "dask"}, "search: executor='dask'; use 'local', 'ray'"),
+        ({"n_trails": 3}, "search: unknown setting 'n_trails' (did you mean 'n_trials'?)"),
+    ]:
         with pytest.raises(ConfigError, match=re.escape(msg)):
             run(tiny_model, tiny_space, tmp_path, **kw)
 

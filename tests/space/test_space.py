@@ -34,6 +34,7 @@ BUILTIN = ["default", "quantize_only", "prune_only", "lowrank_only", "structured
 
 def test_builtin_spaces_live_in_the_package() -> None:
     from autoshrink.space import BUILTIN_DIR
+
     assert BUILTIN_DIR == ROOT / "autoshrink" / "spaces"
     assert sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml")) == sorted(BUILTIN)
     assert (ROOT / "search_spaces").resolve() == BUILTIN_DIR  # the old path at the root is a link to them
@@ -46,12 +47,16 @@ def test_builtin_spaces_load_and_bind(name: str) -> None:
     assert load_space(ROOT / "search_spaces" / f"{name}.yaml") == space
     bound = bind(space, Net())
     assert list(bound.layers) == ["features.0", "features.2", "fc1", "head"]  # no embedding by default
-    assert all(p.split(".")[-1] in ("sparsity", "structured", "bits", "rank") or p == "distill"
-               for p, _ in bound.params())
+    assert all(
+        p.split(".")[-1] in ("sparsity", "structured", "bits", "rank") or p == "distill" for p, _ in bound.params()
+    )
 
 
 def test_rules_override_in_order_and_match_by_glob_regex_type(tmp_path) -> None:
-    space = load_space(write(tmp_path, """
+    space = load_space(
+        write(
+            tmp_path,
+            """
         defaults: {sparsity: [0.0, 0.5], bits: [32, 8]}
         rules:
           - type: Conv1d
@@ -68,7 +73,9 @@ def test_rules_override_in_order_and_match_by_glob_regex_type(tmp_path) -> None:
           - match: "features.2"
             skip: true
         distill: [false, true]
-    """))
+    """,
+        )
+    )
     b = bind(space, Net())
     assert list(b.layers) == ["embed", "features.0", "fc1", "head"]
     assert b.layers["features.0"]["sparsity"].values == (0.0, 0.3)
@@ -76,33 +83,51 @@ def test_rules_override_in_order_and_match_by_glob_regex_type(tmp_path) -> None:
     assert b.layers["fc1"]["rank"].values == (1.0, 0.5) and b.layers["fc1"]["bits"].values == (32, 8)
     assert b.layers["head"]["sparsity"].fixed and b.layers["head"]["bits"].values == (8,)
     assert [p for p, _ in b.params()] == [
-        "embed.sparsity", "embed.bits", "features.0.sparsity", "features.0.bits", "fc1.sparsity", "fc1.bits",
-        "fc1.rank", "distill"]
+        "embed.sparsity",
+        "embed.bits",
+        "features.0.sparsity",
+        "features.0.bits",
+        "fc1.sparsity",
+        "fc1.bits",
+        "fc1.rank",
+        "distill",
+    ]
 
 
 def test_ranges_expand_to_choices(tmp_path) -> None:
-    space = load_space(write(tmp_path, """
+    space = load_space(
+        write(
+            tmp_path,
+            """
         defaults:
           sparsity: {low: 0.0, high: 0.9, step: 0.3}
           bits: {low: 2, high: 8, step: 2}
-    """))
+    """,
+        )
+    )
     assert space.defaults["sparsity"].values == (0.0, 0.3, 0.6, 0.9)
     assert space.defaults["bits"].values == (2, 4, 6, 8)
 
 
-@pytest.mark.parametrize("body, message", [
-    ("defaults: {bits: [32, 12]}", "space.yaml:1: defaults.bits[1]: got 12; bits must be one of"),
-    ("defaults:\n  sparsity: [0.5, 1.0]", "space.yaml:2: defaults.sparsity[1]: got 1.0; sparsity must be in [0, 1)"),
-    ("defaults: {rank: {low: 0.9, high: 0.1}}", "low 0.9 > high 0.1"),
-    ("defaults: {sparsty: [0.1]}", "unknown field 'sparsty'"),
-    ("rules:\n  - bits: [8]", "space.yaml:2: rules[0]: a rule needs `match`"),
-    ("rules:\n  - match: fc1\n    colour: red", "unknown key 'colour'"),
-    ("searchspace: 1", "unknown key 'searchspace'"),
-    ("finetune: {steps: -5}", "finetune.steps: got -5"),
-    ("distill: [maybe]", "distill[0]: got 'maybe'"),
-    ("defaults: [1, 2", "not valid YAML"),
-    ("defaults: !!python/object/apply:os.system ['true']", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("defaults: {bits: [32, 12]}", "space.yaml:1: defaults.bits[1]: got 12; bits must be one of"),
+        (
+            "defaults:\n  sparsity: [0.5, 1.0]",
+            "space.yaml:2: defaults.sparsity[1]: got 1.0; sparsity must be in [0, 1)",
+        ),
+        ("defaults: {rank: {low: 0.9, high: 0.1}}", "low 0.9 > high 0.1"),
+        ("defaults: {sparsty: [0.1]}", "unknown field 'sparsty'"),
+        ("rules:\n  - bits: [8]", "space.yaml:2: rules[0]: a rule needs `match`"),
+        ("rules:\n  - match: fc1\n    colour: red", "unknown key 'colour'"),
+        ("searchspace: 1", "unknown key 'searchspace'"),
+        ("finetune: {steps: -5}", "finetune.steps: got -5"),
+        ("distill: [maybe]", "distill[0]: got 'maybe'"),
+        ("defaults: [1, 2", "not valid YAML"),
+        ("defaults: !!python/object/apply:os.system ['true']", "not valid YAML"),
+    ],
+)
 def test_load_errors_name_file_line_path_and_value(tmp_path, body: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_space(write(tmp_path, body))
@@ -111,8 +136,11 @@ def test_load_errors_name_file_line_path_and_value(tmp_path, body: str, message:
 
 def test_rule_matching_no_layer_is_an_error_when_bound(tmp_path) -> None:
     space = load_space(write(tmp_path, "rules:\n  - match: fc_1\n    bits: [8]\n"))
-    with pytest.raises(ConfigError, match=r"space.yaml:2: rules\[0\]: match \['fc_1'\] matches no compressible layer"
-                                          r" of Net; the model's compressible layers are: embed, features.0"):
+    with pytest.raises(
+        ConfigError,
+        match=r"space.yaml:2: rules\[0\]: match \['fc_1'\] matches no compressible layer"
+        r" of Net; the model's compressible layers are: embed, features.0",
+    ):
         bind(space, Net())
     space = load_space(write(tmp_path, "rules:\n  - match: bn\n    bits: [8]\n"))
     with pytest.raises(ConfigError, match=r"matches only modules no technique compresses: bn \(BatchNorm1d\)"):
@@ -121,7 +149,10 @@ def test_rule_matching_no_layer_is_an_error_when_bound(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"'Conv2D' is not a torch.nn module class"):
         bind(space, Net())
     # generic type rules and optional rules may match nothing
-    bind(load_space(write(tmp_path, "rules:\n  - type: Conv2d\n    bits: [8]\n  - match: x\n    optional: true\n")), Net())
+    bind(
+        load_space(write(tmp_path, "rules:\n  - type: Conv2d\n    bits: [8]\n  - match: x\n    optional: true\n")),
+        Net(),
+    )
 
 
 def test_sampled_policy_and_nearest_params() -> None:

@@ -50,8 +50,14 @@ class TinyTransformer(nn.Module):
 
 def test_input_model_is_bitwise_unchanged(digits_cnn) -> None:
     before = copy.deepcopy(digits_cnn)
-    policy = ash.Policy(layers={"conv1": L(sparsity=0.5, structured=True), "conv2": L(rank=0.5, bits=4),
-                                "fc1": L(sparsity=0.9, bits=8)}, distill=True)
+    policy = ash.Policy(
+        layers={
+            "conv1": L(sparsity=0.5, structured=True),
+            "conv2": L(rank=0.5, bits=4),
+            "fc1": L(sparsity=0.9, bits=8),
+        },
+        distill=True,
+    )
     small = ash.apply_policy(digits_cnn, policy, example_input=torch.randn(1, 1, 8, 8))
     assert state_equal(before, digits_cnn)
     assert type(digits_cnn.conv2) is nn.Conv2d and type(digits_cnn.fc1) is nn.Linear
@@ -74,12 +80,23 @@ def test_structured_without_example_input_is_a_clear_error(digits_cnn) -> None:
 def test_unsupported_layers_are_skipped_and_reported_the_rest_compressed() -> None:
     model = TinyTransformer()
     ids = torch.randint(0, 100, (2, 7))
-    policy = ash.Policy(layers={
-        "attn.q_proj": L(sparsity=0.5, bits=4), "attn.k_proj": L(rank=0.25), "attn.v_proj": L(bits=8),
-        "attn.out_proj": L(sparsity=0.3), "rnn": L(sparsity=0.5, bits=8), "norm": L(bits=8), "head": L(bits=8)})
+    policy = ash.Policy(
+        layers={
+            "attn.q_proj": L(sparsity=0.5, bits=4),
+            "attn.k_proj": L(rank=0.25),
+            "attn.v_proj": L(bits=8),
+            "attn.out_proj": L(sparsity=0.3),
+            "rnn": L(sparsity=0.5, bits=8),
+            "norm": L(bits=8),
+            "head": L(bits=8),
+        }
+    )
     small, report = apply_policy_with_report(model, policy, example_input=ids)
     assert sorted((s.layer, s.technique) for s in report.skipped) == [
-        ("norm", "quantize"), ("rnn", "prune"), ("rnn", "quantize")]
+        ("norm", "quantize"),
+        ("rnn", "prune"),
+        ("rnn", "quantize"),
+    ]
     assert "GRU is not supported" in str(report.skipped[0]) or "GRU" in " ".join(map(str, report.skipped))
     assert weight_bits(small.attn.q_proj) == 4 and int((small.attn.q_proj.weight == 0).sum()) >= 512
     assert isinstance(small.attn.k_proj, ash.techniques.lowrank.Factorized)
@@ -98,8 +115,10 @@ def test_embeddings_left_alone_unless_named() -> None:
 
 def test_grouped_and_depthwise_convs_are_pruned_and_quantized() -> None:
     model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 16, 1), nn.Conv1d(4, 8, 3, groups=2))
-    small, report = apply_policy_with_report(model, ash.Policy(layers={
-        "0": L(sparsity=0.5, bits=4, rank=0.5), "1": L(bits=2), "2": L(sparsity=0.25, bits=8)}))
+    small, report = apply_policy_with_report(
+        model,
+        ash.Policy(layers={"0": L(sparsity=0.5, bits=4, rank=0.5), "1": L(bits=2), "2": L(sparsity=0.25, bits=8)}),
+    )
     assert [(s.layer, s.technique) for s in report.skipped] == [("0", "lowrank")]
     assert int((small[0].weight == 0).sum()) >= 36 and weight_bits(small[0]) == 4
     assert int((small[2].weight == 0).sum()) >= 12

@@ -1,4 +1,5 @@
 """k-means codebooks: clustering, trained centroids, fine-tuning keeps them, packing and recipes replay them."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,7 @@ from torch import nn
 import autoshrink as ash
 from autoshrink.errors import PolicyError
 from autoshrink.measure.packing import codec, load_packed, pack, save_packed
-from autoshrink.weights import (REASSIGN_EVERY, Codebook, add_codebook, add_mask, kmeans_1d, weight_bits,
-                               weight_codebook)
+from autoshrink.weights import REASSIGN_EVERY, Codebook, add_codebook, kmeans_1d, weight_bits, weight_codebook
 
 
 def test_kmeans_starts_linear_and_converges_on_a_hand_example() -> None:
@@ -57,14 +57,18 @@ def test_training_reassigns_every_few_steps_and_eval_always() -> None:
 def test_at_most_2_to_the_bits_values_after_fine_tuning() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    policy = ash.Policy(layers={"1": ash.LayerPolicy(sparsity=0.5, bits=3, codebook="kmeans"),
-                                "3": ash.LayerPolicy(bits=2, codebook="kmeans")})
+    policy = ash.Policy(
+        layers={
+            "1": ash.LayerPolicy(sparsity=0.5, bits=3, codebook="kmeans"),
+            "3": ash.LayerPolicy(bits=2, codebook="kmeans"),
+        }
+    )
     task = ash.zoo.digits_task(device="cpu")
     small = ash.finetune(ash.apply_policy(model, policy), task, steps=30, teacher=model, seed=0)
     for i, bits in (("1", 3), ("3", 2)):
         layer = small.get_submodule(i)
         assert weight_codebook(layer).bits == bits and weight_bits(layer) == 32  # not a linear grid
-        assert torch.unique(layer.weight).numel() <= 2 ** bits
+        assert torch.unique(layer.weight).numel() <= 2**bits
         assert torch.equal(layer.weight.half().float(), layer.weight)  # float16 values, as stored
     assert float((small[1].weight == 0).float().mean()) >= 0.5  # the mask stays in force
 
@@ -94,7 +98,7 @@ def test_a_weight_with_too_many_values_is_not_a_codebook() -> None:
 
 
 def test_policy_validates_the_codebook() -> None:
-    with pytest.raises(PolicyError, match="codebook: \"kmeans\" codes 2..8-bit weights, but bits is 32"):
+    with pytest.raises(PolicyError, match='codebook: "kmeans" codes 2..8-bit weights, but bits is 32'):
         ash.LayerPolicy(codebook="kmeans")
     with pytest.raises(PolicyError, match="codebook: got 'lloyd'"):
         ash.LayerPolicy(bits=4, codebook="lloyd")

@@ -1,4 +1,5 @@
 """k-means codebooks and entropy-coded packing on CUDA (marked gpu: skipped where CUDA is absent)."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def test_codebook_fine_tunes_on_cuda_and_packs_as_on_the_cpu(tmp_path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    policy = ash.Policy(layers={"1": ash.LayerPolicy(sparsity=0.5, bits=3, codebook="kmeans"),
-                                "3": ash.LayerPolicy(bits=4)})
+    policy = ash.Policy(
+        layers={"1": ash.LayerPolicy(sparsity=0.5, bits=3, codebook="kmeans"), "3": ash.LayerPolicy(bits=4)}
+    )
     task = digits_task(device="cuda")
     small = ash.finetune(ash.apply_policy(model, policy), task, steps=30, teacher=model, seed=0)
     layer = small.get_submodule("1")

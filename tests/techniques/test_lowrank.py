@@ -57,4 +57,3 @@ def test_lowrank_then_prune_and_quantize_apply_to_both_factors() -> None:
         assert int((factor.weight == 0).sum()) >= factor.weight.numel() // 2
         assert max(len(torch.unique(r)) for r in factor.weight.detach()) <= 15
     assert small(torch.randn(3, 64)).shape == (3, 10)
-

@@ -1,4 +1,5 @@
 """Structured channel pruning: physical shapes, kept weights, exact MACs, couplings, safe skips."""
+
 from __future__ import annotations
 
 import copy
@@ -81,10 +82,14 @@ def test_plain_cnn_shapes_kept_weights_and_macs() -> None:
     drop2 = sorted(torch.randperm(32, generator=g)[:16].tolist())
     drop3 = sorted(torch.randperm(64, generator=g)[:32].tolist())
     # make the chosen channels the weakest over their whole coupled groups
-    _shrink(model.conv1.weight, drop1); _shrink(model.bn1.weight, drop1); _shrink(model.conv2.weight, drop1, 1)
-    _shrink(model.conv2.weight, drop2); _shrink(model.bn2.weight, drop2)
+    _shrink(model.conv1.weight, drop1)
+    _shrink(model.bn1.weight, drop1)
+    _shrink(model.conv2.weight, drop1, 1)
+    _shrink(model.conv2.weight, drop2)
+    _shrink(model.bn2.weight, drop2)
     _shrink(model.fc1.weight, [c * 49 + k for c in drop2 for k in range(49)], 1)
-    _shrink(model.fc1.weight, drop3); _shrink(model.fc2.weight, drop3, 1)
+    _shrink(model.fc1.weight, drop3)
+    _shrink(model.fc2.weight, drop3, 1)
     orig = copy.deepcopy(model)
     assert macs(orig, x) == 16 * 9 * 784 + 32 * 16 * 9 * 784 + 1568 * 64 + 64 * 10
 
@@ -163,7 +168,9 @@ def test_residual_coupled_targets_pruned_once() -> None:
 
     assert skipped == []
     assert ctx["structured"] == {"stem": (16, 8), "b": (16, 8)}  # the larger request wins
-    assert len(ctx["structured_notes"]) == 1 and "stem" in ctx["structured_notes"][0] and "b" in ctx["structured_notes"][0]
+    assert (
+        len(ctx["structured_notes"]) == 1 and "stem" in ctx["structured_notes"][0] and "b" in ctx["structured_notes"][0]
+    )
     assert (model.stem.out_channels, model.a.in_channels, model.a.out_channels) == (8, 8, 16)
     assert (model.b.in_channels, model.b.out_channels, model.head.in_channels) == (16, 8, 8)
     kept_stem = [match(model.stem.weight[i], orig.stem.weight) for i in range(8)]
@@ -273,8 +280,10 @@ def test_factorized_target_prunes_second() -> None:
     mid = factorize(nn.Linear(64, 64), 0.25)
     assert isinstance(mid, Factorized)
     model = nn.Sequential()
-    model.add_module("fc1", nn.Linear(32, 64)); model.add_module("act1", nn.ReLU())
-    model.add_module("mid", mid); model.add_module("act2", nn.ReLU())
+    model.add_module("fc1", nn.Linear(32, 64))
+    model.add_module("act1", nn.ReLU())
+    model.add_module("mid", mid)
+    model.add_module("act2", nn.ReLU())
     model.add_module("out", nn.Linear(64, 10))
     x = torch.randn(4, 32)
     skipped, ctx = prune(model, {"mid": 0.5}, x)
@@ -296,7 +305,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, t, c = x.shape
         q, k, v = (p(x).view(b, t, self.heads, self.d).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        a = torch.softmax(q @ k.transpose(-1, -2) / self.d ** 0.5, dim=-1) @ v
+        a = torch.softmax(q @ k.transpose(-1, -2) / self.d**0.5, dim=-1) @ v
         return self.head(self.o_proj(a.transpose(1, 2).reshape(b, t, c)).mean(1))
 
 

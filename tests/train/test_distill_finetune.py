@@ -46,8 +46,13 @@ def test_finetune_with_teacher_recovers_accuracy(digits_cnn, digits) -> None:
 
 
 def test_nan_loss_is_a_clear_error(digits_mlp, digits) -> None:
-    bad = ash.Task(train_data=digits.train_data, eval_data=digits.eval_data, example_input=digits.example_input,
-                   loss=lambda out, y: out.sum() * float("nan"), device="cpu")
+    bad = ash.Task(
+        train_data=digits.train_data,
+        eval_data=digits.eval_data,
+        example_input=digits.example_input,
+        loss=lambda out, y: out.sum() * float("nan"),
+        device="cpu",
+    )
     with pytest.raises(TrainingError, match=r"finetune step 0: the loss is nan.*lower lr"):
         ash.finetune(ash.apply_policy(digits_mlp, ash.Policy()), bad, steps=5)
 

@@ -1,4 +1,5 @@
 """Gradual pruning: the cubic schedule, exact zero and channel counts, structured rounds."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,8 @@ from torch import nn
 
 import autoshrink as ash
 from autoshrink.evaluate import compress
-from autoshrink.weights import weight_bits, weight_mask
 from autoshrink.train import GradualPruning, StructuredPlan, ramp_fraction, update_schedule
+from autoshrink.weights import weight_bits, weight_mask
 
 L = ash.LayerPolicy
 
@@ -17,7 +18,15 @@ def test_schedule_is_the_cubic_ramp_at_exact_steps() -> None:
     # 100 steps, ramp over the first half, 4 updates: steps ceil(k * 50 / 4) for k = 0..4
     assert update_schedule(100, 0.5, 4) == [(0, 0.0), (13, 0.578125), (25, 0.875), (38, 0.984375), (50, 1.0)]
     assert [ramp_fraction(s, 100, 0.5, 4) for s in (0, 12, 13, 24, 25, 49, 50, 99)] == [
-        0.0, 0.0, 0.578125, 0.578125, 0.875, 0.984375, 1.0, 1.0]
+        0.0,
+        0.0,
+        0.578125,
+        0.578125,
+        0.875,
+        0.984375,
+        1.0,
+        1.0,
+    ]
     assert update_schedule(100, 0.0, 4) == [(0, 1.0)]  # no ramp: one-shot at the first step
     assert update_schedule(3, 1.0, 10)[-1] == (3, 1.0) and len(update_schedule(3, 1.0, 10)) == 4
 
@@ -69,8 +78,13 @@ def _channels(model: nn.Module, name: str) -> int:
 
 
 def test_structured_channels_are_removed_in_rounds_and_end_as_one_shot(digits_cnn, digits) -> None:
-    policy = ash.Policy(layers={"conv1": L(sparsity=0.5, structured=True, bits=8), "conv2": L(sparsity=0.75),
-                                "fc1": L(sparsity=0.5, structured=True)})
+    policy = ash.Policy(
+        layers={
+            "conv1": L(sparsity=0.5, structured=True, bits=8),
+            "conv2": L(sparsity=0.75),
+            "fc1": L(sparsity=0.5, structured=True),
+        }
+    )
     one, report = compress(digits_cnn, policy, task=digits, finetune_config=ash.FinetuneConfig(steps=0))
     assert report.channels == {"conv1": (32, 16), "fc1": (128, 64)}
     # the rounds, driven by hand: channels removed = round(n * share) at each update
@@ -83,7 +97,9 @@ def test_structured_channels_are_removed_in_rounds_and_end_as_one_shot(digits_cn
     assert g.update(small, 0) is False and _channels(small, "conv1") == 32
     assert g.update(small, 4) is True  # parameters replaced: the optimizer must be rebuilt
     assert (_channels(small, "conv1"), _channels(small, "fc1")) == (32 - 14, 128 - 56)
-    assert weight_bits(small.conv1) == 8 and _zeros(small.conv2) == round(0.875 * round(0.75 * small.conv2.weight.numel()))
+    assert weight_bits(small.conv1) == 8 and _zeros(small.conv2) == round(
+        0.875 * round(0.75 * small.conv2.weight.numel())
+    )
     g.update(small, 8)
     assert (_channels(small, "conv1"), _channels(small, "fc1")) == (16, 64)
     assert _zeros(small.conv2) == round(0.75 * small.conv2.weight.numel()) == _zeros(one.conv2)

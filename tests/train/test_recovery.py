@@ -1,4 +1,5 @@
 """Distillation-only loss, the frozen teacher, train_transform, BatchNorm re-estimation."""
+
 from __future__ import annotations
 
 import copy
@@ -21,13 +22,19 @@ L = ash.LayerPolicy
 def test_alpha_one_is_distillation_only(digits_mlp, digits) -> None:
     s, t = torch.tensor([[1.0, 2.0, 0.5]]), torch.tensor([[0.2, 3.0, -1.0]])
     assert distillation_loss(s, t, torch.tensor(5.0), alpha=1.0, temperature=2.0).item() == pytest.approx(
-        kd_term(s, t, 2.0).item(), rel=1e-7)
+        kd_term(s, t, 2.0).item(), rel=1e-7
+    )
 
     def labels_forbidden(out, y):
         raise AssertionError("the label loss must not be computed with alpha = 1")
 
-    task = ash.Task(train_data=digits.train_data, eval_data=digits.eval_data, example_input=digits.example_input,
-                    loss=labels_forbidden, device="cpu")
+    task = ash.Task(
+        train_data=digits.train_data,
+        eval_data=digits.eval_data,
+        example_input=digits.example_input,
+        loss=labels_forbidden,
+        device="cpu",
+    )
     small = ash.apply_policy(digits_mlp, ash.Policy(layers={"fc1": L(sparsity=0.9)}))
     ash.finetune(small, task, steps=5, teacher=digits_mlp, alpha=1.0)  # no AssertionError
     with pytest.raises(AssertionError, match="must not be computed"):
@@ -75,8 +82,14 @@ class Counting:
 
 def test_train_transform_runs_on_every_training_batch_only(digits_mlp, digits, fast_latency) -> None:
     spy = Counting()
-    task = ash.Task(train_data=digits.train_data, eval_data=digits.eval_data, example_input=digits.example_input,
-                    batch_size=100, device="cpu", train_transform=spy)
+    task = ash.Task(
+        train_data=digits.train_data,
+        eval_data=digits.eval_data,
+        example_input=digits.example_input,
+        batch_size=100,
+        device="cpu",
+        train_transform=spy,
+    )
     assert task.transform_name == "counting"
     small = ash.apply_policy(digits_mlp, ash.Policy(layers={"fc1": L(sparsity=0.5)}))
     ash.finetune(small, task, steps=17)
@@ -84,18 +97,29 @@ def test_train_transform_runs_on_every_training_batch_only(digits_mlp, digits, f
     ash.measure(small, task, latency=fast_latency)  # evaluation does not call it
     assert spy.calls == 17
     # it changes what the model learns from (the inputs' sign was flipped)
-    plain = ash.finetune(ash.apply_policy(digits_mlp, ash.Policy(layers={"fc1": L(sparsity=0.5)})),
-                         ash.Task(train_data=digits.train_data, eval_data=digits.eval_data,
-                                  example_input=digits.example_input, batch_size=100, device="cpu"), steps=17)
+    plain = ash.finetune(
+        ash.apply_policy(digits_mlp, ash.Policy(layers={"fc1": L(sparsity=0.5)})),
+        ash.Task(
+            train_data=digits.train_data,
+            eval_data=digits.eval_data,
+            example_input=digits.example_input,
+            batch_size=100,
+            device="cpu",
+        ),
+        steps=17,
+    )
     assert not state_equal(small, plain)
 
 
 def test_random_shift_is_named_picklable_and_shifts_exactly() -> None:
     t = random_shift(2)
     assert t.name == "random_shift(pixels=2)" and pickle.loads(pickle.dumps(t)) == t
-    task = ash.Task(train_data=(torch.zeros(4, 1, 5, 5), torch.zeros(4, dtype=torch.long)),
-                    eval_data=(torch.zeros(1, 1, 5, 5), torch.zeros(1, dtype=torch.long)),
-                    example_input=torch.zeros(1, 1, 5, 5), train_transform=pickle.loads(pickle.dumps(t)))
+    task = ash.Task(
+        train_data=(torch.zeros(4, 1, 5, 5), torch.zeros(4, dtype=torch.long)),
+        eval_data=(torch.zeros(1, 1, 5, 5), torch.zeros(1, dtype=torch.long)),
+        example_input=torch.zeros(1, 1, 5, 5),
+        train_transform=pickle.loads(pickle.dumps(t)),
+    )
     assert task.transform_name == "random_shift(pixels=2)"
     x = torch.arange(2 * 25, dtype=torch.float32).reshape(2, 1, 5, 5)
     y = torch.tensor([3, 4])
@@ -106,13 +130,14 @@ def test_random_shift_is_named_picklable_and_shifts_exactly() -> None:
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
     for i in range(2):
         dy, dx = offsets[i].tolist()
-        assert torch.equal(out[i], padded[i, :, dy:dy + 5, dx:dx + 5])
+        assert torch.equal(out[i], padded[i, :, dy : dy + 5, dx : dx + 5])
     assert torch.equal(y2, y)
     with pytest.raises(ValueError, match="pixels=-1"):
         random_shift(-1)
     with pytest.raises(ash.TaskError, match="Task.train_transform: got 3"):
-        ash.Task(train_data=task.train_data, eval_data=task.eval_data, example_input=task.example_input,
-                 train_transform=3)
+        ash.Task(
+            train_data=task.train_data, eval_data=task.eval_data, example_input=task.example_input, train_transform=3
+        )
 
 
 class _BNNet(nn.Module):
@@ -132,8 +157,10 @@ def test_batchnorm_reestimation_matches_a_hand_computation(digits) -> None:
     assert recalibrate_batchnorm(net, digits, batches=3, seed=5) == 3
     # by hand: the same three batches (generator seeded with 5), mean of batch means / unbiased variances
     gen = torch.Generator().manual_seed(5)
-    feats = [net.fc(x.flatten(1)).detach() for x, _ in list(iterate_batches(digits.train_data, digits.batch_size,
-                                                                             shuffle=True, generator=gen))[:3]]
+    feats = [
+        net.fc(x.flatten(1)).detach()
+        for x, _ in list(iterate_batches(digits.train_data, digits.batch_size, shuffle=True, generator=gen))[:3]
+    ]
     mean = torch.stack([f.mean(0) for f in feats]).mean(0)
     var = torch.stack([f.var(0, unbiased=True) for f in feats]).mean(0)
     assert torch.allclose(net.bn.running_mean, mean, atol=1e-6) and torch.allclose(net.bn.running_var, var, atol=1e-5)

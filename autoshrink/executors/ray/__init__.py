@@ -8,6 +8,7 @@ with the reason. Latency timings take a per-node lock, so concurrent actors on o
 time at the same moment. A runtime_env (working_dir, py_modules) ships the user's own modules to
 workers that lack them (runtime_env.py checks it). This package is the only place that imports Ray.
 """
+
 from __future__ import annotations
 
 from .executor import RayExecutor

@@ -1,11 +1,13 @@
 """The Ray actors: the worker that holds the job and evaluates policies, and the per-node timing lock
 that lets one actor of a node time at a time (its lease expires, so a dead holder cannot block)."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import ray
 
@@ -82,8 +84,13 @@ class _Worker:
         time_forward(model, x, device, LatencyConfig(warmup=1, min_repeats=1, min_seconds=0.0))
 
     def info(self) -> dict[str, Any]:
-        return {"worker": self.name, "node_id": self.node_id, "device": self.device, "threads": self.threads,
-                "pid": os.getpid()}
+        return {
+            "worker": self.name,
+            "node_id": self.node_id,
+            "device": self.device,
+            "threads": self.threads,
+            "pid": os.getpid(),
+        }
 
     def evaluate(self, key: int, request: Request) -> Outcome:
         return run_job(self.job, key, request, worker=self.name)

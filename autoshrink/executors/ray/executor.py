@@ -1,4 +1,5 @@
 """RayExecutor: the driver side -- actors started, trials dispatched and collected, dead actors replaced."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,9 +10,10 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RuntimeEnvSetupError
@@ -20,8 +22,8 @@ from ...errors import ConfigError, ExecutorUnavailable, describe
 from ...policy import Policy
 from ...train import FinetuneConfig
 from ..base import Job, Outcome, Request
-from .actors import NodeTimingLock, RemoteWorker, lock_name
 from ..runtime_env import build_runtime_env, one_line, start_failure
+from .actors import NodeTimingLock, RemoteWorker, lock_name
 
 # Ray rewrites 127.0.0.1 to the machine's network address; other loopback addresses are kept.
 LOOPBACK = "127.0.0.2"
@@ -51,9 +53,11 @@ def _upload_local_paths(env: dict[str, Any]) -> dict[str, Any]:
         out.pop("excludes", None)  # used by the upload; Ray drops it there too
         return out
     except Exception as exc:  # noqa: BLE001 - one clear error, not Ray's internals
-        raise ExecutorUnavailable(f"RayExecutor: cannot ship runtime_env {describe(env, 200)} to the running Ray "
-                                  f"({type(exc).__name__}: {one_line(str(exc))}); fix the paths, or let the "
-                                  "executor start Ray (no ray.init before it) so ray.init ships them.") from None
+        raise ExecutorUnavailable(
+            f"RayExecutor: cannot ship runtime_env {describe(env, 200)} to the running Ray "
+            f"({type(exc).__name__}: {one_line(str(exc))}); fix the paths, or let the "
+            "executor start Ray (no ray.init before it) so ray.init ships them."
+        ) from None
 
 
 @dataclass
@@ -79,20 +83,38 @@ class RayExecutor:
         actor, with local paths uploaded as ray.init would.
     """
 
-    def __init__(self, address: str | None = None, *, actors: int | None = None, cpus_per_actor: float = 1,
-                 gpus_per_actor: float = 0, max_retries: int = 2, init_kwargs: dict[str, Any] | None = None,
-                 lock_timings: bool = True, runtime_env: Mapping[str, Any] | None = None,
-                 working_dir: str | os.PathLike[str] | None = None,
-                 py_modules: Sequence[str | os.PathLike[str] | ModuleType] | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        actors: int | None = None,
+        cpus_per_actor: float = 1,
+        gpus_per_actor: float = 0,
+        max_retries: int = 2,
+        init_kwargs: dict[str, Any] | None = None,
+        lock_timings: bool = True,
+        runtime_env: Mapping[str, Any] | None = None,
+        working_dir: str | os.PathLike[str] | None = None,
+        py_modules: Sequence[str | os.PathLike[str] | ModuleType] | None = None,
+    ) -> None:
         if actors is not None and (isinstance(actors, bool) or not isinstance(actors, int) or actors < 1):
             raise ConfigError(f"RayExecutor.actors: got {actors!r}; use a positive integer or None (as many as fit).")
-        if (isinstance(cpus_per_actor, bool) or not isinstance(cpus_per_actor, (int, float))
-                or not 0 < cpus_per_actor < 1e6):  # NaN and inf fail this too
+        if (
+            isinstance(cpus_per_actor, bool)
+            or not isinstance(cpus_per_actor, (int, float))
+            or not 0 < cpus_per_actor < 1e6
+        ):  # NaN and inf fail this too
             raise ConfigError(f"RayExecutor.cpus_per_actor: got {cpus_per_actor!r}; use a number > 0.")
-        if (isinstance(gpus_per_actor, bool) or not isinstance(gpus_per_actor, (int, float))
-                or not 0 <= gpus_per_actor < 1e6 or (gpus_per_actor > 1 and gpus_per_actor % 1)):
-            raise ConfigError(f"RayExecutor.gpus_per_actor: got {gpus_per_actor!r}; use 0, a fraction in (0, 1], "
-                              "or a whole number of GPUs.")
+        if (
+            isinstance(gpus_per_actor, bool)
+            or not isinstance(gpus_per_actor, (int, float))
+            or not 0 <= gpus_per_actor < 1e6
+            or (gpus_per_actor > 1 and gpus_per_actor % 1)
+        ):
+            raise ConfigError(
+                f"RayExecutor.gpus_per_actor: got {gpus_per_actor!r}; use 0, a fraction in (0, 1], "
+                "or a whole number of GPUs."
+            )
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigError(f"RayExecutor.max_retries: got {max_retries!r}; use an integer >= 0.")
         self.address = address
@@ -104,8 +126,10 @@ class RayExecutor:
         self.runtime_env = build_runtime_env(runtime_env, working_dir, py_modules)
         if self.runtime_env and "runtime_env" in self.init_kwargs:
             given = describe(self.init_kwargs["runtime_env"])
-            raise ConfigError(f"RayExecutor.init_kwargs: holds a runtime_env ({given}) and runtime_env/working_dir/"
-                              "py_modules are given too; give it once, as runtime_env=...")
+            raise ConfigError(
+                f"RayExecutor.init_kwargs: holds a runtime_env ({given}) and runtime_env/working_dir/"
+                "py_modules are given too; give it once, as runtime_env=..."
+            )
         self._actor_env: dict[str, Any] | None = None  # the actors' runtime_env (URIs), when Ray was up before us
         self.lock_timings = lock_timings
         self.capacity = actors or 1
@@ -141,10 +165,15 @@ class RayExecutor:
                 ray.shutdown()  # a failed init can leave the local node it started running (seen: a failed upload)
             where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
             shipping = f" with runtime_env {describe(self.runtime_env, 200)}" if self.runtime_env else ""
-            hint = (" If the cluster uses token auth (Ray 2.60 default), set RAY_AUTH_MODE=token and put its token in "
-                    "~/.ray/auth_token, or start the head with RAY_AUTH_MODE=disabled." if self.address else "")
-            raise ExecutorUnavailable(f"cannot start or join {where}{shipping}: {type(exc).__name__}: "
-                                      f"{one_line(str(exc))}.{hint}") from None
+            hint = (
+                " If the cluster uses token auth (Ray 2.60 default), set RAY_AUTH_MODE=token and put its token in "
+                "~/.ray/auth_token, or start the head with RAY_AUTH_MODE=disabled."
+                if self.address
+                else ""
+            )
+            raise ExecutorUnavailable(
+                f"cannot start or join {where}{shipping}: {type(exc).__name__}: {one_line(str(exc))}.{hint}"
+            ) from None
         self._started_ray = True
         self._actor_env = None
 
@@ -155,17 +184,23 @@ class RayExecutor:
         res = ray.cluster_resources()
         cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
         if self.gpus_per_actor and gpus <= 0:
-            raise ExecutorUnavailable(f"RayExecutor: gpus_per_actor={self.gpus_per_actor} but the Ray cluster has no GPU "
-                              "(it would wait forever); use gpus_per_actor=0 or add GPU nodes.")
+            raise ExecutorUnavailable(
+                f"RayExecutor: gpus_per_actor={self.gpus_per_actor} but the Ray cluster has no GPU "
+                "(it would wait forever); use gpus_per_actor=0 or add GPU nodes."
+            )
         total = self._fit(cpus, gpus)
         if self.requested_actors is None and total < 1:
-            raise ExecutorUnavailable(f"RayExecutor: no actor fits (the cluster has {cpus:g} CPU and {gpus:g} GPU; each actor "
-                              f"needs {self.cpus_per_actor:g} CPU and {self.gpus_per_actor:g} GPU).")
+            raise ExecutorUnavailable(
+                f"RayExecutor: no actor fits (the cluster has {cpus:g} CPU and {gpus:g} GPU; each actor "
+                f"needs {self.cpus_per_actor:g} CPU and {self.gpus_per_actor:g} GPU)."
+            )
         if self.requested_actors is not None and self.requested_actors > total:
             n = self.requested_actors
-            raise ExecutorUnavailable(f"RayExecutor: {n} actors need {n * self.cpus_per_actor:g} CPU and "
-                              f"{n * self.gpus_per_actor:g} GPU, but the cluster has {cpus:g} CPU and {gpus:g} GPU; "
-                              f"ask for fewer actors (at most {total}).")
+            raise ExecutorUnavailable(
+                f"RayExecutor: {n} actors need {n * self.cpus_per_actor:g} CPU and "
+                f"{n * self.gpus_per_actor:g} GPU, but the cluster has {cpus:g} CPU and {gpus:g} GPU; "
+                f"ask for fewer actors (at most {total})."
+            )
         want = self.requested_actors or 1
         deadline = time.monotonic() + settle_s
         while True:
@@ -179,7 +214,8 @@ class RayExecutor:
             raise ExecutorUnavailable(
                 f"RayExecutor: the cluster's {cpus:g} CPU and {gpus:g} GPU are held by other jobs (another search "
                 f"driver?); {free_cpus:g} CPU and {free_gpus:g} GPU are free, too few for {want} actor(s). Fix: give "
-                "each driver fewer actors (actors=, executor_args.actors, --ray-actors), or add nodes.")
+                "each driver fewer actors (actors=, executor_args.actors, --ray-actors), or add nodes."
+            )
         return self.requested_actors or fit
 
     def _fit(self, cpus: float, gpus: float) -> int:
@@ -198,8 +234,11 @@ class RayExecutor:
             for node in ray.nodes():
                 if node.get("Alive"):
                     strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-                    self._locks.append(NodeTimingLock.options(name=lock_name(node["NodeID"]), get_if_exists=True,
-                                                               scheduling_strategy=strategy).remote())
+                    self._locks.append(
+                        NodeTimingLock.options(
+                            name=lock_name(node["NodeID"]), get_if_exists=True, scheduling_strategy=strategy
+                        ).remote()
+                    )
         self._job_ref = ray.put(job)
         self._slots = [_Slot(self._new_actor()) for _ in range(n)]
         try:
@@ -214,13 +253,18 @@ class RayExecutor:
         """The one error a failed actor start becomes (see runtime_env.start_failure)."""
         text = str(getattr(exc, "error_message", None) or getattr(exc, "error_msg", None) or exc)
         env = self.runtime_env or (ray.get_runtime_context().runtime_env if ray.is_initialized() else None)
-        return start_failure(text or type(exc).__name__, isinstance(exc, RuntimeEnvSetupError),
-                             dict(env) if env else None, shipping=bool(self.runtime_env))
+        return start_failure(
+            text or type(exc).__name__,
+            isinstance(exc, RuntimeEnvSetupError),
+            dict(env) if env else None,
+            shipping=bool(self.runtime_env),
+        )
 
     def _new_actor(self) -> Any:
         env = {"runtime_env": self._actor_env} if self._actor_env else {}
-        return RemoteWorker.options(num_cpus=self.cpus_per_actor, num_gpus=self.gpus_per_actor,
-                                     max_restarts=0, max_task_retries=0, **env).remote(self._job_ref, self.lock_timings)
+        return RemoteWorker.options(
+            num_cpus=self.cpus_per_actor, num_gpus=self.gpus_per_actor, max_restarts=0, max_task_retries=0, **env
+        ).remote(self._job_ref, self.lock_timings)
 
     @property
     def workers(self) -> list[dict[str, Any]]:
@@ -244,8 +288,9 @@ class RayExecutor:
         self._actor_env = None
 
     # ------------------------------------------------------------------ work
-    def submit(self, key: int, policy: Policy, finetune: FinetuneConfig | None = None, *,
-               runtime: str | None = None) -> None:
+    def submit(
+        self, key: int, policy: Policy, finetune: FinetuneConfig | None = None, *, runtime: str | None = None
+    ) -> None:
         if not self._slots:
             raise ConfigError("RayExecutor.submit before start(job).")
         request = Request(policy, finetune, runtime)
@@ -320,8 +365,15 @@ class RayExecutor:
         self._retries[key] = tries
         reason = str(getattr(exc, "error_msg", "") or type(exc).__name__).splitlines()[0]
         if tries > self.max_retries:
-            return Outcome(key, None, f"WorkerDied: the Ray actor ({who}) died {tries} time(s) evaluating this trial; "
-                                      f"last: {type(exc).__name__}: {reason}", 0.0, who, attempts=tries)
+            return Outcome(
+                key,
+                None,
+                f"WorkerDied: the Ray actor ({who}) died {tries} time(s) evaluating this trial; "
+                f"last: {type(exc).__name__}: {reason}",
+                0.0,
+                who,
+                attempts=tries,
+            )
         self._queue.appendleft((key, self._work[key]))
         return None
 

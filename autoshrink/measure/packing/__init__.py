@@ -1,4 +1,5 @@
 """Packed model artifacts (.ashz): the exact bytes behind every reported `size_bytes`."""
+
 from __future__ import annotations
 
 from .container import PackedTensor, load_packed, pack, save_packed

@@ -4,6 +4,7 @@ Every bit stream is packed LSB first and rounded up to whole bytes. Relative ind
 Compression) store entries of a k-bit gap and a symbol; a gap over 2^k-1 is bridged by filler
 entries of gap 2^k-1 and the zero symbol. Everything is vectorized with numpy.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,12 @@ def pack_fields(fields: list[tuple[np.ndarray, int]]) -> bytes:
     out = []
     for start in range(0, n, _CHUNK):
         bits = np.concatenate(
-            [np.unpackbits(rows[start:start + _CHUNK], axis=1, count=width, bitorder="little")
-             for rows, width in fields], axis=1)
+            [
+                np.unpackbits(rows[start : start + _CHUNK], axis=1, count=width, bitorder="little")
+                for rows, width in fields
+            ],
+            axis=1,
+        )
         out.append(np.packbits(bits.reshape(-1), bitorder="little").tobytes())
     return b"".join(out)
 
@@ -48,11 +53,11 @@ def unpack_fields(data: bytes | memoryview, n: int, fields: list[tuple[int, int]
     parts: list[list[np.ndarray]] = [[] for _ in fields]
     for start in range(0, n, _CHUNK):
         m = min(_CHUNK, n - start)
-        chunk = buf[start * total // 8:ceil8((start + m) * total)]
+        chunk = buf[start * total // 8 : ceil8((start + m) * total)]
         bits = np.unpackbits(chunk, count=m * total, bitorder="little").reshape(m, total)
         offset = 0
         for i, (nbytes, width) in enumerate(fields):
-            rows = np.packbits(bits[:, offset:offset + width], axis=1, bitorder="little")
+            rows = np.packbits(bits[:, offset : offset + width], axis=1, bitorder="little")
             if rows.shape[1] < nbytes:
                 rows = np.pad(rows, ((0, 0), (0, nbytes - rows.shape[1])))
             parts[i].append(rows)
@@ -73,10 +78,8 @@ def relidx_entries(gaps: np.ndarray, k: int) -> int:
 def stream_sizes(numel: int, gaps: np.ndarray, width: int) -> dict[str, tuple[int, int]]:
     """Bytes of each layout: {"dense": (bytes, 0), "bitmap": (bytes, 0), "relidx": (bytes, best k)}."""
     nnz = int(gaps.size)
-    best = min(((ceil8(relidx_entries(gaps, k) * (k + width)), k) for k in range(1, MAX_GAP_BITS + 1)))
-    return {"dense": (ceil8(numel * width), 0),
-            "bitmap": (ceil8(numel) + ceil8(nnz * width), 0),
-            "relidx": best}
+    best = min((ceil8(relidx_entries(gaps, k) * (k + width)), k) for k in range(1, MAX_GAP_BITS + 1))
+    return {"dense": (ceil8(numel * width), 0), "bitmap": (ceil8(numel) + ceil8(nnz * width), 0), "relidx": best}
 
 
 def relidx_fields(positions: np.ndarray, values: np.ndarray, zero: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,8 +115,9 @@ def place_relidx(gaps: np.ndarray, values: np.ndarray, numel: int, zero: np.ndar
     return out
 
 
-def decode_relidx(data: bytes | memoryview, entries: int, numel: int, zero: np.ndarray, width: int,
-                  k: int) -> np.ndarray:
+def decode_relidx(
+    data: bytes | memoryview, entries: int, numel: int, zero: np.ndarray, width: int, k: int
+) -> np.ndarray:
     """Symbol rows (numel, nbytes) of a relative-index stream."""
     gap_rows, values = unpack_fields(data, entries, [(2, k), (zero.size, width)])
     return place_relidx(gap_rows.view("<u2").reshape(-1), values, numel, zero)

@@ -8,11 +8,12 @@ bits; `Encoded.coded`: coded byte lengths, 0 = fixed). An all-fixed relidx inter
 as version 1 did; coded relidx tries every k in 1..8. Ties keep the simpler choice, so a file never grows
 against fixed-width packing. -0.0 is stored as +0.0.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -21,8 +22,19 @@ from torch import Tensor
 from ...errors import PackError
 from ...weights import QUANT_BITS, dequantize, qmax, quantize_codes
 from . import entropy
-from .bits import (MAX_GAP_BITS, ceil8, decode_relidx, encode_relidx, gaps_of, pack_fields, place_relidx,
-                   relidx_entries, relidx_fields, stream_sizes, unpack_fields)
+from .bits import (
+    MAX_GAP_BITS,
+    ceil8,
+    decode_relidx,
+    encode_relidx,
+    gaps_of,
+    pack_fields,
+    place_relidx,
+    relidx_entries,
+    relidx_fields,
+    stream_sizes,
+    unpack_fields,
+)
 
 ENCODINGS = ("raw", "dense", "bitmap", "relidx")
 STREAMS = {"raw": (), "dense": ("values",), "bitmap": ("bitmap", "values"), "relidx": ("gaps", "values")}
@@ -30,11 +42,14 @@ ENTROPY_GAP_BITS = 8  # relidx gap widths tried with entropy coding: 1..8
 
 
 def describe(encoding: str, coded: tuple[int, ...]) -> str:
-    """"dense", "bitmap (bitmap: fixed, values: entropy)", ...: the layout and how each stream is stored."""
+    """ "dense", "bitmap (bitmap: fixed, values: entropy)", ...: the layout and how each stream is stored."""
     if not any(coded):
         return encoding
-    return f"{encoding} (" + ", ".join(f"{s}: {'entropy' if c else 'fixed'}"
-                                       for s, c in zip(STREAMS[encoding], coded)) + ")"
+    return (
+        f"{encoding} ("
+        + ", ".join(f"{s}: {'entropy' if c else 'fixed'}" for s, c in zip(STREAMS[encoding], coded))
+        + ")"
+    )
 
 
 @dataclass(frozen=True)
@@ -71,8 +86,7 @@ def _same_bits(a: Tensor, b: Tensor) -> bool:
     return torch.equal(na, nb) and torch.equal(a[~na], b[~nb])
 
 
-def _codebook_symbols(t: Tensor, qbits: int, name: str
-                      ) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, int, bool]:
+def _codebook_symbols(t: Tensor, qbits: int, name: str) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, int, bool]:
     """A codebook weight: its 2^bits - 1 float16 values (ascending; unused places repeat the largest)
     as the prefix, then one symbol per element: 0 for zero, i for the i-th value."""
     if qbits not in QUANT_BITS or not t.is_floating_point():
@@ -95,25 +109,29 @@ def _codebook_symbols(t: Tensor, qbits: int, name: str
 
 def codebook_size(bits: int) -> int:
     """Shared values of a `bits`-bit codebook (code 0 is zero)."""
-    return 2 ** bits - 1
+    return 2**bits - 1
 
 
-def _symbols(t: Tensor, qbits: int, name: str, codebook: bool = False
-             ) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, int, bool]:
+def _symbols(
+    t: Tensor, qbits: int, name: str, codebook: bool = False
+) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, int, bool]:
     """(prefix bytes, symbol rows, nonzero flags, zero row, width, sparse allowed) of a tensor."""
     if codebook:
         return _codebook_symbols(t, qbits, name)
     t = t.detach().cpu().contiguous()
     if qbits and not t.is_floating_point():
-        raise PackError(f"{name} is {t.dtype} but marked as quantized to {qbits} bits; "
-                        f"only floating weights are quantized")
+        raise PackError(
+            f"{name} is {t.dtype} but marked as quantized to {qbits} bits; only floating weights are quantized"
+        )
     if qbits in QUANT_BITS:
         if t.dim() == 0:
             raise PackError(f"{name} is a scalar; quantization needs an output-channel dimension")
         codes, scales = quantize_codes(t, qbits)
         if not torch.equal(dequantize(codes, scales).to(t.dtype), t):
-            raise PackError(f"{name} is not on its {qbits}-bit quantization grid (codes * scales != weight); "
-                            f"pack the model as autoshrink.weights.add_fake_quant left it")
+            raise PackError(
+                f"{name} is not on its {qbits}-bit quantization grid (codes * scales != weight); "
+                f"pack the model as autoshrink.weights.add_fake_quant left it"
+            )
         raw = scales.contiguous().view(torch.int32)
         if bool((raw & 0xFFFF).any()):
             raise PackError(f"{name} has scales that are not bfloat16 values; use weights.channel_scales")
@@ -148,8 +166,9 @@ def _coded(symbols: np.ndarray | None, alphabet: int, fixed: int, use_entropy: b
 Candidate = tuple[int, int, Callable[[], Encoded]]  # (payload bytes, preference, build the Encoded)
 
 
-def _candidates(rows: np.ndarray, nonzero: np.ndarray, zero: np.ndarray, width: int, use_entropy: bool
-                ) -> list[Candidate]:
+def _candidates(
+    rows: np.ndarray, nonzero: np.ndarray, zero: np.ndarray, width: int, use_entropy: bool
+) -> list[Candidate]:
     """Every layout worth comparing, with its exact payload bytes (scales excluded); fixed-width
     streams are only packed for the winner."""
     numel = rows.shape[0]
@@ -160,9 +179,17 @@ def _candidates(rows: np.ndarray, nonzero: np.ndarray, zero: np.ndarray, width: 
     out: list[Candidate] = []
 
     dense = _coded(rows[:, 0] if small else None, alphabet, ceil8(numel * width), use_entropy)
-    out.append((len(dense) if dense else ceil8(numel * width), 0,
-                lambda: Encoded("dense", width, 0, 0, nnz, dense, (len(dense),)) if dense else
-                Encoded("dense", width, 0, 0, nnz, pack_fields([(rows, width)]))))
+    out.append(
+        (
+            len(dense) if dense else ceil8(numel * width),
+            0,
+            lambda: (
+                Encoded("dense", width, 0, 0, nnz, dense, (len(dense),))
+                if dense
+                else Encoded("dense", width, 0, 0, nnz, pack_fields([(rows, width)]))
+            ),
+        )
+    )
 
     flags = nonzero.astype(np.uint8).reshape(-1, 1)
     bitmap = _coded(np.packbits(flags.reshape(-1), bitorder="little"), 256, ceil8(numel), use_entropy)
@@ -173,8 +200,10 @@ def _candidates(rows: np.ndarray, nonzero: np.ndarray, zero: np.ndarray, width: 
         b = values or pack_fields([(rows[positions], width)])
         coded = (len(bitmap or b""), len(values or b"")) if bitmap or values else ()
         return Encoded("bitmap", width, 0, nnz, nnz, a + b, coded)
-    out.append(((len(bitmap) if bitmap else ceil8(numel)) + (len(values) if values else ceil8(nnz * width)), 1,
-                build_bitmap))
+
+    out.append(
+        ((len(bitmap) if bitmap else ceil8(numel)) + (len(values) if values else ceil8(nnz * width)), 1, build_bitmap)
+    )
 
     size, k = stream_sizes(numel, gaps_of(positions), width)["relidx"]
     out.append((size, 2, lambda k=k: _relidx_fixed(positions, rows, zero, width, k, nnz)))
@@ -197,7 +226,8 @@ def _candidates(rows: np.ndarray, nonzero: np.ndarray, zero: np.ndarray, width: 
             entries = gap_field.size
             fixed_gaps, fixed_values = ceil8(entries * k), ceil8(entries * width)
             floor = min(entropy.bound(gap_field, 1 << k), fixed_gaps) + min(
-                entropy.bound(value_field[:, 0], alphabet) if small else math.inf, fixed_values)
+                entropy.bound(value_field[:, 0], alphabet) if small else math.inf, fixed_values
+            )
             if floor >= best:
                 continue  # no code of these streams can beat the best layout so far
             gaps = _coded(gap_field, 1 << k, fixed_gaps, True)
@@ -211,6 +241,7 @@ def _candidates(rows: np.ndarray, nonzero: np.ndarray, zero: np.ndarray, width: 
                 a = gaps or pack_fields([(gap_field.view(np.uint8).reshape(n, 2), k)])
                 b = vals or pack_fields([(value_field, width)])
                 return Encoded("relidx", width, k, n, nnz, a + b, (len(gaps or b""), len(vals or b"")))
+
             out.append((total, 3, build))
             best = min(best, total)
     return out
@@ -221,8 +252,9 @@ def _relidx_fixed(positions: np.ndarray, rows: np.ndarray, zero: np.ndarray, wid
     return Encoded("relidx", width, k, entries, nnz, data)
 
 
-def encode_tensor(t: Tensor, qbits: int = 0, name: str = "tensor", *, use_entropy: bool = True,
-                  codebook: bool = False) -> Encoded:
+def encode_tensor(
+    t: Tensor, qbits: int = 0, name: str = "tensor", *, use_entropy: bool = True, codebook: bool = False
+) -> Encoded:
     """Encode `t` (quantized to `qbits` 2..8, float16 for 16, as is for 0; a `qbits`-bit codebook
     with `codebook`) in its smallest layout; `use_entropy=False` keeps every stream fixed-width
     (format version 1's choices)."""
@@ -236,8 +268,9 @@ def encode_tensor(t: Tensor, qbits: int = 0, name: str = "tensor", *, use_entrop
     return Encoded(best.encoding, best.width, best.k, best.count, best.nnz, prefix + best.payload, best.coded)
 
 
-def value_layout(shape: tuple[int, ...], dtype: torch.dtype, qbits: int, codebook: bool = False
-                 ) -> tuple[int, int, int]:
+def value_layout(
+    shape: tuple[int, ...], dtype: torch.dtype, qbits: int, codebook: bool = False
+) -> tuple[int, int, int]:
     """(width bits, symbol bytes, prefix bytes: scales or the codebook) of a tensor stored with `qbits`."""
     if codebook:
         if qbits not in QUANT_BITS:
@@ -266,8 +299,16 @@ def _check_coded(encoding: str, coded: tuple[int, ...], width: int, k: int) -> N
             raise PackError(f"the {name} stream of {width}-bit symbols (k={k}) cannot be entropy-coded")
 
 
-def stream_lengths(shape: tuple[int, ...], dtype: torch.dtype, qbits: int, encoding: str, k: int, count: int,
-                   coded: tuple[int, ...] = (), codebook: bool = False) -> list[int]:
+def stream_lengths(
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    qbits: int,
+    encoding: str,
+    k: int,
+    count: int,
+    coded: tuple[int, ...] = (),
+    codebook: bool = False,
+) -> list[int]:
     """Bytes of each stream (after the scales) of a tensor with this header entry; PackError if inconsistent."""
     numel = math.prod(shape)
     width, _, _ = value_layout(shape, dtype, qbits, codebook)
@@ -291,11 +332,20 @@ def stream_lengths(shape: tuple[int, ...], dtype: torch.dtype, qbits: int, encod
     return [c or f for c, f in zip(coded, fixed)] if coded else fixed
 
 
-def payload_size(shape: tuple[int, ...], dtype: torch.dtype, qbits: int, encoding: str, k: int, count: int,
-                 coded: tuple[int, ...] = (), codebook: bool = False) -> int:
+def payload_size(
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    qbits: int,
+    encoding: str,
+    k: int,
+    count: int,
+    coded: tuple[int, ...] = (),
+    codebook: bool = False,
+) -> int:
     """Exact payload bytes of a tensor with this header entry (raises PackError if inconsistent)."""
     return value_layout(shape, dtype, qbits, codebook)[2] + sum(
-        stream_lengths(shape, dtype, qbits, encoding, k, count, coded, codebook))
+        stream_lengths(shape, dtype, qbits, encoding, k, count, coded, codebook)
+    )
 
 
 def _read(data: memoryview, coded: int, n: int, nbytes: int, width: int, alphabet: int) -> np.ndarray:
@@ -306,8 +356,17 @@ def _read(data: memoryview, coded: int, n: int, nbytes: int, width: int, alphabe
     return symbols.astype(np.uint8).reshape(n, 1)  # only symbols of <= 8 bits (nbytes 1) are ever coded
 
 
-def decode_tensor(payload: bytes | memoryview, shape: tuple[int, ...], dtype: torch.dtype, qbits: int,
-                  encoding: str, k: int, count: int, coded: tuple[int, ...] = (), codebook: bool = False) -> Tensor:
+def decode_tensor(
+    payload: bytes | memoryview,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    qbits: int,
+    encoding: str,
+    k: int,
+    count: int,
+    coded: tuple[int, ...] = (),
+    codebook: bool = False,
+) -> Tensor:
     """Rebuild the tensor `encode_tensor` stored (payload must be exactly `payload_size` bytes)."""
     lengths = stream_lengths(shape, dtype, qbits, encoding, k, count, coded, codebook)
     width, nbytes, scale_bytes = value_layout(shape, dtype, qbits, codebook)
@@ -317,7 +376,7 @@ def decode_tensor(payload: bytes | memoryview, shape: tuple[int, ...], dtype: to
     data = memoryview(payload)[scale_bytes:]
     parts, at = [], 0
     for n in lengths:
-        parts.append(data[at:at + n])
+        parts.append(data[at : at + n])
         at += n
     coded = tuple(coded) or (0,) * len(parts)
     zero = np.array([qmax(qbits)] if qbits in QUANT_BITS and not codebook else [0] * nbytes, np.uint8)
@@ -326,8 +385,9 @@ def decode_tensor(payload: bytes | memoryview, shape: tuple[int, ...], dtype: to
         rows = _read(parts[0], coded[0], numel, nbytes, width, alphabet)
     elif encoding == "bitmap":
         if coded[0]:
-            flags = np.unpackbits(entropy.decode(parts[0], ceil8(numel), 256).astype(np.uint8), count=numel,
-                                  bitorder="little")
+            flags = np.unpackbits(
+                entropy.decode(parts[0], ceil8(numel), 256).astype(np.uint8), count=numel, bitorder="little"
+            )
         else:
             flags = unpack_fields(parts[0], numel, [(1, 1)])[0].reshape(-1)
         mask = flags.astype(bool)
@@ -340,13 +400,19 @@ def decode_tensor(payload: bytes | memoryview, shape: tuple[int, ...], dtype: to
     elif len(parts) == 1:
         rows = decode_relidx(parts[0], count, numel, zero, width, k)
     else:
-        gaps = (entropy.decode(parts[0], count, 1 << k) if coded[0]
-                else unpack_fields(parts[0], count, [(2, k)])[0].view("<u2").reshape(-1))
+        gaps = (
+            entropy.decode(parts[0], count, 1 << k)
+            if coded[0]
+            else unpack_fields(parts[0], count, [(2, k)])[0].view("<u2").reshape(-1)
+        )
         rows = place_relidx(gaps, _read(parts[1], coded[1], count, nbytes, width, alphabet), numel, zero)
     if codebook:
         table = torch.from_numpy(np.frombuffer(payload[:scale_bytes], dtype="<f2").astype(np.float32))
-        return torch.cat([torch.zeros(1), table])[torch.from_numpy(rows.reshape(-1).astype(np.int64))].reshape(
-            shape).to(dtype)
+        return (
+            torch.cat([torch.zeros(1), table])[torch.from_numpy(rows.reshape(-1).astype(np.int64))]
+            .reshape(shape)
+            .to(dtype)
+        )
     if qbits in QUANT_BITS:
         q = qmax(qbits)
         if rows.size and int(rows.max()) > 2 * q:

@@ -8,6 +8,7 @@ Version 1 (no `coded`) still loads. The skeleton (skeleton.py) is the module tre
 by header indices (tied tensors share one); loading uses a restricted unpickler and re-attaches
 PruneMask / FakeQuant, so saving again gives the same bytes.
 """
+
 from __future__ import annotations
 
 import collections
@@ -26,8 +27,16 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ...errors import PackError
-from ...weights import (add_codebook, add_fake_quant, add_mask, strip_parametrizations, weight_bits,
-                         weight_codebook, weight_mask, weight_parametrizations)
+from ...weights import (
+    add_codebook,
+    add_fake_quant,
+    add_mask,
+    strip_parametrizations,
+    weight_bits,
+    weight_codebook,
+    weight_mask,
+    weight_parametrizations,
+)
 from . import codec, framing, limits
 from .skeleton import RestrictedUnpickler, SkeletonPickler, TrustedUnpickler
 
@@ -59,6 +68,7 @@ class PackedTensor:
 
 # ----------------------------------------------------------------------------- pack
 
+
 def _compression(model: nn.Module) -> dict[str, tuple[bool, int, bool]]:
     """{"<module>.weight": (pruned, quant bits or 0, codebook)} for every parametrized weight."""
     found: dict[str, tuple[bool, int, bool]] = {}
@@ -66,8 +76,11 @@ def _compression(model: nn.Module) -> dict[str, tuple[bool, int, bool]]:
         if weight_parametrizations(module):
             book = weight_codebook(module)
             bits = book.bits if book is not None else weight_bits(module)
-            found[f"{name}.weight" if name else "weight"] = (weight_mask(module) is not None, 0 if bits == 32 else bits,
-                                                            book is not None)
+            found[f"{name}.weight" if name else "weight"] = (
+                weight_mask(module) is not None,
+                0 if bits == 32 else bits,
+                book is not None,
+            )
     return found
 
 
@@ -98,8 +111,11 @@ def _pack(model: nn.Module, where: str, use_entropy: bool = True) -> tuple[bytes
     tensors: list[tuple[str, Tensor]] = []
     named = [*skeleton.named_parameters(remove_duplicate=False), *skeleton.named_buffers(remove_duplicate=False)]
     for mod_name, module in skeleton.named_modules(remove_duplicate=False):
-        named += [(f"{mod_name}.{attr}" if mod_name else attr, value)
-                  for attr, value in vars(module).items() if isinstance(value, Tensor)]
+        named += [
+            (f"{mod_name}.{attr}" if mod_name else attr, value)
+            for attr, value in vars(module).items()
+            if isinstance(value, Tensor)
+        ]
     for name, tensor in named:
         if id(tensor) not in index:
             index[id(tensor)] = len(tensors)
@@ -111,8 +127,10 @@ def _pack(model: nn.Module, where: str, use_entropy: bool = True) -> tuple[bytes
     except PackError:
         raise
     except Exception as exc:  # noqa: BLE001 - pickling can fail in many ways; report which
-        raise PackError(f"{where}: the model structure cannot be pickled ({type(exc).__name__}: {exc}); "
-                        f"remove unpicklable attributes (lambdas, open files, hooks) before packing") from exc
+        raise PackError(
+            f"{where}: the model structure cannot be pickled ({type(exc).__name__}: {exc}); "
+            f"remove unpicklable attributes (lambdas, open files, hooks) before packing"
+        ) from exc
     tensors += [(f"<tensor {len(tensors) + i}>", t) for i, t in enumerate(extra)]
     header, parts, report = [], [], []
     for name, tensor in tensors:
@@ -121,14 +139,30 @@ def _pack(model: nn.Module, where: str, use_entropy: bool = True) -> tuple[bytes
             enc = codec.encode_tensor(tensor, qbits, name, use_entropy=use_entropy, codebook=book)
         except PackError as exc:
             raise PackError(f"{where}: {exc}") from None
-        flags = (_FLAG_PARAM * isinstance(tensor, nn.Parameter) + _FLAG_GRAD * tensor.requires_grad
-                 + _FLAG_MASKED * pruned + _FLAG_CODEBOOK * book)
-        header.append([list(tensor.shape), str(tensor.dtype).removeprefix("torch."), qbits, flags,
-                       codec.ENCODINGS.index(enc.encoding), enc.k, enc.count]
-                      + ([list(enc.coded)] if enc.coded else []))
+        flags = (
+            _FLAG_PARAM * isinstance(tensor, nn.Parameter)
+            + _FLAG_GRAD * tensor.requires_grad
+            + _FLAG_MASKED * pruned
+            + _FLAG_CODEBOOK * book
+        )
+        header.append(
+            [
+                list(tensor.shape),
+                str(tensor.dtype).removeprefix("torch."),
+                qbits,
+                flags,
+                codec.ENCODINGS.index(enc.encoding),
+                enc.k,
+                enc.count,
+            ]
+            + ([list(enc.coded)] if enc.coded else [])
+        )
         parts.append(enc.payload)
-        report.append(PackedTensor(name, tuple(tensor.shape), enc.encoding, enc.width, tensor.numel(), enc.nnz,
-                                   len(enc.payload), enc.coded))
+        report.append(
+            PackedTensor(
+                name, tuple(tensor.shape), enc.encoding, enc.width, tensor.numel(), enc.nnz, len(enc.payload), enc.coded
+            )
+        )
     head = framing.deflate(json.dumps(header, separators=(",", ":")).encode())
     skel = framing.deflate(stream.getvalue())
     data = b"".join([MAGIC, bytes([VERSION]), framing.varint(len(head)), head, framing.varint(len(skel)), skel, *parts])
@@ -152,12 +186,14 @@ def save_packed(model: nn.Module, path: str | os.PathLike[str]) -> int:
     except OSError as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise PackError(f"{path}: cannot write the packed model ({exc.strerror}); check the folder exists "
-                        f"and is writable") from exc
+        raise PackError(
+            f"{path}: cannot write the packed model ({exc.strerror}); check the folder exists and is writable"
+        ) from exc
     return len(data)
 
 
 # ----------------------------------------------------------------------------- unpack
+
 
 def _corrupt(where: str, what: str) -> PackError:
     return PackError(f"{where}: the file is truncated or corrupt ({what}); save the model again")
@@ -174,21 +210,33 @@ def _parse_header(raw: bytes, where: str, version: int) -> list[tuple]:
         raise _corrupt(where, "header is not a list")
     parsed = []
     for i, e in enumerate(entries):
-        if not (isinstance(e, list) and len(e) in _HEADER_FIELDS[version] and isinstance(e[0], list)
-                and all(type(d) is int and d >= 0 for d in e[0]) and isinstance(e[1], str)
-                and all(type(x) is int for x in e[2:7])
-                and (len(e) == 7 or (isinstance(e[7], list) and e[7] and all(type(c) is int for c in e[7])))):
+        if not (
+            isinstance(e, list)
+            and len(e) in _HEADER_FIELDS[version]
+            and isinstance(e[0], list)
+            and all(type(d) is int and d >= 0 for d in e[0])
+            and isinstance(e[1], str)
+            and all(type(x) is int for x in e[2:7])
+            and (len(e) == 7 or (isinstance(e[7], list) and e[7] and all(type(c) is int for c in e[7])))
+        ):
             raise _corrupt(where, f"header entry {i} is malformed")
         dtype = getattr(torch, e[1], None)
         if not isinstance(dtype, torch.dtype) or not 0 <= e[4] < len(codec.ENCODINGS):
             raise _corrupt(where, f"header entry {i} has dtype {e[1]!r}, encoding {e[4]}")
-        parsed.append((tuple(e[0]), dtype, e[2], e[3], codec.ENCODINGS[e[4]], e[5], e[6],
-                       tuple(e[7]) if len(e) == 8 else ()))
+        parsed.append(
+            (tuple(e[0]), dtype, e[2], e[3], codec.ENCODINGS[e[4]], e[5], e[6], tuple(e[7]) if len(e) == 8 else ())
+        )
     return parsed
 
 
-def unpack(data: bytes, *, trusted: bool = False, where: str = "<bytes>", allow: Sequence[str] = (),
-           max_bytes: int = limits.MAX_LOADED_BYTES) -> nn.Module:
+def unpack(
+    data: bytes,
+    *,
+    trusted: bool = False,
+    where: str = "<bytes>",
+    allow: Sequence[str] = (),
+    max_bytes: int = limits.MAX_LOADED_BYTES,
+) -> nn.Module:
     """Rebuild the model from packed bytes (see `load_packed`); `where` names the source in errors."""
     try:
         return _unpack(data, trusted, where, tuple(allow), max_bytes)
@@ -202,18 +250,22 @@ def unpack(data: bytes, *, trusted: bool = False, where: str = "<bytes>", allow:
 
 def _unpack(data: bytes, trusted: bool, where: str, allow: tuple[str, ...], max_bytes: int) -> nn.Module:
     if data[:4] != MAGIC:
-        raise PackError(f"{where}: not an autoshrink packed model (.ashz): it does not start with {MAGIC!r}; "
-                        f"pass a file written by autoshrink.save_packed")
+        raise PackError(
+            f"{where}: not an autoshrink packed model (.ashz): it does not start with {MAGIC!r}; "
+            f"pass a file written by autoshrink.save_packed"
+        )
     if len(data) < 5:
         raise _corrupt(where, "no format version")
     if data[4] not in READS:
-        raise PackError(f"{where}: format version {data[4]} was written by a newer autoshrink (this one reads "
-                        f"versions {', '.join(map(str, READS))}); upgrade autoshrink")
+        raise PackError(
+            f"{where}: format version {data[4]} was written by a newer autoshrink (this one reads "
+            f"versions {', '.join(map(str, READS))}); upgrade autoshrink"
+        )
     try:
         n, pos = framing.read_varint(data, 5)
-        head, pos = data[pos:pos + n], pos + n
+        head, pos = data[pos : pos + n], pos + n
         n, pos = framing.read_varint(data, pos)
-        skel, pos = data[pos:pos + n], pos + n
+        skel, pos = data[pos : pos + n], pos + n
     except PackError as exc:
         raise _corrupt(where, str(exc)) from None
     if pos > len(data):
@@ -221,8 +273,10 @@ def _unpack(data: bytes, trusted: bool, where: str, allow: tuple[str, ...], max_
     header = _parse_header(head, where, data[4])
     declared = sum(math.prod(shape) * _itemsize(dtype) for shape, dtype, *_ in header)
     if declared > max_bytes:
-        raise PackError(f"{where}: the file declares {declared:,} bytes of tensors, over the {max_bytes:,}-byte "
-                        f"limit; if it is a model you trust this large, pass max_bytes={declared}")
+        raise PackError(
+            f"{where}: the file declares {declared:,} bytes of tensors, over the {max_bytes:,}-byte "
+            f"limit; if it is a model you trust this large, pass max_bytes={declared}"
+        )
     tensors: list[Tensor] = []
     for i, (shape, dtype, qbits, flags, encoding, k, count, coded) in enumerate(header):
         try:
@@ -230,8 +284,9 @@ def _unpack(data: bytes, trusted: bool, where: str, allow: tuple[str, ...], max_
             size = codec.payload_size(shape, dtype, qbits, encoding, k, count, coded, book)
             if pos + size > len(data):
                 raise PackError(f"tensor {i} needs {size} bytes, {len(data) - pos} are left")
-            tensor = codec.decode_tensor(memoryview(data)[pos:pos + size], shape, dtype, qbits, encoding, k, count,
-                                         coded, book)
+            tensor = codec.decode_tensor(
+                memoryview(data)[pos : pos + size], shape, dtype, qbits, encoding, k, count, coded, book
+            )
         except PackError as exc:
             raise _corrupt(where, f"tensor {i}: {exc}") from None
         pos += size
@@ -243,8 +298,11 @@ def _unpack(data: bytes, trusted: bool, where: str, allow: tuple[str, ...], max_
         raw = framing.inflate(skel, limits.MAX_SKELETON_BYTES)
     except PackError as exc:
         raise _corrupt(where, f"skeleton {exc}") from None
-    unpickler = (TrustedUnpickler(io.BytesIO(raw), tensors, where) if trusted
-                 else RestrictedUnpickler(io.BytesIO(raw), tensors, where, allow))
+    unpickler = (
+        TrustedUnpickler(io.BytesIO(raw), tensors, where)
+        if trusted
+        else RestrictedUnpickler(io.BytesIO(raw), tensors, where, allow)
+    )
     try:
         model = unpickler.load()
     except PackError:
@@ -292,8 +350,13 @@ def _centroids(weight: Tensor, bits: int) -> Tensor:
     return torch.cat([values, values[-1:].repeat(k - values.numel())]) if values.numel() else torch.zeros(k)
 
 
-def load_packed(path: str | os.PathLike[str], *, trusted: bool = False, allow: Sequence[str] = (),
-                max_bytes: int = limits.MAX_LOADED_BYTES) -> nn.Module:
+def load_packed(
+    path: str | os.PathLike[str],
+    *,
+    trusted: bool = False,
+    allow: Sequence[str] = (),
+    max_bytes: int = limits.MAX_LOADED_BYTES,
+) -> nn.Module:
     """Load a model saved by `save_packed`: same outputs, masks and quantization re-attached.
 
     Loading never runs code from the file and never imports a module by itself: the model's classes
@@ -307,11 +370,13 @@ def load_packed(path: str | os.PathLike[str], *, trusted: bool = False, allow: S
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
-            raise PackError(f"{path}: not a regular file (a FIFO, device or folder); pass the path of a packed "
-                            f"model (.ashz)")
+            raise PackError(
+                f"{path}: not a regular file (a FIFO, device or folder); pass the path of a packed model (.ashz)"
+            )
         if info.st_size > limits.MAX_FILE_BYTES:
-            raise PackError(f"{path}: {info.st_size:,} bytes, over the {limits.MAX_FILE_BYTES:,}-byte limit for a "
-                            f"packed model")
+            raise PackError(
+                f"{path}: {info.st_size:,} bytes, over the {limits.MAX_FILE_BYTES:,}-byte limit for a packed model"
+            )
         with open(path, "rb") as f:
             data = f.read(info.st_size + 1)  # never more than was checked (a file growing meanwhile is cut)
     except FileNotFoundError:

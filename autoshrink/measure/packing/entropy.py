@@ -8,6 +8,7 @@ minimizing table + estimated code. `bound` (empirical entropy) lets callers skip
 Decoding is exact; n is not stored (the header implies it), and a stream whose words are not consumed
 exactly by n symbols is rejected.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +29,7 @@ def _model(freqs: np.ndarray):
 def _table(freqs: np.ndarray) -> bytes:
     used = np.flatnonzero(freqs)
     lo, hi = int(used[0]), int(used[-1])
-    return varint(lo) + varint(hi - lo + 1) + b"".join(varint(int(f)) for f in freqs[lo:hi + 1])
+    return varint(lo) + varint(hi - lo + 1) + b"".join(varint(int(f)) for f in freqs[lo : hi + 1])
 
 
 def _code(symbols: np.ndarray, freqs: np.ndarray) -> bytes:

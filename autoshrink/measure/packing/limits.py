@@ -7,6 +7,7 @@ skeleton); MAX_LOADED_BYTES (all tensors as rebuilt in memory, the default of
 `load_packed(max_bytes=...)`: 4 GiB); MAX_GRAPH_PATHS / MAX_GRAPH_DEPTH (the skeleton's object graph
 counted along every path, a shared object once per reference, and its nesting; no cycles).
 """
+
 from __future__ import annotations
 
 import collections
@@ -52,8 +53,10 @@ def check_graph(root: Any, where: str, max_paths: int = MAX_GRAPH_PATHS, max_dep
                 stack.pop()
                 continue
             if len(stack) > max_depth:
-                raise PackError(f"{where}: the model skeleton nests deeper than {max_depth} levels; the file is "
-                                f"corrupt or hostile, save the model again")
+                raise PackError(
+                    f"{where}: the model skeleton nests deeper than {max_depth} levels; the file is "
+                    f"corrupt or hostile, save the model again"
+                )
             pending = [c for c in _children(obj) if isinstance(c, (nn.Module, *_CONTAINERS)) or isinstance(c, Tensor)]
             stack[-1] = (obj, pending)
             on_stack.add(id(obj))
@@ -61,19 +64,26 @@ def check_graph(root: Any, where: str, max_paths: int = MAX_GRAPH_PATHS, max_dep
         while pending:
             child = pending[-1]
             if id(child) in on_stack:
-                raise PackError(f"{where}: the model skeleton refers back to itself (a cycle through a "
-                                f"{type(child).__name__}); the file is corrupt or hostile, save the model again")
+                raise PackError(
+                    f"{where}: the model skeleton refers back to itself (a cycle through a "
+                    f"{type(child).__name__}); the file is corrupt or hostile, save the model again"
+                )
             if id(child) in paths or isinstance(child, Tensor):
                 pending.pop()
                 continue
             stack.append((child, None))
             break
         else:
-            total = 1 + sum(1 if isinstance(c, Tensor) else paths[id(c)] for c in _children(obj)
-                            if isinstance(c, (nn.Module, Tensor, *_CONTAINERS)))
+            total = 1 + sum(
+                1 if isinstance(c, Tensor) else paths[id(c)]
+                for c in _children(obj)
+                if isinstance(c, (nn.Module, Tensor, *_CONTAINERS))
+            )
             if total > max_paths:
-                raise PackError(f"{where}: the model skeleton reaches more than {max_paths:,} objects along its "
-                                f"shared references; the file is corrupt or hostile, save the model again")
+                raise PackError(
+                    f"{where}: the model skeleton reaches more than {max_paths:,} objects along its "
+                    f"shared references; the file is corrupt or hostile, save the model again"
+                )
             paths[id(obj)] = total
             on_stack.discard(id(obj))
             stack.pop()

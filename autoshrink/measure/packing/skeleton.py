@@ -6,6 +6,7 @@ Loading uses a restricted unpickler that accepts only nn.Module subclasses of mo
 imported (or allowed), torch.nn.functional functions and a few plain types, and calls nothing but
 the skeleton's own constructors, unless the caller says the file is trusted.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -84,15 +85,23 @@ class SkeletonPickler(pickle.Pickler):
         if not isinstance(obj, nn.Module) or isinstance(obj, type):
             return NotImplemented
         reduced = obj.__reduce_ex__(5)
-        if not (isinstance(reduced, tuple) and len(reduced) >= 3
-                and getattr(reduced[0], "__name__", "") == "__newobj__" and reduced[1] == (type(obj),)
-                and isinstance(reduced[2], dict) and all(x is None for x in reduced[3:])):
+        if not (
+            isinstance(reduced, tuple)
+            and len(reduced) >= 3
+            and getattr(reduced[0], "__name__", "") == "__newobj__"
+            and reduced[1] == (type(obj),)
+            and isinstance(reduced[2], dict)
+            and all(x is None for x in reduced[3:])
+        ):
             return NotImplemented
         raw, defaults = reduced[2], self._defaults
         # nn.Module's own attributes first, in their usual order: the order a loaded module has
         keys = [key for key in defaults if key in raw] + [key for key in raw if key not in defaults]
-        state = {sys.intern(key): _interned(raw[key]) for key in keys
-                 if not (key in defaults and type(raw[key]) is type(defaults[key]) and raw[key] == defaults[key])}
+        state = {
+            sys.intern(key): _interned(raw[key])
+            for key in keys
+            if not (key in defaults and type(raw[key]) is type(defaults[key]) and raw[key] == defaults[key])
+        }
         return _new_module, (type(obj),), state, None, None, _set_module_state
 
 
@@ -112,8 +121,12 @@ def _allowed(module: str, allow: tuple[str, ...]) -> bool:
 
 
 def _size_args(args: tuple) -> bool:
-    return (len(args) == 1 and type(args[0]) in (tuple, list) and len(args[0]) <= 64
-            and all(type(d) is int for d in args[0]))
+    return (
+        len(args) == 1
+        and type(args[0]) in (tuple, list)
+        and len(args[0]) <= 64
+        and all(type(d) is int for d in args[0])
+    )
 
 
 def _check_reduce(func: Any, args: Any) -> bool:
@@ -129,8 +142,12 @@ def _check_reduce(func: Any, args: Any) -> bool:
     if func is torch.Size:
         return _size_args(args)
     if func is torch.device:
-        return (1 <= len(args) <= 2 and type(args[0]) is str and len(args[0]) <= 32
-                and all(type(a) is int for a in args[1:]))
+        return (
+            1 <= len(args) <= 2
+            and type(args[0]) is str
+            and len(args[0]) <= 32
+            and all(type(a) is int for a in args[1:])
+        )
     if func in (slice, range):
         return len(args) <= 3 and all(a is None or type(a) is int for a in args)
     if func is complex:
@@ -142,8 +159,11 @@ def _check_reduce(func: Any, args: Any) -> bool:
 
 def _forbidden(opcode: str) -> Any:
     def refuse(self: RestrictedUnpickler) -> None:
-        raise PackError(f"{self._where}: the model skeleton uses pickle's {opcode} (it builds objects a model "
-                        f"skeleton never holds); {TRUST_HINT}")
+        raise PackError(
+            f"{self._where}: the model skeleton uses pickle's {opcode} (it builds objects a model "
+            f"skeleton never holds); {TRUST_HINT}"
+        )
+
     return refuse
 
 
@@ -163,8 +183,10 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
 
     def persistent_load(self, pid: Any) -> Tensor:
         if type(pid) is not int or not 0 <= pid < len(self._tensors):
-            raise PackError(f"{self._where}: the skeleton refers to tensor {pid!r}, but the header lists "
-                            f"{len(self._tensors)}; the file is corrupt, save the model again")
+            raise PackError(
+                f"{self._where}: the skeleton refers to tensor {pid!r}, but the header lists "
+                f"{len(self._tensors)}; the file is corrupt, save the model again"
+            )
         return self._tensors[pid]
 
     def load_reduce(self) -> None:
@@ -172,8 +194,10 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
         func = self.stack[-1]
         if not _check_reduce(func, args):
             name = getattr(func, "__qualname__", type(func).__name__)
-            raise PackError(f"{self._where}: the model skeleton calls {name} with arguments a skeleton never "
-                            f"passes; the file is corrupt or hostile, {TRUST_HINT}")
+            raise PackError(
+                f"{self._where}: the model skeleton calls {name} with arguments a skeleton never "
+                f"passes; the file is corrupt or hostile, {TRUST_HINT}"
+            )
         self.stack[-1] = func(*args)
 
     dispatch[pickle.REDUCE[0]] = load_reduce
@@ -194,29 +218,40 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
             return globals()[name]
         if module.startswith("torch") and not name.startswith("_") and module in sys.modules:
             obj = _lookup(module, name)
-            if obj is not None and getattr(torch.nn.functional, name, None) is obj and inspect.isroutine(obj) \
-                    and (inspect.isbuiltin(obj) or obj.__module__ == "torch.nn.functional"):
+            if (
+                obj is not None
+                and getattr(torch.nn.functional, name, None) is obj
+                and inspect.isroutine(obj)
+                and (inspect.isbuiltin(obj) or obj.__module__ == "torch.nn.functional")
+            ):
                 return obj
         if "<" in name:
-            raise PackError(f"{self._where}: the model skeleton refers to {module}.{name}, a class defined inside "
-                            f"a function, which cannot be loaded; define it at module level and save again")
+            raise PackError(
+                f"{self._where}: the model skeleton refers to {module}.{name}, a class defined inside "
+                f"a function, which cannot be loaded; define it at module level and save again"
+            )
         if module not in sys.modules:
             if not _allowed(module, self._allow):
-                raise PackError(f"{self._where}: the model skeleton refers to {module}.{name}, but module "
-                                f"{module} is not imported; loading never imports a module by itself: import it "
-                                f"first, or pass allow=[{module!r}] if you trust it")
+                raise PackError(
+                    f"{self._where}: the model skeleton refers to {module}.{name}, but module "
+                    f"{module} is not imported; loading never imports a module by itself: import it "
+                    f"first, or pass allow=[{module!r}] if you trust it"
+                )
             try:
                 importlib.import_module(module)
             except BaseException as exc:  # noqa: BLE001 - the allowed module's own failure, reported as such
                 if isinstance(exc, KeyboardInterrupt):
                     raise
-                raise PackError(f"{self._where}: importing {module} (allowed) failed: {type(exc).__name__}: "
-                                f"{exc}") from None
+                raise PackError(
+                    f"{self._where}: importing {module} (allowed) failed: {type(exc).__name__}: {exc}"
+                ) from None
         obj = _lookup(module, name)
         if isinstance(obj, type) and issubclass(obj, nn.Module):
             return obj
-        raise PackError(f"{self._where}: the model skeleton refers to {module}.{name}, which autoshrink does not "
-                        f"load (only nn.Module subclasses, torch.nn.functional and plain types); {TRUST_HINT}")
+        raise PackError(
+            f"{self._where}: the model skeleton refers to {module}.{name}, which autoshrink does not "
+            f"load (only nn.Module subclasses, torch.nn.functional and plain types); {TRUST_HINT}"
+        )
 
 
 class TrustedUnpickler(pickle.Unpickler):

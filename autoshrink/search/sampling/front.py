@@ -8,10 +8,12 @@ each parameter mutates with probability 1 / n (at least one) to a neighbouring o
 is redrawn (RETRIES); with probability EXPLORE, or before any trial completes, a uniform draw instead.
 Parents: system attribute "front:parents". Reproducible for a seed with one worker only.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
@@ -86,9 +88,15 @@ def crowding(values: np.ndarray, open_low: Sequence[bool] | None = None) -> np.n
 class FrontSampler(optuna.samplers.BaseSampler):
     """Steady-state evolutionary sampler over a categorical space (see the module docstring)."""
 
-    def __init__(self, space: Mapping[str, Sequence[Any]], *, seed: int | None = None,
-                 explore: float = EXPLORE, crossover: float = CROSSOVER,
-                 values_of: Callable[[FrozenTrial], Sequence[float] | None] | None = None) -> None:
+    def __init__(
+        self,
+        space: Mapping[str, Sequence[Any]],
+        *,
+        seed: int | None = None,
+        explore: float = EXPLORE,
+        crossover: float = CROSSOVER,
+        values_of: Callable[[FrozenTrial], Sequence[float] | None] | None = None,
+    ) -> None:
         self._values_of = values_of or (lambda t: t.values)
         self._space = {name: list(values) for name, values in space.items()}
         self._order = {name: _ordered(values) for name, values in self._space.items()}
@@ -103,8 +111,9 @@ class FrontSampler(optuna.samplers.BaseSampler):
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {name: CategoricalDistribution(values) for name, values in self._space.items()}
 
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         if not search_space:
             return {}
         done, values = [], []
@@ -120,8 +129,9 @@ class FrontSampler(optuna.samplers.BaseSampler):
                 a, b = self._tournament(scores), self._tournament(scores)
                 child = self._mutate(self._cross(done[a].params, done[b].params))
                 if self._key(child) not in seen:
-                    study._storage.set_trial_system_attr(trial._trial_id, PARENTS_ATTR,
-                                                         sorted({done[a].number, done[b].number}))
+                    study._storage.set_trial_system_attr(
+                        trial._trial_id, PARENTS_ATTR, sorted({done[a].number, done[b].number})
+                    )
                     return child
         for _ in range(RETRIES):
             child = {n: vs[self._rng.randint(len(vs))] for n, vs in self._space.items()}
@@ -129,23 +139,29 @@ class FrontSampler(optuna.samplers.BaseSampler):
                 break
         return child
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
         """A parameter outside the declared space: uniformly at random among its choices."""
         choices = getattr(param_distribution, "choices", None)
         if choices is None:
-            raise ValueError(f"the front sampler handles categorical parameters only; {param_name!r} is "
-                             f"{type(param_distribution).__name__}.")
+            raise ValueError(
+                f"the front sampler handles categorical parameters only; {param_name!r} is "
+                f"{type(param_distribution).__name__}."
+            )
         return choices[self._rng.randint(len(choices))]
 
     def _key(self, params: Mapping[str, Any]) -> tuple:
         return tuple((n, params.get(n)) for n in self._space)
 
-    def _scores(self, trials: Sequence[FrozenTrial], values: Sequence[Sequence[float]],
-                directions: Sequence[StudyDirection]) -> list[tuple[int, float]]:
+    def _scores(
+        self, trials: Sequence[FrozenTrial], values: Sequence[Sequence[float]], directions: Sequence[StudyDirection]
+    ) -> list[tuple[int, float]]:
         """(rank, -crowding) per trial: lower is better."""
-        vals = np.array([[v if d == StudyDirection.MINIMIZE else -v for v, d in zip(row, directions)]
-                         for row in values], dtype=float)
+        vals = np.array(
+            [[v if d == StudyDirection.MINIMIZE else -v for v, d in zip(row, directions)] for row in values],
+            dtype=float,
+        )
         logged = vals.copy()
         for j, d in enumerate(directions):  # sizes, latencies, MACs: ratios matter, not differences
             if d == StudyDirection.MINIMIZE and np.all(vals[:, j] > 0):

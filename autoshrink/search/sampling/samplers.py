@@ -1,7 +1,9 @@
 """Sampler names -> Optuna samplers."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import optuna
 
@@ -11,8 +13,14 @@ from .front import FrontSampler
 SAMPLERS = ("front", "nsga2", "tpe", "gp", "random", "grid")
 
 
-def make_sampler(spec: Any, *, seed: int, n_trials: int | None, search_space: dict[str, list[Any]],
-                 values_of: Callable[[Any], Sequence[float] | None] | None = None) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    spec: Any,
+    *,
+    seed: int,
+    n_trials: int | None,
+    search_space: dict[str, list[Any]],
+    values_of: Callable[[Any], Sequence[float] | None] | None = None,
+) -> optuna.samplers.BaseSampler:
     """Build the sampler. "front" (front_sampler.py) breeds each candidate from the study's current
     front, ranked by `values_of` (a finished trial's objective values; default its Optuna values);
     NSGA-II's population adapts to the budget (n_trials // 4, 8..50) so a small search still runs

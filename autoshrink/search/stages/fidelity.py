@@ -8,10 +8,11 @@ without it, when no screened candidate is more than `margin` (SCREEN_MARGIN) mor
 otherwise (latency by MACs, so it replays). Else PRUNED: it keeps user attribute "screen", counts towards
 n_trials, and refine.py may still take it. The full fine-tune restarts from the compressed model.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -37,8 +38,10 @@ class Screening:
 
     def __post_init__(self) -> None:
         if isinstance(self.share, bool) or not isinstance(self.share, (int, float)) or not 0 < self.share < 1:
-            raise ConfigError(f"search: screen share={self.share!r}; use a fraction of the steps in (0, 1), e.g. 0.25 "
-                              "(or screen=False to fine-tune every candidate in full).")
+            raise ConfigError(
+                f"search: screen share={self.share!r}; use a fraction of the steps in (0, 1), e.g. 0.25 "
+                "(or screen=False to fine-tune every candidate in full)."
+            )
         if not isinstance(self.calibrate, bool):
             raise ConfigError(f"search: screen calibrate={self.calibrate!r}; use true or false.")
         for name in ("slack", "margin"):
@@ -61,14 +64,22 @@ class Screening:
         slack = max(SCREEN_SLACK, max_drop) if self.slack is None else self.slack
         if self.calibrate and len(pairs) >= CALIBRATION_PAIRS:
             recovered = float(np.median([s - f for s, f in pairs]))
-            return min(slack, max(0.0, recovered)), (f"max_accuracy_drop + the {recovered * 100:.2f} pp the "
-                                                     f"{len(pairs)} promoted candidates recovered, in [0, "
-                                                     f"{slack * 100:.2f}] pp")
+            return min(slack, max(0.0, recovered)), (
+                f"max_accuracy_drop + the {recovered * 100:.2f} pp the "
+                f"{len(pairs)} promoted candidates recovered, in [0, "
+                f"{slack * 100:.2f}] pp"
+            )
         return slack, "max_accuracy_drop + slack"
 
-    def promote(self, screened: Measurement, baseline: Measurement, max_drop: float | None,
-                objectives: Sequence[Objective], others: Sequence[Measurement],
-                pairs: Sequence[tuple[float, float]] = ()) -> tuple[bool, str]:
+    def promote(
+        self,
+        screened: Measurement,
+        baseline: Measurement,
+        max_drop: float | None,
+        objectives: Sequence[Objective],
+        others: Sequence[Measurement],
+        pairs: Sequence[tuple[float, float]] = (),
+    ) -> tuple[bool, str]:
         """Whether a screened candidate gets the full fine-tune, and why (`others`: the screened
         measurements of the candidates before it; `pairs`: see `limit`)."""
         drop = baseline.accuracy - screened.accuracy
@@ -87,6 +98,8 @@ class Screening:
             q = np.array([o.normalized(o.value(m), baseline) for o in objectives])
             rest = [i for i in range(len(objectives)) if i not in acc]
             if all(q[i] + self.margin <= me[i] for i in acc) and all(q[i] <= me[i] for i in rest):
-                return False, (f"a screened candidate is {(me[acc[0]] - q[acc[0]]) * 100:.2f} pp more accurate "
-                               f"(> margin {self.margin * 100:.2f} pp) and no worse otherwise")
+                return False, (
+                    f"a screened candidate is {(me[acc[0]] - q[acc[0]]) * 100:.2f} pp more accurate "
+                    f"(> margin {self.margin * 100:.2f} pp) and no worse otherwise"
+                )
         return True, "not dominated beyond the margin by any screened candidate"

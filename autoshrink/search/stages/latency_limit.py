@@ -7,10 +7,12 @@ more than the error margin is not run: it is told PRUNED with a "skipped" attrib
 `n_trials`. Margin: SKIP_MARGIN until MIN_CHECKED predictions were checked in this study, then the larger
 of it and their 90th percentile of |predicted / measured - 1|; so the table never decides a close call.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import optuna
 
@@ -30,9 +32,11 @@ def check_limit(value: Any, objectives: Sequence[str]) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"search: max_latency_ms={value!r}; use a latency in milliseconds > 0, or None.")
     if "latency" not in objectives:
-        raise ConfigError("search: max_latency_ms needs 'latency' among the objectives (the limit is checked on "
-                          "the measured latency, and the lookup table that predicts it is filled only then); add "
-                          "it, e.g. objectives=('accuracy', 'size', 'latency').")
+        raise ConfigError(
+            "search: max_latency_ms needs 'latency' among the objectives (the limit is checked on "
+            "the measured latency, and the lookup table that predicts it is filled only then); add "
+            "it, e.g. objectives=('accuracy', 'size', 'latency')."
+        )
     return float(value)
 
 
@@ -58,5 +62,7 @@ def skip_reason(predicted_ms: float | None, limit: float | None, margin: float) 
     """Why a candidate predicted at `predicted_ms` is not run, or None where it runs."""
     if limit is None or predicted_ms is None or predicted_ms <= limit * (1 + margin):
         return None
-    return (f"not run: predicted latency {predicted_ms:.4g} ms (lookup table, sum rule) is over the limit "
-            f"max_latency_ms={limit:g} by more than the table's margin ({margin * 100:.0f} %)")
+    return (
+        f"not run: predicted latency {predicted_ms:.4g} ms (lookup table, sum rule) is over the limit "
+        f"max_latency_ms={limit:g} by more than the table's margin ({margin * 100:.0f} %)"
+    )

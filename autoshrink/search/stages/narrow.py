@@ -7,9 +7,11 @@ rank value; a sparsity level when its unstructured and (if offered) structured r
 `structured: true` when the structured rows at every remaining level do. Leaving a layer alone is never
 removed. What was removed and why: user attribute "narrowed", shown in the report.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ...space import BoundSpace
 from ...space.schema import IDENTITY
@@ -42,8 +44,15 @@ def narrow(bound: BoundSpace, rows: Sequence[Mapping[str, Any]], cutoff: float) 
     removed: list[dict[str, Any]] = []
 
     def note(layer: str, field: str, value: Any, reason: str, r: Mapping[str, Any] | None) -> None:
-        removed.append({"layer": layer, "field": field, "value": value, "reason": reason,
-                        "accuracy_drop": None if r is None else r.get("accuracy_drop")})
+        removed.append(
+            {
+                "layer": layer,
+                "field": field,
+                "value": value,
+                "reason": reason,
+                "accuracy_drop": None if r is None else r.get("accuracy_drop"),
+            }
+        )
 
     for layer, fields in bound.layers.items():
         new: dict[str, tuple] = {}
@@ -73,11 +82,21 @@ def narrow(bound: BoundSpace, rows: Sequence[Mapping[str, Any]], cutoff: float) 
                 sparsity.append(s)
         new["sparsity"] = tuple(sparsity)
         if structured_offered and unstructured_offered:
-            fine = [s for s in sparsity if s > 0 and by.get((layer, "structured", s)) is not None
-                    and not _bad(by[(layer, "structured", s)], cutoff)]
+            fine = [
+                s
+                for s in sparsity
+                if s > 0
+                and by.get((layer, "structured", s)) is not None
+                and not _bad(by[(layer, "structured", s)], cutoff)
+            ]
             if not fine and len(sparsity) > 1:
-                note(layer, "structured", True, f"structured pruning exceeds the cutoff {cutoff * 100:.2f} pp at "
-                                                f"every remaining sparsity level", None)
+                note(
+                    layer,
+                    "structured",
+                    True,
+                    f"structured pruning exceeds the cutoff {cutoff * 100:.2f} pp at every remaining sparsity level",
+                    None,
+                )
                 new["structured"] = (False,)
         keep[layer] = new
     return bound.restricted(keep), removed

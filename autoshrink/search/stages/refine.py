@@ -8,12 +8,14 @@ each is refined with both settings, as the short fine-tune cannot tell which rec
 one (`distill=True/False` forces one). Results are trials of the same study (`refined_from`, `finetune`,
 `stage: refined`), outside n_trials; a policy with a completed refined trial is not refined again.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
@@ -28,10 +30,9 @@ from ..context import LoopContext, Session, WaitClock, submit_policy
 from ..objectives import Objective
 from ..pareto import non_dominated
 from ..study.leases import open_locks
-from ..study.schema import DRIVER_ATTR
+from ..study.schema import DRIVER_ATTR, StudyAttr, TrialAttr
 from ..tell import tell_outcome
 from .latency_limit import over_limit
-from ..study.schema import StudyAttr, TrialAttr
 
 REFINE_SLACK = 0.02
 # screened-out near misses: a screened drop up to this many times the screen's limit (1.0 pp -> 1.5 pp
@@ -55,9 +56,11 @@ def layers_key(policy: Mapping[str, Any]) -> str:
 
 def refined_sources(study: optuna.Study) -> set[str]:
     """The policies (layers_key) that already have a completed refined trial."""
-    return {layers_key(t.user_attrs[TrialAttr.POLICY]) for t in study.get_trials(deepcopy=False,
-                                                                          states=(optuna.trial.TrialState.COMPLETE,))
-            if t.user_attrs.get(TrialAttr.REFINED_FROM) is not None and TrialAttr.POLICY in t.user_attrs}
+    return {
+        layers_key(t.user_attrs[TrialAttr.POLICY])
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs.get(TrialAttr.REFINED_FROM) is not None and TrialAttr.POLICY in t.user_attrs
+    }
 
 
 def screened_refine_limit(screen: Mapping[str, Any] | None) -> float | None:
@@ -67,10 +70,17 @@ def screened_refine_limit(screen: Mapping[str, Any] | None) -> float | None:
     return None if limit is None else REFINE_SCREEN_FACTOR * limit
 
 
-def refine_candidates(study: optuna.Study, baseline: Measurement, objectives: Sequence[Objective],
-                      max_drop: float | None, k: int, slack: float = REFINE_SLACK,
-                      screened_limit: float | None = None,
-                      max_latency: float | None = None, skip_refined: bool = True) -> list[optuna.trial.FrozenTrial]:
+def refine_candidates(
+    study: optuna.Study,
+    baseline: Measurement,
+    objectives: Sequence[Objective],
+    max_drop: float | None,
+    k: int,
+    slack: float = REFINE_SLACK,
+    screened_limit: float | None = None,
+    max_latency: float | None = None,
+    skip_refined: bool = True,
+) -> list[optuna.trial.FrozenTrial]:
     """The k trials the refine stage takes (see the module docstring for the rule). `screened_limit`:
     the largest screened drop of a screened-out (PRUNED) trial that may be taken (None: none is);
     `max_latency`: a search's latency limit -- a trial measured over it is not taken (refining keeps
@@ -80,10 +90,15 @@ def refine_candidates(study: optuna.Study, baseline: Measurement, objectives: Se
     limit = (0.01 if max_drop is None else max_drop) + slack
     done = refined_sources(study) if skip_refined else set()
     near: list[tuple[optuna.trial.FrozenTrial, list[float]]] = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
-                                                      optuna.trial.TrialState.PRUNED)):
-        if (TrialAttr.POLICY not in t.user_attrs or t.user_attrs.get(TrialAttr.REFINED_FROM) is not None
-                or layers_key(t.user_attrs[TrialAttr.POLICY]) in done or not Policy.from_dict(t.user_attrs[TrialAttr.POLICY]).active()):
+    for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ):
+        if (
+            TrialAttr.POLICY not in t.user_attrs
+            or t.user_attrs.get(TrialAttr.REFINED_FROM) is not None
+            or layers_key(t.user_attrs[TrialAttr.POLICY]) in done
+            or not Policy.from_dict(t.user_attrs[TrialAttr.POLICY]).active()
+        ):
             continue
         if t.state == optuna.trial.TrialState.COMPLETE and TrialAttr.MEASUREMENT in t.user_attrs:
             if max_latency is not None and over_limit(t.user_attrs[TrialAttr.MEASUREMENT]["latency_ms"], max_latency):
@@ -107,7 +122,9 @@ def refine_candidates(study: optuna.Study, baseline: Measurement, objectives: Se
 
     picked: dict[str, optuna.trial.FrozenTrial] = {}
     for t, _ in sorted(front, key=key):
-        picked.setdefault(layers_key(t.user_attrs[TrialAttr.POLICY]), t)  # twins: the first in this order stands for both
+        picked.setdefault(
+            layers_key(t.user_attrs[TrialAttr.POLICY]), t
+        )  # twins: the first in this order stands for both
     return list(picked.values())[:k]
 
 
@@ -119,18 +136,25 @@ def _taken(study: optuna.Study, locks: Any, cfg: FinetuneConfig) -> set[tuple[st
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
     for t in study.get_trials(deepcopy=False, states=states):
         attrs = t.user_attrs
-        if attrs.get(TrialAttr.REFINED_FROM) is None or attrs.get(TrialAttr.FINETUNE) != want or TrialAttr.POLICY not in attrs:
+        if (
+            attrs.get(TrialAttr.REFINED_FROM) is None
+            or attrs.get(TrialAttr.FINETUNE) != want
+            or TrialAttr.POLICY not in attrs
+        ):
             continue
         if t.state == optuna.trial.TrialState.RUNNING:
             who = t.user_attrs.get(DRIVER_ATTR)
             if locks is None or who is None or not locks.alive(who):
                 continue
-        out.add((layers_key(t.user_attrs[TrialAttr.POLICY]), bool(t.user_attrs[TrialAttr.POLICY].get("distill", False))))
+        out.add(
+            (layers_key(t.user_attrs[TrialAttr.POLICY]), bool(t.user_attrs[TrialAttr.POLICY].get("distill", False)))
+        )
     return out
 
 
-def run_refine(ctx: LoopContext, sources: Sequence[optuna.trial.FrozenTrial], cfg: FinetuneConfig,
-               distill: bool | None = None) -> list[int]:
+def run_refine(
+    ctx: LoopContext, sources: Sequence[optuna.trial.FrozenTrial], cfg: FinetuneConfig, distill: bool | None = None
+) -> list[int]:
     """Evaluate each source's policy with the refine fine-tune as new trials; return the new numbers.
     `distill` forces distillation on or off; by default the source's own choice, then the other one
     where the space searches it (the source's params name `distill`)."""
@@ -154,12 +178,17 @@ def run_refine(ctx: LoopContext, sources: Sequence[optuna.trial.FrozenTrial], cf
             params = dict(src.params)
             if "distill" in params:
                 params["distill"] = policy.distill
-            attrs = {"refined_from": src.number, "stage": "refined", "finetune": cfg.to_dict(),
-                     "policy": policy.to_dict()}
+            attrs = {
+                "refined_from": src.number,
+                "stage": "refined",
+                "finetune": cfg.to_dict(),
+                "policy": policy.to_dict(),
+            }
             if ctx.locks is not None:
                 attrs[DRIVER_ATTR] = ctx.locks.driver_id
-            template = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, params=params,
-                                                 distributions=src.distributions, user_attrs=attrs)
+            template = optuna.trial.create_trial(
+                state=optuna.trial.TrialState.RUNNING, params=params, distributions=src.distributions, user_attrs=attrs
+            )
             trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
             trial = optuna.trial.Trial(study, trial_id)
             trials[trial.number] = trial
@@ -185,23 +214,40 @@ def run_refine(ctx: LoopContext, sources: Sequence[optuna.trial.FrozenTrial], cf
     return sorted(trials)
 
 
-def refine_study(study: optuna.Study, baseline: Measurement, objectives: Sequence[Objective], *,
-                 max_accuracy_drop: float | None, max_latency_ms: float | None, storage: str | None,
-                 session: Session | None, k: int = 1, steps: int | None = None, trials: Sequence[int] | None = None,
-                 model: Any = None, task: Any = None, executor: Any = None,
-                 finetune: Mapping[str, Any] | None = None, slack: float | None = None,
-                 distill: bool | None = None, progress: Callable[[Any], None] | None = None) -> list[int]:
+def refine_study(
+    study: optuna.Study,
+    baseline: Measurement,
+    objectives: Sequence[Objective],
+    *,
+    max_accuracy_drop: float | None,
+    max_latency_ms: float | None,
+    storage: str | None,
+    session: Session | None,
+    k: int = 1,
+    steps: int | None = None,
+    trials: Sequence[int] | None = None,
+    model: Any = None,
+    task: Any = None,
+    executor: Any = None,
+    finetune: Mapping[str, Any] | None = None,
+    slack: float | None = None,
+    distill: bool | None = None,
+    progress: Callable[[Any], None] | None = None,
+) -> list[int]:
     """SearchResult.refine: the refine stage after a search, on its study; the new trials' numbers."""
     s = session
     model = model if model is not None else (s.model if s else None)
     task = task if task is not None else (s.task if s else None)
     if model is None or task is None:
-        raise ConfigError("refine: this result was loaded from storage; pass model= and task= (the ones the "
-                          "search used).")
+        raise ConfigError(
+            "refine: this result was loaded from storage; pass model= and task= (the ones the search used)."
+        )
     stored = study.user_attrs.get(StudyAttr.FINGERPRINT)
     if stored and stored.get("sha256") != fingerprint(model).sha256:
-        raise ConfigError(f"refine: the model does not match the architecture study {study.study_name!r} "
-                          f"searched ({stored.get('class')}). Fix: pass the model the search used.")
+        raise ConfigError(
+            f"refine: the model does not match the architecture study {study.study_name!r} "
+            f"searched ({stored.get('class')}). Fix: pass the model the search used."
+        )
     ft = FinetuneConfig.from_dict(study.user_attrs[StudyAttr.FINETUNE])
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ConfigError(f"refine: k={k!r}; use a positive integer.")
@@ -215,31 +261,55 @@ def refine_study(study: optuna.Study, baseline: Measurement, objectives: Sequenc
                 raise ConfigError(f"refine: trial {n!r} is not in the study (0..{len(study.trials) - 1}).")
             t = study.trials[n]
             screened_out = t.state == optuna.trial.TrialState.PRUNED and TrialAttr.SCREEN in t.user_attrs
-            if (t.state != optuna.trial.TrialState.COMPLETE and not screened_out) or TrialAttr.POLICY not in t.user_attrs:
+            if (
+                t.state != optuna.trial.TrialState.COMPLETE and not screened_out
+            ) or TrialAttr.POLICY not in t.user_attrs:
                 raise ConfigError(f"refine: trial {n} is {t.state.name}; pick a completed or screened-out trial.")
-            if all(layers_key(o.user_attrs[TrialAttr.POLICY]) != layers_key(t.user_attrs[TrialAttr.POLICY]) for o in sources):
+            if all(
+                layers_key(o.user_attrs[TrialAttr.POLICY]) != layers_key(t.user_attrs[TrialAttr.POLICY])
+                for o in sources
+            ):
                 sources.append(t)  # twins (same layers, other distillation choice) are refined once
     else:
         from .stages.refine import REFINE_SLACK
 
         slack = REFINE_SLACK if slack is None else slack
         screened = screened_refine_limit(study.user_attrs.get(StudyAttr.SCREEN))
-        sources = refine_candidates(study, baseline, objectives, max_accuracy_drop, k, slack,
-                                    screened_limit=screened, max_latency=max_latency_ms)
+        sources = refine_candidates(
+            study,
+            baseline,
+            objectives,
+            max_accuracy_drop,
+            k,
+            slack,
+            screened_limit=screened,
+            max_latency=max_latency_ms,
+        )
         if not sources:
             limit = (0.01 if max_accuracy_drop is None else max_accuracy_drop) + slack
             also = "" if screened is None else f" (nor a screened-out one within {screened * 100:.2f} pp screened)"
-            raise ConfigError(f"refine: no completed, not yet refined trial is within {limit * 100:.2f} pp of the "
-                              f"baseline{also}, so nothing can be refined. Fix: pass trials=[...], a larger "
-                              "slack, or run more trials.")
+            raise ConfigError(
+                f"refine: no completed, not yet refined trial is within {limit * 100:.2f} pp of the "
+                f"baseline{also}, so nothing can be refined. Fix: pass trials=[...], a larger "
+                "slack, or run more trials."
+            )
     runtime = (study.user_attrs.get(StudyAttr.RUNTIME) or {}).get("runtime", "float")
     ex = make_executor(executor if executor is not None else (s.executor if s else "local"))
     clock = WaitClock()
     shared = open_locks(storage, study.study_name) if storage else contextlib.nullcontext(None)
     with shared as locks:  # other drivers may share the study
-        ctx = LoopContext(study=study, ex=ex, clock=clock, objectives=objectives, baseline=baseline,
-                          runtime=runtime, max_drop=max_accuracy_drop, progress=progress,
-                          t_start=time.perf_counter(), locks=locks)
+        ctx = LoopContext(
+            study=study,
+            ex=ex,
+            clock=clock,
+            objectives=objectives,
+            baseline=baseline,
+            runtime=runtime,
+            max_drop=max_accuracy_drop,
+            progress=progress,
+            t_start=time.perf_counter(),
+            locks=locks,
+        )
         try:
             ex.start(Job(model=model, task=task, finetune=ft, latency=s.latency if s else None))
             numbers = run_refine(ctx, sources, cfg, distill=distill)

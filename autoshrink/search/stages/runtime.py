@@ -6,9 +6,11 @@ ONNX Runtime, measure/onnxruntime.py) or "onnxruntime-static" (calibrated static
 the user or, with "auto", by timing float against int8 once with every Linear at 8 bits, at the
 example-input shape, on the evaluating device. Stored in the study (user attribute "runtime").
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 from torch import nn
@@ -25,8 +27,10 @@ PROBE_KEY = -2
 
 def check_runtime(runtime: Any) -> str:
     if runtime not in RUNTIME_CHOICES:
-        raise ConfigError(f"search: runtime={runtime!r}; use 'auto' (float or int8, timed once on the baseline), 'float', "
-                          "'int8', 'onnxruntime' or 'onnxruntime-static'.")
+        raise ConfigError(
+            f"search: runtime={runtime!r}; use 'auto' (float or int8, timed once on the baseline), 'float', "
+            "'int8', 'onnxruntime' or 'onnxruntime-static'."
+        )
     return runtime
 
 
@@ -35,17 +39,20 @@ def probe_policy(model: nn.Module) -> Policy:
     return Policy(layers={n: LayerPolicy(bits=8) for n, m in model.named_modules() if type(m) is nn.Linear})
 
 
-def study_runtime(study: optuna.Study, requested: str, model: nn.Module, ex: Any,
-                  wait: Callable[[Any], list[Outcome]]) -> tuple[str, float]:
+def study_runtime(
+    study: optuna.Study, requested: str, model: nn.Module, ex: Any, wait: Callable[[Any], list[Outcome]]
+) -> tuple[str, float]:
     """The runtime of this study and the evaluation seconds spent deciding it: the stored one on resume
     (a different explicit request is refused), else the requested one, else ("auto") the faster of
     float and int8 on the probe policy."""
     stored = study.user_attrs.get(StudyAttr.RUNTIME)
     if stored:
         if requested != "auto" and requested != stored["runtime"]:
-            raise ConfigError(f"study {study.study_name!r} measures on runtime {stored['runtime']!r} "
-                              f"({stored['decided_by']}); resume it with runtime={stored['runtime']!r} or 'auto', "
-                              "or use a new study_name.")
+            raise ConfigError(
+                f"study {study.study_name!r} measures on runtime {stored['runtime']!r} "
+                f"({stored['decided_by']}); resume it with runtime={stored['runtime']!r} or 'auto', "
+                "or use a new study_name."
+            )
         return stored["runtime"], 0.0
     seconds = 0.0
     if requested != "auto":
@@ -66,11 +73,16 @@ def _probe(model: nn.Module, ex: Any, wait: Callable[[Any], list[Outcome]]) -> t
         outcomes = wait(ex)
     o = outcomes[0]
     if not o.ok:
-        raise ConfigError(f"deciding the runtime (timing float against int8 on the model with every Linear at 8 bits) "
-                          f"failed: {o.error}. Fix: pass runtime='float' or 'int8'.")
+        raise ConfigError(
+            f"deciding the runtime (timing float against int8 on the model with every Linear at 8 bits) "
+            f"failed: {o.error}. Fix: pass runtime='float' or 'int8'."
+        )
     lat = o.measurement.latency_by_runtime
     timed = ", ".join(f"{k} {v:.4g} ms" for k, v in sorted(lat.items()))
     chosen = "int8" if o.measurement.runtime == "int8-dynamic" else "float"
-    how = (f"auto: every Linear at 8 bits, batch {o.measurement.batch_size} on {o.measurement.device}: {timed}"
-           if len(lat) > 1 else f"auto: no int8 kernels on {o.measurement.device}")
+    how = (
+        f"auto: every Linear at 8 bits, batch {o.measurement.batch_size} on {o.measurement.device}: {timed}"
+        if len(lat) > 1
+        else f"auto: no int8 kernels on {o.measurement.device}"
+    )
     return {"runtime": chosen, "decided_by": how}, o.seconds

@@ -6,26 +6,41 @@ measured on the study's runtime: the accuracy drop, and the bytes, MACs and late
 run in parallel on the executor. The table drives narrow.py and warmstart.py and is stored in the study
 (user attribute "sensitivity"), so a resume does not measure it again.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pandas as pd
 from torch import nn
 
+from ...errors import ConfigError
 from ...executors import Job, Outcome, make_executor
 from ...measure import LatencyConfig, Measurement
-from ...errors import ConfigError
 from ...policy import LayerPolicy, Policy
 from ...space import BoundSpace, SearchSpace, bind
 from ...task import Task, require_model_and_task
 from ...techniques.structured import structured_blockers
 from ...train import FinetuneConfig
 
-COLUMNS = ["layer", "field", "value", "accuracy", "accuracy_drop", "size_bytes", "bytes_saved", "macs_saved",
-           "latency_ms", "latency_saved", "skipped", "error", "seconds"]
+COLUMNS = [
+    "layer",
+    "field",
+    "value",
+    "accuracy",
+    "accuracy_drop",
+    "size_bytes",
+    "bytes_saved",
+    "macs_saved",
+    "latency_ms",
+    "latency_saved",
+    "skipped",
+    "error",
+    "seconds",
+]
 FIRST_KEY = -1000  # executor keys of the rows: FIRST_KEY - i (trials use numbers >= 0)
 
 
@@ -66,14 +81,26 @@ def choices(bound: BoundSpace) -> list[Choice1]:
 
 def row(c: Choice1, o: Outcome, baseline: Measurement) -> dict[str, Any]:
     """A table row from one measured choice (a failed one keeps its error and no numbers)."""
-    r: dict[str, Any] = {"layer": c.layer, "field": c.field, "value": c.value, "seconds": round(o.seconds, 4),
-                         "skipped": None, "error": o.error}
+    r: dict[str, Any] = {
+        "layer": c.layer,
+        "field": c.field,
+        "value": c.value,
+        "seconds": round(o.seconds, 4),
+        "skipped": None,
+        "error": o.error,
+    }
     if o.ok:
         m = o.measurement
-        r.update(accuracy=m.accuracy, accuracy_drop=baseline.accuracy - m.accuracy, size_bytes=m.size_bytes,
-                 bytes_saved=baseline.size_bytes - m.size_bytes, macs_saved=baseline.macs - m.macs,
-                 latency_ms=m.latency_ms, latency_saved=baseline.latency_ms - m.latency_ms,
-                 skipped="; ".join(m.skipped) or None)
+        r.update(
+            accuracy=m.accuracy,
+            accuracy_drop=baseline.accuracy - m.accuracy,
+            size_bytes=m.size_bytes,
+            bytes_saved=baseline.size_bytes - m.size_bytes,
+            macs_saved=baseline.macs - m.macs,
+            latency_ms=m.latency_ms,
+            latency_saved=baseline.latency_ms - m.latency_ms,
+            skipped="; ".join(m.skipped) or None,
+        )
         if m.layer_latency_ms:  # the latency lookup table's entries (not a column of the table)
             r["layer_latency_ms"] = dict(m.layer_latency_ms)
     return r
@@ -83,8 +110,15 @@ def table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(list(rows), columns=COLUMNS)
 
 
-def run_choices(ex: Any, wait: Callable[[Any], list[Outcome]], items: Sequence[Choice1], baseline: Measurement,
-                runtime: str, bn_batches: int, seed: int) -> tuple[list[dict[str, Any]], float]:
+def run_choices(
+    ex: Any,
+    wait: Callable[[Any], list[Outcome]],
+    items: Sequence[Choice1],
+    baseline: Measurement,
+    runtime: str,
+    bn_batches: int,
+    seed: int,
+) -> tuple[list[dict[str, Any]], float]:
     """Measure every choice on the executor (all submitted at once: the executor keeps its workers
     busy); return the rows in `items` order and the summed evaluation seconds."""
     cfg = FinetuneConfig(steps=0, bn_batches=bn_batches, seed=seed)
@@ -103,9 +137,17 @@ def run_choices(ex: Any, wait: Callable[[Any], list[Outcome]], items: Sequence[C
     return rows, sum(o.seconds for o in got.values())
 
 
-def sensitivity(model: nn.Module, task: Task, space: SearchSpace, *, executor: Any = "local",
-                runtime: str = "float", latency: LatencyConfig | None = None, bn_batches: int | None = None,
-                seed: int = 0) -> pd.DataFrame:
+def sensitivity(
+    model: nn.Module,
+    task: Task,
+    space: SearchSpace,
+    *,
+    executor: Any = "local",
+    runtime: str = "float",
+    latency: LatencyConfig | None = None,
+    bn_batches: int | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
     """The sensitivity table of `model` on `task` over `space` (see the module docstring): one row per
     layer and single choice, with columns layer, field, value, accuracy, accuracy_drop (fraction),
     size_bytes, bytes_saved, macs_saved, latency_ms, latency_saved (ms), skipped (what the technique
@@ -132,8 +174,15 @@ def sensitivity(model: nn.Module, task: Task, space: SearchSpace, *, executor: A
         if not base[0].ok:
             raise ConfigError(f"measuring the untouched model failed: {base[0].error}")
         baseline = base[0].measurement
-        rows, _ = run_choices(ex, lambda e: e.wait(), choices(bound), baseline, runtime,
-                              cfg.bn_batches if bn_batches is None else bn_batches, seed)
+        rows, _ = run_choices(
+            ex,
+            lambda e: e.wait(),
+            choices(bound),
+            baseline,
+            runtime,
+            cfg.bn_batches if bn_batches is None else bn_batches,
+            seed,
+        )
     finally:
         ex.shutdown()
     df = table(rows)

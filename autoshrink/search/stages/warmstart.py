@@ -8,13 +8,15 @@ shares (`log_shares`); a bit-width's latency counts on integer runtimes only, fr
 Pruned low-rank factors are left out (structured is kept where MACs / latency count). Budgets: up to
 `count`, geometric per minimized objective. With `distill: [true, false]` each allocation runs twice.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ from torch import nn
 from ...measure import Measurement
 from ...measure.packing.codec import encode_tensor
 from ...space import BoundSpace
-from ...techniques.lowrank import svd_factors, factor_params, target_rank
+from ...techniques.lowrank import factor_params, svd_factors, target_rank
 from ...techniques.prune import magnitude_mask
 from ...weights import quantize_value
 
@@ -89,8 +91,13 @@ def compounded(savings: Sequence[float], base: float) -> float:
     return base * (1.0 - left)
 
 
-def layer_combos(model: nn.Module, bound: BoundSpace, table: Sequence[Mapping[str, Any]], baseline: Measurement,
-                 objectives: Sequence[str] = ()) -> dict[str, list[Combo]]:
+def layer_combos(
+    model: nn.Module,
+    bound: BoundSpace,
+    table: Sequence[Mapping[str, Any]],
+    baseline: Measurement,
+    objectives: Sequence[str] = (),
+) -> dict[str, list[Combo]]:
     """Every combination of each layer's choices with its predicted drop, bytes, MACs and latency;
     structured pruning of low-rank layers only where "macs" or "latency" is among `objectives`."""
     rows = _rows(table)
@@ -102,7 +109,7 @@ def layer_combos(model: nn.Module, bound: BoundSpace, table: Sequence[Mapping[st
         if not hasattr(module, "weight") or module.weight is None:
             continue
 
-        def row(field: str, value: Any) -> Mapping[str, Any]:
+        def row(field: str, value: Any, layer: str = layer) -> Mapping[str, Any]:
             return rows.get((layer, field, float(value)), {})
 
         def drop(field: str, value: Any) -> float:
@@ -115,16 +122,20 @@ def layer_combos(model: nn.Module, bound: BoundSpace, table: Sequence[Mapping[st
 
         combos = []
         factors = {r: _weights(module, r) for r in fields["rank"].values}
-        for s, structured, b, r in itertools.product(fields["sparsity"].values, fields["structured"].values,
-                                                      fields["bits"].values, fields["rank"].values):
+        for s, structured, b, r in itertools.product(
+            fields["sparsity"].values, fields["structured"].values, fields["bits"].values, fields["rank"].values
+        ):
             if structured and s == 0.0:
                 continue  # the same as unstructured at 0
             if r < 1.0 and s > 0.0 and not (structured and compute):
                 continue  # pruning low-rank factors compounds two losses the additive drop does not see
             if factors[r] is None:
                 continue  # low-rank gives no saving here: the technique would skip it
-            d = (drop("structured" if structured else "sparsity", s) if s > 0 else 0.0) + \
-                (drop("bits", b) if b != 32 else 0.0) + (drop("rank", r) if r < 1 else 0.0)
+            d = (
+                (drop("structured" if structured else "sparsity", s) if s > 0 else 0.0)
+                + (drop("bits", b) if b != 32 else 0.0)
+                + (drop("rank", r) if r < 1 else 0.0)
+            )
             if structured:  # dense rows of the kept output channels (of the second factor where low-rank);
                 width = _BITS_WIDTH.get(b, b)  # what the next layers lose is not counted
                 *first, last = factors[r]
@@ -182,8 +193,13 @@ def log_shares(combos: Mapping[str, Sequence[Combo]], cost: str, base: float) ->
     allocation is predicted at or below zero (the plain sum of single-choice savings double-counts
     what two layers' choices both save, e.g. fc1's structured pruning and fc2's rank both shrinking
     fc2's GEMM, and can predict a negative latency)."""
-    return {l: [dataclasses.replace(c, **{cost: math.log(min(2.0, max(MIN_SHARE, 1.0 + getattr(c, cost) / base)))})
-                for c in cs] for l, cs in combos.items()}
+    return {
+        l: [
+            dataclasses.replace(c, **{cost: math.log(min(2.0, max(MIN_SHARE, 1.0 + getattr(c, cost) / base)))})
+            for c in cs
+        ]
+        for l, cs in combos.items()
+    }
 
 
 def budgets(lowest: float, top: float, n: int) -> list[float]:
@@ -191,12 +207,17 @@ def budgets(lowest: float, top: float, n: int) -> list[float]:
     if n <= 0 or lowest >= top:
         return [top] if n > 0 else []
     ratio = (top / lowest) ** (1 / max(n - 1, 1))
-    return [lowest * ratio ** i for i in range(n)]
+    return [lowest * ratio**i for i in range(n)]
 
 
-def warm_start_params(model: nn.Module, bound: BoundSpace, table: Sequence[Mapping[str, Any]],
-                      baseline: Measurement, objectives: Sequence[str], count: int
-                      ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+def warm_start_params(
+    model: nn.Module,
+    bound: BoundSpace,
+    table: Sequence[Mapping[str, Any]],
+    baseline: Measurement,
+    objectives: Sequence[str],
+    count: int,
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Up to `count` allocations as (params, description) pairs, deduplicated, spread over the objectives'
     budgets; each twice (distillation on, then off) where the space searches both."""
     combos = layer_combos(model, bound, table, baseline, objectives)
@@ -226,8 +247,11 @@ def warm_start_params(model: nn.Module, bound: BoundSpace, table: Sequence[Mappi
             plans += [(cost, b - fixed) for b in budgets(max(fixed + lowest, 1e-9), top, per)]
         elif real(cost, lowest) < 0.99 * base:  # else nothing in the space reduces it
             top = min(math.log(0.5), free)  # geometric in MACs / ms = even steps of the summed log shares
-            plans += [(cost, lowest + (top - lowest) * i / max(per - 1, 1)) for i in range(per)] \
-                if lowest < top else [(cost, top)]
+            plans += (
+                [(cost, lowest + (top - lowest) * i / max(per - 1, 1)) for i in range(per)]
+                if lowest < top
+                else [(cost, top)]
+            )
     out: list[tuple[dict[str, Any], dict[str, Any]]] = []
     seen: list[dict[str, Any]] = []
     for cost, b in plans:
@@ -244,18 +268,21 @@ def warm_start_params(model: nn.Module, bound: BoundSpace, table: Sequence[Mappi
         seen.append(params)
         label = {"bytes": "size", "macs": "MACs", "latency": "latency"}[cost]
         budget, total = real(cost, b), real(cost, sum(getattr(c, cost) for c in alloc.values()))
-        what = {"budget": f"{label} <= {budget / costs[cost] * 100:.3g}% of the baseline",
-                f"budget_{label.lower()}": round(budget, 6),
-                "predicted_drop": round(sum(c.drop for c in alloc.values()), 6),
-                f"predicted_{label.lower()}": round(total, 6)}
+        what = {
+            "budget": f"{label} <= {budget / costs[cost] * 100:.3g}% of the baseline",
+            f"budget_{label.lower()}": round(budget, 6),
+            "predicted_drop": round(sum(c.drop for c in alloc.values()), 6),
+            f"predicted_{label.lower()}": round(total, 6),
+        }
         out.append((params, what))
         if len(out) >= count:
             break
     return _both_distill(out, bound)
 
 
-def _both_distill(out: list[tuple[dict[str, Any], dict[str, Any]]], bound: BoundSpace
-                  ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+def _both_distill(
+    out: list[tuple[dict[str, Any], dict[str, Any]]], bound: BoundSpace
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Each allocation with distillation on, then off, where the space searches both (see the module docstring)."""
     choice = dict(bound.params()).get("distill")
     if choice is None or set(choice.values) != {True, False}:

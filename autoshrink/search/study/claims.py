@@ -1,5 +1,6 @@
 """Claims of several drivers on one study: the next trial under the budget, and the re-queueing of
 trials whose driver died (its lease is free)."""
+
 from __future__ import annotations
 
 import time

@@ -4,6 +4,7 @@ The table lives in the study's user attribute "latency_table" (observations per 
 predicted before it ran carries "latency_predicted_ms". `prediction_errors` sets those predictions
 against the measured end-to-end latencies.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -40,6 +41,13 @@ def prediction_errors(study: optuna.Study) -> pd.DataFrame:
             m, fidelity = t.user_attrs[TrialAttr.SCREEN]["measurement"], "screened"
         else:
             continue
-        rows.append({"trial": t.number, "fidelity": fidelity, "predicted_ms": pred, "measured_ms": m["latency_ms"],
-                     "error": pred / m["latency_ms"] - 1 if m["latency_ms"] > 0 else float("nan")})
+        rows.append(
+            {
+                "trial": t.number,
+                "fidelity": fidelity,
+                "predicted_ms": pred,
+                "measured_ms": m["latency_ms"],
+                "error": pred / m["latency_ms"] - 1 if m["latency_ms"] > 0 else float("nan"),
+            }
+        )
     return pd.DataFrame(rows, columns=["trial", "fidelity", "predicted_ms", "measured_ms", "error"])

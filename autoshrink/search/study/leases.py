@@ -8,6 +8,7 @@ Under the study mutex a driver sets the study up once, claims trials against `n_
 running, all drivers) and claims refine sources. A RUNNING trial whose owner's lease is free crashed:
 `reap` fails it and queues its parameters again; live drivers' trials are never touched.
 """
+
 from __future__ import annotations
 
 import abc
@@ -18,13 +19,12 @@ import os
 import re
 import socket
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
+from typing import Any
 
 from ...errors import ConfigError
 from .urls import dialect, rdb_url, redact, storage_error
-
 
 
 def new_driver_id() -> str:
@@ -80,7 +80,7 @@ class DriverLocks(abc.ABC):
     def close(self) -> None:
         """Drop this driver's lease."""
 
-    def __enter__(self) -> "DriverLocks":
+    def __enter__(self) -> DriverLocks:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -185,8 +185,9 @@ class ServerLocks(DriverLocks):
         self.driver_id = new_driver_id()
         self.kind = dialect(url)
         try:
-            self._engine = sqlalchemy.create_engine(rdb_url(url), poolclass=NullPool,
-                                                    connect_args={"connect_timeout": 10})
+            self._engine = sqlalchemy.create_engine(
+                rdb_url(url), poolclass=NullPool, connect_args={"connect_timeout": 10}
+            )
             self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except Exception as exc:  # noqa: BLE001 - the same one-line errors as opening the study
             raise storage_error(url, exc) from None
@@ -250,13 +251,17 @@ def open_locks(url: str, study_name: str) -> DriverLocks:
     """The lease and mutex for `study_name` in the storage `url` (sqlite, postgresql or mysql)."""
     kind = dialect(url)
     if kind == "sqlite":
-        raw = url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else ""
+        raw = url[len("sqlite:///") :].split("?", 1)[0] if url.startswith("sqlite:///") else ""
         if not raw or raw == ":memory:":
-            raise ConfigError(f"storage {url!r}: an in-memory SQLite storage is lost when the search ends; name a "
-                              ".db file (sqlite:///studies/name.db).")
+            raise ConfigError(
+                f"storage {url!r}: an in-memory SQLite storage is lost when the search ends; name a "
+                ".db file (sqlite:///studies/name.db)."
+            )
         return FileLocks(Path(raw), study_name)
     if kind in ("postgresql", "mysql"):
         return ServerLocks(url, study_name)
-    raise ConfigError(f"storage {redact(url)!r}: not an SQLite, PostgreSQL or MySQL URL; autoshrink search needs "
-                      "one of them (their locks let several drivers share a study). Fix: e.g. "
-                      "sqlite:///studies/name.db or postgresql://user:password@host/db.")
+    raise ConfigError(
+        f"storage {redact(url)!r}: not an SQLite, PostgreSQL or MySQL URL; autoshrink search needs "
+        "one of them (their locks let several drivers share a study). Fix: e.g. "
+        "sqlite:///studies/name.db or postgresql://user:password@host/db."
+    )

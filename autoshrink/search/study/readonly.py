@@ -5,6 +5,7 @@ given, so a mistyped path would turn an empty file, or another application's SQL
 an Optuna one. For SQLite the file is checked first, read-only and without Optuna: it must exist,
 be an SQLite database and hold Optuna's tables; then it is opened without table creation.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,30 +44,37 @@ def sqlite_tables(path: Path) -> set[str]:
 
 def check_sqlite_study_file(url: str, prefix: str = "") -> None:
     """ConfigError (message after `prefix`) unless `url`'s file is an existing Optuna SQLite database."""
-    raw = url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else ""
+    raw = url[len("sqlite:///") :].split("?", 1)[0] if url.startswith("sqlite:///") else ""
     if not raw or raw == ":memory:":
-        raise ConfigError(f"{prefix}{url}: an in-memory SQLite storage holds no study; pass the .db file a search "
-                          "wrote.")
+        raise ConfigError(
+            f"{prefix}{url}: an in-memory SQLite storage holds no study; pass the .db file a search wrote."
+        )
     path = Path(raw)
     if not path.is_file():
         what = "not a regular file" if path.exists() else "no such file"
-        raise ConfigError(f"{prefix}storage {url}: {what} {raw} (in {Path.cwd()}). Fix: run `autoshrink search` "
-                          "first, or pass the storage it used (--storage URL or the .db file).")
+        raise ConfigError(
+            f"{prefix}storage {url}: {what} {raw} (in {Path.cwd()}). Fix: run `autoshrink search` "
+            "first, or pass the storage it used (--storage URL or the .db file)."
+        )
     if not os.access(path, os.R_OK):
         raise ConfigError(f"{prefix}storage {url}: {raw} is not readable (permission denied); fix its permissions.")
     if not is_sqlite(path):
         what = "an empty file, not a study database" if path.stat().st_size == 0 else "not an SQLite database"
-        raise ConfigError(f"{prefix}storage {url}: {raw} is {what}; nothing was changed. Fix: pass the .db file a "
-                          "search wrote.")
+        raise ConfigError(
+            f"{prefix}storage {url}: {raw} is {what}; nothing was changed. Fix: pass the .db file a search wrote."
+        )
     try:
         missing = OPTUNA_TABLES - sqlite_tables(path)
     except sqlite3.Error as exc:
-        raise ConfigError(f"{prefix}storage {url}: {raw} cannot be read as SQLite ({exc}); pass the .db file a "
-                          "search wrote.") from None
+        raise ConfigError(
+            f"{prefix}storage {url}: {raw} cannot be read as SQLite ({exc}); pass the .db file a search wrote."
+        ) from None
     if missing:
-        raise ConfigError(f"{prefix}storage {url}: {raw} is an SQLite database but not an Optuna study storage "
-                          f"(no {', '.join(sorted(missing))} tables); nothing was changed. Fix: pass the .db file a "
-                          "search wrote.")
+        raise ConfigError(
+            f"{prefix}storage {url}: {raw} is an SQLite database but not an Optuna study storage "
+            f"(no {', '.join(sorted(missing))} tables); nothing was changed. Fix: pass the .db file a "
+            "search wrote."
+        )
 
 
 def open_readonly(url: str, prefix: str = "") -> Any:
@@ -87,6 +95,8 @@ def open_readonly(url: str, prefix: str = "") -> Any:
         cause = exc.__cause__ or exc.__context__ or exc
         text = " ".join(str(cause).split()) or type(cause).__name__
         if "no such table" in text or ("relation" in text and "does not exist" in text) or "doesn't exist" in text:
-            raise NoOptunaTables(f"{prefix}storage {redact(url)}: holds no Optuna tables; nothing was changed. Fix: "
-                                 "pass the storage a search wrote.") from None
+            raise NoOptunaTables(
+                f"{prefix}storage {redact(url)}: holds no Optuna tables; nothing was changed. Fix: "
+                "pass the storage a search wrote."
+            ) from None
         raise storage_error(url, exc, prefix) from None

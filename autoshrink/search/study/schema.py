@@ -1,6 +1,7 @@
 """Everything a search stores in its Optuna study, by name: the study's and each trial's user
 attributes. Every reader and writer (search, load, refine, report, CLI) uses these names, so a rename
 happens here once; the values are what studies written by earlier releases hold, and stay so."""
+
 from __future__ import annotations
 
 FORMAT = "autoshrink-study/1"  # the study's FORMAT attribute

@@ -1,19 +1,19 @@
 """Open, create, validate and repair the Optuna study that holds a search."""
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import optuna
 
 from ...errors import ConfigError
 from ..objectives import Objective
 from .readonly import is_sqlite, sqlite_tables
-from .urls import engine_kwargs, rdb_url, redact, storage_error
 from .schema import FORMAT, StudyAttr, TrialAttr
-
-
+from .urls import engine_kwargs, rdb_url, redact, storage_error
 
 
 def default_storage(study_name: str) -> str:
@@ -29,7 +29,7 @@ def make_storage(url: str) -> Any:
         if url.startswith("sqlite:"):
             return url
         return optuna.storages.RDBStorage(rdb_url(url), engine_kwargs=engine_kwargs(url))
-    path = Path(url[len("sqlite:///"):])
+    path = Path(url[len("sqlite:///") :])
     check_own_sqlite(url, path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def make_storage(url: str) -> Any:
 def check_storage(url: str) -> None:
     """Before anything is created: an SQLite file a search would write into must be its own (check_own_sqlite)."""
     if url.startswith("sqlite:///"):
-        check_own_sqlite(url, Path(url[len("sqlite:///"):].split("?", 1)[0]))
+        check_own_sqlite(url, Path(url[len("sqlite:///") :].split("?", 1)[0]))
 
 
 def check_own_sqlite(url: str, path: Path) -> None:
@@ -62,17 +62,26 @@ def check_own_sqlite(url: str, path: Path) -> None:
     if not path.is_file():
         raise ConfigError(f"storage {url!r}: {path} is not a regular file; name a .db file.")
     if not is_sqlite(path):
-        raise ConfigError(f"storage {url!r}: {path} exists and is not an SQLite database; a search never writes "
-                          "into another file. Fix: name a new .db file.")
+        raise ConfigError(
+            f"storage {url!r}: {path} exists and is not an SQLite database; a search never writes "
+            "into another file. Fix: name a new .db file."
+        )
     tables = sqlite_tables(path)
     if tables and "studies" not in tables:
-        raise ConfigError(f"storage {url!r}: {path} is another application's SQLite database (tables "
-                          f"{', '.join(sorted(tables)[:5])}); a search never adds Optuna's tables to it. Fix: name a "
-                          "new .db file.")
+        raise ConfigError(
+            f"storage {url!r}: {path} is another application's SQLite database (tables "
+            f"{', '.join(sorted(tables)[:5])}); a search never adds Optuna's tables to it. Fix: name a "
+            "new .db file."
+        )
 
 
-def open_study(storage: str, study_name: str, objectives: Sequence[Objective], sampler: optuna.samplers.BaseSampler,
-               signature: dict[str, Any]) -> tuple[optuna.Study, bool]:
+def open_study(
+    storage: str,
+    study_name: str,
+    objectives: Sequence[Objective],
+    sampler: optuna.samplers.BaseSampler,
+    signature: dict[str, Any],
+) -> tuple[optuna.Study, bool]:
     """Create the study or resume it. Resuming checks what Optuna does not: the objectives, their
     directions and the searched parameters must be those the study was created with."""
     url = storage
@@ -83,24 +92,34 @@ def open_study(storage: str, study_name: str, objectives: Sequence[Objective], s
         raise
     except Exception as exc:  # noqa: BLE001 - any storage failure: say which storage and why
         raise storage_error(url, exc) from None
-    study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler, load_if_exists=True,
-                                directions=[o.direction for o in objectives])
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        sampler=sampler,
+        load_if_exists=True,
+        directions=[o.direction for o in objectives],
+    )
     names = [o.name for o in objectives]
     if existing:
         attrs = study.user_attrs
         if attrs.get(StudyAttr.FORMAT) != FORMAT:
-            raise ConfigError(f"study {study_name!r} in {redact(url)} was not created by autoshrink search; "
-                              "use another study_name.")
+            raise ConfigError(
+                f"study {study_name!r} in {redact(url)} was not created by autoshrink search; use another study_name."
+            )
         stored = attrs.get(StudyAttr.OBJECTIVES)
         if stored != names or [d.name.lower() for d in study.directions] != [o.direction for o in objectives]:
-            raise ConfigError(f"study {study_name!r} was created with objectives {stored}, not {names}; "
-                              "resume it with the same objectives, or use a new study_name.")
+            raise ConfigError(
+                f"study {study_name!r} was created with objectives {stored}, not {names}; "
+                "resume it with the same objectives, or use a new study_name."
+            )
         old = attrs.get(StudyAttr.SIGNATURE, {})
         if old != signature:
             changed = sorted(k for k in set(old) | set(signature) if old.get(k) != signature.get(k))
-            raise ConfigError(f"study {study_name!r} was created with a different search setup "
-                              f"(changed: {', '.join(changed[:8])}); resume with the same model, space and "
-                              "settings, or use a new study_name.")
+            raise ConfigError(
+                f"study {study_name!r} was created with a different search setup "
+                f"(changed: {', '.join(changed[:8])}); resume with the same model, space and "
+                "settings, or use a new study_name."
+            )
     else:
         study.set_user_attr(StudyAttr.FORMAT, FORMAT)
         study.set_user_attr(StudyAttr.OBJECTIVES, names)
@@ -119,8 +138,11 @@ def requeue_crashed(study: optuna.Study, crashed: Sequence[optuna.trial.FrozenTr
         # attributes can only be written while the trial is still RUNNING, so before the tell
         trial = optuna.trial.Trial(study, t._trial_id)
         refined = t.user_attrs.get(TrialAttr.REFINED_FROM) is not None
-        trial.set_user_attr(TrialAttr.FAILURE, "the search process running this trial died; " + (
-            "the refine stage runs it again" if refined else "its parameters were queued again"))
+        trial.set_user_attr(
+            TrialAttr.FAILURE,
+            "the search process running this trial died; "
+            + ("the refine stage runs it again" if refined else "its parameters were queued again"),
+        )
         trial.set_user_attr(TrialAttr.CRASHED, True)
         study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         if not refined:
@@ -132,18 +154,28 @@ def counted(study: optuna.Study) -> int:
     """Finished candidates that count towards n_trials: COMPLETE, PRUNED (screened out) and FAIL
     trials, except those re-queued after a crash and the refine stage's trials."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=states)
-               if not t.user_attrs.get(TrialAttr.CRASHED) and t.user_attrs.get(TrialAttr.REFINED_FROM) is None)
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=states)
+        if not t.user_attrs.get(TrialAttr.CRASHED) and t.user_attrs.get(TrialAttr.REFINED_FROM) is None
+    )
 
 
 def in_budget(study: optuna.Study) -> int:
     """What n_trials is spent on, over every driver: counted finished trials plus running candidate
     trials (not refine trials). One read of the study."""
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL,
-              optuna.trial.TrialState.RUNNING)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=states)
-               if t.user_attrs.get(TrialAttr.REFINED_FROM) is None
-               and (t.state == optuna.trial.TrialState.RUNNING or not t.user_attrs.get(TrialAttr.CRASHED)))
+    states = (
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.FAIL,
+        optuna.trial.TrialState.RUNNING,
+    )
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=states)
+        if t.user_attrs.get(TrialAttr.REFINED_FROM) is None
+        and (t.state == optuna.trial.TrialState.RUNNING or not t.user_attrs.get(TrialAttr.CRASHED))
+    )
 
 
 REQUEUE_KEEP = (TrialAttr.BASELINE_POLICY, TrialAttr.WARM_START)

@@ -1,6 +1,7 @@
 """Storage URLs for database servers: the driver a URL needs, passwords kept out of messages, and one
 clear error for each way a server connection fails (unreachable, refused credentials, no such database,
 driver not installed)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -62,23 +63,49 @@ def storage_error(url: str, exc: BaseException, prefix: str = "") -> ConfigError
     where, user, db = _where(url)
     if isinstance(cause, ModuleNotFoundError) or "no module named" in low:
         missing = getattr(cause, "name", None) or text
-        fix = ("pip install 'autoshrink[postgres]'" if dialect(url) == "postgresql"
-               else "install the SQLAlchemy driver the URL names")
+        fix = (
+            "pip install 'autoshrink[postgres]'"
+            if dialect(url) == "postgresql"
+            else "install the SQLAlchemy driver the URL names"
+        )
         return ConfigError(f"{prefix}storage {shown}: its database driver is not installed ({missing}). Fix: {fix}.")
-    if "password authentication failed" in low or "access denied" in low or "no password supplied" in low \
-            or "authentication failed" in low:
-        return ConfigError(f"{prefix}storage {shown}: the database server at {where} refused user {user!r} (wrong "
-                           "password or user). Fix: correct the user and password in the URL (or use ~/.pgpass).")
+    if (
+        "password authentication failed" in low
+        or "access denied" in low
+        or "no password supplied" in low
+        or "authentication failed" in low
+    ):
+        return ConfigError(
+            f"{prefix}storage {shown}: the database server at {where} refused user {user!r} (wrong "
+            "password or user). Fix: correct the user and password in the URL (or use ~/.pgpass)."
+        )
     if ("database" in low and "does not exist" in low) or "unknown database" in low:
-        return ConfigError(f"{prefix}storage {shown}: database {db!r} does not exist on the server at {where}. "
-                           f"Fix: create it (e.g. `createdb {db or 'NAME'}`) or name an existing database.")
-    if any(s in low for s in ("connection refused", "could not connect", "connection failed", "timeout expired",
-                              "could not translate host name", "name or service not known", "no route to host",
-                              "can't connect", "server closed the connection")):
-        return ConfigError(f"{prefix}storage {shown}: cannot reach the database server at {where} ({text[:200]}). "
-                           "Fix: start the server, or correct the host and port in the URL.")
-    return ConfigError(f"{prefix}storage {shown}: cannot open it ({type(cause).__name__}: {text[:200]}). Fix: use an "
-                       "Optuna storage URL such as sqlite:///studies/name.db or postgresql://user:password@host/db.")
+        return ConfigError(
+            f"{prefix}storage {shown}: database {db!r} does not exist on the server at {where}. "
+            f"Fix: create it (e.g. `createdb {db or 'NAME'}`) or name an existing database."
+        )
+    if any(
+        s in low
+        for s in (
+            "connection refused",
+            "could not connect",
+            "connection failed",
+            "timeout expired",
+            "could not translate host name",
+            "name or service not known",
+            "no route to host",
+            "can't connect",
+            "server closed the connection",
+        )
+    ):
+        return ConfigError(
+            f"{prefix}storage {shown}: cannot reach the database server at {where} ({text[:200]}). "
+            "Fix: start the server, or correct the host and port in the URL."
+        )
+    return ConfigError(
+        f"{prefix}storage {shown}: cannot open it ({type(cause).__name__}: {text[:200]}). Fix: use an "
+        "Optuna storage URL such as sqlite:///studies/name.db or postgresql://user:password@host/db."
+    )
 
 
 def engine_kwargs(url: str) -> dict[str, Any]:
