@@ -20,12 +20,12 @@ from .figures import (
     hypervolume_figure,
     pareto_scatter,
     pareto_scatter_3d,
-    policy_heatmaps,
     reference_text,
     trial_frame,
     with_recorded_constraint,
 )
 from .latency import latency_section
+from .policies import policy_heatmaps
 from .stages import narrowed_table, refined_table, sensitivity_heatmap, stages_section
 from .storage import storage_table
 

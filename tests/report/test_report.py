@@ -19,14 +19,9 @@ from autoshrink.cli import main
 from autoshrink.errors import ConfigError
 from autoshrink.measure import Measurement
 from autoshrink.report import build_report, write_report
-from autoshrink.report.figures import (
-    hypervolume_history,
-    layer_label,
-    policy_heatmaps,
-    policy_summary,
-    with_recorded_constraint,
-)
+from autoshrink.report.figures import hypervolume_history, with_recorded_constraint
 from autoshrink.report.html import mask_url
+from autoshrink.report.policies import layer_label, policy_heatmaps, policy_summary
 from autoshrink.search import SearchResult, load_result
 from autoshrink.search.objectives import resolve
 from autoshrink.search.study.schema import FORMAT
