@@ -118,6 +118,21 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def test_every_import_inside_the_package_names_a_module_that_exists() -> None:
+    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+    missing = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = _module_name(path)
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package[: len(package) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+                if module not in modules:
+                    missing.setdefault(name, []).append(module)
+    assert missing == {}
+
+
 def test_no_import_cycle_in_the_package() -> None:
     assert _cycles(_import_graph()) == []
 

@@ -128,7 +128,7 @@ def test_search_ray_address_joins_that_cluster(monkeypatch, tmp_path) -> None:
     seen = {}
 
     def fake_search(*args, **kwargs):
-        seen["executor"] = kwargs["executor"]
+        seen["executor"] = args[3].executor  # the SearchConfig the CLI built
         raise SystemExit(0)
 
     monkeypatch.setattr(search_pkg, "search", fake_search)

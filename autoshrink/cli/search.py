@@ -28,7 +28,7 @@ def cli_settings(args: argparse.Namespace, cfg: StudyConfig) -> SearchConfig:
         text = getattr(args, f"set_{name}", None)
         if text is None:
             continue
-        if setting.cli == "text":
+        if setting.cli != "yaml":
             given[name] = text
             continue
         try:
@@ -41,7 +41,7 @@ def cli_settings(args: argparse.Namespace, cfg: StudyConfig) -> SearchConfig:
     def error(name: str, value: Any, fix: str) -> Exception:
         return ConfigError(f"search: --{name.replace('_', '-')} {describe(value)}: {fix}")
 
-    def rule(message: str) -> Exception:
+    def rule(name: str, message: str) -> Exception:
         return ConfigError(f"search: {message}")
 
     return from_mapping(given, error, rule, base=cfg.settings)
@@ -150,11 +150,13 @@ def add_parser(sub: Any) -> None:
         if name == "executor":
             srch.add_argument(flag, choices=("local", "ray"), help="override the executor")
             continue
+        kind = {"int": int, "float": float}.get(setting.cli, str)
         srch.add_argument(
             flag,
-            metavar="VALUE",
+            type=kind,
+            metavar="N" if kind is int else "X" if kind is float else "VALUE",
             dest=f"set_{name}",
-            help=f"override {name}: {setting.help}" + ("" if setting.cli == "text" else " (read as YAML)"),
+            help=f"override {name}: {setting.help}" + (" (read as YAML)" if setting.cli == "yaml" else ""),
         )
     srch.add_argument(
         "--ray-address",

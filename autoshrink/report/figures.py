@@ -15,23 +15,11 @@ import plotly.graph_objects as go
 
 from ..measure import Measurement
 from ..search.pareto import hypervolume, non_dominated
-from ..search.result import SearchResult
+from ..search.result import MEASURED, SearchResult
 from ..search.study.schema import TrialAttr
 from .policies import policy_summary
 from .stages import stage_note
 
-MEASURED = (
-    "accuracy",
-    "accuracy_drop",
-    "size_bytes",
-    "latency_ms",
-    "macs",
-    "compression",
-    "speedup",
-    "mac_reduction",
-    "runtime",
-    "device",
-)
 AXIS = {
     "size_bytes": ("size (bytes, packed)", "log"),
     "latency_ms": ("latency (ms)", "linear"),

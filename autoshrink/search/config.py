@@ -64,7 +64,7 @@ class SearchConfig:
                 object.__setattr__(self, f.name, SETTINGS[f.name].check(value))
             except SettingError as exc:
                 raise ConfigError(f"search: {f.name}={describe(value)}; {exc.fix}") from None
-        for message in cross_check(self.values()):
+        for _, message in cross_check(self.values()):
             raise ConfigError(f"search: {message}")
 
     def values(self) -> dict[str, Any]:
@@ -100,16 +100,19 @@ def check_names(given: Mapping[str, Any], where: str) -> None:
             raise ConfigError(f"{where}: unknown setting {name!r}{hint}; the settings are {', '.join(SETTINGS)}.")
 
 
-def cross_check(values: Mapping[str, Any]) -> list[str]:
-    """Rules between (checked) settings, as messages (empty: none broken)."""
+def cross_check(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Rules between (checked) settings, as (the setting to fix, message); empty: none broken."""
     out = []
     if values["n_trials"] is None and values["timeout"] is None:
-        out.append("give n_trials and/or timeout, or it would never stop.")
+        out.append(("n_trials", "give n_trials and/or timeout, or it would never stop."))
     if values["max_latency_ms"] is not None and "latency" not in values["objectives"]:
         out.append(
-            "max_latency_ms needs 'latency' among the objectives (the limit is checked on the measured "
-            "latency, and the lookup table that predicts it is filled only then); add it, e.g. "
-            "objectives=('accuracy', 'size', 'latency')."
+            (
+                "max_latency_ms",
+                "max_latency_ms needs 'latency' among the objectives (the limit is checked on the measured "
+                "latency, and the lookup table that predicts it is filled only then); add it, e.g. "
+                "objectives=('accuracy', 'size', 'latency').",
+            )
         )
     return out
 
@@ -267,16 +270,18 @@ class Setting:
 
     check: Callable[[Any], Any]
     help: str
-    cli: str = "yaml"  # "yaml": the flag's text read as a YAML value; "text": taken as it is
+    cli: str = "yaml"  # how the flag's text is read: "int", "float", "text" (as it is) or "yaml" (a YAML value)
 
 
 SETTINGS: dict[str, Setting] = {
     "objectives": Setting(_objectives, f"objectives to optimize, any of {', '.join(OBJECTIVES)}"),
-    "n_trials": Setting(_integer(1, True, ""), "finished candidate trials in the study (all drivers)"),
+    "n_trials": Setting(_integer(1, True, ""), "finished candidate trials in the study (all drivers)", cli="int"),
     "timeout": Setting(
-        _number(0, math.inf, False, False, "use seconds > 0."), "stop asking new trials after this many seconds"
+        _number(0, math.inf, False, False, "use seconds > 0."),
+        "stop asking new trials after this many seconds",
+        cli="float",
     ),
-    "finetune_steps": Setting(_integer(0, True, ""), "fine-tune steps per candidate (default: the space's)"),
+    "finetune_steps": Setting(_integer(0, True, ""), "fine-tune steps per candidate (default: the space's)", cli="int"),
     "executor": Setting(_executor, "local or ray"),
     "storage": Setting(
         _text("use an Optuna storage URL, e.g. sqlite:///studies/name.db."),
@@ -284,27 +289,32 @@ SETTINGS: dict[str, Setting] = {
         cli="text",
     ),
     "study_name": Setting(_study_name, "the study's name (default: the config's name)", cli="text"),
-    "sampler": Setting(_sampler, f"one of {', '.join(SAMPLERS)}"),
-    "seed": Setting(_seed, "seed of the sampler and the fine-tunes"),
+    "sampler": Setting(_sampler, f"one of {', '.join(SAMPLERS)}", cli="text"),
+    "seed": Setting(_seed, "seed of the sampler and the fine-tunes", cli="int"),
     "max_accuracy_drop": Setting(
         _number(0, 1, True, False, "use a fraction in [0, 1) (0.01 = 1 pp)."),
         "constraint: the largest accuracy drop (fraction)",
+        cli="float",
     ),
     "max_latency_ms": Setting(
         _number(0, math.inf, False, False, "use a latency in milliseconds > 0, or None."),
         "constraint: the largest measured latency (ms; needs the latency objective)",
+        cli="float",
     ),
     "latency": Setting(_latency, "latency timing: {warmup, min_repeats, min_seconds, max_repeats}"),
-    "runtime": Setting(_runtime, "the runtime every trial is measured on (decided once per study)"),
+    "runtime": Setting(_runtime, "the runtime every trial is measured on (decided once per study)", cli="text"),
     "sensitivity": Setting(_boolean, "run the sensitivity pre-pass (and narrowing, warm start)"),
     "narrow_cutoff": Setting(
         _number(0, 1, False, True, "use a drop in (0, 1] (0.1 = 10 pp), or None."),
         "drop a choice that alone costs more than this (fraction)",
+        cli="float",
     ),
     "warm_start": Setting(_warm_start, "enqueue policies allocated from the pre-pass (true, false or a count)"),
     "screen": Setting(_screen, "multi-fidelity screening: true, false, a share of the steps or a mapping"),
-    "refine_top": Setting(_integer(0, False, ""), "refine stage: re-run the K best policies with a long fine-tune"),
-    "refine_steps": Setting(_integer(1, True, ""), "fine-tune steps of the refine stage"),
+    "refine_top": Setting(
+        _integer(0, False, ""), "refine stage: re-run the K best policies with a long fine-tune", cli="int"
+    ),
+    "refine_steps": Setting(_integer(1, True, ""), "fine-tune steps of the refine stage", cli="int"),
     "refine_finetune": Setting(_refine_finetune, "fine-tune settings of the refine stage (a mapping)"),
 }
 
@@ -317,7 +327,7 @@ def from_mapping(
 ) -> SearchConfig:
     """A SearchConfig from settings read from a file or the command line: each value checked alone
     first, so that `on_error(name, value, fix)` can say where it came from; a rule between settings
-    broken is `on_rule(message)`."""
+    broken is `on_rule(setting, message)`."""
     checked = {}
     for name, value in data.items():
         try:
@@ -327,5 +337,5 @@ def from_mapping(
     base = base or SearchConfig()
     broken = cross_check({**base.values(), **checked})
     if broken:
-        raise on_rule(broken[0])
+        raise on_rule(*broken[0])
     return replace(base, **checked)

@@ -18,8 +18,22 @@ from .objectives import Objective
 from .pareto import hypervolume, non_dominated
 from .stages.latency_limit import over_limit
 from .stages.refine import refine_study
+from .study.latency_records import load_table, prediction_errors
 from .study.schema import StudyAttr, TrialAttr
 
+# the columns a trial's measurement gives in `trials` and `pareto`
+MEASURED = (
+    "accuracy",
+    "accuracy_drop",
+    "size_bytes",
+    "latency_ms",
+    "macs",
+    "compression",
+    "speedup",
+    "mac_reduction",
+    "runtime",
+    "device",
+)
 MINIMIZE = {"size": "size_bytes", "latency": "latency_ms", "macs": "macs"}
 
 
@@ -99,24 +113,7 @@ class SearchResult:
         """Feasible (within max_accuracy_drop and max_latency_ms) Pareto-optimal trials, best accuracy first."""
         feasible = self._feasible()
         if not feasible:
-            return pd.DataFrame(
-                columns=[
-                    "trial",
-                    "accuracy",
-                    "accuracy_drop",
-                    "size_bytes",
-                    "latency_ms",
-                    "macs",
-                    "compression",
-                    "speedup",
-                    "mac_reduction",
-                    "runtime",
-                    "device",
-                    "policy",
-                    "stage",
-                    "refined_from",
-                ]
-            )
+            return pd.DataFrame(columns=["trial", *MEASURED, "policy", "stage", "refined_from"])
         front = [t for t, keep in zip(feasible, non_dominated(self._normalized(feasible))) if keep]
         rows = [
             {
@@ -253,15 +250,11 @@ class SearchResult:
     def latency_table(self) -> pd.DataFrame:
         """The study's latency lookup table (measure/latency_table.py): one row per (layer, choice, runtime,
         device, batch) with the median latency_ms of its observations; empty unless latency is an objective."""
-        from .study.latency_records import load_table
-
         return load_table(self.study).frame()
 
     def latency_predictions(self) -> pd.DataFrame:
         """Each trial's sum-rule latency predicted from the table before it ran, against its measured
         latency: columns trial, fidelity, predicted_ms, measured_ms, error (predicted / measured - 1)."""
-        from .study.latency_records import prediction_errors
-
         return prediction_errors(self.study)
 
     # ------------------------------------------------------------------ quality

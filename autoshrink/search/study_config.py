@@ -178,7 +178,7 @@ def load_study_config(path: str | Path) -> StudyConfig:
     def error(name: str, value: Any, fix: str) -> Exception:
         return src.error("name" if name == "study_name" else name, f"got {describe(value)}; {fix}")
 
-    settings = from_mapping(given, error, lambda message: src.error("<root>", message))
+    settings = from_mapping(given, error, lambda name, message: src.error(name, message.removeprefix(f"{name} ")))
     return StudyConfig(
         name=data["name"],
         model=data["model"],

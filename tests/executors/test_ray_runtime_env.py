@@ -273,7 +273,7 @@ def captured_executor(monkeypatch) -> dict:
     seen: dict = {}
 
     def fake_search(*args, **kwargs):
-        seen["executor"] = kwargs["executor"]
+        seen["executor"] = args[3].executor  # the SearchConfig the CLI built
         raise SystemExit(0)
 
     monkeypatch.setattr(sys.modules["autoshrink.search"], "search", fake_search)  # the package, not the function

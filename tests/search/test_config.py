@@ -80,7 +80,7 @@ def test_a_rule_between_settings_is_one_error(tmp_path) -> None:
     (tmp_path / "s.yaml").write_text(
         "name: s\nmodel: a:b\ntask: c:d\nobjectives: [accuracy, size]\nmax_latency_ms: 3\n"
     )
-    with pytest.raises(ConfigError, match="max_latency_ms needs 'latency' among the objectives"):
+    with pytest.raises(ConfigError, match=r"s.yaml:5: max_latency_ms: needs 'latency' among the objectives"):
         load_study_config(tmp_path / "s.yaml")
     with pytest.raises(ConfigError, match="search: max_latency_ms needs 'latency'"):
         SearchConfig(objectives=("accuracy",), max_latency_ms=3.0)

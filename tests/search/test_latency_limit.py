@@ -193,12 +193,11 @@ def test_skip_rule_and_margin_from_checked_predictions(tmp_path) -> None:
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ("max_latency_ms: -1\n", r"max_latency_ms: got -1; expected milliseconds > 0"),
-        ("max_latency_ms: .nan\n", r"max_latency_ms: got .*expected milliseconds > 0"),
+        ("max_latency_ms: -1\n", r"s.yaml:4: max_latency_ms: got -1; use a latency in milliseconds > 0"),
+        ("max_latency_ms: .nan\n", r"s.yaml:4: max_latency_ms: got nan; use a latency in milliseconds > 0"),
         (
             "objectives: [accuracy, size]\nmax_latency_ms: 2\n",
-            r"max_latency_ms: a latency limit needs 'latency' among "
-            r"the objectives",
+            r"s.yaml:5: max_latency_ms: needs 'latency' among the objectives",
         ),
     ],
 )
@@ -218,4 +217,4 @@ def test_study_config_passes_the_limit(tmp_path) -> None:
     p.write_text(
         "name: s\nmodel: autoshrink.zoo:digits_model\ntask: autoshrink.zoo:digits_task\nmax_latency_ms: 0.25\n"
     )
-    assert load_study_config(p).max_latency_ms == 0.25
+    assert load_study_config(p).settings.max_latency_ms == 0.25

@@ -271,8 +271,6 @@ def refine_study(
             ):
                 sources.append(t)  # twins (same layers, other distillation choice) are refined once
     else:
-        from .stages.refine import REFINE_SLACK
-
         slack = REFINE_SLACK if slack is None else slack
         screened = screened_refine_limit(study.user_attrs.get(StudyAttr.SCREEN))
         sources = refine_candidates(
