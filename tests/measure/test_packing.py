@@ -15,7 +15,7 @@ from torch import nn
 
 from autoshrink import weights
 from autoshrink.errors import PackError
-from autoshrink.measure.packing import PackedTensor, codec, framing, load_packed, pack, save_packed
+from autoshrink.measure.packing import PackedTensor, codec, decode, framing, load_packed, pack, save_packed
 from autoshrink.measure.packing import bits as bitstream
 from autoshrink.techniques.lowrank import Factorized, factorize
 
@@ -120,13 +120,13 @@ def test_tensor_round_trip_sparse_patterns(case: str, qbits: int) -> None:
     coded = codec.encode_tensor(w, qbits)  # entropy coding where smaller: decodes exactly, never larger
     enc = codec.encode_tensor(w, qbits, use_entropy=False)
     assert len(coded.payload) <= len(enc.payload)
-    back = codec.decode_tensor(
+    back = decode.decode_tensor(
         coded.payload, (8, 500), torch.float32, qbits, coded.encoding, coded.k, coded.count, coded.coded
     )
     assert torch.equal(back, w)
     nnz = int(keep.sum())
     assert enc.nnz == nnz
-    back = codec.decode_tensor(enc.payload, (8, 500), torch.float32, qbits, enc.encoding, enc.k, enc.count)
+    back = decode.decode_tensor(enc.payload, (8, 500), torch.float32, qbits, enc.encoding, enc.k, enc.count)
     assert torch.equal(back, w)
     width = qbits or 32
     scales = 16 if qbits == 4 else 0
@@ -170,12 +170,12 @@ def test_million_entries_encode_fast() -> None:
     enc = codec.encode_tensor(w, 4)  # every layout, fixed and entropy-coded, tried
     assert time.perf_counter() - start < 2.0
     start = time.perf_counter()
-    back = codec.decode_tensor(enc.payload, (1000, 1000), torch.float32, 4, enc.encoding, enc.k, enc.count, enc.coded)
+    back = decode.decode_tensor(enc.payload, (1000, 1000), torch.float32, 4, enc.encoding, enc.k, enc.count, enc.coded)
     assert time.perf_counter() - start < 1.0 and torch.equal(back, w)
     fixed = codec.encode_tensor(w, 4, use_entropy=False)
     assert fixed.encoding == "relidx" and len(enc.payload) < len(fixed.payload)
     assert torch.equal(
-        codec.decode_tensor(fixed.payload, (1000, 1000), torch.float32, 4, "relidx", fixed.k, fixed.count), w
+        decode.decode_tensor(fixed.payload, (1000, 1000), torch.float32, 4, "relidx", fixed.k, fixed.count), w
     )
 
 

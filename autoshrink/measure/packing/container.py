@@ -37,7 +37,7 @@ from ...weights import (
     weight_mask,
     weight_parametrizations,
 )
-from . import codec, framing, limits
+from . import codec, decode, framing, limits
 from .skeleton import RestrictedUnpickler, SkeletonPickler, TrustedUnpickler
 
 MAGIC = b"ASHZ"
@@ -284,7 +284,7 @@ def _unpack(data: bytes, trusted: bool, where: str, allow: tuple[str, ...], max_
             size = codec.payload_size(shape, dtype, qbits, encoding, k, count, coded, book)
             if pos + size > len(data):
                 raise PackError(f"tensor {i} needs {size} bytes, {len(data) - pos} are left")
-            tensor = codec.decode_tensor(
+            tensor = decode.decode_tensor(
                 memoryview(data)[pos : pos + size], shape, dtype, qbits, encoding, k, count, coded, book
             )
         except PackError as exc:
