@@ -8,7 +8,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .errors import PolicyError, TrainingError, describe
-from .measure import LatencyConfig, Measurement, measure
+from .measure import HeldOut, LatencyConfig, Measurement, measure, score_held_out
 from .policy import LayerPolicy, Policy
 from .task import Task, require_model_and_task
 from .techniques import ApplyReport, apply_policy_with_report
@@ -76,6 +76,21 @@ def _gradual_structured(
                 f"leaves {after}. Fix: use schedule='oneshot' for this policy."
             )
     return small, report
+
+
+def evaluate_held_out(
+    model: nn.Module,
+    task: Task,
+    policy: Policy,
+    *,
+    finetune_config: FinetuneConfig | None = None,
+    runtime: str = "float",
+) -> HeldOut:
+    """Replay what `evaluate` measured -- the same compression and fine-tune, so the same model on the
+    same machine -- and score it on the task's held-out test_data on `runtime` (the trial's recorded
+    one). No latency or packing: the search measured those."""
+    small, _ = compress(model, policy, task=task, finetune_config=finetune_config)
+    return score_held_out(small, task, runtime)
 
 
 def evaluate(

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .errors import TaskError, describe
+from .errors import TaskError, describe, finite_number
+from .split import split as split_data
 
 MetricFn = Callable[[nn.Module, DataLoader, torch.device], float]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -49,7 +50,10 @@ def _resolve_device(device: Any) -> torch.device:
 class Task:
     """What a model is compressed for.
 
-    train_data / eval_data: torch Datasets or (X, y) tensor tuples. example_input: one batch
+    train_data / eval_data: torch Datasets or (X, y) tensor tuples. eval_data is the selection split:
+    every decision of a search reads it. test_data (optional): held out, read only to report the final
+    front and the picks -- or `holdout` (a share in (0, 1)) splits it off eval_data (autoshrink/split.py:
+    deterministic, stratified by label); neither given: no held-out figures. example_input: one batch
     shaped like the model's input (its first dimension is the deployment batch size used for
     latency; any dtype, token ids too). metric: "accuracy" or callable(model, loader, device) ->
     float, higher is better. loss: "cross_entropy", "mse" or callable(outputs, targets) -> loss.
@@ -68,12 +72,38 @@ class Task:
     batch_size: int = 128
     device: Any = "auto"
     train_transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
+    test_data: Any = None
+    holdout: float | None = None
+    split: dict[str, Any] | None = field(default=None, init=False, compare=False)  # see split_record()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train_data", _as_dataset(self.train_data, "train_data"))
         object.__setattr__(self, "eval_data", _as_dataset(self.eval_data, "eval_data"))
         if len(self.eval_data) == 0:  # type: ignore[arg-type]
             raise TaskError("Task.eval_data: the dataset is empty; give at least one example.")
+        if self.holdout is not None:
+            if self.test_data is not None:
+                raise TaskError(
+                    "Task.holdout: test_data is given too; give held-out test_data or a holdout share of "
+                    "eval_data, not both."
+                )
+            if not finite_number(self.holdout) or not 0 < self.holdout < 1:
+                raise TaskError(
+                    f"Task.holdout: got {describe(self.holdout)}; use the share of eval_data to hold out, in "
+                    "(0, 1), e.g. 0.5."
+                )
+            if len(self.eval_data) < 2:  # type: ignore[arg-type]
+                raise TaskError("Task.holdout: eval_data has fewer than 2 examples; nothing can be held out.")
+            selection, held_out, record = split_data(self.eval_data, float(self.holdout))
+            object.__setattr__(self, "eval_data", selection)
+            object.__setattr__(self, "test_data", held_out)
+            object.__setattr__(self, "split", record)
+        elif self.test_data is not None:
+            object.__setattr__(self, "test_data", _as_dataset(self.test_data, "test_data"))
+            if len(self.test_data) == 0:  # type: ignore[arg-type]
+                raise TaskError("Task.test_data: the dataset is empty; give at least one example, or None.")
+            record = {"holdout": None, "selection": len(self.eval_data), "held_out": len(self.test_data)}
+            object.__setattr__(self, "split", record)
         if not isinstance(self.example_input, Tensor):
             raise TaskError(
                 f"Task.example_input: got {describe(self.example_input)}; expected a tensor shaped like one "
@@ -125,6 +155,26 @@ class Task:
 
     def eval_loader(self) -> DataLoader:
         return DataLoader(self.eval_data, batch_size=self.batch_size, shuffle=False)
+
+    def test_loader(self) -> DataLoader:
+        """The held-out split's loader (a TaskError without one)."""
+        if self.test_data is None:
+            raise TaskError("Task.test_data: this task has no held-out split; give test_data= or holdout=.")
+        return DataLoader(self.test_data, batch_size=self.batch_size, shuffle=False)
+
+    def with_holdout(self, share: float) -> Task:
+        """This task with `share` of its eval_data held out as test_data (see `holdout`)."""
+        if self.test_data is not None:
+            raise TaskError(
+                f"holdout {share!r}: the task already has a held-out split ({len(self.test_data)} examples); "
+                "drop holdout, or build the task without test_data."
+            )
+        return replace(self, holdout=share)
+
+    def split_record(self) -> dict[str, Any] | None:
+        """What studies and recipes record of the held-out split: its share (None: given as test_data),
+        the example counts of both splits (and, for a holdout, whether it was stratified); None without."""
+        return None if self.split is None else dict(self.split)
 
 
 def iterate_batches(

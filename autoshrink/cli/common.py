@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from ..report.splits import interval, splits_line
 from ..search import Progress, SearchResult
 from ..search.study.schema import StudyAttr
 
@@ -73,6 +74,15 @@ def front_table(result: SearchResult) -> str:
     table = front[cols].copy()
     table["accuracy"] = (table["accuracy"] * 100).round(2)
     table["accuracy_drop"] = (table["accuracy_drop"] * 100).round(2)
+    if front["drop_high"].notna().any():
+        table.insert(4, "drop_95%", [interval(lo, hi) for lo, hi in zip(front["drop_low"], front["drop_high"])])
+    if front["test_accuracy"].notna().any():
+        at = table.columns.get_loc("size_bytes")
+        table.insert(at, "test_acc", (front["test_accuracy"] * 100).round(2))
+        table.insert(at + 1, "test_drop", (front["test_drop"] * 100).round(2))
+        table.insert(
+            at + 2, "test_95%", [interval(lo, hi) for lo, hi in zip(front["test_drop_low"], front["test_drop_high"])]
+        )
     slower = (table["compression"] > 1) & (table["speedup"] < 1)
     table["note"] = ["smaller but slower" if s else "" for s in slower]
     runtime = (result.study.user_attrs.get(StudyAttr.RUNTIME) or {}).get("runtime", "float")
@@ -80,6 +90,8 @@ def front_table(result: SearchResult) -> str:
         f"Pareto front ({len(front)} trials; accuracy and drop in %; latency on the study's runtime, {runtime}):"
     )
     lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if splits_line(result):
+        lines.append(splits_line(result) + "; intervals: paired 95 % of the drop, in pp")
     if slower.any():
         lines.append(
             f"smaller but slower: {int(slower.sum())} front trial(s) are smaller than the baseline but slower "

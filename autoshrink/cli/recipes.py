@@ -39,6 +39,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if args.trial is not None and args.minimize is not None:
         raise ConfigError("export: --minimize goes with --max-accuracy-drop, not with --trial; drop one of them.")
+    if args.trial is not None and args.confidence is not None:
+        raise ConfigError("export: --confidence goes with --max-accuracy-drop, not with --trial; drop one of them.")
     if args.trial is not None and args.max_latency_ms is not None:
         raise ConfigError("export: --max-latency-ms goes with --max-accuracy-drop, not with --trial; drop one of them.")
     name, storage = _study_location(args.study, args.storage)
@@ -51,6 +53,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             max_accuracy_drop=args.max_accuracy_drop,
             minimize=args.minimize or "size",
             max_latency_ms=args.max_latency_ms,
+            confidence=args.confidence,
         )
     recipe.save(args.output)
     m, b = recipe.metrics, recipe.baseline
@@ -61,6 +64,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
                     "recipe": args.output,
                     "study": name,
                     "trial": recipe.trial,
+                    "selection": split_figures(result, recipe.trial, "selection"),
+                    "test": split_figures(result, recipe.trial, "test"),
                     "metrics": m.to_dict(),
                     "baseline": b.to_dict(),
                     "policy": recipe.policy.to_dict(),
@@ -74,7 +79,41 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"{b.accuracy * 100:.2f}%), {m.size_bytes} B ({b.size_bytes / m.size_bytes:.1f}x smaller), "
         f"{m.latency_ms:.3f} ms ({m.runtime}, batch {m.batch_size}, {recipe.device}), {m.macs} MACs"
     )
+    print(drop_text(result, recipe.trial))
     return 0
+
+
+def split_figures(result: Any, trial: int, split: str) -> dict[str, Any] | None:
+    """A trial's accuracy, drop, paired 95 % interval and example count on one split (None: not measured)."""
+    row = result.trials.set_index("trial").loc[trial]
+    prefix = "" if split == "selection" else "test_"
+    accuracy = row[f"{prefix}accuracy"]
+    if accuracy != accuracy:  # NaN: not scored on this split
+        return None
+    low, high = row["drop_low" if split == "selection" else "test_drop_low"], row[f"{prefix}drop_high"]
+    return {
+        "accuracy": float(accuracy),
+        "drop": float(row["accuracy_drop" if split == "selection" else "test_drop"]),
+        "drop_95": None if low != low else [float(low), float(high)],
+        "examples": None if row[f"{prefix}examples"] != row[f"{prefix}examples"] else int(row[f"{prefix}examples"]),
+    }
+
+
+def drop_text(result: Any, trial: int) -> str:
+    """Selection and held-out figures of a trial side by side (one line)."""
+    from .common import interval
+
+    sel, test = split_figures(result, trial, "selection"), split_figures(result, trial, "test")
+    parts = []
+    for name, f in (("selection split", sel), ("held-out split", test)):
+        if f is None:
+            continue
+        span = "" if f["drop_95"] is None else f", 95 % interval {interval(*f['drop_95'])} pp"
+        count = "" if f["examples"] is None else f" over {f['examples']} examples"
+        parts.append(f"{name}: drop {f['drop'] * 100:.2f} pp{span}{count}")
+    if test is None:
+        parts.append("not scored on a held-out split (its accuracy is the one it was chosen on)")
+    return "; ".join(parts)
 
 
 def _json_kwargs(text: str | None, flag: str) -> dict:
@@ -148,6 +187,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         exported = write_onnx(*onnx, args.onnx, activations=args.onnx_activations)
     got, rec = measure_recipe(small, recipe, task), recipe.metrics
     keys = ("accuracy", "size_bytes", "latency_ms", "macs")
+    if rec.test_accuracy is not None or (task is not None and task.test_data is not None):
+        keys += ("test_accuracy",)  # the held-out split's, recorded and re-measured
     measured = {k: (None if k == "accuracy" and task is None else getattr(got, k)) for k in keys}
     if args.json:
         print(
@@ -191,7 +232,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     for k in keys:
         fmt = (
             (lambda v: "-" if v is None else f"{v * 100:.2f}%")
-            if k == "accuracy"
+            if k in ("accuracy", "test_accuracy")
             else ((lambda v: f"{v:.4f}") if k == "latency_ms" else str)
         )
         print(f"{k:<12}{fmt(getattr(rec, k)):>14}{fmt(measured[k]):>14}")
@@ -238,6 +279,13 @@ def add_parser(sub: Any) -> None:
         metavar="MS",
         help="with --max-accuracy-drop: only trials measured at most this latency (default: the "
         "search's max_latency_ms, if it had one)",
+    )
+    exp.add_argument(
+        "--confidence",
+        type=float,
+        metavar="P",
+        help="with --max-accuracy-drop: only trials whose paired interval of the drop at this confidence "
+        "(e.g. 0.95) lies within the limit",
     )
     exp.add_argument("-o", "--output", required=True, help="the recipe YAML to write, e.g. recipe.yaml")
     exp.add_argument("--storage", help="Optuna storage URL (default: the config's, or sqlite:///studies/<name>.db)")

@@ -90,7 +90,6 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from ..search.study.urls import redact
     from ..search.study_config import call_factory, load_study_config
     from ..space import load_space
-    from ..task import Task
 
     cfg = load_study_config(args.config)
     settings = cli_settings(args, cfg)
@@ -98,7 +97,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     quiet = args.quiet or args.json
     src = cfg.source
     space = load_space(cfg.space_path())
-    task = call_factory(cfg.task, cfg.task_args, "task", src, Task)
+    task = cfg.build_task(args.holdout)
     model = call_factory(cfg.model, cfg.model_args, "model", src, nn.Module)
     drop = settings.max_accuracy_drop
     drop_label = f"{drop * 100:g} pp" if drop is not None else "1 pp"
@@ -182,6 +181,13 @@ def add_parser(sub: Any) -> None:
         metavar="N",
         help="this driver's Ray actors (default: as many as the cluster's free CPUs fit; give each of "
         "several drivers on one cluster its share; implies --executor ray)",
+    )
+    srch.add_argument(
+        "--holdout",
+        type=float,
+        metavar="SHARE",
+        help="hold out this share of the task's eval_data as its test_data (deterministic, stratified): the "
+        "final front is scored there once, after the search decided (overrides the config's holdout)",
     )
     srch.add_argument("--json", action="store_true", help="print the result as JSON")
     srch.add_argument("--quiet", action="store_true", help="no live progress")

@@ -55,7 +55,6 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from ..search.stages.sensitivity import sensitivity
     from ..search.study_config import call_factory, load_study_config
     from ..space import bind, load_space
-    from ..task import Task
     from ..techniques.structured import structured_blockers
 
     cfg = load_study_config(args.config)
@@ -63,7 +62,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     df = None if args.fresh else _stored(cfg.name, cfg.settings.storage)
     model = task = None
     if df is None:
-        task = call_factory(cfg.task, cfg.task_args, "task", cfg.source, Task)
+        task = cfg.build_task()
         model = call_factory(cfg.model, cfg.model_args, "model", cfg.source, nn.Module)
         runtime = cfg.settings.runtime if cfg.settings.runtime != "auto" else "float"
         df = sensitivity(
@@ -76,7 +75,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     else:
         if model is None:
             model = call_factory(cfg.model, cfg.model_args, "model", cfg.source, nn.Module)
-            task = call_factory(cfg.task, cfg.task_args, "task", cfg.source, Task)
+            task = cfg.build_task()
         bound = bind(space, model)
         bound = bound.without_structured(structured_blockers(model, bound.structured_candidates(), task.example_input))
         _, removed = narrow(bound, df.to_dict("records"), cutoff)

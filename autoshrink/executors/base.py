@@ -13,8 +13,8 @@ from typing import Protocol
 
 from torch import nn
 
-from ..evaluate import evaluate
-from ..measure import LatencyConfig, Measurement
+from ..evaluate import evaluate, evaluate_held_out
+from ..measure import HeldOut, LatencyConfig, Measurement
 from ..policy import Policy
 from ..task import Task
 from ..train import FinetuneConfig
@@ -40,11 +40,13 @@ class Request:
     policy: Policy
     finetune: FinetuneConfig | None = None
     runtime: str | None = None
+    held_out: bool = False  # replay the policy and score it on the task's test_data on `runtime` only
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """The result of one evaluation: a Measurement, or the reason it failed."""
+    """The result of one evaluation: a Measurement (a HeldOut score for a held-out request), or the
+    reason it failed."""
 
     key: int
     measurement: Measurement | None
@@ -52,16 +54,26 @@ class Outcome:
     seconds: float
     worker: str = "local"
     attempts: int = 1  # > 1 when the worker died and the evaluation was re-run
+    held_out: HeldOut | None = None
 
     @property
     def ok(self) -> bool:
-        return self.measurement is not None
+        return self.measurement is not None or self.held_out is not None
 
 
 def run_job(job: Job, key: int, request: Request, worker: str = "local") -> Outcome:
     """Evaluate one request; any exception becomes a failed Outcome with its type, message and origin."""
     t0 = time.perf_counter()
     try:
+        if request.held_out:
+            score = evaluate_held_out(
+                job.model,
+                job.task,
+                request.policy,
+                finetune_config=request.finetune or job.finetune,
+                runtime=request.runtime or job.runtime,
+            )
+            return Outcome(key, None, None, time.perf_counter() - t0, worker, held_out=score)
         m = evaluate(
             job.model,
             job.task,
@@ -86,9 +98,16 @@ class Executor(Protocol):
         """Ship the job (model, task, settings) once, before any submit."""
 
     def submit(
-        self, key: int, policy: Policy, finetune: FinetuneConfig | None = None, *, runtime: str | None = None
+        self,
+        key: int,
+        policy: Policy,
+        finetune: FinetuneConfig | None = None,
+        *,
+        runtime: str | None = None,
+        held_out: bool = False,
     ) -> None:
-        """Queue one evaluation under `key` (`finetune` and `runtime` override the job's)."""
+        """Queue one evaluation under `key` (`finetune` and `runtime` override the job's; `held_out`:
+        replay and score on the held-out test_data only)."""
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         """Block until at least one pending evaluation finished (or timeout); return those finished."""

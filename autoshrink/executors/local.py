@@ -23,11 +23,17 @@ class LocalExecutor:
         self._job = job
 
     def submit(
-        self, key: int, policy: Policy, finetune: FinetuneConfig | None = None, *, runtime: str | None = None
+        self,
+        key: int,
+        policy: Policy,
+        finetune: FinetuneConfig | None = None,
+        *,
+        runtime: str | None = None,
+        held_out: bool = False,
     ) -> None:
         if self._job is None:
             raise ConfigError("LocalExecutor.submit before start(job).")
-        self._pending.append((key, Request(policy, finetune, runtime)))
+        self._pending.append((key, Request(policy, finetune, runtime, held_out)))
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         if not self._pending or self._job is None:

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from .latency import LatencyConfig
-from .measure import measure
-from .measurement import LayerStats, Measurement
+from .measure import measure, score_held_out
+from .measurement import HeldOut, LayerStats, Measurement
 from .packing import load_packed, save_packed
 
-__all__ = ["LatencyConfig", "LayerStats", "Measurement", "load_packed", "measure", "save_packed"]
+__all__ = [
+    "HeldOut",
+    "LatencyConfig",
+    "LayerStats",
+    "Measurement",
+    "load_packed",
+    "measure",
+    "save_packed",
+    "score_held_out",
+]

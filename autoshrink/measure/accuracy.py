@@ -1,9 +1,11 @@
-"""The task metric on eval_data."""
+"""The task metric on a split of the task (eval_data unless told), with per-example correctness for the
+accuracy metric (the paired intervals of measure/paired.py need it)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -13,24 +15,37 @@ from ..task import Task, iterate_batches
 
 def evaluate_metric(model: nn.Module, task: Task, device: torch.device | None = None) -> float:
     """Task metric of `model` on task.eval_data (model put in eval mode, no gradients)."""
+    return score(model, task, device)[0]
+
+
+def score(
+    model: nn.Module, task: Task, device: torch.device | None = None, split: str = "eval"
+) -> tuple[float, np.ndarray | None]:
+    """(task metric, per-example correctness or None for a metric callable) of `model` on the task's
+    `split`: "eval" (the selection split) or "test" (the held-out one)."""
     device = device or task.torch_device
+    data = task.eval_data if split == "eval" else task.test_data
+    if data is None:
+        raise TaskError("Task.test_data: this task has no held-out split; give test_data= or holdout=.")
     model.eval()
+    hits: np.ndarray | None = None
     if callable(task.metric):
+        loader = task.eval_loader() if split == "eval" else task.test_loader()
         with torch.no_grad():
-            value = float(task.metric(model, task.eval_loader(), device))
+            value = float(task.metric(model, loader, device))
     else:
-        correct = total = 0
+        parts = []
         with torch.inference_mode():
-            for x, y in iterate_batches(task.eval_data, task.batch_size):
+            for x, y in iterate_batches(data, task.batch_size):
                 out = model(x.to(device))
                 if not isinstance(out, torch.Tensor):
                     raise TaskError(
                         f"metric 'accuracy': the model returned {type(out).__name__}, not a logits tensor; "
                         "pass a metric callable."
                     )
-                correct += int((out.argmax(dim=-1).cpu() == y.view(-1)).sum())
-                total += int(y.numel())
-        value = correct / total
+                parts.append((out.argmax(dim=-1).cpu() == y.view(-1)).numpy())
+        hits = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+        value = float(hits.sum()) / len(hits)
     if not math.isfinite(value):
         raise TaskError(f"the task metric returned {value}; it must be a finite number (higher is better).")
-    return value
+    return value, hits

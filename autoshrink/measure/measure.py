@@ -10,12 +10,13 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..task import Task, require_model_and_task
-from .accuracy import evaluate_metric
+from .accuracy import score
 from .latency import LatencyConfig, time_forward, timing_guard
 from .layer_latency import layer_latencies
 from .macs import count_macs
-from .measurement import LayerStats, Measurement
+from .measurement import HeldOut, LayerStats, Measurement
 from .packing import pack
+from .paired import pack_correct
 from .runtime import deploy_runtime, int8_available, int8_runtime, materialize
 
 RUNTIMES = ("float", "int8", "onnxruntime", "onnxruntime-static", "auto")
@@ -45,6 +46,7 @@ def measure(
     runtime: str | None = None,
     latency: LatencyConfig | None = None,
     skipped: Iterable[str] = (),
+    test: bool = False,
 ) -> Measurement:
     """Measure `model` on `task`: metric, packed size, latency, MACs (see Measurement).
 
@@ -62,6 +64,8 @@ def measure(
       None     (default) the runtime recorded for this model by `apply_recipe` (the recipe's), else
                "float". A search decides its runtime once per study (see `search(runtime=...)`).
     The same model measured twice on "float" or "int8" gives the same accuracy.
+    test: also score the task's held-out test_data (test_accuracy); a search never asks for it while
+    it decides.
     """
     require_model_and_task(model, task, "measure")
     if runtime is None:
@@ -77,23 +81,7 @@ def measure(
         )
     blob, entries = pack(model)
     plain = materialize(model).to(device)
-    candidates: dict[str, nn.Module] = {}
-    if runtime in ("onnxruntime", "onnxruntime-static"):
-        from .onnxruntime import calibration_batches, ort_runtime
-
-        static = runtime == "onnxruntime-static"
-        candidates[runtime] = ort_runtime(
-            model,
-            task.example_input,
-            device,
-            activations="static" if static else "dynamic",
-            calibration=calibration_batches(task) if static else None,
-        )
-    q = int8_runtime(model, device) if runtime in ("auto", "int8") else None
-    if q is not None:
-        candidates["int8-dynamic"] = q
-    if runtime in ("auto", "float") or (q is None and not candidates):
-        candidates["float"] = plain
+    candidates = _candidates(model, plain, task, runtime, device)
     with timing_guard():  # one timing at a time per machine when an executor installed a guard
         latencies = _pick_runtime(candidates, task, device, config)
     chosen = min(latencies, key=latencies.get)
@@ -103,7 +91,8 @@ def measure(
             layer_ms = layer_latencies(
                 model, plain, candidates.get("int8-dynamic"), chosen, task.example_input, config.layers, device
             )
-    accuracy = evaluate_metric(candidates[chosen], task, device)
+    accuracy, hits = score(candidates[chosen], task, device)
+    held_out = score(candidates[chosen], task, device, split="test") if test and task.test_data is not None else None
     params = [p for p in plain.parameters()]
     layers = tuple(
         LayerStats(
@@ -133,4 +122,58 @@ def measure(
         layers=layers,
         skipped=tuple(skipped),
         layer_latency_ms=layer_ms,
+        examples=len(task.eval_data),
+        correct="" if hits is None else pack_correct(hits),
+        test_accuracy=None if held_out is None else held_out[0],
+        test_examples=0 if held_out is None else len(task.test_data),
+        test_correct="" if held_out is None or held_out[1] is None else pack_correct(held_out[1]),
+    )
+
+
+def _candidates(
+    model: nn.Module, plain: nn.Module, task: Task, runtime: str, device: torch.device
+) -> dict[str, nn.Module]:
+    """The runnable forms of `model` that `runtime` times: {recorded runtime name: module}."""
+    candidates: dict[str, nn.Module] = {}
+    if runtime in ("onnxruntime", "onnxruntime-static"):
+        from .onnxruntime import calibration_batches, ort_runtime
+
+        static = runtime == "onnxruntime-static"
+        candidates[runtime] = ort_runtime(
+            model,
+            task.example_input,
+            device,
+            activations="static" if static else "dynamic",
+            calibration=calibration_batches(task) if static else None,
+        )
+    q = int8_runtime(model, device) if runtime in ("auto", "int8") else None
+    if q is not None:
+        candidates["int8-dynamic"] = q
+    if runtime in ("auto", "float") or (q is None and not candidates):
+        candidates["float"] = plain
+    return candidates
+
+
+def score_held_out(model: nn.Module, task: Task, runtime: str) -> HeldOut:
+    """Score `model` on the task's held-out test_data on `runtime` (a recorded one: "float",
+    "int8-dynamic", "onnxruntime", "onnxruntime-static"), and on eval_data again (the replay check)."""
+    if task.test_data is None:
+        raise ConfigError("score_held_out: the task has no test_data; give test_data= or holdout= to ash.Task.")
+    wanted = {"int8-dynamic": "int8"}.get(runtime, runtime)
+    if wanted not in RUNTIMES:
+        raise ConfigError(f"score_held_out: runtime={runtime!r} is not a recorded runtime.")
+    device = task.torch_device
+    forms = _candidates(model, materialize(model).to(device), task, wanted, device)
+    if runtime not in forms:
+        raise ConfigError(
+            f"score_held_out: the model cannot run on {runtime!r} here (it has {', '.join(forms)}); "
+            "score it where the search ran."
+        )
+    accuracy, hits = score(forms[runtime], task, device, split="test")
+    return HeldOut(
+        accuracy=accuracy,
+        examples=len(task.test_data),
+        correct="" if hits is None else pack_correct(hits),
+        runtime=runtime,
+        eval_accuracy=score(forms[runtime], task, device)[0],
     )

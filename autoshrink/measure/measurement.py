@@ -21,6 +21,29 @@ class LayerStats:
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    """A compressed model scored on the task's held-out test_data once, after the search decided.
+
+    accuracy / examples / correct: on test_data (correct as in Measurement); runtime: the runtime it
+    ran on (the trial's); eval_accuracy: the same replayed model on eval_data again -- equal to the
+    trial's accuracy when the replay reproduced the model the search measured.
+    """
+
+    accuracy: float
+    examples: int
+    correct: str
+    runtime: str
+    eval_accuracy: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HeldOut:
+        return cls(**dict(data))
+
+
+@dataclass(frozen=True)
 class Measurement:
     """Measured numbers of one model on one task.
 
@@ -32,6 +55,10 @@ class Measurement:
         available for this model. macs: multiply-accumulates of one forward of example_input.
     layer_latency_ms: the layers named in LatencyConfig.layers, each timed alone on the same runtime
         (measure/layer_latency.py); empty unless asked for.
+    examples / correct: eval_data's example count and, for the accuracy metric, which examples the
+        model got right (measure/paired.py: base64 of packed bits; "" otherwise) -- the paired intervals.
+    test_accuracy / test_examples / test_correct: the same on the task's held-out test_data, measured
+        only where asked (`measure(..., test=True)`, a search's final front); None / 0 / "" otherwise.
     """
 
     accuracy: float
@@ -48,6 +75,11 @@ class Measurement:
     layers: tuple[LayerStats, ...] = ()
     skipped: tuple[str, ...] = ()
     layer_latency_ms: Mapping[str, float] = field(default_factory=dict)
+    examples: int = 0
+    correct: str = ""
+    test_accuracy: float | None = None
+    test_examples: int = 0
+    test_correct: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -134,12 +134,13 @@ def _unmeasured(model: nn.Module, loader: object, device: torch.device) -> float
 def measure_recipe(
     model: nn.Module, recipe: Recipe, task: Task | None = None, *, latency: LatencyConfig | None = None
 ) -> Measurement:
-    """Measure a re-applied model comparably to the recipe: on the runtime the recipe recorded.
+    """Measure a re-applied model comparably to the recipe: on the runtime the recipe recorded, on every
+    split the task has (its held-out test_data too: test_accuracy).
 
     Without a task: size, MACs and latency on zeros of the recorded example-input shape; the
     accuracy is NaN (not measured)."""
     if task is not None:
-        return measure(model, task, runtime=recipe.measure_runtime, latency=latency)
+        return measure(model, task, runtime=recipe.measure_runtime, latency=latency, test=True)
     x = recipe.example_input.zeros()
     batch = x if x.dim() else x.reshape(1)
     data = (batch, torch.zeros(batch.shape[0], dtype=torch.long))

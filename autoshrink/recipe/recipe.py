@@ -27,7 +27,7 @@ from ..space.yaml_source import Source, load_yaml
 from ..train import FinetuneConfig
 from ..version import __version__
 from .fingerprint import Fingerprint, InputSpec
-from .schema import FINETUNE_V1, FORMAT, METRIC_KEYS, RUNTIMES, Origin, checksum, parse_fields
+from .schema import FINETUNE_V1, FORMAT, RUNTIMES, Origin, checksum, metric_record, parse_fields
 
 HEADER = (
     "# autoshrink recipe: a compression policy and how to replay it (docs: README, 'Recipes').\n"
@@ -98,8 +98,8 @@ class Recipe:
             "seed": self.seed,
             "device": self.device,
             "example_input": self.example_input.to_dict(),
-            "metrics": {k: getattr(self.metrics, k) for k in METRIC_KEYS},
-            "baseline": {k: getattr(self.baseline, k) for k in METRIC_KEYS},
+            "metrics": metric_record(self.metrics),
+            "baseline": metric_record(self.baseline),
             "finetune": self.finetune.to_dict(),
             "train_transform": self.train_transform,
             "policy": self.policy.to_dict(),
@@ -191,8 +191,8 @@ def recipe_from_search(
         "seed": finetune.get("seed"),
         "device": measurement.get("device"),
         "example_input": dict(example_input),
-        "metrics": {k: measurement.get(k) for k in METRIC_KEYS},
-        "baseline": {k: baseline.get(k) for k in METRIC_KEYS},
+        "metrics": metric_record(measurement),
+        "baseline": metric_record(baseline),
         "finetune": {**FINETUNE_V1, **dict(finetune)},
         "train_transform": train_transform,
         "policy": dict(policy),

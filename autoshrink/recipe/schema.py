@@ -42,12 +42,27 @@ KEYS_V1 = tuple(k for k in KEYS if k != "train_transform")
 # what a format-1 fine-tune did (its settings lack these keys)
 FINETUNE_V1 = {"schedule": "oneshot", "ramp": 0.5, "ramp_updates": 10, "bn_batches": 0}
 METRIC_KEYS = ("accuracy", "size_bytes", "latency_ms", "macs", "runtime", "batch_size", "threads")
+# written where known: the selection split's example count, the held-out split's accuracy and count
+SPLIT_KEYS = ("examples", "test_accuracy", "test_examples")
 RUNTIMES = {
     "float": "float",
     "int8-dynamic": "int8",
     "onnxruntime": "onnxruntime",
     "onnxruntime-static": "onnxruntime-static",
 }  # recorded runtime -> measure(runtime=...)
+
+
+def metric_record(m: Measurement | Mapping[str, Any]) -> dict[str, Any]:
+    """What a recipe records of a Measurement (or its dict): METRIC_KEYS, and the split figures where
+    they are known (a recipe written without a held-out split reads as before)."""
+    get = m.get if isinstance(m, Mapping) else lambda k, default=None: getattr(m, k, default)
+    out = {k: get(k) for k in METRIC_KEYS}
+    if get("examples"):
+        out["examples"] = get("examples")
+    if get("test_accuracy") is not None:
+        out["test_accuracy"] = get("test_accuracy")
+        out["test_examples"] = get("test_examples")
+    return out
 
 
 def checksum(data: Mapping[str, Any]) -> str:
@@ -155,8 +170,9 @@ def _check_checksum(data: Mapping[str, Any], c: _Checker) -> None:
 
 
 def _metrics(c: _Checker, value: Any, path: str, device: str) -> Measurement:
-    m = c.mapping(value, path, METRIC_KEYS, METRIC_KEYS)
+    m = c.mapping(value, path, METRIC_KEYS + SPLIT_KEYS, METRIC_KEYS)
     c.check(m["runtime"], f"{path}.runtime", lambda v: v in RUNTIMES, f"use one of {', '.join(RUNTIMES)}")
+    test = m.get("test_accuracy")
     return Measurement(
         accuracy=c.number(m["accuracy"], f"{path}.accuracy"),
         size_bytes=c.integer(m["size_bytes"], f"{path}.size_bytes", 1),
@@ -166,6 +182,9 @@ def _metrics(c: _Checker, value: Any, path: str, device: str) -> Measurement:
         batch_size=c.integer(m["batch_size"], f"{path}.batch_size", 1),
         threads=c.integer(m["threads"], f"{path}.threads", 1),
         device=device,
+        examples=c.integer(m.get("examples", 0), f"{path}.examples"),
+        test_accuracy=None if test is None else c.number(test, f"{path}.test_accuracy"),
+        test_examples=c.integer(m.get("test_examples", 0), f"{path}.test_examples"),
     )
 
 

@@ -26,6 +26,7 @@ from .figures import (
 )
 from .latency import latency_section
 from .policies import policy_heatmaps
+from .splits import interval, splits_line
 from .stages import narrowed_table, refined_table, sensitivity_heatmap, stages_section
 from .storage import storage_table
 
@@ -142,6 +143,7 @@ def _header(result: SearchResult, frame: pd.DataFrame) -> str:
         ("objectives", escape(objectives)),
         ("constraint", constraint),
         ("baseline (untouched model)", baseline),
+        ("data splits", escape(splits_line(result)) or "not recorded (a study measured before per-example records)"),
         (
             "deployment runtime",
             f"{escape(study_runtime(result))}: every trial's latency and accuracy are "
@@ -159,7 +161,10 @@ def _header(result: SearchResult, frame: pd.DataFrame) -> str:
         f"trial's. Latency is the median wall time of one forward at the deployment batch ({b.batch_size}) on "
         f"the device that measured it ({escape(b.device)}, {b.threads} threads); speedup is the baseline's "
         "latency divided by the trial's, so below 1 means slower. Accuracy drops are in percentage points "
-        "(pp) against the baseline; a negative drop is a gain. The Pareto front holds the feasible trials "
+        "(pp) against the baseline; a negative drop is a gain. Each drop carries the paired 95 % interval of "
+        "the difference (baseline and trial on the same examples). The search chose every trial on the "
+        "selection split, so the best of many is optimistic there: the held-out columns, measured once "
+        "after the search decided, are the figures to ship on. The Pareto front holds the feasible trials "
         "no other feasible trial beats in every objective.</p>"
     )
     return f"<h1>autoshrink report: {escape(result.study.study_name)}</h1><dl>{items}</dl>{how}"
@@ -171,7 +176,9 @@ def _front_table(result: SearchResult, frame: pd.DataFrame) -> str:
         return '<p class="empty">No feasible trial: the front is empty.</p>'
     info = frame.set_index("trial")
     head = (
-        "<tr><th>trial</th><th>accuracy (%)</th><th>drop (pp)</th><th>size_bytes</th><th>compression (x)</th>"
+        "<tr><th>trial</th><th>accuracy (%)</th><th>drop (pp)</th><th>drop 95 % (pp)</th>"
+        "<th>held-out accuracy (%)</th><th>held-out drop (pp)</th><th>held-out 95 % (pp)</th>"
+        "<th>size_bytes</th><th>compression (x)</th>"
         '<th>latency_ms</th><th>speedup (x)</th><th>MACs</th><th class="text">runtime</th>'
         '<th class="text">device</th><th class="text">policy</th><th class="text">note</th></tr>'
     )
@@ -182,7 +189,9 @@ def _front_table(result: SearchResult, frame: pd.DataFrame) -> str:
         cls = ' class="slower"' if slower else ""
         body.append(
             f'<tr data-trial="{int(r.trial)}"{cls}><td>{int(r.trial)}</td>'
-            f"<td>{_pct(r.accuracy)}</td><td>{_pct(r.accuracy_drop)}</td><td>{int(r.size_bytes)}</td>"
+            f"<td>{_pct(r.accuracy)}</td><td>{_pct(r.accuracy_drop)}</td><td>{interval(r.drop_low, r.drop_high)}</td>"
+            f"<td>{_num(r.test_accuracy * 100, '.2f')}</td><td>{_num(r.test_drop * 100, '.2f')}</td>"
+            f"<td>{interval(r.test_drop_low, r.test_drop_high)}</td><td>{int(r.size_bytes)}</td>"
             f"<td>{_num(r.compression, '.2f')}</td><td>{_num(r.latency_ms, '.4f')}</td>"
             f"<td>{_num(r.speedup, '.2f')}</td>"
             f'<td>{int(r.macs)}</td><td class="text">{escape(str(r.runtime))}</td>'

@@ -10,16 +10,18 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from ..errors import ConfigError, RecipeError
-from ..measure import Measurement
+from ..errors import ConfigError, RecipeError, finite_number
+from ..measure import HeldOut, Measurement
+from ..measure.paired import paired
 from ..recipe import Recipe, recipe_from_search
 from .context import Session
+from .front import feasible, feasible_front, normalized
 from .objectives import Objective
-from .pareto import hypervolume, non_dominated
+from .pareto import hypervolume
 from .stages.latency_limit import over_limit
 from .stages.refine import refine_study
 from .study.latency_records import load_table, prediction_errors
-from .study.schema import StudyAttr, TrialAttr
+from .study.schema import StudyAttr, TrialAttr, held_out_key
 
 # the columns a trial's measurement gives in `trials` and `pareto`
 MEASURED = (
@@ -34,7 +36,21 @@ MEASURED = (
     "runtime",
     "device",
 )
+# the paired 95 % interval of each drop and the example count; the held-out split's figures
+# (stages/held_out.py): NaN where a trial has none
+SPLITS = (
+    "drop_low",
+    "drop_high",
+    "examples",
+    "test_accuracy",
+    "test_drop",
+    "test_drop_low",
+    "test_drop_high",
+    "test_examples",
+    "replayed",
+)
 MINIMIZE = {"size": "size_bytes", "latency": "latency_ms", "macs": "macs"}
+NAN = float("nan")
 
 
 @dataclass
@@ -60,7 +76,7 @@ class SearchResult:
             row: dict[str, Any] = {"trial": t.number, "state": t.state.name, "stage": u.get(TrialAttr.STAGE)}
             m = u.get(TrialAttr.MEASUREMENT)
             if m:
-                row.update(self._derived(m))
+                row.update(self._derived(m, t.number))
             row["policy"] = u.get(TrialAttr.POLICY)
             row["failure"] = u.get(TrialAttr.FAILURE)
             row["retry_of"] = u.get(TrialAttr.RETRY_OF)
@@ -72,7 +88,7 @@ class SearchResult:
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def _derived(self, m: dict[str, Any]) -> dict[str, Any]:
+    def _derived(self, m: dict[str, Any], trial: int) -> dict[str, Any]:
         b = self.baseline
         return {
             "accuracy": m["accuracy"],
@@ -85,40 +101,49 @@ class SearchResult:
             "mac_reduction": b.macs / m["macs"] if m["macs"] else float("nan"),
             "runtime": m["runtime"],
             "device": m["device"],
+            **self._splits(m, trial),
         }
 
-    def _feasible(self) -> list[optuna.trial.FrozenTrial]:
-        out = []
-        for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            m = t.user_attrs.get(TrialAttr.MEASUREMENT)
-            if not m:
-                continue
-            if (
-                self.max_accuracy_drop is not None
-                and self.baseline.accuracy - m["accuracy"] > self.max_accuracy_drop + 1e-12
-            ):
-                continue
-            if over_limit(m["latency_ms"], self.max_latency_ms):
-                continue
-            out.append(t)
+    def _splits(self, m: Mapping[str, Any], trial: int, confidence: float = 0.95) -> dict[str, Any]:
+        """The SPLITS columns of one measured trial."""
+        b = self.baseline
+        out: dict[str, Any] = dict.fromkeys(SPLITS, NAN)
+        out["examples"] = m.get("examples") or NAN
+        drop = paired(b.correct, m.get("correct"), b.examples, m.get("examples"), confidence)
+        if drop is not None:
+            out["drop_low"], out["drop_high"] = drop.low, drop.high
+        base, held = self.held_out(None), self.held_out(trial)
+        if base is not None and held is not None:
+            out["test_accuracy"] = held.accuracy
+            out["test_drop"] = base.accuracy - held.accuracy
+            out["test_examples"] = held.examples
+            out["replayed"] = held.eval_accuracy == m["accuracy"]
+            test = paired(base.correct, held.correct, base.examples, held.examples, confidence)
+            if test is not None:
+                out["test_drop_low"], out["test_drop_high"] = test.low, test.high
         return out
 
+    def held_out(self, trial: int | None) -> HeldOut | None:
+        """The held-out score of `trial` (None: the baseline's), where the search scored it."""
+        record = self.study.user_attrs.get(held_out_key(trial))
+        return HeldOut.from_dict(record) if record and "failure" not in record else None
+
+    def _feasible(self) -> list[optuna.trial.FrozenTrial]:
+        return feasible(self.study, self.baseline, self.max_accuracy_drop, self.max_latency_ms)
+
     def _normalized(self, trials: Sequence[optuna.trial.FrozenTrial]) -> np.ndarray:
-        return np.array(
-            [[o.normalized(v, self.baseline) for o, v in zip(self.objectives, t.values)] for t in trials], dtype=float
-        ).reshape(len(trials), len(self.objectives))
+        return normalized(trials, self.objectives, self.baseline)
 
     @property
     def pareto(self) -> pd.DataFrame:
         """Feasible (within max_accuracy_drop and max_latency_ms) Pareto-optimal trials, best accuracy first."""
-        feasible = self._feasible()
-        if not feasible:
-            return pd.DataFrame(columns=["trial", *MEASURED, "policy", "stage", "refined_from"])
-        front = [t for t, keep in zip(feasible, non_dominated(self._normalized(feasible))) if keep]
+        front = feasible_front(self.study, self.baseline, self.objectives, self.max_accuracy_drop, self.max_latency_ms)
+        if not front:
+            return pd.DataFrame(columns=["trial", *MEASURED, *SPLITS, "policy", "stage", "refined_from"])
         rows = [
             {
                 "trial": t.number,
-                **self._derived(t.user_attrs[TrialAttr.MEASUREMENT]),
+                **self._derived(t.user_attrs[TrialAttr.MEASUREMENT], t.number),
                 "policy": t.user_attrs.get(TrialAttr.POLICY),
                 "stage": t.user_attrs.get(TrialAttr.STAGE),
                 "refined_from": t.user_attrs.get(TrialAttr.REFINED_FROM),
@@ -151,8 +176,8 @@ class SearchResult:
             storage=self.storage or "unknown",
             trial=t.number,
             policy=t.user_attrs[TrialAttr.POLICY],
-            measurement=t.user_attrs[TrialAttr.MEASUREMENT],
-            baseline=self.baseline.to_dict(),
+            measurement=self._with_test(t.user_attrs[TrialAttr.MEASUREMENT], t.number),
+            baseline=self._with_test(self.baseline.to_dict(), None),
             finetune=t.user_attrs.get(TrialAttr.FINETUNE) or attrs[StudyAttr.FINETUNE],
             fingerprint=attrs[StudyAttr.FINGERPRINT],
             example_input=attrs[StudyAttr.EXAMPLE_INPUT],
@@ -160,12 +185,45 @@ class SearchResult:
             produced_by=attrs.get(StudyAttr.VERSIONS),
         )
 
+    def _confident(self, ok: pd.DataFrame, max_drop: float, confidence: float) -> pd.DataFrame:
+        """The rows of `ok` whose drop's upper bound at `confidence` is within `max_drop`."""
+        measurements = {t.number: t.user_attrs.get(TrialAttr.MEASUREMENT) for t in self.study.trials}
+        highs = []
+        for n in ok["trial"]:
+            m = measurements[int(n)]
+            drop = paired(
+                self.baseline.correct, m.get("correct"), self.baseline.examples, m.get("examples"), confidence
+            )
+            if drop is None:
+                raise ConfigError(
+                    f"best: confidence needs each trial's per-example record (the accuracy metric, measured by "
+                    f"autoshrink >= 0.2); trial {int(n)} has none. Fix: best(confidence=None), or search again."
+                )
+            highs.append(drop.high)
+        return ok[np.array(highs) <= max_drop + 1e-12]
+
+    def _with_test(self, m: Mapping[str, Any], trial: int | None) -> dict[str, Any]:
+        """A measurement's record with its held-out accuracy, where the search scored it."""
+        held = self.held_out(trial)
+        if held is None:
+            return dict(m)
+        return {**m, "test_accuracy": held.accuracy, "test_examples": held.examples}
+
     def best(
-        self, max_accuracy_drop: float = 0.01, minimize: str = "size", max_latency_ms: float | None = None
+        self,
+        max_accuracy_drop: float = 0.01,
+        minimize: str = "size",
+        max_latency_ms: float | None = None,
+        confidence: float | None = None,
     ) -> Recipe:
         """The Recipe of the trial with the smallest `minimize` (size, latency or macs) among those
         within `max_accuracy_drop` (a fraction: 0.01 = 1 pp) of the baseline and measured at most
-        `max_latency_ms` (default: the search's limit, if it had one); ties -> higher accuracy."""
+        `max_latency_ms` (default: the search's limit, if it had one); ties -> higher accuracy, then the
+        smaller other costs. Its recipe carries held-out figures where the search scored the trial (the
+        final front under the search's constraints).
+        Selects on the selection split only. `confidence` (e.g. 0.95): only trials whose paired interval
+        of the drop (at that confidence) lies within `max_accuracy_drop` -- the drop is likely within the
+        limit, not only measured within it on these examples."""
         if minimize not in MINIMIZE:
             raise ConfigError(f"best: minimize={minimize!r}; use one of {', '.join(MINIMIZE)}.")
         if not isinstance(max_accuracy_drop, (int, float)) or max_accuracy_drop < 0:
@@ -176,6 +234,8 @@ class SearchResult:
             raise ConfigError(
                 f"best: max_latency_ms={max_latency_ms!r}; use milliseconds > 0, or None for the search's own limit."
             )
+        if confidence is not None and (not finite_number(confidence) or not 0 < confidence < 1):
+            raise ConfigError(f"best: confidence={confidence!r}; use a probability in (0, 1), e.g. 0.95, or None.")
         limit = self.max_latency_ms if max_latency_ms is None else float(max_latency_ms)
         df = self.trials
         if df.empty or "accuracy" not in df:
@@ -192,6 +252,8 @@ class SearchResult:
                     "Relax max_latency_ms or max_accuracy_drop, or run more trials."
                 )
             ok = fast
+        if confidence is not None and not ok.empty:
+            ok = self._confident(ok, max_accuracy_drop, confidence)
         if ok.empty:
             closest = done.sort_values("accuracy_drop").iloc[0]
             raise ConfigError(
@@ -199,7 +261,14 @@ class SearchResult:
                 f"trial {int(closest['trial'])} at {closest['accuracy_drop'] * 100:.2f} pp. "
                 "Relax max_accuracy_drop or run more trials."
             )
-        pick = ok.sort_values([MINIMIZE[minimize], "accuracy"], ascending=[True, False]).iloc[0]
+        # ties: higher accuracy, then the other costs -- so that the pick is never a point another one
+        # dominates (a refined twin of the same size and accuracy but slower, say)
+        order = [
+            MINIMIZE[minimize],
+            "accuracy",
+            *(c for c in ("latency_ms", "size_bytes", "macs") if c != MINIMIZE[minimize]),
+        ]
+        pick = ok.sort_values(order, ascending=[True, False, True, True], kind="stable").iloc[0]
         return self.recipe(int(pick["trial"]))
 
     # ------------------------------------------------------------------ refine

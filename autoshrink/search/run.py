@@ -27,6 +27,7 @@ from .loop import run_loop
 from .preflight import check_model_on_task
 from .result import SearchResult
 from .setup import plan, setup
+from .stages.held_out import run_held_out
 from .stages.refine import refine_candidates, run_refine, screened_refine_limit
 from .study.leases import open_locks
 from .study.schema import StudyAttr
@@ -111,6 +112,7 @@ def _run(
                     skip_refined=False,
                 )
                 run_refine(ctx, sources, p.refine)
+            held = run_held_out(ctx, cfg.max_latency_ms) if task.test_data is not None else (0, 0.0)
         finally:
             ex.shutdown()
     wall = time.perf_counter() - t_start
@@ -129,6 +131,8 @@ def _run(
         "study_s": ctx.study_s,
         "dispatch_s": getattr(ex, "dispatch_s", 0.0),
         "sensitivity_s": pre_s,
+        "held_out_points": held[0],
+        "held_out_s": held[1],
         "screening": tally.summary(),
     }
     study.set_user_attr(

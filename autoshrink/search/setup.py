@@ -135,7 +135,7 @@ def _signature(
 ) -> dict[str, Any]:
     space = {name: list(choice.values) for name, choice in bound.params()}
     digest = hashlib.sha256(json.dumps(space, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return {
+    out = {
         "model": type(model).__name__,
         "space": digest,
         "finetune": ft.to_dict(),
@@ -143,6 +143,9 @@ def _signature(
         "train_transform": task.transform_name,
         "narrow_cutoff": cutoff,
     }
+    if task.split_record() is not None:  # only then: a study written before held-out splits still resumes
+        out["split"] = task.split_record()
+    return out
 
 
 def setup(
@@ -168,6 +171,8 @@ def setup(
         study.set_user_attr(StudyAttr.FINGERPRINT, fingerprint(model).to_dict())
         study.set_user_attr(StudyAttr.EXAMPLE_INPUT, InputSpec.of(task.example_input).to_dict())
         study.set_user_attr(StudyAttr.TRAIN_TRANSFORM, task.transform_name)
+        if task.split_record() is not None:
+            study.set_user_attr(StudyAttr.SPLIT, task.split_record())
         study.set_user_attr(StudyAttr.VERSIONS, versions())
     clock = WaitClock()
     session = Session(model=model, task=task, executor=cfg.executor, latency=plan.latency, finetune=ft)

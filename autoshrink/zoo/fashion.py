@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import TaskError
 from ..task import Task
-from .models import LeNet5, LeNet300
+from .models import FashionResNet, LeNet5, LeNet300
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = 0.2860, 0.3530
@@ -77,13 +77,30 @@ def _fashion_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.
 
 
 def fashion_task(
-    *, batch_size: int = 128, deploy_batch: int = 1, device: str = "auto", train_transform: object = None
+    *,
+    batch_size: int = 128,
+    deploy_batch: int = 1,
+    device: str = "auto",
+    train_transform: object = None,
+    selection: int | None = None,
 ) -> Task:
-    """Fashion-MNIST: 60,000 training / 10,000 test images; example_input = `deploy_batch` test images."""
+    """Fashion-MNIST: 60,000 training / 10,000 test images; example_input = `deploy_batch` test images.
+
+    `selection`: the first that many test images are the selection split (eval_data) and the rest the
+    held-out test_data (5000: select on test[:5000], judge on test[5000:]); None: all 10,000 are
+    eval_data and there is no held-out split (figures are then chosen and reported on one split).
+    """
     x_tr, y_tr, x_te, y_te = _fashion_tensors()
+    held_out = None
+    if selection is not None:
+        if isinstance(selection, bool) or not isinstance(selection, int) or not 0 < selection < len(y_te):
+            raise TaskError(f"fashion_task: selection={selection!r}; use a count in 1..{len(y_te) - 1}, or None.")
+        held_out = (x_te[selection:], y_te[selection:])
+        x_te, y_te = x_te[:selection], y_te[:selection]
     return Task(
         train_data=(x_tr, y_tr),
         eval_data=(x_te, y_te),
+        test_data=held_out,
         example_input=x_te[:deploy_batch].clone(),
         batch_size=batch_size,
         device=device,
@@ -94,6 +111,12 @@ def fashion_task(
 def lenet300_fashion(*, seed: int = 0, epochs: int = 10) -> nn.Module:
     """LeNet-300-100 trained on Fashion-MNIST (cached after the first call; a fresh copy each call)."""
     return _trained(LeNet300, "lenet300", seed, epochs)
+
+
+def resnet_fashion(*, seed: int = 0, epochs: int = 3) -> nn.Module:
+    """FashionResNet (residual blocks with BatchNorm) trained on Fashion-MNIST (cached after the first
+    call; a fresh copy each call)."""
+    return _trained(FashionResNet, "resnet", seed, epochs)
 
 
 def lenet5_fashion(*, width: int = 4, seed: int = 0, epochs: int = 5) -> nn.Module:

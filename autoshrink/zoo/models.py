@@ -81,6 +81,27 @@ class DigitsResNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
+class FashionResNet(nn.Module):
+    """ResNet-style CNN with BatchNorm for 1x28x28 images: stem conv 16 + BN, residual blocks at 16, 32
+    (stride 2) and 64 channels (stride 2; 1x1 projection shortcuts), global average pool, fc 10."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.layer1 = BasicBlock(16, 16)
+        self.layer2 = BasicBlock(16, 32, stride=2)
+        self.layer3 = BasicBlock(32, 64, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act(self.bn(self.stem(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.pool(x).flatten(1))
+
+
 class LeNet5(nn.Module):
     """LeNet-5 for 1x28x28 inputs, channel widths multiplied by `width` (width 1: 6/16/120/84)."""
 

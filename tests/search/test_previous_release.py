@@ -32,6 +32,9 @@ def test_it_loads_and_exports_as_written(tmp_path, capsys) -> None:
     r = load_result("old", url)
     assert len(r.study.trials) == 6 and r.max_accuracy_drop == 0.05
     assert list(r.pareto.trial) == [1, 5] and list(r.pareto.size_bytes) == [2840, 2083]
+    # written before per-example records and held-out splits: no intervals, no held-out figures, as before
+    assert r.pareto[["drop_low", "drop_high", "test_accuracy", "test_drop"]].isna().all().all()
+    assert r.held_out(None) is None
     assert (
         main(
             ["export", "old", "--storage", url, "--max-accuracy-drop", "0.05", "-o", str(tmp_path / "r.yaml"), "--json"]
@@ -44,6 +47,7 @@ def test_it_loads_and_exports_as_written(tmp_path, capsys) -> None:
     assert main(["report", "old", "--storage", url, "-o", str(tmp_path / "old.html")]) == 0
     page = (tmp_path / "old.html").read_text()
     assert page.count("<html") == 1 and "old" in page
+    assert "not recorded (a study measured before per-example records)" in page
 
 
 def test_it_resumes(tiny_model, tmp_path) -> None:

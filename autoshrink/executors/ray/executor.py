@@ -289,11 +289,17 @@ class RayExecutor:
 
     # ------------------------------------------------------------------ work
     def submit(
-        self, key: int, policy: Policy, finetune: FinetuneConfig | None = None, *, runtime: str | None = None
+        self,
+        key: int,
+        policy: Policy,
+        finetune: FinetuneConfig | None = None,
+        *,
+        runtime: str | None = None,
+        held_out: bool = False,
     ) -> None:
         if not self._slots:
             raise ConfigError("RayExecutor.submit before start(job).")
-        request = Request(policy, finetune, runtime)
+        request = Request(policy, finetune, runtime, held_out)
         self._work[key] = request
         self._queue.append((key, request))
         self._dispatch()

@@ -32,6 +32,7 @@ from ..pareto import non_dominated
 from ..study.leases import open_locks
 from ..study.schema import DRIVER_ATTR, StudyAttr, TrialAttr
 from ..tell import tell_outcome
+from .held_out import run_held_out
 from .latency_limit import over_limit
 
 REFINE_SLACK = 0.02
@@ -311,6 +312,8 @@ def refine_study(
         try:
             ex.start(Job(model=model, task=task, finetune=ft, latency=s.latency if s else None))
             numbers = run_refine(ctx, sources, cfg, distill=distill)
+            if task.test_data is not None:  # the refined front's new points, scored once on test_data
+                run_held_out(ctx, max_latency_ms)
         finally:
             ex.shutdown()
     return numbers

@@ -29,6 +29,8 @@ class StudyAttr:
     ENQUEUED = "enqueued"
     LAST_RUN = "last_run"  # the last run's SearchResult.timing
     LATENCY_TABLE = "latency_table"
+    SPLIT = "split"  # the task's held-out split: {holdout, selection, held_out[, stratified]}
+    HELD_OUT = "held_out:"  # + trial number or "baseline": a HeldOut score on test_data (stages/held_out.py)
 
 
 class TrialAttr:
@@ -52,3 +54,8 @@ class TrialAttr:
 
 
 DRIVER_ATTR = TrialAttr.DRIVER
+
+
+def held_out_key(trial: int | None) -> str:
+    """The study attribute holding a trial's (None: the baseline's) held-out score."""
+    return StudyAttr.HELD_OUT + ("baseline" if trial is None else str(trial))
