@@ -5,11 +5,13 @@ Fixed before the runs (not tuned here):
 - data: eval_data = test[:5000] (the selection split), test_data = test[5000:] (held out; the search
   reads it only to score its final front, stages/held_out.py);
 - tasks: "lenet300" -- LeNet-300-100 (autoshrink.zoo.lenet300_fashion), 1,000 fine-tune steps per trial,
-  the model and step count of benchmarks/search_efficiency.py; "resnet" -- a residual CNN with BatchNorm
-  (autoshrink.zoo.resnet_fashion, a family the defaults were never tuned on), 300 steps per trial;
+  the model, step count and refine stage (3 policies) of benchmarks/search_efficiency.py; "resnet" -- a
+  residual CNN with BatchNorm (autoshrink.zoo.resnet_fashion, a family the defaults were never tuned
+  on), 100 steps per trial and a refine stage of 1 policy (a ResNet step costs ~60x a LeNet-300 step on
+  2 cores: at 1,000 steps a 10-minute search would see a handful of trials);
 - the search: the default space and every default (pre-pass, narrowing, warm start, screening, front
-  sampler), objectives accuracy and packed size, max_accuracy_drop 0.5 pp, float runtime, local executor,
-  timeout = 70 % of --budget, then the refine stage (3 policies, 5x the steps);
+  sampler, refine steps 5x the search's), objectives accuracy and packed size, max_accuracy_drop 0.5 pp,
+  float runtime, local executor, timeout = 70 % of --budget, then the refine stage;
 - picks: the trials within 0.5 pp on the selection split, smallest first; the five smallest are each
   judged on the held-out split (the search's own score where it scored them, else the recipe replayed
   with `apply_recipe` and measured with `measure(test=True)`); intervals: the paired 95 % interval of the
@@ -49,9 +51,9 @@ def task_and_model(name: str):
 
     task = zoo.fashion_task(device="cpu", selection=5000)
     if name == "lenet300":
-        return zoo.lenet300_fashion(), task, 1000
+        return zoo.lenet300_fashion(), task, 1000, 3
     if name == "resnet":
-        return zoo.resnet_fashion(), task, 300
+        return zoo.resnet_fashion(), task, 100, 1
     raise SystemExit(f"unknown task {name!r}")
 
 
@@ -88,7 +90,7 @@ def judge(r: ash.SearchResult, model, task, trial: int) -> dict:
 
 
 def run(args: argparse.Namespace, seed: int, tmp: Path) -> dict:
-    model, task, steps = task_and_model(args.task)
+    model, task, steps, refine_top = task_and_model(args.task)
     name = f"{args.task}-held-out-{seed}"
     t0 = time.perf_counter()
     r = ash.search(
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace, seed: int, tmp: Path) -> dict:
         storage=f"sqlite:///{tmp}/{name}.db",
         study_name=name,
         runtime="float",
-        refine_top=3,
+        refine_top=refine_top,
         refine_steps=5 * steps,
     )
     wall = time.perf_counter() - t0
