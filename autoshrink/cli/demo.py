@@ -57,6 +57,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ..errors import ExecutorUnavailable
     from ..report import write_report
     from ..zoo import digits_task
+    from .recipes import drop_text
 
     quiet = args.quiet or args.json
     say = (lambda s: None) if quiet else (lambda s: print(s, flush=True))
@@ -67,10 +68,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     storage = f"sqlite:///{OUT / 'demo.db'}"
     say(
         f"autoshrink demo: search per-layer compression of a CNN on scikit-learn's digits "
-        f"(1,437 train / 360 test images), {args.trials} trials x {args.steps} fine-tune steps, objectives "
+        f"(1,437 train images; of the 360 test images, 180 to choose on and 180 held out to judge the choice), "
+        f"{args.trials} trials x {args.steps} fine-tune steps, objectives "
         f"accuracy / packed size / latency at batch {args.batch}"
     )
-    task = digits_task(deploy_batch=args.batch, device=args.device)
+    task = digits_task(deploy_batch=args.batch, device=args.device).with_holdout(0.5)
     model = _model(args.seed, say)
     space = load_space("default")
     kwargs = dict(
@@ -127,6 +129,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"{b.size_bytes / m.size_bytes:.1f}x smaller ({m.size_bytes} B), accuracy {m.accuracy * 100:.2f}% "
         f"({(b.accuracy - m.accuracy) * 100:+.2f} pp drop), {m.latency_ms:.3f} ms vs {b.latency_ms:.3f} ms"
     )
+    print(drop_text(result, recipe.trial))
     print(f"recipe: {recipe_path}\nreport: {report_path}  (open it in a browser; works offline)")
     print(
         f"\ndone in {wall:.0f} s ({executor} executor; "
