@@ -19,10 +19,14 @@ Fixed before the runs (not tuned here):
 - hypervolume: completed trials within 0.5 pp on the selection split, coordinates (drop, log2 of the size
   ratio to the baseline), reference (0.5 pp, log2 1.1) -- the reference drop is the constraint;
 - beyond-constraint share: over fully fine-tuned trials, and over all candidates with the screened-out
-  ones counted as beyond.
+  ones counted as beyond;
+- --method random / nsga2: the same search with that sampler and no pre-pass, warm start or screening --
+  the same fine-tune (the space's), the same refine stage and the same packing, so a comparison isolates
+  the search; NSGA-II's population is a quarter of --trials-fit (the full trials autoshrink fitted in the
+  same budget, 8..50), so that it breeds several generations.
 
 Usage: make bench-deps; .venv/bin/python benchmarks/held_out.py --task lenet300 --budget 600 [--seeds 0 1 2]
-       [--out OUT.json]
+       [--out OUT.json] [--method autoshrink|random|nsga2 [--trials-fit N]]
 """
 
 from __future__ import annotations
@@ -91,7 +95,17 @@ def judge(r: ash.SearchResult, model, task, trial: int) -> dict:
 
 def run(args: argparse.Namespace, seed: int, tmp: Path) -> dict:
     model, task, steps, refine_top = task_and_model(args.task)
-    name = f"{args.task}-held-out-{seed}"
+    name = f"{args.task}-held-out-{args.method}-{seed}"
+    baseline_search = {}
+    if args.method != "autoshrink":
+        import optuna
+
+        sampler = (
+            optuna.samplers.RandomSampler(seed=seed)
+            if args.method == "random"
+            else optuna.samplers.NSGAIISampler(population_size=max(8, min(50, args.trials_fit // 4)), seed=seed)
+        )
+        baseline_search = dict(sampler=sampler, sensitivity=False, warm_start=False, screen=False)
     t0 = time.perf_counter()
     r = ash.search(
         model,
@@ -108,6 +122,7 @@ def run(args: argparse.Namespace, seed: int, tmp: Path) -> dict:
         runtime="float",
         refine_top=refine_top,
         refine_steps=5 * steps,
+        **baseline_search,
     )
     wall = time.perf_counter() - t0
     df = r.trials
@@ -150,6 +165,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=600.0, help="seconds per search, refine included")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", help="write every run as JSON here")
+    ap.add_argument("--method", choices=("autoshrink", "random", "nsga2"), default="autoshrink")
+    ap.add_argument("--trials-fit", type=int, default=100, help="nsga2: full trials autoshrink fitted (population /4)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     runs = []
@@ -158,7 +175,8 @@ def main() -> None:
         runs.append(s)
         first = s["picks"][0] if s["picks"] else None
         print(
-            f"{args.task} seed {seed}: {s['wall_s']} s, {s['trials_full']} full + {s['screened_out']} screened out; "
+            f"{args.task} {args.method} seed {seed}: {s['wall_s']} s, "
+            f"{s['trials_full']} full + {s['screened_out']} screened out; "
             f"beyond 0.5 pp {s['beyond_share_full']:.2f} of full, {s['beyond_share_all']:.2f} of all; "
             f"log HV {s['log_hv']:.4f}; smallest pick "
             + (
@@ -178,6 +196,7 @@ def main() -> None:
 
     summary = {
         "task": args.task,
+        "method": args.method,
         "budget": args.budget,
         "seeds": args.seeds,
         "median_smallest_pick_test_drop_pp": med(p["test_drop_pp"] for p in firsts),
