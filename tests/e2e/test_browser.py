@@ -18,6 +18,7 @@ from .browser import (
     screenshot,
     start_dashboard,
     stop,
+    study,  # noqa: F401 (a fixture the tests request by name)
     visible_text,
 )
 
