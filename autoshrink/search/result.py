@@ -71,24 +71,23 @@ class SearchResult:
     def trials(self) -> pd.DataFrame:
         """Every trial: number, state, measured values, drop/compression/speedup, policy, failure, skipped."""
         rows = []
+        attrs = self.study.user_attrs  # one read of the study's attributes (a query on server storages)
         for t in self.study.get_trials(deepcopy=False):
             u = t.user_attrs
             row: dict[str, Any] = {"trial": t.number, "state": t.state.name, "stage": u.get(TrialAttr.STAGE)}
             m = u.get(TrialAttr.MEASUREMENT)
             if m:
-                row.update(self._derived(m, t.number))
+                row.update(self._derived(m, t.number, attrs))
             row["policy"] = u.get(TrialAttr.POLICY)
             row["failure"] = u.get(TrialAttr.FAILURE)
             row["retry_of"] = u.get(TrialAttr.RETRY_OF)
             row["refined_from"] = u.get(TrialAttr.REFINED_FROM)
             row["skipped"] = u.get(TrialAttr.SKIPPED)  # a warm-start twin not run (search/tell.py twin_verdict)
-            row["finetune_steps"] = (
-                u.get(TrialAttr.FINETUNE) or self.study.user_attrs.get(StudyAttr.FINETUNE, {})
-            ).get("steps")
+            row["finetune_steps"] = (u.get(TrialAttr.FINETUNE) or attrs.get(StudyAttr.FINETUNE, {})).get("steps")
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def _derived(self, m: dict[str, Any], trial: int) -> dict[str, Any]:
+    def _derived(self, m: dict[str, Any], trial: int, attrs: Mapping[str, Any]) -> dict[str, Any]:
         b = self.baseline
         return {
             "accuracy": m["accuracy"],
@@ -101,31 +100,32 @@ class SearchResult:
             "mac_reduction": b.macs / m["macs"] if m["macs"] else float("nan"),
             "runtime": m["runtime"],
             "device": m["device"],
-            **self._splits(m, trial),
+            **self._splits(m, trial, attrs),
         }
 
-    def _splits(self, m: Mapping[str, Any], trial: int, confidence: float = 0.95) -> dict[str, Any]:
-        """The SPLITS columns of one measured trial."""
+    def _splits(self, m: Mapping[str, Any], trial: int, attrs: Mapping[str, Any]) -> dict[str, Any]:
+        """The SPLITS columns of one measured trial (`attrs`: the study's user attributes)."""
         b = self.baseline
         out: dict[str, Any] = dict.fromkeys(SPLITS, NAN)
         out["examples"] = m.get("examples") or NAN
-        drop = paired(b.correct, m.get("correct"), b.examples, m.get("examples"), confidence)
+        drop = paired(b.correct, m.get("correct"), b.examples, m.get("examples"))
         if drop is not None:
             out["drop_low"], out["drop_high"] = drop.low, drop.high
-        base, held = self.held_out(None), self.held_out(trial)
+        base, held = self.held_out(None, attrs), self.held_out(trial, attrs)
         if base is not None and held is not None:
             out["test_accuracy"] = held.accuracy
             out["test_drop"] = base.accuracy - held.accuracy
             out["test_examples"] = held.examples
             out["replayed"] = held.eval_accuracy == m["accuracy"]
-            test = paired(base.correct, held.correct, base.examples, held.examples, confidence)
+            test = paired(base.correct, held.correct, base.examples, held.examples)
             if test is not None:
                 out["test_drop_low"], out["test_drop_high"] = test.low, test.high
         return out
 
-    def held_out(self, trial: int | None) -> HeldOut | None:
-        """The held-out score of `trial` (None: the baseline's), where the search scored it."""
-        record = self.study.user_attrs.get(held_out_key(trial))
+    def held_out(self, trial: int | None, attrs: Mapping[str, Any] | None = None) -> HeldOut | None:
+        """The held-out score of `trial` (None: the baseline's), where the search scored it; `attrs`: the
+        study's user attributes where the caller has read them already."""
+        record = (self.study.user_attrs if attrs is None else attrs).get(held_out_key(trial))
         return HeldOut.from_dict(record) if record and "failure" not in record else None
 
     def _feasible(self) -> list[optuna.trial.FrozenTrial]:
@@ -140,10 +140,11 @@ class SearchResult:
         front = feasible_front(self.study, self.baseline, self.objectives, self.max_accuracy_drop, self.max_latency_ms)
         if not front:
             return pd.DataFrame(columns=["trial", *MEASURED, *SPLITS, "policy", "stage", "refined_from"])
+        attrs = self.study.user_attrs
         rows = [
             {
                 "trial": t.number,
-                **self._derived(t.user_attrs[TrialAttr.MEASUREMENT], t.number),
+                **self._derived(t.user_attrs[TrialAttr.MEASUREMENT], t.number, attrs),
                 "policy": t.user_attrs.get(TrialAttr.POLICY),
                 "stage": t.user_attrs.get(TrialAttr.STAGE),
                 "refined_from": t.user_attrs.get(TrialAttr.REFINED_FROM),

@@ -22,7 +22,7 @@ from autoshrink.search.study.leases import FileLocks, ServerLocks, open_locks
 ROOT = Path(__file__).resolve().parents[2]
 
 HOLD_SCRIPT = textwrap.dedent("""
-    import sys, time
+    import sys
     sys.path.insert(0, {root!r})
     from autoshrink.search.study.leases import open_locks
     locks = open_locks({url!r}, "s")
@@ -30,14 +30,15 @@ HOLD_SCRIPT = textwrap.dedent("""
     if {mutex!r}:
         with locks.mutex():
             print("in", flush=True)
-            time.sleep(60)
-    time.sleep(60)
+            sys.stdin.read()  # held until the test closes stdin or kills this process: no clock
+    sys.stdin.read()
 """)
 
 
 def _holder(url: str, mutex: bool = False) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-c", HOLD_SCRIPT.format(root=str(ROOT), url=url, mutex=mutex)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
