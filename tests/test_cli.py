@@ -68,7 +68,12 @@ def test_demo_smoke_local(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(_demo_args(tmp_path, "--executor", "local")) == 0
     out = capsys.readouterr().out
-    assert "[  5/5]" in out and "Pareto front" in out and "chosen (smallest within 5 pp)" in out
+    assert (
+        "[trials   5/5]" in out
+        and "[pre-pass " in out
+        and "Pareto front" in out
+        and "chosen (smallest within 5 pp)" in out
+    )
     assert "autoshrink dashboard studies/demo/demo.db" in out and "autoshrink apply studies/demo/recipe.yaml" in out
     recipe = ash.Recipe.load(tmp_path / "studies/demo/recipe.yaml")
     assert recipe.source.study == "demo" and recipe.source.trial == recipe.trial

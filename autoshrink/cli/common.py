@@ -3,49 +3,82 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from ..report.splits import interval, splits_line
 from ..search import Progress, SearchResult
+from ..search.display import fmt_seconds
 from ..search.study.schema import StudyAttr
 
 
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-def progress_printer(drop_label: str = "1 pp", stream: Any = None) -> Callable[[Progress], None]:
-    """One line per finished trial: done/failed, the front size, the best size within the drop,
-    elapsed and remaining time. On a terminal the line is rewritten in place."""
-    out = stream or sys.stdout
-    tty = out.isatty()
-
-    def show(p: Progress) -> None:
-        last = p.last
-        what = (
-            f"trial {last['trial']:>3}: acc {last['accuracy'] * 100:5.2f}% {last['size_bytes']:>8} B "
-            f"{last['latency_ms']:.3f} ms"
-            if last["ok"]
-            else f"trial {last['trial']:>3}: FAILED ({last['error']})"
+def _what(p: Progress, drop_label: str) -> str:
+    """The part of the line that names what just finished (or the stage that starts)."""
+    last = p.last
+    if p.stage == "baseline":
+        return "measuring the untouched model"
+    if not last:
+        return {"pre-pass": "measuring each single choice", "trials": "starting", "refine": "starting"}.get(
+            p.stage, "scoring the front on the held-out split"
         )
-        best = f"{p.best_compression:.1f}x" if p.best_compression else "-"
+    if p.stage == "pre-pass":
+        what = f"{last['layer']} {last['field']} {last['value']:g}"
+        return (
+            f"{what}: drop {last['accuracy_drop'] * 100:.2f} pp" if last["ok"] else f"{what}: FAILED ({last['error']})"
+        )
+    if p.stage == "held-out":
+        key = "baseline" if last["trial"] < 0 else f"trial {last['trial']}"
+        return f"{key} scored" if last["ok"] else f"{key}: FAILED ({last['error']})"
+    label = {"warm-start": " (warm start)", "baseline": " (baseline policy)"}.get(last.get("stage", ""), "")
+    what = (
+        f"trial {last['trial']:>3}{label}: acc {last['accuracy'] * 100:5.2f}% {last['size_bytes']:>8} B "
+        f"{last['latency_ms']:.3f} ms"
+        if last["ok"]
+        else f"trial {last['trial']:>3}{label}: FAILED ({last['error']})"
+    )
+    best = f"{p.best_compression:.1f}x" if p.best_compression else "-"
+    return f"{what} | failed {p.failed} | front {p.front_size} | best size within {drop_label}: {best}"
+
+
+class ProgressLine:
+    """One line per stage start and per finished evaluation -- baseline, pre-pass, trials, refine,
+    held-out -- with counts, elapsed and remaining time. On a terminal the line is rewritten in place,
+    a new one starts with each stage and a failure keeps its own line; `end()` closes the last."""
+
+    def __init__(self, drop_label: str = "1 pp", stream: Any = None) -> None:
+        self.drop_label = drop_label
+        self.out = stream or sys.stdout
+        self.tty = self.out.isatty()
+        self.stage: str | None = None
+
+    def __call__(self, p: Progress) -> None:
+        count = f"{p.done:>3}/{p.target}" if p.target else f"{p.done:>3}"
         line = (
-            f"[{p.done:>3}/{p.target}] {what} | failed {p.failed} | front {p.front_size} | best size within "
-            f"{drop_label}: {best} | {fmt_seconds(p.elapsed_s)} elapsed, ~{fmt_seconds(p.remaining_s)} left"
+            f"[{p.stage} {count}] {_what(p, self.drop_label)} | {fmt_seconds(p.elapsed_s)} elapsed, "
+            f"~{fmt_seconds(p.remaining_s)} left"
         )
-        if tty and last["ok"]:
-            out.write("\r\033[K" + line)
-            if p.done >= p.target:
-                out.write("\n")
+        if not self.tty:
+            self.out.write(line + "\n")
         else:
-            out.write(("\n" if tty else "") + line + "\n")
-        out.flush()
+            failed = bool(p.last) and not p.last.get("ok", True)
+            fresh = self.stage is None or self.stage != p.stage or failed
+            self.out.write(("\n" if fresh and self.stage is not None else "\r\033[K") + line)
+            if failed:
+                self.out.write("\n")
+                self.stage = None
+            else:
+                self.stage = p.stage
+        self.out.flush()
 
-    return show
+    def end(self) -> None:
+        if self.tty and self.stage is not None:
+            self.out.write("\n")
+            self.out.flush()
+        self.stage = None
+
+
+def progress_printer(drop_label: str = "1 pp", stream: Any = None) -> ProgressLine:
+    """The CLI's live progress line (ProgressLine)."""
+    return ProgressLine(drop_label, stream)
 
 
 def front_table(result: SearchResult) -> str:

@@ -75,6 +75,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     task = digits_task(deploy_batch=args.batch, device=args.device).with_holdout(0.5)
     model = _model(args.seed, say)
     space = load_space("default")
+    line = progress_printer(f"{args.max_accuracy_drop * 100:g} pp")
     kwargs = dict(
         objectives=("accuracy", "size", "latency"),
         n_trials=args.trials,
@@ -83,7 +84,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         study_name="demo",
         seed=args.seed,
         max_accuracy_drop=args.max_accuracy_drop,
-        progress=None if quiet else progress_printer(f"{args.max_accuracy_drop * 100:g} pp"),
+        progress=False if quiet else line,
     )
     executor = args.executor
     say(
@@ -93,9 +94,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     try:
         result = search(model, task, space, executor=_executor(executor, args.actors), **kwargs)
     except ExecutorUnavailable as exc:
+        line.end()
         print(f"notice: Ray is not available here ({exc}); continuing with the local executor.", flush=True)
         executor = "local"
         result = search(model, task, space, executor="local", **kwargs)
+    finally:
+        line.end()
     recipe_path, report_path = OUT / "recipe.yaml", OUT / "report.html"
     recipe = result.best(max_accuracy_drop=args.max_accuracy_drop, minimize="size")
     recipe.save(recipe_path)

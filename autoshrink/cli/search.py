@@ -101,13 +101,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
     model = call_factory(cfg.model, cfg.model_args, "model", src, nn.Module)
     drop = settings.max_accuracy_drop
     drop_label = f"{drop * 100:g} pp" if drop is not None else "1 pp"
-    result = search(
-        model,
-        task,
-        space,
-        settings.replace(executor=executor),
-        progress=None if quiet else progress_printer(drop_label),
-    )
+    line = progress_printer(drop_label)
+    try:
+        result = search(model, task, space, settings.replace(executor=executor), progress=False if quiet else line)
+    finally:
+        line.end()
     front = result.pareto
     if args.json:
         print(
@@ -123,7 +121,6 @@ def _cmd_search(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    print()
     print(front_table(result))
     t = result.timing
     rt = result.study.user_attrs.get(StudyAttr.RUNTIME) or {}

@@ -11,11 +11,12 @@ from torch import nn
 from ..errors import ConfigError
 from ..task import Task, require_model_and_task
 from .accuracy import score
+from .cost import CostClock
 from .latency import LatencyConfig, time_forward, timing_guard
 from .layer_latency import layer_latencies
 from .macs import count_macs
 from .measurement import HeldOut, LayerStats, Measurement
-from .packing import pack
+from .packing import packed_size
 from .paired import pack_correct
 from .runtime import deploy_runtime, int8_available, int8_runtime, materialize
 
@@ -47,6 +48,7 @@ def measure(
     latency: LatencyConfig | None = None,
     skipped: Iterable[str] = (),
     test: bool = False,
+    clock: CostClock | None = None,
 ) -> Measurement:
     """Measure `model` on `task`: metric, packed size, latency, MACs (see Measurement).
 
@@ -66,6 +68,8 @@ def measure(
     The same model measured twice on "float" or "int8" gives the same accuracy.
     test: also score the task's held-out test_data (test_accuracy); a search never asks for it while
     it decides.
+    clock: where the seconds of this call's stages (evaluate, pack, latency) are added (`evaluate`
+    passes the candidate's); Measurement.cost is its split.
     """
     require_model_and_task(model, task, "measure")
     if runtime is None:
@@ -79,20 +83,27 @@ def measure(
             f"measure: runtime='int8' but the device ({device}) has no int8 kernels (torch's dynamic "
             "int8 Linear runs on CPU); use runtime='float'."
         )
-    blob, entries = pack(model)
-    plain = materialize(model).to(device)
-    candidates = _candidates(model, plain, task, runtime, device)
-    with timing_guard():  # one timing at a time per machine when an executor installed a guard
-        latencies = _pick_runtime(candidates, task, device, config)
-    chosen = min(latencies, key=latencies.get)
-    layer_ms: dict[str, float] = {}
-    if config.layers:
-        with timing_guard():
-            layer_ms = layer_latencies(
-                model, plain, candidates.get("int8-dynamic"), chosen, task.example_input, config.layers, device
-            )
-    accuracy, hits = score(candidates[chosen], task, device)
-    held_out = score(candidates[chosen], task, device, split="test") if test and task.test_data is not None else None
+    clock = clock or CostClock()
+    with clock.stage("pack"):
+        size, entries = packed_size(model, where="measure()")
+    with clock.stage("latency"):
+        plain = materialize(model).to(device)
+        candidates = _candidates(model, plain, task, runtime, device)
+        with timing_guard():  # one timing at a time per machine when an executor installed a guard
+            latencies = _pick_runtime(candidates, task, device, config)
+        chosen = min(latencies, key=latencies.get)
+        layer_ms: dict[str, float] = {}
+        if config.layers:
+            with timing_guard():
+                layer_ms = layer_latencies(
+                    model, plain, candidates.get("int8-dynamic"), chosen, task.example_input, config.layers, device
+                )
+        macs = count_macs(plain, task.example_input, device)
+    with clock.stage("evaluate"):
+        accuracy, hits = score(candidates[chosen], task, device)
+        held_out = (
+            score(candidates[chosen], task, device, split="test") if test and task.test_data is not None else None
+        )
     params = [p for p in plain.parameters()]
     layers = tuple(
         LayerStats(
@@ -109,9 +120,9 @@ def measure(
     )
     return Measurement(
         accuracy=accuracy,
-        size_bytes=len(blob),
+        size_bytes=size,
         latency_ms=latencies[chosen],
-        macs=count_macs(plain, task.example_input, device),
+        macs=macs,
         device=str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         threads=torch.get_num_threads(),
         batch_size=task.deploy_batch,
@@ -127,6 +138,7 @@ def measure(
         test_accuracy=None if held_out is None else held_out[0],
         test_examples=0 if held_out is None else len(task.test_data),
         test_correct="" if held_out is None or held_out[1] is None else pack_correct(held_out[1]),
+        cost=clock.rounded(),
     )
 
 

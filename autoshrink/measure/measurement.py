@@ -59,6 +59,8 @@ class Measurement:
         model got right (measure/paired.py: base64 of packed bits; "" otherwise) -- the paired intervals.
     test_accuracy / test_examples / test_correct: the same on the task's held-out test_data, measured
         only where asked (`measure(..., test=True)`, a search's final front); None / 0 / "" otherwise.
+    cost: wall seconds by stage of producing this measurement (measure/cost.py STAGES: apply,
+        calibrate, finetune from `evaluate`; evaluate, pack, latency from `measure`).
     """
 
     accuracy: float
@@ -80,6 +82,7 @@ class Measurement:
     test_accuracy: float | None = None
     test_examples: int = 0
     test_correct: str = ""
+    cost: Mapping[str, float] = field(default_factory=dict, compare=False)  # timings: two equal models differ
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -87,6 +90,7 @@ class Measurement:
         d["layers"] = [dict(asdict(l), shape=list(l.shape)) for l in self.layers]
         d["skipped"] = list(self.skipped)
         d["layer_latency_ms"] = dict(self.layer_latency_ms)
+        d["cost"] = dict(self.cost)
         return d
 
     @classmethod
@@ -96,6 +100,7 @@ class Measurement:
         d["skipped"] = tuple(d.get("skipped", ()))
         d["latency_by_runtime"] = dict(d.get("latency_by_runtime", {}))
         d["layer_latency_ms"] = dict(d.get("layer_latency_ms", {}))
+        d["cost"] = dict(d.get("cost", {}))
         return cls(**d)
 
     def summary(self) -> str:

@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..search.result import SearchResult
 from ..search.study.schema import StudyAttr
 from ..version import __version__
+from .costs import cost_figure
 from .figures import (
     hypervolume_figure,
     pareto_scatter,
@@ -236,6 +237,16 @@ def build_report(result: SearchResult) -> str:
 
     parts.append("<h2>Search stages</h2>")
     parts.append(stages_section(result, frame))
+    costs = cost_figure(result, frame)
+    if costs is not None:
+        parts.append(
+            '<p class="caption">Where the evaluation time went, per stage: applying the policy, '
+            "re-estimating BatchNorm statistics, fine-tuning, the forward passes over the evaluation data, "
+            "packing (the exact size), and building and timing the runtimes. Many evaluations in "
+            "fine-tuning: fewer or shorter fine-tunes (screening); in evaluation: a smaller evaluation set; "
+            "all of them: more workers.</p>"
+        )
+        parts.append(render(costs, "costs"))
 
     parts.append("<h2>Sensitivity and the narrowed space</h2>")
     heat = sensitivity_heatmap(result)

@@ -4,8 +4,9 @@ the driver's clocks; progress reports."""
 from __future__ import annotations
 
 import contextlib
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ import optuna
 
 from ..executors import Executor, Outcome
 from ..measure import Measurement
+from ..measure.cost import STAGES
 from ..measure.latency_table import LatencyTable
 from ..policy import Policy
 from ..train import FinetuneConfig
@@ -40,7 +42,14 @@ class Session:
 
 @dataclass(frozen=True)
 class Progress:
-    """Reported after every finished trial (for live displays)."""
+    """Reported as a stage starts and after every evaluation it finishes (for live displays).
+
+    stage: "baseline", "pre-pass" (done / target: single choices measured), "trials" (done / target:
+    the study's trials; target 0 with a timeout only; `last["stage"]` says baseline policy, warm
+    start or search), "refine" (refine trials) and "held-out" (front points scored on test_data).
+    remaining_s: the stage's estimate of the time left (the search's timeout caps the trials'); None
+    before its first evaluation. last: what just finished ({} as a stage starts).
+    """
 
     done: int
     failed: int
@@ -51,6 +60,22 @@ class Progress:
     elapsed_s: float
     remaining_s: float | None
     last: dict[str, Any]
+    stage: str = "trials"
+
+
+def stage_progress(
+    stage: str,
+    done: int,
+    target: int,
+    t_start: float,
+    stage_start: float,
+    last: dict[str, Any] | None = None,
+    failed: int = 0,
+) -> Progress:
+    """A Progress of a stage with a known amount of work: its estimate is the stage's mean so far."""
+    now = time.perf_counter()
+    remaining = (now - stage_start) / done * max(target - done, 0) if done else None
+    return Progress(done, failed, target, max(target - done, 0), 0, None, now - t_start, remaining, last or {}, stage)
 
 
 class WaitClock:
@@ -91,6 +116,17 @@ class LoopContext:
     study_s: float = 0.0  # driver seconds in the loop's study calls: claims, sampling, attributes, tells
     locks: DriverLocks | None = None  # this driver's lease and the study mutex (many drivers, one study)
     reaper: Reaper | None = None  # re-queues dead drivers' running trials
+    cost: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))  # this run's split
+
+    def account(self, o: Outcome) -> None:
+        """Add one finished evaluation's seconds to eval_s and its cost split to `cost`."""
+        self.eval_s += o.seconds
+        self.add_cost(o.measurement.cost if o.measurement is not None else None)
+
+    def add_cost(self, cost: Mapping[str, float] | None) -> None:
+        for stage, seconds in (cost or {}).items():
+            if stage in self.cost and math.isfinite(float(seconds)):
+                self.cost[stage] += float(seconds)
 
     @contextlib.contextmanager
     def on_study(self) -> Iterator[None]:
@@ -127,10 +163,19 @@ class LoopContext:
     def values(self, m: Measurement) -> list[float]:
         return [o.value(m) for o in self.objectives]
 
-    def report(self, o: Outcome, pending: int, counts: bool = True, full: bool = True) -> None:
+    def report(
+        self,
+        o: Outcome,
+        pending: int,
+        counts: bool = True,
+        full: bool = True,
+        stage: str = "search",
+        tally: tuple[int, int, float] | None = None,
+    ) -> None:
         """Count a finished trial (unless it does not count towards n_trials) and report progress --
         `done` is the study's count, other drivers' trials included; `full`: its measurement is a
-        full-fidelity one (a screened-out one never joins the front)."""
+        full-fidelity one (a screened-out one never joins the front); `stage`: how the trial came to
+        be (stage_of); `tally`: (done, target, start) of the refine stage, reported as "refine"."""
         if counts:
             self.done = counted(self.study)
         self.failed += 0 if o.ok else 1
@@ -145,7 +190,14 @@ class LoopContext:
                     )
                 )
         if self.progress:
-            self.progress(_progress(self, pending, o))
+            self.progress(_progress(self, pending, o, stage, tally))
+
+    def announce(
+        self, stage: str, done: int, target: int, stage_start: float, last: dict[str, Any] | None = None
+    ) -> None:
+        """Report a stage's progress (its start with done=0) where a display is attached."""
+        if self.progress:
+            self.progress(stage_progress(stage, done, target, self.t_start, stage_start, last))
 
 
 def stage_of(trial: optuna.trial.Trial | optuna.trial.FrozenTrial) -> str:
@@ -157,14 +209,19 @@ def stage_of(trial: optuna.trial.Trial | optuna.trial.FrozenTrial) -> str:
     return "search"
 
 
-def collect(ctx: LoopContext, submitted: dict[int, Any]) -> dict[int, Outcome]:
-    """Wait for every key in `submitted`; on interruption cancel the rest and re-raise."""
+def collect(
+    ctx: LoopContext, submitted: dict[int, Any], on_each: Callable[[int, Outcome], None] | None = None
+) -> dict[int, Outcome]:
+    """Wait for every key in `submitted` (`on_each(done, outcome)` as each finishes); on interruption
+    cancel the rest and re-raise."""
     out: dict[int, Outcome] = {}
     try:
         while len(out) < len(submitted):
             for o in ctx.clock.wait(ctx.ex):
                 out[o.key] = o
-                ctx.eval_s += o.seconds
+                ctx.account(o)
+                if on_each is not None:
+                    on_each(len(out), o)
     except BaseException:
         ctx.ex.cancel()
         raise
@@ -175,7 +232,7 @@ def submit_policy(ctx: LoopContext, key: int, policy: Policy, finetune: Finetune
     ctx.ex.submit(key, policy, finetune, runtime=ctx.runtime)
 
 
-def _progress(ctx: LoopContext, pending: int, o: Outcome) -> Progress:
+def _progress(ctx: LoopContext, pending: int, o: Outcome, stage: str, tally: tuple[int, int, float] | None) -> Progress:
     elapsed = time.perf_counter() - ctx.t_start
     pts = ctx.feasible_trials
     front = 0
@@ -191,9 +248,13 @@ def _progress(ctx: LoopContext, pending: int, o: Outcome) -> Progress:
     if ctx.timeout is not None:
         left = max(ctx.timeout - elapsed, 0)
         remaining = min(remaining, left) if remaining is not None else left
-    last = {"trial": o.key, "ok": o.ok, "error": o.error}
+    last = {"trial": o.key, "ok": o.ok, "error": o.error, "stage": stage}
     if o.ok:
         last.update(
             accuracy=o.measurement.accuracy, size_bytes=o.measurement.size_bytes, latency_ms=o.measurement.latency_ms
         )
-    return Progress(ctx.done, ctx.failed, target or 0, pending, front, best, elapsed, remaining, last)
+    if tally is not None:
+        done, total, start = tally
+        remaining = (time.perf_counter() - start) / max(done, 1) * max(total - done, 0)
+        return Progress(done, ctx.failed, total, pending, front, best, elapsed, remaining, last, "refine")
+    return Progress(ctx.done, ctx.failed, target or 0, pending, front, best, elapsed, remaining, last, "trials")

@@ -13,7 +13,7 @@ from ..measure import Measurement
 from ..policy import Policy
 from ..space import BoundSpace
 from ..train import FinetuneConfig
-from .context import LoopContext, stage_of
+from .context import LoopContext, Progress, stage_of
 from .stages.fidelity import Screening
 from .stages.latency_limit import skip_margin, skip_reason
 from .study.claims import claim
@@ -81,6 +81,10 @@ def run_loop(
     screened: list[Measurement] = []
     pairs = promoted_pairs(study, ctx.baseline)  # distill -> [(screened drop, full drop)]: the screen's calibration
     screen_cfg = screening.config(full) if screening is not None and full is not None else None
+    if ctx.progress:  # the trials start: counts so far, the time the timeout leaves
+        elapsed = time.perf_counter() - ctx.t_start
+        left = None if ctx.timeout is None else max(ctx.timeout - elapsed, 0.0)
+        ctx.progress(Progress(counted, 0, n_trials or 0, 0, 0, None, elapsed, left, {}, "trials"))
     try:
         while True:
             while len(pending) < capacity and (ctx.timeout is None or time.perf_counter() - ctx.t_start < ctx.timeout):
@@ -116,7 +120,7 @@ def run_loop(
             for o in ctx.clock.wait(ex):
                 p = pending.pop(o.key)
                 try:
-                    ctx.eval_s += o.seconds
+                    ctx.account(o)
                     ctx.observe_latency(p.policy, o)
                     if p.stage == "screen" and o.ok:
                         tally.screen_s += o.seconds
@@ -147,7 +151,7 @@ def run_loop(
                         tally.stopped += 1
                         with ctx.on_study():
                             tell_screened_out(ctx, p.trial, o)
-                        ctx.report(o, len(pending), full=False)
+                        ctx.report(o, len(pending), full=False, stage=stage_of(p.trial))
                         continue
                     else:
                         if p.stage == "screen":
@@ -164,7 +168,7 @@ def run_loop(
                                 )
                         with ctx.on_study():
                             tell_outcome(ctx, p.trial, o)
-                    ctx.report(o, len(pending))
+                    ctx.report(o, len(pending), stage=stage_of(p.trial))
                 except optuna.exceptions.UpdateFinishedTrialError:
                     lease_lost(o.key)
     except BaseException:

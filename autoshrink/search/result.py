@@ -12,8 +12,10 @@ import pandas as pd
 
 from ..errors import ConfigError, RecipeError, finite_number
 from ..measure import HeldOut, Measurement
+from ..measure.cost import COLUMNS, columns
 from ..measure.paired import paired
 from ..recipe import Recipe, recipe_from_search
+from . import display
 from .context import Session
 from .front import feasible, feasible_front, normalized
 from .objectives import Objective
@@ -49,8 +51,25 @@ SPLITS = (
     "test_examples",
     "replayed",
 )
+COST_COLUMNS = ("eval_s", *COLUMNS)
 MINIMIZE = {"size": "size_bytes", "latency": "latency_ms", "macs": "macs"}
 NAN = float("nan")
+
+
+def trial_cost(u: Mapping[str, Any]) -> dict[str, float]:
+    """COST_COLUMNS of a trial from its user attributes: the screening evaluation and the full one summed."""
+    screen = u.get(TrialAttr.SCREEN) or {}
+    # a screened-out trial's EVAL is its screening evaluation; a promoted one's is the full one
+    evals = [
+        (u.get(TrialAttr.EVAL) or {}).get("seconds"),
+        screen.get("seconds") if screen.get("decision") == "promoted" else None,
+    ]
+    measured = [u.get(TrialAttr.MEASUREMENT), screen.get("measurement")]
+    seconds = [float(e) for e in evals if e is not None]
+    return {
+        "eval_s": round(sum(seconds), 4) if seconds else NAN,
+        **columns(*((m or {}).get("cost") for m in measured)),
+    }
 
 
 @dataclass
@@ -69,7 +88,9 @@ class SearchResult:
     # ------------------------------------------------------------------ tables
     @property
     def trials(self) -> pd.DataFrame:
-        """Every trial: number, state, measured values, drop/compression/speedup, policy, failure, skipped."""
+        """Every trial: number, state, measured values, drop/compression/speedup, policy, failure, skipped;
+        eval_s (its evaluation's wall seconds, the screening one included) and its cost split (COST_COLUMNS:
+        apply_s, calibrate_s, finetune_s, evaluate_s, pack_s, latency_s; measure/cost.py)."""
         rows = []
         attrs = self.study.user_attrs  # one read of the study's attributes (a query on server storages)
         for t in self.study.get_trials(deepcopy=False):
@@ -84,6 +105,7 @@ class SearchResult:
             row["refined_from"] = u.get(TrialAttr.REFINED_FROM)
             row["skipped"] = u.get(TrialAttr.SKIPPED)  # a warm-start twin not run (search/tell.py twin_verdict)
             row["finetune_steps"] = (u.get(TrialAttr.FINETUNE) or attrs.get(StudyAttr.FINETUNE, {})).get("steps")
+            row.update(trial_cost(u))
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -285,7 +307,7 @@ class SearchResult:
         finetune: Mapping[str, Any] | None = None,
         slack: float | None = None,
         distill: bool | None = None,
-        progress: Callable[[Any], None] | None = None,
+        progress: Callable[[Any], None] | bool | None = None,
     ) -> pd.DataFrame:
         """Refine stage after the search (see search/refine.py): re-run the k best feasible or
         near-feasible policies (or the given `trials`) with `steps` fine-tune steps (default 5x the
@@ -293,26 +315,30 @@ class SearchResult:
         the source's distillation choice and, where the space searches it, the other one (`distill`
         forces one). Model, task and executor default to the search's own (needed after
         `load_result`). Returns the new trials' rows of `trials` (with `refined_from`). `slack` widens
-        "near-feasible" (default REFINE_SLACK)."""
-        numbers = refine_study(
-            self.study,
-            self.baseline,
-            self.objectives,
-            max_accuracy_drop=self.max_accuracy_drop,
-            max_latency_ms=self.max_latency_ms,
-            storage=self.storage,
-            session=self.session,
-            k=k,
-            steps=steps,
-            trials=trials,
-            model=model,
-            task=task,
-            executor=executor,
-            finetune=finetune,
-            slack=slack,
-            distill=distill,
-            progress=progress,
-        )
+        "near-feasible" (default REFINE_SLACK). `progress` as in `search`."""
+        shown = display.resolve(progress, "refine")
+        try:
+            numbers = refine_study(
+                self.study,
+                self.baseline,
+                self.objectives,
+                max_accuracy_drop=self.max_accuracy_drop,
+                max_latency_ms=self.max_latency_ms,
+                storage=self.storage,
+                session=self.session,
+                k=k,
+                steps=steps,
+                trials=trials,
+                model=model,
+                task=task,
+                executor=executor,
+                finetune=finetune,
+                slack=slack,
+                distill=distill,
+                progress=shown,
+            )
+        finally:
+            display.close(shown)
         df = self.trials
         return df[df["trial"].isin(numbers)].reset_index(drop=True)
 

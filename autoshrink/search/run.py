@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..executors import make_executor
 from ..space import SearchSpace
 from ..task import Task, require_model_and_task
+from . import display
 from .config import SearchConfig, check_names
 from .context import Progress
 from .loop import run_loop
@@ -43,7 +44,7 @@ def search(
     space: SearchSpace,
     config: SearchConfig | None = None,
     *,
-    progress: Callable[[Progress], None] | None = None,
+    progress: Callable[[Progress], None] | bool | None = None,
     **settings: Any,
 ) -> SearchResult:
     """Search per-layer compression policies for `model` on `task`; return the SearchResult.
@@ -51,7 +52,9 @@ def search(
     `config` (an ash.SearchConfig) holds every setting; keyword `settings` override it (the same
     names: `ash.search(model, task, space, n_trials=20)`). The Optuna study (storage default
     sqlite:///studies/<study_name>.db) keeps every trial; the same storage and study_name resume it.
-    `progress` is called after every finished trial. docs/search.md describes the stages.
+    `progress`: None (default) shows a progress bar per stage where a person watches (a terminal or a
+    notebook), True always, False never; a callable gets every Progress instead (search/display.py).
+    docs/search.md describes the stages.
     """
     t_start = time.perf_counter()
     require_model_and_task(model, task, "search")
@@ -62,15 +65,15 @@ def search(
             f"search: config must be an ash.SearchConfig, got {type(config).__name__}; pass settings "
             "as SearchConfig(...) or as keywords."
         )
-    if progress is not None and not callable(progress):
-        raise ConfigError(f"search: progress={progress!r}; use a callable taking a Progress, or None.")
+    shown = display.resolve(progress, "search")
     check_names(settings, "search")
     cfg = (config or SearchConfig()).replace(**settings)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return _run(model, task, space, cfg, progress, t_start)
+        return _run(model, task, space, cfg, shown, t_start)
     finally:
+        display.close(shown)
         optuna.logging.set_verbosity(verbosity)
 
 
@@ -120,7 +123,8 @@ def _run(
     # overhead: driver wall time not spent waiting for evaluations (study I/O, sampling, executor
     # start-up and dispatch); eval_s sums the workers' evaluation time (> wall with parallel workers);
     # study_s: the loop's study calls (claims under the mutex, sampling, attributes, tells); dispatch_s:
-    # the executor's submitting and collecting (Ray)
+    # the executor's submitting and collecting (Ray); cost: the evaluations' seconds by stage
+    # (measure/cost.py), this run's baseline, pre-pass, trials and refine summed
     busy = wall - clock.waited
     result.timing = {
         "wall_s": wall,
@@ -131,6 +135,7 @@ def _run(
         "study_s": ctx.study_s,
         "dispatch_s": getattr(ex, "dispatch_s", 0.0),
         "sensitivity_s": pre_s,
+        "cost": {stage: round(seconds, 4) for stage, seconds in ctx.cost.items()},
         "held_out_points": held[0],
         "held_out_s": held[1],
         "screening": tally.summary(),

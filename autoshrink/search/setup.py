@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..executors import Executor, Job, Outcome
 from ..measure import LatencyConfig, Measurement
+from ..measure.cost import STAGES
 from ..policy import Policy
 from ..recipe import InputSpec, fingerprint, versions
 from ..space import BoundSpace, SearchSpace, bind
@@ -23,7 +24,7 @@ from ..task import Task
 from ..techniques.structured import structured_blockers
 from ..train import FinetuneConfig
 from .config import SearchConfig
-from .context import LoopContext, Progress, Session, WaitClock
+from .context import LoopContext, Progress, Session, WaitClock, stage_progress
 from .objectives import Objective, replayable_values, resolve
 from .result import SearchResult
 from .sampling.samplers import make_sampler
@@ -187,6 +188,8 @@ def setup(
     )  # this run's rule, read by refine
     reaper = Reaper(locks)
     reaper(study, force=True)  # dead drivers' running trials; a live driver's are left alone
+    if progress is not None and StudyAttr.BASELINE not in study.user_attrs:
+        progress(stage_progress("baseline", 0, 1, t_start, time.perf_counter()))
     baseline, base_s = _baseline(study, ex, clock, chosen)
     result = SearchResult(
         study=study,
@@ -213,6 +216,8 @@ def setup(
         locks=locks,
         reaper=reaper,
     )
+    if base_s:  # measured in this run
+        ctx.add_cost(baseline.cost)
     if plan.latency is not None and plan.latency.layers:
         ctx.latency_table = load_table(study)
         if base_s:  # measured in this run (a stored baseline's timings are in the stored table)
@@ -267,10 +272,21 @@ def _sensitivity(ctx: LoopContext, bound: BoundSpace, ft: FinetuneConfig) -> tup
     if stored:
         return stored["rows"], 0.0
     t0 = time.perf_counter()
+    items = choices(bound)
+    ctx.announce("pre-pass", 0, len(items), t0)
+
+    def on_row(done: int, c: Choice1, o: Outcome) -> None:
+        last = {"layer": c.layer, "field": c.field, "value": c.value, "ok": o.ok, "error": o.error}
+        if o.ok:
+            last["accuracy_drop"] = ctx.baseline.accuracy - o.measurement.accuracy
+        ctx.announce("pre-pass", done, len(items), t0, last)
+
     rows, seconds = run_choices(
-        ctx.ex, ctx.clock.wait, choices(bound), ctx.baseline, ctx.runtime, ft.bn_batches, ft.seed
+        ctx.ex, ctx.clock.wait, items, ctx.baseline, ctx.runtime, ft.bn_batches, ft.seed, on_row
     )
     ctx.eval_s += seconds
+    for r in rows:
+        ctx.add_cost({stage: r[f"{stage}_s"] for stage in STAGES if r.get(f"{stage}_s") is not None})
     wall = time.perf_counter() - t0
     ctx.study.set_user_attr(
         StudyAttr.SENSITIVITY, {"rows": rows, "eval_s": round(seconds, 3), "wall_s": round(wall, 3)}

@@ -75,7 +75,7 @@ def test_report_renders_plots_and_front_in_chromium(study, tmp_path, capsys) -> 
 
     assert f"autoshrink report: {STUDY}" in visible_text(dom)
     complete = [t for t in expected.trials if t.state.name == "COMPLETE"]
-    for key in ("pareto-size_bytes", "hypervolume", "policy"):  # plotly.js ran and drew each figure
+    for key in ("pareto-size_bytes", "hypervolume", "policy", "costs"):  # plotly.js ran and drew each figure
         assert 'class="main-svg"' in _figure(dom, key), f"figure {key} was not rendered"
     scatter = _figure(dom, "pareto-size_bytes")
     assert 'class="scatterlayer' in scatter

@@ -149,7 +149,7 @@ def test_actor_killed_mid_search_is_replaced_and_its_trial_retried(ray_local, ti
     killed: dict[str, object] = {}
 
     def kill_a_busy_actor(progress) -> None:
-        if killed or progress.done < 2:
+        if killed or progress.stage != "trials" or progress.done < 2:
             return
         busy = ex.in_flight()
         if busy:
@@ -228,7 +228,8 @@ CTRL_C_DRIVER = textwrap.dedent("""
     torch.manual_seed(0)
     ex = ash.RayExecutor(actors=2, init_kwargs={{"num_cpus": 2, "object_store_memory": 150 * 1024**2}})
     def show(p):
-        print("done", p.done, flush=True)
+        if p.stage == "trials":
+            print("done", p.done, flush=True)
     ash.search(Tiny(), digits_task(device="cpu"), ash.load_space({space!r}), n_trials=40, executor=ex, latency=FAST,
                storage={storage!r}, study_name="c", progress=show)
 """)

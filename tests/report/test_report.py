@@ -138,7 +138,8 @@ def test_front_trials_and_sizes_are_in_the_plot_data(searched, pages) -> None:
         "fig-hypervolume",
         "fig-policy",
         "fig-sensitivity",
-    }  # the sensitivity pre-pass runs by default
+        "fig-costs",
+    }  # the sensitivity pre-pass runs by default; every evaluation records its cost split
     expected = [(int(r.trial), int(r.size_bytes)) for r in result.pareto.itertuples()]
     for key in ("fig-pareto-size_bytes", "fig-pareto-latency_ms", "fig-pareto-3d"):
         front = trace(figs[key], FRONT)
@@ -179,7 +180,7 @@ def test_heatmap_has_a_row_per_front_trial_and_a_column_per_layer(searched, page
 
 def test_page_is_offline_with_plotly_inlined_once(pages) -> None:
     page = pages["three"]
-    assert page.count(BUNDLE) == 1 and len(figures_in(page)) == 6
+    assert page.count(BUNDLE) == 1 and len(figures_in(page)) == 7
 
     class Links(HTMLParser):
         def __init__(self) -> None:
@@ -241,6 +242,7 @@ def test_latency_not_an_objective_gives_no_latency_or_3d_plot(pages) -> None:
         "fig-hypervolume",
         "fig-policy",
         "fig-sensitivity",
+        "fig-costs",
     }
 
 

@@ -73,7 +73,7 @@ def test_cli_search_prints_front_and_resumes(tmp_path, capsys) -> None:
     cfg = _config(tmp_path)
     assert main(["search", str(cfg)]) == 0
     out = capsys.readouterr().out
-    assert "[  5/5]" in out and "Pareto front" in out and "engine overhead" in out
+    assert "[pre-pass   6/6]" in out and "[trials   5/5]" in out and "Pareto front" in out and "engine overhead" in out
     assert main(["search", str(cfg), "--n-trials", "7", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["study"] == "clitest" and len(data["pareto"]) >= 1 and data["baseline"]["macs"] == 50432

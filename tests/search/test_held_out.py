@@ -60,9 +60,11 @@ def test_no_search_decision_reads_the_test_split(tiny_model, tiny_space, tmp_pat
         study_name="h",
         latency=FAST,
         max_accuracy_drop=0.05,
-        progress=lambda p: seen.append(held.reads),
+        progress=lambda p: seen.append((p.stage, held.reads)),
     )
-    assert len(seen) >= 8 and set(seen) == {0}  # nothing read while the search decided (loop and refine)
+    deciding = {reads for stage, reads in seen if stage != "held-out"}
+    assert len(seen) >= 8 and deciding == {0}  # nothing read while the search decided (loop and refine)
+    assert [stage for stage, _ in seen][-1] == "held-out"
     front = list(r.pareto.trial)
     assert front and held.reads == 100 * (len(front) + 1)  # one pass per front point, one for the baseline
     assert r.timing["held_out_points"] == len(front) + 1

@@ -78,23 +78,38 @@ def relidx_entries(gaps: np.ndarray, k: int) -> int:
 def stream_sizes(numel: int, gaps: np.ndarray, width: int) -> dict[str, tuple[int, int]]:
     """Bytes of each layout: {"dense": (bytes, 0), "bitmap": (bytes, 0), "relidx": (bytes, best k)}."""
     nnz = int(gaps.size)
-    best = min((ceil8(relidx_entries(gaps, k) * (k + width)), k) for k in range(1, MAX_GAP_BITS + 1))
+    widest = int(gaps.max()) if nnz else 0
+    best = (ceil8(relidx_entries(gaps, 1) * (1 + width)), 1)
+    for k in range(2, MAX_GAP_BITS + 1):
+        if widest >> (k - 1) == 0:
+            break  # no fillers from k - 1 on: a wider gap field only adds bits
+        best = min(best, (ceil8(relidx_entries(gaps, k) * (k + width)), k))
     return {"dense": (ceil8(numel * width), 0), "bitmap": (ceil8(numel) + ceil8(nnz * width), 0), "relidx": best}
+
+
+def relidx_gaps(gaps: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The gap field of relative indices with k-bit gaps (uint16 per entry, fillers included) and the
+    entries that hold the nonzeros."""
+    fill = gaps >> k
+    real = np.arange(gaps.size) + np.cumsum(fill) if fill.any() else np.arange(gaps.size)
+    gap_field = np.full(int(gaps.size + fill.sum()), (1 << k) - 1, dtype="<u2")
+    gap_field[real] = gaps & ((1 << k) - 1)
+    return gap_field, real
+
+
+def relidx_values(real: np.ndarray, entries: int, values: np.ndarray, zero: np.ndarray) -> np.ndarray:
+    """The symbol rows per entry: the nonzeros' at `real`, the zero symbol at the fillers."""
+    value_field = np.empty((entries, zero.size), np.uint8)
+    value_field[:] = zero
+    value_field[real] = values
+    return value_field
 
 
 def relidx_fields(positions: np.ndarray, values: np.ndarray, zero: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The entries of relative indices with k-bit gaps: (gap per entry as uint16, symbol rows per
     entry), fillers included."""
-    gaps = gaps_of(positions)
-    fill = gaps >> k
-    real = np.arange(gaps.size) + np.cumsum(fill)
-    entries = int(gaps.size + fill.sum())
-    gap_field = np.full(entries, (1 << k) - 1, dtype="<u2")
-    gap_field[real] = gaps & ((1 << k) - 1)
-    value_field = np.empty((entries, zero.size), np.uint8)
-    value_field[:] = zero
-    value_field[real] = values
-    return gap_field, value_field
+    gap_field, real = relidx_gaps(gaps_of(positions), k)
+    return gap_field, relidx_values(real, gap_field.size, values, zero)
 
 
 def encode_relidx(positions: np.ndarray, values: np.ndarray, zero: np.ndarray, width: int, k: int) -> tuple[bytes, int]:

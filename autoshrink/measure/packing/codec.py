@@ -29,7 +29,8 @@ from .bits import (
     gaps_of,
     pack_fields,
     relidx_entries,
-    relidx_fields,
+    relidx_gaps,
+    relidx_values,
     stream_sizes,
 )
 
@@ -50,6 +51,19 @@ def describe(encoding: str, coded: tuple[int, ...]) -> str:
 
 
 @dataclass(frozen=True)
+class Sized:
+    """What the header and the size need of an encoded tensor: its layout and byte counts, no payload."""
+
+    encoding: str
+    width: int
+    k: int
+    count: int
+    nnz: int
+    nbytes: int  # payload bytes, the scales or codebook included
+    coded: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class Encoded:
     """One tensor's payload and how it is laid out."""
 
@@ -65,6 +79,10 @@ class Encoded:
     def streams(self) -> str:
         """How the payload's streams are stored, e.g. "relidx (gaps: entropy, values: fixed)"."""
         return describe(self.encoding, self.coded)
+
+    @property
+    def sized(self) -> Sized:
+        return Sized(self.encoding, self.width, self.k, self.count, self.nnz, len(self.payload), self.coded)
 
 
 def _byte_rows(t: Tensor) -> np.ndarray:
@@ -164,10 +182,10 @@ Candidate = tuple[int, int, Callable[[], Encoded]]  # (payload bytes, preference
 
 
 def _candidates(
-    rows: np.ndarray, nonzero: np.ndarray, zero: np.ndarray, width: int, use_entropy: bool
+    rows: np.ndarray, nonzero: np.ndarray, zero: np.ndarray, width: int, use_entropy: bool, shortcut: bool = True
 ) -> list[Candidate]:
     """Every layout worth comparing, with its exact payload bytes (scales excluded); fixed-width
-    streams are only packed for the winner."""
+    streams are only packed for the winner. `shortcut`: leave out the layouts that cannot win."""
     numel = rows.shape[0]
     positions = np.flatnonzero(nonzero)
     nnz = int(positions.size)
@@ -188,6 +206,10 @@ def _candidates(
         )
     )
 
+    if shortcut and nnz == numel:
+        # No zeros: a sparse layout stores every value dense stores (the same symbols, so the same
+        # code) plus a bitmap or gaps of at least one byte, or ties it fixed-width; dense wins.
+        return out
     flags = nonzero.astype(np.uint8).reshape(-1, 1)
     bitmap = _coded(np.packbits(flags.reshape(-1), bitorder="little"), 256, ceil8(numel), use_entropy)
     values = _coded(rows[positions, 0] if small else None, alphabet, ceil8(nnz * width), use_entropy)
@@ -208,35 +230,37 @@ def _candidates(
         best = min(c[0] for c in out)
         gaps_all = gaps_of(positions)
         counts = np.bincount(rows[positions, 0], minlength=alphabet) if small else None
+        widest = int(gaps_all.max())
         for k in range(1, min(ENTROPY_GAP_BITS, MAX_GAP_BITS) + 1):
+            if k > 1 and widest >> (k - 1) == 0:
+                break  # k - 1 needed no fillers: every wider k stores the same symbols in wider fixed gaps
+            # the smallest any code of these streams can be, from their histograms alone (fillers:
+            # gap symbol 2^k - 1 with a zero value), before the streams are built
             entries = relidx_entries(gaps_all, k)
-            if counts is None:
-                lower = ceil8(entries * width)  # symbols too wide to code: the values alone
-            else:  # the values' entropy, fillers (zero symbols) included
+            fixed_gaps, fixed_values = ceil8(entries * k), ceil8(entries * width)
+            values_low = float(fixed_values)
+            if counts is not None:
                 c = counts.copy()
                 c[int(zero[0])] += entries - nnz
-                p = c[c > 0] / entries
-                lower = float(-(p * np.log2(p)).sum() * entries / 8)
-            if lower >= best:
-                continue
-            gap_field, value_field = relidx_fields(positions, rows[positions], zero, k)
-            entries = gap_field.size
-            fixed_gaps, fixed_values = ceil8(entries * k), ceil8(entries * width)
-            floor = min(entropy.bound(gap_field, 1 << k), fixed_gaps) + min(
-                entropy.bound(value_field[:, 0], alphabet) if small else math.inf, fixed_values
-            )
-            if floor >= best:
+                values_low = min(entropy.bound_counts(c), fixed_values)
+            mask = (1 << k) - 1
+            g = np.bincount(gaps_all & mask, minlength=mask + 1)
+            g[mask] += entries - nnz
+            if values_low + min(entropy.bound_counts(g), fixed_gaps) >= best:
                 continue  # no code of these streams can beat the best layout so far
+            gap_field, real = relidx_gaps(gaps_all, k)
             gaps = _coded(gap_field, 1 << k, fixed_gaps, True)
-            vals = _coded(value_field[:, 0] if small else None, alphabet, fixed_values, True)
+            vals = None
+            if small:  # wider symbols are never coded: their field is built only for the winner
+                vals = _coded(relidx_values(real, entries, rows[positions], zero)[:, 0], alphabet, fixed_values, True)
             if gaps is None and vals is None:
                 continue
             total = (len(gaps) if gaps else fixed_gaps) + (len(vals) if vals else fixed_values)
 
-            def build(k=k, gaps=gaps, vals=vals, gap_field=gap_field, value_field=value_field) -> Encoded:
+            def build(k=k, gaps=gaps, vals=vals, gap_field=gap_field, real=real) -> Encoded:
                 n = gap_field.size
                 a = gaps or pack_fields([(gap_field.view(np.uint8).reshape(n, 2), k)])
-                b = vals or pack_fields([(value_field, width)])
+                b = vals or pack_fields([(relidx_values(real, n, rows[positions], zero), width)])
                 return Encoded("relidx", width, k, n, nnz, a + b, (len(gaps or b""), len(vals or b"")))
 
             out.append((total, 3, build))

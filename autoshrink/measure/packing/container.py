@@ -100,7 +100,28 @@ def _untie_parametrized(model: nn.Module) -> nn.Module:
     return model
 
 
-def _pack(model: nn.Module, where: str, use_entropy: bool = True) -> tuple[bytes, list[PackedTensor]]:
+@dataclass(frozen=True)
+class Stored:
+    """One tensor as the file stores it, before encoding: its name, value and what it carries."""
+
+    name: str
+    tensor: Tensor
+    qbits: int  # 2..8 codes, 16 float16, 0 as is
+    codebook: bool
+    flags: int  # _FLAG_* bits
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a packed file holds apart from the tensor payloads: the pickled skeleton and the tensors
+    in payload order. `pack` encodes every tensor; `packed_size` reuses encodings it has seen."""
+
+    skeleton: bytes
+    tensors: tuple[Stored, ...]
+
+
+def layout(model: nn.Module, where: str) -> Layout:
+    """The skeleton and stored tensors of `model` (a stripped copy: `model` is not modified)."""
     if not isinstance(model, nn.Module):
         raise PackError(f"{where}: expected an nn.Module to pack, got {type(model).__name__}")
     if sys.byteorder != "little":
@@ -132,41 +153,61 @@ def _pack(model: nn.Module, where: str, use_entropy: bool = True) -> tuple[bytes
             f"remove unpicklable attributes (lambdas, open files, hooks) before packing"
         ) from exc
     tensors += [(f"<tensor {len(tensors) + i}>", t) for i, t in enumerate(extra)]
-    header, parts, report = [], [], []
+    stored = []
     for name, tensor in tensors:
         pruned, qbits, book = compression.get(name, (False, 0, False))
-        try:
-            enc = codec.encode_tensor(tensor, qbits, name, use_entropy=use_entropy, codebook=book)
-        except PackError as exc:
-            raise PackError(f"{where}: {exc}") from None
         flags = (
             _FLAG_PARAM * isinstance(tensor, nn.Parameter)
             + _FLAG_GRAD * tensor.requires_grad
             + _FLAG_MASKED * pruned
             + _FLAG_CODEBOOK * book
         )
-        header.append(
-            [
-                list(tensor.shape),
-                str(tensor.dtype).removeprefix("torch."),
-                qbits,
-                flags,
-                codec.ENCODINGS.index(enc.encoding),
-                enc.k,
-                enc.count,
-            ]
-            + ([list(enc.coded)] if enc.coded else [])
-        )
-        parts.append(enc.payload)
-        report.append(
-            PackedTensor(
-                name, tuple(tensor.shape), enc.encoding, enc.width, tensor.numel(), enc.nnz, len(enc.payload), enc.coded
-            )
-        )
+        stored.append(Stored(name, tensor, qbits, book, flags))
+    return Layout(stream.getvalue(), tuple(stored))
+
+
+def header_entry(s: Stored, enc: codec.Sized) -> list:
+    """The tensor's header entry: [shape, dtype, quant bits, flags, encoding, k, count(, coded)]."""
+    return [
+        list(s.tensor.shape),
+        str(s.tensor.dtype).removeprefix("torch."),
+        s.qbits,
+        s.flags,
+        codec.ENCODINGS.index(enc.encoding),
+        enc.k,
+        enc.count,
+    ] + ([list(enc.coded)] if enc.coded else [])
+
+
+def packed_tensor(s: Stored, enc: codec.Sized) -> PackedTensor:
+    return PackedTensor(
+        s.name, tuple(s.tensor.shape), enc.encoding, enc.width, s.tensor.numel(), enc.nnz, enc.nbytes, enc.coded
+    )
+
+
+def frame(header: list, skeleton: bytes) -> bytes:
+    """Everything in front of the payloads: magic, version, the deflated header and skeleton."""
     head = framing.deflate(json.dumps(header, separators=(",", ":")).encode())
-    skel = framing.deflate(stream.getvalue())
-    data = b"".join([MAGIC, bytes([VERSION]), framing.varint(len(head)), head, framing.varint(len(skel)), skel, *parts])
-    return data, report
+    skel = framing.deflate(skeleton)
+    return b"".join([MAGIC, bytes([VERSION]), framing.varint(len(head)), head, framing.varint(len(skel)), skel])
+
+
+def encode(s: Stored, where: str, use_entropy: bool = True) -> codec.Encoded:
+    try:
+        return codec.encode_tensor(s.tensor, s.qbits, s.name, use_entropy=use_entropy, codebook=s.codebook)
+    except PackError as exc:
+        raise PackError(f"{where}: {exc}") from None
+
+
+def _pack(model: nn.Module, where: str, use_entropy: bool = True) -> tuple[bytes, list[PackedTensor]]:
+    found = layout(model, where)
+    header, parts, report = [], [], []
+    for s in found.tensors:
+        enc = encode(s, where, use_entropy)
+        header.append(header_entry(s, enc.sized))
+        parts.append(enc.payload)
+        report.append(packed_tensor(s, enc.sized))
+    return b"".join([frame(header, found.skeleton), *parts]), report
 
 
 def pack(model: nn.Module, *, entropy: bool = True) -> tuple[bytes, list[PackedTensor]]:

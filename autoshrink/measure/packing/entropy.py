@@ -64,9 +64,16 @@ def bound(symbols: np.ndarray, alphabet: int) -> float:
     empirical entropy, in bytes (inf where `encode` would not code them)."""
     if alphabet > MAX_ALPHABET or symbols.size == 0:
         return float("inf")
-    counts = np.bincount(symbols.astype(np.int64), minlength=alphabet)
-    p = counts[counts > 0] / symbols.size
-    return float(-(p * np.log2(p)).sum() * symbols.size / 8)
+    return bound_counts(np.bincount(symbols.astype(np.int64), minlength=alphabet))
+
+
+def bound_counts(counts: np.ndarray) -> float:
+    """`bound` of a stream given its symbol histogram (inf for an empty one)."""
+    n = int(counts.sum())
+    if n == 0:
+        return float("inf")
+    p = counts[counts > 0] / n
+    return float(-(p * np.log2(p)).sum() * n / 8)
 
 
 def decode(data: bytes | memoryview, n: int, alphabet: int) -> np.ndarray:

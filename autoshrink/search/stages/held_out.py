@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from ...executors import Outcome
 from ...policy import Policy
 from ...train import FinetuneConfig
 from ..context import LoopContext, collect
@@ -37,9 +38,14 @@ def run_held_out(ctx: LoopContext, max_latency: float | None) -> tuple[int, floa
     if not todo:
         return 0, 0.0
     t0 = time.perf_counter()
+    ctx.announce("held-out", 0, len(todo), t0)
     for key, (policy, ft, runtime) in todo.items():
         ctx.ex.submit(key, policy, ft, runtime=runtime, held_out=True)
-    for key, o in collect(ctx, dict(todo)).items():
+
+    def on_each(done: int, o: Outcome) -> None:
+        ctx.announce("held-out", done, len(todo), t0, {"trial": o.key, "ok": o.ok, "error": o.error})
+
+    for key, o in collect(ctx, dict(todo), on_each).items():
         name = held_out_key(None if key == BASELINE_KEY else key)
         if o.held_out is not None:
             study.set_user_attr(name, o.held_out.to_dict())

@@ -196,12 +196,15 @@ def run_refine(
     for number, trial in trials.items():
         submit_policy(ctx, number, Policy.from_dict(trial.user_attrs[TrialAttr.POLICY]), cfg)
     pending = dict(trials)
+    start = time.perf_counter()
+    ctx.announce("refine", 0, len(trials), start)
     try:
         while pending:
             for o in ctx.clock.wait(ctx.ex):
-                ctx.eval_s += o.seconds
+                ctx.account(o)
                 tell_outcome(ctx, pending.pop(o.key), o)
-                ctx.report(o, len(pending), counts=False)
+                done = (len(trials) - len(pending), len(trials), start)
+                ctx.report(o, len(pending), counts=False, stage="refined", tally=done)
     except BaseException:
         ctx.ex.cancel()
         for trial in pending.values():  # not re-queued: the refine stage redoes sources without a refined trial

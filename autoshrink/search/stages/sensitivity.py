@@ -20,6 +20,8 @@ from torch import nn
 from ...errors import ConfigError
 from ...executors import Job, Outcome, make_executor
 from ...measure import LatencyConfig, Measurement
+from ...measure.cost import COLUMNS as COST_COLUMNS
+from ...measure.cost import columns
 from ...policy import LayerPolicy, Policy
 from ...space import BoundSpace, SearchSpace, bind
 from ...task import Task, require_model_and_task
@@ -40,6 +42,7 @@ COLUMNS = [
     "skipped",
     "error",
     "seconds",
+    *COST_COLUMNS,
 ]
 FIRST_KEY = -1000  # executor keys of the rows: FIRST_KEY - i (trials use numbers >= 0)
 
@@ -100,6 +103,7 @@ def row(c: Choice1, o: Outcome, baseline: Measurement) -> dict[str, Any]:
             latency_ms=m.latency_ms,
             latency_saved=baseline.latency_ms - m.latency_ms,
             skipped="; ".join(m.skipped) or None,
+            **columns(m.cost),
         )
         if m.layer_latency_ms:  # the latency lookup table's entries (not a column of the table)
             r["layer_latency_ms"] = dict(m.layer_latency_ms)
@@ -118,9 +122,11 @@ def run_choices(
     runtime: str,
     bn_batches: int,
     seed: int,
+    on_row: Callable[[int, Choice1, Outcome], None] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Measure every choice on the executor (all submitted at once: the executor keeps its workers
-    busy); return the rows in `items` order and the summed evaluation seconds."""
+    busy); return the rows in `items` order and the summed evaluation seconds. `on_row(done, choice,
+    outcome)` is called as each finishes (progress)."""
     cfg = FinetuneConfig(steps=0, bn_batches=bn_batches, seed=seed)
     keys = {FIRST_KEY - i: c for i, c in enumerate(items)}
     for key, c in keys.items():
@@ -130,6 +136,8 @@ def run_choices(
         while len(got) < len(keys):
             for o in wait(ex):
                 got[o.key] = o
+                if on_row is not None:
+                    on_row(len(got), keys[o.key], o)
     except BaseException:
         ex.cancel()
         raise
@@ -151,8 +159,9 @@ def sensitivity(
     """The sensitivity table of `model` on `task` over `space` (see the module docstring): one row per
     layer and single choice, with columns layer, field, value, accuracy, accuracy_drop (fraction),
     size_bytes, bytes_saved, macs_saved, latency_ms, latency_saved (ms), skipped (what the technique
-    left undone), error, seconds. `runtime` is "float" or "int8"; the untouched model is measured
-    first (`.attrs["baseline"]`, and `.attrs["seconds"]` the evaluation time)."""
+    left undone), error, seconds, and its cost split (apply_s .. latency_s, measure/cost.py). `runtime`
+    is "float" or "int8"; the untouched model is measured first (`.attrs["baseline"]`, and
+    `.attrs["seconds"]` the evaluation time)."""
     from .runtime import check_runtime
 
     require_model_and_task(model, task, "sensitivity")

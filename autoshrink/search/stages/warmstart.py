@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ...measure import Measurement
-from ...measure.packing.codec import encode_tensor
+from ...measure.packing.sizing import payload_bytes
 from ...space import BoundSpace
 from ...techniques.lowrank import factor_params, svd_factors, target_rank
 from ...techniques.prune import magnitude_mask
@@ -59,7 +59,7 @@ def _payload(weight: torch.Tensor, sparsity: float, bits: int) -> int:
     w = weight * magnitude_mask(weight, sparsity).to(weight.dtype)
     if bits != 32:
         w = quantize_value(w, bits)
-    return len(encode_tensor(w, 0 if bits == 32 else bits).payload)
+    return payload_bytes(w, 0 if bits == 32 else bits)
 
 
 def _weights(module: nn.Module, rank: float) -> list[torch.Tensor] | None:
