@@ -56,6 +56,10 @@ def _load(tree: str):
 
     import autoshrink  # noqa: F401 - the tree's package, so the module below resolves against it
 
+    if (Path(tree) / "autoshrink/zoo/minilm.py").exists():
+        import autoshrink.zoo.minilm as own
+
+        return own
     spec = importlib.util.spec_from_file_location("autoshrink.zoo.minilm", HERE / "autoshrink/zoo/minilm.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules["autoshrink.zoo.minilm"] = mod

@@ -14,6 +14,8 @@ from ..search.study.schema import StudyAttr
 def _what(p: Progress, drop_label: str) -> str:
     """The part of the line that names what just finished (or the stage that starts)."""
     last = p.last
+    if p.stage == "runtime":
+        return "deciding the runtime: float against int8 with every Linear at 8 bits"
     if p.stage == "baseline":
         return "measuring the untouched model"
     if not last:

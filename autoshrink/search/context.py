@@ -44,7 +44,8 @@ class Session:
 class Progress:
     """Reported as a stage starts and after every evaluation it finishes (for live displays).
 
-    stage: "baseline", "pre-pass" (done / target: single choices measured), "trials" (done / target:
+    stage: "runtime" (the float / int8 probe of runtime="auto"), "baseline", "pre-pass" (done / target:
+    single choices measured), "trials" (done / target:
     the study's trials; target 0 with a timeout only; `last["stage"]` says baseline policy, warm
     start or search), "refine" (refine trials) and "held-out" (front points scored on test_data).
     remaining_s: the stage's estimate of the time left (the search's timeout caps the trials'); None

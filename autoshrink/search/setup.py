@@ -178,6 +178,8 @@ def setup(
     clock = WaitClock()
     session = Session(model=model, task=task, executor=cfg.executor, latency=plan.latency, finetune=ft)
     ex.start(Job(model=model, task=task, finetune=ft, latency=plan.latency))
+    if progress is not None and cfg.runtime == "auto" and StudyAttr.RUNTIME not in study.user_attrs:
+        progress(stage_progress("runtime", 0, 1, t_start, time.perf_counter()))  # the probe below
     chosen, probe_s = study_runtime(study, cfg.runtime, model, ex, clock.wait)  # may refuse a resume
     study.set_user_attr(
         StudyAttr.MAX_ACCURACY_DROP, cfg.max_accuracy_drop

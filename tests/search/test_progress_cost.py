@@ -49,7 +49,7 @@ def test_stages_report_in_order_with_counts(run) -> None:
     result, seen = run
     stages = [p.stage for p in seen]
     order = list(dict.fromkeys(stages))
-    assert order == ["baseline", "pre-pass", "trials", "refine", "held-out"]
+    assert order == ["runtime", "baseline", "pre-pass", "trials", "refine", "held-out"]  # runtime: "auto"
     assert stages == sorted(stages, key=order.index)  # each stage reports in one run, never interleaved
     rows = result.study.user_attrs["sensitivity"]["rows"]
     pre = [p for p in seen if p.stage == "pre-pass"]
@@ -149,7 +149,7 @@ def _run_on(tmp_path, terminal: bool) -> str:
 def test_default_progress_shows_bars_on_a_terminal_and_stays_silent_in_a_pipe(tmp_path) -> None:
     shown = _run_on(tmp_path, terminal=True)
     body = shown[shown.index("START") : shown.index("END")]
-    for stage in ("baseline", "pre-pass", "trials"):
+    for stage in ("runtime", "baseline", "pre-pass", "trials"):
         assert f"{stage}:" in body, f"no {stage} bar on the terminal"
     assert body.index("pre-pass:") < body.index("trials:")
     piped = _run_on(tmp_path, terminal=False)
