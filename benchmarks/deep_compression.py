@@ -26,7 +26,7 @@ import torch
 
 import autoshrink as ash
 from autoshrink.measure.packing import pack
-from autoshrink.measure.packing.container import unpack
+from autoshrink.measure.packing.unpack import unpack
 from autoshrink.zoo import fashion_task, lenet300_fashion
 
 L = ash.LayerPolicy

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .container import PackedTensor, load_packed, pack, save_packed
+from .container import PackedTensor, pack, save_packed
 from .sizing import packed_size
+from .unpack import load_packed
 
 __all__ = ["PackedTensor", "load_packed", "pack", "packed_size", "save_packed"]
