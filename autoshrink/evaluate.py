@@ -8,7 +8,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .errors import PolicyError, TrainingError, describe
-from .measure import HeldOut, LatencyConfig, Measurement, measure, score_held_out
+from .measure import HeldOut, LatencyConfig, Measurement, RuntimeTiming, measure, score_held_out, time_runtimes
 from .measure.cost import CostClock
 from .policy import LayerPolicy, Policy
 from .task import Task, require_model_and_task
@@ -110,6 +110,15 @@ def evaluate_held_out(
     one). No latency or packing: the search measured those."""
     small, _ = compress(model, policy, task=task, finetune_config=finetune_config)
     return score_held_out(small, task, runtime)
+
+
+def evaluate_runtimes(
+    model: nn.Module, task: Task, policy: Policy, *, latency: LatencyConfig | None = None
+) -> RuntimeTiming:
+    """Apply `policy` (no fine-tune) and time the result on float and int8: the runtime='auto' probe,
+    which needs no accuracy and no packed size."""
+    small, _ = compress(model, policy, task=task)
+    return time_runtimes(small, task, latency=latency)
 
 
 def evaluate(

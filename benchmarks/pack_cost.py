@@ -7,8 +7,9 @@ Fixed before the runs:
   after the untouched model was measured once in the same process; its pack share (pack seconds / measure
   wall) and its measure wall over the forward passes over the evaluation set alone (`score`, median of 3);
 - the pre-pass: `sensitivity` over the quantize-only space restricted to block 0 and the head (8 layers x 7
-  widths = 56 single choices: today's code needs ~12 s a choice, the full 266 would take an hour), its
-  wall time, and the two tables compared row by row (sizes equal, accuracies identical);
+  widths = 56 single choices: today's code needs ~12 s a choice), or with --full-prepass the whole space
+  (38 layers x 7 widths = 266, an hour of today's code), its wall time, and the two tables compared row
+  by row (sizes equal, accuracies identical);
 - encoding: ms per million weights of one 1536 x 384 tensor (float32 untouched or 50 % sparse, 8-bit,
   4-bit dense or 50 % sparse, 2-bit 90 % sparse), median over seeds 0, 1, 2; the payloads must be equal;
 - "today": commit 3d9413c (`git worktree add /tmp/old 3d9413c`), run in its own process on the same
@@ -21,7 +22,7 @@ Fixed before the runs:
   "pre-pass" bar.
 
 Usage: make bench-deps; git worktree add /tmp/old 3d9413c; .venv/bin/python benchmarks/pack_cost.py
-       [--old /tmp/old] [--out OUT.json] [--parts measure prepass sizes costs progress]
+       [--old /tmp/old] [--out OUT.json] [--parts measure prepass sizes costs progress] [--full-prepass]
 """
 
 from __future__ import annotations
@@ -342,6 +343,9 @@ def main() -> None:
     ap.add_argument("--old", default="/tmp/old", help="a worktree of the code before (commit 3d9413c)")
     ap.add_argument("--out")
     ap.add_argument("--parts", nargs="+", default=["encode", "measure", "prepass", "sizes", "costs", "progress"])
+    ap.add_argument(
+        "--full-prepass", action="store_true", help="the pre-pass over the whole quantize-only space (266 choices)"
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--tree", help=argparse.SUPPRESS)
     ap.add_argument("--space", help=argparse.SUPPRESS)
@@ -366,8 +370,9 @@ def main() -> None:
         elif part == "measure":
             report["measure"] = {"old": run_worker(args.old, "measure"), "new": run_worker(str(HERE), "measure")}
         elif part == "prepass":
-            old = run_worker(args.old, "prepass", "--space", str(space))
-            new = run_worker(str(HERE), "prepass", "--space", str(space))
+            pre_space = HERE / "search_spaces" / "quantize_only.yaml" if args.full_prepass else space
+            old = run_worker(args.old, "prepass", "--space", str(pre_space))
+            new = run_worker(str(HERE), "prepass", "--space", str(pre_space))
             key = lambda r: (r["layer"], r["field"], r["value"])  # noqa: E731
             o, n = {key(r): r for r in old["rows"]}, {key(r): r for r in new["rows"]}
             report["prepass"] = {

@@ -13,8 +13,8 @@ from typing import Protocol
 
 from torch import nn
 
-from ..evaluate import evaluate, evaluate_held_out
-from ..measure import HeldOut, LatencyConfig, Measurement
+from ..evaluate import evaluate, evaluate_held_out, evaluate_runtimes
+from ..measure import HeldOut, LatencyConfig, Measurement, RuntimeTiming
 from ..policy import Policy
 from ..task import Task
 from ..train import FinetuneConfig
@@ -41,12 +41,13 @@ class Request:
     finetune: FinetuneConfig | None = None
     runtime: str | None = None
     held_out: bool = False  # replay the policy and score it on the task's test_data on `runtime` only
+    probe: bool = False  # apply the policy (no fine-tune) and time float against int8 only: RuntimeTiming
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """The result of one evaluation: a Measurement (a HeldOut score for a held-out request), or the
-    reason it failed."""
+    """The result of one evaluation: a Measurement (a HeldOut score for a held-out request, a
+    RuntimeTiming for a probe), or the reason it failed."""
 
     key: int
     measurement: Measurement | None
@@ -55,16 +56,20 @@ class Outcome:
     worker: str = "local"
     attempts: int = 1  # > 1 when the worker died and the evaluation was re-run
     held_out: HeldOut | None = None
+    timing: RuntimeTiming | None = None
 
     @property
     def ok(self) -> bool:
-        return self.measurement is not None or self.held_out is not None
+        return self.measurement is not None or self.held_out is not None or self.timing is not None
 
 
 def run_job(job: Job, key: int, request: Request, worker: str = "local") -> Outcome:
     """Evaluate one request; any exception becomes a failed Outcome with its type, message and origin."""
     t0 = time.perf_counter()
     try:
+        if request.probe:
+            timing = evaluate_runtimes(job.model, job.task, request.policy, latency=job.latency)
+            return Outcome(key, None, None, time.perf_counter() - t0, worker, timing=timing)
         if request.held_out:
             score = evaluate_held_out(
                 job.model,
@@ -105,9 +110,10 @@ class Executor(Protocol):
         *,
         runtime: str | None = None,
         held_out: bool = False,
+        probe: bool = False,
     ) -> None:
         """Queue one evaluation under `key` (`finetune` and `runtime` override the job's; `held_out`:
-        replay and score on the held-out test_data only)."""
+        replay and score on the held-out test_data only; `probe`: time float against int8 only)."""
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         """Block until at least one pending evaluation finished (or timeout); return those finished."""

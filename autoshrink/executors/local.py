@@ -30,10 +30,11 @@ class LocalExecutor:
         *,
         runtime: str | None = None,
         held_out: bool = False,
+        probe: bool = False,
     ) -> None:
         if self._job is None:
             raise ConfigError("LocalExecutor.submit before start(job).")
-        self._pending.append((key, Request(policy, finetune, runtime, held_out)))
+        self._pending.append((key, Request(policy, finetune, runtime, held_out, probe)))
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         if not self._pending or self._job is None:

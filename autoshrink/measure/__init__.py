@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from .latency import LatencyConfig
-from .measure import measure, score_held_out
-from .measurement import HeldOut, LayerStats, Measurement
+from .measure import measure, score_held_out, time_runtimes
+from .measurement import HeldOut, LayerStats, Measurement, RuntimeTiming
 from .packing import load_packed, save_packed
 
 __all__ = [
@@ -12,8 +12,10 @@ __all__ = [
     "LatencyConfig",
     "LayerStats",
     "Measurement",
+    "RuntimeTiming",
     "load_packed",
     "measure",
     "save_packed",
     "score_held_out",
+    "time_runtimes",
 ]

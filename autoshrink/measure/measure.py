@@ -15,7 +15,7 @@ from .cost import CostClock
 from .latency import LatencyConfig, time_forward, timing_guard
 from .layer_latency import layer_latencies
 from .macs import count_macs
-from .measurement import HeldOut, LayerStats, Measurement
+from .measurement import HeldOut, LayerStats, Measurement, RuntimeTiming
 from .packing import packed_size
 from .paired import pack_correct
 from .runtime import deploy_runtime, int8_available, int8_runtime, materialize
@@ -123,7 +123,7 @@ def measure(
         size_bytes=size,
         latency_ms=latencies[chosen],
         macs=macs,
-        device=str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
+        device=_device_name(device),
         threads=torch.get_num_threads(),
         batch_size=task.deploy_batch,
         runtime=chosen,
@@ -140,6 +140,21 @@ def measure(
         test_correct="" if held_out is None or held_out[1] is None else pack_correct(held_out[1]),
         cost=clock.rounded(),
     )
+
+
+def time_runtimes(model: nn.Module, task: Task, *, latency: LatencyConfig | None = None) -> RuntimeTiming:
+    """Time `model` on float and (where the device has the kernels) int8, in interleaved rounds as
+    measure(runtime="auto") does, and nothing else: what a search's runtime decision needs."""
+    require_model_and_task(model, task, "time_runtimes")
+    device = task.torch_device
+    candidates = _candidates(model, materialize(model).to(device), task, "auto", device)
+    with timing_guard():
+        latencies = _pick_runtime(candidates, task, device, latency or LatencyConfig())
+    return RuntimeTiming(latency_by_runtime=latencies, device=_device_name(device), batch_size=task.deploy_batch)
+
+
+def _device_name(device: torch.device) -> str:
+    return str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})"
 
 
 def _candidates(

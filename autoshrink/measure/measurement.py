@@ -44,6 +44,20 @@ class HeldOut:
 
 
 @dataclass(frozen=True)
+class RuntimeTiming:
+    """Latency of one model on each runtime that can run it here (the runtime='auto' probe): no accuracy,
+    no packing, so deciding a study's runtime costs its timings only."""
+
+    latency_by_runtime: dict[str, float]
+    device: str
+    batch_size: int
+
+    @property
+    def fastest(self) -> str:
+        return min(self.latency_by_runtime, key=self.latency_by_runtime.get)
+
+
+@dataclass(frozen=True)
 class Measurement:
     """Measured numbers of one model on one task.
 

@@ -99,9 +99,31 @@ def test_relidx_hand_computed_with_fillers() -> None:
     expected = np.full((100, 1), 7, np.uint8)
     expected[positions] = values
     assert np.array_equal(rows, expected)
-    assert bitstream.stream_sizes(100, gaps, 4)["relidx"] == min(
+    assert bitstream.stream_sizes(100, bitstream.Gaps.of_positions(positions), 4)["relidx"] == min(
         (math.ceil(bitstream.relidx_entries(gaps, k) * (k + 4) / 8), k) for k in range(1, 17)
     )
+
+
+def test_sparse_gaps_equal_the_dense_ones() -> None:
+    nonzero = np.array([0, 0, 1, 1, 0, 1, 0, 0, 0, 1, 1, 0, 0], bool)  # two trailing zeros are no gap
+    g = bitstream.Gaps.of_mask(nonzero)
+    assert (g.count, g.at.tolist(), g.size.tolist(), g.widest) == (5, [0, 2, 3], [2, 1, 3], 3)
+    assert g.dense().tolist() == bitstream.gaps_of(np.flatnonzero(nonzero)).tolist() == [2, 0, 1, 3, 0]
+    # k = 1: gap 2 takes 1 filler, gap 3 takes 1: entries F 0 0 1 F 1 0 (F = filler 1)
+    assert g.entries(1) == 7 and g.field(1).tolist() == [1, 0, 0, 1, 1, 1, 0]
+    assert g.real(1).tolist() == [1, 2, 3, 5, 6] and g.histogram(1).tolist() == [3, 4]
+    rng = np.random.default_rng(0)
+    for density in (1.0, 0.999, 0.9, 0.5, 0.1, 0.01, 0.0):
+        mask = rng.random(5000) < density
+        mask[rng.integers(0, 5000)] = density > 0.5  # runs and isolated zeros alike
+        g, dense = bitstream.Gaps.of_mask(mask), bitstream.gaps_of(np.flatnonzero(mask))
+        assert np.array_equal(g.dense(), dense)
+        for k in (1, 2, 3, 8):
+            field, real = bitstream.relidx_gaps(dense, k)
+            assert g.entries(k) == bitstream.relidx_entries(dense, k) == field.size
+            assert np.array_equal(g.field(k), field) and np.array_equal(g.real(k), real)
+            mask_k = (1 << k) - 1
+            assert np.array_equal(g.histogram(k), np.bincount(field, minlength=mask_k + 1))
 
 
 @pytest.mark.parametrize("qbits", [0, 4, 16])
@@ -156,7 +178,7 @@ def test_chosen_encoding_is_the_smallest(qbits: int) -> None:
         w = weights.quantize_value(w, qbits) if qbits else w
         enc = codec.encode_tensor(w, qbits, use_entropy=False)
         nz = (w != 0).flatten().numpy()
-        sizes = bitstream.stream_sizes(w.numel(), bitstream.gaps_of(np.flatnonzero(nz)), qbits or 32)
+        sizes = bitstream.stream_sizes(w.numel(), bitstream.Gaps.of_mask(nz), qbits or 32)
         best = min(size for size, _ in sizes.values())
         assert len(enc.payload) == best + (2 * 64 if qbits else 0)
         assert sizes[enc.encoding][0] == best
@@ -411,7 +433,10 @@ def test_lenet_300_100_packs_over_20x_smaller(tmp_path) -> None:
         t, w = report[f"{i}.weight"], small[i].weight
         nz = np.flatnonzero((w != 0).flatten().numpy())
         assert t.nonzero == nz.size and t.encoding == "relidx"
-        assert t.nbytes == 2 * w.shape[0] + bitstream.stream_sizes(w.numel(), bitstream.gaps_of(nz), 4)["relidx"][0]
+        assert (
+            t.nbytes
+            == 2 * w.shape[0] + bitstream.stream_sizes(w.numel(), bitstream.Gaps.of_positions(nz), 4)["relidx"][0]
+        )
         assert report[f"{i}.bias"].nbytes == 4 * small[i].bias.numel()
     ratio = fp32_bytes / small_bytes
     assert ratio > 20, ratio

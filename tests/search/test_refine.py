@@ -215,3 +215,31 @@ def test_refine_takes_screened_out_near_misses_within_the_screened_limit() -> No
     assert screened_refine_limit({"limit": None}) is None
     assert [t.number for t in refine_candidates(study, base, objs, 0.005, k=3, screened_limit=limit)] == [1, 0]
     assert [t.number for t in refine_candidates(study, base, objs, 0.005, k=3)] == [0]  # no screened limit: none
+
+
+def test_the_runtime_probe_times_only(tiny_model, monkeypatch) -> None:
+    """runtime='auto' decides on latencies alone: no accuracy pass and no packing for the probe."""
+    import importlib
+
+    import torch
+
+    from autoshrink.executors.base import Job, Request, run_job
+    from autoshrink.search.stages.runtime import PROBE_KEY, probe_policy
+    from autoshrink.train import FinetuneConfig
+
+    def forbidden(*a, **k):
+        raise AssertionError("the probe must not score or pack")
+
+    measure_module = importlib.import_module("autoshrink.measure.measure")
+    monkeypatch.setattr(measure_module, "score", forbidden)
+    monkeypatch.setattr(measure_module, "packed_size", forbidden)
+    task = digits_task(device="cpu")
+    job = Job(tiny_model, task, FinetuneConfig(steps=50), latency=FAST)
+    o = run_job(job, PROBE_KEY, Request(probe_policy(tiny_model), probe=True))
+    assert o.ok and o.error is None and o.measurement is None and o.held_out is None
+    expected = (
+        {"float", "int8-dynamic"} if torch.backends.quantized.engine in ("x86", "fbgemm", "qnnpack") else {"float"}
+    )
+    assert set(o.timing.latency_by_runtime) == expected and o.timing.batch_size == task.deploy_batch
+    assert o.timing.fastest == min(o.timing.latency_by_runtime, key=o.timing.latency_by_runtime.get)
+    assert o.timing.device == "cpu"

@@ -296,10 +296,11 @@ class RayExecutor:
         *,
         runtime: str | None = None,
         held_out: bool = False,
+        probe: bool = False,
     ) -> None:
         if not self._slots:
             raise ConfigError("RayExecutor.submit before start(job).")
-        request = Request(policy, finetune, runtime, held_out)
+        request = Request(policy, finetune, runtime, held_out, probe)
         self._work[key] = request
         self._queue.append((key, request))
         self._dispatch()

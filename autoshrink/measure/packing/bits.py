@@ -7,6 +7,8 @@ entries of gap 2^k-1 and the zero symbol. Everything is vectorized with numpy.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ...errors import PackError
@@ -66,8 +68,85 @@ def unpack_fields(data: bytes | memoryview, n: int, fields: list[tuple[int, int]
 
 
 def gaps_of(positions: np.ndarray) -> np.ndarray:
-    """Zeros skipped before each nonzero position (int64)."""
-    return np.diff(positions.astype(np.int64), prepend=-1) - 1
+    """Zeros skipped before each nonzero position (int64), in one pass over the positions."""
+    positions = positions.astype(np.int64, copy=False)
+    gaps = np.empty_like(positions)
+    if positions.size:
+        gaps[0] = positions[0]
+        np.subtract(positions[1:], positions[:-1], out=gaps[1:])
+        gaps[1:] -= 1
+    return gaps
+
+
+@dataclass(frozen=True)
+class Gaps:
+    """The zeros skipped before each of `count` nonzeros, kept sparsely: the nonzeros after a run of
+    zeros (`at`, ascending) and the run lengths (`size`); every other gap is 0. Built from the runs of
+    zeros, so a tensor with few zeros (an embedding's padding row) costs its zeros, not its numel."""
+
+    count: int
+    at: np.ndarray
+    size: np.ndarray
+
+    @classmethod
+    def of_mask(cls, nonzero: np.ndarray) -> Gaps:
+        """From a flat boolean mask of nonzeros; zeros after the last nonzero are no gap."""
+        zeros = np.flatnonzero(~nonzero.reshape(-1))
+        count = int(nonzero.size - zeros.size)
+        if not zeros.size or not count:
+            return cls(count, np.zeros(0, np.int64), np.zeros(0, np.int64))
+        breaks = np.flatnonzero(np.diff(zeros) != 1)
+        starts = np.concatenate(([zeros[0]], zeros[breaks + 1]))
+        ends = np.concatenate((zeros[breaks], [zeros[-1]])) + 1  # the nonzero after each run
+        size = ends - starts
+        at = ends - np.cumsum(size)  # that nonzero's index among the nonzeros
+        keep = ends < nonzero.size
+        return cls(count, at[keep].astype(np.int64), size[keep].astype(np.int64))
+
+    @classmethod
+    def of_positions(cls, positions: np.ndarray) -> Gaps:
+        gaps = gaps_of(positions)
+        at = np.flatnonzero(gaps)
+        return cls(int(gaps.size), at, gaps[at])
+
+    @property
+    def widest(self) -> int:
+        return int(self.size.max()) if self.size.size else 0
+
+    def dense(self) -> np.ndarray:
+        gaps = np.zeros(self.count, np.int64)
+        gaps[self.at] = self.size
+        return gaps
+
+    def entries(self, k: int) -> int:
+        """Stored entries (nonzeros plus fillers) of relative indices with k-bit gaps."""
+        return self.count + int((self.size >> k).sum())
+
+    def histogram(self, k: int) -> np.ndarray:
+        """Counts of each k-bit gap symbol over all entries, fillers (symbol 2^k - 1) included."""
+        mask = (1 << k) - 1
+        counts = np.bincount(self.size & mask, minlength=mask + 1)
+        counts[0] += self.count - self.size.size
+        counts[mask] += self.entries(k) - self.count
+        return counts
+
+    def field(self, k: int) -> np.ndarray:
+        """The gap field of relative indices with k-bit gaps: uint16 per entry, fillers included."""
+        fill = self.size >> k
+        real = self.at + np.cumsum(fill)  # the entry of each nonzero after a run
+        field = np.zeros(self.entries(k), "<u2")
+        field[real] = self.size & ((1 << k) - 1)
+        if fill.any():
+            n = int(fill.sum())
+            first = np.repeat(real - fill, fill)  # each filler run ends just before its nonzero
+            field[first + np.arange(n) - np.repeat(np.cumsum(fill) - fill, fill)] = (1 << k) - 1
+        return field
+
+    def real(self, k: int) -> np.ndarray:
+        """The entry of every nonzero with k-bit gaps (int64)."""
+        shift = np.zeros(self.count, np.int64)
+        shift[self.at] = self.size >> k
+        return np.arange(self.count) + np.cumsum(shift, out=shift)
 
 
 def relidx_entries(gaps: np.ndarray, k: int) -> int:
@@ -75,16 +154,15 @@ def relidx_entries(gaps: np.ndarray, k: int) -> int:
     return int(gaps.size + (gaps >> k).sum())
 
 
-def stream_sizes(numel: int, gaps: np.ndarray, width: int) -> dict[str, tuple[int, int]]:
+def stream_sizes(numel: int, gaps: Gaps, width: int) -> dict[str, tuple[int, int]]:
     """Bytes of each layout: {"dense": (bytes, 0), "bitmap": (bytes, 0), "relidx": (bytes, best k)}."""
-    nnz = int(gaps.size)
-    widest = int(gaps.max()) if nnz else 0
-    best = (ceil8(relidx_entries(gaps, 1) * (1 + width)), 1)
+    widest = gaps.widest
+    best = (ceil8(gaps.entries(1) * (1 + width)), 1)
     for k in range(2, MAX_GAP_BITS + 1):
         if widest >> (k - 1) == 0:
             break  # no fillers from k - 1 on: a wider gap field only adds bits
-        best = min(best, (ceil8(relidx_entries(gaps, k) * (k + width)), k))
-    return {"dense": (ceil8(numel * width), 0), "bitmap": (ceil8(numel) + ceil8(nnz * width), 0), "relidx": best}
+        best = min(best, (ceil8(gaps.entries(k) * (k + width)), k))
+    return {"dense": (ceil8(numel * width), 0), "bitmap": (ceil8(numel) + ceil8(gaps.count * width), 0), "relidx": best}
 
 
 def relidx_gaps(gaps: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

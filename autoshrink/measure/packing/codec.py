@@ -24,12 +24,10 @@ from ...weights import QUANT_BITS, dequantize, qmax, quantize_codes
 from . import entropy
 from .bits import (
     MAX_GAP_BITS,
+    Gaps,
     ceil8,
     encode_relidx,
-    gaps_of,
     pack_fields,
-    relidx_entries,
-    relidx_gaps,
     relidx_values,
     stream_sizes,
 )
@@ -224,43 +222,41 @@ def _candidates(
         ((len(bitmap) if bitmap else ceil8(numel)) + (len(values) if values else ceil8(nnz * width)), 1, build_bitmap)
     )
 
-    size, k = stream_sizes(numel, gaps_of(positions), width)["relidx"]
+    gaps_all = Gaps.of_mask(nonzero)
+    size, k = stream_sizes(numel, gaps_all, width)["relidx"]
     out.append((size, 2, lambda k=k: _relidx_fixed(positions, rows, zero, width, k, nnz)))
     if use_entropy and nnz:
         best = min(c[0] for c in out)
-        gaps_all = gaps_of(positions)
         counts = np.bincount(rows[positions, 0], minlength=alphabet) if small else None
-        widest = int(gaps_all.max())
+        widest = gaps_all.widest
         for k in range(1, min(ENTROPY_GAP_BITS, MAX_GAP_BITS) + 1):
             if k > 1 and widest >> (k - 1) == 0:
                 break  # k - 1 needed no fillers: every wider k stores the same symbols in wider fixed gaps
             # the smallest any code of these streams can be, from their histograms alone (fillers:
             # gap symbol 2^k - 1 with a zero value), before the streams are built
-            entries = relidx_entries(gaps_all, k)
+            entries = gaps_all.entries(k)
             fixed_gaps, fixed_values = ceil8(entries * k), ceil8(entries * width)
             values_low = float(fixed_values)
             if counts is not None:
                 c = counts.copy()
                 c[int(zero[0])] += entries - nnz
                 values_low = min(entropy.bound_counts(c), fixed_values)
-            mask = (1 << k) - 1
-            g = np.bincount(gaps_all & mask, minlength=mask + 1)
-            g[mask] += entries - nnz
-            if values_low + min(entropy.bound_counts(g), fixed_gaps) >= best:
+            if values_low + min(entropy.bound_counts(gaps_all.histogram(k)), fixed_gaps) >= best:
                 continue  # no code of these streams can beat the best layout so far
-            gap_field, real = relidx_gaps(gaps_all, k)
+            gap_field = gaps_all.field(k)
             gaps = _coded(gap_field, 1 << k, fixed_gaps, True)
             vals = None
             if small:  # wider symbols are never coded: their field is built only for the winner
+                real = gaps_all.real(k)
                 vals = _coded(relidx_values(real, entries, rows[positions], zero)[:, 0], alphabet, fixed_values, True)
             if gaps is None and vals is None:
                 continue
             total = (len(gaps) if gaps else fixed_gaps) + (len(vals) if vals else fixed_values)
 
-            def build(k=k, gaps=gaps, vals=vals, gap_field=gap_field, real=real) -> Encoded:
+            def build(k=k, gaps=gaps, vals=vals, gap_field=gap_field) -> Encoded:
                 n = gap_field.size
                 a = gaps or pack_fields([(gap_field.view(np.uint8).reshape(n, 2), k)])
-                b = vals or pack_fields([(relidx_values(real, n, rows[positions], zero), width)])
+                b = vals or pack_fields([(relidx_values(gaps_all.real(k), n, rows[positions], zero), width)])
                 return Encoded("relidx", width, k, n, nnz, a + b, (len(gaps or b""), len(vals or b"")))
 
             out.append((total, 3, build))

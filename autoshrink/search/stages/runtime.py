@@ -67,7 +67,7 @@ def _probe(model: nn.Module, ex: Any, wait: Callable[[Any], list[Outcome]]) -> t
     policy = probe_policy(model)
     if not policy.layers:
         return {"runtime": "float", "decided_by": "auto: the model has no nn.Linear layer for int8 kernels"}, 0.0
-    ex.submit(PROBE_KEY, policy, FinetuneConfig(steps=0), runtime="auto")
+    ex.submit(PROBE_KEY, policy, FinetuneConfig(steps=0), probe=True)
     outcomes: list[Outcome] = []
     while not outcomes:
         outcomes = wait(ex)
@@ -77,12 +77,13 @@ def _probe(model: nn.Module, ex: Any, wait: Callable[[Any], list[Outcome]]) -> t
             f"deciding the runtime (timing float against int8 on the model with every Linear at 8 bits) "
             f"failed: {o.error}. Fix: pass runtime='float' or 'int8'."
         )
-    lat = o.measurement.latency_by_runtime
+    t = o.timing
+    lat = t.latency_by_runtime
     timed = ", ".join(f"{k} {v:.4g} ms" for k, v in sorted(lat.items()))
-    chosen = "int8" if o.measurement.runtime == "int8-dynamic" else "float"
+    chosen = "int8" if t.fastest == "int8-dynamic" else "float"
     how = (
-        f"auto: every Linear at 8 bits, batch {o.measurement.batch_size} on {o.measurement.device}: {timed}"
+        f"auto: every Linear at 8 bits, batch {t.batch_size} on {t.device}: {timed}"
         if len(lat) > 1
-        else f"auto: no int8 kernels on {o.measurement.device}"
+        else f"auto: no int8 kernels on {t.device}"
     )
     return {"runtime": chosen, "decided_by": how}, o.seconds
