@@ -13,6 +13,7 @@ from .measure.cost import CostClock
 from .policy import LayerPolicy, Policy
 from .task import Task, require_model_and_task
 from .techniques import ApplyReport, apply_policy_with_report
+from .techniques.apply import task_calibration
 from .train import FinetuneConfig, StructuredPlan, recalibrate_batchnorm, run_finetune
 
 
@@ -33,18 +34,29 @@ def compress(
     factorized (FinetuneConfig.bn_batches), before fine-tuning and also when there is none. With
     schedule="gradual" the structured channels are removed in rounds during the fine-tune (see
     train/gradual.py), ending exactly where the one-shot prune would. A policy that changes no
-    layer is not fine-tuned: that would not be "no compression". `clock` gets the seconds of its
-    apply, calibrate and finetune stages."""
+    layer is not fine-tuned: that would not be "no compression". Calibrated choices (gptq, wanda,
+    sparsegpt) calibrate on the task's training inputs (techniques/calibration.py). `clock` gets the
+    seconds of its apply, calibrate (statistics and BatchNorm) and finetune stages."""
     clock = clock or CostClock()
     x = example_input if example_input is not None or task is None else task.example_input
     cfg = finetune_config or FinetuneConfig(steps=0)
     train = task is not None and cfg.steps > 0 and bool(policy.active())
     teacher = model if policy.distill else None
     structured = {n for n, lp in policy.layers.items() if lp.structured and lp.sparsity > 0}
-    if train and cfg.schedule == "gradual" and structured:
-        return _gradual_structured(model, policy, structured, task, cfg, x, clock)
+    calibration = None if task is None else task_calibration(task)
+    if train and cfg.schedule == "gradual":
+        calibrated = [n for n, lp in policy.layers.items() if lp.calibrated]
+        if calibrated:
+            raise PolicyError(
+                f"layers.{calibrated[0]}: a calibrated choice (rounding 'gptq', criterion 'wanda' or "
+                "'sparsegpt') is set once from calibration data, and schedule='gradual' re-chooses masks "
+                "and codes by magnitude during the fine-tune. Fix: use schedule='oneshot' with it."
+            )
+        if structured:
+            return _gradual_structured(model, policy, structured, task, cfg, x, clock)
     with clock.stage("apply"):
-        small, report = apply_policy_with_report(model, policy, example_input=x)
+        small, report = apply_policy_with_report(model, policy, example_input=x, calibration=calibration)
+    clock.move("apply", "calibrate", report.calibration_s)
     if task is not None and report.restructured:
         with clock.stage("calibrate"):
             recalibrate_batchnorm(small, task, batches=cfg.bn_batches, seed=cfg.seed)

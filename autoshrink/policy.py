@@ -15,7 +15,10 @@ from .errors import PolicyError, describe, finite_number
 
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 CODEBOOKS = ("linear", "kmeans")
-_LAYER_KEYS = ("sparsity", "structured", "bits", "rank", "codebook")
+ROUNDINGS = ("nearest", "gptq")
+CRITERIA = ("magnitude", "wanda", "sparsegpt")
+CALIBRATED_CRITERIA = ("wanda", "sparsegpt")
+_LAYER_KEYS = ("sparsity", "structured", "bits", "rank", "codebook", "rounding", "group_size", "criterion")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,14 @@ class LayerPolicy:
     codebook: how 2..8-bit weights are coded: "linear" (integer codes times a per-channel scale) or
         "kmeans" (2^bits - 1 shared float16 values per layer, found by k-means and trained during
         fine-tuning, plus zero; weights.Codebook). Only with bits 2..8.
+    rounding: how linear 2..8-bit codes are chosen: "nearest" (round each weight) or "gptq" (column by
+        column with the error compensated on the columns not yet rounded, from calibration
+        activations; techniques/gptq.py). "gptq" needs calibration data (apply_policy(task=...)).
+    group_size: 0 = one scale per output channel; n > 0 = one scale per n consecutive weights of a
+        channel (its flattened inputs), each stored in the file. Only with linear 2..8-bit codes.
+    criterion: which weights unstructured pruning removes: "magnitude" (smallest |w|), "wanda"
+        (smallest |w| times the norm of its input feature, per output row) or "sparsegpt" (OBS
+        pruning that also updates the weights kept); the last two need calibration data.
     """
 
     sparsity: float = 0.0
@@ -38,6 +49,9 @@ class LayerPolicy:
     bits: int = 32
     rank: float = 1.0
     codebook: str = "linear"
+    rounding: str = "nearest"
+    group_size: int = 0
+    criterion: str = "magnitude"
     where: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -72,8 +86,49 @@ class LayerPolicy:
                 f'{where}codebook: "kmeans" codes 2..8-bit weights, but bits is {b}. Fix: set bits to '
                 '2..8, or codebook to "linear".'
             )
+        self._check_calibrated(where)
         object.__setattr__(self, "sparsity", float(s))
         object.__setattr__(self, "rank", float(r))
+
+    def _check_calibrated(self, where: str) -> None:
+        linear = 2 <= self.bits <= 8 and self.codebook == "linear"
+        if self.rounding not in ROUNDINGS:
+            raise PolicyError(
+                f'{where}rounding: got {describe(self.rounding)}; use "nearest" (the default) or "gptq" '
+                "(calibrated error compensation)."
+            )
+        if self.rounding == "gptq" and not linear:
+            raise PolicyError(
+                f'{where}rounding: "gptq" rounds linear 2..8-bit codes, but bits is {self.bits} with codebook '
+                f'{self.codebook!r}. Fix: set bits to 2..8 (codebook "linear"), or rounding to "nearest".'
+            )
+        g = self.group_size
+        if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+            raise PolicyError(
+                f"{where}group_size: got {describe(g)}; use 0 (one scale per output channel) or a positive "
+                "number of weights per scale, e.g. 32, 64 or 128."
+            )
+        if g and not linear:
+            raise PolicyError(
+                f"{where}group_size: {g} groups the scales of linear 2..8-bit codes, but bits is {self.bits} "
+                f"with codebook {self.codebook!r}. Fix: set bits to 2..8, or group_size to 0."
+            )
+        if self.criterion not in CRITERIA:
+            raise PolicyError(
+                f"{where}criterion: got {describe(self.criterion)}; use one of " + ", ".join(map(repr, CRITERIA)) + "."
+            )
+        if self.criterion != "magnitude" and self.structured:
+            raise PolicyError(
+                f"{where}criterion: {self.criterion!r} chooses single weights, but structured is true. Fix: set "
+                'structured to false, or criterion to "magnitude".'
+            )
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether applying this policy reads calibration activations (gptq rounding, wanda / sparsegpt)."""
+        return (self.rounding == "gptq" and 2 <= self.bits <= 8) or (
+            self.criterion in CALIBRATED_CRITERIA and self.sparsity > 0
+        )
 
     @property
     def is_identity(self) -> bool:
@@ -81,10 +136,17 @@ class LayerPolicy:
         return self.sparsity == 0.0 and self.bits == 32 and self.rank == 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields; `codebook` only where it is not the default "linear" (older recipes read the same)."""
+        """The fields; `codebook`, `rounding`, `group_size` and `criterion` only where they are not the
+        defaults (older recipes read the same, and a policy without them writes what older versions did)."""
         out = {"sparsity": self.sparsity, "structured": self.structured, "bits": self.bits, "rank": self.rank}
         if self.codebook != "linear":
             out["codebook"] = self.codebook
+        if self.rounding != "nearest":
+            out["rounding"] = self.rounding
+        if self.group_size:
+            out["group_size"] = self.group_size
+        if self.criterion != "magnitude":
+            out["criterion"] = self.criterion
         return out
 
     @classmethod

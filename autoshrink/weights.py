@@ -6,9 +6,14 @@ A compressed layer keeps its trainable weight as `parametrizations.weight.origin
 through fine-tuning, bitwise the value the packed artifact decodes to. Quantization: b in 2..8 gives
 symmetric codes in [-(2^(b-1)-1), 2^(b-1)-1], one scale per output channel (dim 0), max|w| / qmax
 rounded to bfloat16 (2 bytes on disk; re-quantizing keeps codes and scales); b = 16 rounds to float16.
+With a group size g, one such scale per g consecutive weights of a channel's flattened inputs (the
+last group may be shorter). Scales are derived from the weight unless the quantizer holds them fixed
+(GPTQ chooses codes for scales set before rounding, so they cannot be re-derived from the result).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +48,46 @@ def _bshape(weight: Tensor) -> tuple[int, ...]:
     return (weight.shape[0],) + (1,) * (weight.dim() - 1)
 
 
+def group_count(weight_shape: tuple[int, ...] | torch.Size, group_size: int) -> int:
+    """Scales per output channel: 1 per channel, else ceil(inputs / group_size)."""
+    cols = math.prod(weight_shape[1:])
+    return max(1, -(-cols // group_size)) if group_size else 1
+
+
+def group_scales(weight: Tensor, bits: int, group_size: int) -> Tensor:
+    """Scales (out, groups), float32 holding bfloat16 values: max|w| / qmax of each group (1 where all zero)."""
+    w = weight.detach().float().reshape(weight.shape[0], -1)
+    if not group_size:
+        return channel_scales(weight, bits).reshape(-1, 1)
+    cols, groups = w.shape[1], group_count(weight.shape, group_size)
+    padded = torch.nn.functional.pad(w.abs(), (0, groups * group_size - cols)).reshape(w.shape[0], groups, group_size)
+    amax = padded.amax(dim=2)
+    scale = _round_bf16(amax / qmax(bits))
+    return torch.where(amax > 0, scale, torch.ones_like(scale))
+
+
+def expand_scales(scales: Tensor, weight_shape: tuple[int, ...] | torch.Size, group_size: int) -> Tensor:
+    """The scale of every weight entry (the weight's shape) from (out, groups) scales."""
+    cols = math.prod(weight_shape[1:])
+    per = scales.reshape(weight_shape[0], group_count(weight_shape, group_size))
+    full = per.repeat_interleave(group_size, dim=1)[:, :cols] if group_size else per.expand(-1, cols)
+    return full.reshape(weight_shape)
+
+
+def grouped_codes(weight: Tensor, bits: int, group_size: int, scales: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Integer codes (int8, the weight's shape) and (out, groups) scales: `scales` if given, else derived."""
+    s = group_scales(weight, bits, group_size) if scales is None else scales.detach().float()
+    q = qmax(bits)
+    full = expand_scales(s, weight.shape, group_size)
+    codes = torch.clamp(torch.round(weight.detach().float() / full), -q, q)
+    return codes.to(torch.int8), s
+
+
+def grouped_value(codes: Tensor, scales: Tensor, group_size: int) -> Tensor:
+    """codes * scale of each entry, computed exactly as the fake-quantized forward computes it."""
+    return codes.float() * expand_scales(scales, codes.shape, group_size)
+
+
 def quantize_codes(weight: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     """Integer codes (int8, same shape) and per-channel scales of `weight` at `bits` bits."""
     scale = channel_scales(weight, bits)
@@ -56,9 +101,16 @@ def dequantize(codes: Tensor, scale: Tensor) -> Tensor:
     return codes.float() * scale.view(_bshape(codes))
 
 
-def quantize_value(weight: Tensor, bits: int) -> Tensor:
-    """The float value a weight takes at `bits` bits (no gradient)."""
+def quantize_value(weight: Tensor, bits: int, group_size: int = 0, scales: Tensor | None = None) -> Tensor:
+    """The float value a weight takes at `bits` bits (no gradient); with `group_size` or fixed `scales`,
+    on that grid."""
     with torch.no_grad():
+        if bits in QUANT_BITS and (group_size or scales is not None):
+            full = expand_scales(
+                group_scales(weight, bits, group_size) if scales is None else scales, weight.shape, group_size
+            ).to(weight.dtype)
+            q = qmax(bits)
+            return torch.clamp(torch.round(weight / full), -q, q) * full
         if bits == 16:
             return weight.half().to(weight.dtype)
         if bits in QUANT_BITS:
@@ -95,19 +147,33 @@ class PruneMask(nn.Module):
 
 
 class FakeQuant(nn.Module):
-    """Parametrization: quantize to `bits` (2..8 integer codes, or 16 = float16), STE gradient."""
+    """Parametrization: quantize to `bits` (2..8 integer codes, or 16 = float16), STE gradient.
 
-    def __init__(self, bits: int) -> None:
+    group_size: 0 = one scale per output channel, else per that many inputs of a channel. scales:
+    (out, groups) fixed scales (a buffer, saved with the model), or None to derive them from the
+    weight at every forward."""
+
+    def __init__(self, bits: int, group_size: int = 0, scales: Tensor | None = None) -> None:
         super().__init__()
         if bits not in QUANT_BITS and bits != 16:
             raise ValueError(f"FakeQuant bits must be 2..8 or 16, got {bits}")
+        if (group_size or scales is not None) and bits not in QUANT_BITS:
+            raise ValueError(f"group scales need 2..8-bit codes, got {bits} bits")
         self.bits = int(bits)
+        self.group_size = int(group_size)
+        self.scales: Tensor | None
+        self.register_buffer("scales", None if scales is None else scales.detach().float().clone())
 
     def forward(self, weight: Tensor) -> Tensor:
-        return _StraightThrough.apply(weight, quantize_value(weight, self.bits))
+        return _StraightThrough.apply(weight, quantize_value(weight, self.bits, self.group_size, self.scales))
+
+    def codes(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """Integer codes and (out, groups) scales of `weight` under this quantizer."""
+        return grouped_codes(weight, self.bits, self.group_size, self.scales)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}"
+        extra = f", group_size={self.group_size}" if self.group_size else ""
+        return f"bits={self.bits}{extra}" + (", fixed scales" if self.scales is not None else "")
 
 
 KMEANS_ITERS = 30
@@ -224,32 +290,47 @@ def weight_parametrizations(module: nn.Module) -> list[nn.Module]:
 
 def weight_mask(module: nn.Module) -> Tensor | None:
     """The pruning mask of `module.weight`, or None."""
-    for p in weight_parametrizations(module):
-        if isinstance(p, PruneMask):
-            return p.mask
-    return None
+    pm = _find(module, PruneMask)
+    return None if pm is None else pm.mask
 
 
 def weight_bits(module: nn.Module) -> int:
     """Bits of the weight's linear (per-channel integer) codes or float16 (32 if not linearly
     quantized; a codebook weight is 32 here, as its values are not on a linear grid -- runtimes and
     export treat it as the float weight it is; see `weight_codebook`)."""
-    for p in weight_parametrizations(module):
-        if isinstance(p, FakeQuant):
-            return p.bits
-    return 32
+    fq = weight_quantizer(module)
+    return 32 if fq is None else fq.bits
+
+
+def _find(module: nn.Module, kind: type[nn.Module]) -> nn.Module | None:
+    return next((p for p in weight_parametrizations(module) if isinstance(p, kind)), None)
+
+
+def weight_quantizer(module: nn.Module) -> FakeQuant | None:
+    """The linear quantizer (FakeQuant) of `module.weight`, or None."""
+    return _find(module, FakeQuant)  # type: ignore[return-value]
+
+
+def per_channel(module: nn.Module) -> bool:
+    """Whether the weight's codes have one scale per output channel (what int8 kernels run)."""
+    fq = weight_quantizer(module)
+    return fq is None or fq.group_size == 0
 
 
 def weight_codebook(module: nn.Module) -> Codebook | None:
     """The codebook of `module.weight`, or None."""
-    for p in weight_parametrizations(module):
-        if isinstance(p, Codebook):
-            return p
-    return None
+    return _find(module, Codebook)  # type: ignore[return-value]
 
 
 def _quantized(module: nn.Module) -> bool:
     return weight_bits(module) != 32 or weight_codebook(module) is not None
+
+
+def set_weight(module: nn.Module, value: Tensor) -> None:
+    """Write `value` into the weight's trainable tensor (the parametrization's original, if any)."""
+    target = module.parametrizations["weight"].original if weight_parametrizations(module) else module.weight
+    with torch.no_grad():
+        target.copy_(value)
 
 
 def add_mask(module: nn.Module, mask: Tensor) -> None:
@@ -263,11 +344,12 @@ def add_mask(module: nn.Module, mask: Tensor) -> None:
     parametrize.register_parametrization(module, "weight", PruneMask(mask), unsafe=True)
 
 
-def add_fake_quant(module: nn.Module, bits: int) -> None:
-    """Attach fake quantization at `bits` to module.weight."""
+def add_fake_quant(module: nn.Module, bits: int, group_size: int = 0, scales: Tensor | None = None) -> None:
+    """Attach fake quantization at `bits` to module.weight (group scales and fixed scales: FakeQuant)."""
     if _quantized(module):
         raise RuntimeError("weight is already quantized")
-    parametrize.register_parametrization(module, "weight", FakeQuant(bits), unsafe=True)
+    fq = FakeQuant(bits, group_size, scales)
+    parametrize.register_parametrization(module, "weight", fq, unsafe=True)
 
 
 def add_codebook(module: nn.Module, bits: int, centroids: Tensor | None = None) -> Codebook:

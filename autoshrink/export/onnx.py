@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportError, describe
-from ..weights import strip_parametrizations, weight_bits, weight_parametrizations
+from ..weights import per_channel, strip_parametrizations, weight_bits, weight_parametrizations, weight_quantizer
 from .onnx_graph import Graph, calibrate, dequantize_weights, integer_gemm
 
 OPSET = 17
@@ -56,14 +56,17 @@ def _onnx():
     return onnx
 
 
-def _quantized_weights(model: nn.Module) -> dict[str, int]:
-    """'<module>.weight' -> bits for every weight stored below 32 bits."""
+def _quantized_weights(model: nn.Module) -> dict[str, tuple[int, torch.Tensor | None]]:
+    """'<module>.weight' -> (bits, fixed per-channel scales or None) for every weight stored below 32
+    bits with one scale per output channel. Group-wise weights are left as the float values they are
+    (DequantizeLinear's blocked form needs opset 21, which the int8 GEMM rewrite does not read)."""
     out = {}
     for name, module in model.named_modules():
-        if weight_parametrizations(module):
+        if weight_parametrizations(module) and per_channel(module):
             bits = weight_bits(module)
             if bits < 32:
-                out[f"{name}.weight" if name else "weight"] = bits
+                fq = weight_quantizer(module)
+                out[f"{name}.weight" if name else "weight"] = (bits, None if fq is None else fq.scales)
     return out
 
 

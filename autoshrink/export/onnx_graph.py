@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import ExportError
-from ..weights import quantize_codes
+from ..weights import grouped_codes
 
 
 class Graph:
@@ -50,7 +50,7 @@ class Graph:
 
 
 def dequantize_weights(
-    graph: Graph, quantized: dict[str, int], model: nn.Module
+    graph: Graph, quantized: dict[str, tuple[int, Tensor | None]], model: nn.Module
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
     """Replace each quantized weight initializer by its int8 codes + scales and a DequantizeLinear (or
     float16 + Cast). Returns weight name -> (codes, scales) for the int8 ones, and the float16 names."""
@@ -61,7 +61,7 @@ def dequantize_weights(
     codes_of: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     halves: list[str] = []
     new_nodes = []
-    for name, bits in quantized.items():
+    for name, (bits, fixed) in quantized.items():
         if name not in graph.inits:
             raise ExportError(
                 f"export_onnx: the quantized weight {name!r} is not an initializer of the exported "
@@ -79,8 +79,8 @@ def dequantize_weights(
             )
             halves.append(name.rsplit(".weight", 1)[0])
             continue
-        codes, scales = quantize_codes(weight.detach().cpu(), bits)
-        c, s = codes.numpy().astype(np.int8), scales.numpy().astype(np.float32)
+        codes, scales = grouped_codes(weight.detach().cpu(), bits, 0, None if fixed is None else fixed.cpu())
+        c, s = codes.numpy().astype(np.int8), scales.reshape(-1).numpy().astype(np.float32)
         codes_of[name] = (c, s)
         graph.add_init(f"{name}_quantized", c)
         graph.add_init(f"{name}_scale", s)

@@ -7,7 +7,8 @@ import time
 from collections.abc import Iterator, Mapping
 
 STAGES = ("apply", "calibrate", "finetune", "evaluate", "pack", "latency")
-# apply: the policy applied to a copy of the model; calibrate: BatchNorm statistics re-estimated;
+# apply: the policy applied to a copy of the model; calibrate: the calibrated choices' input statistics
+# collected and BatchNorm statistics re-estimated;
 # finetune: the fine-tune (distillation and gradual pruning included); evaluate: the forward passes
 # over the evaluation data; pack: the packed size; latency: building the runtimes, the timings and
 # the MAC count.
@@ -28,6 +29,11 @@ class CostClock:
             yield
         finally:
             self.seconds[name] += time.perf_counter() - t0
+
+    def move(self, source: str, target: str, seconds: float) -> None:
+        """Count `seconds` already on `source` to `target` instead (a stage timed inside another)."""
+        self.seconds[source] -= seconds
+        self.seconds[target] += seconds
 
     def rounded(self) -> dict[str, float]:
         return {k: round(v, 4) for k, v in self.seconds.items()}

@@ -2,8 +2,9 @@
 
 "float": parametrizations baked into plain float weights (low-rank factors and structurally pruned
 layers are real smaller layers). "int8-dynamic": additionally, every nn.Linear quantized to <= 8 bits
-runs torch's dynamic int8 kernel (int8 weights with our exact codes and per-channel scales,
-activations quantized per batch) -- only on CPU, where the x86/fbgemm backend has the kernel.
+with one scale per output channel runs torch's dynamic int8 kernel (int8 weights with our exact codes
+and per-channel scales, activations quantized per batch) -- only on CPU, where the x86/fbgemm backend
+has the kernel. Layers with group-wise scales run float (the kernel has one scale per channel).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..weights import quantize_codes, strip_parametrizations, weight_bits
+from ..weights import per_channel, strip_parametrizations, weight_bits, weight_quantizer
 
 INT8_ENGINES = ("x86", "fbgemm", "qnnpack")
 DEPLOY_RUNTIMES = ("float", "int8", "onnxruntime", "onnxruntime-static")
@@ -56,7 +57,11 @@ def int8_runtime(model: nn.Module, device: torch.device) -> nn.Module | None:
     """A copy of `model` whose <=8-bit Linear layers use dynamic int8 kernels; None if none apply."""
     if not int8_available(device):
         return None
-    targets = [n for n, m in model.named_modules() if _plain_type(m) is nn.Linear and weight_bits(m) <= 8]
+    targets = [
+        n
+        for n, m in model.named_modules()
+        if _plain_type(m) is nn.Linear and weight_bits(m) <= 8 and per_channel(m)  # group scales run float
+    ]
     if not targets:
         return None
     import torch.ao.nn.quantized.dynamic as nnqd  # imported lazily: only used here
@@ -65,7 +70,9 @@ def int8_runtime(model: nn.Module, device: torch.device) -> nn.Module | None:
     original = dict(model.named_modules())
     for name in targets:
         src = original[name]
-        codes, scales = quantize_codes(src.weight, weight_bits(src))
+        fq = weight_quantizer(src)
+        codes, scales = fq.codes(src.weight.detach())
+        scales = scales.reshape(-1)
         with warnings.catch_warnings():  # torch 2.13 flags quantized-tensor creation as deprecated
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
             qweight = torch._make_per_channel_quantized_tensor(

@@ -11,13 +11,15 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..search.result import SearchResult
+from ..space.schema import IDENTITY
 
-UNTOUCHED = {"sparsity": 0.0, "structured": False, "bits": 32, "rank": 1.0}  # LayerPolicy defaults
+UNTOUCHED = dict(IDENTITY)  # LayerPolicy defaults
 
 
 def layer_label(layer: Mapping[str, Any] | None) -> str:
     """One layer's policy in a few characters: '4b 90%s r0.25 S' (bits, sparsity, rank, structured;
-    '4bk': a 4-bit k-means codebook)."""
+    '4bk': a 4-bit k-means codebook; 'gptq', 'g64': GPTQ rounding, 64 weights a scale; 'wanda',
+    'sparsegpt': the pruning criterion where it is not magnitude)."""
     if not layer:
         return "-"
     bits = int(layer.get("bits", 32))
@@ -28,9 +30,15 @@ def layer_label(layer: Mapping[str, Any] | None) -> str:
         if bits == 16
         else f"{bits}b" + ("k" if layer.get("codebook", "linear") == "kmeans" else "")
     ]
+    if layer.get("rounding", "nearest") != "nearest":
+        parts.append(str(layer["rounding"]))
+    if layer.get("group_size"):
+        parts.append(f"g{int(layer['group_size'])}")
     sparsity = float(layer.get("sparsity", 0.0))
     if sparsity:
         parts.append(f"{round(sparsity * 100, 1):g}%s")
+        if layer.get("criterion", "magnitude") != "magnitude":
+            parts.append(str(layer["criterion"]))
     if float(layer.get("rank", 1.0)) < 1.0:
         parts.append(f"r{float(layer['rank']):g}")
     if layer.get("structured") and sparsity:

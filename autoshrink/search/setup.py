@@ -231,7 +231,7 @@ def setup(
             for r in rows:
                 if r.get("layer_latency_ms"):
                     ctx.latency_table.observe(
-                        Choice1(r["layer"], r["field"], r["value"]).policy(),
+                        Choice1.from_row(r).policy(),
                         r["layer_latency_ms"],
                         chosen,
                         baseline.device,

@@ -18,6 +18,21 @@ from .schema import FIELDS, IDENTITY, Choice, Rule, SearchSpace
 DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def without_moot(values: dict[str, Any]) -> dict[str, Any]:
+    """The layer's field values with the choices that do not apply set to their identity: a codebook,
+    rounding or group size where the weight is not 2..8-bit codes (a k-means codebook takes no
+    rounding or groups), a pruning criterion where nothing is pruned unstructured."""
+    out = dict(values)
+    codes = 2 <= out["bits"] <= 8
+    if not codes:
+        out["codebook"] = "linear"
+    if not codes or out["codebook"] != "linear":
+        out["rounding"], out["group_size"] = "nearest", 0
+    if out["sparsity"] == 0 or out["structured"]:
+        out["criterion"] = "magnitude"
+    return out
+
+
 def _name_matches(pattern: str, name: str) -> bool:
     if pattern.startswith("re:"):
         return re.fullmatch(pattern[3:], name) is not None
@@ -54,9 +69,7 @@ class BoundSpace:
         layers = {}
         for layer, fields in self.layers.items():
             values = {f: params.get(f"{layer}.{f}", fields[f].values[0]) for f in FIELDS}
-            if not 2 <= values["bits"] <= 8:  # a codebook codes 2..8-bit weights; elsewhere the choice is moot
-                values["codebook"] = "linear"
-            lp = LayerPolicy(**values, where=f"layers.{layer}")
+            lp = LayerPolicy(**without_moot(values), where=f"layers.{layer}")
             if not lp.is_identity:
                 layers[layer] = lp
         distill = params.get("distill", self.distill.values[0])

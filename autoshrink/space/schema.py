@@ -1,11 +1,12 @@
 """Search space schema: choices per layer field, rules keyed by module names or types.
 
-YAML form (commented example: autoshrink/spaces/default.yaml, the built-in space "default"): `defaults`
-for every Linear/Conv layer (sparsity, bits, structured, rank, codebook: each a list of choices or
-{low, high, step}); `rules`, applied in order, later ones overriding earlier ones field by field, each
-with `match` (exact name, glob or "re:" regex) and/or `type` (module type names), then fields or `skip:
-true`; `distill` and `finetune`. A rule with `match` that matches no compressible layer is an error
-unless `optional: true`; a `type`-only rule may match nothing, but its types must be real module classes.
+YAML form (commented example: autoshrink/spaces/default.yaml, the built-in space "default"):
+`defaults` for every Linear/Conv layer (sparsity, bits, structured, rank, codebook, rounding,
+group_size, criterion: each a list of choices or {low, high, step}); `rules`, applied in order, later
+ones overriding earlier ones field by field, each with `match` (exact name, glob or "re:" regex)
+and/or `type` (module type names), then fields or `skip: true`; `distill` and `finetune`. A rule
+with `match` that matches no compressible layer is an error unless `optional: true`; a `type`-only
+rule may match nothing, but its types must be real module classes.
 """
 
 from __future__ import annotations
@@ -17,14 +18,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..policy import ALLOWED_BITS, CODEBOOKS
+from ..policy import ALLOWED_BITS, CODEBOOKS, CRITERIA, ROUNDINGS
 from ..train import FinetuneConfig
 from .yaml_source import Source
 
-FIELDS = ("sparsity", "structured", "bits", "rank", "codebook")
+FIELDS = ("sparsity", "structured", "bits", "rank", "codebook", "rounding", "group_size", "criterion")
 MAX_RANGE_VALUES = 1_000  # a {low, high, step} range expands to at most this many choices
 MAX_NUMBER = 2**53  # integers beyond this are not a setting anyone means
-IDENTITY = {"sparsity": 0.0, "structured": False, "bits": 32, "rank": 1.0, "codebook": "linear"}
+IDENTITY = {
+    "sparsity": 0.0,
+    "structured": False,
+    "bits": 32,
+    "rank": 1.0,
+    "codebook": "linear",
+    "rounding": "nearest",
+    "group_size": 0,
+    "criterion": "magnitude",
+}
+WORDS = {"structured": "[false, true]", "distill": "[false, true]", "codebook": "[linear, kmeans]"}
+WORDS |= {"rounding": "[nearest, gptq]", "criterion": "[magnitude, wanda, sparsegpt]"}
 _RULE_KEYS = set(FIELDS) | {"match", "type", "skip", "optional"}
 _TOP_KEYS = {"defaults", "rules", "distill", "finetune", "description", "version"}
 
@@ -51,6 +63,13 @@ def _valid_value(fld: str, v: Any) -> str | None:
         return None if isinstance(v, bool) else "must be true or false"
     if fld == "codebook":
         return None if v in CODEBOOKS else f"must be one of {', '.join(CODEBOOKS)}"
+    if fld == "rounding":
+        return None if v in ROUNDINGS else f"must be one of {', '.join(ROUNDINGS)}"
+    if fld == "criterion":
+        return None if v in CRITERIA else f"must be one of {', '.join(CRITERIA)}"
+    if fld == "group_size":
+        ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_NUMBER
+        return None if ok else "must be 0 (one scale per output channel) or a positive whole number, e.g. 64"
     if not _finite(v):
         return "must be a finite number" + _text_hint(v)
     if fld == "sparsity" and not 0 <= v < 1:
@@ -88,21 +107,17 @@ def parse_choice(raw: Any, fld: str, path: str, src: Source) -> Choice:
         unknown = sorted(set(raw) - {"low", "high", "step"})
         if unknown or "low" not in raw or "high" not in raw:
             raise src.error(path, f"got {dict(raw)!r}; a range needs exactly low, high and optional step.")
-        if fld in ("structured", "distill", "codebook"):
-            raise src.error(
-                path,
-                "a range makes no sense for this field; give a list, e.g. "
-                + ("[linear, kmeans]." if fld == "codebook" else "[false, true]."),
-            )
+        if fld in WORDS:
+            raise src.error(path, f"a range makes no sense for this field; give a list, e.g. {WORDS[fld]}.")
         low, high = raw["low"], raw["high"]
         for name, v in (("low", low), ("high", high), ("step", raw.get("step", 1))):
             if not _finite(v):
                 raise src.error(f"{path}.{name}", f"got {v!r}; it must be a finite number{_text_hint(v)}.")
-            if fld == "bits" and v != int(v):
-                raise src.error(f"{path}.{name}", f"got {v!r}; bits are whole numbers.")
+            if fld in ("bits", "group_size") and v != int(v):
+                raise src.error(f"{path}.{name}", f"got {v!r}; {fld} are whole numbers.")
         if not low <= high:
             raise src.error(path, f"low {low} > high {high}; swap them.")
-        step = raw.get("step", 1 if fld == "bits" else None)
+        step = raw.get("step", 1 if fld in ("bits", "group_size") else None)
         if step is None:
             raise src.error(path, f"a range of {fld} needs a step, e.g. {{low: {low}, high: {high}, step: 0.1}}.")
         if isinstance(step, bool) or not isinstance(step, (int, float)):
@@ -128,7 +143,7 @@ def parse_choice(raw: Any, fld: str, path: str, src: Source) -> Choice:
         if why:
             where = path if is_range or not isinstance(raw, (list, tuple)) else f"{path}[{i}]"
             raise src.error(where, f"got {v!r}; {fld} {why}.")
-    if fld == "bits":
+    if fld in ("bits", "group_size"):
         values = tuple(int(v) for v in values)
     elif fld in ("sparsity", "rank"):
         values = tuple(float(v) for v in values)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import lowrank, prune, quantize, structured  # noqa: F401  (registration)
+from . import calibration, lowrank, prune, quantize, structured  # noqa: F401  (registration)
 from .apply import ApplyReport, CompressionWarning, apply_policy, apply_policy_with_report
 from .registry import Skipped, Technique, register, techniques
 

@@ -1,8 +1,9 @@
 """Apply a Policy to a copy of a model, technique by technique in the fixed order.
 
-Order: low-rank -> structured pruning -> unstructured pruning -> quantization. The caller's model
-is never modified. Layers a technique cannot handle are reported (ApplyReport.skipped) and
-warned about, never a crash; a policy naming a module the model does not have is an error.
+Order: low-rank -> structured pruning -> calibration statistics (for calibrated choices) ->
+unstructured pruning -> quantization. The caller's model is never modified. Layers a technique
+cannot handle are reported (ApplyReport.skipped) and warned about, never a crash; a policy naming a
+module the model does not have is an error.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ from torch import Tensor, nn
 
 from ..errors import PolicyError
 from ..policy import Policy
+from ..task import Task
+from .calibration import Batches, calibration_inputs
 from .registry import Skipped, techniques
+
+
+def task_calibration(task: Any) -> Batches:
+    """The calibration inputs of a Task: its first CALIBRATION_EXAMPLES training examples, fixed order."""
+    if not isinstance(task, Task):
+        raise PolicyError(f"apply_policy: task must be an autoshrink.Task, got {type(task).__name__}.")
+    return calibration_inputs(task.train_data, task.batch_size)
 
 
 class CompressionWarning(UserWarning):
@@ -32,6 +42,7 @@ class ApplyReport:
     notes: tuple[str, ...] = ()
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)
     factorized: tuple[str, ...] = ()
+    calibration_s: float = 0.0  # seconds spent collecting calibration statistics
 
     def lines(self) -> list[str]:
         return [str(s) for s in self.skipped] + list(self.notes)
@@ -61,9 +72,14 @@ def check_layer_names(model: nn.Module, policy: Policy) -> None:
 
 
 def apply_policy_with_report(
-    model: nn.Module, policy: Policy, *, example_input: Tensor | None = None
+    model: nn.Module,
+    policy: Policy,
+    *,
+    example_input: Tensor | None = None,
+    calibration: Batches | None = None,
 ) -> tuple[nn.Module, ApplyReport]:
-    """Like `apply_policy`, also returning the ApplyReport."""
+    """Like `apply_policy`, also returning the ApplyReport; `calibration`: a fresh pass over the
+    calibration inputs each call (calibration.calibration_inputs)."""
     if not isinstance(model, nn.Module):
         raise PolicyError(f"apply_policy: model must be a torch.nn.Module, got {type(model).__name__}.")
     if not isinstance(policy, Policy):
@@ -75,8 +91,18 @@ def apply_policy_with_report(
             f"policy asks for structured pruning of {', '.join(structured)}, which needs the model traced: "
             "pass example_input=<one input batch> (or use a Task)."
         )
+    calibrated = [n for n, lp in policy.layers.items() if lp.calibrated]
+    if calibrated and calibration is None:
+        lp = policy.layers[calibrated[0]]
+        what = f"rounding {lp.rounding!r}" if lp.rounding == "gptq" else f"criterion {lp.criterion!r}"
+        more = f" (and {len(calibrated) - 1} more layer(s))" if len(calibrated) > 1 else ""
+        raise PolicyError(
+            f"layers.{calibrated[0]}: {what} calibrates on the layer's inputs{more}, and no data was given. "
+            "Fix: pass task=<your Task> (its training batches calibrate), or use "
+            "rounding 'nearest' and criterion 'magnitude'."
+        )
     small = copy.deepcopy(model)
-    context: dict[str, Any] = {"example_input": example_input}
+    context: dict[str, Any] = {"example_input": example_input, "calibration": calibration}
     skipped: list[Skipped] = []
     for technique in techniques():
         targets = {n: lp for n, lp in policy.layers.items() if technique.selects(lp)}
@@ -87,19 +113,28 @@ def apply_policy_with_report(
         notes=tuple(context.get("structured_notes", ())),
         channels=dict(context.get("structured", {})),
         factorized=tuple(context.get("factorized", ())),
+        calibration_s=float(context.get("calibration_s", 0.0)),
     )
     return small, report
 
 
-def apply_policy(model: nn.Module, policy: Policy, *, example_input: Tensor | None = None) -> nn.Module:
+def apply_policy(
+    model: nn.Module, policy: Policy, *, example_input: Tensor | None = None, task: Any = None
+) -> nn.Module:
     """Return a compressed copy of `model` following `policy`; `model` is left untouched.
 
     Low-rank layers are replaced by two factors, structured pruning makes layers physically
-    smaller (needs `example_input`), unstructured pruning masks entries and quantization
-    simulates integer codes; masks and quantization stay in force through `finetune`.
+    smaller (needs `example_input`, default the task's), unstructured pruning masks entries and
+    quantization simulates integer codes; masks and quantization stay in force through `finetune`.
+    Calibrated choices (rounding "gptq", criterion "wanda" / "sparsegpt") read the layers' inputs on
+    the `task`'s first CALIBRATION_EXAMPLES training examples; without a task they are refused.
     Layers a technique cannot handle are skipped with a CompressionWarning that lists them.
     """
-    small, report = apply_policy_with_report(model, policy, example_input=example_input)
+    if task is not None and example_input is None:
+        example_input = task.example_input
+    small, report = apply_policy_with_report(
+        model, policy, example_input=example_input, calibration=None if task is None else task_calibration(task)
+    )
     if report.skipped:
         warnings.warn(
             "some layers were not compressed as asked: " + "; ".join(map(str, report.skipped)),

@@ -32,8 +32,8 @@ class LayerwiseTechnique(Technique):
     """A technique acting on each selected layer's weight(s) independently (pruning, quantization)."""
 
     @abstractmethod
-    def apply_layer(self, layer: nn.Module, lp: LayerPolicy) -> None:
-        """Apply the technique to one leaf layer's weight."""
+    def apply_layer(self, layer: nn.Module, lp: LayerPolicy, context: dict[str, Any]) -> None:
+        """Apply the technique to one leaf layer's weight (`context`: as `apply` has it)."""
 
     def apply(self, model: nn.Module, targets: dict[str, LayerPolicy], context: dict[str, Any]) -> list[Skipped]:
         skipped: list[Skipped] = []
@@ -43,5 +43,5 @@ class LayerwiseTechnique(Technique):
                 skipped.append(Skipped(name, self.name, layers))
                 continue
             for layer in layers:
-                self.apply_layer(layer, lp)
+                self.apply_layer(layer, lp, context)
         return skipped

@@ -1,18 +1,28 @@
-"""Unstructured magnitude pruning: exactly round(s * n) weight entries of a layer set to zero.
+"""Unstructured pruning: exactly round(s * n) weight entries of a layer set to zero, chosen by the
+layer policy's criterion.
 
-The mask is a parametrization (`weights.PruneMask`), so pruned entries stay zero through
-fine-tuning. Ties in magnitude are broken by position (stable sort), so results are deterministic.
+"magnitude": the smallest |w|. "wanda" (Sun et al. 2024): the smallest |w| * ||X_j|| (the norm of the
+entry's input feature over the calibration data), compared within each output row: every row loses
+the same count, the first rows one more where round(s * n) does not divide evenly. "sparsegpt":
+sparsegpt.py, which also updates the weights kept. The mask is a parametrization (`weights.PruneMask`),
+so pruned entries stay zero through fine-tuning. Ties are broken by position (stable sort), so results
+are deterministic. A layer without calibration statistics (calibration.py says why) is pruned by
+magnitude.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..policy import LayerPolicy
-from ..weights import add_mask
+from ..weights import add_mask, set_weight
+from .calibration import pop_stats
 from .layers import LayerwiseTechnique
 from .registry import register
+from .sparsegpt import sparsegpt
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -30,9 +40,25 @@ def prune_smallest(weight: torch.Tensor, k: int) -> torch.Tensor:
     return mask.view_as(weight)
 
 
+def wanda_mask(weight: torch.Tensor, feature_norms: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Bool mask dropping the round(sparsity * n) entries of smallest |w| * ||X_j||, row by row: each of
+    the `out` rows drops total // out, the first total % out rows one more."""
+    w = weight.detach().float().reshape(weight.shape[0], -1)
+    rows = w.shape[0]
+    total = int(round(sparsity * w.numel()))
+    score = w.abs() * feature_norms.to(w.device).float().unsqueeze(0)
+    order = torch.argsort(score, dim=1, stable=True)
+    counts = torch.full((rows,), total // rows, device=w.device)
+    counts[: total % rows] += 1
+    drop = torch.arange(w.shape[1], device=w.device).unsqueeze(0) < counts.unsqueeze(1)  # in score order
+    mask = torch.ones_like(w, dtype=torch.bool)
+    mask.scatter_(1, order, ~drop)
+    return mask.view_as(weight)
+
+
 @register
-class MagnitudePrune(LayerwiseTechnique):
-    """Unstructured magnitude pruning (LayerPolicy.sparsity > 0, structured False)."""
+class Prune(LayerwiseTechnique):
+    """Unstructured pruning (LayerPolicy.sparsity > 0, structured False) by the policy's criterion."""
 
     name = "prune"
     order = 30
@@ -40,5 +66,15 @@ class MagnitudePrune(LayerwiseTechnique):
     def selects(self, lp: LayerPolicy) -> bool:
         return lp.sparsity > 0 and not lp.structured
 
-    def apply_layer(self, layer: nn.Module, lp: LayerPolicy) -> None:
-        add_mask(layer, magnitude_mask(layer.weight, lp.sparsity))
+    def apply_layer(self, layer: nn.Module, lp: LayerPolicy, context: dict[str, Any]) -> None:
+        stats = None
+        if lp.criterion != "magnitude":
+            stats = pop_stats(context, layer, keep=lp.calibrated and lp.rounding == "gptq")
+        if stats is None:
+            add_mask(layer, magnitude_mask(layer.weight, lp.sparsity))
+        elif lp.criterion == "wanda":
+            add_mask(layer, wanda_mask(layer.weight, stats.feature_norms, lp.sparsity))
+        else:
+            updated, keep = sparsegpt(layer.weight, stats.hessian(), lp.sparsity)
+            set_weight(layer, updated)
+            add_mask(layer, keep)

@@ -490,7 +490,7 @@ def test_bad_files(tmp_path) -> None:
         load_packed(tmp_path / "missing.ashz")
     refused(b"PK\x03\x04" + data[4:], "not an autoshrink packed model")
     refused(b"", "not an autoshrink packed model")
-    refused(data[:4] + bytes([3]) + data[5:], "written by a newer autoshrink.*upgrade")
+    refused(data[:4] + bytes([4]) + data[5:], "written by a newer autoshrink.*upgrade")
     for cut in (5, 6, 20, len(data) // 2, len(data) - 1):
         refused(data[:cut], "truncated or corrupt")
     refused(data + b"\x00", "truncated or corrupt")

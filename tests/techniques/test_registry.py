@@ -7,7 +7,7 @@ from autoshrink.techniques.registry import Technique, register
 
 
 def test_techniques_apply_in_the_documented_order() -> None:
-    assert [t.name for t in techniques()] == ["lowrank", "structured", "prune", "quantize"]
+    assert [t.name for t in techniques()] == ["lowrank", "structured", "calibrate", "prune", "quantize"]
 
 
 def test_a_technique_must_implement_the_interface() -> None:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ...errors import PackError
-from ...weights import QUANT_BITS, dequantize, qmax, quantize_codes
+from ...weights import QUANT_BITS, group_count, grouped_codes, grouped_value, qmax
 from . import entropy
 from .bits import (
     MAX_GAP_BITS,
@@ -126,9 +126,10 @@ def codebook_size(bits: int) -> int:
 
 
 def _symbols(
-    t: Tensor, qbits: int, name: str, codebook: bool = False
+    t: Tensor, qbits: int, name: str, codebook: bool = False, group_size: int = 0, scales: Tensor | None = None
 ) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, int, bool]:
-    """(prefix bytes, symbol rows, nonzero flags, zero row, width, sparse allowed) of a tensor."""
+    """(prefix bytes, symbol rows, nonzero flags, zero row, width, sparse allowed) of a tensor; `group_size`
+    and fixed `scales` as the weight's quantizer has them (weights.FakeQuant)."""
     if codebook:
         return _codebook_symbols(t, qbits, name)
     t = t.detach().cpu().contiguous()
@@ -139,13 +140,18 @@ def _symbols(
     if qbits in QUANT_BITS:
         if t.dim() == 0:
             raise PackError(f"{name} is a scalar; quantization needs an output-channel dimension")
-        codes, scales = quantize_codes(t, qbits)
-        if not torch.equal(dequantize(codes, scales).to(t.dtype), t):
+        if t.dim() < 2 and group_size:
+            raise PackError(f"{name} has {t.dim()} dimension(s); group scales need (output, inputs...)")
+        expected = group_count(t.shape, group_size) * t.shape[0]
+        if scales is not None and scales.numel() != expected:
+            raise PackError(f"{name} has {scales.numel()} fixed scales; {expected} expected for its shape and groups")
+        codes, scales = grouped_codes(t, qbits, group_size, None if scales is None else scales.cpu())
+        if not torch.equal(grouped_value(codes, scales, group_size).to(t.dtype), t):
             raise PackError(
                 f"{name} is not on its {qbits}-bit quantization grid (codes * scales != weight); "
                 f"pack the model as autoshrink.weights.add_fake_quant left it"
             )
-        raw = scales.contiguous().view(torch.int32)
+        raw = scales.float().contiguous().reshape(-1).view(torch.int32)
         if bool((raw & 0xFFFF).any()):
             raise PackError(f"{name} has scales that are not bfloat16 values; use weights.channel_scales")
         prefix = (raw >> 16).to(torch.int16).numpy().astype("<i2").tobytes()
@@ -270,12 +276,19 @@ def _relidx_fixed(positions: np.ndarray, rows: np.ndarray, zero: np.ndarray, wid
 
 
 def encode_tensor(
-    t: Tensor, qbits: int = 0, name: str = "tensor", *, use_entropy: bool = True, codebook: bool = False
+    t: Tensor,
+    qbits: int = 0,
+    name: str = "tensor",
+    *,
+    use_entropy: bool = True,
+    codebook: bool = False,
+    group_size: int = 0,
+    scales: Tensor | None = None,
 ) -> Encoded:
     """Encode `t` (quantized to `qbits` 2..8, float16 for 16, as is for 0; a `qbits`-bit codebook
     with `codebook`) in its smallest layout; `use_entropy=False` keeps every stream fixed-width
     (format version 1's choices)."""
-    prefix, rows, nonzero, zero, width, sparse = _symbols(t, qbits, name, codebook)
+    prefix, rows, nonzero, zero, width, sparse = _symbols(t, qbits, name, codebook, group_size, scales)
     if not sparse:
         return Encoded("raw", width, 0, 0, int(nonzero.sum()), prefix + pack_fields([(rows, width)]))
     size, _, build = min(_candidates(rows, nonzero, zero, width, use_entropy), key=lambda c: (c[0], c[1]))
@@ -286,9 +299,12 @@ def encode_tensor(
 
 
 def value_layout(
-    shape: tuple[int, ...], dtype: torch.dtype, qbits: int, codebook: bool = False
+    shape: tuple[int, ...], dtype: torch.dtype, qbits: int, codebook: bool = False, group_size: int = 0
 ) -> tuple[int, int, int]:
-    """(width bits, symbol bytes, prefix bytes: scales or the codebook) of a tensor stored with `qbits`."""
+    """(width bits, symbol bytes, prefix bytes: scales or the codebook) of a tensor stored with `qbits`
+    (and one bfloat16 scale per `group_size` inputs of a channel, 0 = per channel)."""
+    if group_size and (qbits not in QUANT_BITS or codebook or len(shape) < 2 or group_size < 0):
+        raise PackError(f"group size {group_size} on a {qbits}-bit tensor of shape {list(shape)}")
     if codebook:
         if qbits not in QUANT_BITS:
             raise PackError(f"a codebook of {qbits} bits; codebooks have 2..8")
@@ -296,7 +312,7 @@ def value_layout(
     if qbits in QUANT_BITS:
         if not shape:
             raise PackError("a quantized tensor has no output-channel dimension")
-        return qbits, 1, 2 * shape[0]
+        return qbits, 1, 2 * shape[0] * group_count(shape, group_size)
     if qbits == 16:
         return 16, 2, 0
     if qbits != 0:
@@ -358,8 +374,9 @@ def payload_size(
     count: int,
     coded: tuple[int, ...] = (),
     codebook: bool = False,
+    group_size: int = 0,
 ) -> int:
     """Exact payload bytes of a tensor with this header entry (raises PackError if inconsistent)."""
-    return value_layout(shape, dtype, qbits, codebook)[2] + sum(
+    return value_layout(shape, dtype, qbits, codebook, group_size)[2] + sum(
         stream_lengths(shape, dtype, qbits, encoding, k, count, coded, codebook)
     )

@@ -4,9 +4,12 @@ Version 2: b"ASHZ" | version byte 2 | len | zlib(JSON header) | len | zlib(pickl
 lengths as LEB128 varints, zlib level 9 with a preset dictionary (framing.deflate). The header has one
 entry per tensor in payload order, [shape, dtype, quant bits, flags, encoding, k, count(, coded)] (flags:
 1 Parameter, 2 requires_grad, 4 pruned, 8 codebook); offsets follow from them (codec.payload_size).
-Version 1 (no `coded`) still loads. The skeleton (skeleton.py) is the module tree with tensors replaced
-by header indices (tied tensors share one); loading uses a restricted unpickler and re-attaches
-PruneMask / FakeQuant, so saving again gives the same bytes.
+Version 3, written only when some weight has group-wise or fixed scales (GPTQ), adds a ninth field, the
+group size (entries [..., count, coded or [], group]), and flag 16: the scales are fixed (re-attached
+as stored, not derived from the weight). Versions 1 (no `coded`) and 2 still load. The skeleton
+(skeleton.py) is the module tree with tensors replaced by header indices (tied tensors share one);
+loading uses a restricted unpickler and re-attaches PruneMask / FakeQuant, so saving again gives the
+same bytes.
 """
 
 from __future__ import annotations
@@ -29,15 +32,17 @@ from ...weights import (
     weight_codebook,
     weight_mask,
     weight_parametrizations,
+    weight_quantizer,
 )
 from . import codec, framing
 from .skeleton import SkeletonPickler
 
 MAGIC = b"ASHZ"
-VERSION = 2
-READS = (1, 2)  # format versions this autoshrink loads
-_FLAG_PARAM, _FLAG_GRAD, _FLAG_MASKED, _FLAG_CODEBOOK = 1, 2, 4, 8
-_HEADER_FIELDS = {1: (7,), 2: (7, 8)}
+VERSION = 2  # written when no weight has group-wise or fixed scales
+GROUPED_VERSION = 3
+READS = (1, 2, 3)  # format versions this autoshrink loads
+_FLAG_PARAM, _FLAG_GRAD, _FLAG_MASKED, _FLAG_CODEBOOK, _FLAG_FIXED = 1, 2, 4, 8, 16
+_HEADER_FIELDS = {1: (7,), 2: (7, 8), 3: (7, 8, 9)}
 
 
 @dataclass(frozen=True)
@@ -62,17 +67,32 @@ class PackedTensor:
 # ----------------------------------------------------------------------------- pack
 
 
-def _compression(model: nn.Module) -> dict[str, tuple[bool, int, bool]]:
-    """{"<module>.weight": (pruned, quant bits or 0, codebook)} for every parametrized weight."""
-    found: dict[str, tuple[bool, int, bool]] = {}
+@dataclass(frozen=True)
+class Compression:
+    """How a parametrized weight is stored: pruned, quant bits (0 = as is), codebook, group size and
+    the quantizer's fixed scales (None: derived from the weight)."""
+
+    pruned: bool = False
+    qbits: int = 0
+    codebook: bool = False
+    group_size: int = 0
+    scales: Tensor | None = None
+
+
+def _compression(model: nn.Module) -> dict[str, Compression]:
+    """{"<module>.weight": Compression} for every parametrized weight."""
+    found: dict[str, Compression] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         if weight_parametrizations(module):
             book = weight_codebook(module)
+            fq = weight_quantizer(module)
             bits = book.bits if book is not None else weight_bits(module)
-            found[f"{name}.weight" if name else "weight"] = (
+            found[f"{name}.weight" if name else "weight"] = Compression(
                 weight_mask(module) is not None,
                 0 if bits == 32 else bits,
                 book is not None,
+                0 if fq is None else fq.group_size,
+                None if fq is None or fq.scales is None else fq.scales.detach().cpu(),
             )
     return found
 
@@ -102,6 +122,13 @@ class Stored:
     qbits: int  # 2..8 codes, 16 float16, 0 as is
     codebook: bool
     flags: int  # _FLAG_* bits
+    group_size: int = 0
+    scales: Tensor | None = None  # fixed scales (out, groups); None: derived from the tensor
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the entry needs format version 3 (a group size or fixed scales)."""
+        return bool(self.group_size) or self.scales is not None
 
 
 @dataclass(frozen=True)
@@ -148,19 +175,23 @@ def layout(model: nn.Module, where: str) -> Layout:
     tensors += [(f"<tensor {len(tensors) + i}>", t) for i, t in enumerate(extra)]
     stored = []
     for name, tensor in tensors:
-        pruned, qbits, book = compression.get(name, (False, 0, False))
+        c = compression.get(name, Compression())
         flags = (
             _FLAG_PARAM * isinstance(tensor, nn.Parameter)
             + _FLAG_GRAD * tensor.requires_grad
-            + _FLAG_MASKED * pruned
-            + _FLAG_CODEBOOK * book
+            + _FLAG_MASKED * c.pruned
+            + _FLAG_CODEBOOK * c.codebook
+            + _FLAG_FIXED * (c.scales is not None)
         )
-        stored.append(Stored(name, tensor, qbits, book, flags))
+        stored.append(Stored(name, tensor, c.qbits, c.codebook, flags, c.group_size, c.scales))
     return Layout(stream.getvalue(), tuple(stored))
 
 
-def header_entry(s: Stored, enc: codec.Sized) -> list:
-    """The tensor's header entry: [shape, dtype, quant bits, flags, encoding, k, count(, coded)]."""
+def header_entry(s: Stored, enc: codec.Sized, version: int = VERSION) -> list:
+    """The tensor's header entry: [shape, dtype, quant bits, flags, encoding, k, count(, coded)], and in
+    version 3 the group size of a grouped entry ([..., coded or [], group])."""
+    if version >= GROUPED_VERSION and s.group_size:
+        return header_entry(s, enc, VERSION)[:7] + [list(enc.coded), s.group_size]
     return [
         list(s.tensor.shape),
         str(s.tensor.dtype).removeprefix("torch."),
@@ -178,29 +209,43 @@ def packed_tensor(s: Stored, enc: codec.Sized) -> PackedTensor:
     )
 
 
-def frame(header: list, skeleton: bytes) -> bytes:
+def version_of(tensors: tuple[Stored, ...]) -> int:
+    """The format version a file of these tensors is written in: 3 only where one needs it."""
+    return GROUPED_VERSION if any(s.grouped for s in tensors) else VERSION
+
+
+def frame(header: list, skeleton: bytes, version: int = VERSION) -> bytes:
     """Everything in front of the payloads: magic, version, the deflated header and skeleton."""
     head = framing.deflate(json.dumps(header, separators=(",", ":")).encode())
     skel = framing.deflate(skeleton)
-    return b"".join([MAGIC, bytes([VERSION]), framing.varint(len(head)), head, framing.varint(len(skel)), skel])
+    return b"".join([MAGIC, bytes([version]), framing.varint(len(head)), head, framing.varint(len(skel)), skel])
 
 
 def encode(s: Stored, where: str, use_entropy: bool = True) -> codec.Encoded:
     try:
-        return codec.encode_tensor(s.tensor, s.qbits, s.name, use_entropy=use_entropy, codebook=s.codebook)
+        return codec.encode_tensor(
+            s.tensor,
+            s.qbits,
+            s.name,
+            use_entropy=use_entropy,
+            codebook=s.codebook,
+            group_size=s.group_size,
+            scales=s.scales,
+        )
     except PackError as exc:
         raise PackError(f"{where}: {exc}") from None
 
 
 def _pack(model: nn.Module, where: str, use_entropy: bool = True) -> tuple[bytes, list[PackedTensor]]:
     found = layout(model, where)
+    version = version_of(found.tensors)
     header, parts, report = [], [], []
     for s in found.tensors:
         enc = encode(s, where, use_entropy)
-        header.append(header_entry(s, enc.sized))
+        header.append(header_entry(s, enc.sized, version))
         parts.append(enc.payload)
         report.append(packed_tensor(s, enc.sized))
-    return b"".join([frame(header, found.skeleton), *parts]), report
+    return b"".join([frame(header, found.skeleton, version), *parts]), report
 
 
 def pack(model: nn.Module, *, entropy: bool = True) -> tuple[bytes, list[PackedTensor]]:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ...errors import PackError
-from ...weights import QUANT_BITS, dequantize, qmax
+from ...weights import QUANT_BITS, group_count, grouped_value, qmax
 from . import entropy
 from .bits import ceil8, decode_relidx, place_relidx, unpack_fields
 from .codec import stream_lengths, value_layout
@@ -24,6 +24,13 @@ def _read(data: memoryview, coded: int, n: int, nbytes: int, width: int, alphabe
     return symbols.astype(np.uint8).reshape(n, 1)  # only symbols of <= 8 bits (nbytes 1) are ever coded
 
 
+def read_scales(payload: bytes | memoryview, shape: tuple[int, ...], group_size: int) -> Tensor:
+    """The (out, groups) bfloat16 scales at the front of a quantized tensor's payload, as float32."""
+    n = shape[0] * group_count(shape, group_size)
+    high = np.frombuffer(payload[: 2 * n], dtype="<i2").astype(np.int32) << 16
+    return torch.from_numpy(high).view(torch.float32).reshape(shape[0], -1)
+
+
 def decode_tensor(
     payload: bytes | memoryview,
     shape: tuple[int, ...],
@@ -34,10 +41,11 @@ def decode_tensor(
     count: int,
     coded: tuple[int, ...] = (),
     codebook: bool = False,
+    group_size: int = 0,
 ) -> Tensor:
     """Rebuild the tensor `encode_tensor` stored (payload must be exactly `payload_size` bytes)."""
     lengths = stream_lengths(shape, dtype, qbits, encoding, k, count, coded, codebook)
-    width, nbytes, scale_bytes = value_layout(shape, dtype, qbits, codebook)
+    width, nbytes, scale_bytes = value_layout(shape, dtype, qbits, codebook, group_size)
     if len(payload) != scale_bytes + sum(lengths):
         raise PackError(f"payload holds {len(payload)} bytes, expected {scale_bytes + sum(lengths)}")
     numel = math.prod(shape)
@@ -88,7 +96,7 @@ def decode_tensor(
         codes = torch.from_numpy(rows.reshape(shape).astype(np.int16) - q).to(torch.int8)
         high = np.frombuffer(payload[:scale_bytes], dtype="<i2").astype(np.int32) << 16
         scales = torch.from_numpy(high.astype(np.int32)).view(torch.float32)
-        return dequantize(codes, scales).to(dtype)
+        return grouped_value(codes, scales, group_size).to(dtype)
     flat = torch.from_numpy(rows.reshape(-1).copy())
     if qbits == 16:
         return flat.view(torch.float16).reshape(shape).to(dtype)

@@ -2,9 +2,9 @@
 
 A file's size is its framing (magic, version, the deflated header and skeleton) plus each tensor's
 payload. A tensor's encoding depends only on what is stored -- its bytes, dtype, shape, quantization
-bits, codebook flag and the entropy setting -- so `packed_size` keys each encoding by a SHA-256 of
-exactly that (never the layer name) and reuses it: a candidate that changes one layer encodes one
-layer. The header and skeleton are rebuilt every time (they are small), so the size equals
+bits, codebook flag, group size, fixed scales and the entropy setting -- so `packed_size` keys each
+encoding by a SHA-256 of exactly that (never the layer name) and reuses it: a candidate that changes
+one layer encodes one layer. The header and skeleton are rebuilt every time (they are small), so the size equals
 `len(pack(model)[0])` byte for byte. The cache is per process (each Ray actor has its own) and
 bounded: CACHE_ENTRIES encodings, least recently used dropped first; an entry holds a few numbers,
 never the payload.
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import codec
-from .container import PackedTensor, Stored, encode, frame, header_entry, layout, packed_tensor
+from .container import PackedTensor, Stored, encode, frame, header_entry, layout, packed_tensor, version_of
 
 CACHE_ENTRIES = 65_536
 
@@ -64,14 +64,19 @@ CACHE = SizeCache()
 
 
 def content_key(s: Stored, use_entropy: bool) -> bytes:
-    """SHA-256 of what decides the tensor's encoding: its bytes, dtype, shape, bits, codebook flag."""
+    """SHA-256 of what decides the tensor's encoding: its bytes, dtype, shape, bits, codebook flag, group
+    size and fixed scales."""
     t = s.tensor.detach()
     if t.device.type != "cpu":
         t = t.cpu()
     t = t.contiguous().reshape(-1)
-    h = hashlib.sha256(f"{t.dtype}|{tuple(s.tensor.shape)}|{s.qbits}|{s.codebook}|{use_entropy}|".encode())
+    h = hashlib.sha256(
+        f"{t.dtype}|{tuple(s.tensor.shape)}|{s.qbits}|{s.codebook}|{s.group_size}|{use_entropy}|".encode()
+    )
     if t.numel():
         h.update(t.view(torch.uint8).numpy().data)
+    if s.scales is not None:  # fixed scales decide the codes too
+        h.update(b"|scales|" + s.scales.detach().cpu().float().contiguous().reshape(-1).numpy().tobytes())
     return h.digest()
 
 
@@ -98,10 +103,11 @@ def packed_size(
     """(exact bytes of `pack(model)`'s artifact, what each stored tensor costs), encoding only the
     tensors `cache` has not seen; `cache=None` encodes every tensor."""
     found = layout(model, where)
+    version = version_of(found.tensors)
     header, report, payload = [], [], 0
     for s in found.tensors:
         sized = _sized(s, where, entropy, cache)
-        header.append(header_entry(s, sized))
+        header.append(header_entry(s, sized, version))
         report.append(packed_tensor(s, sized))
         payload += sized.nbytes
-    return len(frame(header, found.skeleton)) + payload, report
+    return len(frame(header, found.skeleton, version)) + payload, report

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import PackError
-from ...weights import add_codebook, add_fake_quant, add_mask
+from ...weights import QUANT_BITS, add_codebook, add_fake_quant, add_mask
 from . import codec, decode, framing, limits
-from .container import _FLAG_CODEBOOK, _FLAG_GRAD, _FLAG_MASKED, _FLAG_PARAM, _HEADER_FIELDS, MAGIC, READS
+from .container import _FLAG_CODEBOOK, _FLAG_FIXED, _FLAG_GRAD, _FLAG_MASKED, _FLAG_PARAM, _HEADER_FIELDS, MAGIC, READS
 from .skeleton import RestrictedUnpickler, TrustedUnpickler
 
 
@@ -42,14 +42,26 @@ def _parse_header(raw: bytes, where: str, version: int) -> list[tuple]:
             and all(type(d) is int and d >= 0 for d in e[0])
             and isinstance(e[1], str)
             and all(type(x) is int for x in e[2:7])
-            and (len(e) == 7 or (isinstance(e[7], list) and e[7] and all(type(c) is int for c in e[7])))
+            and (len(e) == 7 or (isinstance(e[7], list) and (e[7] or len(e) == 9)))
+            and (len(e) == 7 or all(type(c) is int for c in e[7]))
+            and (len(e) < 9 or (type(e[8]) is int and e[8] > 0))
         ):
             raise _corrupt(where, f"header entry {i} is malformed")
         dtype = getattr(torch, e[1], None)
         if not isinstance(dtype, torch.dtype) or not 0 <= e[4] < len(codec.ENCODINGS):
             raise _corrupt(where, f"header entry {i} has dtype {e[1]!r}, encoding {e[4]}")
         parsed.append(
-            (tuple(e[0]), dtype, e[2], e[3], codec.ENCODINGS[e[4]], e[5], e[6], tuple(e[7]) if len(e) == 8 else ())
+            (
+                tuple(e[0]),
+                dtype,
+                e[2],
+                e[3],
+                codec.ENCODINGS[e[4]],
+                e[5],
+                e[6],
+                tuple(e[7]) if len(e) >= 8 else (),
+                e[8] if len(e) == 9 else 0,
+            )
         )
     return parsed
 
@@ -103,15 +115,19 @@ def _unpack(data: bytes, trusted: bool, where: str, allow: tuple[str, ...], max_
             f"limit; if it is a model you trust this large, pass max_bytes={declared}"
         )
     tensors: list[Tensor] = []
-    for i, (shape, dtype, qbits, flags, encoding, k, count, coded) in enumerate(header):
+    fixed: dict[int, Tensor] = {}  # tensor index -> its stored scales, where they are fixed
+    for i, (shape, dtype, qbits, flags, encoding, k, count, coded, group) in enumerate(header):
         try:
             book = bool(flags & _FLAG_CODEBOOK)
-            size = codec.payload_size(shape, dtype, qbits, encoding, k, count, coded, book)
+            size = codec.payload_size(shape, dtype, qbits, encoding, k, count, coded, book, group)
             if pos + size > len(data):
                 raise PackError(f"tensor {i} needs {size} bytes, {len(data) - pos} are left")
-            tensor = decode.decode_tensor(
-                memoryview(data)[pos : pos + size], shape, dtype, qbits, encoding, k, count, coded, book
-            )
+            payload = memoryview(data)[pos : pos + size]
+            tensor = decode.decode_tensor(payload, shape, dtype, qbits, encoding, k, count, coded, book, group)
+            if flags & _FLAG_FIXED:
+                if qbits not in QUANT_BITS or book:
+                    raise PackError(f"fixed scales on a {qbits}-bit {'codebook ' if book else ''}tensor")
+                fixed[i] = decode.read_scales(payload, shape, group)
         except PackError as exc:
             raise _corrupt(where, f"tensor {i}: {exc}") from None
         pos += size
@@ -137,7 +153,7 @@ def _unpack(data: bytes, trusted: bool, where: str, allow: tuple[str, ...], max_
     if not isinstance(model, nn.Module):
         raise _corrupt(where, f"skeleton holds {type(model).__name__}, not an nn.Module")
     limits.check_graph(model, where)
-    _reattach(model, header, tensors, where)
+    _reattach(model, header, tensors, fixed, where)
     return model
 
 
@@ -145,12 +161,13 @@ def _itemsize(dtype: torch.dtype) -> int:
     return max(1, torch.empty((), dtype=dtype).element_size())
 
 
-def _reattach(model: nn.Module, header: list, tensors: list[Tensor], where: str) -> None:
-    """Register PruneMask / FakeQuant again on the weights that carried them when saved."""
+def _reattach(model: nn.Module, header: list, tensors: list[Tensor], fixed: dict[int, Tensor], where: str) -> None:
+    """Register PruneMask / FakeQuant (its group size and fixed scales) again on the weights that carried
+    them when saved."""
     names: dict[int, str] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(param), name)
-    for entry, tensor in zip(header, tensors):
+    for i, (entry, tensor) in enumerate(zip(header, tensors)):
         qbits, pruned, book = entry[2], bool(entry[3] & _FLAG_MASKED), bool(entry[3] & _FLAG_CODEBOOK)
         if not (qbits or pruned):
             continue
@@ -164,7 +181,7 @@ def _reattach(model: nn.Module, header: list, tensors: list[Tensor], where: str)
         if book:
             add_codebook(module, qbits, _centroids(tensor.detach(), qbits))
         elif qbits:
-            add_fake_quant(module, qbits)
+            add_fake_quant(module, qbits, entry[8], fixed.get(i))
 
 
 def _centroids(weight: Tensor, bits: int) -> Tensor:

@@ -2,7 +2,9 @@
 
 One row per (layer, choice): "sparsity", "structured", "bits" or "rank", applied to that layer only with
 no fine-tuning (BatchNorm re-estimated per FinetuneConfig.bn_batches where the structure changed) and
-measured on the study's runtime: the accuracy drop, and the bytes, MACs and latency it saves. The rows
+measured on the study's runtime: the accuracy drop, and the bytes, MACs and latency it saves. Where the
+layer's space offers calibrated choices (rounding gptq, group sizes, criterion wanda / sparsegpt), bits
+and sparsity rows use the most accurate of them (calibrated_variant; the row records which). The rows
 run in parallel on the executor. The table drives narrow.py and warmstart.py and is stored in the study
 (user attribute "sensitivity"), so a resume does not measure it again.
 """
@@ -49,41 +51,84 @@ FIRST_KEY = -1000  # executor keys of the rows: FIRST_KEY - i (trials use number
 
 @dataclass(frozen=True)
 class Choice1:
-    """One choice of one layer, applied alone."""
+    """One choice of one layer, applied alone. A bits choice of 2..8 is rounded by `rounding` with
+    `group_size`, a sparsity choice pruned by `criterion`: the most accurate variants the layer's space
+    offers (calibrated_variant), so the table says what the best candidate with that choice loses."""
 
     layer: str
     field: str  # sparsity | structured | bits | rank
     value: float
+    rounding: str = "nearest"
+    group_size: int = 0
+    criterion: str = "magnitude"
 
     def policy(self) -> Policy:
         if self.field == "sparsity":
-            lp = LayerPolicy(sparsity=self.value)
+            lp = LayerPolicy(sparsity=self.value, criterion=self.criterion)
         elif self.field == "structured":
             lp = LayerPolicy(sparsity=self.value, structured=True)
         elif self.field == "bits":
-            lp = LayerPolicy(bits=int(self.value))
+            codes = 2 <= int(self.value) <= 8
+            lp = LayerPolicy(
+                bits=int(self.value),
+                rounding=self.rounding if codes else "nearest",
+                group_size=self.group_size if codes else 0,
+            )
         else:
             lp = LayerPolicy(rank=self.value)
         return Policy(layers={self.layer: lp})
+
+    @classmethod
+    def from_row(cls, r: dict[str, Any]) -> Choice1:
+        """The choice a table row measured (rows stored before calibrated variants read as plain ones)."""
+        return cls(
+            r["layer"],
+            r["field"],
+            r["value"],
+            r.get("rounding", "nearest"),
+            int(r.get("group_size", 0)),
+            r.get("criterion", "magnitude"),
+        )
+
+
+CRITERION_PREFERENCE = ("sparsegpt", "wanda", "magnitude")  # most accurate first, on every model measured
+
+
+def calibrated_variant(fields: dict[str, Any]) -> dict[str, Any]:
+    """The most accurate rounding, group size and criterion a layer's choices offer: "gptq" over
+    "nearest", the smallest group (0, per channel, only where nothing smaller is offered), and the
+    first of CRITERION_PREFERENCE offered."""
+    groups = [g for g in fields["group_size"].values if g > 0]
+    return {
+        "rounding": "gptq" if "gptq" in fields["rounding"].values else fields["rounding"].values[0],
+        "group_size": min(groups) if groups else 0,
+        "criterion": next(c for c in CRITERION_PREFERENCE if c in (*fields["criterion"].values, "magnitude")),
+    }
 
 
 def choices(bound: BoundSpace) -> list[Choice1]:
     """Every non-identity single choice of the bound space, layer by layer."""
     out: list[Choice1] = []
     for layer, fields in bound.layers.items():
+        v = calibrated_variant(fields)
         structured = fields["structured"].values
         for s in fields["sparsity"].values:
             if s > 0 and False in structured:
-                out.append(Choice1(layer, "sparsity", s))
+                out.append(Choice1(layer, "sparsity", s, criterion=v["criterion"]))
             if s > 0 and True in structured:
                 out.append(Choice1(layer, "structured", s))
-        out += [Choice1(layer, "bits", b) for b in fields["bits"].values if b != 32]
+        out += [
+            Choice1(layer, "bits", b, rounding=v["rounding"], group_size=v["group_size"])
+            for b in fields["bits"].values
+            if b != 32
+        ]
         out += [Choice1(layer, "rank", r) for r in fields["rank"].values if r < 1.0]
     return out
 
 
 def row(c: Choice1, o: Outcome, baseline: Measurement) -> dict[str, Any]:
-    """A table row from one measured choice (a failed one keeps its error and no numbers)."""
+    """A table row from one measured choice (a failed one keeps its error and no numbers); a
+    calibrated variant's rounding, group size and criterion are kept where they are not the defaults."""
     r: dict[str, Any] = {
         "layer": c.layer,
         "field": c.field,
@@ -92,6 +137,8 @@ def row(c: Choice1, o: Outcome, baseline: Measurement) -> dict[str, Any]:
         "skipped": None,
         "error": o.error,
     }
+    variant = {"rounding": c.rounding, "group_size": c.group_size, "criterion": c.criterion}
+    r.update({k: v for k, v in variant.items() if v != Choice1.__dataclass_fields__[k].default})
     if o.ok:
         m = o.measurement
         r.update(

@@ -25,6 +25,7 @@ from torch import nn
 from ...measure import Measurement
 from ...measure.packing.sizing import payload_bytes
 from ...space import BoundSpace
+from ...space.schema import IDENTITY
 from ...techniques.lowrank import factor_params, svd_factors, target_rank
 from ...techniques.prune import magnitude_mask
 from ...weights import quantize_value
@@ -297,4 +298,4 @@ def _both_distill(
 
 def _identity(name: str) -> Any:
     field = name.rsplit(".", 1)[-1]
-    return {"sparsity": 0.0, "structured": False, "bits": 32, "rank": 1.0, "codebook": "linear"}[field]
+    return IDENTITY[field]

@@ -1,0 +1,204 @@
+"""Calibration statistics for the calibrated techniques (GPTQ rounding, Wanda and SparseGPT pruning).
+
+Each calibrated layer sees the inputs it gets in the model being compressed -- after low-rank and
+structured pruning, before unstructured pruning and quantization -- on CALIBRATION_EXAMPLES training
+examples (the task's first, in a fixed shuffled order, so a recipe replays bitwise). What is kept is
+the Gram matrix X^T X of the layer's input rows (a Linear's input vectors; a Conv's unfolded patches),
+summed in float64: GPTQ and SparseGPT use it as their Hessian, Wanda its diagonal (the squared norm
+of each input feature). One forward pass over the examples serves as many layers as fit in
+GRAM_BUDGET_BYTES of float64 Gram matrices; further passes serve the rest. Each layer's matrix is
+then kept in float32 (cols^2 * 4 bytes) until the technique that needs it is done, and freed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..policy import LayerPolicy
+from ..task import iterate_batches
+from .layers import weight_layers
+from .registry import Skipped, Technique, register
+
+CALIBRATION_EXAMPLES = 512
+GRAM_BUDGET_BYTES = 256 * 2**20
+
+Batches = Callable[[], Iterable[Tensor]]  # a fresh pass over the calibration inputs each call
+
+
+@dataclass
+class LayerInputs:
+    """The Gram matrix (cols x cols; summed in float64, kept in float32) of a layer's input rows and
+    how many rows it sums."""
+
+    gram: Tensor
+    rows: int
+
+    @property
+    def feature_norms(self) -> Tensor:
+        """The L2 norm of each input feature over the calibration rows (Wanda's ||X_j||)."""
+        return self.gram.diagonal().clamp(min=0).sqrt()
+
+    def hessian(self) -> Tensor:
+        """X^T X / rows in float32: the layer-wise reconstruction loss's Hessian up to a factor of 2."""
+        return (self.gram / max(self.rows, 1)).float()
+
+
+def input_rows(layer: nn.Module, x: Tensor) -> Tensor:
+    """The rows the layer's weight multiplies, as a (rows, cols) matrix matching weight.reshape(out, -1)."""
+    if isinstance(layer, nn.Linear):
+        return x.reshape(-1, layer.in_features)
+    if isinstance(layer, nn.Conv2d):
+        patches = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (N, C*kh*kw, L)
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    if isinstance(layer, nn.Conv1d):
+        patches = F.unfold(
+            x.unsqueeze(-1),
+            (layer.kernel_size[0], 1),
+            (layer.dilation[0], 1),
+            (layer.padding[0], 0),
+            (layer.stride[0], 1),
+        )
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    raise TypeError(f"{type(layer).__name__} has no input matrix")
+
+
+def unsupported(layer: nn.Module) -> str | None:
+    """Why a layer's inputs cannot be calibrated on, or None."""
+    if isinstance(layer, nn.Linear):
+        return None
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+        if layer.groups != 1:
+            return f"{type(layer).__name__} with groups={layer.groups} has no single input matrix"
+        if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+            return f"{type(layer).__name__} with padding {layer.padding!r} / {layer.padding_mode!r} is not unfolded"
+        return None
+    return f"{type(layer).__name__} has no input activations to calibrate on (Linear and Conv1d/2d have)"
+
+
+def collect(model: nn.Module, layers: list[nn.Module], batches: Batches) -> dict[int, LayerInputs]:
+    """{id(layer): LayerInputs} for `layers` of `model` over the calibration batches, in as many passes as
+    GRAM_BUDGET_BYTES needs (one for most models). The model runs in eval mode without gradients."""
+    out: dict[int, LayerInputs] = {}
+    for group in _passes(layers):
+        found = {id(layer): LayerInputs(_zeros(layer), 0) for layer in group}
+        hooks = [layer.register_forward_pre_hook(_accumulate(found[id(layer)], layer)) for layer in group]
+        was_training = model.training
+        try:
+            model.eval()
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            with torch.no_grad():
+                for x in batches():
+                    model(x.to(device))
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(was_training)
+        for inputs in found.values():  # kept until their layer is done, in float32
+            inputs.gram = inputs.gram.float()
+        out.update(found)
+    return out
+
+
+def _cols(layer: nn.Module) -> int:
+    return layer.weight.shape[1:].numel()
+
+
+def _zeros(layer: nn.Module) -> Tensor:
+    return torch.zeros(_cols(layer), _cols(layer), dtype=torch.float64, device=layer.weight.device)
+
+
+def _passes(layers: list[nn.Module]) -> Iterator[list[nn.Module]]:
+    group: list[nn.Module] = []
+    used = 0
+    for layer in layers:
+        size = 8 * _cols(layer) ** 2
+        if group and used + size > GRAM_BUDGET_BYTES:
+            yield group
+            group, used = [], 0
+        group.append(layer)
+        used += size
+    if group:
+        yield group
+
+
+def _accumulate(into: LayerInputs, layer: nn.Module) -> Callable[..., None]:
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        rows = input_rows(layer, args[0].detach()).double()
+        into.gram += rows.T @ rows
+        into.rows += rows.shape[0]
+
+    return hook
+
+
+def calibration_inputs(data: Any, batch_size: int, examples: int = CALIBRATION_EXAMPLES, seed: int = 0) -> Batches:
+    """The first `examples` inputs of `data` (a Dataset) in a fixed shuffled order, in batches: the same
+    inputs every call and every run."""
+
+    def batches() -> Iterator[Tensor]:
+        seen = 0
+        generator = torch.Generator().manual_seed(seed)
+        for x, _ in iterate_batches(data, batch_size, shuffle=True, generator=generator):
+            if seen >= examples:
+                return
+            x = x[: examples - seen]
+            seen += len(x)
+            yield x
+
+    return batches
+
+
+@register
+class Calibrate(Technique):
+    """Collects the input statistics of every layer whose policy is calibrated (before pruning), into
+    context["calibration_stats"]; layers it cannot calibrate fall back to nearest rounding and
+    magnitude pruning, reported as skipped."""
+
+    name = "calibrate"
+    order = 25
+
+    def selects(self, lp: LayerPolicy) -> bool:
+        return lp.calibrated
+
+    def apply(self, model: nn.Module, targets: dict[str, LayerPolicy], context: dict[str, Any]) -> list[Skipped]:
+        batches: Batches | None = context.get("calibration")
+        if batches is None:  # apply.py refuses calibrated policies without data before any work
+            raise RuntimeError("calibrated policy without calibration data")
+        skipped: list[Skipped] = []
+        leaves: list[nn.Module] = []
+        for name, lp in targets.items():
+            layers = weight_layers(model.get_submodule(name))
+            if isinstance(layers, str):
+                continue  # the pruning / quantization technique reports it
+            for layer in layers:
+                why = unsupported(layer)
+                if why is None:
+                    leaves.append(layer)
+                else:
+                    fallback = ", ".join(_fallbacks(lp))
+                    skipped.append(Skipped(name, self.name, f"{why}; {fallback}"))
+        t0 = time.perf_counter()
+        context["calibration_stats"] = collect(model, leaves, batches)
+        context["calibration_s"] = context.get("calibration_s", 0.0) + time.perf_counter() - t0
+        return skipped
+
+
+def _fallbacks(lp: LayerPolicy) -> list[str]:
+    out = []
+    if lp.rounding == "gptq":
+        out.append("rounded to nearest")
+    if lp.criterion != "magnitude" and lp.sparsity > 0:
+        out.append("pruned by magnitude")
+    return out
+
+
+def pop_stats(context: dict[str, Any], layer: nn.Module, keep: bool = False) -> LayerInputs | None:
+    """The layer's calibration statistics (None where it has none); freed unless `keep`."""
+    stats: dict[int, LayerInputs] = context.get("calibration_stats", {})
+    return stats.get(id(layer)) if keep else stats.pop(id(layer), None)
