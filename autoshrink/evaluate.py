@@ -30,8 +30,10 @@ def compress(
     when the policy says so): the compressed model that `evaluate` measures and `apply_recipe`
     returns. `example_input` (default: the task's) traces the model for structured pruning.
 
-    With a task, BatchNorm statistics are re-estimated where channels were removed or layers
-    factorized (FinetuneConfig.bn_batches), before fine-tuning and also when there is none. With
+    With a task, BatchNorm statistics are re-estimated (FinetuneConfig.bn_batches) where channels were
+    removed or layers factorized, before fine-tuning; and for every post-training candidate (a policy
+    that changes a layer, with no fine-tune to follow), since pruned or quantized weights shift the
+    activations the statistics describe. With
     schedule="gradual" the structured channels are removed in rounds during the fine-tune (see
     train/gradual.py), ending exactly where the one-shot prune would. A policy that changes no
     layer is not fine-tuned: that would not be "no compression". Calibrated choices (gptq, wanda,
@@ -43,7 +45,7 @@ def compress(
     train = task is not None and cfg.steps > 0 and bool(policy.active())
     teacher = model if policy.distill else None
     structured = {n for n, lp in policy.layers.items() if lp.structured and lp.sparsity > 0}
-    calibration = None if task is None else task_calibration(task)
+    calibration = None if task is None else task_calibration(task, seed=cfg.seed)
     if train and cfg.schedule == "gradual":
         calibrated = [n for n, lp in policy.layers.items() if lp.calibrated]
         if calibrated:
@@ -57,8 +59,8 @@ def compress(
     with clock.stage("apply"):
         small, report = apply_policy_with_report(model, policy, example_input=x, calibration=calibration)
     clock.move("apply", "calibrate", report.calibration_s)
-    if task is not None and report.restructured:
-        with clock.stage("calibrate"):
+    if task is not None and (report.restructured or (not train and bool(policy.active()))):
+        with clock.stage("calibrate"):  # a post-training candidate's statistics follow its compression
             recalibrate_batchnorm(small, task, batches=cfg.bn_batches, seed=cfg.seed)
     if train:
         with clock.stage("finetune"):

@@ -48,7 +48,7 @@ def test_the_weight_representation_imports_no_stage() -> None:
 
 def test_import_resolution_sees_relative_imports() -> None:
     found = _imports(PACKAGE / "measure" / "packing" / "codec.py")
-    assert "autoshrink.weights.quantize_codes" in found and "autoshrink.errors.PackError" in found
+    assert "autoshrink.weights.grouped_codes" in found and "autoshrink.errors.PackError" in found
 
 
 def _module_name(path: Path) -> str:

@@ -8,6 +8,7 @@ import os
 import uuid
 from html import escape
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -28,7 +29,7 @@ from .figures import (
 from .latency import latency_section
 from .policies import policy_heatmaps
 from .splits import interval, splits_line
-from .stages import narrowed_table, refined_table, sensitivity_heatmap, stages_section
+from .stages import narrowed_table, prepass_plan_note, refined_table, sensitivity_heatmap, stages_section
 from .storage import storage_table
 
 SLOWER_WHY = (
@@ -181,7 +182,8 @@ def _front_table(result: SearchResult, frame: pd.DataFrame) -> str:
         "<th>held-out accuracy (%)</th><th>held-out drop (pp)</th><th>held-out 95 % (pp)</th>"
         "<th>size_bytes</th><th>compression (x)</th>"
         '<th>latency_ms</th><th>speedup (x)</th><th>MACs</th><th class="text">runtime</th>'
-        '<th class="text">device</th><th class="text">policy</th><th class="text">note</th></tr>'
+        '<th class="text">device</th><th class="text">policy</th><th>fine-tune steps</th>'
+        '<th class="text">note</th></tr>'
     )
     body = []
     for r in front.itertuples():
@@ -197,7 +199,8 @@ def _front_table(result: SearchResult, frame: pd.DataFrame) -> str:
             f"<td>{_num(r.speedup, '.2f')}</td>"
             f'<td>{int(r.macs)}</td><td class="text">{escape(str(r.runtime))}</td>'
             f'<td class="text">{escape(str(r.device))}</td>'
-            f'<td class="text">{escape(str(info.loc[r.trial, "summary"]))}</td><td class="text">{badge}</td></tr>'
+            f'<td class="text">{escape(str(info.loc[r.trial, "summary"]))}</td>'
+            f'<td>{_steps(info.loc[r.trial, "finetune_steps"])}</td><td class="text">{badge}</td></tr>'
         )
     why = ""
     flagged = int(sum(bool(info.loc[t, "slower"]) for t in front["trial"]))
@@ -208,6 +211,11 @@ def _front_table(result: SearchResult, frame: pd.DataFrame) -> str:
             f"{RUNTIME_WHY.get(study_runtime(result), '')}</p>"
         )
     return f'<table id="front-table">{head}{"".join(body)}</table>{why}'
+
+
+def _steps(v: Any) -> str:
+    """A trial's fine-tune steps: 0 for a post-training candidate, '-' where the study did not record them."""
+    return "-" if v is None or v != v else str(int(v))
 
 
 def _failed_table(frame: pd.DataFrame) -> str:
@@ -253,10 +261,11 @@ def build_report(result: SearchResult) -> str:
     if heat is not None:
         parts.append(
             '<p class="caption">Each cell: the accuracy drop (pp) of one choice applied to one layer '
-            "alone, without fine-tuning (BatchNorm statistics re-estimated where the structure changed); "
+            "alone, without fine-tuning (BatchNorm statistics re-estimated); "
             '"removed" marks the choices the narrowed space dropped.</p>'
         )
         parts.append(render(heat, "sensitivity"))
+    parts.append(prepass_plan_note(result))
     parts.append(narrowed_table(result))
 
     parts.append("<h2>Pareto front</h2>")

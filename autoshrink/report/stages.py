@@ -92,6 +92,17 @@ def sensitivity_heatmap(result: SearchResult) -> go.Figure | None:
     return fig
 
 
+def prepass_plan_note(result: SearchResult) -> str:
+    """What the pre-pass budget measured, shared and skipped, and why (empty when it measured everything)."""
+    plan = (result.study.user_attrs.get(StudyAttr.SENSITIVITY) or {}).get("plan") or {}
+    if not plan.get("why"):
+        return ""
+    return (
+        f'<p id="prepass-plan">Pre-pass: {plan["measured"]} of {plan["choices"]} choices measured, '
+        f"{plan['shared']} shared from a repeated layer, {plan['skipped']} skipped: {escape(plan['why'])}.</p>"
+    )
+
+
 def narrowed_table(result: SearchResult) -> str:
     attrs = result.study.user_attrs
     if StudyAttr.SENSITIVITY not in attrs:

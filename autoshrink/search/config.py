@@ -49,7 +49,7 @@ class SearchConfig:
     max_latency_ms: float | None = None
     latency: LatencyConfig | None = None
     runtime: str = "auto"
-    sensitivity: bool = True
+    sensitivity: bool | str = True  # True: within the pre-pass budget; "full": every choice; False: none
     narrow_cutoff: float | None = None
     warm_start: bool | int = True
     screen: bool | float | Screening = True
@@ -139,6 +139,15 @@ def _number(low: float, high: float, closed_low: bool, closed_high: bool, fix: s
         return float(v)
 
     return check
+
+
+def _sensitivity(v: Any) -> bool | str:
+    if v is True or v is False or v == "full":
+        return v
+    raise SettingError(
+        'use true (the pre-pass within its budget, a quarter of the search\'s), "full" (every choice '
+        "whatever the budget) or false (none)."
+    )
 
 
 def _boolean(v: Any) -> bool:
@@ -303,7 +312,9 @@ SETTINGS: dict[str, Setting] = {
     ),
     "latency": Setting(_latency, "latency timing: {warmup, min_repeats, min_seconds, max_repeats}"),
     "runtime": Setting(_runtime, "the runtime every trial is measured on (decided once per study)", cli="text"),
-    "sensitivity": Setting(_boolean, "run the sensitivity pre-pass (and narrowing, warm start)"),
+    "sensitivity": Setting(
+        _sensitivity, 'the sensitivity pre-pass (and narrowing, warm start): true (budgeted), "full" or false'
+    ),
     "narrow_cutoff": Setting(
         _number(0, 1, False, True, "use a drop in (0, 1] (0.1 = 10 pp), or None."),
         "drop a choice that alone costs more than this (fraction)",

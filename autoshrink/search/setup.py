@@ -32,7 +32,8 @@ from .stages.fidelity import Screening
 from .stages.latency_limit import ATTR as LIMIT_ATTR
 from .stages.narrow import narrow
 from .stages.narrow import narrow_cutoff as cutoff_for
-from .stages.refine import REFINE_STEP_FACTOR, refine_config
+from .stages.prepass_budget import budget_seconds, estimates, expected_trials, plan_prepass, shared_row
+from .stages.refine import refine_config, refine_steps
 from .stages.runtime import study_runtime
 from .stages.sensitivity import Choice1, choices, run_choices
 from .stages.warmstart import warm_start_params
@@ -79,7 +80,7 @@ def plan(model: nn.Module, task: Task, space: SearchSpace, cfg: SearchConfig) ->
     ft = FinetuneConfig.from_dict({**ft, "seed": cfg.seed})
     refine = None
     if cfg.refine_top:
-        steps = cfg.refine_steps if cfg.refine_steps is not None else max(1, REFINE_STEP_FACTOR * ft.steps)
+        steps = cfg.refine_steps if cfg.refine_steps is not None else refine_steps(ft.steps)
         refine = refine_config(ft, steps, cfg.refine_finetune)
     grid = {name: list(choice.values) for name, choice in bound.params()}
     study_name = cfg.study_name or f"autoshrink-{type(model).__name__.lower()}"
@@ -90,7 +91,7 @@ def plan(model: nn.Module, task: Task, space: SearchSpace, cfg: SearchConfig) ->
         finetune=ft,
         refine=refine,
         latency=latency,
-        screening=_screening(cfg.screen),
+        screening=_screening(cfg.screen) if ft.steps > 0 else None,  # a post-training candidate is screened by itself
         n_warm=_warm_count(cfg.warm_start, cfg.n_trials),
         cutoff=cutoff_for(cfg.max_accuracy_drop, cfg.narrow_cutoff) if cfg.sensitivity else None,
         first_sampler=make_sampler(
@@ -226,10 +227,10 @@ def setup(
             ctx.observe_latency(Policy(), Outcome(BASELINE_KEY, baseline, None, base_s))
     pre_s = 0.0
     if cutoff is not None:
-        rows, pre_s = _sensitivity(ctx, bound, ft)
+        rows, pre_s = _sensitivity(ctx, bound, ft, model, task, cfg.n_trials, cfg.sensitivity == "full")
         if pre_s and ctx.latency_table is not None:  # measured in this run: its timings join the table
             for r in rows:
-                if r.get("layer_latency_ms"):
+                if r.get("layer_latency_ms"):  # measured rows only (a shared copy has none)
                     ctx.latency_table.observe(
                         Choice1.from_row(r).policy(),
                         r["layer_latency_ms"],
@@ -250,7 +251,11 @@ def setup(
                 values_of=replayable_values(objs),
             )
     if not study.user_attrs.get(StudyAttr.ENQUEUED):
-        _enqueue(study, model, bound, baseline, objs, plan.n_warm if cutoff is not None else 0, cfg.n_trials)
+        room = cfg.n_trials
+        if room is None and cfg.timeout is not None:  # half the trials the timeout leaves are the sampler's
+            trial_s = estimates(baseline, ft, len(task.eval_data), task.batch_size)[2]
+            room = (expected_trials(None, cfg.timeout, trial_s, pre_s) or 0) // 2
+        _enqueue(study, model, bound, baseline, objs, plan.n_warm if cutoff is not None else 0, room)
     return study, result, ctx, bound, pre_s
 
 
@@ -267,31 +272,50 @@ def _screen_attr(screening: Screening | None, max_drop: float | None) -> dict[st
     }
 
 
-def _sensitivity(ctx: LoopContext, bound: BoundSpace, ft: FinetuneConfig) -> tuple[list[dict[str, Any]], float]:
-    """The stored pre-pass table, or run it now on the executor and store it (with its cost); and the
-    wall seconds this run spent on it."""
+def _sensitivity(
+    ctx: LoopContext,
+    bound: BoundSpace,
+    ft: FinetuneConfig,
+    model: nn.Module,
+    task: Task,
+    n_trials: int | None,
+    full: bool,
+) -> tuple[list[dict[str, Any]], float]:
+    """The stored pre-pass table, or run what the budget pays for now on the executor and store it (with
+    its plan and cost; stages/prepass_budget.py); and the wall seconds this run spent on it."""
     stored = ctx.study.user_attrs.get(StudyAttr.SENSITIVITY)
     if stored:
         return stored["rows"], 0.0
     t0 = time.perf_counter()
     items = choices(bound)
-    ctx.announce("pre-pass", 0, len(items), t0)
+    choice_s, calibrated_s, trial_s = estimates(ctx.baseline, ft, len(task.eval_data), task.batch_size)
+    budget = None if full else budget_seconds(ctx.timeout, n_trials, trial_s)
+    plan = plan_prepass(items, model, budget, choice_s, calibrated_s)
+    ctx.announce("pre-pass", 0, len(plan.measured), t0)
 
     def on_row(done: int, c: Choice1, o: Outcome) -> None:
         last = {"layer": c.layer, "field": c.field, "value": c.value, "ok": o.ok, "error": o.error}
         if o.ok:
             last["accuracy_drop"] = ctx.baseline.accuracy - o.measurement.accuracy
-        ctx.announce("pre-pass", done, len(items), t0, last)
+        ctx.announce("pre-pass", done, len(plan.measured), t0, last)
 
     rows, seconds = run_choices(
-        ctx.ex, ctx.clock.wait, items, ctx.baseline, ctx.runtime, ft.bn_batches, ft.seed, on_row
+        ctx.ex, ctx.clock.wait, plan.measured, ctx.baseline, ctx.runtime, ft.bn_batches, ft.seed, on_row
     )
     ctx.eval_s += seconds
     for r in rows:
         ctx.add_cost({stage: r[f"{stage}_s"] for stage in STAGES if r.get(f"{stage}_s") is not None})
+    measured = {(r["layer"], r["field"], r["value"]): r for r in rows}
+    rows += [shared_row(measured[(rep.layer, rep.field, rep.value)], c.layer) for c, rep in plan.copies]
     wall = time.perf_counter() - t0
     ctx.study.set_user_attr(
-        StudyAttr.SENSITIVITY, {"rows": rows, "eval_s": round(seconds, 3), "wall_s": round(wall, 3)}
+        StudyAttr.SENSITIVITY,
+        {
+            "rows": rows,
+            "eval_s": round(seconds, 3),
+            "wall_s": round(wall, 3),
+            "plan": {**plan.info, "estimated_trial_s": round(trial_s, 4)},
+        },
     )
     return rows, wall
 
@@ -305,8 +329,9 @@ def _enqueue(
     n_warm: int,
     n_trials: int | None,
 ) -> None:
-    """The uniform baselines, then the warm-start policies (no more than n_trials leaves room for,
-    so that none is left waiting when the budget ends), once per study."""
+    """The uniform baselines, then the warm-start policies (no more than `n_trials` leaves room for, so
+    that none is left waiting when the budget ends; a timeout-only search passes half the trials its
+    timeout is expected to leave, so that at least half are the sampler's), once per study."""
     base = _baselines(bound)
     for params in base:
         study.enqueue_trial(params, user_attrs={TrialAttr.BASELINE_POLICY: True})

@@ -18,6 +18,21 @@ from .schema import FIELDS, IDENTITY, Choice, Rule, SearchSpace
 DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+CRITERION_PREFERENCE = ("sparsegpt", "wanda", "magnitude")  # most accurate first (benchmarks/calibrated.py)
+
+
+def calibrated_variant(fields: Mapping[str, Choice]) -> dict[str, Any]:
+    """The most accurate rounding, group size and criterion a layer's choices offer: "gptq" over
+    "nearest", the smallest group (0, per channel, only where no group is offered), and the first of
+    CRITERION_PREFERENCE offered. The pre-pass measures these, and the baselines and warm start use them."""
+    groups = [g for g in fields["group_size"].values if g > 0]
+    return {
+        "rounding": "gptq" if "gptq" in fields["rounding"].values else fields["rounding"].values[0],
+        "group_size": min(groups) if groups else 0,
+        "criterion": next(c for c in CRITERION_PREFERENCE if c in (*fields["criterion"].values, "magnitude")),
+    }
+
+
 def without_moot(values: dict[str, Any]) -> dict[str, Any]:
     """The layer's field values with the choices that do not apply set to their identity: a codebook,
     rounding or group size where the weight is not 2..8-bit codes (a k-means codebook takes no
@@ -105,12 +120,22 @@ class BoundSpace:
             params[name] = trial.suggest_categorical(name, list(choice.values))
         return self.policy_from_params(params)
 
+    def untouched(self, name: str) -> Any:
+        """What a searched parameter is set to where a stage chooses nothing for it: the identity, but
+        the layer's calibrated_variant for rounding, group_size and criterion."""
+        layer, _, fld = name.rpartition(".")
+        if name == "distill":
+            return False
+        if fld in ("rounding", "group_size", "criterion"):
+            return calibrated_variant(self.layers[layer])[fld]
+        return IDENTITY[fld]
+
     def nearest_params(self, targets: Mapping[str, Any]) -> dict[str, Any]:
-        """Searched params set to the allowed values nearest `targets` (field -> value; missing = identity)."""
+        """Searched params set to the allowed values nearest `targets` (field -> value; missing: `untouched`)."""
         out = {}
         for name, choice in self.params():
             fld = name.rsplit(".", 1)[-1] if name != "distill" else "distill"
-            out[name] = choice.nearest(targets.get(fld, IDENTITY.get(fld, False)))
+            out[name] = choice.nearest(targets[fld] if fld in targets else self.untouched(name))
         return out
 
 

@@ -23,11 +23,12 @@ from .calibration import Batches, calibration_inputs
 from .registry import Skipped, techniques
 
 
-def task_calibration(task: Any) -> Batches:
-    """The calibration inputs of a Task: its first CALIBRATION_EXAMPLES training examples, fixed order."""
+def task_calibration(task: Any, seed: int = 0) -> Batches:
+    """The calibration inputs of a Task: CALIBRATION_EXAMPLES training examples, the first in the order
+    `seed` shuffles them (a search's seed; recipes replay it)."""
     if not isinstance(task, Task):
         raise PolicyError(f"apply_policy: task must be an autoshrink.Task, got {type(task).__name__}.")
-    return calibration_inputs(task.train_data, task.batch_size)
+    return calibration_inputs(task.train_data, task.batch_size, seed=seed)
 
 
 class CompressionWarning(UserWarning):

@@ -3,11 +3,12 @@
 Each calibrated layer sees the inputs it gets in the model being compressed -- after low-rank and
 structured pruning, before unstructured pruning and quantization -- on CALIBRATION_EXAMPLES training
 examples (the task's first, in a fixed shuffled order, so a recipe replays bitwise). What is kept is
-the Gram matrix X^T X of the layer's input rows (a Linear's input vectors; a Conv's unfolded patches),
-summed in float64: GPTQ and SparseGPT use it as their Hessian, Wanda its diagonal (the squared norm
-of each input feature). One forward pass over the examples serves as many layers as fit in
-GRAM_BUDGET_BYTES of float64 Gram matrices; further passes serve the rest. Each layer's matrix is
-then kept in float32 (cols^2 * 4 bytes) until the technique that needs it is done, and freed.
+the Gram matrix X^T X of the layer's input rows (a Linear's input vectors; a Conv's unfolded
+patches): float32 products of CHUNK_ROWS rows at a time, summed in float64. GPTQ and SparseGPT use it
+as their Hessian, Wanda its diagonal (the squared norm of each input feature). One forward pass over
+the examples serves as many layers as fit in GRAM_BUDGET_BYTES of float64 Gram matrices; further
+passes serve the rest. Each layer's matrix is then kept in float32 (cols^2 * 4 bytes) until the
+technique that needs it is done, and freed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .registry import Skipped, Technique, register
 
 CALIBRATION_EXAMPLES = 512
 GRAM_BUDGET_BYTES = 256 * 2**20
+CHUNK_ROWS = 8192
 
 Batches = Callable[[], Iterable[Tensor]]  # a fresh pass over the calibration inputs each call
 
@@ -130,8 +132,10 @@ def _passes(layers: list[nn.Module]) -> Iterator[list[nn.Module]]:
 
 def _accumulate(into: LayerInputs, layer: nn.Module) -> Callable[..., None]:
     def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-        rows = input_rows(layer, args[0].detach()).double()
-        into.gram += rows.T @ rows
+        rows = input_rows(layer, args[0].detach()).float()
+        for start in range(0, rows.shape[0], CHUNK_ROWS):  # float32 sums of at most CHUNK_ROWS rows at a time
+            part = rows[start : start + CHUNK_ROWS]
+            into.gram += (part.T @ part).double()
         into.rows += rows.shape[0]
 
     return hook

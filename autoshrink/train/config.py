@@ -31,9 +31,10 @@ class FinetuneConfig:
     alpha 0.7 tied best where labels are scarce and lies between labels only and distillation only
     where they are plentiful.
 
-    bn_batches: after structured pruning or low-rank factorization changed a model's structure,
-    BatchNorm running statistics are re-estimated on this many training batches (train mode, no
-    gradients, no augmentation) before fine-tuning and before any zero-step evaluation; 0 = never.
+    bn_batches: BatchNorm running statistics are re-estimated on this many training batches (train
+    mode, no gradients, no augmentation) after structured pruning or low-rank factorization changed a
+    model's structure (before fine-tuning), and for every compressed candidate evaluated without a
+    fine-tune (post-training: zero steps, the pre-pass); 0 = never.
     """
 
     steps: int = 200

@@ -302,3 +302,28 @@ def test_codebook_weights_export_as_the_float_values_they_are(tmp_path) -> None:
 
     got = run_session(ort_session(str(tmp_path / "k.onnx")), [x])[0]
     _close(got, _torch(small, x), 1e-5)
+
+
+def test_gptq_weights_export_their_fixed_scales_and_group_scales_export_as_floats(tmp_path) -> None:
+    from autoshrink.techniques import apply_policy_with_report
+    from autoshrink.weights import weight_quantizer
+
+    torch.manual_seed(3)
+    x = torch.randn(64, 1, 8, 8)
+    policy = ash.Policy(layers={"fc1": L(bits=4, rounding="gptq"), "fc2": L(bits=4, group_size=16), "fc3": L(bits=8)})
+    small, _ = apply_policy_with_report(MLP(), policy, example_input=x[:1], calibration=lambda: [x])
+    out = export_onnx(small, tmp_path / "g.onnx", example_input=x[:1], activations="weights")
+    assert out.qdq_weights == ("fc1", "fc3")  # fc2's 3 scales a row are no per-channel DequantizeLinear
+    inits = _inits(onnx.load(out.path))
+    fq = weight_quantizer(small.fc1)
+    assert np.array_equal(inits["fc1.weight_scale"], fq.scales.reshape(-1).numpy())  # the stored scales
+    assert np.array_equal(
+        inits["fc1.weight_quantized"] * inits["fc1.weight_scale"][:, None], small.fc1.weight.detach().numpy()
+    )
+    _close(run_session(ort_session(out.path, optimize="basic"), [x])[0], _torch(small, x), 1e-5)
+    from autoshrink.measure.runtime import int8_runtime
+
+    q = int8_runtime(small, torch.device("cpu"))
+    if q is not None:  # the int8 kernels take fc1's own scales; fc2 (group scales) stays float
+        assert type(q.fc2) is nn.Linear and type(q.fc1) is not nn.Linear
+        assert torch.equal(q.fc1.weight().dequantize(), small.fc1.weight.detach())

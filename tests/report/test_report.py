@@ -115,6 +115,7 @@ def searched(tmp_path_factory) -> dict:
             max_accuracy_drop=0.02,
             latency=FAST,
             screen=False,
+            sensitivity="full",
         )
     return out
 
@@ -403,6 +404,7 @@ def test_report_shows_stages_sensitivity_narrowing_and_refined_trials(tmp_path) 
         refine_top=1,
         refine_steps=6,
         narrow_cutoff=0.3,
+        sensitivity="full",
     )
     loaded = load_result("st", f"sqlite:///{tmp_path}/st.db")
     assert loaded.timing["screening"] == r.timing["screening"]  # the last run's timing is kept in the study

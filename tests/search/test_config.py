@@ -64,7 +64,7 @@ def test_yaml_reaches_the_settings_the_old_config_could_not(tmp_path) -> None:
         ),
         ("latency", "{repeats: 3}", "latency: got {'repeats': 3}; use a mapping with any of warmup, min_repeats"),
         ("warm_start", "-1", "warm_start: got -1; use true (default), false or a count >= 0."),
-        ("sensitivity", "'yes'", "sensitivity: got 'yes'; use true or false."),
+        ("sensitivity", "'yes'", "sensitivity: got 'yes'; use true (the pre-pass within its budget"),
         ("refine_finetune", "{lrr: 1}", "refine_finetune: got {'lrr': 1}; finetune: unknown key(s) 'lrr'"),
         ("objectives", "7", "objectives: got 7; use a list of objective names from accuracy, size, latency, macs."),
     ],

@@ -63,6 +63,7 @@ def _config(tmp_path: Path) -> Path:
         space: space.yaml
         objectives: [accuracy, size]
         n_trials: 5
+        sensitivity: full
         storage: sqlite:///{tmp_path}/clitest.db
     """)
     )

@@ -11,7 +11,7 @@ import torch
 
 import autoshrink as ash
 from autoshrink.executors import LocalExecutor, Outcome
-from autoshrink.measure import Measurement
+from autoshrink.measure import Measurement, RuntimeTiming
 from autoshrink.search.objectives import OBJECTIVES
 from autoshrink.search.stages.fidelity import Screening
 from autoshrink.search.stages.narrow import narrow, narrow_cutoff
@@ -87,7 +87,13 @@ def test_search_narrows_stores_the_prepass_and_a_resume_does_not_repeat_it(trap_
             Counting.prepass += key <= FIRST_KEY
             super().submit(key, policy, finetune, **kw)
 
-    kw = dict(storage=f"sqlite:///{tmp_path}/n.db", study_name="n", latency=FAST, objectives=("accuracy", "size"))
+    kw = dict(
+        storage=f"sqlite:///{tmp_path}/n.db",
+        study_name="n",
+        latency=FAST,
+        objectives=("accuracy", "size"),
+        sensitivity="full",
+    )
     r = ash.search(trap_model, digits_task(device="cpu"), trap_space, n_trials=6, executor=Counting(), **kw)
     attrs = r.study.user_attrs
     assert Counting.prepass == 5 and len(attrs["sensitivity"]["rows"]) == 5 and r.timing["sensitivity_s"] > 0
@@ -96,7 +102,7 @@ def test_search_narrows_stores_the_prepass_and_a_resume_does_not_repeat_it(trap_
     again = ash.search(trap_model, digits_task(device="cpu"), trap_space, n_trials=9, executor=Counting(), **kw)
     assert Counting.prepass == 5 and again.timing["sensitivity_s"] == 0.0 and len(again.study.trials) == 9
     with pytest.raises(ash.ConfigError, match="different search setup.*narrow_cutoff"):
-        ash.search(trap_model, digits_task(device="cpu"), trap_space, n_trials=10, sensitivity=False, **kw)
+        ash.search(trap_model, digits_task(device="cpu"), trap_space, n_trials=10, **{**kw, "sensitivity": False})
 
 
 def _combo(drop: float, nbytes: float, **kw) -> Combo:
@@ -225,8 +231,13 @@ class StubExecutor:
     def start(self, job) -> None:
         self.full_steps = job.finetune.steps
 
-    def submit(self, key, policy, finetune=None, *, runtime=None) -> None:
-        self.queue.append((key, policy, finetune))
+    def submit(self, key, policy, finetune=None, *, runtime=None, probe=False) -> None:
+        self.queue.append((key, policy, "probe" if probe else finetune))
+
+    @staticmethod
+    def probe(key: int) -> Outcome:
+        """The runtime decision (runtime="auto"): float is the faster here."""
+        return Outcome(key, None, None, 0.01, "stub", timing=RuntimeTiming({"float": 1.0}, "cpu", 1))
 
     @staticmethod
     def accuracy(policy: ash.Policy, screened: bool) -> float:
@@ -238,6 +249,8 @@ class StubExecutor:
         if not self.queue:
             return []
         key, policy, ft = self.queue.pop(0)
+        if ft == "probe":
+            return [self.probe(key)]
         steps = self.full_steps if ft is None else ft.steps
         screened = 0 < steps < self.full_steps and bool(policy.active())
         self.requests.append((key, steps))
@@ -317,6 +330,11 @@ def test_multi_fidelity_promotes_and_stops_exactly_the_expected_candidates(tiny_
 
 class NoRecovery(StubExecutor):
     """A screen reads 0.005 *higher* than the full fine-tune: the rest of the fine-tune recovers nothing."""
+
+    @staticmethod
+    def probe(key: int) -> Outcome:
+        """The runtime decision (runtime="auto"): float is the faster here."""
+        return Outcome(key, None, None, 0.01, "stub", timing=RuntimeTiming({"float": 1.0}, "cpu", 1))
 
     @staticmethod
     def accuracy(policy: ash.Policy, screened: bool) -> float:

@@ -30,7 +30,9 @@ class AdditiveStub(StubExecutor):
     def wait(self, timeout=None) -> list[Outcome]:
         if not self.queue:
             return []
-        key, policy, _ = self.queue.pop(0)
+        key, policy, ft = self.queue.pop(0)
+        if ft == "probe":
+            return [self.probe(key)]
         per = {
             name: 0.4 * policy.layers.get(name, L()).bits / 32 * (1 - policy.layers.get(name, L()).sparsity)
             for name in self.layers

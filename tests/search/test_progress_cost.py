@@ -41,6 +41,7 @@ def run(tiny_model, tmp_path_factory):
         latency=FAST,
         max_accuracy_drop=0.05,
         progress=seen.append,
+        sensitivity="full",
     )
     return result, seen
 

@@ -20,6 +20,7 @@ from .conftest import FAST
 
 def run(model, space, tmp_path, name="s", **kw):
     kw.setdefault("n_trials", 10)
+    kw.setdefault("sensitivity", "full")  # these tests are about the stages, not the pre-pass budget
     return ash.search(
         model,
         digits_task(device="cpu"),

@@ -40,7 +40,25 @@ REFINE_SLACK = 0.02
 # for max_accuracy_drop 0.5 pp): a near miss at the screen can still end within the constraint once refined
 REFINE_SCREEN_FACTOR = 1.5
 REFINE_STEP_FACTOR = 5  # default refine steps: this many times the search's fine-tune steps
+POST_TRAINING_REFINE_STEPS = 200  # default refine steps of a post-training search (0 fine-tune steps)
+
+
+def refine_steps(search_steps: int) -> int:
+    """The refine stage's default fine-tune steps: REFINE_STEP_FACTOR x the search's, or
+    POST_TRAINING_REFINE_STEPS after a post-training search (whose candidates were never fine-tuned)."""
+    return REFINE_STEP_FACTOR * search_steps if search_steps > 0 else POST_TRAINING_REFINE_STEPS
+
+
 REFINE_DEFAULTS: dict[str, Any] = {"schedule": "gradual"}
+
+
+def for_policy(cfg: FinetuneConfig, policy: Policy) -> FinetuneConfig:
+    """The refine fine-tune of one policy: one-shot where a layer's choice is calibrated (GPTQ codes, a
+    Wanda or SparseGPT mask are set once from calibration data; a gradual schedule would re-choose them
+    by magnitude), else `cfg`."""
+    if cfg.schedule == "gradual" and any(lp.calibrated for lp in policy.layers.values()):
+        return FinetuneConfig.from_dict({**cfg.to_dict(), "schedule": "oneshot"})
+    return cfg
 
 
 def refine_config(base: FinetuneConfig, steps: int, overrides: Mapping[str, Any] | None = None) -> FinetuneConfig:
@@ -182,7 +200,7 @@ def run_refine(
             attrs = {
                 "refined_from": src.number,
                 "stage": "refined",
-                "finetune": cfg.to_dict(),
+                "finetune": for_policy(cfg, policy).to_dict(),
                 "policy": policy.to_dict(),
             }
             if ctx.locks is not None:
@@ -194,7 +212,8 @@ def run_refine(
             trial = optuna.trial.Trial(study, trial_id)
             trials[trial.number] = trial
     for number, trial in trials.items():
-        submit_policy(ctx, number, Policy.from_dict(trial.user_attrs[TrialAttr.POLICY]), cfg)
+        policy = Policy.from_dict(trial.user_attrs[TrialAttr.POLICY])
+        submit_policy(ctx, number, policy, for_policy(cfg, policy))
     pending = dict(trials)
     start = time.perf_counter()
     ctx.announce("refine", 0, len(trials), start)
@@ -255,7 +274,7 @@ def refine_study(
     ft = FinetuneConfig.from_dict(study.user_attrs[StudyAttr.FINETUNE])
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ConfigError(f"refine: k={k!r}; use a positive integer.")
-    cfg = refine_config(ft, steps if steps is not None else max(1, REFINE_STEP_FACTOR * ft.steps), finetune)
+    cfg = refine_config(ft, steps if steps is not None else refine_steps(ft.steps), finetune)
     if distill is not None and not isinstance(distill, bool):
         raise ConfigError(f"refine: distill={distill!r}; use True, False or None (both where the space searches it).")
     if trials is not None:

@@ -26,6 +26,7 @@ from ...measure.cost import COLUMNS as COST_COLUMNS
 from ...measure.cost import columns
 from ...policy import LayerPolicy, Policy
 from ...space import BoundSpace, SearchSpace, bind
+from ...space.bind import calibrated_variant
 from ...task import Task, require_model_and_task
 from ...techniques.structured import structured_blockers
 from ...train import FinetuneConfig
@@ -89,21 +90,6 @@ class Choice1:
             int(r.get("group_size", 0)),
             r.get("criterion", "magnitude"),
         )
-
-
-CRITERION_PREFERENCE = ("sparsegpt", "wanda", "magnitude")  # most accurate first, on every model measured
-
-
-def calibrated_variant(fields: dict[str, Any]) -> dict[str, Any]:
-    """The most accurate rounding, group size and criterion a layer's choices offer: "gptq" over
-    "nearest", the smallest group (0, per channel, only where nothing smaller is offered), and the
-    first of CRITERION_PREFERENCE offered."""
-    groups = [g for g in fields["group_size"].values if g > 0]
-    return {
-        "rounding": "gptq" if "gptq" in fields["rounding"].values else fields["rounding"].values[0],
-        "group_size": min(groups) if groups else 0,
-        "criterion": next(c for c in CRITERION_PREFERENCE if c in (*fields["criterion"].values, "magnitude")),
-    }
 
 
 def choices(bound: BoundSpace) -> list[Choice1]:

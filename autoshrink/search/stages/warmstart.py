@@ -25,7 +25,6 @@ from torch import nn
 from ...measure import Measurement
 from ...measure.packing.sizing import payload_bytes
 from ...space import BoundSpace
-from ...space.schema import IDENTITY
 from ...techniques.lowrank import factor_params, svd_factors, target_rank
 from ...techniques.prune import magnitude_mask
 from ...weights import quantize_value
@@ -80,6 +79,26 @@ def _rows(table: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, float], Ma
     return {(r["layer"], r["field"], float(r["value"])): r for r in table}
 
 
+_AGGRESSIVE_BELOW = {"bits": True, "rank": True, "sparsity": False, "structured": False}
+
+
+def _bound(
+    rows: Mapping[tuple[str, str, float], Mapping[str, Any]], layer: str, field: str, value: float
+) -> float | None:
+    """The drop of the mildest measured value of `field` on `layer` more aggressive than `value` (fewer
+    bits, lower rank, higher sparsity): an upper bound where drops grow with aggressiveness; None if none."""
+    below = _AGGRESSIVE_BELOW[field]
+    found = [
+        (v, r.get("accuracy_drop"))
+        for (lay, f, v), r in rows.items()
+        if lay == layer and f == field and (v < value if below else v > value)
+    ]
+    found = [(v, d) for v, d in found if d is not None and math.isfinite(d)]
+    if not found:
+        return None
+    return max(0.0, float((max(found) if below else min(found))[1]))
+
+
 def compounded(savings: Sequence[float], base: float) -> float:
     """What choices applied together save of `base` when each removes its share of what the others left:
     base * (1 - prod(1 - s / base)), each share clipped to [-1, 1] (a negative saving, a choice that
@@ -113,8 +132,11 @@ def layer_combos(
         def row(field: str, value: Any, layer: str = layer) -> Mapping[str, Any]:
             return rows.get((layer, field, float(value)), {})
 
-        def drop(field: str, value: Any) -> float:
-            d = row(field, value).get("accuracy_drop")
+        def drop(field: str, value: Any, layer: str = layer) -> float | None:
+            r = rows.get((layer, field, float(value)))
+            if r is None:  # not measured (the pre-pass budget): bounded by a more aggressive value's drop
+                return _bound(rows, layer, field, float(value))
+            d = r.get("accuracy_drop")
             return max(0.0, float(d)) if d is not None and math.isfinite(d) else 0.0
 
         def saved(field: str, value: Any, key: str) -> float:
@@ -132,11 +154,14 @@ def layer_combos(
                 continue  # pruning low-rank factors compounds two losses the additive drop does not see
             if factors[r] is None:
                 continue  # low-rank gives no saving here: the technique would skip it
-            d = (
-                (drop("structured" if structured else "sparsity", s) if s > 0 else 0.0)
-                + (drop("bits", b) if b != 32 else 0.0)
-                + (drop("rank", r) if r < 1 else 0.0)
-            )
+            parts = [
+                drop("structured" if structured else "sparsity", s) if s > 0 else 0.0,
+                drop("bits", b) if b != 32 else 0.0,
+                drop("rank", r) if r < 1 else 0.0,
+            ]
+            if any(p is None for p in parts):
+                continue  # a choice neither measured nor bounded by a measured one: no prediction
+            d = float(sum(parts))
             if structured:  # dense rows of the kept output channels (of the second factor where low-rank);
                 width = _BITS_WIDTH.get(b, b)  # what the next layers lose is not counted
                 *first, last = factors[r]
@@ -263,7 +288,7 @@ def warm_start_params(
         for layer, c in alloc.items():
             params.update(c.params(layer, searched))
         for name, choice in bound.params():  # distillation on where the space offers it
-            params.setdefault(name, choice.nearest(True if name == "distill" else _identity(name)))
+            params.setdefault(name, choice.nearest(True if name == "distill" else bound.untouched(name)))
         if params in seen:
             continue
         seen.append(params)
@@ -294,8 +319,3 @@ def _both_distill(
         paired.append((params, what))
         paired.append(({**params, "distill": not params["distill"]}, what))
     return paired
-
-
-def _identity(name: str) -> Any:
-    field = name.rsplit(".", 1)[-1]
-    return IDENTITY[field]
