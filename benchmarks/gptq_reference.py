@@ -12,11 +12,13 @@ Fixed before the runs:
   1 % dampening, blocks of 128, act-order (llm-compressor: "static" per channel, "weight" with groups,
   whose scales stay with their columns as ours do). The one difference left: compressed-tensors' signed
   grid reaches -2^(b-1) (-8 at 4 bits), autoshrink's is symmetric (+-7).
-- 4 and 3 bits. llm-compressor 0.14.0.1 with compressed-tensors 0.20.1, loaded from their wheels beside
-  torch 2.13 (`--llmc DIR`: a folder holding the unpacked wheels and a `load.py` that imports
-  `quantize_weight` without the package's top-level imports; see benchmarks/history/gptq-reference.md).
+- 4 and 3 bits. llm-compressor 0.14.0.1 with compressed-tensors 0.20.1, unpacked from their wheels beside
+  torch 2.13 and imported without llmcompressor's top-level package (which pulls datasets, accelerate's
+  hooks and more): `--llmc DIR` is a folder with the unpacked wheels of llmcompressor==0.14.0.1,
+  compressed-tensors==0.20.1, loguru, psutil and accelerate (`pip download --no-deps ...`, then unzip
+  each into DIR).
 
-Usage: .venv/bin/python benchmarks/gptq_reference.py --llmc /tmp/llmc [--out OUT.json]
+Usage: .venv/bin/python benchmarks/gptq_reference.py --llmc /tmp/llmc/site [--out OUT.json]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import types
 from pathlib import Path
 
 import torch
@@ -77,7 +80,10 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     sys.path.insert(0, args.llmc)
-    import load as llmc  # noqa: F401 - registers the stubs that skip the packages' top-level imports
+    for pkg in ("llmcompressor", "llmcompressor.modifiers", "llmcompressor.modifiers.gptq"):  # skip their __init__
+        stub = types.ModuleType(pkg)
+        stub.__path__ = [str(Path(args.llmc, *pkg.split(".")))]
+        sys.modules[pkg] = stub
     from compressed_tensors.quantization import QuantizationArgs
     from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
 
