@@ -32,7 +32,7 @@ from .stages.fidelity import Screening
 from .stages.latency_limit import ATTR as LIMIT_ATTR
 from .stages.narrow import narrow
 from .stages.narrow import narrow_cutoff as cutoff_for
-from .stages.prepass_budget import budget_seconds, estimates, expected_trials, plan_prepass, shared_row
+from .stages.prepass_budget import budget_seconds, enqueue_room, estimates, plan_prepass, shared_row
 from .stages.refine import refine_config, refine_steps
 from .stages.runtime import study_runtime
 from .stages.sensitivity import Choice1, choices, run_choices
@@ -251,10 +251,8 @@ def setup(
                 values_of=replayable_values(objs),
             )
     if not study.user_attrs.get(StudyAttr.ENQUEUED):
-        room = cfg.n_trials
-        if room is None and cfg.timeout is not None:  # half the trials the timeout leaves are the sampler's
-            trial_s = estimates(baseline, ft, len(task.eval_data), task.batch_size)[2]
-            room = (expected_trials(None, cfg.timeout, trial_s, pre_s) or 0) // 2
+        trial_s = estimates(baseline, ft, len(task.eval_data), task.batch_size)[2]
+        room = enqueue_room(cfg.n_trials, cfg.timeout, trial_s, pre_s)
         _enqueue(study, model, bound, baseline, objs, plan.n_warm if cutoff is not None else 0, room)
     return study, result, ctx, bound, pre_s
 
@@ -330,8 +328,8 @@ def _enqueue(
     n_trials: int | None,
 ) -> None:
     """The uniform baselines, then the warm-start policies (no more than `n_trials` leaves room for, so
-    that none is left waiting when the budget ends; a timeout-only search passes half the trials its
-    timeout is expected to leave, so that at least half are the sampler's), once per study."""
+    that none is left waiting when the budget ends; a search with a timeout passes half the trials it is
+    expected to leave, prepass_budget.enqueue_room), once per study."""
     base = _baselines(bound)
     for params in base:
         study.enqueue_trial(params, user_attrs={TrialAttr.BASELINE_POLICY: True})

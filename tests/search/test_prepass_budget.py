@@ -9,6 +9,7 @@ import autoshrink as ash
 from autoshrink.measure import Measurement
 from autoshrink.search.stages.prepass_budget import (
     budget_seconds,
+    enqueue_room,
     estimates,
     expected_trials,
     group_key,
@@ -91,6 +92,10 @@ def test_the_budget_is_a_share_of_the_timeout_or_of_the_trials() -> None:
     assert choice == pytest.approx(1.0) and calibrated == pytest.approx(1.0 + 0.5 * 512 / 1000)
     assert trial == pytest.approx(1.0 + 10 * 3 * 0.5 / 1000 * 64)
     assert expected_trials(None, 100.0, 4.0, 20.0) == 20 and expected_trials(7, 100.0, 4.0, 20.0) == 7
+    # baselines and warm start: n_trials without a timeout; with one, half of what it leaves (<= n_trials)
+    assert enqueue_room(40, None, 4.0, 20.0) == 40 and enqueue_room(None, None, 4.0, 20.0) is None
+    assert enqueue_room(40, 900.0, 14.64, 407.4) == 16 and enqueue_room(40, 900.0, 15.5, 111.0) == 20
+    assert enqueue_room(None, 100.0, 4.0, 20.0) == 10
 
 
 def test_a_skipped_choice_is_bounded_by_the_mildest_more_aggressive_one() -> None:

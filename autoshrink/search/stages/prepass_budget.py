@@ -171,6 +171,17 @@ def shared_row(row: dict[str, Any], layer: str) -> dict[str, Any]:
     return {**out, "layer": layer, "shared_from": row["layer"]}
 
 
+def enqueue_room(n_trials: int | None, timeout: float | None, trial_s: float, prepass_s: float) -> int | None:
+    """How many trials the baselines and warm start may take: n_trials without a timeout; with one, half
+    the trials it is expected to leave (at most n_trials), so that the sampler proposes at least half."""
+    if timeout is None:
+        return n_trials
+    expected = expected_trials(None, timeout, trial_s, prepass_s) or 0
+    if n_trials is not None:
+        expected = min(expected, n_trials)
+    return expected // 2
+
+
 def expected_trials(n_trials: int | None, timeout: float | None, trial_s: float, prepass_s: float) -> int | None:
     """How many trials the search will run: n_trials, or what the timeout leaves after the pre-pass."""
     if n_trials is not None:
