@@ -103,4 +103,4 @@ def test_refining_a_calibrated_point_fine_tunes_it_one_shot(searched) -> None:
     new = result.study.trials[-1]
     assert new.state.name == "COMPLETE" and new.user_attrs["refined_from"] == calibrated[0]
     assert new.user_attrs["finetune"]["steps"] == 5 and new.user_attrs["finetune"]["schedule"] == "oneshot"
-    assert refined is not None
+    assert list(refined.trial) == [new.number]  # refine returns the new trials' rows
