@@ -14,6 +14,7 @@ from .policy import LayerPolicy, Policy
 from .task import Task, require_model_and_task
 from .techniques import ApplyReport, apply_policy_with_report
 from .techniques.apply import task_calibration
+from .techniques.calibration import StatsCache
 from .train import FinetuneConfig, StructuredPlan, recalibrate_batchnorm, run_finetune
 
 
@@ -25,6 +26,7 @@ def compress(
     finetune_config: FinetuneConfig | None = None,
     example_input: Tensor | None = None,
     clock: CostClock | None = None,
+    calibration_cache: StatsCache | None = None,
 ) -> tuple[nn.Module, ApplyReport]:
     """Apply `policy` to a copy of `model` and, given a task, fine-tune it (distilling from `model`
     when the policy says so): the compressed model that `evaluate` measures and `apply_recipe`
@@ -38,7 +40,8 @@ def compress(
     train/gradual.py), ending exactly where the one-shot prune would. A policy that changes no
     layer is not fine-tuned: that would not be "no compression". Calibrated choices (gptq, wanda,
     sparsegpt) calibrate on the task's training inputs (techniques/calibration.py). `clock` gets the
-    seconds of its apply, calibrate (statistics and BatchNorm) and finetune stages."""
+    seconds of its apply, calibrate (statistics and BatchNorm) and finetune stages; `calibration_cache`
+    keeps calibration statistics across calls on this unchanged `model` (techniques/calibration.py)."""
     clock = clock or CostClock()
     x = example_input if example_input is not None or task is None else task.example_input
     cfg = finetune_config or FinetuneConfig(steps=0)
@@ -57,7 +60,9 @@ def compress(
         if structured:
             return _gradual_structured(model, policy, structured, task, cfg, x, clock)
     with clock.stage("apply"):
-        small, report = apply_policy_with_report(model, policy, example_input=x, calibration=calibration)
+        small, report = apply_policy_with_report(
+            model, policy, example_input=x, calibration=calibration, calibration_cache=calibration_cache
+        )
     clock.move("apply", "calibrate", report.calibration_s)
     if task is not None and (report.restructured or (not train and bool(policy.active()))):
         with clock.stage("calibrate"):  # a post-training candidate's statistics follow its compression
@@ -118,20 +123,26 @@ def evaluate_held_out(
     *,
     finetune_config: FinetuneConfig | None = None,
     runtime: str = "float",
+    calibration_cache: StatsCache | None = None,
 ) -> HeldOut:
     """Replay what `evaluate` measured -- the same compression and fine-tune, so the same model on the
     same machine -- and score it on the task's held-out test_data on `runtime` (the trial's recorded
     one). No latency or packing: the search measured those."""
-    small, _ = compress(model, policy, task=task, finetune_config=finetune_config)
+    small, _ = compress(model, policy, task=task, finetune_config=finetune_config, calibration_cache=calibration_cache)
     return score_held_out(small, task, runtime)
 
 
 def evaluate_runtimes(
-    model: nn.Module, task: Task, policy: Policy, *, latency: LatencyConfig | None = None
+    model: nn.Module,
+    task: Task,
+    policy: Policy,
+    *,
+    latency: LatencyConfig | None = None,
+    calibration_cache: StatsCache | None = None,
 ) -> RuntimeTiming:
     """Apply `policy` (no fine-tune) and time the result on float and int8: the runtime='auto' probe,
     which needs no accuracy and no packed size."""
-    small, _ = compress(model, policy, task=task)
+    small, _ = compress(model, policy, task=task, calibration_cache=calibration_cache)
     return time_runtimes(small, task, latency=latency)
 
 
@@ -143,11 +154,12 @@ def evaluate(
     finetune_config: FinetuneConfig | None = None,
     latency: LatencyConfig | None = None,
     runtime: str | None = None,
+    calibration_cache: StatsCache | None = None,
 ) -> Measurement:
     """Compress a copy of `model` by `policy`, fine-tune it (distilling from `model` when the
     policy says so) and measure it on `runtime` (see `measure`). `model` is not modified. A policy
     that changes no layer is measured as is: fine-tuning the untouched model would not be "no
-    compression"."""
+    compression". `calibration_cache`: see `compress`."""
     require_model_and_task(model, task, "evaluate")
     if not isinstance(policy, Policy):
         raise PolicyError(
@@ -155,5 +167,7 @@ def evaluate(
             "ash.Policy(layers={name: ash.LayerPolicy(...)})."
         )
     clock = CostClock()
-    small, report = compress(model, policy, task=task, finetune_config=finetune_config, clock=clock)
+    small, report = compress(
+        model, policy, task=task, finetune_config=finetune_config, clock=clock, calibration_cache=calibration_cache
+    )
     return measure(small, task, runtime=runtime, latency=latency, skipped=report.lines(), clock=clock)

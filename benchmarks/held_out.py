@@ -61,10 +61,12 @@ def task_and_model(name: str):
     raise SystemExit(f"unknown task {name!r}")
 
 
-def log_hv(df, base_size: int) -> float:
-    ok = df[(df["state"] == "COMPLETE") & (df["accuracy_drop"] <= MAX_DROP + 1e-12)]
+def log_hv(df, base_size: int, max_drop: float = MAX_DROP) -> float:
+    """The hypervolume of completed trials within `max_drop` on the selection split: coordinates (drop,
+    log2 of the size ratio to the baseline), reference (max_drop, log2 1.1)."""
+    ok = df[(df["state"] == "COMPLETE") & (df["accuracy_drop"] <= max_drop + 1e-12)]
     pts = np.array([[d, math.log2(s / base_size)] for d, s in zip(ok["accuracy_drop"], ok["size_bytes"])])
-    return hypervolume(pts.reshape(-1, 2), np.array([MAX_DROP, math.log2(1.1)]))
+    return hypervolume(pts.reshape(-1, 2), np.array([max_drop, math.log2(1.1)]))
 
 
 def judge(r: ash.SearchResult, model, task, trial: int) -> dict:
@@ -91,6 +93,21 @@ def judge(r: ash.SearchResult, model, task, trial: int) -> dict:
         "replay_matches": bool(replayed),
         "scored_by": source,
     }
+
+
+def held_out_picks(r: ash.SearchResult, model, task, done, max_drop: float) -> tuple[list[dict], dict]:
+    """The PICKS smallest of `done` (completed trials) within `max_drop` on the selection split, judged
+    on the held-out split; and {trial: (ratio, held-out drop in pp)} of those and of the front's points
+    the search scored."""
+    within = done[done["accuracy_drop"] <= max_drop + 1e-12]
+    within = within.sort_values(["size_bytes", "accuracy"], ascending=[True, False])
+    picks = [judge(r, model, task, int(t)) for t in within["trial"].head(PICKS)]
+    front = r.pareto.dropna(subset=["test_drop"])
+    scored = {p["trial"]: (p["ratio"], p["test_drop_pp"]) for p in picks}
+    scored.update(
+        {int(t): (float(c), float(d) * 100) for t, c, d in zip(front.trial, front.compression, front.test_drop)}
+    )
+    return picks, scored
 
 
 def run(args: argparse.Namespace, seed: int, tmp: Path) -> dict:
@@ -129,14 +146,7 @@ def run(args: argparse.Namespace, seed: int, tmp: Path) -> dict:
     done = df[df["state"] == "COMPLETE"].dropna(subset=["accuracy"])
     screened = df[(df["state"] == "PRUNED") & df["skipped"].isna()]
     beyond = int((done["accuracy_drop"] > MAX_DROP + 1e-12).sum())
-    within = done[done["accuracy_drop"] <= MAX_DROP + 1e-12]
-    within = within.sort_values(["size_bytes", "accuracy"], ascending=[True, False])
-    picks = [judge(r, model, task, int(t)) for t in within["trial"].head(PICKS)]
-    front = r.pareto.dropna(subset=["test_drop"])
-    scored = {p["trial"]: (p["ratio"], p["test_drop_pp"]) for p in picks}
-    scored.update(
-        {int(t): (float(c), float(d) * 100) for t, c, d in zip(front.trial, front.compression, front.test_drop)}
-    )
+    picks, scored = held_out_picks(r, model, task, done, MAX_DROP)
     ok = [ratio for ratio, drop in scored.values() if drop <= MAX_DROP * 100 + 1e-9]
     b = r.baseline
     return {
@@ -154,7 +164,7 @@ def run(args: argparse.Namespace, seed: int, tmp: Path) -> dict:
         "picks": picks,
         "optimism_pp": statistics.median(p["test_drop_pp"] - p["selection_drop_pp"] for p in picks) if picks else None,
         "best_ratio_test_within": max(ok) if ok else None,
-        "front_scored": len(front),
+        "front_scored": int(r.pareto["test_drop"].notna().sum()),
         "held_out_s": r.timing.get("held_out_s"),
     }
 

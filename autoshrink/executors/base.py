@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from torch import nn
@@ -17,19 +17,22 @@ from ..evaluate import evaluate, evaluate_held_out, evaluate_runtimes
 from ..measure import HeldOut, LatencyConfig, Measurement, RuntimeTiming
 from ..policy import Policy
 from ..task import Task
+from ..techniques.calibration import StatsCache
 from ..train import FinetuneConfig
 
 
 @dataclass(frozen=True)
 class Job:
     """What every evaluation shares: the model, the task, how to fine-tune and time, and the runtime
-    ("float" or "int8", decided once per study) every measurement runs on."""
+    ("float" or "int8", decided once per study) every measurement runs on; `cache` keeps calibration
+    statistics of `model` across its evaluations (each worker its own: it is pickled empty)."""
 
     model: nn.Module
     task: Task
     finetune: FinetuneConfig
     latency: LatencyConfig | None = None
     runtime: str = "float"
+    cache: StatsCache = field(default_factory=StatsCache, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,9 @@ def run_job(job: Job, key: int, request: Request, worker: str = "local") -> Outc
     t0 = time.perf_counter()
     try:
         if request.probe:
-            timing = evaluate_runtimes(job.model, job.task, request.policy, latency=job.latency)
+            timing = evaluate_runtimes(
+                job.model, job.task, request.policy, latency=job.latency, calibration_cache=job.cache
+            )
             return Outcome(key, None, None, time.perf_counter() - t0, worker, timing=timing)
         if request.held_out:
             score = evaluate_held_out(
@@ -77,6 +82,7 @@ def run_job(job: Job, key: int, request: Request, worker: str = "local") -> Outc
                 request.policy,
                 finetune_config=request.finetune or job.finetune,
                 runtime=request.runtime or job.runtime,
+                calibration_cache=job.cache,
             )
             return Outcome(key, None, None, time.perf_counter() - t0, worker, held_out=score)
         m = evaluate(
@@ -86,6 +92,7 @@ def run_job(job: Job, key: int, request: Request, worker: str = "local") -> Outc
             finetune_config=request.finetune or job.finetune,
             latency=job.latency,
             runtime=request.runtime or job.runtime,
+            calibration_cache=job.cache,
         )
         return Outcome(key, m, None, time.perf_counter() - t0, worker)
     except Exception as exc:  # noqa: BLE001 - a failed candidate is recorded with its reason, never hidden

@@ -32,7 +32,14 @@ from .stages.fidelity import Screening
 from .stages.latency_limit import ATTR as LIMIT_ATTR
 from .stages.narrow import narrow
 from .stages.narrow import narrow_cutoff as cutoff_for
-from .stages.prepass_budget import budget_seconds, enqueue_room, estimates, plan_prepass, shared_row
+from .stages.prepass_budget import (
+    budget_seconds,
+    enqueue_room,
+    estimates,
+    plan_prepass,
+    shared_row,
+    stopped_at_budget,
+)
 from .stages.refine import refine_config, refine_steps
 from .stages.runtime import study_runtime
 from .stages.sensitivity import Choice1, choices, run_choices
@@ -297,23 +304,23 @@ def _sensitivity(
             last["accuracy_drop"] = ctx.baseline.accuracy - o.measurement.accuracy
         ctx.announce("pre-pass", done, len(plan.measured), t0, last)
 
+    deadline = None if budget is None else t0 + budget
     rows, seconds = run_choices(
-        ctx.ex, ctx.clock.wait, plan.measured, ctx.baseline, ctx.runtime, ft.bn_batches, ft.seed, on_row
+        ctx.ex, ctx.clock.wait, plan.measured, ctx.baseline, ctx.runtime, ft.bn_batches, ft.seed, on_row, deadline
     )
     ctx.eval_s += seconds
     for r in rows:
         ctx.add_cost({stage: r[f"{stage}_s"] for stage in STAGES if r.get(f"{stage}_s") is not None})
     measured = {(r["layer"], r["field"], r["value"]): r for r in rows}
-    rows += [shared_row(measured[(rep.layer, rep.field, rep.value)], c.layer) for c, rep in plan.copies]
+    copies = [(c, rep) for c, rep in plan.copies if (rep.layer, rep.field, rep.value) in measured]
+    rows += [shared_row(measured[(rep.layer, rep.field, rep.value)], c.layer) for c, rep in copies]
     wall = time.perf_counter() - t0
+    info = {**plan.info, "estimated_trial_s": round(trial_s, 4)}
+    if len(measured) < len(plan.measured):  # the deadline cut it short
+        info.update(stopped_at_budget(info, len(plan.measured) - len(measured), len(plan.copies) - len(copies), wall))
     ctx.study.set_user_attr(
         StudyAttr.SENSITIVITY,
-        {
-            "rows": rows,
-            "eval_s": round(seconds, 3),
-            "wall_s": round(wall, 3),
-            "plan": {**plan.info, "estimated_trial_s": round(trial_s, 4)},
-        },
+        {"rows": rows, "eval_s": round(seconds, 3), "wall_s": round(wall, 3), "plan": info},
     )
     return rows, wall
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..errors import PolicyError
 from ..policy import Policy
 from ..task import Task
-from .calibration import Batches, calibration_inputs
+from .calibration import Batches, StatsCache, calibration_inputs
 from .registry import Skipped, techniques
 
 
@@ -78,9 +78,11 @@ def apply_policy_with_report(
     *,
     example_input: Tensor | None = None,
     calibration: Batches | None = None,
+    calibration_cache: StatsCache | None = None,
 ) -> tuple[nn.Module, ApplyReport]:
     """Like `apply_policy`, also returning the ApplyReport; `calibration`: a fresh pass over the
-    calibration inputs each call (calibration.calibration_inputs)."""
+    calibration inputs each call (calibration.calibration_inputs); `calibration_cache`: statistics kept
+    across calls on this same, unchanged `model` (a search's executors pass one)."""
     if not isinstance(model, nn.Module):
         raise PolicyError(f"apply_policy: model must be a torch.nn.Module, got {type(model).__name__}.")
     if not isinstance(policy, Policy):
@@ -103,7 +105,12 @@ def apply_policy_with_report(
             "rounding 'nearest' and criterion 'magnitude'."
         )
     small = copy.deepcopy(model)
-    context: dict[str, Any] = {"example_input": example_input, "calibration": calibration}
+    context: dict[str, Any] = {
+        "example_input": example_input,
+        "calibration": calibration,
+        "calibration_cache": calibration_cache,
+        "structure_key": structure_key(policy),
+    }
     skipped: list[Skipped] = []
     for technique in techniques():
         targets = {n: lp for n, lp in policy.layers.items() if technique.selects(lp)}
@@ -117,6 +124,18 @@ def apply_policy_with_report(
         calibration_s=float(context.get("calibration_s", 0.0)),
     )
     return small, report
+
+
+def structure_key(policy: Policy) -> tuple[tuple[str, float, float], ...]:
+    """The choices applied before calibration (low-rank, structured pruning): what, besides the untouched
+    model and the calibration inputs, a layer's calibration statistics depend on."""
+    return tuple(
+        sorted(
+            (name, lp.sparsity if lp.structured else 0.0, lp.rank)
+            for name, lp in policy.layers.items()
+            if (lp.structured and lp.sparsity > 0) or lp.rank < 1.0
+        )
+    )
 
 
 def apply_policy(

@@ -9,12 +9,19 @@ as their Hessian, Wanda its diagonal (the squared norm of each input feature). O
 the examples serves as many layers as fit in GRAM_BUDGET_BYTES of float64 Gram matrices; further
 passes serve the rest. Each layer's matrix is then kept in float32 (cols^2 * 4 bytes) until the
 technique that needs it is done, and freed.
+
+A search evaluates many candidates of one untouched model, and a layer's statistics depend only on the
+calibration inputs and on the structural choices applied before them (low-rank, structured pruning):
+its executors pass a StatsCache, which keeps them (up to CACHE_BYTES, least recently used dropped
+first) so that candidates sharing that structure -- every candidate of a space without low-rank or
+structured choices -- collect them once. The statistics are the same computation either way.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +37,7 @@ from .registry import Skipped, Technique, register
 CALIBRATION_EXAMPLES = 512
 GRAM_BUDGET_BYTES = 256 * 2**20
 CHUNK_ROWS = 8192
+CACHE_BYTES = 512 * 2**20
 
 Batches = Callable[[], Iterable[Tensor]]  # a fresh pass over the calibration inputs each call
 
@@ -50,6 +58,52 @@ class LayerInputs:
     def hessian(self) -> Tensor:
         """X^T X / rows in float32: the layer-wise reconstruction loss's Hessian up to a factor of 2."""
         return (self.gram / max(self.rows, 1)).float()
+
+    @property
+    def nbytes(self) -> int:
+        return self.gram.numel() * self.gram.element_size()
+
+
+class StatsCache:
+    """Calibration statistics kept across the candidates of one untouched model: {key: LayerInputs},
+    at most `budget_bytes` of them, the least recently used dropped first. The key names the calibration
+    inputs, the structural choices applied before calibration and the layer. Consumers only read the
+    statistics. Pickled empty (a Ray worker fills its own)."""
+
+    def __init__(self, budget_bytes: int = CACHE_BYTES) -> None:
+        self.budget_bytes = budget_bytes
+        self._entries: OrderedDict[Hashable, LayerInputs] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable) -> LayerInputs | None:
+        found = self._entries.get(key)
+        if found is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return found
+
+    def put(self, key: Hashable, inputs: LayerInputs) -> None:
+        if inputs.nbytes > self.budget_bytes:
+            return
+        old = self._entries.pop(key, None)
+        self.bytes += inputs.nbytes - (old.nbytes if old is not None else 0)
+        self._entries[key] = inputs
+        while self.bytes > self.budget_bytes:
+            _, dropped = self._entries.popitem(last=False)
+            self.bytes -= dropped.nbytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"budget_bytes": self.budget_bytes}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["budget_bytes"])
 
 
 def input_rows(layer: nn.Module, x: Tensor) -> Tensor:
@@ -143,7 +197,7 @@ def _accumulate(into: LayerInputs, layer: nn.Module) -> Callable[..., None]:
 
 def calibration_inputs(data: Any, batch_size: int, examples: int = CALIBRATION_EXAMPLES, seed: int = 0) -> Batches:
     """The first `examples` inputs of `data` (a Dataset) in a fixed shuffled order, in batches: the same
-    inputs every call and every run."""
+    inputs every call and every run. `.key` names them (for a StatsCache of one task's data)."""
 
     def batches() -> Iterator[Tensor]:
         seen = 0
@@ -155,6 +209,7 @@ def calibration_inputs(data: Any, batch_size: int, examples: int = CALIBRATION_E
             seen += len(x)
             yield x
 
+    batches.key = ("calibration", examples, batch_size, seed)  # type: ignore[attr-defined]
     return batches
 
 
@@ -188,7 +243,19 @@ class Calibrate(Technique):
                     fallback = ", ".join(_fallbacks(lp))
                     skipped.append(Skipped(name, self.name, f"{why}; {fallback}"))
         t0 = time.perf_counter()
-        context["calibration_stats"] = collect(model, leaves, batches)
+        cache: StatsCache | None = context.get("calibration_cache")
+        structure = context.get("structure_key")
+        if cache is None or structure is None or getattr(batches, "key", None) is None:
+            context["calibration_stats"] = collect(model, leaves, batches)
+        else:
+            names = {id(m): n for n, m in model.named_modules()}
+            keys = {id(layer): (batches.key, structure, names[id(layer)]) for layer in leaves}  # type: ignore[attr-defined]
+            found = {id(layer): cache.get(keys[id(layer)]) for layer in leaves}
+            missing = [layer for layer in leaves if found[id(layer)] is None]
+            collected = collect(model, missing, batches) if missing else {}
+            for layer in missing:
+                cache.put(keys[id(layer)], collected[id(layer)])
+            context["calibration_stats"] = {**{k: v for k, v in found.items() if v is not None}, **collected}
         context["calibration_s"] = context.get("calibration_s", 0.0) + time.perf_counter() - t0
         return skipped
 

@@ -15,6 +15,7 @@ from autoshrink.search.stages.prepass_budget import (
     group_key,
     plan_prepass,
     shared_row,
+    stopped_at_budget,
 )
 from autoshrink.search.stages.sensitivity import choices
 from autoshrink.search.stages.warmstart import _bound
@@ -111,13 +112,13 @@ def test_a_skipped_choice_is_bounded_by_the_mildest_more_aggressive_one() -> Non
     assert copied == {"layer": "b", "field": "bits", "value": 4.0, "shared_from": "a"}
 
 
-def test_a_short_search_records_its_prepass_plan(tiny_model, tmp_path) -> None:
-    (tmp_path / "s.yaml").write_text("defaults:\n  bits: [32, 8, 6, 5, 4, 3, 2]\n  sparsity: [0.0, 0.5, 0.9]\n")
-    r = ash.search(
-        tiny_model,
+def short_search(model, tmp_path, space: str, n_trials: int) -> ash.SearchResult:
+    (tmp_path / "s.yaml").write_text(space)
+    return ash.search(
+        model,
         digits_task(device="cpu"),
         ash.load_space(tmp_path / "s.yaml"),
-        n_trials=3,
+        n_trials=n_trials,
         finetune_steps=0,
         storage=f"sqlite:///{tmp_path}/p.db",
         study_name="p",
@@ -125,6 +126,12 @@ def test_a_short_search_records_its_prepass_plan(tiny_model, tmp_path) -> None:
         runtime="float",
         objectives=("accuracy", "size"),
         progress=False,
+    )
+
+
+def test_a_short_search_records_its_prepass_plan(tiny_model, tmp_path) -> None:
+    r = short_search(
+        tiny_model, tmp_path, "defaults:\n  bits: [32, 8, 6, 5, 4, 3, 2]\n  sparsity: [0.0, 0.5, 0.9]\n", 3
     )
     stored = r.study.user_attrs["sensitivity"]
     plan = stored["plan"]
@@ -134,3 +141,33 @@ def test_a_short_search_records_its_prepass_plan(tiny_model, tmp_path) -> None:
     from autoshrink.report.stages import prepass_plan_note
 
     assert prepass_plan_note(r).startswith('<p id="prepass-plan">Pre-pass: ')
+
+
+def test_the_prepass_stops_at_its_budget(tiny_model, tmp_path, monkeypatch) -> None:
+    """Estimates that let the plan measure everything, a budget already spent: the pre-pass measures
+    the choice it started and cancels the rest, which count as skipped."""
+    import importlib
+
+    setup = importlib.import_module("autoshrink.search.setup")
+
+    monkeypatch.setattr(setup, "estimates", lambda *a: (0.0, 0.0, 1.0))
+    monkeypatch.setattr(setup, "budget_seconds", lambda *a: 1e-9)
+    r = short_search(tiny_model, tmp_path, "defaults:\n  bits: [32, 8, 4]\n", 2)
+    stored = r.study.user_attrs["sensitivity"]
+    plan = stored["plan"]
+    assert [(row["layer"], row["value"]) for row in stored["rows"]] == [("fc1", 8)]  # the first planned choice
+    assert (plan["choices"], plan["measured"], plan["shared"], plan["stopped"]) == (4, 1, 0, 3)
+    assert plan["skipped"] == 3 and plan["why"].startswith("it stopped at its budget (0.0 s) after ")
+    assert len(r.study.trials) == 2  # the search goes on with what was measured
+
+
+def test_a_stopped_plan_counts_the_unmeasured_as_skipped() -> None:
+    info = {"budget_s": 2.0, "measured": 10, "shared": 4, "skipped": 2, "why": "some shared"}
+    assert stopped_at_budget(info, 6, 3, 2.5) == {
+        "measured": 4,
+        "shared": 1,
+        "skipped": 11,
+        "stopped": 6,
+        "why": "some shared; it stopped at its budget (2.0 s) after 2.5 s with 6 planned choices not measured "
+        "(the estimates were low)",
+    }

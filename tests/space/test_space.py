@@ -29,7 +29,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-BUILTIN = ["default", "quantize_only", "prune_only", "lowrank_only", "structured"]
+BUILTIN = ["default", "quantize_only", "prune_only", "lowrank_only", "structured", "post_training"]
 
 
 def test_builtin_spaces_live_in_the_package() -> None:
@@ -48,7 +48,8 @@ def test_builtin_spaces_load_and_bind(name: str) -> None:
     bound = bind(space, Net())
     assert list(bound.layers) == ["features.0", "features.2", "fc1", "head"]  # no embedding by default
     assert all(
-        p.split(".")[-1] in ("sparsity", "structured", "bits", "rank") or p == "distill" for p, _ in bound.params()
+        p.split(".")[-1] in ("sparsity", "structured", "bits", "rank", "group_size") or p == "distill"
+        for p, _ in bound.params()
     )
 
 

@@ -223,3 +223,33 @@ def test_gptq_matches_the_unblocked_reference(bits: int, group_size: int) -> Non
     err = {name: float(((x @ (w - q).T) ** 2).mean()) for name, q in (("ours", ours), ("ref", ref))}
     nearest = float(((x @ (w - ash.weights.quantize_value(w, bits, group_size)).T) ** 2).mean())
     assert abs(err["ours"] - err["ref"]) < 1e-3 * err["ref"] and err["ours"] < 0.8 * nearest
+
+
+def test_a_stats_cache_collects_once_per_structure_and_changes_nothing(monkeypatch) -> None:
+    import pickle
+
+    import autoshrink.techniques.calibration as calibration
+    from autoshrink.evaluate import compress
+    from autoshrink.techniques.calibration import StatsCache
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    task = digits_task(device="cpu")
+    passes: list[int] = []
+    real = calibration.collect
+    monkeypatch.setattr(calibration, "collect", lambda m, layers, b: passes.append(len(layers)) or real(m, layers, b))
+    gptq4 = ash.LayerPolicy(bits=4, rounding="gptq")
+    a = ash.Policy(layers={"1": gptq4, "3": ash.LayerPolicy(sparsity=0.5, criterion="sparsegpt")})
+    b = ash.Policy(layers={"1": ash.LayerPolicy(bits=3, rounding="gptq", group_size=16), "3": gptq4})
+    low = ash.Policy(layers={"1": ash.LayerPolicy(rank=0.5), "3": gptq4})  # layer 3's inputs change
+    cache = StatsCache()
+    cached = [compress(model, p, task=task, calibration_cache=cache)[0] for p in (a, b, low, b)]
+    assert passes == [2, 1]  # a: both layers; b: none; low: layer 3 (behind low-rank factors); b again: none
+    fresh = [compress(model, p, task=task)[0] for p in (a, b, low, b)]
+    for got, want in zip(cached, fresh):
+        assert all(torch.equal(x, y) for x, y in zip(got.state_dict().values(), want.state_dict().values()))
+    assert (cache.hits, cache.misses, len(cache)) == (4, 3, 3)
+    assert len(pickle.loads(pickle.dumps(cache))) == 0  # a worker fills its own
+    small = StatsCache(budget_bytes=32 * 32 * 4)  # room for one 32-column matrix only
+    compress(model, b, task=task, calibration_cache=small)
+    assert len(small) == 1 and small.bytes == 32 * 32 * 4

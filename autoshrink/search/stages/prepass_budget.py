@@ -17,9 +17,11 @@ When the choices cost more than the budget:
    too), then the next, while the budget lasts; the rest are skipped (never narrowed away; the warm
    start bounds a skipped choice by the nearest more aggressive one measured);
 3. if the budget cannot pay for one choice per layer group, the pre-pass is skipped.
+The plan is sized on estimates; the pre-pass itself stops when its budget's seconds are spent (the
+choice running then finishes; aggressive values ran first, so the milder ones are what is left out).
 The plan is stored with the table (user attribute "sensitivity", key "plan") and the report says
 what was shared and skipped, and why. A short search so never waits longer for its pre-pass than a
-third of what its trials take.
+third of what its trials take (plus one choice).
 """
 
 from __future__ import annotations
@@ -146,6 +148,22 @@ def plan_prepass(
         skipped,
         {**info, "measured": len(chosen), "shared": len(copies), "skipped": len(skipped), "why": why},
     )
+
+
+def stopped_at_budget(info: dict[str, Any], unmeasured: int, uncopied: int, wall_s: float) -> dict[str, Any]:
+    """The plan's counts and reason once the pre-pass stopped at its budget with `unmeasured` planned
+    choices not measured (and `uncopied` copies of them not made): those count as skipped."""
+    why = (
+        f"it stopped at its budget ({info['budget_s']:.1f} s) after {wall_s:.1f} s with {unmeasured} planned "
+        f"choices not measured (the estimates were low)"
+    )
+    return {
+        "measured": info["measured"] - unmeasured,
+        "shared": info["shared"] - uncopied,
+        "skipped": info["skipped"] + unmeasured + uncopied,
+        "stopped": unmeasured,
+        "why": f"{info['why']}; {why}" if info.get("why") else why,
+    }
 
 
 def _calibrated(c: Choice1) -> bool:

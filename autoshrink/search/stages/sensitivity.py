@@ -156,10 +156,12 @@ def run_choices(
     bn_batches: int,
     seed: int,
     on_row: Callable[[int, Choice1, Outcome], None] | None = None,
+    deadline: float | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
-    """Measure every choice on the executor (all submitted at once: the executor keeps its workers
-    busy); return the rows in `items` order and the summed evaluation seconds. `on_row(done, choice,
-    outcome)` is called as each finishes (progress)."""
+    """Measure every choice on the executor (all submitted at once, in `items` order: the executor keeps
+    its workers busy); return the rows in `items` order and the summed evaluation seconds. `on_row(done,
+    choice, outcome)` is called as each finishes (progress). Past `deadline` (a time.perf_counter()
+    value) the choices not yet finished are cancelled and have no row."""
     cfg = FinetuneConfig(steps=0, bn_batches=bn_batches, seed=seed)
     keys = {FIRST_KEY - i: c for i, c in enumerate(items)}
     for key, c in keys.items():
@@ -171,10 +173,13 @@ def run_choices(
                 got[o.key] = o
                 if on_row is not None:
                     on_row(len(got), keys[o.key], o)
+            if deadline is not None and len(got) < len(keys) and time.perf_counter() >= deadline:
+                ex.cancel()
+                break
     except BaseException:
         ex.cancel()
         raise
-    rows = [row(keys[k], got[k], baseline) for k in keys]
+    rows = [row(keys[k], got[k], baseline) for k in keys if k in got]
     return rows, sum(o.seconds for o in got.values())
 
 
