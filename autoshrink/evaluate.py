@@ -5,6 +5,8 @@ This is what an executor runs for one candidate: no Optuna, no Ray, plain inputs
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from .errors import PolicyError, TrainingError, describe
@@ -16,6 +18,7 @@ from .techniques import ApplyReport, apply_policy_with_report
 from .techniques.apply import task_calibration
 from .techniques.calibration import StatsCache
 from .train import FinetuneConfig, StructuredPlan, recalibrate_batchnorm, run_finetune
+from .train.bias import correct_biases
 
 
 def compress(
@@ -35,7 +38,8 @@ def compress(
     With a task, BatchNorm statistics are re-estimated (FinetuneConfig.bn_batches) where channels were
     removed or layers factorized, before fine-tuning; and for every post-training candidate (a policy
     that changes a layer, with no fine-tune to follow), since pruned or quantized weights shift the
-    activations the statistics describe. With
+    activations the statistics describe; before that, with FinetuneConfig.bias_correction, a
+    post-training candidate's biases are corrected (train/bias.py). With
     schedule="gradual" the structured channels are removed in rounds during the fine-tune (see
     train/gradual.py), ending exactly where the one-shot prune would. A policy that changes no
     layer is not fine-tuned: that would not be "no compression". Calibrated choices (gptq, wanda,
@@ -64,7 +68,11 @@ def compress(
             model, policy, example_input=x, calibration=calibration, calibration_cache=calibration_cache
         )
     clock.move("apply", "calibrate", report.calibration_s)
-    if task is not None and (report.restructured or (not train and bool(policy.active()))):
+    post_training = task is not None and not train and bool(policy.active())
+    if post_training and cfg.bias_correction:
+        with clock.stage("calibrate"):
+            correct_biases(small, model, calibration)
+    if task is not None and (report.restructured or post_training):
         with clock.stage("calibrate"):  # a post-training candidate's statistics follow its compression
             recalibrate_batchnorm(small, task, batches=cfg.bn_batches, seed=cfg.seed)
     if train:
@@ -155,11 +163,13 @@ def evaluate(
     latency: LatencyConfig | None = None,
     runtime: str | None = None,
     calibration_cache: StatsCache | None = None,
+    examples: Sequence[int] | None = None,
 ) -> Measurement:
     """Compress a copy of `model` by `policy`, fine-tune it (distilling from `model` when the
     policy says so) and measure it on `runtime` (see `measure`). `model` is not modified. A policy
     that changes no layer is measured as is: fine-tuning the untouched model would not be "no
-    compression". `calibration_cache`: see `compress`."""
+    compression". `calibration_cache`: see `compress`; `examples`: score only these indices of
+    eval_data (see `measure`)."""
     require_model_and_task(model, task, "evaluate")
     if not isinstance(policy, Policy):
         raise PolicyError(
@@ -170,4 +180,6 @@ def evaluate(
     small, report = compress(
         model, policy, task=task, finetune_config=finetune_config, clock=clock, calibration_cache=calibration_cache
     )
-    return measure(small, task, runtime=runtime, latency=latency, skipped=report.lines(), clock=clock)
+    return measure(
+        small, task, runtime=runtime, latency=latency, skipped=report.lines(), clock=clock, examples=examples
+    )

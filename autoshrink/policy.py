@@ -41,7 +41,10 @@ class LayerPolicy:
         channel (its flattened inputs), each stored in the file. Only with linear 2..8-bit codes.
     criterion: which weights unstructured pruning removes: "magnitude" (smallest |w|), "wanda"
         (smallest |w| times the norm of its input feature, per output row) or "sparsegpt" (OBS
-        pruning that also updates the weights kept); the last two need calibration data.
+        pruning that also updates the weights kept); the last two need calibration data. Structured
+        pruning ranks output channels by "magnitude" (the L2 norm of the channel's weights in its
+        coupled group) or "wanda" (activation-aware: what removing the channel takes from the inputs
+        of the layers that read it, from calibration data; techniques/channel_importance.py).
     """
 
     sparsity: float = 0.0
@@ -117,17 +120,24 @@ class LayerPolicy:
             raise PolicyError(
                 f"{where}criterion: got {describe(self.criterion)}; use one of " + ", ".join(map(repr, CRITERIA)) + "."
             )
-        if self.criterion != "magnitude" and self.structured:
+        if self.criterion == "sparsegpt" and self.structured:
             raise PolicyError(
-                f"{where}criterion: {self.criterion!r} chooses single weights, but structured is true. Fix: set "
-                'structured to false, or criterion to "magnitude".'
+                f"{where}criterion: 'sparsegpt' chooses single weights, but structured is true. Fix: set "
+                "structured to false, or criterion to 'magnitude' or 'wanda' (activation-aware channels)."
             )
 
     @property
     def calibrated(self) -> bool:
-        """Whether applying this policy reads calibration activations (gptq rounding, wanda / sparsegpt)."""
+        """Whether applying this policy reads calibration activations (gptq rounding, wanda / sparsegpt,
+        activation-aware channels)."""
+        return self.needs_layer_inputs or (self.structured and self.criterion == "wanda" and self.sparsity > 0)
+
+    @property
+    def needs_layer_inputs(self) -> bool:
+        """Whether the layer's own input statistics are needed after the structural changes (gptq
+        rounding, unstructured wanda / sparsegpt): what the `calibrate` technique collects."""
         return (self.rounding == "gptq" and 2 <= self.bits <= 8) or (
-            self.criterion in CALIBRATED_CRITERIA and self.sparsity > 0
+            self.criterion in CALIBRATED_CRITERIA and self.sparsity > 0 and not self.structured
         )
 
     @property

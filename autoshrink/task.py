@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .errors import TaskError, describe, finite_number
 from .split import split as split_data
@@ -197,6 +197,21 @@ def iterate_batches(
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise TaskError("Task data: each example must be an (input, target) pair.")
         yield batch[0], batch[1]
+
+
+def subset(data: Dataset, indices: Sequence[int]) -> Dataset:
+    """The examples of `data` at `indices`, in that order (a TensorDataset stays one: its fast path)."""
+    if isinstance(data, TensorDataset):
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return TensorDataset(*(t[idx] for t in data.tensors))
+    return Subset(data, list(indices))
+
+
+def subsample_indices(total: int, n: int, seed: int = 0) -> tuple[int, ...]:
+    """`n` of `total` example indices drawn without replacement by `seed`, in ascending order (the same
+    every call, so a driver and its workers agree)."""
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
+    return tuple(sorted(int(i) for i in order))
 
 
 def transform_name(transform: Any) -> str | None:

@@ -45,6 +45,7 @@ class Request:
     runtime: str | None = None
     held_out: bool = False  # replay the policy and score it on the task's test_data on `runtime` only
     probe: bool = False  # apply the policy (no fine-tune) and time float against int8 only: RuntimeTiming
+    examples: tuple[int, ...] | None = None  # score only these indices of eval_data (the pre-pass's subsample)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ def run_job(job: Job, key: int, request: Request, worker: str = "local") -> Outc
             latency=job.latency,
             runtime=request.runtime or job.runtime,
             calibration_cache=job.cache,
+            examples=request.examples,
         )
         return Outcome(key, m, None, time.perf_counter() - t0, worker)
     except Exception as exc:  # noqa: BLE001 - a failed candidate is recorded with its reason, never hidden
@@ -118,9 +120,11 @@ class Executor(Protocol):
         runtime: str | None = None,
         held_out: bool = False,
         probe: bool = False,
+        examples: tuple[int, ...] | None = None,
     ) -> None:
         """Queue one evaluation under `key` (`finetune` and `runtime` override the job's; `held_out`:
-        replay and score on the held-out test_data only; `probe`: time float against int8 only)."""
+        replay and score on the held-out test_data only; `probe`: time float against int8 only;
+        `examples`: score only these indices of eval_data)."""
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         """Block until at least one pending evaluation finished (or timeout); return those finished."""

@@ -31,10 +31,11 @@ class LocalExecutor:
         runtime: str | None = None,
         held_out: bool = False,
         probe: bool = False,
+        examples: tuple[int, ...] | None = None,
     ) -> None:
         if self._job is None:
             raise ConfigError("LocalExecutor.submit before start(job).")
-        self._pending.append((key, Request(policy, finetune, runtime, held_out, probe)))
+        self._pending.append((key, Request(policy, finetune, runtime, held_out, probe, examples)))
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         if not self._pending or self._job is None:

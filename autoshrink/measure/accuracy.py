@@ -4,13 +4,14 @@ accuracy metric (the paired intervals of measure/paired.py need it)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import TaskError
-from ..task import Task, iterate_batches
+from ..task import Task, iterate_batches, subset
 
 
 def evaluate_metric(model: nn.Module, task: Task, device: torch.device | None = None) -> float:
@@ -19,14 +20,23 @@ def evaluate_metric(model: nn.Module, task: Task, device: torch.device | None = 
 
 
 def score(
-    model: nn.Module, task: Task, device: torch.device | None = None, split: str = "eval"
+    model: nn.Module,
+    task: Task,
+    device: torch.device | None = None,
+    split: str = "eval",
+    indices: Sequence[int] | None = None,
 ) -> tuple[float, np.ndarray | None]:
     """(task metric, per-example correctness or None for a metric callable) of `model` on the task's
-    `split`: "eval" (the selection split) or "test" (the held-out one)."""
+    `split`: "eval" (the selection split) or "test" (the held-out one); `indices`: only those examples
+    of it (the accuracy metric only)."""
     device = device or task.torch_device
     data = task.eval_data if split == "eval" else task.test_data
     if data is None:
         raise TaskError("Task.test_data: this task has no held-out split; give test_data= or holdout=.")
+    if indices is not None:
+        if callable(task.metric):
+            raise TaskError("score: a subsample needs the accuracy metric (a metric callable reads its loader).")
+        data = subset(data, indices)
     model.eval()
     hits: np.ndarray | None = None
     if callable(task.metric):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -49,6 +49,7 @@ def measure(
     skipped: Iterable[str] = (),
     test: bool = False,
     clock: CostClock | None = None,
+    examples: Sequence[int] | None = None,
 ) -> Measurement:
     """Measure `model` on `task`: metric, packed size, latency, MACs (see Measurement).
 
@@ -70,6 +71,8 @@ def measure(
     it decides.
     clock: where the seconds of this call's stages (evaluate, pack, latency) are added (`evaluate`
     passes the candidate's); Measurement.cost is its split.
+    examples: score only these indices of eval_data (the accuracy metric; the sensitivity pre-pass's
+    subsample); Measurement.examples and correct then describe them.
     """
     require_model_and_task(model, task, "measure")
     if runtime is None:
@@ -100,7 +103,7 @@ def measure(
                 )
         macs = count_macs(plain, task.example_input, device)
     with clock.stage("evaluate"):
-        accuracy, hits = score(candidates[chosen], task, device)
+        accuracy, hits = score(candidates[chosen], task, device, indices=examples)
         held_out = (
             score(candidates[chosen], task, device, split="test") if test and task.test_data is not None else None
         )
@@ -133,7 +136,7 @@ def measure(
         layers=layers,
         skipped=tuple(skipped),
         layer_latency_ms=layer_ms,
-        examples=len(task.eval_data),
+        examples=len(task.eval_data) if examples is None else len(examples),
         correct="" if hits is None else pack_correct(hits),
         test_accuracy=None if held_out is None else held_out[0],
         test_examples=0 if held_out is None else len(task.test_data),

@@ -18,6 +18,7 @@ from ..measure import Measurement
 from ..policy import LayerPolicy, Policy
 from ..space.yaml_source import Source
 from ..train import FinetuneConfig
+from ..train.config import OPTIONAL_FIELDS
 from .fingerprint import Fingerprint, InputSpec, LayerSignature, normalize
 
 FORMAT = "autoshrink-recipe/2"
@@ -237,10 +238,11 @@ def _policy(c: _Checker, value: Any, fp: Fingerprint) -> Policy:
 
 def _finetune(c: _Checker, value: Any, seed: Any, version: int) -> FinetuneConfig:
     keys = tuple(FinetuneConfig.__dataclass_fields__)
+    required = tuple(k for k in keys if k not in OPTIONAL_FIELDS)
     if version == 1:
-        v1 = tuple(k for k in keys if k not in FINETUNE_V1)
+        v1 = tuple(k for k in required if k not in FINETUNE_V1)
         value = {**FINETUNE_V1, **c.mapping(value, "finetune", v1, v1)}
-    m = c.mapping(value, "finetune", keys, keys)
+    m = c.mapping(value, "finetune", keys, required)
     try:
         cfg = FinetuneConfig.from_dict(m)
     except ConfigError as exc:

@@ -95,10 +95,11 @@ def sensitivity_heatmap(result: SearchResult) -> go.Figure | None:
 def prepass_plan_note(result: SearchResult) -> str:
     """What the pre-pass budget measured, shared and skipped, and why (empty when it measured everything)."""
     plan = (result.study.user_attrs.get(StudyAttr.SENSITIVITY) or {}).get("plan") or {}
+    sub = f" ({escape(plan['subsample'])})" if plan.get("subsample") else ""
     if not plan.get("why"):
-        return ""
+        return f'<p id="prepass-plan">Pre-pass: every choice measured{sub}.</p>' if sub else ""
     return (
-        f'<p id="prepass-plan">Pre-pass: {plan["measured"]} of {plan["choices"]} choices measured, '
+        f'<p id="prepass-plan">Pre-pass: {plan["measured"]} of {plan["choices"]} choices measured{sub}, '
         f"{plan['shared']} shared from a repeated layer, {plan['skipped']} skipped: {escape(plan['why'])}.</p>"
     )
 
@@ -156,8 +157,10 @@ def stages_section(result: SearchResult, frame: pd.DataFrame) -> str:
         '<p class="caption">baseline: the uniform policies enqueued first; warm-start: policies allocated '
         "from the sensitivity table for a sweep of budgets; search: proposed by the sampler; refined: a "
         "front candidate re-run with the long refine fine-tune (its source trial in the trials table). "
-        "Screened out: stopped after the short screening fine-tune (Optuna state PRUNED; its screened "
-        "numbers are kept in the trial's <code>screen</code> attribute, not on the front). Not run: a "
+        "Screened out: stopped after the short screening fine-tune, or with <code>zero_step</code> "
+        "screening before it, after the evaluation without fine-tune (Optuna state PRUNED; its numbers "
+        "are kept in the trial's <code>screen</code> or <code>zero_step</code> attribute, not on the "
+        "front). Not run: a "
         "warm-start twin whose distillation setting lost on an earlier allocation (its "
         "<code>skipped</code> attribute says which).</p>",
     ]

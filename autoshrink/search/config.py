@@ -247,7 +247,7 @@ def _screen(v: Any) -> bool | float | Screening:
         except ConfigError:
             raise SettingError(
                 "use true (default), false, a share of the steps in (0, 1) (e.g. 0.25) or a "
-                "mapping of share, slack, margin, calibrate."
+                "mapping of share, slack, margin, calibrate, zero_step."
             ) from None
         return float(v)
     known = [f.name for f in fields(Screening)]

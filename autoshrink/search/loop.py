@@ -16,6 +16,7 @@ from ..train import FinetuneConfig
 from .context import LoopContext, Progress, stage_of
 from .stages.fidelity import Screening
 from .stages.latency_limit import skip_margin, skip_reason
+from .stages.refine import for_policy
 from .study.claims import claim
 from .study.schema import TrialAttr
 from .tell import (
@@ -27,6 +28,7 @@ from .tell import (
     tell_outcome,
     tell_screened_out,
     twin_verdict,
+    zero_step_pairs,
 )
 
 
@@ -34,7 +36,17 @@ from .tell import (
 class _Pending:
     trial: optuna.trial.Trial
     policy: Policy
-    stage: str  # "screen" or "full"
+    stage: str  # "zero" (the zero-step rung), "screen" or "full"
+    finetune: FinetuneConfig | None = None  # the trial's own full fine-tune (None: the study's)
+
+
+def _own_finetune(full: FinetuneConfig | None, policy: Policy) -> FinetuneConfig | None:
+    """The trial's own fine-tune where it differs from the study's: one-shot for a policy with
+    calibrated choices under a gradual schedule (they are set once from calibration data)."""
+    if full is None or full.steps == 0:
+        return None
+    own = for_policy(full, policy)
+    return None if own == full else own
 
 
 @dataclass
@@ -44,6 +56,9 @@ class ScreenTally:
     promoted: int = 0
     stopped: int = 0
     screen_s: float = 0.0
+    zero_promoted: int = 0
+    zero_stopped: int = 0
+    zero_s: float = 0.0
     full_s: list[float] = field(default_factory=list)  # full evaluations of promoted candidates
 
     def summary(self) -> dict[str, Any]:
@@ -57,6 +72,17 @@ class ScreenTally:
             "screen_s": round(self.screen_s, 3),
             "full_s": round(sum(self.full_s), 3),
             "saved_s_estimated": None if mean_full is None else round(self.stopped * mean_full, 3),
+            **(
+                {
+                    "zero_step": {
+                        "promoted": self.zero_promoted,
+                        "stopped": self.zero_stopped,
+                        "seconds": round(self.zero_s, 3),
+                    }
+                }
+                if self.zero_promoted + self.zero_stopped
+                else {}
+            ),
         }
 
 
@@ -81,6 +107,8 @@ def run_loop(
     screened: list[Measurement] = []
     pairs = promoted_pairs(study, ctx.baseline)  # distill -> [(screened drop, full drop)]: the screen's calibration
     screen_cfg = screening.config(full) if screening is not None and full is not None else None
+    zero = screen_cfg is not None and screening.zero_step
+    zero_pairs = zero_step_pairs(study, ctx.baseline) if zero else {}
     if ctx.progress:  # the trials start: counts so far, the time the timeout leaves
         elapsed = time.perf_counter() - ctx.t_start
         left = None if ctx.timeout is None else max(ctx.timeout - elapsed, 0.0)
@@ -109,12 +137,21 @@ def run_loop(
                 if why is not None:
                     skip_candidate(ctx, trial, why)
                     continue
-                if screen_cfg is not None and stage != "baseline" and policy.active():
-                    ex.submit(trial.number, policy, screen_cfg, runtime=ctx.runtime)
-                    pending[trial.number] = _Pending(trial, policy, "screen")
+                own = _own_finetune(full, policy)
+                if own is not None:  # a calibrated choice under a gradual schedule: one-shot (refine.for_policy)
+                    with ctx.on_study():
+                        trial.set_user_attr(TrialAttr.FINETUNE, own.to_dict())
+                if zero and stage != "baseline" and policy.active():
+                    ex.submit(trial.number, policy, screening.zero_step_config(own or full), runtime=ctx.runtime)
+                    pending[trial.number] = _Pending(trial, policy, "zero", own)
+                elif screen_cfg is not None and stage != "baseline" and policy.active():
+                    ex.submit(
+                        trial.number, policy, screen_cfg if own is None else screening.config(own), runtime=ctx.runtime
+                    )
+                    pending[trial.number] = _Pending(trial, policy, "screen", own)
                 else:
-                    ex.submit(trial.number, policy, runtime=ctx.runtime)
-                    pending[trial.number] = _Pending(trial, policy, "full")
+                    ex.submit(trial.number, policy, own, runtime=ctx.runtime)
+                    pending[trial.number] = _Pending(trial, policy, "full", own)
             if not pending:
                 break
             for o in ctx.clock.wait(ex):
@@ -122,6 +159,31 @@ def run_loop(
                 try:
                     ctx.account(o)
                     ctx.observe_latency(p.policy, o)
+                    if p.stage == "zero" and o.ok:
+                        tally.zero_s += o.seconds
+                        promote, why = screening.promote_zero_step(
+                            o.measurement, ctx.baseline, ctx.max_drop, zero_pairs.get(p.policy.distill, [])
+                        )
+                        p.trial.set_user_attr(
+                            TrialAttr.ZERO_STEP,
+                            {
+                                "seconds": round(o.seconds, 4),
+                                "decision": "promoted" if promote else "stopped",
+                                "reason": why,
+                                "measurement": o.measurement.to_dict(),
+                            },
+                        )
+                        if promote:
+                            tally.zero_promoted += 1
+                            cfg = screen_cfg if p.finetune is None else screening.config(p.finetune)
+                            ex.submit(o.key, p.policy, cfg, runtime=ctx.runtime)
+                            pending[o.key] = _Pending(p.trial, p.policy, "screen", p.finetune)
+                            continue
+                        tally.zero_stopped += 1
+                        with ctx.on_study():
+                            tell_screened_out(ctx, p.trial, o)
+                        ctx.report(o, len(pending), full=False, stage=stage_of(p.trial))
+                        continue
                     if p.stage == "screen" and o.ok:
                         tally.screen_s += o.seconds
                         promote, why = screening.promote(
@@ -136,7 +198,7 @@ def run_loop(
                         p.trial.set_user_attr(
                             TrialAttr.SCREEN,
                             {
-                                "steps": screen_cfg.steps,
+                                "steps": (screen_cfg if p.finetune is None else screening.config(p.finetune)).steps,
                                 "seconds": round(o.seconds, 4),
                                 "decision": "promoted" if promote else "stopped",
                                 "reason": why,
@@ -145,8 +207,8 @@ def run_loop(
                         )
                         if promote:
                             tally.promoted += 1
-                            ex.submit(o.key, p.policy, runtime=ctx.runtime)
-                            pending[o.key] = _Pending(p.trial, p.policy, "full")
+                            ex.submit(o.key, p.policy, p.finetune, runtime=ctx.runtime)
+                            pending[o.key] = _Pending(p.trial, p.policy, "full", p.finetune)
                             continue
                         tally.stopped += 1
                         with ctx.on_study():
@@ -154,10 +216,22 @@ def run_loop(
                         ctx.report(o, len(pending), full=False, stage=stage_of(p.trial))
                         continue
                     else:
-                        if p.stage == "screen":
+                        if p.stage == "zero":
+                            o = Outcome(
+                                o.key, None, f"zero-step evaluation: {o.error}", o.seconds, o.worker, o.attempts
+                            )
+                        elif p.stage == "screen":
                             o = Outcome(o.key, None, f"screening fine-tune: {o.error}", o.seconds, o.worker, o.attempts)
                         elif p.trial.user_attrs.get(TrialAttr.SCREEN):
                             tally.full_s.append(o.seconds)
+                            zero_m = p.trial.user_attrs.get(TrialAttr.ZERO_STEP)
+                            if o.ok and zero_m:
+                                zero_pairs.setdefault(p.policy.distill, []).append(
+                                    (
+                                        ctx.baseline.accuracy - zero_m["measurement"]["accuracy"],
+                                        ctx.baseline.accuracy - o.measurement.accuracy,
+                                    )
+                                )
                             if o.ok:
                                 screen = Measurement.from_dict(p.trial.user_attrs[TrialAttr.SCREEN]["measurement"])
                                 pairs.setdefault(p.policy.distill, []).append(

@@ -57,14 +57,16 @@ NAN = float("nan")
 
 
 def trial_cost(u: Mapping[str, Any]) -> dict[str, float]:
-    """COST_COLUMNS of a trial from its user attributes: the screening evaluation and the full one summed."""
+    """COST_COLUMNS of a trial from its user attributes: its zero-step, screening and full evaluations summed."""
     screen = u.get(TrialAttr.SCREEN) or {}
-    # a screened-out trial's EVAL is its screening evaluation; a promoted one's is the full one
+    zero = u.get(TrialAttr.ZERO_STEP) or {}
+    # EVAL is the last evaluation (the rung that stopped it, or the full one); earlier rungs it passed add theirs
     evals = [
         (u.get(TrialAttr.EVAL) or {}).get("seconds"),
         screen.get("seconds") if screen.get("decision") == "promoted" else None,
+        zero.get("seconds") if zero.get("decision") == "promoted" else None,
     ]
-    measured = [u.get(TrialAttr.MEASUREMENT), screen.get("measurement")]
+    measured = [u.get(TrialAttr.MEASUREMENT), screen.get("measurement"), zero.get("measurement")]
     seconds = [float(e) for e in evals if e is not None]
     return {
         "eval_s": round(sum(seconds), 4) if seconds else NAN,

@@ -37,8 +37,10 @@ from .stages.prepass_budget import (
     enqueue_room,
     estimates,
     plan_prepass,
+    prepass_examples,
     shared_row,
     stopped_at_budget,
+    subsample_accuracy,
 )
 from .stages.refine import refine_config, refine_steps
 from .stages.runtime import study_runtime
@@ -274,6 +276,7 @@ def _screen_attr(screening: Screening | None, max_drop: float | None) -> dict[st
         "margin": screening.margin,
         "calibrate": screening.calibrate,
         "limit": None if max_drop is None else round(screening.limit(max_drop), 6),
+        **({"zero_step": True} if screening.zero_step else {}),
     }
 
 
@@ -293,7 +296,10 @@ def _sensitivity(
         return stored["rows"], 0.0
     t0 = time.perf_counter()
     items = choices(bound)
-    choice_s, calibrated_s, trial_s = estimates(ctx.baseline, ft, len(task.eval_data), task.batch_size)
+    sub = None if full or not ctx.baseline.correct else prepass_examples(task)
+    base_accuracy = None if sub is None else subsample_accuracy(ctx.baseline, sub)
+    scored = None if sub is None else len(sub)
+    choice_s, calibrated_s, trial_s = estimates(ctx.baseline, ft, len(task.eval_data), task.batch_size, scored)
     budget = None if full else budget_seconds(ctx.timeout, n_trials, trial_s)
     plan = plan_prepass(items, model, budget, choice_s, calibrated_s)
     ctx.announce("pre-pass", 0, len(plan.measured), t0)
@@ -301,12 +307,23 @@ def _sensitivity(
     def on_row(done: int, c: Choice1, o: Outcome) -> None:
         last = {"layer": c.layer, "field": c.field, "value": c.value, "ok": o.ok, "error": o.error}
         if o.ok:
-            last["accuracy_drop"] = ctx.baseline.accuracy - o.measurement.accuracy
+            last["accuracy_drop"] = (base_accuracy or ctx.baseline.accuracy) - o.measurement.accuracy
         ctx.announce("pre-pass", done, len(plan.measured), t0, last)
 
     deadline = None if budget is None else t0 + budget
     rows, seconds = run_choices(
-        ctx.ex, ctx.clock.wait, plan.measured, ctx.baseline, ctx.runtime, ft.bn_batches, ft.seed, on_row, deadline
+        ctx.ex,
+        ctx.clock.wait,
+        plan.measured,
+        ctx.baseline,
+        ctx.runtime,
+        ft.bn_batches,
+        ft.seed,
+        on_row,
+        deadline,
+        sub,
+        base_accuracy,
+        ft.bias_correction,
     )
     ctx.eval_s += seconds
     for r in rows:
@@ -315,7 +332,9 @@ def _sensitivity(
     copies = [(c, rep) for c, rep in plan.copies if (rep.layer, rep.field, rep.value) in measured]
     rows += [shared_row(measured[(rep.layer, rep.field, rep.value)], c.layer) for c, rep in copies]
     wall = time.perf_counter() - t0
-    info = {**plan.info, "estimated_trial_s": round(trial_s, 4)}
+    info = {**plan.info, "estimated_trial_s": round(trial_s, 4), "examples": scored or len(task.eval_data)}
+    if sub is not None:
+        info["subsample"] = f"each choice scored on {scored} of the {len(task.eval_data)} selection examples"
     if len(measured) < len(plan.measured):  # the deadline cut it short
         info.update(stopped_at_budget(info, len(plan.measured) - len(measured), len(plan.copies) - len(copies), wall))
     ctx.study.set_user_attr(

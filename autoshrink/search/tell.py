@@ -84,8 +84,22 @@ def promoted_pairs(study: optuna.Study, baseline: Measurement) -> dict[bool, lis
     return out
 
 
+def zero_step_pairs(study: optuna.Study, baseline: Measurement) -> dict[bool, list[tuple[float, float]]]:
+    """(zero-step drop, full drop) of the study's candidates with both, by their distill setting."""
+    out: dict[bool, list[tuple[float, float]]] = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        zero, full = t.user_attrs.get(TrialAttr.ZERO_STEP), t.user_attrs.get(TrialAttr.MEASUREMENT)
+        if zero and full and t.user_attrs.get(TrialAttr.REFINED_FROM) is None:
+            distill = bool(t.user_attrs.get(TrialAttr.POLICY, {}).get("distill", False))
+            out.setdefault(distill, []).append(
+                (baseline.accuracy - zero["measurement"]["accuracy"], baseline.accuracy - full["accuracy"])
+            )
+    return out
+
+
 def tell_screened_out(ctx: LoopContext, trial: optuna.trial.Trial, o: Outcome) -> None:
-    """A candidate the screen stopped: PRUNED, with its screened measurement kept as "screen"."""
+    """A candidate the screen (or the zero-step rung) stopped: PRUNED, with its measurement kept as
+    "screen" (or "zero_step")."""
     trial.set_user_attr(TrialAttr.EVAL, {"seconds": round(o.seconds, 4), "worker": o.worker, "attempts": o.attempts})
     frozen = ctx.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     if frozen.state != optuna.trial.TrialState.PRUNED:

@@ -126,12 +126,13 @@ def apply_policy_with_report(
     return small, report
 
 
-def structure_key(policy: Policy) -> tuple[tuple[str, float, float], ...]:
-    """The choices applied before calibration (low-rank, structured pruning): what, besides the untouched
-    model and the calibration inputs, a layer's calibration statistics depend on."""
+def structure_key(policy: Policy) -> tuple[tuple[str, float, str, float], ...]:
+    """The choices applied before calibration (low-rank, structured pruning and how it ranks channels):
+    what, besides the untouched model and the calibration inputs, a layer's calibration statistics
+    depend on."""
     return tuple(
         sorted(
-            (name, lp.sparsity if lp.structured else 0.0, lp.rank)
+            (name, lp.sparsity, lp.criterion, lp.rank) if lp.structured else (name, 0.0, "", lp.rank)
             for name, lp in policy.layers.items()
             if (lp.structured and lp.sparsity > 0) or lp.rank < 1.0
         )

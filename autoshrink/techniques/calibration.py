@@ -145,21 +145,29 @@ def collect(model: nn.Module, layers: list[nn.Module], batches: Batches) -> dict
     for group in _passes(layers):
         found = {id(layer): LayerInputs(_zeros(layer), 0) for layer in group}
         hooks = [layer.register_forward_pre_hook(_accumulate(found[id(layer)], layer)) for layer in group]
-        was_training = model.training
         try:
-            model.eval()
-            device = next((p.device for p in model.parameters()), torch.device("cpu"))
-            with torch.no_grad():
-                for x in batches():
-                    model(x.to(device))
+            forward_over(model, batches)
         finally:
             for h in hooks:
                 h.remove()
-            model.train(was_training)
         for inputs in found.values():  # kept until their layer is done, in float32
             inputs.gram = inputs.gram.float()
         out.update(found)
     return out
+
+
+def forward_over(model: nn.Module, batches: Batches) -> None:
+    """One pass of `model` over the calibration batches, in eval mode without gradients (its mode is
+    restored after): what the hooks of a statistics collection see."""
+    was_training = model.training
+    try:
+        model.eval()
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        with torch.no_grad():
+            for x in batches():
+                model(x.to(device))
+    finally:
+        model.train(was_training)
 
 
 def _cols(layer: nn.Module) -> int:
@@ -223,7 +231,7 @@ class Calibrate(Technique):
     order = 25
 
     def selects(self, lp: LayerPolicy) -> bool:
-        return lp.calibrated
+        return lp.needs_layer_inputs
 
     def apply(self, model: nn.Module, targets: dict[str, LayerPolicy], context: dict[str, Any]) -> list[Skipped]:
         batches: Batches | None = context.get("calibration")

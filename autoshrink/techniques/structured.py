@@ -1,17 +1,20 @@
 """Structured channel pruning: remove whole output channels physically, with torch-pruning.
 
 Per target (Linear, Conv1d, Conv2d, or a `Factorized` pair's `.second`) n = round(sparsity * C) of its C
-output channels go (at least one stays), lowest L2 magnitude over the coupled group first (ties: lower
-index). torch-pruning's DependencyGraph (once per `apply`, from `example_input`) keeps coupled layers
-consistent. Never pruned: channels reaching the output, groups coupled to grouped convs or parametrized
-layers; a prune that changes the output shapes is rolled back and reported as Skipped. Coupled targets
-are pruned once, by the largest n. Context keys: "structured_counts" (a gradual round's n per name),
-"structured" (name -> (channels_before, channels_after)), "structured_notes".
+output channels go (at least one stays), lowest importance first (ties: lower index): the L2 magnitude over
+the coupled group, or with criterion "wanda" what removing the channel takes from the layers that read it
+(channel_importance.py; from calibration data, on the model as low-rank left it). torch-pruning's
+DependencyGraph (once per `apply`, from `example_input`) keeps coupled layers consistent. Never pruned:
+channels reaching the output, groups coupled to grouped convs or parametrized layers; a prune that changes the
+output shapes is rolled back and reported as Skipped. Coupled targets are pruned once, by the largest n.
+Context keys: "structured_counts" (a gradual round's n per name), "structured" (name -> (channels_before,
+channels_after)), "structured_notes".
 """
 
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +23,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from ..policy import LayerPolicy
+from .channel_importance import channel_importance, feature_energy
 from .lowrank import Factorized
 from .registry import Skipped, Technique, register
 
@@ -37,6 +41,7 @@ class _Target:
     layer: nn.Module
     channels: int
     n: int
+    criterion: str = "magnitude"
 
 
 def _out_channels(layer: nn.Module) -> int:
@@ -64,7 +69,7 @@ def _resolve(model: nn.Module, name: str, lp: LayerPolicy, count: int | None = N
     n = min(int(round(lp.sparsity * channels)) if count is None else count, channels - 1)
     if n < 1:
         return f"sparsity {lp.sparsity} of {channels} output channels removes no channel"
-    return _Target(name, layer, channels, n)
+    return _Target(name, layer, channels, n, lp.criterion)
 
 
 def _tensors(out: Any) -> list[Tensor]:
@@ -211,16 +216,30 @@ class StructuredPrune(Technique):
                 pending.append(t)
         if not pending:
             return skipped
+        energy = None
+        if any(t.criterion == "wanda" for t in pending):
+            batches = context.get("calibration")
+            if batches is None:  # apply.py refuses calibrated policies without data before any work
+                raise RuntimeError("activation-aware structured pruning without calibration data")
+            t0 = time.perf_counter()
+            energy = feature_energy(model, batches)
+            context["calibration_s"] = context.get("calibration_s", 0.0) + time.perf_counter() - t0
         modes = [(m, m.training) for m in model.modules()]
         try:
-            skipped += self._prune_all(model, pending, x, report, notes)
+            skipped += self._prune_all(model, pending, x, report, notes, energy)
         finally:
             for m, mode in modes:
                 m.training = mode
         return skipped
 
     def _prune_all(
-        self, model: nn.Module, pending: list[_Target], x: Tensor, report: dict[str, tuple[int, int]], notes: list[str]
+        self,
+        model: nn.Module,
+        pending: list[_Target],
+        x: Tensor,
+        report: dict[str, tuple[int, int]],
+        notes: list[str],
+        energy: dict[int, Tensor] | None = None,
     ) -> list[Skipped]:
         """Prune the resolved targets one coupled group at a time; return those left alone."""
         param = next(model.parameters(), None)
@@ -268,7 +287,8 @@ class StructuredPrune(Technique):
                 if j not in done and id(pending[j].layer) in tied:
                     members.append(pending[j])
                     done.add(j)
-            reason, stale = self._prune_group(model, dg, ends, full, members, x, ref, report, notes)
+            wanda = energy if t.criterion == "wanda" else None  # coupled targets rank by the first one's
+            reason, stale = self._prune_group(model, dg, ends, full, members, x, ref, report, notes, wanda)
             if reason is not None:
                 skipped += [Skipped(m.name, self.name, reason) for m in members]
             if stale:
@@ -286,6 +306,7 @@ class StructuredPrune(Technique):
         ref: list,
         report: dict[str, tuple[int, int]],
         notes: list[str],
+        energy: dict[int, Tensor] | None = None,
     ) -> tuple[str | None, bool]:
         """Prune one coupled group; return (reason it was not pruned or None, graph is stale)."""
         root = members[0]
@@ -308,7 +329,9 @@ class StructuredPrune(Technique):
             return blocker, False
         n = min(max(m.n for m in members), root.channels - 1)
         try:
-            imp = tp.importance.GroupMagnitudeImportance(p=2, normalizer=None)(full)
+            imp, fallback = channel_importance(full, root.channels, energy)
+            if fallback is not None:
+                notes.append(f"{root.name}: {fallback}")
             if imp is None:
                 return "its coupled group has no weights to rank the channels by", False
             order = torch.argsort(imp.detach().float().cpu(), stable=True)

@@ -10,6 +10,7 @@ from ..errors import ConfigError, describe, finite_number
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("oneshot", "gradual")
+OPTIONAL_FIELDS = ("bias_correction",)  # added later: absent from files and studies that predate them
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +36,11 @@ class FinetuneConfig:
     mode, no gradients, no augmentation) after structured pruning or low-rank factorization changed a
     model's structure (before fine-tuning), and for every compressed candidate evaluated without a
     fine-tune (post-training: zero steps, the pre-pass); 0 = never.
+
+    bias_correction: for a candidate evaluated without a fine-tune, add to each pruned or quantized
+    Linear/Conv layer's bias what its weight change takes from the mean output on the calibration
+    inputs (train/bias.py); off by default. Written to files and studies only when on, so those from
+    before read the same.
     """
 
     steps: int = 200
@@ -48,6 +54,7 @@ class FinetuneConfig:
     ramp_updates: int = 10
     bn_batches: int = 8
     seed: int = 0
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         def bad(field: str, rule: str) -> ConfigError:
@@ -81,10 +88,17 @@ class FinetuneConfig:
             raise bad("bn_batches", "it must be an integer >= 0 (0 = never re-estimate BatchNorm statistics)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise bad("seed", "it must be an integer")
+        if not isinstance(self.bias_correction, bool):
+            raise bad("bias_correction", "it must be true or false")
         object.__setattr__(self, "ramp", float(r))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields; OPTIONAL_FIELDS only where they are not their default."""
+        out = asdict(self)
+        for name in OPTIONAL_FIELDS:
+            if out[name] == FinetuneConfig.__dataclass_fields__[name].default:
+                del out[name]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FinetuneConfig:

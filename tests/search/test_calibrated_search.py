@@ -104,3 +104,50 @@ def test_refining_a_calibrated_point_fine_tunes_it_one_shot(searched) -> None:
     assert new.state.name == "COMPLETE" and new.user_attrs["refined_from"] == calibrated[0]
     assert new.user_attrs["finetune"]["steps"] == 5 and new.user_attrs["finetune"]["schedule"] == "oneshot"
     assert list(refined.trial) == [new.number]  # refine returns the new trials' rows
+
+
+def test_a_fine_tuned_search_runs_calibrated_choices_one_shot(tiny_model, tmp_path) -> None:
+    """Under the default gradual schedule a calibrated policy is fine-tuned one-shot (its trial's own
+    finetune), screened and fully, never failed; its recipe replays what the search measured; a
+    second refine of the same point with the same settings is not run again."""
+    (tmp_path / "space.yaml").write_text(
+        "defaults:\n  bits: [32, 4]\n  rounding: [nearest, gptq]\n  sparsity: [0.0, 0.5]\nfinetune: {steps: 4}\n"
+    )
+    task = digits_task(device="cpu")
+    r = ash.search(
+        tiny_model,
+        task,
+        ash.load_space(tmp_path / "space.yaml"),
+        n_trials=8,
+        storage=f"sqlite:///{tmp_path}/g.db",
+        study_name="g",
+        latency=FAST,
+        objectives=("accuracy", "size"),
+        runtime="float",
+        seed=0,
+        sensitivity=False,
+        screen=0.5,
+        progress=False,
+    )
+    assert [t.state.name for t in r.study.trials].count("FAIL") == 0
+    own = [t for t in r.study.trials if "finetune" in t.user_attrs]
+    calibrated = [
+        t
+        for t in r.study.trials
+        if any(ash.LayerPolicy.from_dict(lp).calibrated for lp in t.user_attrs["policy"]["layers"].values())
+    ]
+    assert own == calibrated and len(own) >= 1
+    assert all(t.user_attrs["finetune"]["schedule"] == "oneshot" for t in own)
+    assert all(t.user_attrs["screen"]["steps"] == 2 for t in own if "screen" in t.user_attrs)
+    done = next(t for t in own if t.state.name == "COMPLETE")
+    recipe = r.recipe(done.number)
+    assert recipe.finetune.schedule == "oneshot"
+    small = ash.apply_recipe(tiny_model, recipe, task=task)
+    m = measure_recipe(small, recipe, task, latency=FAST)
+    assert (m.accuracy, m.size_bytes) == (
+        done.user_attrs["measurement"]["accuracy"],
+        done.user_attrs["measurement"]["size_bytes"],
+    )
+    first = r.refine(trials=[done.number], steps=3, progress=False)
+    again = r.refine(trials=[done.number], steps=3, progress=False)
+    assert len(first) == 1 and len(again) == 0

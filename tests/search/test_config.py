@@ -95,7 +95,13 @@ def test_values_are_normalized_and_the_config_is_frozen() -> None:
     assert cfg.replace(seed=3).seed == 3 and cfg.seed == 0
     with pytest.raises(ConfigError, match=r"search: unknown setting 'sede' \(did you mean 'seed'\?\)"):
         cfg.replace(sede=3)
-    assert cfg.to_dict()["screen"] == {"share": 0.5, "slack": None, "margin": 0.01, "calibrate": True}
+    assert cfg.to_dict()["screen"] == {
+        "share": 0.5,
+        "slack": None,
+        "margin": 0.01,
+        "calibrate": True,
+        "zero_step": False,
+    }
 
 
 def test_search_takes_a_config_and_keyword_overrides(tiny_model, tiny_space, tmp_path) -> None:

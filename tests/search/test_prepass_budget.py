@@ -171,3 +171,51 @@ def test_a_stopped_plan_counts_the_unmeasured_as_skipped() -> None:
         "why": "some shared; it stopped at its budget (2.0 s) after 2.5 s with 6 planned choices not measured "
         "(the estimates were low)",
     }
+
+
+def test_a_subsample_is_a_fixed_sorted_draw_and_keeps_the_fast_path() -> None:
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from autoshrink.task import subsample_indices, subset
+
+    idx = subsample_indices(10, 4, seed=0)
+    assert idx == subsample_indices(10, 4, seed=0) and list(idx) == sorted(set(idx)) and len(idx) == 4
+    assert subsample_indices(10, 4, seed=1) != idx
+    data = TensorDataset(torch.arange(10) * 10, torch.arange(10))
+    part = subset(data, idx)
+    assert isinstance(part, TensorDataset) and part.tensors[1].tolist() == list(idx)
+
+
+def test_a_large_selection_split_is_subsampled_in_the_prepass(tiny_model, tmp_path, monkeypatch) -> None:
+    """With the subsample threshold lowered to the digits task's size: every row is scored on the same
+    100 examples and its drop is against the untouched model on those; trials score the whole split."""
+    import importlib
+
+    from autoshrink.measure.paired import unpack_correct
+    from autoshrink.search.stages.sensitivity import Choice1
+
+    budget = importlib.import_module("autoshrink.search.stages.prepass_budget")
+    monkeypatch.setattr(budget, "SUBSAMPLE_FROM", 200)
+    monkeypatch.setattr(budget, "PREPASS_EXAMPLES", 100)
+    monkeypatch.setattr(importlib.import_module("autoshrink.search.setup"), "budget_seconds", lambda *a: None)
+    task = digits_task(device="cpu")
+    r = short_search(tiny_model, tmp_path, "defaults:\n  bits: [32, 4, 2]\n", 2)
+    plan = r.study.user_attrs["sensitivity"]["plan"]
+    n = len(task.eval_data)
+    assert plan["examples"] == 100
+    assert plan["subsample"] == f"each choice scored on 100 of the {n} selection examples"
+    idx = budget.subsample_indices(n, 100)
+    base = float(unpack_correct(r.baseline.correct, r.baseline.examples)[list(idx)].mean())
+    rows = r.study.user_attrs["sensitivity"]["rows"]
+    assert len(rows) == 4
+    for row in rows:
+        small = ash.apply_policy(tiny_model, Choice1.from_row(row).policy())
+        m = ash.measure(small, task, runtime="float", latency=FAST, examples=idx)
+        assert (m.examples, row["accuracy"]) == (100, m.accuracy)
+        assert row["accuracy_drop"] == base - m.accuracy
+    trials = [t.user_attrs["measurement"] for t in r.study.trials if "measurement" in t.user_attrs]
+    assert len(trials) == 2 and all(m["examples"] == n for m in trials)
+    from autoshrink.report.stages import prepass_plan_note
+
+    assert "(each choice scored on 100 of the" in prepass_plan_note(r)

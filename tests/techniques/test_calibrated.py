@@ -119,8 +119,8 @@ def test_calibrated_choices_need_data_and_a_oneshot_schedule() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     with pytest.raises(PolicyError, match=r"layers\.1: rounding 'gptq' calibrates on the layer's inputs.*task="):
         ash.apply_policy(model, ash.Policy(layers={"1": ash.LayerPolicy(bits=4, rounding="gptq")}))
-    with pytest.raises(PolicyError, match=r"criterion: 'wanda' chooses single weights, but structured is true"):
-        ash.LayerPolicy(sparsity=0.5, structured=True, criterion="wanda")
+    with pytest.raises(PolicyError, match=r"criterion: 'sparsegpt' chooses single weights, but structured is true"):
+        ash.LayerPolicy(sparsity=0.5, structured=True, criterion="sparsegpt")
     with pytest.raises(PolicyError, match=r'rounding: "gptq" rounds linear 2\.\.8-bit codes, but bits is 16'):
         ash.LayerPolicy(bits=16, rounding="gptq")
     with pytest.raises(PolicyError, match=r"group_size: got -8"):

@@ -297,10 +297,11 @@ class RayExecutor:
         runtime: str | None = None,
         held_out: bool = False,
         probe: bool = False,
+        examples: tuple[int, ...] | None = None,
     ) -> None:
         if not self._slots:
             raise ConfigError("RayExecutor.submit before start(job).")
-        request = Request(policy, finetune, runtime, held_out, probe)
+        request = Request(policy, finetune, runtime, held_out, probe, examples)
         self._work[key] = request
         self._queue.append((key, request))
         self._dispatch()

@@ -7,6 +7,15 @@ one `distill` setting, their median screened - full drop, within [0, slack], unl
 without it, when no screened candidate is more than `margin` (SCREEN_MARGIN) more accurate and no worse
 otherwise (latency by MACs, so it replays). Else PRUNED: it keeps user attribute "screen", counts towards
 n_trials, and refine.py may still take it. The full fine-tune restarts from the compressed model.
+
+zero_step=True adds a rung before the screen: each such candidate is first evaluated with no fine-tune
+(calibrated choices calibrated, BatchNorm re-estimated: what a post-training search measures) and kept
+in the user attribute "zero_step". Under max_accuracy_drop, once CALIBRATION_PAIRS candidates of one
+distill setting have both that and a full measurement, a candidate whose zero-step drop exceeds
+max_accuracy_drop plus the largest recovery seen among them (zero-step drop - full drop) is stopped
+there (PRUNED, as a screened-out one); before that, and without a constraint, the rung only measures.
+It is meant for spaces where fine-tuning recovers little (low-bit GPTQ, a pretrained transformer); where
+fine-tuning recovers much it costs one evaluation per candidate and stops few.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ class Screening:
     slack: float | None = None  # None: max(SCREEN_SLACK, max_accuracy_drop)
     margin: float = SCREEN_MARGIN
     calibrate: bool = True
+    zero_step: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.share, bool) or not isinstance(self.share, (int, float)) or not 0 < self.share < 1:
@@ -44,6 +54,8 @@ class Screening:
             )
         if not isinstance(self.calibrate, bool):
             raise ConfigError(f"search: screen calibrate={self.calibrate!r}; use true or false.")
+        if not isinstance(self.zero_step, bool):
+            raise ConfigError(f"search: screen zero_step={self.zero_step!r}; use true or false.")
         for name in ("slack", "margin"):
             v = getattr(self, name)
             if v is None and name == "slack":
@@ -54,6 +66,30 @@ class Screening:
     def config(self, full: FinetuneConfig) -> FinetuneConfig:
         """The screening fine-tune: the full settings with round(share * steps) steps (at least 1)."""
         return FinetuneConfig.from_dict({**full.to_dict(), "steps": max(1, int(round(self.share * full.steps)))})
+
+    def zero_step_config(self, full: FinetuneConfig) -> FinetuneConfig:
+        """The zero-step rung's evaluation: the full settings with no fine-tune."""
+        return FinetuneConfig.from_dict({**full.to_dict(), "steps": 0})
+
+    def promote_zero_step(
+        self, measured: Measurement, baseline: Measurement, max_drop: float | None, pairs: Sequence[tuple[float, float]]
+    ) -> tuple[bool, str]:
+        """Whether a candidate measured with no fine-tune goes on to the screen, and why (`pairs`:
+        (zero-step drop, full drop) of the study's candidates with the same distill setting)."""
+        drop = baseline.accuracy - measured.accuracy
+        if max_drop is None:
+            return True, f"zero-step drop {drop * 100:.2f} pp (no max_accuracy_drop: the rung only measures)"
+        if len(pairs) < CALIBRATION_PAIRS:
+            return True, (
+                f"zero-step drop {drop * 100:.2f} pp (the rung measures until {CALIBRATION_PAIRS} candidates "
+                f"have both fidelities; {len(pairs)} so far)"
+            )
+        recovery = max(0.0, max(z - f for z, f in pairs))
+        limit = max_drop + recovery
+        how = f"max_accuracy_drop + the largest recovery of {len(pairs)} candidates, {recovery * 100:.2f} pp"
+        if drop <= limit + 1e-12:
+            return True, f"zero-step drop {drop * 100:.2f} pp <= {limit * 100:.2f} pp ({how})"
+        return False, f"zero-step drop {drop * 100:.2f} pp > {limit * 100:.2f} pp ({how})"
 
     def limit(self, max_drop: float, pairs: Sequence[tuple[float, float]] = ()) -> float:
         """The largest screened accuracy drop that is promoted under `max_drop`; `pairs`: (screened,

@@ -8,6 +8,12 @@ calibration examples for a calibrated variant; a trial at a choice plus its fine
 TRAIN_STEP_FORWARDS forward passes of a batch. These estimates only size the pre-pass; what it spent
 is measured and stored (wall_s, eval_s).
 
+Where the selection split has at least SUBSAMPLE_FROM examples (and the metric is accuracy), each row
+is scored on a fixed draw of PREPASS_EXAMPLES of them and its drop is against the untouched model on
+the same draw (prepass_examples): a row then costs its evaluation's share less, and its drop carries
+the sampling noise of 1,000 paired examples (benchmarks/prepass_budget.py measures it against the
+whole split). The trials are always scored on the whole split.
+
 When the choices cost more than the budget:
 1. repeated layers share: layers whose names differ only in their block index (group_key), of one
    type and weight shape (the blocks of a transformer, a layer's repeats across ResNet stages), are
@@ -35,11 +41,15 @@ from typing import Any
 from torch import nn
 
 from ...measure import Measurement
+from ...measure.paired import unpack_correct
+from ...task import Task, subsample_indices
 from ...techniques.calibration import CALIBRATION_EXAMPLES
 from ...train import FinetuneConfig
 from .sensitivity import Choice1
 
 PREPASS_SHARE = 0.25
+PREPASS_EXAMPLES = 1000  # selection-split examples a pre-pass row scores where the split has SUBSAMPLE_FROM
+SUBSAMPLE_FROM = 2000
 TRAIN_STEP_FORWARDS = 3.0
 _MILD_LAST = {"bits": False, "rank": False, "sparsity": True, "structured": True}  # descending = aggressive first
 
@@ -54,15 +64,34 @@ class PrepassPlan:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def estimates(baseline: Measurement, ft: FinetuneConfig, examples: int, batch_size: int) -> tuple[float, float, float]:
-    """(seconds of a choice, of a calibrated choice, of a trial) estimated from the baseline's cost split."""
+def estimates(
+    baseline: Measurement, ft: FinetuneConfig, examples: int, batch_size: int, scored: int | None = None
+) -> tuple[float, float, float]:
+    """(seconds of a choice scored on `scored` of the `examples` (default all), of such a calibrated
+    choice, of a trial) estimated from the baseline's cost split."""
     cost = baseline.cost or {}
     evaluate = float(cost.get("evaluate", 0.0))
     per_example = evaluate / max(examples, 1)
-    choice = max(1e-3, sum(float(v) for k, v in cost.items() if k != "pack"))
+    whole = max(1e-3, sum(float(v) for k, v in cost.items() if k != "pack"))
+    choice = max(1e-3, whole - per_example * (examples - (examples if scored is None else scored)))
     calibrated = choice + per_example * CALIBRATION_EXAMPLES
-    trial = choice + ft.steps * TRAIN_STEP_FORWARDS * per_example * batch_size
+    trial = whole + ft.steps * TRAIN_STEP_FORWARDS * per_example * batch_size
     return choice, calibrated, trial
+
+
+def prepass_examples(task: Task) -> tuple[int, ...] | None:
+    """The selection-split examples the pre-pass scores: PREPASS_EXAMPLES of them (a fixed draw) where
+    the split has at least SUBSAMPLE_FROM and the metric is accuracy; else None, all of them."""
+    total = len(task.eval_data)
+    if callable(task.metric) or total < SUBSAMPLE_FROM:
+        return None
+    return subsample_indices(total, PREPASS_EXAMPLES)
+
+
+def subsample_accuracy(baseline: Measurement, indices: Sequence[int]) -> float:
+    """The baseline's accuracy on `indices` of the selection split (from its per-example record)."""
+    hits = unpack_correct(baseline.correct, baseline.examples)
+    return float(hits[list(indices)].mean())
 
 
 def budget_seconds(timeout: float | None, n_trials: int | None, trial_s: float) -> float | None:

@@ -151,15 +151,12 @@ def _taken(study: optuna.Study, locks: Any, cfg: FinetuneConfig) -> set[tuple[st
     """(layers, distill) of refined trials with the fine-tune `cfg` that completed, or are running on a
     live driver: running them again would only repeat them."""
     out = set()
-    want = cfg.to_dict()
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
     for t in study.get_trials(deepcopy=False, states=states):
         attrs = t.user_attrs
-        if (
-            attrs.get(TrialAttr.REFINED_FROM) is None
-            or attrs.get(TrialAttr.FINETUNE) != want
-            or TrialAttr.POLICY not in attrs
-        ):
+        if attrs.get(TrialAttr.REFINED_FROM) is None or TrialAttr.POLICY not in attrs:
+            continue
+        if attrs.get(TrialAttr.FINETUNE) != for_policy(cfg, Policy.from_dict(attrs[TrialAttr.POLICY])).to_dict():
             continue
         if t.state == optuna.trial.TrialState.RUNNING:
             who = t.user_attrs.get(DRIVER_ATTR)

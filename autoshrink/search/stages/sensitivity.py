@@ -67,7 +67,7 @@ class Choice1:
         if self.field == "sparsity":
             lp = LayerPolicy(sparsity=self.value, criterion=self.criterion)
         elif self.field == "structured":
-            lp = LayerPolicy(sparsity=self.value, structured=True)
+            lp = LayerPolicy(sparsity=self.value, structured=True, criterion=self.criterion)
         elif self.field == "bits":
             codes = 2 <= int(self.value) <= 8
             lp = LayerPolicy(
@@ -101,8 +101,9 @@ def choices(bound: BoundSpace) -> list[Choice1]:
         for s in fields["sparsity"].values:
             if s > 0 and False in structured:
                 out.append(Choice1(layer, "sparsity", s, criterion=v["criterion"]))
-            if s > 0 and True in structured:
-                out.append(Choice1(layer, "structured", s))
+            if s > 0 and True in structured:  # channels rank by wanda where it is the variant (without_moot)
+                channels = "wanda" if v["criterion"] == "wanda" else "magnitude"
+                out.append(Choice1(layer, "structured", s, criterion=channels))
         out += [
             Choice1(layer, "bits", b, rounding=v["rounding"], group_size=v["group_size"])
             for b in fields["bits"].values
@@ -112,9 +113,10 @@ def choices(bound: BoundSpace) -> list[Choice1]:
     return out
 
 
-def row(c: Choice1, o: Outcome, baseline: Measurement) -> dict[str, Any]:
+def row(c: Choice1, o: Outcome, baseline: Measurement, base_accuracy: float | None = None) -> dict[str, Any]:
     """A table row from one measured choice (a failed one keeps its error and no numbers); a
-    calibrated variant's rounding, group size and criterion are kept where they are not the defaults."""
+    calibrated variant's rounding, group size and criterion are kept where they are not the defaults.
+    `base_accuracy`: the untouched model's on the examples the choice was scored on (default: all)."""
     r: dict[str, Any] = {
         "layer": c.layer,
         "field": c.field,
@@ -129,7 +131,7 @@ def row(c: Choice1, o: Outcome, baseline: Measurement) -> dict[str, Any]:
         m = o.measurement
         r.update(
             accuracy=m.accuracy,
-            accuracy_drop=baseline.accuracy - m.accuracy,
+            accuracy_drop=(baseline.accuracy if base_accuracy is None else base_accuracy) - m.accuracy,
             size_bytes=m.size_bytes,
             bytes_saved=baseline.size_bytes - m.size_bytes,
             macs_saved=baseline.macs - m.macs,
@@ -157,15 +159,21 @@ def run_choices(
     seed: int,
     on_row: Callable[[int, Choice1, Outcome], None] | None = None,
     deadline: float | None = None,
+    examples: tuple[int, ...] | None = None,
+    base_accuracy: float | None = None,
+    bias_correction: bool = False,
 ) -> tuple[list[dict[str, Any]], float]:
     """Measure every choice on the executor (all submitted at once, in `items` order: the executor keeps
     its workers busy); return the rows in `items` order and the summed evaluation seconds. `on_row(done,
     choice, outcome)` is called as each finishes (progress). Past `deadline` (a time.perf_counter()
-    value) the choices not yet finished are cancelled and have no row."""
-    cfg = FinetuneConfig(steps=0, bn_batches=bn_batches, seed=seed)
+    value) the choices not yet finished are cancelled and have no row. `examples`: score each on these
+    indices of the selection split only, its drop against `base_accuracy` (the untouched model's there);
+    `bias_correction`: as the search's fine-tune settings say (FinetuneConfig)."""
+    cfg = FinetuneConfig(steps=0, bn_batches=bn_batches, seed=seed, bias_correction=bias_correction)
     keys = {FIRST_KEY - i: c for i, c in enumerate(items)}
+    sub = {} if examples is None else {"examples": examples}
     for key, c in keys.items():
-        ex.submit(key, c.policy(), cfg, runtime=runtime)
+        ex.submit(key, c.policy(), cfg, runtime=runtime, **sub)
     got: dict[int, Outcome] = {}
     try:
         while len(got) < len(keys):
@@ -179,7 +187,7 @@ def run_choices(
     except BaseException:
         ex.cancel()
         raise
-    rows = [row(keys[k], got[k], baseline) for k in keys if k in got]
+    rows = [row(keys[k], got[k], baseline, base_accuracy) for k in keys if k in got]
     return rows, sum(o.seconds for o in got.values())
 
 

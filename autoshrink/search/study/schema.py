@@ -40,13 +40,14 @@ class TrialAttr:
     STAGE = "stage"  # baseline, warm-start, search or refined
     MEASUREMENT = "measurement"  # the full-fidelity Measurement
     SCREEN = "screen"  # {"steps", "seconds", "decision", "reason", "measurement"}
+    ZERO_STEP = "zero_step"  # the zero-step rung: {"seconds", "decision", "reason", "measurement"}
     EVAL = "eval"  # {"seconds", "worker", "attempts"}
     FAILURE = "failure"
     CRASHED = "crashed"
     SKIPPED = "skipped"
     RETRY_OF = "retry_of"
     REFINED_FROM = "refined_from"
-    FINETUNE = "finetune"  # a refine trial's own fine-tune settings
+    FINETUNE = "finetune"  # a trial's own fine-tune settings (refine trials; one-shot calibrated policies)
     WARM_START = "warm_start"
     BASELINE_POLICY = "baseline_policy"
     DRIVER = "driver"  # host:pid:id of the driver that runs it
