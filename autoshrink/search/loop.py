@@ -28,7 +28,6 @@ from .tell import (
     tell_outcome,
     tell_screened_out,
     twin_verdict,
-    zero_step_pairs,
 )
 
 
@@ -108,7 +107,7 @@ def run_loop(
     pairs = promoted_pairs(study, ctx.baseline)  # distill -> [(screened drop, full drop)]: the screen's calibration
     screen_cfg = screening.config(full) if screening is not None and full is not None else None
     zero = screen_cfg is not None and screening.zero_step
-    zero_pairs = zero_step_pairs(study, ctx.baseline) if zero else {}
+    zero_pairs = promoted_pairs(study, ctx.baseline, TrialAttr.ZERO_STEP) if zero else {}
     if ctx.progress:  # the trials start: counts so far, the time the timeout leaves
         elapsed = time.perf_counter() - ctx.t_start
         left = None if ctx.timeout is None else max(ctx.timeout - elapsed, 0.0)

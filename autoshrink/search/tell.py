@@ -71,28 +71,18 @@ def skip_twin(ctx: LoopContext, trial: optuna.trial.Trial, verdict: tuple[bool, 
     )
 
 
-def promoted_pairs(study: optuna.Study, baseline: Measurement) -> dict[bool, list[tuple[float, float]]]:
-    """(screened drop, full drop) of the study's promoted candidates, by their distill setting, in trial order."""
+def promoted_pairs(
+    study: optuna.Study, baseline: Measurement, rung: str = TrialAttr.SCREEN
+) -> dict[bool, list[tuple[float, float]]]:
+    """(drop at `rung` -- the screen, or the zero-step rung -- and full drop) of the study's candidates
+    with both, by their distill setting, in trial order."""
     out: dict[bool, list[tuple[float, float]]] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        screen, full = t.user_attrs.get(TrialAttr.SCREEN), t.user_attrs.get(TrialAttr.MEASUREMENT)
-        if screen and full and t.user_attrs.get(TrialAttr.REFINED_FROM) is None:
+        early, full = t.user_attrs.get(rung), t.user_attrs.get(TrialAttr.MEASUREMENT)
+        if early and full and t.user_attrs.get(TrialAttr.REFINED_FROM) is None:
             distill = bool(t.user_attrs.get(TrialAttr.POLICY, {}).get("distill", False))
             out.setdefault(distill, []).append(
-                (baseline.accuracy - screen["measurement"]["accuracy"], baseline.accuracy - full["accuracy"])
-            )
-    return out
-
-
-def zero_step_pairs(study: optuna.Study, baseline: Measurement) -> dict[bool, list[tuple[float, float]]]:
-    """(zero-step drop, full drop) of the study's candidates with both, by their distill setting."""
-    out: dict[bool, list[tuple[float, float]]] = {}
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        zero, full = t.user_attrs.get(TrialAttr.ZERO_STEP), t.user_attrs.get(TrialAttr.MEASUREMENT)
-        if zero and full and t.user_attrs.get(TrialAttr.REFINED_FROM) is None:
-            distill = bool(t.user_attrs.get(TrialAttr.POLICY, {}).get("distill", False))
-            out.setdefault(distill, []).append(
-                (baseline.accuracy - zero["measurement"]["accuracy"], baseline.accuracy - full["accuracy"])
+                (baseline.accuracy - early["measurement"]["accuracy"], baseline.accuracy - full["accuracy"])
             )
     return out
 
