@@ -1,7 +1,9 @@
 """What docker/compose.yaml starts, natively on loopback and without Docker: PostgreSQL, a Ray head
 (127.0.0.2) and a worker node (127.0.0.3), optuna-dashboard on the study storage, and two drivers
 running `autoshrink search` on one study -- then the study in PostgreSQL, the dashboard's
-/api/studies and the report. Every process is stopped by PID."""
+/api/studies and the report. Every process is stopped by PID. The task's fine-tuning waits until an
+actor on each node has reached it (tests/e2e/gated.py), so both drivers evaluate trials however
+slowly the second one starts."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from .browser import get_json, start_dashboard, stop
 
 pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[2]
-N_TRIALS = 16  # enough work that the second driver's actor is up before the first is done
+N_TRIALS = 16
 
 
 def test_compose_equivalent_stack_two_drivers_one_study(postgres, tmp_path, monkeypatch, capsys) -> None:
@@ -34,13 +36,14 @@ def test_compose_equivalent_stack_two_drivers_one_study(postgres, tmp_path, monk
         config.write_text(f"""name: stack
 model: autoshrink.zoo:digits_model
 model_args: {{kind: mlp}}
-task: autoshrink.zoo:digits_task
+task: tests.e2e.gated:gated_digits_task
+task_args: {{gate: "{tmp_path}", nodes: ["{HEAD}", "{SECOND}"]}}
 space: {ROOT / "autoshrink" / "spaces" / "quantize_only.yaml"}
 objectives: [accuracy, size]
 n_trials: {N_TRIALS}
 finetune_steps: 60
 executor: ray
-executor_args: {{address: "{cluster.address}", actors: 1}}
+executor_args: {{address: "{cluster.address}", actors: 1, py_modules: ["{ROOT / "tests"}"]}}
 """)
         env = {**cluster.env, "PYTHONPATH": str(ROOT)}
         drivers = [

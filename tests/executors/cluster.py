@@ -115,14 +115,28 @@ class LoopbackCluster:
                 time.sleep(0.5)
             else:
                 raise RuntimeError(f"the Ray head did not come up in {self.start_timeout:g} s")
-            second = self._ray_start(f"--address={self.address}", f"--node-ip-address={SECOND}")
-            while time.time() < deadline and not any(b"raylet" in _cmdline(p) for p in descendants(second.pid)):
-                time.sleep(0.5)
-            time.sleep(3)  # let the second node register with the head
+            self._ray_start(f"--address={self.address}", f"--node-ip-address={SECOND}")
+            self._wait_for_nodes(2, deadline)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _wait_for_nodes(self, n: int, deadline: float) -> None:
+        """Until the head lists `n` live nodes (asked by a short-lived driver: the test process may hold
+        a Ray of its own)."""
+        left = max(deadline - time.time(), 1.0)
+        probe = subprocess.run(
+            [sys.executable, "-c", _NODES_UP, self.address, str(n), str(left)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=left + 30,
+        )
+        if probe.returncode != 0:
+            raise RuntimeError(
+                f"the Ray cluster did not list {n} live nodes in {self.start_timeout:g} s: {probe.stderr[-800:]}"
+            )
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -157,8 +171,13 @@ class LoopbackCluster:
         self.leftover = sorted(pid for pid in pids if alive(pid))
 
 
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
+_NODES_UP = """
+import sys, time, ray
+address, n, left = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+deadline = time.time() + left
+ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+while sum(node["Alive"] for node in ray.nodes()) < n:
+    if time.time() > deadline:
+        sys.exit(f"live nodes: {[node['NodeManagerAddress'] for node in ray.nodes() if node['Alive']]}")
+    time.sleep(0.2)
+"""

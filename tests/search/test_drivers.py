@@ -112,7 +112,7 @@ def test_sqlite_lock_folder_is_removed_by_the_last_driver(tmp_path) -> None:
 
 
 DRIVER_SCRIPT = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     sys.path.insert(0, {root!r})
     import torch
     import autoshrink as ash
@@ -121,9 +121,18 @@ DRIVER_SCRIPT = textwrap.dedent("""
     from tests.search.conftest import Tiny, FAST
 
     class Slow(LocalExecutor):
-        '''Each trial's evaluation takes at least {delay} s more, so drivers overlap.'''
+        '''Each trial's evaluation takes at least {delay} s more; the first waits until {drivers} drivers
+        have reached it (a file each in {gate!r}), so the drivers overlap however slowly one starts.'''
+        gated = False
         def wait(self, timeout=None):
             if self._pending and self._pending[0][0] >= 0:
+                if not self.gated:
+                    open(os.path.join({gate!r}, str(os.getpid())), "w").close()
+                    deadline = time.monotonic() + 240
+                    while len(os.listdir({gate!r})) < {drivers}:
+                        assert time.monotonic() < deadline, "the other driver never reached its first trial"
+                        time.sleep(0.05)
+                    self.gated = True
                 time.sleep({delay})
             return super().wait(timeout)
 
@@ -138,13 +147,23 @@ DRIVER_SCRIPT = textwrap.dedent("""
 
 
 def _driver(
-    tmp_path: Path, tiny_model, tiny_space, storage: str, n: int, delay: float, seed: int, refine_top: int = 0
+    tmp_path: Path,
+    tiny_model,
+    tiny_space,
+    storage: str,
+    n: int,
+    delay: float,
+    seed: int,
+    refine_top: int = 0,
+    drivers: int = 2,
 ) -> subprocess.Popen:
+    """A driver process; its first trial waits until `drivers` drivers of this tmp_path reached theirs."""
     import torch
 
-    weights = tmp_path / "w.pt"
+    weights, gate = tmp_path / "w.pt", tmp_path / "gate"
     if not weights.exists():
         torch.save(tiny_model.state_dict(), weights)
+    gate.mkdir(exist_ok=True)
     script = DRIVER_SCRIPT.format(
         root=str(ROOT),
         weights=str(weights),
@@ -154,6 +173,8 @@ def _driver(
         delay=delay,
         seed=seed,
         refine_top=refine_top,
+        gate=str(gate),
+        drivers=drivers,
     )
     return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
