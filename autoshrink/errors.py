@@ -37,6 +37,16 @@ class TrainingError(AutoshrinkError, RuntimeError):
     """Fine-tuning could not proceed (a NaN/inf loss, an empty dataset, ...)."""
 
 
+class StorageError(AutoshrinkError, RuntimeError):
+    """The study storage failed while a command used it (disk full, I/O error, the server gone): what
+    was told before is kept; the message says how to resume."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (the CLI turns it into this, like SIGINT into KeyboardInterrupt): a BaseException,
+    so a candidate's error handling never swallows it and the search unwinds as on Ctrl-C."""
+
+
 class PackError(AutoshrinkError, ValueError):
     """A packed artifact (.ashz) cannot be written or read."""
 

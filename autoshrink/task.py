@@ -109,6 +109,11 @@ class Task:
                 f"Task.example_input: got {describe(self.example_input)}; expected a tensor shaped like one "
                 "input batch, e.g. torch.randn(1, 1, 28, 28)."
             )
+        if self.example_input.dim() == 0 or self.example_input.shape[0] == 0:
+            raise TaskError(
+                f"Task.example_input: shape {list(self.example_input.shape)} holds no example; give one batch "
+                "of at least one input (its first dimension is the batch)."
+            )
         if isinstance(self.metric, str) and self.metric not in METRICS:
             raise TaskError(
                 f"Task.metric: got {self.metric!r}; use one of {METRICS} or a callable(model, loader, device) -> float."

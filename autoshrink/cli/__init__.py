@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from ..errors import AutoshrinkError
+from ..errors import AutoshrinkError, Terminated
 from ..techniques import CompressionWarning
 from ..version import __version__
 from . import dashboard, demo, recipes, report, search, sensitivity, walkthrough
@@ -34,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     """autoshrink's own warnings as one plain line; others in Python's usual format."""
     if issubclass(category, CompressionWarning):
@@ -51,16 +57,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
+        names = ", ".join(sub.choices) if (sub := _subcommands(parser)) else ""
+        print(
+            f"autoshrink: error: no command given; use one of {names} (`autoshrink --help` says what each "
+            "does; `autoshrink demo` is a first run).",
+            file=sys.stderr,
+        )
         return 2
+    previous = _terminate_on_sigterm()
     try:
         return int(args.func(args) or 0)
     except AutoshrinkError as exc:
         print(f"autoshrink: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("autoshrink: interrupted", file=sys.stderr)
+        print(f"autoshrink: interrupted (SIGINT){_resume_hint(args)}", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"autoshrink: terminated (SIGTERM){_resume_hint(args)}", file=sys.stderr)
+        return 143
     except Exception:  # not a user error: a bug -- the traceback, and where to send it
         traceback.print_exc()
         print(
@@ -69,6 +84,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_on_sigterm() -> Any:
+    """SIGTERM raises Terminated in the main thread (the previous handler is returned to restore), so
+    a search unwinds as on Ctrl-C: its running trials are failed and queued again."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _on_term(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, _on_term)
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    if getattr(args, "command", None) == "search":
+        return "; the running trials were failed and queued again: run the same command to resume."
+    return "."
 
 
 if __name__ == "__main__":

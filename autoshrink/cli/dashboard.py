@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
+from ..errors import Terminated
+
 INSTALL = "pip install 'autoshrink[dashboard]'"
-
-
-class _Terminated(Exception):
-    """SIGTERM arrived while serving."""
 
 
 def _fail(message: str) -> Exception:
@@ -185,20 +181,11 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     print(f"{base}/studies/{study_id}" if study_id is not None else base)
     print("Ctrl-C to stop", flush=True)
 
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-
-        def _on_term(signum: int, frame: Any) -> None:
-            raise _Terminated()
-
-        previous = signal.signal(signal.SIGTERM, _on_term)
-    try:
+    try:  # SIGTERM raises Terminated (cli.main): a clean stop, like Ctrl-C
         httpd.serve_forever()
-    except _Terminated:
+    except Terminated:
         print("autoshrink: dashboard stopped (SIGTERM)", file=sys.stderr)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         httpd.server_close()
         storage.engine.dispose()
     return 0

@@ -11,6 +11,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
 from torch import nn
 
 from ..evaluate import evaluate, evaluate_held_out, evaluate_runtimes
@@ -100,7 +101,19 @@ def run_job(job: Job, key: int, request: Request, worker: str = "local") -> Outc
     except Exception as exc:  # noqa: BLE001 - a failed candidate is recorded with its reason, never hidden
         frames = traceback.extract_tb(exc.__traceback__)
         origin = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-        return Outcome(key, None, f"{type(exc).__name__}: {exc}{origin}", time.perf_counter() - t0, worker)
+        text = " ".join(str(exc).split())
+        if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+            exc.__traceback__ = None  # the frames hold the candidate's tensors: free them for the next one
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            text = f"{text[:300]}; {OOM_FIX}"
+        return Outcome(key, None, f"{type(exc).__name__}: {text}{origin}", time.perf_counter() - t0, worker)
+
+
+OOM_FIX = (
+    "this candidate ran out of memory and the search went on. Fix: a smaller Task.batch_size, fewer "
+    "candidates per device (RayExecutor gpus_per_actor / cpus_per_actor), or more memory"
+)
 
 
 class Executor(Protocol):

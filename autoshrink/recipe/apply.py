@@ -15,6 +15,7 @@ from ..measure import LatencyConfig, Measurement, measure
 from ..measure.runtime import set_deploy_runtime
 from ..policy import Policy
 from ..task import Task
+from ..task_check import check_task
 from ..techniques import ApplyReport, CompressionWarning
 from .fingerprint import Mismatch, compare, fingerprint, normalize, unwrap
 from .recipe import Recipe
@@ -57,6 +58,38 @@ def _fitting_policy(target: nn.Module, recipe: Recipe, mismatch: Mismatch) -> tu
     return Policy(layers=layers, distill=recipe.policy.distill), tuple(left)
 
 
+def check_fits(model: nn.Module, recipe: Recipe, task: Task | None) -> None:
+    """Before anything is compressed or written: the task fits the model (task_check), or without one
+    the model runs zeros of the recorded example-input shape; a recorded int8 runtime needs an
+    nn.Linear layer (its kernels run only those)."""
+    if task is not None:
+        check_task(model, task)
+    else:
+        x = recipe.example_input.zeros()
+        modes = [(m, m.training) for m in model.modules()]
+        try:
+            with torch.no_grad():
+                model.eval()(x.to(next(model.parameters(), torch.empty(0)).device))
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the model cannot run the recorded input: say so
+            text = " ".join(str(exc).split())[:300]
+            raise RecipeError(
+                f"{_where(recipe)}: example_input: the model cannot run zeros of the recorded shape "
+                f"{list(x.shape)} ({recipe.example_input.dtype}): {type(exc).__name__}: {text}. Fix: apply it to "
+                "the model it was made for, or pass a task (CLI: --task) whose example_input fits the model."
+            ) from None
+        finally:
+            for m, mode in modes:
+                m.training = mode
+    if recipe.measure_runtime == "int8" and not any(isinstance(m, nn.Linear) for m in model.modules()):
+        raise RecipeError(
+            f"{_where(recipe)}: metrics.runtime is {recipe.metrics.runtime!r}, whose int8 kernels run nn.Linear "
+            f"layers, and {type(model).__name__} has none: its figures could not be reproduced. Fix: export the "
+            "recipe again from a study of this model (its runtime is float)."
+        )
+
+
 def apply_recipe_with_report(
     model: nn.Module, recipe: Recipe | str | os.PathLike[str], task: Task | None = None, *, strict: bool = True
 ) -> tuple[nn.Module, RecipeReport]:
@@ -78,6 +111,7 @@ def apply_recipe_with_report(
             + ". Fix: apply it to the architecture it was made for (retrained "
             "weights are fine), or pass strict=False (CLI: --no-strict) to apply the policy to the layers that match."
         )
+    check_fits(target, recipe, task)
     policy, left = _fitting_policy(target, recipe, mismatch)
     if task is not None and task.transform_name != recipe.train_transform and recipe.finetune.steps:
         warnings.warn(

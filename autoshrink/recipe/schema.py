@@ -22,6 +22,8 @@ from ..train.config import OPTIONAL_FIELDS
 from .fingerprint import Fingerprint, InputSpec, LayerSignature, normalize
 
 FORMAT = "autoshrink-recipe/2"
+MAX_INPUT_DIMS = 8  # example_input dimensions a recipe may record
+MAX_INPUT_ELEMENTS = 2**26  # and elements: zeros of it are built to trace and time the model (256 MiB float32)
 FORMAT_V1 = "autoshrink-recipe/1"
 _FORMAT_RE = re.compile(r"autoshrink-recipe/(\d+)")
 KEYS = (
@@ -272,8 +274,14 @@ def parse_fields(data: Any, src: Source) -> dict[str, Any]:
     shape = c.check(
         spec["shape"],
         "example_input.shape",
-        lambda v: isinstance(v, list) and all(type(d) is int and d >= 0 for d in v),
-        "expected a list of dimensions (integers >= 0), e.g. [1, 1, 28, 28]",
+        lambda v: (
+            isinstance(v, list)
+            and len(v) <= MAX_INPUT_DIMS
+            and all(type(d) is int and d >= 1 for d in v)
+            and math.prod(v) <= MAX_INPUT_ELEMENTS
+        ),
+        f"expected at most {MAX_INPUT_DIMS} dimensions (integers >= 1) of at most {MAX_INPUT_ELEMENTS:,} "
+        "elements in all, e.g. [1, 1, 28, 28]",
     )
     dtype = c.check(
         spec["dtype"],

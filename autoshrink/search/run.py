@@ -15,24 +15,25 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
+from sqlalchemy.exc import SQLAlchemyError
 from torch import nn
 
 from ..errors import ConfigError
 from ..executors import make_executor
 from ..space import SearchSpace
 from ..task import Task, require_model_and_task
+from ..task_check import check_task
 from . import display
 from .config import SearchConfig, check_names
 from .context import Progress
 from .loop import run_loop
-from .preflight import check_model_on_task
 from .result import SearchResult
-from .setup import plan, setup
+from .setup import Plan, plan, setup
 from .stages.held_out import run_held_out
 from .stages.refine import refine_candidates, run_refine, screened_refine_limit
 from .study.leases import open_locks
 from .study.schema import StudyAttr
-from .study.storage import check_storage, counted
+from .study.storage import check_storage, counted, storage_failure
 from .tell import StudyWarning
 
 __all__ = ["search"]
@@ -86,9 +87,27 @@ def _run(
     t_start: float,
 ) -> SearchResult:
     ex = make_executor(cfg.executor)  # an unknown executor is refused before anything is created
-    check_model_on_task(model, task)
+    check_task(model, task)
     p = plan(model, task, space, cfg)
     check_storage(p.storage)  # from here on the study may be created
+    try:
+        return _stages(model, task, cfg, p, ex, progress, t_start)
+    except (OSError, SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        failure = storage_failure(exc, p.storage)
+        if failure is None:
+            raise
+        raise failure from exc
+
+
+def _stages(
+    model: nn.Module,
+    task: Task,
+    cfg: SearchConfig,
+    p: Plan,
+    ex: Any,
+    progress: Callable[[Progress], None] | None,
+    t_start: float,
+) -> SearchResult:
     with open_locks(p.storage, p.study_name) as locks:  # this driver's lease; the study's mutex
         try:
 

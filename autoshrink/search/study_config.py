@@ -5,6 +5,7 @@ study name.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
@@ -14,6 +15,7 @@ from typing import Any
 
 from ..errors import TaskError, describe, finite_number
 from ..executors.runtime_env import check_py_modules, check_working_dir
+from ..space import BUILTIN_DIR
 from ..space.yaml_source import Source, load_yaml
 from ..task import Task
 from .config import SETTINGS, SearchConfig, from_mapping
@@ -86,13 +88,39 @@ def load_entry_point(spec: str, path: str, src: Source) -> Callable[..., Any]:
         raise
     except BaseException as exc:  # noqa: BLE001 - the user's module failed while importing: say where
         raise src.error(path, f"importing {module!r} raised {_described(exc)}; fix that module.") from None
-    for part in attr.split("."):
+    parts = attr.split(".")
+    for i, part in enumerate(parts):
         if not hasattr(obj, part):
-            raise src.error(path, f"{module!r} has no attribute {attr!r}.")
+            prefix = "".join(f"{p}." for p in parts[:i])
+            owner = f"{module}:{prefix[:-1]}" if prefix else module
+            hint = _alternatives(obj, part, module, prefix)
+            raise src.error(path, f"{owner!r} has no attribute {part!r}; {hint}{'' if hint.endswith('?') else '.'}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise src.error(path, f"{spec!r} is not callable.")
+        raise src.error(
+            path, f"{spec!r} is {describe(obj)}, not callable; name a function or class that returns the {path}."
+        )
     return obj
+
+
+def _alternatives(obj: Any, missing: str, module: str, prefix: str) -> str:
+    """'did you mean 'module:close'?', else the callables `obj` has: what to name instead of `missing`."""
+    names = []
+    for name in sorted(dir(obj)):
+        if name.startswith("_"):
+            continue
+        try:
+            if callable(getattr(obj, name)):
+                names.append(name)
+        except Exception:  # noqa: BLE001, S112 - a lazy attribute that fails to load is no candidate
+            continue
+    close = difflib.get_close_matches(missing, names, n=3, cutoff=0.6)
+    if close:
+        return "did you mean " + " or ".join(f"'{module}:{prefix}{n}'" for n in close) + "?"
+    if not names:
+        return "it has no public callables; name the module that defines the factory"
+    more = f", ... ({len(names)} in all)" if len(names) > 12 else ""
+    return f"its callables: {', '.join(names[:12])}{more}"
 
 
 def an(name: str) -> str:
@@ -199,9 +227,15 @@ def load_study_config(path: str | Path) -> StudyConfig:
             f"got {describe(holdout)}; use the share of the task's eval_data to hold out, "
             "in (0, 1), e.g. 0.5 (or leave it out when the task has test_data).",
         )
-    for key in ("space", "description"):
+    fixes = {
+        "space": "use a built-in space's name ("
+        + ", ".join(sorted(f.stem for f in BUILTIN_DIR.glob("*.yaml")))
+        + ") or the path of a space YAML, e.g. space: spaces/mine.yaml.",
+        "description": "use one line of text, e.g. description: 'int4 for the edge board'.",
+    }
+    for key, fix in fixes.items():
         if data.get(key) is not None and not isinstance(data[key], str):
-            raise src.error(key, f"got {describe(data[key])}; expected text.")
+            raise src.error(key, f"got {describe(data[key])}; {fix}")
     given = {k: v for k, v in data.items() if k in SETTINGS and v is not None}  # null: the default
     given["study_name"] = data["name"]
 

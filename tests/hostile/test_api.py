@@ -18,10 +18,9 @@ from .harness import refused_by_api
 SPACE = "defaults:\n  bits: [32, 8]\n"
 
 
-def _search(tmp_path, task=None, **kwargs):
+def _search(tmp_path, make_task=factories.task, **kwargs):
     space = ash.load_space(_space_file(tmp_path))
-    task = task or factories.task()
-    return lambda: ash.search(factories.tiny(), task, space, **{"n_trials": 2, "finetune_steps": 2, **kwargs})
+    return lambda: ash.search(factories.tiny(), make_task(), space, **{"n_trials": 2, "finetune_steps": 2, **kwargs})
 
 
 def _space_file(tmp_path):
@@ -52,12 +51,81 @@ SEARCH = [  # id, keyword arguments or a task factory, the error type, the messa
     ("wrong-shape", factories.wrong_shape_task, TaskError, "Task.example_input: the model cannot run it"),
     ("empty-batch", factories.empty_batch_task, TaskError, "holds no example"),
     ("labels", factories.labels_out_of_range_task, TaskError, "labels span 0..12, but the model outputs 10 classes"),
+    (
+        "uint8-images",
+        factories.uint8_images_task,
+        TaskError,
+        "Task.example_input: the model cannot run it (shape [1, 1, 8, 8], torch.uint8): RuntimeError: ",
+    ),
+    ("uint8-fix", factories.uint8_images_task, TaskError, "e.g. x.float() / 255 for torch.uint8 images)."),
+    (
+        "mixed-dtypes",
+        factories.mixed_dtype_task,
+        TaskError,
+        "Task.train_data: inputs are torch.float64 but example_input is torch.float32; give both as the "
+        "model's input dtype.",
+    ),
+    (
+        "data-shape",
+        factories.wrong_shape_data_task,
+        TaskError,
+        "Task.eval_data: the model cannot run its first batch (shape [8, 1, 5, 5], torch.float32; example_input "
+        "shape [1, 1, 8, 8], torch.float32): RuntimeError: ",
+    ),
+    (
+        "float-labels",
+        factories.float_labels_task,
+        TaskError,
+        "Task.train_data: labels are torch.float32, but the accuracy metric compares them with class indices; "
+        "give integer class ids (e.g. y.long()).",
+    ),
+    (
+        "mse-class-ids",
+        factories.mse_on_class_ids_task,
+        TaskError,
+        "Task.train_data: the loss 'mse' needs targets shaped as the model's outputs; got outputs shape [8, 10], "
+        "torch.float32 and targets shape [8], torch.float32. Fix: targets of shape [8, 10], or "
+        "loss='cross_entropy' for class ids.",
+    ),
+    (
+        "ce-float-targets",
+        factories.cross_entropy_on_floats_task,
+        TaskError,
+        "Task.train_data: the loss 'cross_entropy' cannot take the model's outputs (shape [8, 10], torch.float32) "
+        "and the targets (shape [8], torch.float32): RuntimeError: ",
+    ),
+    ("ce-fix", factories.cross_entropy_on_floats_task, TaskError, "Fix: targets as int64 class ids (y.long())"),
+    (
+        "nan-inputs",
+        factories.nan_inputs_task,
+        TaskError,
+        "Task.train_data: the loss of the untouched model on its first batch is nan; check the data for NaN or "
+        "inf values.",
+    ),
+    (
+        "test-labels",
+        factories.test_labels_out_of_range_task,
+        TaskError,
+        "Task.test_data: labels span 0..10, but the model outputs 10 classes",
+    ),
+    (
+        "no-targets",
+        factories.no_targets_task,
+        TaskError,
+        "Task.train_data: each example must be an (input, target) pair; return (x, y) from __getitem__.",
+    ),
+    (
+        "unreadable-data",
+        factories.unreadable_data_task,
+        TaskError,
+        "Task.eval_data: reading its first batch raised FileNotFoundError: images/0.png; fix the dataset.",
+    ),
 ]
 
 
 @pytest.mark.parametrize("given, kind, message", [c[1:] for c in SEARCH], ids=[c[0] for c in SEARCH])
 def test_search_refuses_before_creating_anything(tmp_path, given, kind, message) -> None:
-    call = _search(tmp_path, task=given()) if callable(given) else _search(tmp_path, **given)
+    call = _search(tmp_path, make_task=given) if callable(given) else _search(tmp_path, **given)
     refused_by_api(call, tmp_path, kind, message)
     assert not (tmp_path / "studies").exists()
 

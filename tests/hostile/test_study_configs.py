@@ -28,8 +28,40 @@ CASES = [  # id, config text, the message
     ("model-not-entry-point", _config(model="tests.hostile.factories.tiny"), "use 'package.module:callable'"),
     ("model-empty-attr", _config(model="'tests.hostile.factories:'"), "use 'package.module:callable'"),
     ("model-module-missing", _config(model="no_such_pkg.models:net"), "cannot import 'no_such_pkg.models'"),
-    ("model-attr-missing", _config(model="tests.hostile.factories:nope"), "has no attribute 'nope'"),
-    ("model-not-callable", _config(model="tests.hostile.factories:NOT_CALLABLE"), "is not callable"),
+    (
+        "model-attr-missing",
+        _config(model="tests.hostile.factories:nope"),
+        "model: 'tests.hostile.factories' has no attribute 'nope'; its callables: Tiny, conv_only, "
+        "cross_entropy_on_floats_task, empty_batch_task, exits, float_labels_task, labels_out_of_range_task, "
+        "mixed_dtype_task, mse_on_class_ids_task, nan_inputs_task, no_targets_task, raises, ... (20 in all).",
+    ),
+    (
+        "model-attr-typo",
+        _config(model="tests.hostile.factories:tinny"),
+        "model: 'tests.hostile.factories' has no attribute 'tinny'; did you mean 'tests.hostile.factories:tiny' or "
+        "'tests.hostile.factories:Tiny'?\n",
+    ),
+    (
+        "model-nested-attr",
+        _config(model="tests.hostile.factories:Tiny.buld"),
+        "model: 'tests.hostile.factories:Tiny' has no attribute 'buld'; its callables: add_module, apply, ",
+    ),
+    (
+        "model-not-callable",
+        _config(model="tests.hostile.factories:NOT_CALLABLE"),
+        "model: 'tests.hostile.factories:NOT_CALLABLE' is 3, not callable; name a function or class that returns "
+        "the model.",
+    ),
+    ("objectives-number", _config(objectives="3"), "objectives: got 3; use a list of objective names from"),
+    ("objectives-nested", _config(objectives="[[accuracy, size]]"), "objectives: got [['accuracy', 'size']]; use"),
+    (
+        "space-number",
+        _config(space="5"),
+        "space: got 5; use a built-in space's name (default, lowrank_only, post_training, prune_only, "
+        "quantize_only, structured) or the path of a space YAML, e.g. space: spaces/mine.yaml.\n",
+    ),
+    ("space-nested", _config(space="[[a]]"), "space: got [['a']]; use a built-in space's name"),
+    ("description-list", _config(description="[a, b]"), "description: got ['a', 'b']; use one line of text"),
     (
         "factory-raises",
         _config(model="tests.hostile.factories:raises", model_args="{kind: mlp}"),

@@ -28,6 +28,7 @@ from ...policy import LayerPolicy, Policy
 from ...space import BoundSpace, SearchSpace, bind
 from ...space.bind import calibrated_variant
 from ...task import Task, require_model_and_task
+from ...task_check import check_task
 from ...techniques.structured import structured_blockers
 from ...train import FinetuneConfig
 
@@ -213,6 +214,7 @@ def sensitivity(
     require_model_and_task(model, task, "sensitivity")
     if not isinstance(space, SearchSpace):
         raise ConfigError(f"sensitivity: space must be a SearchSpace (use ash.load_space), got {type(space).__name__}.")
+    check_task(model, task)
     if check_runtime(runtime) == "auto":
         runtime = "float"
     bound = bind(space, model)

@@ -42,6 +42,30 @@ def sqlite_tables(path: Path) -> set[str]:
         con.close()
 
 
+def sqlite_damage(path: Path) -> str | None:
+    """What SQLite's quick_check (read-only) finds wrong with the file, or None when it is sound (or
+    busy: another driver's lock is not damage). A WAL file beside it is read too, as SQLite would."""
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = [str(r[0]) for r in con.execute("PRAGMA quick_check(3)")]
+        finally:
+            con.close()
+    except sqlite3.OperationalError:  # locked or busy: not damage; the storage's own open says what it is
+        return None
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+        return str(exc)
+    return None if rows == ["ok"] else "; ".join(rows)
+
+
+def damaged(url: str, raw: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"storage {url}: {raw} is a damaged SQLite database ({' '.join(why.split())[:200]}); nothing was "
+        f"changed. Fix: restore it from a backup (or `sqlite3 {raw} .recover | sqlite3 recovered.db` and pass "
+        "recovered.db), or name a new .db file."
+    )
+
+
 def check_sqlite_study_file(url: str, prefix: str = "") -> None:
     """ConfigError (message after `prefix`) unless `url`'s file is an existing Optuna SQLite database."""
     raw = url[len("sqlite:///") :].split("?", 1)[0] if url.startswith("sqlite:///") else ""
@@ -63,12 +87,10 @@ def check_sqlite_study_file(url: str, prefix: str = "") -> None:
         raise ConfigError(
             f"{prefix}storage {url}: {raw} is {what}; nothing was changed. Fix: pass the .db file a search wrote."
         )
-    try:
-        missing = OPTUNA_TABLES - sqlite_tables(path)
-    except sqlite3.Error as exc:
-        raise ConfigError(
-            f"{prefix}storage {url}: {raw} cannot be read as SQLite ({exc}); pass the .db file a search wrote."
-        ) from None
+    why = sqlite_damage(path)
+    if why is not None:
+        raise ConfigError(f"{prefix}{damaged(url, raw, why)}")
+    missing = OPTUNA_TABLES - sqlite_tables(path)
     if missing:
         raise ConfigError(
             f"{prefix}storage {url}: {raw} is an SQLite database but not an Optuna study storage "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,9 +10,9 @@ from typing import Any
 
 import optuna
 
-from ...errors import ConfigError
+from ...errors import ConfigError, StorageError
 from ..objectives import Objective
-from .readonly import is_sqlite, sqlite_tables
+from .readonly import damaged, is_sqlite, sqlite_damage, sqlite_tables
 from .schema import FORMAT, StudyAttr, TrialAttr
 from .urls import engine_kwargs, rdb_url, redact, storage_error
 
@@ -31,8 +32,9 @@ def make_storage(url: str) -> Any:
         return optuna.storages.RDBStorage(rdb_url(url), engine_kwargs=engine_kwargs(url))
     path = Path(url[len("sqlite:///") :])
     check_own_sqlite(url, path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    check_folder(url, path)
+    if not path.parent.exists():  # the default studies/ folder (check_folder refused any other)
+        path.parent.mkdir()
     from sqlalchemy import event
 
     storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
@@ -49,9 +51,32 @@ def make_storage(url: str) -> Any:
 
 
 def check_storage(url: str) -> None:
-    """Before anything is created: an SQLite file a search would write into must be its own (check_own_sqlite)."""
+    """Before anything is created: an SQLite file a search would write into must be its own
+    (check_own_sqlite), in a folder that exists (check_folder)."""
     if url.startswith("sqlite:///"):
-        check_own_sqlite(url, Path(url[len("sqlite:///") :].split("?", 1)[0]))
+        path = Path(url[len("sqlite:///") :].split("?", 1)[0])
+        check_own_sqlite(url, path)
+        check_folder(url, path)
+
+
+DEFAULT_FOLDER = Path("studies")  # default_storage's folder, relative to the working directory: created
+
+
+def check_folder(url: str, path: Path) -> None:
+    """The SQLite file's folder must exist and be a folder: a mistyped path is refused, never created
+    (deep paths included). Only the default studies/ folder is created."""
+    folder = path.parent
+    if folder.is_dir():
+        return
+    if folder.exists() or any(p.exists() and not p.is_dir() for p in folder.parents):
+        blocker = next(p for p in (folder, *folder.parents) if p.exists() and not p.is_dir())
+        raise ConfigError(f"storage {url!r}: {blocker} is a file, not a folder; name a .db file in a folder.")
+    if folder == DEFAULT_FOLDER:
+        return
+    raise ConfigError(
+        f"storage {url!r}: the folder {folder} does not exist; create it (mkdir -p {folder}) or name a .db "
+        "file in an existing folder."
+    )
 
 
 def check_own_sqlite(url: str, path: Path) -> None:
@@ -66,6 +91,9 @@ def check_own_sqlite(url: str, path: Path) -> None:
             f"storage {url!r}: {path} exists and is not an SQLite database; a search never writes "
             "into another file. Fix: name a new .db file."
         )
+    why = sqlite_damage(path)
+    if why is not None:
+        raise damaged(url, str(path), why)
     tables = sqlite_tables(path)
     if tables and "studies" not in tables:
         raise ConfigError(
@@ -184,3 +212,32 @@ REQUEUE_KEEP = (TrialAttr.BASELINE_POLICY, TrialAttr.WARM_START)
 def requeue_attrs(trial: optuna.trial.Trial | optuna.trial.FrozenTrial, number: int) -> dict[str, Any]:
     """User attributes a re-queued trial keeps (how it came to be), plus retry_of."""
     return {**{k: trial.user_attrs[k] for k in REQUEUE_KEEP if k in trial.user_attrs}, TrialAttr.RETRY_OF: number}
+
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def storage_failure(exc: BaseException, url: str) -> StorageError | None:
+    """A StorageError for `exc` when it is the storage failing under a running search -- a write the
+    disk refused (full, over quota, an I/O error), a damaged file, the database server gone -- else
+    None (a bug is not relabelled). What was told before stays in the study."""
+    import sqlalchemy.exc as sa
+
+    cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) else exc
+    if isinstance(cause, OSError) and cause.errno in FULL_ERRNOS:
+        text = cause.strerror or str(cause)
+    elif isinstance(cause, sa.OperationalError) or type(cause) is sa.DatabaseError:
+        text = str(getattr(cause, "orig", None) or cause)
+    else:
+        return None
+    text = " ".join(text.split())[:200]
+    full = any(w in text.lower() for w in ("full", "no space", "quota", "too large", "i/o error"))
+    fix = (
+        "free disk space (or move the study to a disk with room)"
+        if full
+        else ("check the disk and the file" if url.startswith("sqlite") else "check the database server")
+    )
+    return StorageError(
+        f"storage {redact(url)}: the search could not write its study ({text}); the trials told before "
+        f"are kept and the study stays readable. Fix: {fix}, then run the same search to resume."
+    )

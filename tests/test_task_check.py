@@ -1,0 +1,59 @@
+"""check_task: a fitting task passes and leaves the model exactly as it was (weights, BatchNorm
+statistics, every module's training flag); the refusals are in tests/hostile/test_api.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import autoshrink as ash
+from autoshrink.task_check import CHECK_BATCH, check_task
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+        self.calls: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(x.shape[0])
+        return self.fc(self.drop(self.bn(self.conv(x)).relu()).flatten(1))
+
+
+def _task(**extra) -> ash.Task:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g)
+    return ash.Task(train_data=(x, y), eval_data=(x[:20], y[:20]), example_input=x[:3], device="cpu", **extra)
+
+
+def test_a_fitting_task_passes_and_the_model_is_left_as_it_was() -> None:
+    torch.manual_seed(0)
+    model = Net().train()
+    model.drop.eval()  # mixed modes come back mixed
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    check_task(model, _task(test_data=(torch.rand(5, 1, 8, 8), torch.zeros(5, dtype=torch.long))))
+    assert model.calls == [3, CHECK_BATCH, CHECK_BATCH, 5]  # the example input, then each split's first batch
+    assert [m.training for m in model.modules()] == [True, True, True, False, True]
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_check_batch_is_no_larger_than_the_task_batch() -> None:
+    model = Net()
+    check_task(model, _task(batch_size=2))
+    assert model.calls == [3, 2, 2]
+
+
+def test_an_empty_example_input_is_refused_when_the_task_is_built() -> None:
+    task = _task()
+    with pytest.raises(ash.TaskError) as caught:
+        ash.Task(train_data=task.train_data, eval_data=task.eval_data, example_input=torch.rand(0, 1, 8, 8))
+    assert str(caught.value) == (
+        "Task.example_input: shape [0, 1, 8, 8] holds no example; give one batch of at least one input "
+        "(its first dimension is the batch)."
+    )
