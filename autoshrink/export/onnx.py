@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import io
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportError, describe
+from ..files import write_atomically
 from ..weights import per_channel, strip_parametrizations, weight_bits, weight_parametrizations, weight_quantizer
 from .onnx_graph import Graph, calibrate, dequantize_weights, integer_gemm
 
@@ -217,18 +217,10 @@ def check_target(path: str | os.PathLike) -> Path:
 def write_onnx(
     proto: Any, info: dict[str, Any], path: str | os.PathLike, *, activations: str, opset: int = OPSET
 ) -> OnnxExport:
-    """Write a `to_onnx` result atomically (temporary file, then rename)."""
+    """Write a `to_onnx` result atomically (files.write_atomically)."""
     target = check_target(path)
     data = proto.SerializeToString()
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomically(target, data, "ONNX model", ExportError)
     return OnnxExport(path=str(target), size_bytes=len(data), opset=opset, activations=activations, **info)
 
 

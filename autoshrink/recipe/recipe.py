@@ -14,13 +14,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
 from ..errors import ConfigError, RecipeError
+from ..files import write_atomically
 from ..measure import Measurement
 from ..policy import Policy
 from ..space.yaml_source import Source, load_yaml
@@ -112,18 +112,8 @@ class Recipe:
         return HEADER + yaml_dump(data)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the recipe YAML to `path` atomically (a temporary file, then os.replace)."""
-        target = Path(path)
-        text = self.to_yaml()
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
-        try:  # write then rename: a failure never leaves a half-written recipe at `path`
-            tmp.write_text(text)
-            os.replace(tmp, target)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise RecipeError(
-                f"{target}: cannot write the recipe ({exc.strerror}); check the folder exists and is writable."
-            ) from None
+        """Write the recipe YAML to `path` atomically (files.write_atomically)."""
+        write_atomically(path, self.to_yaml(), "recipe", RecipeError)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Recipe:

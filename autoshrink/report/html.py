@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import uuid
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ..errors import ConfigError
+from ..files import write_atomically
 from ..search.result import SearchResult
 from ..search.study.schema import StudyAttr
 from ..version import __version__
@@ -343,20 +342,16 @@ def build_report(result: SearchResult) -> str:
 
 
 def write_report(result: SearchResult, path: str | os.PathLike[str]) -> Path:
-    """Write `build_report(result)` to `path` atomically (a temporary file, then a rename); parent
-    folders are created. Returns the path."""
+    """Write `build_report(result)` to `path` atomically (files.write_atomically); parent folders are
+    created. Returns the path."""
     target = Path(path)
     page = build_report(result)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "x", encoding="utf-8") as fh:  # a plain open: the file gets the usual permissions
-            fh.write(page)
-        os.replace(tmp, target)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise ConfigError(
-            f"report: cannot write {str(target)!r} ({exc.strerror or exc}). Fix: pass a writable path with -o."
+            f"report: cannot create the folder of {str(target)!r} ({exc.strerror or exc}). Fix: pass a writable "
+            "path with -o."
         ) from None
+    write_atomically(target, page, "report", ConfigError)
     return target

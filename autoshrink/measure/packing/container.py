@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ...errors import PackError
+from ...files import write_atomically
 from ...weights import (
     strip_parametrizations,
     weight_bits,
@@ -257,15 +258,5 @@ def pack(model: nn.Module, *, entropy: bool = True) -> tuple[bytes, list[PackedT
 def save_packed(model: nn.Module, path: str | os.PathLike[str]) -> int:
     """Write the packed artifact of `model` to `path`; returns its exact size in bytes."""
     data, _ = _pack(model, str(path))
-    tmp = f"{os.fspath(path)}.{os.getpid()}.partial"
-    try:  # write then rename: a failure never leaves a half-written artifact at `path`
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise PackError(
-            f"{path}: cannot write the packed model ({exc.strerror}); check the folder exists and is writable"
-        ) from exc
+    write_atomically(path, data, "packed model", PackError)
     return len(data)
