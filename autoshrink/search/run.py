@@ -87,6 +87,7 @@ def _run(
     t_start: float,
 ) -> SearchResult:
     ex = make_executor(cfg.executor)  # an unknown executor is refused before anything is created
+    getattr(ex, "check", lambda: None)()  # e.g. a Ray head that does not answer (executors may omit it)
     check_task(model, task)
     p = plan(model, task, space, cfg)
     check_storage(p.storage)  # from here on the study may be created

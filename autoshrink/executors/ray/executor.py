@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -24,6 +25,37 @@ from ...train import FinetuneConfig
 from ..base import Job, Outcome, Request
 from ..runtime_env import build_runtime_env, one_line, start_failure
 from .actors import NodeTimingLock, RemoteWorker, lock_name
+
+CONNECT_S = 10.0  # how long a Ray head's port may take to accept a connection before it counts as absent
+
+
+def check_reachable(address: str) -> None:
+    """ExecutorUnavailable unless the Ray head's port at `address` accepts a TCP connection within
+    CONNECT_S: ray.init itself retries an absent head for ever. "auto" and ray:// client addresses
+    are checked the same way once resolved ("auto" is left to Ray)."""
+    if address == "auto" or address.startswith("local"):
+        return
+    raw = address.removeprefix("ray://")
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        raw = canonicalize_bootstrap_address(raw) or raw  # as ray.init will: 127.0.0.1 -> this machine's address
+    except Exception:  # noqa: BLE001, S110 - a private helper that moved: probe the address as given
+        pass
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit():
+        raise ExecutorUnavailable(
+            f"RayExecutor.address {address!r}: not host:port; give the Ray head's, e.g. 10.0.0.5:6379."
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
+    except OSError as exc:
+        why = f"no answer within {CONNECT_S:g} s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise ExecutorUnavailable(
+            f"RayExecutor.address {address!r}: no Ray head answers at {host}:{port} ({why}); "
+            "start it (ray start --head --port PORT) or fix the address."
+        ) from None
+
 
 # Ray rewrites 127.0.0.1 to the machine's network address; other loopback addresses are kept.
 LOOPBACK = "127.0.0.2"
@@ -145,6 +177,11 @@ class RayExecutor:
         self._prev_sigint: Any = None
 
     # ------------------------------------------------------------------ lifecycle
+    def check(self) -> None:
+        """Before a search creates anything: the Ray head at `address` answers (check_reachable)."""
+        if self.address and not ray.is_initialized():
+            check_reachable(self.address)
+
     def _init_ray(self) -> None:
         if ray.is_initialized():
             # The job's runtime_env was fixed by whoever called ray.init: ours goes to each actor instead.
@@ -152,6 +189,7 @@ class RayExecutor:
             return
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
         if self.address:
+            check_reachable(self.address)
             kwargs["address"] = self.address
         else:  # a private instance: loopback only, no dashboard, no notices about cluster-wide settings
             kwargs.update(include_dashboard=False, _node_ip_address=LOOPBACK, logging_level=logging.ERROR)
