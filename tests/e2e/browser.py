@@ -129,8 +129,9 @@ class Dashboard:
         return self.log.read_text(errors="replace")
 
 
-def start_dashboard(storage: str, tmp: Path, *extra: str, ready_s: float = 30.0) -> Dashboard:
-    """`autoshrink dashboard STORAGE --port <free>` in its own session; returns once /api/meta answers."""
+def start_dashboard(storage: str, tmp: Path, *extra: str, ready_s: float = 120.0) -> Dashboard:
+    """`autoshrink dashboard STORAGE --port <free>` in its own session; returns once /api/meta answers
+    (an event; `ready_s` is a generous bound for a loaded machine, not a wait)."""
     port = free_port()
     log = tmp / f"dashboard-{port}.log"
     with log.open("wb") as out:
@@ -154,7 +155,8 @@ def start_dashboard(storage: str, tmp: Path, *extra: str, ready_s: float = 30.0)
         if time.monotonic() > deadline:
             stop(proc)
             raise AssertionError(
-                f"the dashboard did not answer on port {port} within {ready_s:.0f} s:\n{dash.output()}"
+                f"awaited the dashboard answering /api/meta on port {port} (it serves once its storage opens): "
+                f"no answer within {ready_s:.0f} s. Its output:\n{dash.output()}"
             )
         time.sleep(0.2)
 

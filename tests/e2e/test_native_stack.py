@@ -59,7 +59,7 @@ executor_args: {{address: "{cluster.address}", actors: 1, py_modules: ["{ROOT / 
         ]
         try:
             # started with the drivers, as compose starts it: it waits for the first search's tables
-            dash = start_dashboard(url, tmp_path, ready_s=120)
+            dash = start_dashboard(url, tmp_path, ready_s=600)  # the drivers create the tables
         except BaseException:
             for d in drivers:
                 d.kill()
