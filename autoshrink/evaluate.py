@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .errors import PolicyError, TrainingError, describe
+from .errors import ConfigError, PolicyError, TrainingError, describe
 from .measure import HeldOut, LatencyConfig, Measurement, RuntimeTiming, measure, score_held_out, time_runtimes
 from .measure.cost import CostClock
 from .policy import LayerPolicy, Policy
@@ -48,6 +48,11 @@ def compress(
     keeps calibration statistics across calls on this unchanged `model` (techniques/calibration.py)."""
     clock = clock or CostClock()
     x = example_input if example_input is not None or task is None else task.example_input
+    if finetune_config is not None and not isinstance(finetune_config, FinetuneConfig):
+        raise ConfigError(
+            f"compress: finetune_config={describe(finetune_config)}; use an ash.FinetuneConfig (or None for no "
+            "fine-tune)."
+        )
     cfg = finetune_config or FinetuneConfig(steps=0)
     train = task is not None and cfg.steps > 0 and bool(policy.active())
     teacher = model if policy.distill else None

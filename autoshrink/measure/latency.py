@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager as ContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ..errors import ConfigError, describe, finite_number
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,32 @@ class LatencyConfig:
     min_seconds: float = 0.1
     max_repeats: int = 2000
     layers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("warmup", "min_repeats", "max_repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"LatencyConfig.{name}: got {describe(value)}; use an integer >= 0.")
+        if not finite_number(self.min_seconds) or self.min_seconds < 0:
+            raise ConfigError(f"LatencyConfig.min_seconds: got {describe(self.min_seconds)}; use seconds >= 0.")
+        if isinstance(self.layers, str) or not all(isinstance(n, str) for n in self.layers):
+            raise ConfigError(f"LatencyConfig.layers: got {describe(self.layers)}; use a tuple of module names.")
+        object.__setattr__(self, "layers", tuple(self.layers))
+
+    @classmethod
+    def of(cls, value: Any, who: str) -> LatencyConfig:
+        """`value` as a LatencyConfig: None is the default, a mapping gives its fields (`who` names the
+        function in the error)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        known = [f.name for f in fields(cls)]
+        if isinstance(value, Mapping) and set(value) <= set(known):
+            return cls(**dict(value))
+        raise ConfigError(
+            f"{who}: latency={describe(value)}; use an ash.LatencyConfig or a mapping with any of {', '.join(known)}."
+        )
 
 
 _guard: Callable[[], ContextManager[object]] | None = None

@@ -80,7 +80,7 @@ def measure(
     if runtime not in RUNTIMES:
         raise ConfigError(f"measure: runtime={runtime!r}; use one of {', '.join(RUNTIMES)} (or None).")
     device = task.torch_device
-    config = latency or LatencyConfig()
+    config = LatencyConfig.of(latency, "measure")
     if runtime == "int8" and not int8_available(device):
         raise ConfigError(
             f"measure: runtime='int8' but the device ({device}) has no int8 kernels (torch's dynamic "
@@ -152,7 +152,7 @@ def time_runtimes(model: nn.Module, task: Task, *, latency: LatencyConfig | None
     device = task.torch_device
     candidates = _candidates(model, materialize(model).to(device), task, "auto", device)
     with timing_guard():
-        latencies = _pick_runtime(candidates, task, device, latency or LatencyConfig())
+        latencies = _pick_runtime(candidates, task, device, LatencyConfig.of(latency, "time_runtimes"))
     return RuntimeTiming(latency_by_runtime=latencies, device=_device_name(device), batch_size=task.deploy_batch)
 
 

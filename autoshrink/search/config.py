@@ -89,6 +89,20 @@ class SearchConfig:
         return out
 
 
+_dataclass_init = SearchConfig.__init__
+
+
+def _checked_init(self: SearchConfig, *args: Any, **kwargs: Any) -> None:
+    """SearchConfig(...) refuses an unknown setting by name, with the closest (not a bare TypeError)."""
+    check_names(kwargs, "SearchConfig")
+    if len(args) > len(SETTINGS):
+        raise ConfigError(f"SearchConfig: got {len(args)} positional settings; give them by name, e.g. n_trials=20.")
+    _dataclass_init(self, *args, **kwargs)
+
+
+SearchConfig.__init__ = _checked_init  # type: ignore[method-assign]
+
+
 def check_names(given: Mapping[str, Any], where: str) -> None:
     """Refuse names that are not settings, suggesting the closest."""
     import difflib

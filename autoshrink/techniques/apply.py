@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..errors import PolicyError
+from ..errors import PolicyError, describe
 from ..policy import Policy
 from ..task import Task
 from .calibration import Batches, StatsCache, calibration_inputs
@@ -87,6 +87,11 @@ def apply_policy_with_report(
         raise PolicyError(f"apply_policy: model must be a torch.nn.Module, got {type(model).__name__}.")
     if not isinstance(policy, Policy):
         raise PolicyError(f"apply_policy: policy must be an autoshrink.Policy, got {type(policy).__name__}.")
+    if example_input is not None and not isinstance(example_input, Tensor):
+        raise PolicyError(
+            f"apply_policy: example_input={describe(example_input, 80)}; give one input batch as a tensor "
+            "(or a task, whose example_input is used)."
+        )
     check_layer_names(model, policy)
     structured = [n for n, lp in policy.layers.items() if lp.structured and lp.sparsity > 0]
     if structured and example_input is None:

@@ -256,10 +256,59 @@ def _wrong_types() -> list:
         ("finetune-model-none", lambda: ash.finetune(None, t, steps=1), ConfigError, "finetune: model must be"),
         ("policy-huge-int", lambda: ash.LayerPolicy(sparsity=10**400), PolicyError, "sparsity: got"),
         ("finetune-lr-huge", lambda: ash.FinetuneConfig(lr=10**400), ConfigError, "finetune.lr: got"),
+        (
+            "evaluate-finetune-text",
+            lambda: ash.evaluate(m, t, ash.Policy(), finetune_config="x"),
+            ConfigError,
+            "compress: finetune_config='x'; use an ash.FinetuneConfig (or None for no fine-tune).",
+        ),
+        (
+            "measure-latency-text",
+            lambda: ash.measure(m, t, latency="fast"),
+            ConfigError,
+            "measure: latency='fast'; use an ash.LatencyConfig or a mapping with any of warmup, min_repeats, "
+            "min_seconds, max_repeats, layers.",
+        ),
+        (
+            "measure-latency-mapping",
+            lambda: ash.measure(m, t, latency={"warmup": "x"}),
+            ConfigError,
+            "LatencyConfig.warmup: got 'x'; use an integer >= 0.",
+        ),
+        (
+            "apply-policy-example-list",
+            lambda: ash.apply_policy(m, ash.Policy(), example_input=[1, 2]),
+            PolicyError,
+            "apply_policy: example_input=[1, 2]; give one input batch as a tensor",
+        ),
+        (
+            "latency-negative",
+            lambda: ash.LatencyConfig(warmup=-1),
+            ConfigError,
+            "LatencyConfig.warmup: got -1; use an integer >= 0.",
+        ),
+        (
+            "latency-seconds-text",
+            lambda: ash.LatencyConfig(min_seconds="1"),
+            ConfigError,
+            "LatencyConfig.min_seconds: got '1'; use seconds >= 0.",
+        ),
+        (
+            "search-config-unknown",
+            lambda: ash.SearchConfig(trials=5),
+            ConfigError,
+            "SearchConfig: unknown setting 'trials' (did you mean 'n_trials'?); the settings are objectives, ",
+        ),
+        (
+            "save-packed-none",
+            lambda: ash.save_packed(m, None),
+            PackError,
+            "save_packed: path=None; give the file to write, e.g. 'model.ashz'.",
+        ),
     ]
 
 
-@pytest.mark.parametrize("index", range(11), ids=[c[0] for c in _wrong_types()])
+@pytest.mark.parametrize("index", range(len(_wrong_types())), ids=[c[0] for c in _wrong_types()])
 def test_wrong_argument_types_are_one_error(tmp_path, index) -> None:
     _, call, kind, message = _wrong_types()[index]
     refused_by_api(call, tmp_path, kind, message)

@@ -257,6 +257,8 @@ def pack(model: nn.Module, *, entropy: bool = True) -> tuple[bytes, list[PackedT
 
 def save_packed(model: nn.Module, path: str | os.PathLike[str]) -> int:
     """Write the packed artifact of `model` to `path`; returns its exact size in bytes."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise PackError(f"save_packed: path={path!r}; give the file to write, e.g. 'model.ashz'.")
     data, _ = _pack(model, str(path))
     write_atomically(path, data, "packed model", PackError)
     return len(data)
