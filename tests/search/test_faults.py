@@ -197,7 +197,7 @@ def _limit_file_size(limit: int):  # noqa: ANN202 - a preexec_fn
 
 def test_a_full_disk_ends_the_search_with_one_line_and_a_readable_study(tmp_path) -> None:
     config = _config(tmp_path, n=400, steps=1)  # the study outgrows the limit after some trials
-    proc = _cli(tmp_path, config, preexec_fn=_limit_file_size(256 * 1024))
+    proc = _cli(tmp_path, config, preexec_fn=_limit_file_size(1024 * 1024))
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 2, err[-3000:]
     said = f"autoshrink: error: storage sqlite:///{tmp_path}/s.db: the search could not write its study ("
