@@ -1,6 +1,8 @@
 """The task checked once against the model, before anything runs or is written: the example input
-runs, a first batch of each split runs through the model and the loss, its inputs match the example
-input's dtype, and (accuracy metric) its labels are class ids the model's outputs can index. Every
+runs, a first batch of the training and selection splits runs through the model and the loss, its
+inputs match the example input's dtype, and (accuracy metric) its labels are class ids the model's
+outputs can index. The held-out split is not read (a search reads it only in its last stage); held as
+tensors, its dtype and labels are checked. Every
 failure is one TaskError naming the field, what was found and the fix -- not a torch error from deep
 inside a fine-tune or a measurement."""
 
@@ -29,10 +31,10 @@ def check_task(model: nn.Module, task: Task) -> None:
             model.eval()
             out = _example(model, task, device)
             classes = out.shape[1] if task.metric == "accuracy" and isinstance(out, Tensor) and out.dim() == 2 else None
-            for field in ("train_data", "eval_data", "test_data"):
-                data = getattr(task, field)
-                if data is not None:
-                    _split(model, task, field, data, device, classes)
+            for field in ("train_data", "eval_data"):
+                _split(model, task, field, getattr(task, field), device, classes)
+            if task.test_data is not None:
+                _held_out(model, task, classes)
     finally:
         for m, mode in modes:
             m.training = mode
@@ -107,6 +109,22 @@ def _split(model: nn.Module, task: Task, field: str, data: Any, device: torch.de
         raise TaskError(f"Task.{field}: targets are {type(y).__name__}; give each target as a tensor (or a number).")
     if isinstance(out, Tensor) and out.is_floating_point():
         _loss(task, field, out, y.to(out.device))
+
+
+def _held_out(model: nn.Module, task: Task, classes: int | None) -> None:
+    """The held-out split is never read before the search's last stage (no example of it goes through
+    the model or its Dataset here); held as tensors, its dtype and labels are checked."""
+    data = task.test_data
+    if not (isinstance(data, TensorDataset) and len(data.tensors) == 2):
+        return
+    x, y = data.tensors
+    if x.dtype != task.example_input.dtype:
+        raise TaskError(
+            f"Task.test_data: inputs are {x.dtype} but example_input is {task.example_input.dtype}; give both as "
+            f"the model's input dtype{_dtype_hint(model, x)}."
+        )
+    if classes is not None:
+        _labels("test_data", data, y, classes)
 
 
 def _labels(field: str, data: Any, y: Any, classes: int) -> None:

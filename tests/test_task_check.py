@@ -37,7 +37,7 @@ def test_a_fitting_task_passes_and_the_model_is_left_as_it_was() -> None:
     model.drop.eval()  # mixed modes come back mixed
     before = {k: v.clone() for k, v in model.state_dict().items()}
     check_task(model, _task(test_data=(torch.rand(5, 1, 8, 8), torch.zeros(5, dtype=torch.long))))
-    assert model.calls == [3, CHECK_BATCH, CHECK_BATCH, 5]  # the example input, then each split's first batch
+    assert model.calls == [3, CHECK_BATCH, CHECK_BATCH]  # the example input, the first train and eval batches
     assert [m.training for m in model.modules()] == [True, True, True, False, True]
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -57,3 +57,29 @@ def test_an_empty_example_input_is_refused_when_the_task_is_built() -> None:
         "Task.example_input: shape [0, 1, 8, 8] holds no example; give one batch of at least one input "
         "(its first dimension is the batch)."
     )
+
+
+class Counting(torch.utils.data.Dataset):
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        self.reads += 1
+        return torch.rand(1, 8, 8), 0
+
+
+def test_the_held_out_split_is_never_read() -> None:
+    held = Counting()
+    check_task(Net(), _task(test_data=held))
+    assert held.reads == 0
+
+
+def test_held_out_tensors_are_checked_without_the_model() -> None:
+    model = Net()
+    bad = (torch.rand(5, 1, 8, 8), torch.tensor([0, 1, 2, 3, 10]))
+    with pytest.raises(ash.TaskError, match=r"^Task.test_data: labels span 0..10, but the model outputs 10 classes"):
+        check_task(model, _task(test_data=bad))
+    assert model.calls == [3, CHECK_BATCH, CHECK_BATCH]

@@ -229,18 +229,22 @@ def pareto_scatter_3d(result: SearchResult, frame: pd.DataFrame | None = None) -
 
 def hypervolume_history(result: SearchResult, frame: pd.DataFrame | None = None) -> tuple[list[int], list[float]]:
     """(trial numbers, hypervolume of the feasible trials up to each), in the units and against the
-    reference point of `result.hypervolume()`; running and waiting trials are left out."""
+    reference point of `result.hypervolume()`; running and waiting trials are left out. The running
+    front is kept, so each trial costs a front update, not a front of every trial so far."""
     frame = trial_frame(result) if frame is None else frame
     finished = frame[~frame["state"].isin(["RUNNING", "WAITING"])]
     reference = result.reference_point()
-    points: list[list[float]] = []
+    front = np.empty((0, len(result.objectives)), dtype=float)  # the feasible points no other one dominates
     numbers: list[int] = []
     values: list[float] = []
     volume = 0.0
     for row in finished.itertuples():
         if row.feasible:
-            points.append([o.normalized(getattr(row, o.field), result.baseline) for o in result.objectives])
-            volume = hypervolume(np.array(points, dtype=float), reference)
+            point = np.array([o.normalized(getattr(row, o.field), result.baseline) for o in result.objectives])
+            if not np.all(front <= point, axis=1).any():  # it adds volume only where nothing covers it
+                covered = np.all(point <= front, axis=1)
+                front = np.vstack([front[~covered], point])
+                volume = hypervolume(front, reference)
         numbers.append(int(row.trial))
         values.append(float(volume))
     return numbers, values

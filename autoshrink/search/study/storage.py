@@ -33,7 +33,7 @@ def make_storage(url: str) -> Any:
     path = Path(url[len("sqlite:///") :])
     check_own_sqlite(url, path)
     check_folder(url, path)
-    if not path.parent.exists():  # the default studies/ folder (check_folder refused any other)
+    if not path.parent.exists():  # a studies/ folder (check_folder refused any other)
         path.parent.mkdir()
     from sqlalchemy import event
 
@@ -64,14 +64,15 @@ DEFAULT_FOLDER = Path("studies")  # default_storage's folder, relative to the wo
 
 def check_folder(url: str, path: Path) -> None:
     """The SQLite file's folder must exist and be a folder: a mistyped path is refused, never created
-    (deep paths included). Only the default studies/ folder is created."""
+    (deep paths included). Only a `studies/` folder -- the default storage's, relative to the working
+    directory or a config's folder -- is created, one level in an existing folder."""
     folder = path.parent
     if folder.is_dir():
         return
     if folder.exists() or any(p.exists() and not p.is_dir() for p in folder.parents):
         blocker = next(p for p in (folder, *folder.parents) if p.exists() and not p.is_dir())
         raise ConfigError(f"storage {url!r}: {blocker} is a file, not a folder; name a .db file in a folder.")
-    if folder == DEFAULT_FOLDER:
+    if folder.name == DEFAULT_FOLDER.name and folder.parent.is_dir():  # studies/ (one level) beside a config
         return
     raise ConfigError(
         f"storage {url!r}: the folder {folder} does not exist; create it (mkdir -p {folder}) or name a .db "
