@@ -31,6 +31,12 @@ def _space_file(tmp_path):
 
 SEARCH = [  # id, keyword arguments or a task factory, the error type, the message
     ("seed-negative", {"seed": -1}, ConfigError, "search: seed=-1; use an integer in [0, 2^32)"),
+    (
+        "objectives-none",
+        {"objectives": None},
+        ConfigError,
+        "search: objectives=None; use a list of objective names from accuracy, size, latency, macs.",
+    ),
     ("seed-bool", {"seed": True}, ConfigError, "search: seed=True"),
     ("sampler-unknown", {"sampler": "nope"}, ConfigError, "sampler"),
     (
