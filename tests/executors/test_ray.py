@@ -314,26 +314,26 @@ def test_default_actor_count_leaves_other_drivers_actors_alone(ray_local, tiny_t
     job = Job(model=tiny_trained, task=digits_task(device="cpu"), finetune=ash.FinetuneConfig(steps=5), latency=FAST)
     from autoshrink.errors import ExecutorUnavailable
     from autoshrink.executors.ray import RayExecutor
+    from autoshrink.executors.ray.resources import actor_count
 
     first = RayExecutor(actors=1)
     first.start(job)
     try:
         assert first.capacity == 1
-        assert RayExecutor()._actor_count(settle_s=0) == 1  # the one CPU the first driver left free
-        greedy = RayExecutor(actors=2)
+        assert actor_count(None, 1, 0, settle_s=0) == 1  # the one CPU the first driver left free
         with pytest.raises(
             ExecutorUnavailable,
             match=r"^RayExecutor: the cluster's 2 CPU and 0 GPU are held by other "
             r"jobs \(another search driver\?\); 1 CPU and 0 GPU are free, too "
             r"few for 2 actor\(s\)\. Fix: give each driver fewer actors",
         ):
-            greedy._actor_count(settle_s=0.2)
+            actor_count(2, 1, 0, settle_s=0.2)
         second = RayExecutor()
         second.start(job)
         try:
             assert second.capacity == 1
             with pytest.raises(ExecutorUnavailable, match="0 CPU and 0 GPU are free, too few for 1 actor"):
-                RayExecutor()._actor_count(settle_s=0.2)
+                actor_count(None, 1, 0, settle_s=0.2)
         finally:
             second.shutdown()
     finally:

@@ -7,7 +7,6 @@ import dataclasses
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections import deque
@@ -25,71 +24,12 @@ from ...train import FinetuneConfig
 from ..base import Job, Outcome, Request
 from ..runtime_env import build_runtime_env, one_line, start_failure
 from .actors import NodeTimingLock, RemoteWorker, lock_name
-
-CONNECT_S = 10.0  # how long a Ray head's port may take to accept a connection before it counts as absent
-
-
-def check_reachable(address: str) -> None:
-    """ExecutorUnavailable unless the Ray head's port at `address` accepts a TCP connection within
-    CONNECT_S: ray.init itself retries an absent head for ever. "auto" and ray:// client addresses
-    are checked the same way once resolved ("auto" is left to Ray)."""
-    if address == "auto" or address.startswith("local"):
-        return
-    raw = address.removeprefix("ray://")
-    try:
-        from ray._private.services import canonicalize_bootstrap_address
-
-        raw = canonicalize_bootstrap_address(raw) or raw  # as ray.init will: 127.0.0.1 -> this machine's address
-    except Exception:  # noqa: BLE001, S110 - a private helper that moved: probe the address as given
-        pass
-    host, _, port = raw.rpartition(":")
-    if not host or not port.isdigit():
-        raise ExecutorUnavailable(
-            f"RayExecutor.address {address!r}: not host:port; give the Ray head's, e.g. 10.0.0.5:6379."
-        )
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
-    except OSError as exc:
-        why = f"no answer within {CONNECT_S:g} s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-        raise ExecutorUnavailable(
-            f"RayExecutor.address {address!r}: no Ray head answers at {host}:{port} ({why}); "
-            "start it (ray start --head --port PORT) or fix the address."
-        ) from None
-
+from .join import check_reachable, upload_local_paths
+from .resources import actor_count
 
 # Ray rewrites 127.0.0.1 to the machine's network address; other loopback addresses are kept.
 LOOPBACK = "127.0.0.2"
 POLL_S = 0.2  # the driver waits for results in polls this long, so Ctrl-C is seen promptly
-
-
-def _upload_local_paths(env: dict[str, Any]) -> dict[str, Any]:
-    """The runtime_env with local working_dir / py_modules paths uploaded to the cluster as gcs:// URIs.
-
-    An actor's runtime_env takes URIs only (Ray uploads local paths for ray.init's job runtime_env
-    alone), so when Ray was initialized before this executor this does that upload with the helpers
-    ray.init itself calls (private in Ray 2.60; any failure becomes one ExecutorUnavailable).
-    """
-    try:
-        import inspect
-
-        from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
-        from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
-
-        scratch = ray._private.worker.global_worker.node.get_runtime_env_dir_path()
-        out = dict(env)
-        for upload in (upload_py_modules_if_needed, upload_working_dir_if_needed):
-            kwargs: dict[str, Any] = {"scratch_dir": scratch, "logger": logging.getLogger(__name__)}
-            if "include_gitignore" in inspect.signature(upload).parameters:  # as ray.init decides it
-                kwargs["include_gitignore"] = os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "0") != "1"
-            out = upload(out, **kwargs)
-        out.pop("excludes", None)  # used by the upload; Ray drops it there too
-        return out
-    except Exception as exc:  # noqa: BLE001 - one clear error, not Ray's internals
-        raise ExecutorUnavailable(
-            f"RayExecutor: cannot ship runtime_env {describe(env, 200)} to the running Ray "
-            f"({type(exc).__name__}: {one_line(str(exc))}); fix the paths, or let the "
-            "executor start Ray (no ray.init before it) so ray.init ships them."
-        ) from None
 
 
 @dataclass
@@ -185,7 +125,7 @@ class RayExecutor:
     def _init_ray(self) -> None:
         if ray.is_initialized():
             # The job's runtime_env was fixed by whoever called ray.init: ours goes to each actor instead.
-            self._actor_env = _upload_local_paths(self.runtime_env) if self.runtime_env else None
+            self._actor_env = upload_local_paths(self.runtime_env) if self.runtime_env else None
             return
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
         if self.address:
@@ -215,58 +155,10 @@ class RayExecutor:
         self._started_ray = True
         self._actor_env = None
 
-    def _actor_count(self, settle_s: float = 10.0) -> int:
-        """How many actors: `actors`, or as many as the cluster's free CPUs (and GPUs) fit -- other drivers'
-        actors hold theirs. Free resources are polled for up to `settle_s` (a restarted driver's old actors
-        take a moment to be released); refused clearly rather than leaving actors waiting forever."""
-        res = ray.cluster_resources()
-        cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
-        if self.gpus_per_actor and gpus <= 0:
-            raise ExecutorUnavailable(
-                f"RayExecutor: gpus_per_actor={self.gpus_per_actor} but the Ray cluster has no GPU "
-                "(it would wait forever); use gpus_per_actor=0 or add GPU nodes."
-            )
-        total = self._fit(cpus, gpus)
-        if self.requested_actors is None and total < 1:
-            raise ExecutorUnavailable(
-                f"RayExecutor: no actor fits (the cluster has {cpus:g} CPU and {gpus:g} GPU; each actor "
-                f"needs {self.cpus_per_actor:g} CPU and {self.gpus_per_actor:g} GPU)."
-            )
-        if self.requested_actors is not None and self.requested_actors > total:
-            n = self.requested_actors
-            raise ExecutorUnavailable(
-                f"RayExecutor: {n} actors need {n * self.cpus_per_actor:g} CPU and "
-                f"{n * self.gpus_per_actor:g} GPU, but the cluster has {cpus:g} CPU and {gpus:g} GPU; "
-                f"ask for fewer actors (at most {total})."
-            )
-        want = self.requested_actors or 1
-        deadline = time.monotonic() + settle_s
-        while True:
-            free = ray.available_resources()
-            fit = self._fit(free.get("CPU", 0.0), free.get("GPU", 0.0))
-            if fit >= want or time.monotonic() >= deadline:
-                break
-            time.sleep(0.5)
-        if fit < want:
-            free_cpus, free_gpus = free.get("CPU", 0.0), free.get("GPU", 0.0)
-            raise ExecutorUnavailable(
-                f"RayExecutor: the cluster's {cpus:g} CPU and {gpus:g} GPU are held by other jobs (another search "
-                f"driver?); {free_cpus:g} CPU and {free_gpus:g} GPU are free, too few for {want} actor(s). Fix: give "
-                "each driver fewer actors (actors=, executor_args.actors, --ray-actors), or add nodes."
-            )
-        return self.requested_actors or fit
-
-    def _fit(self, cpus: float, gpus: float) -> int:
-        """Actors that `cpus` and `gpus` hold."""
-        fit = int(cpus // self.cpus_per_actor)
-        if self.gpus_per_actor:
-            fit = min(fit, int(round(gpus / self.gpus_per_actor, 6)))
-        return fit
-
     def start(self, job: Job) -> None:
         self._init_ray()
         self._watch_sigint()
-        n = self._actor_count()
+        n = actor_count(self.requested_actors, self.cpus_per_actor, self.gpus_per_actor)
         self.capacity = n
         if self.lock_timings:
             for node in ray.nodes():
