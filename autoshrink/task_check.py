@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import TensorDataset
 
 from .errors import TaskError
+from .inputs import call, is_mapping, logits, shown, tensors, to_device
 from .task import Task, iterate_batches
+from .task_data import in_memory
 
 CHECK_BATCH = 8  # examples of each split run through the model and the loss
 
@@ -29,7 +30,7 @@ def check_task(model: nn.Module, task: Task) -> None:
     try:
         with torch.no_grad():
             model.eval()
-            out = _example(model, task, device)
+            out = _outputs(_example(model, task, device), "Task.example_input")
             classes = out.shape[1] if task.metric == "accuracy" and isinstance(out, Tensor) and out.dim() == 2 else None
             for field in ("train_data", "eval_data"):
                 _split(model, task, field, getattr(task, field), device, classes)
@@ -41,7 +42,23 @@ def check_task(model: nn.Module, task: Task) -> None:
 
 
 def _shown(x: Any) -> str:
-    return f"shape {list(x.shape)}, {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+    return shown(x)
+
+
+def _outputs(out: Any, field: str) -> Any:
+    """The tensor the loss and metric read (ModelOutput logits, a tuple's first element); one TaskError
+    where a model output has none. Other outputs pass as they are (a metric callable may read them)."""
+    if isinstance(out, Tensor):
+        return out
+    try:
+        return logits(out, field)
+    except TaskError:
+        return out
+
+
+def _dtypes(x: Any) -> dict[str, torch.dtype]:
+    """Input name (or "" for a tensor) -> dtype."""
+    return {k: v.dtype for k, v in x.items() if isinstance(v, Tensor)} if is_mapping(x) else {"": x.dtype}
 
 
 def _said(exc: BaseException) -> str:
@@ -50,13 +67,8 @@ def _said(exc: BaseException) -> str:
 
 def _example(model: nn.Module, task: Task, device: torch.device) -> Any:
     x = task.example_input
-    if x.dim() == 0 or x.shape[0] == 0:
-        raise TaskError(
-            f"Task.example_input: shape {list(x.shape)} holds no example; give one batch of at least "
-            "one input (its first dimension is the batch)."
-        )
     try:
-        return model(x.to(device))
+        return call(model, to_device(x, device))
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's model cannot run the input: say so, with its words
@@ -66,8 +78,10 @@ def _example(model: nn.Module, task: Task, device: torch.device) -> Any:
         ) from None
 
 
-def _dtype_hint(model: nn.Module, x: Tensor) -> str:
+def _dtype_hint(model: nn.Module, x: Any) -> str:
     weight = next(model.parameters(), None)
+    if is_mapping(x):
+        return ""
     if weight is not None and weight.dtype.is_floating_point and not x.dtype.is_floating_point:
         if x.dtype != torch.long and x.dtype != torch.int:  # token ids are integers; images are not
             return f" (the model's weights are {weight.dtype}: e.g. x.float() / 255 for {x.dtype} images)"
@@ -89,13 +103,9 @@ def _split(model: nn.Module, task: Task, field: str, data: Any, device: torch.de
     except Exception as exc:  # noqa: BLE001 - the user's dataset failed to give a batch
         raise TaskError(f"Task.{field}: reading its first batch raised {_said(exc)}; fix the dataset.") from None
     example = task.example_input
-    if isinstance(x, Tensor) and x.dtype != example.dtype:
-        raise TaskError(
-            f"Task.{field}: inputs are {x.dtype} but example_input is {example.dtype}; give both as the "
-            f"model's input dtype{_dtype_hint(model, x)}."
-        )
+    _same_kind(model, field, x, example)
     try:
-        out = model(x.to(device) if isinstance(x, Tensor) else x)
+        out = _outputs(call(model, to_device(x, device)), f"Task.{field}")
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -111,18 +121,36 @@ def _split(model: nn.Module, task: Task, field: str, data: Any, device: torch.de
         _loss(task, field, out, y.to(out.device))
 
 
+def _same_kind(model: nn.Module, field: str, x: Any, example: Any) -> None:
+    """The split's inputs are of the example input's kind: a tensor of its dtype, or a mapping with its
+    names and dtypes."""
+    if is_mapping(x) != is_mapping(example) or (is_mapping(x) and set(x) != set(example)):
+        raise TaskError(
+            f"Task.{field}: inputs are {_shown(x)} but example_input is {_shown(example)}; give both in the "
+            "same form (the same names, for a mapping)."
+        )
+    if not all(isinstance(t, Tensor) for t in tensors(x)):
+        return
+    got, want = _dtypes(x), _dtypes(example)
+    for name, dtype in got.items():
+        if dtype != want.get(name, dtype):
+            what = f"inputs[{name!r}] are" if name else "inputs are"
+            ex = f"example_input[{name!r}] is" if name else "example_input is"
+            raise TaskError(
+                f"Task.{field}: {what} {dtype} but {ex} {want[name]}; give both as the model's input "
+                f"dtype{_dtype_hint(model, x)}."
+            )
+
+
 def _held_out(model: nn.Module, task: Task, classes: int | None) -> None:
     """The held-out split is never read before the search's last stage (no example of it goes through
     the model or its Dataset here); held as tensors, its dtype and labels are checked."""
     data = task.test_data
-    if not (isinstance(data, TensorDataset) and len(data.tensors) == 2):
+    held = in_memory(data)
+    if held is None:
         return
-    x, y = data.tensors
-    if x.dtype != task.example_input.dtype:
-        raise TaskError(
-            f"Task.test_data: inputs are {x.dtype} but example_input is {task.example_input.dtype}; give both as "
-            f"the model's input dtype{_dtype_hint(model, x)}."
-        )
+    x, y = held
+    _same_kind(model, "test_data", x, task.example_input)
     if classes is not None:
         _labels("test_data", data, y, classes)
 
@@ -130,8 +158,9 @@ def _held_out(model: nn.Module, task: Task, classes: int | None) -> None:
 def _labels(field: str, data: Any, y: Any, classes: int) -> None:
     """Accuracy compares the argmax with the label: labels must be integer class ids in 0..classes-1
     (all of a TensorDataset's, the first batch's otherwise)."""
-    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
-        y = data.tensors[1]
+    held = in_memory(data)
+    if held is not None:
+        y = held[1]
     if not isinstance(y, Tensor) or y.dim() != 1 or not y.numel():
         return
     if y.dtype.is_floating_point or y.dtype == torch.bool:

@@ -223,7 +223,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         f"with the task and the recorded fine-tune ({recipe.finetune.steps} steps, seed {recipe.seed})"
         if report.finetuned
         else "policy only"
-        + ("" if task else f" (no --task: no fine-tune, traced with zeros of shape {list(recipe.example_input.shape)})")
+        + ("" if task else f" (no --task: no fine-tune, traced with zeros of {recipe.example_input.shown()})")
     )
     print(
         f"applied {args.recipe} (study {recipe.source.study!r} trial {recipe.trial}) to {type(small).__name__}, {how}"

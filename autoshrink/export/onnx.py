@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import ExportError, describe
 from ..files import write_atomically
+from ..inputs import is_mapping
 from ..weights import per_channel, strip_parametrizations, weight_bits, weight_parametrizations, weight_quantizer
 from .onnx_graph import Graph, calibrate, dequantize_weights, integer_gemm
 
@@ -70,6 +71,29 @@ def _quantized_weights(model: nn.Module) -> dict[str, tuple[int, torch.Tensor | 
     return out
 
 
+def _example_args(example_input: Any) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
+    """(positional, keyword) example inputs: a mapping of named tensors is passed as keywords."""
+    if is_mapping(example_input):
+        named = dict(example_input)
+        if not named or not all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in named.items()):
+            raise ExportError(
+                f"export_onnx: example_input={describe(example_input)}; a mapping input must hold tensors "
+                "under str names (e.g. a tokenizer's output with return_tensors='pt')."
+            )
+        if any(t.dim() == 0 for t in named.values()):
+            raise ExportError("export_onnx: example_input has a 0-d tensor; it needs a batch dimension (dim 0).")
+        return (), {k: t.detach().cpu() for k, t in named.items()}
+    return tuple(t.detach().cpu() for t in _example_tuple(example_input)), {}
+
+
+def _dynamic_axes(t: torch.Tensor) -> dict[int, str]:
+    """The batch axis of every input, and the sequence axis (1) of integer inputs of 2+ dims (token ids,
+    attention masks): the exported graph takes any batch and any sequence length."""
+    if t.dim() >= 2 and not t.is_floating_point():
+        return {0: "batch", 1: "sequence"}
+    return {0: "batch"}
+
+
 def _example_tuple(example_input: Any) -> tuple[torch.Tensor, ...]:
     items = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
     if not items or not all(isinstance(t, torch.Tensor) for t in items):
@@ -82,20 +106,28 @@ def _example_tuple(example_input: Any) -> tuple[torch.Tensor, ...]:
     return items
 
 
-def _torch_export(plain: nn.Module, example: tuple[torch.Tensor, ...], opset: int) -> Any:
-    """The float graph from torch's TorchScript-based exporter (initializers keep the state_dict names)."""
+def _torch_export(
+    plain: nn.Module, example: tuple[torch.Tensor, ...], opset: int, named: dict[str, torch.Tensor] | None = None
+) -> Any:
+    """The float graph from torch's TorchScript-based exporter (initializers keep the state_dict names).
+    `named`: keyword inputs (a mapping example input); the graph's inputs take their names."""
     onnx = _onnx()
-    inputs = ["input" if len(example) == 1 else f"input_{i}" for i in range(len(example))]
+    named = named or {}
+    inputs = list(named) or ["input" if len(example) == 1 else f"input_{i}" for i in range(len(example))]
+    tensors = list(named.values()) or list(example)
     try:
         with torch.no_grad():
-            y = plain(*example)
+            y = plain(*example, **named)
     except Exception as e:  # noqa: BLE001 - one clear error
         raise ExportError(
             f"export_onnx: the model fails on example_input ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}); pass one batch shaped like its input."
         ) from e
-    n_out = len(y) if isinstance(y, (tuple, list)) else 1
-    outputs = ["output" if n_out == 1 else f"output_{i}" for i in range(n_out)]
+    n_out = len(y) if isinstance(y, (tuple, list, dict)) else 1
+    if isinstance(y, dict):  # a ModelOutput: its fields, by name
+        outputs = [str(k) for k in y]
+    else:
+        outputs = ["output" if n_out == 1 else f"output_{i}" for i in range(n_out)]
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notices; errors still raise
@@ -105,10 +137,11 @@ def _torch_export(plain: nn.Module, example: tuple[torch.Tensor, ...], opset: in
                     plain,
                     example,
                     buf,
+                    kwargs=named or None,
                     dynamo=False,
                     input_names=inputs,
                     output_names=outputs,
-                    dynamic_axes={n: {0: "batch"} for n in inputs},
+                    dynamic_axes={n: _dynamic_axes(t) for n, t in zip(inputs, tensors)},
                     do_constant_folding=False,
                     opset_version=opset,
                 )
@@ -152,10 +185,10 @@ def to_onnx(
         )
     if isinstance(opset, bool) or not isinstance(opset, int) or not 13 <= opset <= 21:
         raise ExportError(f"export_onnx: opset={opset!r}; use an ONNX opset between 13 and 21 (default {OPSET}).")
-    example = _example_tuple(example_input)
+    example, named = _example_args(example_input)
     quantized = _quantized_weights(model)
     plain = strip_parametrizations(copy.deepcopy(model)).eval().cpu()  # the float runtime's materialized model
-    proto = _torch_export(plain, tuple(t.detach().cpu() for t in example), opset)
+    proto = _torch_export(plain, example, opset, named)
     graph = Graph(proto)
     codes_of, halves = dequantize_weights(graph, quantized, plain)
     linear = {f"{n}.weight" for n, m in plain.named_modules() if isinstance(m, nn.Linear)}
@@ -163,7 +196,7 @@ def to_onnx(
     if activations in ("dynamic", "static"):
         gemm = [n for n in codes_of if n in linear]
         static = (
-            calibrate(plain, [n.rsplit(".weight", 1)[0] for n in gemm], [_example_tuple(b) for b in calibration])
+            calibrate(plain, [n.rsplit(".weight", 1)[0] for n in gemm], [_example_args(b) for b in calibration])
             if activations == "static"
             else {}
         )

@@ -101,7 +101,7 @@ def dequantize_weights(
 
 def calibrate(plain: nn.Module, modules: Sequence[str], batches: Sequence[Any]) -> dict[str, tuple[float, int]]:
     """The uint8 (scale, zero point) of each named module's input over the calibration batches (each a
-    tuple of input tensors): the range [min(0, lo), max(0, hi)] over 255 steps, as DynamicQuantizeLinear
+    (positional, keyword) pair of inputs): the range [min(0, lo), max(0, hi)] over 255 steps, as DynamicQuantizeLinear
     computes it per batch."""
     lo: dict[str, float] = {}
     hi: dict[str, float] = {}
@@ -116,8 +116,8 @@ def calibrate(plain: nn.Module, modules: Sequence[str], batches: Sequence[Any]) 
         hooks.append(plain.get_submodule(name).register_forward_pre_hook(seen))
     try:
         with torch.inference_mode():
-            for batch in batches:
-                plain(*batch)
+            for args, named in batches:
+                plain(*args, **named)
     finally:
         for h in hooks:
             h.remove()

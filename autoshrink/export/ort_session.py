@@ -4,7 +4,7 @@ and running them on torch tensors."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +52,21 @@ def ort_session(
         ) from e
 
 
-def session_feed(session: Any, inputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
-    """The feed dict of an ORT session for torch tensors given in the order of the session's inputs."""
+def session_feed(session: Any, inputs: Sequence[torch.Tensor] | Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The feed dict of an ORT session for torch tensors given in the order of the session's inputs, or
+    by name (a mapping: the entries the graph does not read are left out, as the exporter dropped them)."""
     names = [i.name for i in session.get_inputs()]
+    if isinstance(inputs, Mapping):
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise ExportError(f"the ONNX model takes inputs {', '.join(names)}; {', '.join(missing)} not given.")
+        return {n: np.ascontiguousarray(inputs[n].detach().cpu().numpy()) for n in names}
     if len(names) != len(inputs):
         raise ExportError(f"the ONNX model takes {len(names)} inputs ({', '.join(names)}), got {len(inputs)}.")
     return {n: np.ascontiguousarray(t.detach().cpu().numpy()) for n, t in zip(names, inputs)}
 
 
-def run_session(session: Any, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+def run_session(session: Any, inputs: Sequence[torch.Tensor] | Mapping[str, torch.Tensor]) -> list[np.ndarray]:
     """Run an ORT session on torch tensors (in the order of the session's inputs); numpy outputs."""
     return session.run(None, session_feed(session, inputs))
 

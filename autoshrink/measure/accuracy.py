@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import TaskError
+from ..inputs import forward, to_device
 from ..task import Task, iterate_batches, subset
 
 
@@ -47,12 +48,7 @@ def score(
         parts = []
         with torch.inference_mode():
             for x, y in iterate_batches(data, task.batch_size):
-                out = model(x.to(device))
-                if not isinstance(out, torch.Tensor):
-                    raise TaskError(
-                        f"metric 'accuracy': the model returned {type(out).__name__}, not a logits tensor; "
-                        "pass a metric callable."
-                    )
+                out = forward(model, to_device(x, device), "metric 'accuracy'")
                 parts.append((out.argmax(dim=-1).cpu() == y.view(-1)).numpy())
         hits = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
         value = float(hits.sum()) / len(hits)

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, describe, finite_number
+from ..inputs import call as call_model
+from ..inputs import to_device
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ def _warm_process(model: nn.Module, x: Tensor, device: torch.device) -> None:
     end = time.perf_counter() + PROCESS_WARMUP_S
     with torch.inference_mode():
         while time.perf_counter() < end:
-            model(x)
+            call_model(model, x)
             _sync(device)
     _warmed.add(str(device))
 
@@ -111,14 +113,14 @@ def deploy_call(model: nn.Module, x: Tensor) -> Callable[[], object]:
     prepared = getattr(model, "deploy_call", None)
     if callable(prepared):
         return prepared(x)
-    return lambda: model(x)
+    return lambda: call_model(model, x)
 
 
 def time_forward(
     model: nn.Module, example_input: Tensor, device: torch.device, config: LatencyConfig = LatencyConfig()
 ) -> list[float]:
     """Wall times in ms of repeated forwards of `example_input` (model already on `device`)."""
-    x = example_input.to(device)
+    x = to_device(example_input, device)
     model.eval()
     _warm_process(model, x, device)
     call = deploy_call(model, x)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..inputs import call, to_device
 from .latency import LatencyConfig, time_forward
 
 # one layer's timing: short, it runs for every layer of every trial
@@ -40,8 +41,7 @@ def layer_inputs(plain: nn.Module, example_input: Any, names: Sequence[str], dev
         hooks.append(module.register_forward_pre_hook(grab))
     try:
         with torch.inference_mode():
-            x = example_input.to(device)
-            plain(x)
+            call(plain, to_device(example_input, device))
     finally:
         for h in hooks:
             h.remove()

@@ -11,7 +11,7 @@ task's metric through it, so latency *and* accuracy are ONNX Runtime's.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -28,10 +28,10 @@ class OrtModule(nn.Module):
         self.session = session
         self.activations = activations
 
-    def forward(self, *inputs: torch.Tensor) -> Any:
+    def forward(self, *inputs: torch.Tensor, **named: torch.Tensor) -> Any:
         from ..export.ort_session import run_session
 
-        outs = [torch.from_numpy(o) for o in run_session(self.session, inputs)]
+        outs = [torch.from_numpy(o) for o in run_session(self.session, named or inputs)]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def deploy_call(self, example_input: Any) -> Callable[[], Any]:
@@ -39,7 +39,7 @@ class OrtModule(nn.Module):
         once, as a deployment calls ONNX Runtime -- no per-call torch conversion or module dispatch."""
         from ..export.ort_session import session_feed
 
-        inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+        inputs = example_input if isinstance(example_input, (tuple, list, Mapping)) else (example_input,)
         feed = session_feed(self.session, inputs)
         run = self.session.run
         return lambda: run(None, feed)

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import RecipeError
 from ..evaluate import compress
+from ..inputs import batch_len, call, is_mapping, to_device
 from ..measure import LatencyConfig, Measurement, measure
 from ..measure.runtime import set_deploy_runtime
 from ..policy import Policy
@@ -55,7 +56,14 @@ def _fitting_policy(target: nn.Module, recipe: Recipe, mismatch: Mismatch) -> tu
             left.append(name)
         else:
             layers[actual[key]] = lp
-    return Policy(layers=layers, distill=recipe.policy.distill), tuple(left)
+    blocks = {}
+    for name, bp in recipe.policy.blocks.items():  # recognized by structure when applied (PolicyError otherwise)
+        key = normalize(name)
+        if key not in actual:
+            left.append(name)
+        else:
+            blocks[actual[key]] = bp
+    return Policy(layers=layers, distill=recipe.policy.distill, blocks=blocks), tuple(left)
 
 
 def check_fits(model: nn.Module, recipe: Recipe, task: Task | None) -> None:
@@ -69,14 +77,14 @@ def check_fits(model: nn.Module, recipe: Recipe, task: Task | None) -> None:
         modes = [(m, m.training) for m in model.modules()]
         try:
             with torch.no_grad():
-                model.eval()(x.to(next(model.parameters(), torch.empty(0)).device))
+                call(model.eval(), to_device(x, next(model.parameters(), torch.empty(0)).device))
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - the model cannot run the recorded input: say so
             text = " ".join(str(exc).split())[:300]
             raise RecipeError(
-                f"{_where(recipe)}: example_input: the model cannot run zeros of the recorded shape "
-                f"{list(x.shape)} ({recipe.example_input.dtype}): {type(exc).__name__}: {text}. Fix: apply it to "
+                f"{_where(recipe)}: example_input: the model cannot run zeros of the recorded "
+                f"{recipe.example_input.shown()}: {type(exc).__name__}: {text}. Fix: apply it to "
                 "the model it was made for, or pass a task (CLI: --task) whose example_input fits the model."
             ) from None
         finally:
@@ -125,7 +133,7 @@ def apply_recipe_with_report(
     small, applied = compress(target, policy, task=task, finetune_config=recipe.finetune, example_input=x)
     set_deploy_runtime(small, recipe.measure_runtime)
     report = RecipeReport(
-        mismatch, left, applied, finetuned=task is not None and recipe.finetune.steps > 0 and bool(policy.active())
+        mismatch, left, applied, finetuned=task is not None and recipe.finetune.steps > 0 and policy.changes_model
     )
     if mismatch:
         warnings.warn(
@@ -176,8 +184,8 @@ def measure_recipe(
     if task is not None:
         return measure(model, task, runtime=recipe.measure_runtime, latency=latency, test=True)
     x = recipe.example_input.zeros()
-    batch = x if x.dim() else x.reshape(1)
-    data = (batch, torch.zeros(batch.shape[0], dtype=torch.long))
+    batch = x if is_mapping(x) or x.dim() else x.reshape(1)
+    data = (batch, torch.zeros(batch_len(batch), dtype=torch.long))
     zeros = Task(
         train_data=data,
         eval_data=data,

@@ -157,11 +157,44 @@ class InputSpec:
     dtype: str
 
     @classmethod
-    def of(cls, x: torch.Tensor) -> InputSpec:
+    def of(cls, x: Any) -> InputSpec | NamedInputSpec:
+        """The spec of a tensor, or of a mapping of named tensors (a NamedInputSpec)."""
+        if isinstance(x, Mapping):
+            return NamedInputSpec(tuple((str(k), cls.of(v)) for k, v in x.items()))  # type: ignore[misc]
         return cls(tuple(int(d) for d in x.shape), str(x.dtype).removeprefix("torch."))
 
     def zeros(self) -> torch.Tensor:
         return torch.zeros(self.shape, dtype=getattr(torch, self.dtype))
 
+    def shown(self) -> str:
+        return f"shape {list(self.shape)} ({self.dtype})"
+
     def to_dict(self) -> dict[str, Any]:
         return {"shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class NamedInputSpec:
+    """Shapes and dtypes of a mapping example input (keyword inputs such as input_ids and
+    attention_mask). Its trace input is zeros of every entry but the attention mask, which is ones (every
+    token attended): a padding-only batch is not what a model is traced for."""
+
+    entries: tuple[tuple[str, InputSpec], ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The first entry's shape (batch first; for text, (batch, sequence length))."""
+        return self.entries[0][1].shape
+
+    def zeros(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, spec in self.entries:
+            make = torch.ones if name == "attention_mask" else torch.zeros
+            out[name] = make(spec.shape, dtype=getattr(torch, spec.dtype))
+        return out
+
+    def shown(self) -> str:
+        return "{" + ", ".join(f"{n}: {s.shown()}" for n, s in self.entries) + "}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": {n: s.to_dict() for n, s in self.entries}}

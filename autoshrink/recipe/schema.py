@@ -15,11 +15,11 @@ import torch
 
 from ..errors import ConfigError, RecipeError, describe, finite_number
 from ..measure import Measurement
-from ..policy import LayerPolicy, Policy
+from ..policy import BlockPolicy, LayerPolicy, Policy
 from ..space.yaml_source import Source
 from ..train import FinetuneConfig
 from ..train.config import OPTIONAL_FIELDS
-from .fingerprint import Fingerprint, InputSpec, LayerSignature, normalize
+from .fingerprint import Fingerprint, InputSpec, LayerSignature, NamedInputSpec, normalize
 
 FORMAT = "autoshrink-recipe/2"
 MAX_INPUT_DIMS = 8  # example_input dimensions a recipe may record
@@ -220,7 +220,7 @@ def _fingerprint(c: _Checker, value: Any) -> Fingerprint:
 
 
 def _policy(c: _Checker, value: Any, fp: Fingerprint) -> Policy:
-    m = c.mapping(value, "policy", ("layers", "distill"), ("layers", "distill"))
+    m = c.mapping(value, "policy", ("layers", "distill", "blocks"), ("layers", "distill"))
     c.check(m["distill"], "policy.distill", lambda v: isinstance(v, bool), "expected true or false")
     known = {normalize(n) for n in fp.layers}
     layers = {}
@@ -235,7 +235,13 @@ def _policy(c: _Checker, value: Any, fp: Fingerprint) -> Policy:
             layers[str(name)] = LayerPolicy.from_dict(lp, where=f"policy.layers.{name}")
         except ConfigError as exc:
             raise c.relocate(exc) from None
-    return Policy(layers=layers, distill=m["distill"])
+    blocks = {}
+    for name, bp in (c.mapping(m["blocks"], "policy.blocks") if m.get("blocks") is not None else {}).items():
+        try:
+            blocks[str(name)] = BlockPolicy.from_dict(bp, where=f"policy.blocks.{name}")
+        except ConfigError as exc:
+            raise c.relocate(exc) from None
+    return Policy(layers=layers, distill=m["distill"], blocks=blocks)
 
 
 def _finetune(c: _Checker, value: Any, seed: Any, version: int) -> FinetuneConfig:
@@ -270,25 +276,6 @@ def parse_fields(data: Any, src: Source) -> dict[str, Any]:
     if transform is not None:
         c.text(transform, "train_transform")
     device = c.text(data["device"], "device")
-    spec = c.mapping(data["example_input"], "example_input", ("shape", "dtype"), ("shape", "dtype"))
-    shape = c.check(
-        spec["shape"],
-        "example_input.shape",
-        lambda v: (
-            isinstance(v, list)
-            and len(v) <= MAX_INPUT_DIMS
-            and all(type(d) is int and d >= 1 for d in v)
-            and math.prod(v) <= MAX_INPUT_ELEMENTS
-        ),
-        f"expected at most {MAX_INPUT_DIMS} dimensions (integers >= 1) of at most {MAX_INPUT_ELEMENTS:,} "
-        "elements in all, e.g. [1, 1, 28, 28]",
-    )
-    dtype = c.check(
-        spec["dtype"],
-        "example_input.dtype",
-        lambda v: isinstance(v, str) and isinstance(getattr(torch, v, None), torch.dtype),
-        "expected a torch dtype name such as float32 or int64",
-    )
     source = c.mapping(data["source"], "source", ("study", "storage", "trial"), ("study", "storage", "trial"))
     fp = _fingerprint(c, data["model"])
     return dict(
@@ -296,7 +283,7 @@ def parse_fields(data: Any, src: Source) -> dict[str, Any]:
         policy=_policy(c, data["policy"], fp),
         finetune=_finetune(c, data["finetune"], data["seed"], version),
         train_transform=transform,
-        example_input=InputSpec(tuple(shape), dtype),
+        example_input=_example_input(c, data["example_input"]),
         metrics=_metrics(c, data["metrics"], "metrics", device),
         baseline=_metrics(c, data["baseline"], "baseline", device),
         source=Origin(
@@ -308,3 +295,42 @@ def parse_fields(data: Any, src: Source) -> dict[str, Any]:
         torch_version=c.text(data["torch_version"], "torch_version"),
         path=src.name,
     )
+
+
+def _example_input(c: _Checker, raw: Any) -> InputSpec | NamedInputSpec:
+    """{shape, dtype} of a tensor input, or {inputs: {name: {shape, dtype}}} of keyword inputs."""
+    if isinstance(raw, Mapping) and "inputs" in raw:
+        c.mapping(raw, "example_input", ("inputs",), ("inputs",))
+        named = c.mapping(raw["inputs"], "example_input.inputs")
+        if not named or len(named) > MAX_INPUT_DIMS:
+            raise c.error("example_input.inputs", f"got {len(named)} inputs; expected 1 to {MAX_INPUT_DIMS}.")
+        return NamedInputSpec(
+            tuple(
+                (c.text(k, "example_input.inputs"), _tensor_spec(c, v, f"example_input.inputs.{k}"))
+                for k, v in named.items()
+            )
+        )
+    return _tensor_spec(c, raw, "example_input")
+
+
+def _tensor_spec(c: _Checker, raw: Any, path: str) -> InputSpec:
+    spec = c.mapping(raw, path, ("shape", "dtype"), ("shape", "dtype"))
+    shape = c.check(
+        spec["shape"],
+        f"{path}.shape",
+        lambda v: (
+            isinstance(v, list)
+            and len(v) <= MAX_INPUT_DIMS
+            and all(type(d) is int and d >= 1 for d in v)
+            and math.prod(v) <= MAX_INPUT_ELEMENTS
+        ),
+        f"expected at most {MAX_INPUT_DIMS} dimensions (integers >= 1) of at most {MAX_INPUT_ELEMENTS:,} "
+        "elements in all, e.g. [1, 1, 28, 28]",
+    )
+    dtype = c.check(
+        spec["dtype"],
+        f"{path}.dtype",
+        lambda v: isinstance(v, str) and isinstance(getattr(torch, v, None), torch.dtype),
+        "expected a torch dtype name such as float32 or int64",
+    )
+    return InputSpec(tuple(shape), dtype)

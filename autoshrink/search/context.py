@@ -141,7 +141,7 @@ class LoopContext:
     def predict_latency(self, trial: optuna.trial.Trial, policy: Policy) -> float | None:
         """Store the lookup table's sum-rule latency on the trial before it is evaluated (if it has one)
         and return it."""
-        if self.latency_table is not None and policy.active():
+        if self.latency_table is not None and policy.active() and not policy.active_blocks():
             predicted = self.latency_table.predict(policy, self.baseline, self.runtime)
             if predicted is not None:
                 trial.set_user_attr(TrialAttr.LATENCY_PREDICTED_MS, round(predicted, 6))

@@ -140,10 +140,10 @@ def run_loop(
                 if own is not None:  # a calibrated choice under a gradual schedule: one-shot (refine.for_policy)
                     with ctx.on_study():
                         trial.set_user_attr(TrialAttr.FINETUNE, own.to_dict())
-                if zero and stage != "baseline" and policy.active():
+                if zero and stage != "baseline" and policy.changes_model:
                     ex.submit(trial.number, policy, screening.zero_step_config(own or full), runtime=ctx.runtime)
                     pending[trial.number] = _Pending(trial, policy, "zero", own)
-                elif screen_cfg is not None and stage != "baseline" and policy.active():
+                elif screen_cfg is not None and stage != "baseline" and policy.changes_model:
                     ex.submit(
                         trial.number, policy, screen_cfg if own is None else screening.config(own), runtime=ctx.runtime
                     )

@@ -9,6 +9,7 @@ submits its work through the executor and records what it did in the study.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..executors import make_executor
-from ..space import SearchSpace
+from ..space import SearchSpace, load_space
 from ..task import Task, require_model_and_task
 from ..task_check import check_task
 from . import display
@@ -42,7 +43,7 @@ __all__ = ["search"]
 def search(
     model: nn.Module,
     task: Task,
-    space: SearchSpace,
+    space: SearchSpace | str,
     config: SearchConfig | None = None,
     *,
     progress: Callable[[Progress], None] | bool | None = None,
@@ -59,8 +60,13 @@ def search(
     """
     t_start = time.perf_counter()
     require_model_and_task(model, task, "search")
+    if isinstance(space, (str, os.PathLike)):
+        space = load_space(space)  # a built-in name ("default", "transformer", ...) or a YAML file
     if not isinstance(space, SearchSpace):
-        raise ConfigError(f"search: space must be a SearchSpace (use ash.load_space), got {type(space).__name__}.")
+        raise ConfigError(
+            f"search: space must be a SearchSpace, a built-in space's name or a YAML path (ash.load_space), "
+            f"got {type(space).__name__}."
+        )
     if config is not None and not isinstance(config, SearchConfig):
         raise ConfigError(
             f"search: config must be an ash.SearchConfig, got {type(config).__name__}; pass settings "

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..executors import Executor, Job, Outcome
+from ..inputs import is_mapping
 from ..measure import LatencyConfig, Measurement
 from ..measure.cost import STAGES
 from ..policy import Policy
@@ -150,7 +151,7 @@ def _signature(
         "model": type(model).__name__,
         "space": digest,
         "finetune": ft.to_dict(),
-        "example_input": list(task.example_input.shape),
+        "example_input": _input_shapes(task.example_input),
         "train_transform": task.transform_name,
         "narrow_cutoff": cutoff,
     }
@@ -388,3 +389,10 @@ def _baseline(study: optuna.Study, ex: Executor, clock: WaitClock, runtime: str)
         raise ConfigError(f"measuring the untouched model failed, so nothing can be compared: {o.error}")
     study.set_user_attr(StudyAttr.BASELINE, o.measurement.to_dict())
     return o.measurement, o.seconds
+
+
+def _input_shapes(x: Any) -> Any:
+    """What a study's description records of the example input: its shape, or each named input's."""
+    if is_mapping(x):
+        return {k: list(v.shape) for k, v in x.items()}
+    return list(x.shape)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from ..policy import LayerPolicy, Policy
+from ..policy import BlockPolicy, LayerPolicy, Policy
 from ..techniques.layers import WEIGHT_LAYERS
-from .schema import FIELDS, IDENTITY, Choice, Rule, SearchSpace
+from ..techniques.transformer_blocks import find_blocks
+from .schema import BLOCK_FIELDS, BLOCK_IDENTITY, FIELDS, IDENTITY, BlockSpace, Choice, Rule, SearchSpace
 
 # Layers the defaults cover; Embedding is compressed only when a rule names it.
 DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -65,11 +66,13 @@ def _rule_matches(rule: Rule, name: str, module: nn.Module) -> bool:
 
 @dataclass(frozen=True)
 class BoundSpace:
-    """Per-layer choices for one model. Parameter names: '<layer>.<field>' and 'distill'."""
+    """Per-layer choices for one model, and per transformer block. Parameter names: '<layer>.<field>',
+    '<block>.heads' / '.neurons' / '.criterion' and 'distill'."""
 
     layers: Mapping[str, Mapping[str, Choice]]
     distill: Choice
     space: SearchSpace
+    blocks: Mapping[str, Mapping[str, Choice]] = field(default_factory=dict)
 
     def params(self) -> Iterator[tuple[str, Choice]]:
         """Every searched parameter (choices with more than one value), in a stable order."""
@@ -77,6 +80,10 @@ class BoundSpace:
             for f in FIELDS:
                 if not fields[f].fixed:
                     yield f"{layer}.{f}", fields[f]
+        for block, fields in self.blocks.items():
+            for f in BLOCK_FIELDS:
+                if not fields[f].fixed:
+                    yield f"{block}.{f}", fields[f]
         if not self.distill.fixed:
             yield "distill", self.distill
 
@@ -88,13 +95,19 @@ class BoundSpace:
             lp = LayerPolicy(**without_moot(values), where=f"layers.{layer}")
             if not lp.is_identity:
                 layers[layer] = lp
+        blocks = {}
+        for block, fields in self.blocks.items():
+            values = {f: params.get(f"{block}.{f}", fields[f].values[0]) for f in BLOCK_FIELDS}
+            bp = BlockPolicy(**values, where=f"blocks.{block}")
+            if not bp.is_identity:
+                blocks[block] = bp
         distill = params.get("distill", self.distill.values[0])
-        return Policy(layers=layers, distill=bool(distill) and bool(layers))
+        return Policy(layers=layers, distill=bool(distill) and bool(layers or blocks), blocks=blocks)
 
     def without_structured(self, layers: Mapping[str, str]) -> BoundSpace:
         """A copy where the named layers can only be pruned unstructured (structured fixed false)."""
         fixed = {n: ({**f, "structured": Choice((False,))} if n in layers else f) for n, f in self.layers.items()}
-        return BoundSpace(layers=fixed, distill=self.distill, space=self.space)
+        return BoundSpace(layers=fixed, distill=self.distill, space=self.space, blocks=self.blocks)
 
     def restricted(self, values: Mapping[str, Mapping[str, tuple[Any, ...]]]) -> BoundSpace:
         """A copy where the given layers' fields take only the given values (layer -> field -> values);
@@ -108,7 +121,7 @@ class BoundSpace:
                     raise ValueError(f"restricting {name}.{f} to {keep!r} leaves no choice")
                 new[f] = Choice(kept, fields[f].is_range)
             layers[name] = new
-        return BoundSpace(layers=layers, distill=self.distill, space=self.space)
+        return BoundSpace(layers=layers, distill=self.distill, space=self.space, blocks=self.blocks)
 
     def structured_candidates(self) -> list[str]:
         """Layers whose `structured` choice includes true."""
@@ -127,6 +140,8 @@ class BoundSpace:
         layer, _, fld = name.rpartition(".")
         if name == "distill":
             return False
+        if layer in self.blocks:
+            return BLOCK_IDENTITY[fld] if fld != "criterion" else self.blocks[layer][fld].values[0]
         if fld in ("rounding", "group_size", "criterion"):
             return calibrated_variant(self.layers[layer])[fld]
         return IDENTITY[fld]
@@ -191,4 +206,33 @@ def bind(space: SearchSpace, model: nn.Module) -> BoundSpace:
             fields = chosen.setdefault(n, dict(space.defaults))
             fields.update(rule.fields)
     order = [n for n, _ in compressible if n in chosen]
-    return BoundSpace(layers={n: chosen[n] for n in order}, distill=space.distill, space=space)
+    blocks = _bind_blocks(space, space.blocks, model) if space.blocks is not None else {}
+    return BoundSpace(layers={n: chosen[n] for n in order}, distill=space.distill, space=space, blocks=blocks)
+
+
+def _bind_blocks(space: SearchSpace, blocks: BlockSpace, model: nn.Module) -> dict[str, dict[str, Choice]]:
+    """Every recognized transformer block's choices: `blocks` defaults, then its rules in order."""
+    src = space.source
+    names = [b.name for b in find_blocks(model)]
+    if not names:
+        raise src.error(
+            "blocks",
+            f"{type(model).__name__} has no transformer block autoshrink recognizes (an attention module with "
+            "query/key/value Linear layers and a head count, and an FFN pair: BERT, RoBERTa, DistilBERT, "
+            "ViT-style). Fix: remove `blocks` from the space, or use the space 'default'.",
+        )
+    chosen = {n: dict(blocks.defaults) for n in names}
+    for rule in blocks.rules:
+        hits = [n for n in names if any(_name_matches(p, n) for p in rule.match)]
+        if not hits and not rule.optional:
+            raise src.error(
+                rule.path,
+                f"match {list(rule.match)} matches no transformer block of {type(model).__name__}; its blocks are: "
+                f"{', '.join(names[:12])}.",
+            )
+        for n in hits:
+            if rule.skip:
+                chosen[n] = {f: Choice((BLOCK_IDENTITY[f],)) for f in BLOCK_FIELDS}
+            else:
+                chosen[n].update(rule.fields)
+    return chosen

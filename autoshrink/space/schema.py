@@ -4,7 +4,9 @@ YAML form (commented example: autoshrink/spaces/default.yaml, the built-in space
 `defaults` for every Linear/Conv layer (sparsity, bits, structured, rank, codebook, rounding,
 group_size, criterion: each a list of choices or {low, high, step}); `rules`, applied in order, later
 ones overriding earlier ones field by field, each with `match` (exact name, glob or "re:" regex)
-and/or `type` (module type names), then fields or `skip: true`; `distill` and `finetune`. A rule
+and/or `type` (module type names), then fields or `skip: true`; `distill` and `finetune`; `blocks`
+(transformer models): `heads`, `neurons` (fractions removed) and `criterion` choices for every
+recognized transformer block, and its own `rules` (each with `match` on block names, fields or `skip`). A rule
 with `match` that matches no compressible layer is an error unless `optional: true`; a `type`-only
 rule may match nothing, but its types must be real module classes.
 """
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..policy import ALLOWED_BITS, CODEBOOKS, CRITERIA, ROUNDINGS
+from ..policy import ALLOWED_BITS, BLOCK_CRITERIA, CODEBOOKS, CRITERIA, ROUNDINGS
 from ..train import FinetuneConfig
 from .yaml_source import Source
 
@@ -38,7 +40,10 @@ IDENTITY = {
 WORDS = {"structured": "[false, true]", "distill": "[false, true]", "codebook": "[linear, kmeans]"}
 WORDS |= {"rounding": "[nearest, gptq]", "criterion": "[magnitude, wanda, sparsegpt]"}
 _RULE_KEYS = set(FIELDS) | {"match", "type", "skip", "optional"}
-_TOP_KEYS = {"defaults", "rules", "distill", "finetune", "description", "version"}
+_TOP_KEYS = {"defaults", "rules", "distill", "finetune", "description", "version", "blocks"}
+BLOCK_FIELDS = ("heads", "neurons", "criterion")
+BLOCK_IDENTITY = {"heads": 0.0, "neurons": 0.0, "criterion": "magnitude"}
+_BLOCK_RULE_KEYS = set(BLOCK_FIELDS) | {"match", "skip", "optional"}
 
 
 def _finite(v: Any) -> bool:
@@ -67,6 +72,10 @@ def _valid_value(fld: str, v: Any) -> str | None:
         return None if v in ROUNDINGS else f"must be one of {', '.join(ROUNDINGS)}"
     if fld == "criterion":
         return None if v in CRITERIA else f"must be one of {', '.join(CRITERIA)}"
+    if fld == "block_criterion":
+        return None if v in BLOCK_CRITERIA else f"must be one of {', '.join(BLOCK_CRITERIA)}"
+    if fld in ("heads", "neurons"):
+        return None if _finite(v) and 0 <= v < 1 else "must be a fraction in [0, 1)" + _text_hint(v)
     if fld == "group_size":
         ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_NUMBER
         return None if ok else "must be 0 (one scale per output channel) or a positive whole number, e.g. 64"
@@ -145,7 +154,7 @@ def parse_choice(raw: Any, fld: str, path: str, src: Source) -> Choice:
             raise src.error(where, f"got {v!r}; {fld} {why}.")
     if fld in ("bits", "group_size"):
         values = tuple(int(v) for v in values)
-    elif fld in ("sparsity", "rank"):
+    elif fld in ("sparsity", "rank", "heads", "neurons"):
         values = tuple(float(v) for v in values)
     if len(set(values)) != len(values):
         raise src.error(path, f"got {list(values)!r}; the choices repeat a value.")
@@ -165,6 +174,14 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class BlockSpace:
+    """The choices of every recognized transformer block (BLOCK_FIELDS), and rules by block name."""
+
+    defaults: Mapping[str, Choice]
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """A validated search space, not yet bound to a model (see `bind`)."""
 
@@ -174,6 +191,7 @@ class SearchSpace:
     finetune: FinetuneConfig
     source: Source = field(compare=False, repr=False, default_factory=lambda: Source("<space>"))
     description: str = ""
+    blocks: BlockSpace | None = None
 
 
 def _str_list(raw: Any, path: str, src: Source) -> tuple[str, ...]:
@@ -248,6 +266,57 @@ def parse_space(data: Any, src: Source) -> SearchSpace:
     description = data.get("description", "")
     if not isinstance(description, str):
         raise src.error("description", "expected a string.")
+    blocks = _parse_blocks(data["blocks"], src) if "blocks" in data else None
     return SearchSpace(
-        defaults=defaults, rules=tuple(rules), distill=distill, finetune=finetune, source=src, description=description
+        defaults=defaults,
+        rules=tuple(rules),
+        distill=distill,
+        finetune=finetune,
+        source=src,
+        description=description,
+        blocks=blocks,
     )
+
+
+def _block_choice(raw: Any, fld: str, path: str, src: Source) -> Choice:
+    return parse_choice(raw, "block_criterion" if fld == "criterion" else fld, path, src)
+
+
+def _parse_blocks(raw: Any, src: Source) -> BlockSpace:
+    """`blocks`: {heads, neurons, criterion, rules}; every field optional (default: leave alone)."""
+    if not isinstance(raw, Mapping):
+        raise src.error("blocks", f"got {raw!r}; expected a mapping with heads, neurons, criterion and rules.")
+    bad = sorted(set(raw) - set(BLOCK_FIELDS) - {"rules"})
+    if bad:
+        raise src.error(f"blocks.{bad[0]}", f"unknown key {bad[0]!r}; allowed are {', '.join(BLOCK_FIELDS)} and rules.")
+    defaults = {f: _block_choice(raw.get(f, BLOCK_IDENTITY[f]), f, f"blocks.{f}", src) for f in BLOCK_FIELDS}
+    raw_rules = raw.get("rules") or []
+    if not isinstance(raw_rules, list):
+        raise src.error("blocks.rules", "expected a list of rules (each a mapping with match plus fields).")
+    rules = []
+    for i, r in enumerate(raw_rules):
+        path = f"blocks.rules[{i}]"
+        if not isinstance(r, Mapping):
+            raise src.error(path, f"got {r!r}; a rule is a mapping with match plus fields or skip.")
+        bad = sorted(set(r) - _BLOCK_RULE_KEYS)
+        if bad:
+            raise src.error(
+                f"{path}.{bad[0]}", f"unknown key {bad[0]!r}; allowed are {', '.join(sorted(_BLOCK_RULE_KEYS))}."
+            )
+        if "match" not in r:
+            raise src.error(path, "a block rule needs `match` (block names: exact, glob or re:).")
+        skip, optional = r.get("skip", False), r.get("optional", False)
+        for key, v in (("skip", skip), ("optional", optional)):
+            if not isinstance(v, bool):
+                raise src.error(f"{path}.{key}", f"got {v!r}; it must be true or false.")
+        rules.append(
+            Rule(
+                match=_str_list(r["match"], f"{path}.match", src),
+                types=(),
+                fields={f: _block_choice(r[f], f, f"{path}.{f}", src) for f in BLOCK_FIELDS if f in r},
+                skip=skip,
+                path=path,
+                optional=optional,
+            )
+        )
+    return BlockSpace(defaults=defaults, rules=tuple(rules))

@@ -17,8 +17,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..errors import PolicyError, describe
+from ..inputs import is_mapping
 from ..policy import Policy
 from ..task import Task
+from .block_removal import check_blocks, remove_block_units
 from .calibration import Batches, StatsCache, calibration_inputs
 from .registry import Skipped, techniques
 
@@ -44,6 +46,7 @@ class ApplyReport:
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)
     factorized: tuple[str, ...] = ()
     calibration_s: float = 0.0  # seconds spent collecting calibration statistics
+    blocks: dict[str, dict[str, Any]] = field(default_factory=dict)  # block -> {heads/neurons: (before, after)}
 
     def lines(self) -> list[str]:
         return [str(s) for s in self.skipped] + list(self.notes)
@@ -51,7 +54,7 @@ class ApplyReport:
     @property
     def restructured(self) -> bool:
         """Whether channels were removed or layers factorized (BatchNorm statistics are then stale)."""
-        return bool(self.channels) or bool(self.factorized)
+        return bool(self.channels) or bool(self.factorized) or bool(self.blocks)
 
 
 def check_layer_names(model: nn.Module, policy: Policy) -> None:
@@ -87,10 +90,10 @@ def apply_policy_with_report(
         raise PolicyError(f"apply_policy: model must be a torch.nn.Module, got {type(model).__name__}.")
     if not isinstance(policy, Policy):
         raise PolicyError(f"apply_policy: policy must be an autoshrink.Policy, got {type(policy).__name__}.")
-    if example_input is not None and not isinstance(example_input, Tensor):
+    if example_input is not None and not (isinstance(example_input, Tensor) or is_mapping(example_input)):
         raise PolicyError(
-            f"apply_policy: example_input={describe(example_input, 80)}; give one input batch as a tensor "
-            "(or a task, whose example_input is used)."
+            f"apply_policy: example_input={describe(example_input, 80)}; give one input batch as a tensor or "
+            "a mapping of named tensors (or a task, whose example_input is used)."
         )
     check_layer_names(model, policy)
     structured = [n for n, lp in policy.layers.items() if lp.structured and lp.sparsity > 0]
@@ -109,7 +112,10 @@ def apply_policy_with_report(
             "Fix: pass task=<your Task> (its training batches calibrate), or use "
             "rounding 'nearest' and criterion 'magnitude'."
         )
+    if policy.active_blocks():
+        check_blocks(model, policy.active_blocks())
     small = copy.deepcopy(model)
+    blocks = remove_block_units(small, policy.blocks, calibration=calibration, cache=calibration_cache)
     context: dict[str, Any] = {
         "example_input": example_input,
         "calibration": calibration,
@@ -127,6 +133,7 @@ def apply_policy_with_report(
         channels=dict(context.get("structured", {})),
         factorized=tuple(context.get("factorized", ())),
         calibration_s=float(context.get("calibration_s", 0.0)),
+        blocks=blocks,
     )
     return small, report
 
@@ -134,14 +141,14 @@ def apply_policy_with_report(
 def structure_key(policy: Policy) -> tuple[tuple[str, float, str, float], ...]:
     """The choices applied before calibration (low-rank, structured pruning and how it ranks channels):
     what, besides the untouched model and the calibration inputs, a layer's calibration statistics
-    depend on."""
-    return tuple(
-        sorted(
-            (name, lp.sparsity, lp.criterion, lp.rank) if lp.structured else (name, 0.0, "", lp.rank)
-            for name, lp in policy.layers.items()
-            if (lp.structured and lp.sparsity > 0) or lp.rank < 1.0
-        )
-    )
+    depend on. Blocks losing heads or neurons change every later layer's inputs: they are in it too."""
+    layers = [
+        (name, lp.sparsity, lp.criterion, lp.rank) if lp.structured else (name, 0.0, "", lp.rank)
+        for name, lp in policy.layers.items()
+        if (lp.structured and lp.sparsity > 0) or lp.rank < 1.0
+    ]
+    blocks = [(name, bp.heads, f"block:{bp.criterion}", bp.neurons) for name, bp in policy.active_blocks().items()]
+    return tuple(sorted(layers + blocks))
 
 
 def apply_policy(
@@ -155,6 +162,7 @@ def apply_policy(
     Calibrated choices (rounding "gptq", criterion "wanda" / "sparsegpt") read the layers' inputs on
     the `task`'s first CALIBRATION_EXAMPLES training examples; without a task they are refused.
     Layers a technique cannot handle are skipped with a CompressionWarning that lists them.
+    Transformer blocks (`policy.blocks`) lose their heads and FFN neurons first (block_removal.py).
     """
     if task is not None and example_input is None:
         example_input = task.example_input

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..inputs import batch_len, call, take, to_device
 from ..policy import LayerPolicy
 from ..task import iterate_batches
 from .layers import weight_layers
@@ -76,6 +77,7 @@ class StatsCache:
         self.bytes = 0
         self.hits = 0
         self.misses = 0
+        self.importance: dict[Hashable, Tensor] = {}  # block_removal.py: head / neuron ranks (small)
 
     def get(self, key: Hashable) -> LayerInputs | None:
         found = self._entries.get(key)
@@ -165,7 +167,7 @@ def forward_over(model: nn.Module, batches: Batches) -> None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         with torch.no_grad():
             for x in batches():
-                model(x.to(device))
+                call(model, to_device(x, device))
     finally:
         model.train(was_training)
 
@@ -213,8 +215,8 @@ def calibration_inputs(data: Any, batch_size: int, examples: int = CALIBRATION_E
         for x, _ in iterate_batches(data, batch_size, shuffle=True, generator=generator):
             if seen >= examples:
                 return
-            x = x[: examples - seen]
-            seen += len(x)
+            x = take(x, slice(0, examples - seen))
+            seen += batch_len(x)
             yield x
 
     batches.key = ("calibration", examples, batch_size, seed)  # type: ignore[attr-defined]

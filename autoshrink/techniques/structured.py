@@ -22,6 +22,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from ..inputs import call, to_device
 from ..policy import LayerPolicy
 from .channel_importance import channel_importance, feature_energy
 from .lowrank import Factorized
@@ -88,9 +89,9 @@ def _signature(out: Any) -> list[tuple[tuple[int, ...], torch.dtype]]:
     return [(tuple(t.shape), t.dtype) for t in _tensors(out)]
 
 
-def _run(model: nn.Module, x: Tensor) -> Any:
+def _run(model: nn.Module, x: Any) -> Any:
     with torch.no_grad():
-        return model(x)
+        return call(model, x)
 
 
 def _error(exc: BaseException) -> str:
@@ -115,7 +116,7 @@ def _build_graph(model: nn.Module, x: Tensor) -> tuple[tp.DependencyGraph, set[i
         # passed explicitly: torch-pruning would otherwise first try m(*inp), unpacking the batch.
         # verbose=False below only drops its notes on bare nn.Parameters and unknown element-wise
         # ops, which it handles; its errors still raise.
-        outputs.append(m(inp))
+        outputs.append(call(m, inp))
         return outputs[-1]
 
     try:
@@ -243,7 +244,7 @@ class StructuredPrune(Technique):
     ) -> list[Skipped]:
         """Prune the resolved targets one coupled group at a time; return those left alone."""
         param = next(model.parameters(), None)
-        x = x.to(param.device if param is not None else torch.device("cpu"))
+        x = to_device(x, param.device if param is not None else torch.device("cpu"))
         model.eval()
         try:
             ref = _signature(_run(model, x))

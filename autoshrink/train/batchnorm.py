@@ -16,6 +16,7 @@ import itertools
 import torch
 from torch import nn
 
+from ..inputs import batch_len, call, to_device
 from ..task import Task, iterate_batches
 
 _BN = nn.modules.batchnorm._BatchNorm
@@ -41,9 +42,9 @@ def recalibrate_batchnorm(model: nn.Module, task: Task, *, batches: int, seed: i
         with torch.no_grad():
             source = iterate_batches(task.train_data, task.batch_size, shuffle=True, generator=generator)
             for x, _ in itertools.islice(source, batches):
-                if len(x) < 2:  # a batch of one has no variance (BatchNorm refuses it in train mode)
+                if batch_len(x) < 2:  # a batch of one has no variance (BatchNorm refuses it in train mode)
                     continue
-                model(x.to(device))
+                call(model, to_device(x, device))
                 used += 1
     finally:
         for m, momentum in momenta:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import TaskError, TrainingError
+from ..inputs import forward, to_device
 from ..task import Task, apply_transform, iterate_batches, require_model_and_task
 from .config import FinetuneConfig
 from .distill import distillation_loss, kd_term
@@ -52,14 +53,6 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
     if not params:
         raise TrainingError("finetune: the model has no trainable parameters; nothing to fine-tune (use steps=0).")
     return params
-
-
-def _logits(output: Any, where: str) -> Tensor:
-    if isinstance(output, Tensor):
-        return output
-    raise TrainingError(
-        f"{where}: the model returned {type(output).__name__}; fine-tuning needs a tensor output (logits)."
-    )
 
 
 @contextlib.contextmanager
@@ -144,11 +137,11 @@ def run_finetune(
                 for group in opt.param_groups:  # cosine decay (what LambdaLR computes: base lr * factor)
                     group["lr"] = cfg.lr * (0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
                 x, y = next(batches)
-                x, y = apply_transform(task, x.to(device), y.to(device))
-                out = _logits(model(x), "finetune")
+                x, y = apply_transform(task, to_device(x, device), y.to(device))
+                out = forward(model, x, "finetune")
                 if t_model is not None and cfg.alpha > 0:
                     with torch.no_grad():
-                        t_out = _logits(t_model(x), "finetune (teacher)")
+                        t_out = forward(t_model, x, "finetune (teacher)")
                     if cfg.alpha == 1.0:  # distillation only: no label term at all
                         loss = kd_term(out, t_out, cfg.temperature)
                     else:

@@ -141,7 +141,7 @@ def test_search_with_a_space_that_is_not_one(tmp_path) -> None:
         lambda: ash.search(factories.tiny(), factories.task(), {"defaults": {}}, n_trials=1),
         tmp_path,
         ConfigError,
-        "space must be a SearchSpace (use ash.load_space), got dict",
+        "space must be a SearchSpace, a built-in space's name or a YAML path (ash.load_space), got dict",
     )
 
 

@@ -58,7 +58,7 @@ CASES = [  # id, config text, the message
         "space-number",
         _config(space="5"),
         "space: got 5; use a built-in space's name (default, lowrank_only, post_training, prune_only, "
-        "quantize_only, structured) or the path of a space YAML, e.g. space: spaces/mine.yaml.\n",
+        "quantize_only, structured, transformer) or the path of a space YAML, e.g. space: spaces/mine.yaml.\n",
     ),
     ("space-nested", _config(space="[[a]]"), "space: got [['a']]; use a built-in space's name"),
     ("description-list", _config(description="[a, b]"), "description: got ['a', 'b']; use one line of text"),

@@ -29,7 +29,8 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-BUILTIN = ["default", "quantize_only", "prune_only", "lowrank_only", "structured", "post_training"]
+LAYER_SPACES = ["default", "quantize_only", "prune_only", "lowrank_only", "structured", "post_training"]
+BUILTIN = [*LAYER_SPACES, "transformer"]  # transformer binds only to transformer models (tests/space/test_blocks.py)
 
 
 def test_builtin_spaces_live_in_the_package() -> None:
@@ -40,7 +41,7 @@ def test_builtin_spaces_live_in_the_package() -> None:
     assert (ROOT / "search_spaces").resolve() == BUILTIN_DIR  # the old path at the root is a link to them
 
 
-@pytest.mark.parametrize("name", BUILTIN)
+@pytest.mark.parametrize("name", LAYER_SPACES)
 def test_builtin_spaces_load_and_bind(name: str) -> None:
     space = load_space(ROOT / "autoshrink" / "spaces" / f"{name}.yaml")
     assert load_space(name) == space

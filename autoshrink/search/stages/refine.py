@@ -69,7 +69,9 @@ def refine_config(base: FinetuneConfig, steps: int, overrides: Mapping[str, Any]
 
 
 def layers_key(policy: Mapping[str, Any]) -> str:
-    """A policy's per-layer choices without its distillation choice: twins share it."""
+    """A policy's per-layer (and per-block) choices without its distillation choice: twins share it."""
+    if policy.get("blocks"):
+        return json.dumps({"layers": policy.get("layers", {}), "blocks": policy["blocks"]}, sort_keys=True)
     return json.dumps(policy.get("layers", {}), sort_keys=True)
 
 
@@ -116,7 +118,7 @@ def refine_candidates(
             TrialAttr.POLICY not in t.user_attrs
             or t.user_attrs.get(TrialAttr.REFINED_FROM) is not None
             or layers_key(t.user_attrs[TrialAttr.POLICY]) in done
-            or not Policy.from_dict(t.user_attrs[TrialAttr.POLICY]).active()
+            or not Policy.from_dict(t.user_attrs[TrialAttr.POLICY]).changes_model
         ):
             continue
         if t.state == optuna.trial.TrialState.COMPLETE and TrialAttr.MEASUREMENT in t.user_attrs:
@@ -185,7 +187,7 @@ def run_refine(
             choices = [own.distill, not own.distill]
         else:
             choices = [own.distill]
-        variants += [(src, Policy(layers=own.layers, distill=c)) for c in choices]
+        variants += [(src, Policy(layers=own.layers, distill=c, blocks=own.blocks)) for c in choices]
     with ctx.locks.mutex() if ctx.locks is not None else contextlib.nullcontext():
         taken = _taken(study, ctx.locks, cfg)  # identical refines another driver ran or is running
         for src, policy in variants:
