@@ -1,17 +1,18 @@
 """autoshrink: per-layer model compression with honest, measured numbers.
 
-Public API (stable names): Task, load_space, search, sensitivity, SearchResult, LayerPolicy, Policy,
-apply_policy, finetune, measure, Measurement, save_packed, load_packed, evaluate, FinetuneConfig,
-Recipe, apply_recipe, export_onnx.
+Public API (stable names): Task, load_space, search, sensitivity, SearchResult, LayerPolicy, BlockPolicy,
+Policy, apply_policy, finetune, measure, Measurement, save_packed, load_packed, evaluate, FinetuneConfig,
+Recipe, apply_recipe, export_onnx; `autoshrink.hf` builds tasks from Hugging Face tokenizers and data.
 """
 
 from __future__ import annotations
 
+from . import hf
 from .errors import AutoshrinkError, ConfigError, PackError, PolicyError, RecipeError, TaskError, TrainingError
 from .evaluate import evaluate
 from .export import export_onnx
 from .measure import LatencyConfig, Measurement, load_packed, measure, save_packed
-from .policy import LayerPolicy, Policy
+from .policy import BlockPolicy, LayerPolicy, Policy
 from .recipe import Recipe, apply_recipe
 from .search import SearchConfig, SearchResult, search
 from .search.stages.sensitivity import sensitivity
@@ -33,6 +34,7 @@ def __getattr__(name: str):  # RayExecutor is imported on first use: `import aut
 # RayExecutor is public but left out of __all__, so `from autoshrink import *` does not import Ray.
 __all__ = [
     "AutoshrinkError",
+    "BlockPolicy",
     "CompressionWarning",
     "ConfigError",
     "FinetuneConfig",
@@ -55,6 +57,7 @@ __all__ = [
     "evaluate",
     "export_onnx",
     "finetune",
+    "hf",
     "load_packed",
     "load_space",
     "measure",

@@ -17,12 +17,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .errors import TaskError, describe
-from .inputs import check_inputs
+from .inputs import batch_len, check_inputs
 
 LABEL_KEYS = ("label", "labels")
 
@@ -68,10 +69,15 @@ def _is_hf_dataset(data: Any) -> bool:
 def _column(values: Sequence[Any], name: str, field: str) -> Tensor | None:
     """The column as one tensor, or None where it holds no model input (text, ragged ...)."""
     first = values[0] if len(values) else None
-    if isinstance(first, Tensor):
-        sizes = {tuple(v.shape) for v in values}
+    if isinstance(first, (Tensor, np.ndarray)):
+        sizes = {tuple(v.shape) if isinstance(v, (Tensor, np.ndarray)) else None for v in values}
         if len(sizes) > 1:
             raise _ragged(name, field)
+        if isinstance(first, np.ndarray):
+            if first.dtype.kind not in "biuf":  # text or objects: not a model input
+                return None
+            column = torch.from_numpy(np.stack(list(values)))
+            return column.float() if column.dtype == torch.float64 else column
         return torch.stack(list(values))
     if isinstance(first, (str, bytes, Mapping)) or first is None:
         return None
@@ -121,7 +127,7 @@ def _from_columns(columns: Mapping[str, Sequence[Any]], field: str) -> MappingDa
 def _from_rows(rows: Sequence[Any], field: str) -> MappingDataset:
     keys = list(rows[0])
     for i, row in enumerate(rows):
-        if not isinstance(row, Mapping) or list(row) != keys:
+        if not isinstance(row, Mapping) or set(row) != set(keys):
             raise TaskError(
                 f"Task.{field}[{i}]: got {describe(row)}; every example of a list must be a dict with the "
                 f"same keys as the first ({keys})."
@@ -146,7 +152,10 @@ def as_dataset(data: Any, field: str) -> Dataset:
                 raise TaskError(f"Task.{field}: X has {x.shape[0]} rows but y has {y.shape[0]}; they must match.")
             return TensorDataset(x, y)
         if isinstance(x, Mapping):
-            check_inputs(x, f"Task.{field} inputs", batch=int(y.shape[0]))
+            check_inputs(x, f"Task.{field} inputs")
+            rows = batch_len(x)
+            if rows != y.shape[0]:
+                raise TaskError(f"Task.{field}: X has {rows} rows but y has {y.shape[0]}; they must match.")
             return MappingDataset({k: v for k, v in x.items()}, y)
     raise TaskError(
         f"Task.{field}: got {describe(data)}; expected a torch Dataset, an (X, y) tuple of tensors (X may be a "

@@ -40,6 +40,11 @@ def _deployment(d: Path) -> None:
     assert (d / "digits_cnn.onnx").read_bytes()[:1] == b"\x08"  # an ONNX ModelProto starts with ir_version
 
 
+def _transformers(d: Path) -> None:
+    assert sorted(p.name for p in d.iterdir()) == ["bert.recipe.yaml", "search_spaces", "studies"]
+    assert "format: autoshrink-recipe/2" in (d / "bert.recipe.yaml").read_text()
+
+
 # Every page, the number of ```python blocks it holds, and what they leave in their directory.
 # Snippets that need a model or a cluster the block does not build are ```text or plain ``` blocks.
 PAGES: dict[str, tuple[int, Callable[[Path], None] | None]] = {
@@ -54,6 +59,7 @@ PAGES: dict[str, tuple[int, Callable[[Path], None] | None]] = {
     "docs/scale-out.md": (0, None),
     "docs/search-stages.md": (0, None),
     "docs/search.md": (0, None),
+    "docs/transformers.md": (1, _transformers),
 }
 
 

@@ -12,6 +12,7 @@ range saturates) or "weights" (QDQ weights, float compute). Tested: "weights" wi
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import os
 import warnings
@@ -86,6 +87,18 @@ def _example_args(example_input: Any) -> tuple[tuple[torch.Tensor, ...], dict[st
     return tuple(t.detach().cpu() for t in _example_tuple(example_input)), {}
 
 
+def _in_signature_order(model: nn.Module, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keyword inputs in the order of the model's forward parameters: the exporter binds them so, and the
+    graph's input names must follow (a tokenizer's order -- input_ids, token_type_ids, attention_mask --
+    is not BERT's forward's, and named in it the graph would feed the mask as token types)."""
+    try:
+        order = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return dict(named)
+    rank = {name: i for i, name in enumerate(order)}
+    return dict(sorted(named.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+
+
 def _dynamic_axes(t: torch.Tensor) -> dict[int, str]:
     """The batch axis of every input, and the sequence axis (1) of integer inputs of 2+ dims (token ids,
     attention masks): the exported graph takes any batch and any sequence length."""
@@ -112,7 +125,7 @@ def _torch_export(
     """The float graph from torch's TorchScript-based exporter (initializers keep the state_dict names).
     `named`: keyword inputs (a mapping example input); the graph's inputs take their names."""
     onnx = _onnx()
-    named = named or {}
+    named = _in_signature_order(plain, named or {})
     inputs = list(named) or ["input" if len(example) == 1 else f"input_{i}" for i in range(len(example))]
     tensors = list(named.values()) or list(example)
     try:

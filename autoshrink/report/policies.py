@@ -46,12 +46,27 @@ def layer_label(layer: Mapping[str, Any] | None) -> str:
     return " ".join(parts)
 
 
+def block_label(block: Mapping[str, Any] | None) -> str:
+    """One transformer block's removals: '-50%h -25%n' (heads, FFN neurons removed; 'mag' where they were
+    ranked by weight magnitude, not activations)."""
+    if not block:
+        return "-"
+    parts = [f"-{round(float(block.get(k, 0.0)) * 100, 1):g}%{k[0]}" for k in ("heads", "neurons") if block.get(k)] or [
+        "-"
+    ]
+    if block.get("criterion") == "magnitude" and parts != ["-"]:
+        parts.append("mag")
+    return " ".join(parts)
+
+
 def policy_summary(policy: Mapping[str, Any] | None) -> str:
-    """The compressed layers of a policy dict ('fc1 4b 90%s, fc2 8b') and '+ KD' when it distills."""
+    """The compressed blocks and layers of a policy dict ('encoder.layer.0 -50%h, fc1 4b 90%s, fc2 8b')
+    and '+ KD' when it distills."""
     if not isinstance(policy, Mapping):
         return ""
     layers = policy.get("layers") or {}
-    parts = [f"{name} {layer_label(lp)}" for name, lp in layers.items() if layer_label(lp) != "fp32"]
+    parts = [f"{name} {block_label(bp)}" for name, bp in (policy.get("blocks") or {}).items()]
+    parts += [f"{name} {layer_label(lp)}" for name, lp in layers.items() if layer_label(lp) != "fp32"]
     text = ", ".join(parts) or "no compression"
     return text + (" + KD" if policy.get("distill") else "")
 

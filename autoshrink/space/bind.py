@@ -222,6 +222,7 @@ def _bind_blocks(space: SearchSpace, blocks: BlockSpace, model: nn.Module) -> di
             "ViT-style). Fix: remove `blocks` from the space, or use the space 'default'.",
         )
     chosen = {n: dict(blocks.defaults) for n in names}
+    skipped: set[str] = set()
     for rule in blocks.rules:
         hits = [n for n in names if any(_name_matches(p, n) for p in rule.match)]
         if not hits and not rule.optional:
@@ -232,7 +233,11 @@ def _bind_blocks(space: SearchSpace, blocks: BlockSpace, model: nn.Module) -> di
             )
         for n in hits:
             if rule.skip:
+                skipped.add(n)
                 chosen[n] = {f: Choice((BLOCK_IDENTITY[f],)) for f in BLOCK_FIELDS}
-            else:
-                chosen[n].update(rule.fields)
+                continue
+            if n in skipped:  # as for layers: a rule after skip starts again from the defaults
+                skipped.discard(n)
+                chosen[n] = dict(blocks.defaults)
+            chosen[n].update(rule.fields)
     return chosen

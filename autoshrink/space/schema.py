@@ -39,6 +39,7 @@ IDENTITY = {
 }
 WORDS = {"structured": "[false, true]", "distill": "[false, true]", "codebook": "[linear, kmeans]"}
 WORDS |= {"rounding": "[nearest, gptq]", "criterion": "[magnitude, wanda, sparsegpt]"}
+WORDS |= {"block_criterion": "[magnitude, activation]"}
 _RULE_KEYS = set(FIELDS) | {"match", "type", "skip", "optional"}
 _TOP_KEYS = {"defaults", "rules", "distill", "finetune", "description", "version", "blocks"}
 BLOCK_FIELDS = ("heads", "neurons", "criterion")
@@ -151,7 +152,7 @@ def parse_choice(raw: Any, fld: str, path: str, src: Source) -> Choice:
         why = _valid_value(fld, v)
         if why:
             where = path if is_range or not isinstance(raw, (list, tuple)) else f"{path}[{i}]"
-            raise src.error(where, f"got {v!r}; {fld} {why}.")
+            raise src.error(where, f"got {v!r}; {fld.removeprefix('block_')} {why}.")
     if fld in ("bits", "group_size"):
         values = tuple(int(v) for v in values)
     elif fld in ("sparsity", "rank", "heads", "neurons"):

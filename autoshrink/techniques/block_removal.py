@@ -18,15 +18,7 @@ from torch import Tensor, nn
 from ..errors import PolicyError
 from ..policy import BlockPolicy
 from .calibration import Batches, StatsCache
-from .transformer_blocks import (
-    Block,
-    find_blocks,
-    head_importance,
-    lowest,
-    neuron_importance,
-    remove_heads,
-    remove_neurons,
-)
+from .transformer_blocks import Block, block_importance, find_blocks, lowest, remove_heads, remove_neurons
 
 
 def check_blocks(model: nn.Module, blocks: Mapping[str, BlockPolicy]) -> dict[str, Block]:
@@ -43,23 +35,29 @@ def check_blocks(model: nn.Module, blocks: Mapping[str, BlockPolicy]) -> dict[st
     return {n: found[n] for n in blocks}
 
 
-def _importance(
+def _importances(
     model: nn.Module,
-    block: Block,
-    kind: str,
-    bp: BlockPolicy,
+    blocks: Mapping[str, Block],
+    criterion: str,
     calibration: Batches | None,
     cache: StatsCache | None,
-) -> Tensor:
-    batches = calibration if bp.criterion == "activation" else None
-    key = (kind, block.name, bp.criterion, getattr(batches, "key", None) if batches else None)
-    if cache is not None and key in cache.importance:
-        return cache.importance[key]
-    fn = head_importance if kind == "heads" else neuron_importance
-    score = fn(model, block, None if batches is None else batches())
-    if cache is not None:
-        cache.importance[key] = score
-    return score
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """(head, neuron) importance of the named blocks by `criterion`: from `cache` where it has them, the
+    rest in one pass over the calibration batches (every recognized block at once where there is a
+    cache, so a search pays one pass in all), kept in `cache`."""
+    source = getattr(calibration, "key", None) if criterion == "activation" else None
+    key = lambda name: ("block-importance", name, criterion, source)  # noqa: E731
+    out = {n: cache.importance[key(n)] for n in blocks if cache is not None and key(n) in cache.importance}
+    missing = [n for n in blocks if n not in out]
+    if missing:
+        every = find_blocks(model) if cache is not None else [blocks[n] for n in missing]
+        batches = calibration() if criterion == "activation" and calibration is not None else None
+        computed = block_importance(model, every, batches)
+        if cache is not None:
+            for name, scores in computed.items():
+                cache.importance[key(name)] = scores
+        out.update({n: computed[n] for n in missing})
+    return out
 
 
 def remove_block_units(
@@ -81,11 +79,14 @@ def remove_block_units(
             f"blocks.{needs[0]}: criterion 'activation' ranks heads and neurons on calibration batches, and no "
             "data was given. Fix: pass task=<your Task>, or use criterion 'magnitude'."
         )
+    scores: dict[str, tuple[Tensor, Tensor]] = {}
+    for criterion in sorted({bp.criterion for bp in active.values()}):
+        chosen = {n: found[n] for n, bp in active.items() if bp.criterion == criterion}
+        scores.update(_importances(model, chosen, criterion, calibration, cache))
     plans = {}
     for name, bp in active.items():
-        block = found[name]
-        heads = lowest(_importance(model, block, "heads", bp, calibration, cache), bp.heads) if bp.heads else []
-        neurons = lowest(_importance(model, block, "neurons", bp, calibration, cache), bp.neurons) if bp.neurons else []
+        heads = lowest(scores[name][0], bp.heads) if bp.heads else []
+        neurons = lowest(scores[name][1], bp.neurons) if bp.neurons else []
         plans[name] = (heads, neurons)
     report = {}
     for name, (heads, neurons) in plans.items():

@@ -4,7 +4,9 @@ Each calibrated layer sees the inputs it gets in the model being compressed -- a
 structured pruning, before unstructured pruning and quantization -- on CALIBRATION_EXAMPLES training
 examples (the task's first, in a fixed shuffled order, so a recipe replays bitwise). What is kept is
 the Gram matrix X^T X of the layer's input rows (a Linear's input vectors; a Conv's unfolded
-patches): float32 products of CHUNK_ROWS rows at a time, summed in float64. GPTQ and SparseGPT use it
+patches): float32 products of CHUNK_ROWS rows at a time, summed in float64. With mapping inputs that
+hold an `attention_mask` (token batches), a Linear's rows of padding tokens are left out: they are not
+what the layer sees of real text, and at short texts most rows of a padded batch are padding. GPTQ and SparseGPT use it
 as their Hessian, Wanda its diagonal (the squared norm of each input feature). One forward pass over
 the examples serves as many layers as fit in GRAM_BUDGET_BYTES of float64 Gram matrices; further
 passes serve the rest. Each layer's matrix is then kept in float32 (cols^2 * 4 bytes) until the
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..inputs import batch_len, call, take, to_device
+from ..inputs import batch_len, call, is_mapping, take, to_device
 from ..policy import LayerPolicy
 from ..task import iterate_batches
 from .layers import weight_layers
@@ -158,18 +160,34 @@ def collect(model: nn.Module, layers: list[nn.Module], batches: Batches) -> dict
     return out
 
 
+_TOKENS: list[Tensor | None] = [None]  # the attention mask of the batch forward_over runs, while it runs
+
+
 def forward_over(model: nn.Module, batches: Batches) -> None:
     """One pass of `model` over the calibration batches, in eval mode without gradients (its mode is
-    restored after): what the hooks of a statistics collection see."""
+    restored after): what the hooks of a statistics collection see (`real_rows` the batch's tokens)."""
     was_training = model.training
     try:
         model.eval()
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         with torch.no_grad():
             for x in batches():
-                call(model, to_device(x, device))
+                x = to_device(x, device)
+                mask = x.get("attention_mask") if is_mapping(x) else None
+                _TOKENS[0] = mask.bool() if isinstance(mask, Tensor) and mask.dim() == 2 else None
+                call(model, x)
     finally:
+        _TOKENS[0] = None
         model.train(was_training)
+
+
+def real_rows(layer: nn.Module, x: Tensor) -> Tensor:
+    """A Linear's input without the rows of padding tokens of the batch forward_over runs (where its
+    (batch, tokens) mask matches the input); anything else as it is."""
+    mask = _TOKENS[0]
+    if isinstance(layer, nn.Linear) and mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+        return x[mask.to(x.device)]
+    return x
 
 
 def _cols(layer: nn.Module) -> int:
@@ -196,7 +214,7 @@ def _passes(layers: list[nn.Module]) -> Iterator[list[nn.Module]]:
 
 def _accumulate(into: LayerInputs, layer: nn.Module) -> Callable[..., None]:
     def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-        rows = input_rows(layer, args[0].detach()).float()
+        rows = input_rows(layer, real_rows(layer, args[0].detach())).float()
         for start in range(0, rows.shape[0], CHUNK_ROWS):  # float32 sums of at most CHUNK_ROWS rows at a time
             part = rows[start : start + CHUNK_ROWS]
             into.gram += (part.T @ part).double()

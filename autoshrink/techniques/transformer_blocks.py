@@ -170,13 +170,41 @@ def head_importance(model: nn.Module, block: Block, batches: Iterable[Any] | Non
         out_norm = w_out.reshape(w_out.shape[0], h, d).pow(2).sum((0, 2)).sqrt()
         v_norm = w_v.reshape(h, d * w_v.shape[1]).pow(2).sum(1).sqrt()
         return (out_norm * v_norm).cpu()
+    return _means_over_tokens(model, {block.out: _head_score(model, block)}, batches)[block.out].cpu()
+
+
+def _head_score(model: nn.Module, block: Block) -> tuple[Callable[[Tensor], Tensor], int]:
+    """Per token, each head's contribution norm through the output projection: (tokens, h * d) -> (tokens, h)."""
+    h, d = block.heads, block.head_size
+    w_out = model.get_submodule(block.out).weight.detach().float()
     w_heads = w_out.reshape(w_out.shape[0], h, d)
 
-    def score(x: Tensor) -> Tensor:  # (tokens, h * d) -> (tokens, h)
+    def score(x: Tensor) -> Tensor:
         x = x.float().reshape(-1, h, d)
         return torch.stack([(x[:, k] @ w_heads[:, k].T).norm(dim=1) for k in range(h)], dim=1)
 
-    return _mean_over_tokens(model, block.out, batches, score, h).cpu()
+    return score, h
+
+
+def block_importance(
+    model: nn.Module, blocks: Sequence[Block], batches: Iterable[Any] | None = None
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Block name -> (head importance, neuron importance) of every block, as head_importance and
+    neuron_importance compute them, in one pass over the calibration `batches` for all blocks."""
+    if batches is None:
+        return {b.name: (head_importance(model, b), neuron_importance(model, b)) for b in blocks}
+    for b in blocks:
+        _check_current(model, b)
+    layers = {}
+    for b in blocks:
+        layers[b.out] = _head_score(model, b)
+        layers[b.down] = (lambda x: x.float().abs(), b.neurons)
+    means = _means_over_tokens(model, layers, batches)
+    out = {}
+    for b in blocks:
+        down_norm = model.get_submodule(b.down).weight.detach().float().norm(dim=0)
+        out[b.name] = (means[b.out].cpu(), (means[b.down] * down_norm.to(means[b.down].device)).cpu())
+    return out
 
 
 def neuron_importance(model: nn.Module, block: Block, batches: Iterable[Any] | None = None) -> Tensor:
@@ -188,8 +216,8 @@ def neuron_importance(model: nn.Module, block: Block, batches: Iterable[Any] | N
     if batches is None:
         up_norm = model.get_submodule(block.up).weight.detach().float().norm(dim=1)
         return (up_norm.to(down_norm.device) * down_norm).cpu()
-    mean_abs = _mean_over_tokens(model, block.down, batches, lambda x: x.float().abs(), block.neurons)
-    return (mean_abs * down_norm).cpu()
+    mean_abs = _means_over_tokens(model, {block.down: (lambda x: x.float().abs(), block.neurons)}, batches)
+    return (mean_abs[block.down] * down_norm).cpu()
 
 
 def lowest(importance: Tensor, fraction: float) -> list[int]:
@@ -373,30 +401,37 @@ def _shrink(model: nn.Module, name: str, index: Tensor, dim: int) -> None:
 # -- importance ---------------------------------------------------------------------------------------
 
 
-def _mean_over_tokens(
-    model: nn.Module, layer_name: str, batches: Iterable[Any], score: Callable[[Tensor], Tensor], size: int
-) -> Tensor:
-    """The mean over calibration tokens of score(the input of `layer_name`, one row per token), shape
-    (size,), float32. Padding tokens (attention_mask 0 in a mapping batch) are left out."""
-    layer = model.get_submodule(layer_name)
-    total = torch.zeros(size, dtype=torch.float64, device=layer.weight.device)
-    tokens = 0
+def _means_over_tokens(
+    model: nn.Module, layers: Mapping[str, tuple[Callable[[Tensor], Tensor], int]], batches: Iterable[Any]
+) -> dict[str, Tensor]:
+    """For each named layer, the mean over calibration tokens of score(the layer's input, one row per
+    token), shape (size,), float32: one pass over `batches` for all of them. Padding tokens
+    (attention_mask 0 in a mapping batch) are left out."""
+    totals: dict[str, Tensor] = {}
+    tokens: dict[str, int] = {}
     mask: list[Tensor | None] = [None]
+    handles = []
 
-    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-        nonlocal total, tokens
-        x = args[0].detach()
-        rows = x.reshape(-1, x.shape[-1])
-        m = mask[0]
-        if m is not None and tuple(m.shape) == tuple(x.shape[:-1]):
-            rows = rows[m.reshape(-1).to(rows.device) != 0]
-        if rows.shape[0]:
-            total = total + score(rows).double().sum(0).to(total.device)
-            tokens += rows.shape[0]
+    def hook_for(name: str, score: Callable[[Tensor], Tensor]) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0].detach()
+            rows = x.reshape(-1, x.shape[-1])
+            m = mask[0]
+            if m is not None and tuple(m.shape) == tuple(x.shape[:-1]):
+                rows = rows[m.reshape(-1).to(rows.device) != 0]
+            if rows.shape[0]:
+                totals[name] = totals[name] + score(rows).double().sum(0).to(totals[name].device)
+                tokens[name] += rows.shape[0]
+
+        return hook
 
     modes = {m: m.training for m in model.modules()}
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    handle = layer.register_forward_pre_hook(hook)
+    for name, (score, size) in layers.items():
+        layer = model.get_submodule(name)
+        totals[name] = torch.zeros(size, dtype=torch.float64, device=layer.weight.device)
+        tokens[name] = 0
+        handles.append(layer.register_forward_pre_hook(hook_for(name, score)))
     try:
         model.eval()
         with torch.no_grad():
@@ -415,19 +450,22 @@ def _mean_over_tokens(
                         f"{type(x).__name__}; pass input tensors (or dicts such as a tokenizer's output)"
                     )
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         for m, training in modes.items():
             m.training = training
-    if tokens == 0:
+    empty = [name for name, n in tokens.items() if n == 0]
+    if empty:
         raise ConfigError(
-            f"the calibration batches reached no token of {layer_name!r}; pass at least one non-empty batch, "
+            f"the calibration batches reached no token of {empty[0]!r}; pass at least one non-empty batch, "
             "or batches=None for magnitude importance"
         )
-    return (total / tokens).float()
+    return {name: (totals[name] / tokens[name]).float() for name in layers}
 
 
 __all__ = [
     "Block",
+    "block_importance",
     "find_blocks",
     "head_importance",
     "lowest",

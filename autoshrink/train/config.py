@@ -10,7 +10,7 @@ from ..errors import ConfigError, describe, finite_number
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("oneshot", "gradual")
-OPTIONAL_FIELDS = ("bias_correction",)  # added later: absent from files and studies that predate them
+OPTIONAL_FIELDS = ("bias_correction", "hidden")  # added later: absent from files and studies that predate them
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +41,10 @@ class FinetuneConfig:
     Linear/Conv layer's bias what its weight change takes from the mean output on the calibration
     inputs (train/bias.py); off by default. Written to files and studies only when on, so those from
     before read the same.
+
+    hidden: with distillation from a transformer, the weight of the hidden-state term (train/hidden.py:
+    every block's output matched to the teacher's) added to the logit loss; 0 (default) = logits only.
+    Written only when set.
     """
 
     steps: int = 200
@@ -55,6 +59,7 @@ class FinetuneConfig:
     bn_batches: int = 8
     seed: int = 0
     bias_correction: bool = False
+    hidden: float = 0.0
 
     def __post_init__(self) -> None:
         def bad(field: str, rule: str) -> ConfigError:
@@ -90,7 +95,10 @@ class FinetuneConfig:
             raise bad("seed", "it must be an integer")
         if not isinstance(self.bias_correction, bool):
             raise bad("bias_correction", "it must be true or false")
+        if not finite_number(self.hidden) or self.hidden < 0:
+            raise bad("hidden", "it must be a finite number >= 0 (the weight of the hidden-state term; 0 = off)")
         object.__setattr__(self, "ramp", float(r))
+        object.__setattr__(self, "hidden", float(self.hidden))
 
     def to_dict(self) -> dict[str, Any]:
         """The fields; OPTIONAL_FIELDS only where they are not their default."""

@@ -14,9 +14,11 @@ from torch import Tensor, nn
 from ..errors import TaskError, TrainingError
 from ..inputs import forward, to_device
 from ..task import Task, apply_transform, iterate_batches, require_model_and_task
+from ..techniques.transformer_blocks import find_blocks
 from .config import FinetuneConfig
 from .distill import distillation_loss, kd_term
 from .gradual import GradualPruning, StructuredPlan
+from .hidden import block_outputs, hidden_term
 
 
 def _endless(task: Task, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
@@ -53,6 +55,26 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
     if not params:
         raise TrainingError("finetune: the model has no trainable parameters; nothing to fine-tune (use steps=0).")
     return params
+
+
+def _hidden_blocks(model: nn.Module, teacher: nn.Module | None, cfg: FinetuneConfig) -> list[str]:
+    """The transformer blocks whose outputs the hidden-state term matches (none when it is off)."""
+    if teacher is None or cfg.hidden == 0:
+        return []
+    names = [b.name for b in find_blocks(teacher)]
+    if not names:
+        raise TrainingError(
+            f"finetune.hidden: {cfg.hidden} weighs a hidden-state term over transformer blocks, and the teacher "
+            f"({type(teacher).__name__}) has none autoshrink recognizes. Fix: set hidden to 0."
+        )
+    known = {n for n, _ in model.named_modules()}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise TrainingError(
+            f"finetune.hidden: the student has no module {missing[0]!r}, a block of the teacher. Fix: distil "
+            "from the model this one was compressed from, or set hidden to 0."
+        )
+    return names
 
 
 @contextlib.contextmanager
@@ -128,7 +150,13 @@ def run_finetune(
     loss_fn = task.loss_fn()
     batches = _endless(task, generator)
     model.train()
-    with _frozen_teacher(teacher, device) as t_model:
+    blocks = _hidden_blocks(model, teacher, cfg)
+    with (
+        _frozen_teacher(teacher, device) as t_model,
+        block_outputs(model, blocks) as s_hidden,
+        contextlib.ExitStack() as stack,
+    ):
+        t_hidden = stack.enter_context(block_outputs(t_model, blocks)) if blocks and t_model is not None else {}
         try:
             for step in range(cfg.steps):
                 if pruning is not None and step and pruning.update(model, step):
@@ -139,9 +167,10 @@ def run_finetune(
                 x, y = next(batches)
                 x, y = apply_transform(task, to_device(x, device), y.to(device))
                 out = forward(model, x, "finetune")
-                if t_model is not None and cfg.alpha > 0:
+                if t_model is not None and (cfg.alpha > 0 or blocks):
                     with torch.no_grad():
                         t_out = forward(t_model, x, "finetune (teacher)")
+                if t_model is not None and cfg.alpha > 0:
                     if cfg.alpha == 1.0:  # distillation only: no label term at all
                         loss = kd_term(out, t_out, cfg.temperature)
                     else:
@@ -150,6 +179,8 @@ def run_finetune(
                         )
                 else:
                     loss = loss_fn(out, y)
+                if blocks and t_model is not None:
+                    loss = loss + cfg.hidden * hidden_term(s_hidden, t_hidden, x)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"finetune step {step}: the loss is {loss.item()}; training diverged. "

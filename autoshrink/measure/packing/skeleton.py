@@ -3,8 +3,14 @@
 Every tensor is replaced by its index in the container's header (tied tensors share one index);
 module state equal to a fresh nn.Module's (empty hook dicts, ...) is left out to keep it small.
 Loading uses a restricted unpickler that accepts only nn.Module subclasses of modules already
-imported (or allowed), torch.nn.functional functions and a few plain types, and calls nothing but
-the skeleton's own constructors, unless the caller says the file is trusted.
+imported (or allowed), Hugging Face model configs (plain data a transformers module holds), torch.nn.functional
+functions and a few plain types, and calls nothing but the skeleton's own constructors, unless the
+caller says the file is trusted. A config is stored without what only says where it came from
+(PROVENANCE: the folder it was loaded from, the architectures, dtype and transformers version that
+save_pretrained / from_pretrained write into it): the same weights give the same artifact, byte for
+byte, however the model was built or loaded, and the file names no local path. Likewise a
+transformers model is stored without what from_pretrained attaches to it (LOAD_STATE: its kernel
+settings and weight renamings, read with defaults when absent; `name_or_path` emptied).
 """
 
 from __future__ import annotations
@@ -48,6 +54,54 @@ def _set_module_state(module: nn.Module, state: dict[str, Any]) -> None:
     module.__setstate__(full)
 
 
+def _config_base() -> type | None:
+    """transformers' PreTrainedConfig where transformers is imported (None otherwise: no config to meet)."""
+    utils = sys.modules.get("transformers.configuration_utils")
+    base = getattr(utils, "PreTrainedConfig", None) or getattr(utils, "PretrainedConfig", None)
+    return base if isinstance(base, type) else None
+
+
+def _is_config_class(cls: Any) -> bool:
+    base = _config_base()
+    return base is not None and isinstance(cls, type) and issubclass(cls, base)
+
+
+PROVENANCE = {"_name_or_path": "", "architectures": None, "dtype": None, "transformers_version": None}
+LOAD_STATE = ("_use_kernels", "_kernels_mode", "_weight_conversions")
+
+
+def _is_hf_model(module: nn.Module) -> bool:
+    utils = sys.modules.get("transformers.modeling_utils")
+    base = getattr(utils, "PreTrainedModel", None)
+    return isinstance(base, type) and isinstance(module, base)
+
+
+def _config_state(config: Any) -> dict[str, Any]:
+    """A config's attributes without provenance (PROVENANCE's values; an instance `model_type` equal to
+    the class's dropped)."""
+    state = {sys.intern(k): _interned(v) for k, v in config.__dict__.items()}
+    for key, value in PROVENANCE.items():
+        if key in state:
+            state[key] = value
+    if "model_type" in state and state["model_type"] == getattr(type(config), "model_type", None):
+        del state["model_type"]
+    return state
+
+
+def _new_config(cls: type) -> Any:
+    """Unpickling helper: an empty instance of a Hugging Face config class."""
+    if not _is_config_class(cls):
+        raise PackError(f"the skeleton asks to build {cls!r}, which is not a transformers config")
+    return cls.__new__(cls)
+
+
+def _set_config_state(config: Any, state: dict[str, Any]) -> None:
+    """Unpickling helper: a config's attributes, as pickle itself would set them (no code of the config)."""
+    if not isinstance(state, dict) or not all(type(k) is str for k in state):
+        raise PackError("config state is not a dict of attribute names")
+    config.__dict__.update(state)
+
+
 def _interned(value: Any) -> Any:
     """`value` with its strings interned (inside dicts, lists and tuples).
 
@@ -59,7 +113,7 @@ def _interned(value: Any) -> Any:
         return sys.intern(value)
     if kind in (dict, collections.OrderedDict):
         return kind((_interned(k), _interned(v)) for k, v in value.items())
-    if kind in (list, tuple):
+    if kind in (list, tuple, set, frozenset):  # sets too: a module's _non_persistent_buffers_set
         return kind(_interned(v) for v in value)
     return value
 
@@ -82,6 +136,8 @@ class SkeletonPickler(pickle.Pickler):
         return None
 
     def reducer_override(self, obj: Any) -> Any:
+        if not isinstance(obj, type) and _is_config_class(type(obj)):
+            return _new_config, (type(obj),), _config_state(obj), None, None, _set_config_state
         if not isinstance(obj, nn.Module) or isinstance(obj, type):
             return NotImplemented
         reduced = obj.__reduce_ex__(5)
@@ -102,6 +158,11 @@ class SkeletonPickler(pickle.Pickler):
             for key in keys
             if not (key in defaults and type(raw[key]) is type(defaults[key]) and raw[key] == defaults[key])
         }
+        if _is_hf_model(obj):
+            for key in LOAD_STATE:
+                state.pop(key, None)
+            if "name_or_path" in state:
+                state["name_or_path"] = ""
         return _new_module, (type(obj),), state, None, None, _set_module_state
 
 
@@ -137,6 +198,10 @@ def _check_reduce(func: Any, args: Any) -> bool:
         return len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], nn.Module)
     if func is _set_module_state:
         return len(args) == 2 and isinstance(args[0], nn.Module) and type(args[1]) is dict
+    if func is _new_config:
+        return len(args) == 1 and _is_config_class(args[0])
+    if func is _set_config_state:
+        return len(args) == 2 and _is_config_class(type(args[0])) and type(args[1]) is dict
     if func is collections.OrderedDict:
         return args == ()
     if func is torch.Size:
@@ -214,7 +279,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
             return getattr(torch, name)
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
-        if module == __name__ and name in ("_new_module", "_set_module_state"):
+        if module == __name__ and name in ("_new_module", "_set_module_state", "_new_config", "_set_config_state"):
             return globals()[name]
         if module.startswith("torch") and not name.startswith("_") and module in sys.modules:
             obj = _lookup(module, name)
@@ -246,11 +311,12 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
                     f"{self._where}: importing {module} (allowed) failed: {type(exc).__name__}: {exc}"
                 ) from None
         obj = _lookup(module, name)
-        if isinstance(obj, type) and issubclass(obj, nn.Module):
+        if isinstance(obj, type) and (issubclass(obj, nn.Module) or _is_config_class(obj)):
             return obj
         raise PackError(
             f"{self._where}: the model skeleton refers to {module}.{name}, which autoshrink does not "
-            f"load (only nn.Module subclasses, torch.nn.functional and plain types); {TRUST_HINT}"
+            f"load (only nn.Module subclasses, transformers configs, torch.nn.functional and plain types); "
+            f"{TRUST_HINT}"
         )
 
 
