@@ -92,7 +92,15 @@ def test_wheel_installs_outside_the_checkout_with_its_spaces_and_searches(tmp_pa
 
     installed = purelib / "autoshrink" / "spaces"
     names = sorted(p.stem for p in SPACES.glob("*.yaml"))
-    assert names == ["default", "lowrank_only", "post_training", "prune_only", "quantize_only", "structured"]
+    assert names == [
+        "default",
+        "lowrank_only",
+        "post_training",
+        "prune_only",
+        "quantize_only",
+        "structured",
+        "transformer",
+    ]
     assert sorted(p.name for p in installed.iterdir()) == [f"{n}.yaml" for n in names]
     for n in names:
         assert (installed / f"{n}.yaml").read_bytes() == (SPACES / f"{n}.yaml").read_bytes()
