@@ -44,6 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -202,8 +203,9 @@ def run(seed: int, budget: float, tmp: Path, refine_steps: int | None = None) ->
     for label, trial in list(picks.items()) + [("most_removed", None)]:
         if trial is None:
             best, trial = -1.0, None
-            for t in removed:
-                small = ash.apply_policy(model, removed[t], task=task)
+            for t in removed:  # how many go does not depend on which: rank by magnitude, no calibration
+                blocks = {n: replace(bp, criterion="magnitude") for n, bp in removed[t].blocks.items()}
+                small = ash.apply_policy(model, ash.Policy(blocks=blocks))
                 share = 1 - encoder_params(small) / encoder_params(model)
                 if share > best:
                     best, trial = share, t

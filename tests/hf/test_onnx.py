@@ -11,7 +11,7 @@ import autoshrink as ash
 from autoshrink.policy import BlockPolicy
 from autoshrink.weights import quantize_codes
 
-from .conftest import TupleBert, tiny_bert, tokens
+from .conftest import FAST, TupleBert, argmax_accuracy, bert_task, tiny_bert, tokens
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -147,3 +147,15 @@ def test_keyword_inputs_in_a_tokenizers_order_are_named_right(tmp_path) -> None:
     with torch.no_grad():
         want = model(**batch).logits.numpy()
     np.testing.assert_allclose(out, want, atol=1e-5, rtol=0)
+
+
+def test_the_onnxruntime_runtime_times_and_scores_a_bert_through_the_session() -> None:
+    """measure(runtime="onnxruntime") on keyword inputs: accuracy through the ORT session equals the float
+    model's on these examples (float weights: the export computes what torch does), and the runtime is
+    recorded."""
+    model, task = tiny_bert(), bert_task()
+    small = ash.apply_policy(model, PRUNED)
+    m = ash.measure(small, task, runtime="onnxruntime", latency=FAST)
+    assert m.runtime == "onnxruntime"
+    assert m.accuracy == argmax_accuracy(small, task)
+    assert m.latency_ms > 0
