@@ -2,7 +2,9 @@
 
 Low-rank and structured layers export as their smaller layers; 2..8-bit weights as int8 initializers of
 their exact codes (pruned: 0) with per-output-channel scales and a QDQ `DequantizeLinear` (axis 0); bits
-16 as float16 and a `Cast`; the batch axis is dynamic. Rewrites: onnx_graph.py; sessions: ort_session.py.
+16 as float16 and a `Cast`; an embedding table read only by row Gathers gathers its int8 codes and
+per-row scales and dequantizes just those rows. The batch axis is dynamic, and the sequence axis of
+integer inputs (token ids, masks). Rewrites: onnx_graph.py; sessions: ort_session.py.
 `activations`: "dynamic" (default; Linear -> DynamicQuantizeLinear -> MatMulInteger, ORT's integer GEMM),
 "static" (the same with the uint8 activation scale / zero point fixed from `calibration=` batches; out of
 range saturates) or "weights" (QDQ weights, float compute). Tested: "weights" within 1e-5 x (1 + max
@@ -28,7 +30,7 @@ from ..errors import ExportError, describe
 from ..files import write_atomically
 from ..inputs import is_mapping
 from ..weights import per_channel, strip_parametrizations, weight_bits, weight_parametrizations, weight_quantizer
-from .onnx_graph import Graph, calibrate, dequantize_weights, integer_gemm
+from .onnx_graph import Graph, calibrate, dequantize_weights, gather_then_dequantize, integer_gemm
 
 OPSET = 17
 ACTIVATIONS = ("dynamic", "static", "weights")
@@ -47,6 +49,7 @@ class OnnxExport:
     float16_weights: tuple[str, ...]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    gathered_weights: tuple[str, ...] = ()  # embedding tables: codes gathered by row, only those dequantized
 
 
 def _onnx():
@@ -204,6 +207,7 @@ def to_onnx(
     proto = _torch_export(plain, example, opset, named)
     graph = Graph(proto)
     codes_of, halves = dequantize_weights(graph, quantized, plain)
+    gathered = gather_then_dequantize(graph, codes_of)
     linear = {f"{n}.weight" for n, m in plain.named_modules() if isinstance(m, nn.Linear)}
     int8 = []
     if activations in ("dynamic", "static"):
@@ -217,7 +221,8 @@ def to_onnx(
             stem = name.rsplit(".weight", 1)[0]
             if integer_gemm(graph, name, codes_of[name][0], static.get(stem)):
                 int8.append(stem)
-    qdq = [n.rsplit(".weight", 1)[0] for n in codes_of if n.rsplit(".weight", 1)[0] not in int8]
+    rows = [n.rsplit(".weight", 1)[0] for n in gathered]
+    qdq = [n.rsplit(".weight", 1)[0] for n in codes_of if n.rsplit(".weight", 1)[0] not in int8 + rows]
     onnx = _onnx()
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -229,6 +234,7 @@ def to_onnx(
         "float16_weights": tuple(halves),
         "inputs": tuple(i.name for i in proto.graph.input),
         "outputs": tuple(o.name for o in proto.graph.output),
+        "gathered_weights": tuple(rows),
     }
     return proto, info
 

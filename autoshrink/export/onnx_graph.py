@@ -197,3 +197,40 @@ def integer_gemm(graph: Graph, weight: str, codes: np.ndarray, static: tuple[flo
         if not graph.consumers(f"{weight}_scale"):  # static: folded into the constant rescale
             graph.drop_init(f"{weight}_scale")
     return True
+
+
+def gather_then_dequantize(graph: Graph, codes_of: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    """Embedding tables: where every reader of a dequantized weight is a Gather of its rows (axis 0),
+    gather the int8 codes and the per-row scales first and dequantize only the rows gathered, instead
+    of the whole table on every call (a 30k-token table is most of a small encoder's work otherwise).
+    The same float32 products as DequantizeLinear then Gather. Returns the weights rewritten."""
+    from onnx import helper
+
+    done = []
+    for name in list(codes_of):
+        readers = graph.consumers(name)
+        if not readers or any(n.op_type != "Gather" or n.input[0] != name for n in readers):
+            continue
+        if any(a.name == "axis" and helper.get_attribute_value(a) != 0 for n in readers for a in n.attribute):
+            continue
+        dq = graph.producer(name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        axis = graph.add_init(graph.fresh(f"{name}_last_axis"), np.array([-1], dtype=np.int64))
+        for reader in readers:
+            index = list(graph.g.node).index(reader)
+            out = reader.output[0]
+            codes, scales, floats, column = (graph.fresh(f"{name}_{s}") for s in ("codes", "scales", "float", "col"))
+            new = [
+                helper.make_node("Gather", [f"{name}_quantized", reader.input[1]], [codes], axis=0, name=codes),
+                helper.make_node("Gather", [f"{name}_scale", reader.input[1]], [scales], axis=0, name=scales),
+                helper.make_node("Cast", [codes], [floats], to=1, name=floats),  # 1: FLOAT
+                helper.make_node("Unsqueeze", [scales, axis], [column], name=column),
+                helper.make_node("Mul", [floats, column], [out], name=graph.fresh(f"{name}_rows")),
+            ]
+            graph.g.node.remove(reader)
+            for i, node in enumerate(new):
+                graph.g.node.insert(index + i, node)
+        graph.g.node.remove(dq)
+        done.append(name)
+    return done

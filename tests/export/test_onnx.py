@@ -190,7 +190,7 @@ def test_attention_from_linear_and_token_id_inputs(tmp_path) -> None:
     )
     small = ash.apply_policy(model, policy)
     out = export_onnx(small, tmp_path / "t.onnx", example_input=ids)
-    assert out.qdq_weights == ("embed",)  # a Gather reads the dequantized table
+    assert out.qdq_weights == () and out.gathered_weights == ("embed",)  # rows gathered, then dequantized
     assert out.int8_kernels == ("attn.q_proj", "attn.v_proj.first", "attn.v_proj.second", "attn.out_proj", "head")
     many = torch.randint(0, 100, (4, 6))
     sess = ort_session(out.path)

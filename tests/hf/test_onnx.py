@@ -159,3 +159,23 @@ def test_the_onnxruntime_runtime_times_and_scores_a_bert_through_the_session() -
     assert m.runtime == "onnxruntime"
     assert m.accuracy == argmax_accuracy(small, task)
     assert m.latency_ms > 0
+
+
+def test_a_quantized_embedding_table_is_gathered_by_row_then_dequantized(tmp_path) -> None:
+    """A 4-bit word-embedding table: the graph gathers int8 codes and per-row scales (no DequantizeLinear
+    of the whole table) and computes what torch does with the same codes."""
+    model = tiny_bert()
+    policy = ash.Policy(layers={"bert.embeddings.word_embeddings": ash.LayerPolicy(bits=4)})
+    small = ash.apply_policy(model, policy)
+    x = tokens(1, seed=3)
+    info = ash.export_onnx(small, tmp_path / "m.onnx", example_input=x, activations="weights")
+    assert info.gathered_weights == ("bert.embeddings.word_embeddings",) and info.qdq_weights == ()
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    table = "bert.embeddings.word_embeddings.weight"
+    assert not [n for n in graph.node if n.op_type == "DequantizeLinear" and table in n.output]
+    gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[0].startswith(table)]
+    assert sorted(n.input[0] for n in gathers) == [f"{table}_quantized", f"{table}_scale"]
+    batch = padded_batch()
+    with torch.no_grad():
+        want = small(**batch).logits.numpy()
+    np.testing.assert_allclose(run(str(tmp_path / "m.onnx"), batch)[0], want, atol=1e-5, rtol=0)

@@ -136,6 +136,11 @@ class SkeletonPickler(pickle.Pickler):
         return None
 
     def reducer_override(self, obj: Any) -> Any:
+        if type(obj) in (set, frozenset):  # in sorted order: a set's own order depends on how it was built
+            try:
+                return type(obj), (sorted(obj),)
+            except TypeError:  # elements without an order: as pickle writes them
+                return NotImplemented
         if not isinstance(obj, type) and _is_config_class(type(obj)):
             return _new_config, (type(obj),), _config_state(obj), None, None, _set_config_state
         if not isinstance(obj, nn.Module) or isinstance(obj, type):
