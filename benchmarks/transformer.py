@@ -85,7 +85,7 @@ def reference_model():
     return AutoModelForSequenceClassification.from_pretrained(cache).eval()
 
 
-def _median_ms(fn, n: int = 40) -> list[float]:
+def _times_ms(fn, n: int = 40) -> list[float]:
     out = []
     for _ in range(n):
         t = time.perf_counter()
@@ -102,7 +102,7 @@ def interleaved(calls: dict, rounds: int = 5) -> dict[str, float]:
     times = {k: [] for k in calls}
     for _ in range(rounds):
         for k, fn in calls.items():
-            times[k] += _median_ms(fn)
+            times[k] += _times_ms(fn)
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -17,8 +17,9 @@ from torch import Tensor, nn
 
 from ..errors import PolicyError
 from ..policy import BlockPolicy
+from .block_importance import block_importance, lowest
 from .calibration import Batches, StatsCache
-from .transformer_blocks import Block, block_importance, find_blocks, lowest, remove_heads, remove_neurons
+from .transformer_blocks import Block, find_blocks, remove_heads, remove_neurons
 
 
 def check_blocks(model: nn.Module, blocks: Mapping[str, BlockPolicy]) -> dict[str, Block]:

@@ -20,7 +20,8 @@ from autoshrink.policy import BlockPolicy
 from autoshrink.recipe import measure_recipe
 from autoshrink.recipe.fingerprint import NamedInputSpec
 from autoshrink.techniques.apply import apply_policy_with_report
-from autoshrink.techniques.transformer_blocks import find_blocks, head_importance, lowest, neuron_importance
+from autoshrink.techniques.block_importance import head_importance, lowest, neuron_importance
+from autoshrink.techniques.transformer_blocks import find_blocks
 from autoshrink.weights import quantize_value, weight_bits
 
 from .conftest import FAST, HEAD_SIZE, HEADS, INTER, MODELS, SEQ, argmax_accuracy, bert_task, transformers

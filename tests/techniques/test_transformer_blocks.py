@@ -9,15 +9,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from autoshrink.techniques.transformer_blocks import (
-    Block,
-    find_blocks,
-    head_importance,
-    lowest,
-    neuron_importance,
-    remove_heads,
-    remove_neurons,
-)
+from autoshrink.techniques.block_importance import head_importance, lowest, neuron_importance
+from autoshrink.techniques.transformer_blocks import Block, find_blocks, remove_heads, remove_neurons
 
 transformers = pytest.importorskip("transformers")
 
