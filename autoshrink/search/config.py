@@ -55,6 +55,7 @@ class SearchConfig:
     screen: bool | float | Screening = True
     refine_top: int = 0
     refine_steps: int | None = None
+    refine_slack: float | None = None
     refine_finetune: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -340,6 +341,11 @@ SETTINGS: dict[str, Setting] = {
         _integer(0, False, ""), "refine stage: re-run the K best policies with a long fine-tune", cli="int"
     ),
     "refine_steps": Setting(_integer(1, True, ""), "fine-tune steps of the refine stage", cli="int"),
+    "refine_slack": Setting(
+        _number(0, 1, True, True, "use a drop in [0, 1] (0.02 = 2 pp), or None."),
+        "refine stage: how far past max_accuracy_drop a candidate may be (fraction)",
+        cli="float",
+    ),
     "refine_finetune": Setting(_refine_finetune, "fine-tune settings of the refine stage (a mapping)"),
 }
 

@@ -317,7 +317,8 @@ class SearchResult:
         the source's distillation choice and, where the space searches it, the other one (`distill`
         forces one). Model, task and executor default to the search's own (needed after
         `load_result`). Returns the new trials' rows of `trials` (with `refined_from`). `slack` widens
-        "near-feasible" (default REFINE_SLACK). `progress` as in `search`."""
+        "near-feasible" (default: 2 pp, 10 pp after a post-training search; stages/refine.py's
+        refine_slack). `progress` as in `search`."""
         shown = display.resolve(progress, "refine")
         try:
             numbers = refine_study(

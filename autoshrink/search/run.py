@@ -31,7 +31,7 @@ from .loop import run_loop
 from .result import SearchResult
 from .setup import Plan, plan, setup
 from .stages.held_out import run_held_out
-from .stages.refine import refine_candidates, run_refine, screened_refine_limit
+from .stages.refine import refine_candidates, refine_slack, run_refine, screened_refine_limit
 from .study.leases import open_locks
 from .study.schema import StudyAttr
 from .study.storage import check_storage, counted, storage_failure
@@ -136,6 +136,7 @@ def _stages(
                     p.objectives,
                     cfg.max_accuracy_drop,
                     cfg.refine_top,
+                    cfg.refine_slack if cfg.refine_slack is not None else refine_slack(p.finetune.steps),
                     screened_limit=screened_refine_limit(study.user_attrs[StudyAttr.SCREEN]),
                     max_latency=cfg.max_latency_ms,
                     skip_refined=False,

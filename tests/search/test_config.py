@@ -22,7 +22,7 @@ FIELDS = [f.name for f in dataclasses.fields(SearchConfig)]
 
 def test_every_setting_has_one_table_row_and_a_default() -> None:
     assert FIELDS == list(SETTINGS)
-    assert len(FIELDS) == 20
+    assert len(FIELDS) == 21
     assert SearchConfig().values()["n_trials"] == 40 and SearchConfig().runtime == "auto"
 
 
@@ -65,6 +65,7 @@ def test_yaml_reaches_the_settings_the_old_config_could_not(tmp_path) -> None:
         ("latency", "{repeats: 3}", "latency: got {'repeats': 3}; use a mapping with any of warmup, min_repeats"),
         ("warm_start", "-1", "warm_start: got -1; use true (default), false or a count >= 0."),
         ("sensitivity", "'yes'", "sensitivity: got 'yes'; use true (the pre-pass within its budget"),
+        ("refine_slack", "1.5", "refine_slack: got 1.5; use a drop in [0, 1] (0.02 = 2 pp), or None."),
         ("refine_finetune", "{lrr: 1}", "refine_finetune: got {'lrr': 1}; finetune: unknown key(s) 'lrr'"),
         ("objectives", "7", "objectives: got 7; use a list of objective names from accuracy, size, latency, macs."),
     ],

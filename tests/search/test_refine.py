@@ -243,3 +243,55 @@ def test_the_runtime_probe_times_only(tiny_model, monkeypatch) -> None:
     assert set(o.timing.latency_by_runtime) == expected and o.timing.batch_size == task.deploy_batch
     assert o.timing.fastest == min(o.timing.latency_by_runtime, key=o.timing.latency_by_runtime.get)
     assert o.timing.device == "cpu"
+
+
+def test_refine_candidates_take_each_objective_in_turn_and_look_further_after_post_training() -> None:
+    from autoshrink.measure import Measurement
+    from autoshrink.search.objectives import OBJECTIVES
+    from autoshrink.search.stages.refine import POST_TRAINING_REFINE_SLACK, REFINE_SLACK, refine_slack
+
+    base = Measurement(accuracy=0.9, size_bytes=1000, latency_ms=10.0, macs=100, device="cpu", threads=1, batch_size=1)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+
+    def add(acc: float, size: int, ms: float, sparsity: float) -> None:
+        policy = ash.Policy(layers={"fc1": ash.LayerPolicy(sparsity=sparsity)}).to_dict()
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[acc, size, ms],
+                user_attrs={"policy": policy, "measurement": {"accuracy": acc, "latency_ms": ms}},
+            )
+        )
+
+    add(0.895, 100, 9.0, 0.1)  # 0: the smallest, slow
+    add(0.894, 200, 5.0, 0.2)  # 1: the fastest within 1 + 2 pp
+    add(0.893, 150, 8.0, 0.3)  # 2: second smallest
+    add(0.896, 300, 6.0, 0.4)  # 3: second fastest (and the most accurate)
+    add(0.840, 400, 2.0, 0.5)  # 4: 6 pp down: only after a post-training search
+    objs = [OBJECTIVES["accuracy"], OBJECTIVES["size"], OBJECTIVES["latency"]]
+    assert [t.number for t in refine_candidates(study, base, objs, 0.01, k=3, slack=0.02)] == [0, 1, 2]
+    assert [t.number for t in refine_candidates(study, base, objs, 0.01, k=5, slack=0.02)] == [0, 1, 2, 3]
+    assert [t.number for t in refine_candidates(study, base, objs, 0.01, k=2, slack=0.10)] == [0, 4]
+    assert [t.number for t in refine_candidates(study, base, objs[:2], 0.01, k=2, slack=0.02)] == [
+        0,
+        3,
+    ]  # 2 is dominated there
+    assert (refine_slack(200), refine_slack(0)) == (REFINE_SLACK, POST_TRAINING_REFINE_SLACK) == (0.02, 0.10)
+
+
+@pytest.mark.parametrize(
+    ("settings", "slack"),
+    [({"finetune_steps": 0}, 0.10), ({"finetune_steps": 2}, 0.02), ({"finetune_steps": 0, "refine_slack": 0.05}, 0.05)],
+)
+def test_the_search_refines_within_its_slack(tiny_model, tiny_space, tmp_path, monkeypatch, settings, slack) -> None:
+    import importlib
+
+    search_run = importlib.import_module("autoshrink.search.run")
+    seen = []
+
+    def record(study, baseline, objectives, max_drop, k, slack, **kw):
+        seen.append((k, slack))
+        return []
+
+    monkeypatch.setattr(search_run, "refine_candidates", record)
+    run(tiny_model, tiny_space, tmp_path, n_trials=3, refine_top=2, runtime="float", **settings)
+    assert seen == [(2, slack)]

@@ -1,8 +1,10 @@
 """Refine stage: the best feasible or near-feasible candidates get a long recovery fine-tune.
 
-Sources: the front of completed trials within `max_accuracy_drop` (1 pp without one) + REFINE_SLACK,
-plus screened-out trials within REFINE_SCREEN_FACTOR times the screen's limit (fidelity.py), ordered by
-the first non-accuracy objective (ties: higher accuracy); the first k policies (distill twins count once)
+Sources: the front of completed trials within `max_accuracy_drop` (1 pp without one) + the slack
+(`refine_slack`: REFINE_SLACK, or POST_TRAINING_REFINE_SLACK after a post-training search), plus
+screened-out trials within REFINE_SCREEN_FACTOR times the screen's limit (fidelity.py), taken from each
+non-accuracy objective's ranking in turn (the smallest, the fastest, the next smallest, ...; ties: higher
+accuracy), so the refine reaches every end of the front; the first k policies (distill twins count once)
 re-run with `steps` steps and gradual pruning (`refine_config`). Where the space searches distillation
 each is refined with both settings, as the short fine-tune cannot tell which recovers better in the long
 one (`distill=True/False` forces one). Results are trials of the same study (`refined_from`, `finetune`,
@@ -36,6 +38,10 @@ from .held_out import run_held_out
 from .latency_limit import over_limit
 
 REFINE_SLACK = 0.02
+# after a post-training search a candidate's drop is measured before any fine-tune, and removing heads,
+# neurons or channels costs far more then than after one (MiniLM, half of every block's heads and FFN
+# neurons: 8.6 pp post-training, 1.0 pp after the refine's 200 steps), so the refine looks further out
+POST_TRAINING_REFINE_SLACK = 0.10
 # screened-out near misses: a screened drop up to this many times the screen's limit (1.0 pp -> 1.5 pp
 # for max_accuracy_drop 0.5 pp): a near miss at the screen can still end within the constraint once refined
 REFINE_SCREEN_FACTOR = 1.5
@@ -47,6 +53,12 @@ def refine_steps(search_steps: int) -> int:
     """The refine stage's default fine-tune steps: REFINE_STEP_FACTOR x the search's, or
     POST_TRAINING_REFINE_STEPS after a post-training search (whose candidates were never fine-tuned)."""
     return REFINE_STEP_FACTOR * search_steps if search_steps > 0 else POST_TRAINING_REFINE_STEPS
+
+
+def refine_slack(search_steps: int) -> float:
+    """How far past the accuracy constraint a candidate may be to be refined, by default:
+    POST_TRAINING_REFINE_SLACK after a post-training search (0 fine-tune steps), else REFINE_SLACK."""
+    return REFINE_SLACK if search_steps > 0 else POST_TRAINING_REFINE_SLACK
 
 
 REFINE_DEFAULTS: dict[str, Any] = {"schedule": "gradual"}
@@ -134,18 +146,22 @@ def refine_candidates(
         return []
     points = np.array([[o.normalized(v, baseline) for o, v in zip(objectives, vals)] for _, vals in near], dtype=float)
     front = [tv for tv, keep in zip(near, non_dominated(points)) if keep]
-    primary = next((i for i, o in enumerate(objectives) if not o.maximize), None)
     acc = next((i for i, o in enumerate(objectives) if o.maximize), None)
+    costs = [i for i, o in enumerate(objectives) if not o.maximize] or [None]
 
-    def key(tv: tuple[optuna.trial.FrozenTrial, list[float]]) -> tuple[float, float, int]:
-        vals = tv[1]
-        return (vals[primary] if primary is not None else 0.0, -vals[acc] if acc is not None else 0.0, tv[0].number)
+    def ranking(i: int | None) -> list[optuna.trial.FrozenTrial]:
+        def key(tv: tuple[optuna.trial.FrozenTrial, list[float]]) -> tuple[float, float, int]:
+            vals = tv[1]
+            return (vals[i] if i is not None else 0.0, -vals[acc] if acc is not None else 0.0, tv[0].number)
 
+        return [t for t, _ in sorted(front, key=key)]
+
+    rankings = [ranking(i) for i in costs]
     picked: dict[str, optuna.trial.FrozenTrial] = {}
-    for t, _ in sorted(front, key=key):
-        picked.setdefault(
-            layers_key(t.user_attrs[TrialAttr.POLICY]), t
-        )  # twins: the first in this order stands for both
+    for rank in range(len(front)):  # each objective's next best in turn; twins: the first taken stands for both
+        for order in rankings:
+            if len(picked) < k:
+                picked.setdefault(layers_key(order[rank].user_attrs[TrialAttr.POLICY]), order[rank])
     return list(picked.values())[:k]
 
 
@@ -293,7 +309,7 @@ def refine_study(
             ):
                 sources.append(t)  # twins (same layers, other distillation choice) are refined once
     else:
-        slack = REFINE_SLACK if slack is None else slack
+        slack = refine_slack(ft.steps) if slack is None else slack
         screened = screened_refine_limit(study.user_attrs.get(StudyAttr.SCREEN))
         sources = refine_candidates(
             study,
