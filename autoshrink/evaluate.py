@@ -181,6 +181,37 @@ def evaluate(
     compression". `calibration_cache`: see `compress`; `examples`: score only these indices of
     eval_data (see `measure`)."""
     require_model_and_task(model, task, "evaluate")
+    return _evaluate(model, task, policy, finetune_config, latency, runtime, calibration_cache, examples)[1]
+
+
+def evaluate_and_score_test(
+    model: nn.Module,
+    task: Task,
+    policy: Policy,
+    *,
+    finetune_config: FinetuneConfig | None = None,
+    latency: LatencyConfig | None = None,
+    runtime: str | None = None,
+    calibration_cache: StatsCache | None = None,
+) -> tuple[Measurement, HeldOut]:
+    """`evaluate`, then the same model scored on the task's held-out test_data on the runtime it was
+    measured on: what `evaluate_held_out` would give, without repeating a long fine-tune. Nothing may
+    decide on the score (the search keeps it for its held-out stage)."""
+    require_model_and_task(model, task, "evaluate")
+    small, m = _evaluate(model, task, policy, finetune_config, latency, runtime, calibration_cache, None)
+    return m, score_held_out(small, task, m.runtime)
+
+
+def _evaluate(
+    model: nn.Module,
+    task: Task,
+    policy: Policy,
+    finetune_config: FinetuneConfig | None,
+    latency: LatencyConfig | None,
+    runtime: str | None,
+    calibration_cache: StatsCache | None,
+    examples: Sequence[int] | None,
+) -> tuple[nn.Module, Measurement]:
     if not isinstance(policy, Policy):
         raise PolicyError(
             f"evaluate: policy must be an autoshrink.Policy, got {describe(policy)}; build one with "
@@ -190,6 +221,5 @@ def evaluate(
     small, report = compress(
         model, policy, task=task, finetune_config=finetune_config, clock=clock, calibration_cache=calibration_cache
     )
-    return measure(
-        small, task, runtime=runtime, latency=latency, skipped=report.lines(), clock=clock, examples=examples
-    )
+    m = measure(small, task, runtime=runtime, latency=latency, skipped=report.lines(), clock=clock, examples=examples)
+    return small, m

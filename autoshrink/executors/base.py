@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ..evaluate import evaluate, evaluate_held_out, evaluate_runtimes
+from ..evaluate import evaluate, evaluate_and_score_test, evaluate_held_out, evaluate_runtimes
 from ..measure import HeldOut, LatencyConfig, Measurement, RuntimeTiming
 from ..policy import Policy
 from ..task import Task
@@ -47,6 +47,9 @@ class Request:
     held_out: bool = False  # replay the policy and score it on the task's test_data on `runtime` only
     probe: bool = False  # apply the policy (no fine-tune) and time float against int8 only: RuntimeTiming
     examples: tuple[int, ...] | None = None  # score only these indices of eval_data (the pre-pass's subsample)
+    # also score the measured model on the task's test_data (Outcome.held_out), where it has one: a refine
+    # trial, whose replay by the held-out stage would repeat its long fine-tune
+    score_test: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,16 +90,16 @@ def run_job(job: Job, key: int, request: Request, worker: str = "local") -> Outc
                 calibration_cache=job.cache,
             )
             return Outcome(key, None, None, time.perf_counter() - t0, worker, held_out=score)
-        m = evaluate(
-            job.model,
-            job.task,
-            request.policy,
-            finetune_config=request.finetune or job.finetune,
-            latency=job.latency,
-            runtime=request.runtime or job.runtime,
-            calibration_cache=job.cache,
-            examples=request.examples,
-        )
+        settings = {
+            "finetune_config": request.finetune or job.finetune,
+            "latency": job.latency,
+            "runtime": request.runtime or job.runtime,
+            "calibration_cache": job.cache,
+        }
+        if request.score_test and job.task.test_data is not None:
+            m, score = evaluate_and_score_test(job.model, job.task, request.policy, **settings)
+            return Outcome(key, m, None, time.perf_counter() - t0, worker, held_out=score)
+        m = evaluate(job.model, job.task, request.policy, examples=request.examples, **settings)
         return Outcome(key, m, None, time.perf_counter() - t0, worker)
     except Exception as exc:  # noqa: BLE001 - a failed candidate is recorded with its reason, never hidden
         frames = traceback.extract_tb(exc.__traceback__)
@@ -134,10 +137,12 @@ class Executor(Protocol):
         held_out: bool = False,
         probe: bool = False,
         examples: tuple[int, ...] | None = None,
+        score_test: bool = False,
     ) -> None:
         """Queue one evaluation under `key` (`finetune` and `runtime` override the job's; `held_out`:
         replay and score on the held-out test_data only; `probe`: time float against int8 only;
-        `examples`: score only these indices of eval_data)."""
+        `examples`: score only these indices of eval_data; `score_test`: also score the same model on
+        test_data)."""
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         """Block until at least one pending evaluation finished (or timeout); return those finished."""

@@ -32,10 +32,11 @@ class LocalExecutor:
         held_out: bool = False,
         probe: bool = False,
         examples: tuple[int, ...] | None = None,
+        score_test: bool = False,
     ) -> None:
         if self._job is None:
             raise ConfigError("LocalExecutor.submit before start(job).")
-        self._pending.append((key, Request(policy, finetune, runtime, held_out, probe, examples)))
+        self._pending.append((key, Request(policy, finetune, runtime, held_out, probe, examples, score_test)))
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         if not self._pending or self._job is None:

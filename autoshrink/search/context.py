@@ -229,8 +229,13 @@ def collect(
     return out
 
 
-def submit_policy(ctx: LoopContext, key: int, policy: Policy, finetune: FinetuneConfig | None = None) -> None:
-    ctx.ex.submit(key, policy, finetune, runtime=ctx.runtime)
+def submit_policy(
+    ctx: LoopContext, key: int, policy: Policy, finetune: FinetuneConfig | None = None, *, score_test: bool = False
+) -> None:
+    if score_test:
+        ctx.ex.submit(key, policy, finetune, runtime=ctx.runtime, score_test=True)
+    else:
+        ctx.ex.submit(key, policy, finetune, runtime=ctx.runtime)
 
 
 def _progress(ctx: LoopContext, pending: int, o: Outcome, stage: str, tally: tuple[int, int, float] | None) -> Progress:

@@ -112,6 +112,8 @@ def tell_outcome(ctx: LoopContext, trial: optuna.trial.Trial, o: Outcome) -> boo
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return False
     trial.set_user_attr(TrialAttr.MEASUREMENT, m.to_dict())
+    if o.held_out is not None:
+        trial.set_user_attr(TrialAttr.HELD_OUT, o.held_out.to_dict())
     if ctx.max_drop is not None:
         trial.set_constraint("accuracy_drop", (ctx.baseline.accuracy - m.accuracy) - ctx.max_drop)
     if ctx.max_latency is not None:

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 import autoshrink as ash
 from autoshrink.errors import ConfigError, TaskError
+from autoshrink.evaluate import evaluate_held_out
 from autoshrink.measure import Measurement
 from autoshrink.measure.paired import pack_correct, paired_drop, unpack_correct
 from autoshrink.recipe import InputSpec, fingerprint
@@ -62,11 +63,16 @@ def test_no_search_decision_reads_the_test_split(tiny_model, tiny_space, tmp_pat
         max_accuracy_drop=0.05,
         progress=lambda p: seen.append((p.stage, held.reads)),
     )
-    deciding = {reads for stage, reads in seen if stage != "held-out"}
-    assert len(seen) >= 8 and deciding == {0}  # nothing read while the search decided (loop and refine)
+    deciding = {reads for stage, reads in seen if stage not in ("held-out", "refine", "refined")}
+    assert len(seen) >= 8 and deciding == {0}  # nothing read while the search decided
     assert [stage for stage, _ in seen][-1] == "held-out"
     front = list(r.pareto.trial)
-    assert front and held.reads == 100 * (len(front) + 1)  # one pass per front point, one for the baseline
+    refined = [t.number for t in r.study.trials if t.user_attrs.get("refined_from") is not None]
+    assert len(refined) == 2 and all("held_out" in r.study.trials[n].user_attrs for n in refined)
+    # a refine trial is scored on test_data in its own evaluation (read by the held-out stage only); the
+    # held-out stage replays the other front points and the baseline
+    replayed = [n for n in front if n not in refined]
+    assert front and held.reads == 100 * (len(refined) + len(replayed) + 1)
     assert r.timing["held_out_points"] == len(front) + 1
     rows = r.pareto.set_index("trial")
     base_held = r.held_out(None)
@@ -94,6 +100,17 @@ def test_no_search_decision_reads_the_test_split(tiny_model, tiny_space, tmp_pat
         max_accuracy_drop=0.05,
     )
     assert held.reads == before
+    # a refine trial's own test score is the one a replay gives
+    for n in refined:
+        u = r.study.trials[n].user_attrs
+        again = evaluate_held_out(
+            tiny_model,
+            task,
+            ash.Policy.from_dict(u["policy"]),
+            finetune_config=ash.FinetuneConfig.from_dict(u["finetune"]),
+            runtime=u["measurement"]["runtime"],
+        )
+        assert again.to_dict() == u["held_out"]
 
 
 def test_the_paired_interval_is_the_hand_computation() -> None:

@@ -228,10 +228,11 @@ class RayExecutor:
         held_out: bool = False,
         probe: bool = False,
         examples: tuple[int, ...] | None = None,
+        score_test: bool = False,
     ) -> None:
         if not self._slots:
             raise ConfigError("RayExecutor.submit before start(job).")
-        request = Request(policy, finetune, runtime, held_out, probe, examples)
+        request = Request(policy, finetune, runtime, held_out, probe, examples, score_test)
         self._work[key] = request
         self._queue.append((key, request))
         self._dispatch()

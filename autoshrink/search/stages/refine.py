@@ -9,6 +9,8 @@ re-run with `steps` steps and gradual pruning (`refine_config`). Where the space
 each is refined with both settings, as the short fine-tune cannot tell which recovers better in the long
 one (`distill=True/False` forces one). Results are trials of the same study (`refined_from`, `finetune`,
 `stage: refined`), outside n_trials; a policy with a completed refined trial is not refined again.
+Each is also scored on the task's test_data in the same evaluation (TrialAttr.HELD_OUT), so the held-out
+stage need not repeat its fine-tune; no decision reads that score.
 """
 
 from __future__ import annotations
@@ -228,7 +230,7 @@ def run_refine(
             trials[trial.number] = trial
     for number, trial in trials.items():
         policy = Policy.from_dict(trial.user_attrs[TrialAttr.POLICY])
-        submit_policy(ctx, number, policy, for_policy(cfg, policy))
+        submit_policy(ctx, number, policy, for_policy(cfg, policy), score_test=True)
     pending = dict(trials)
     start = time.perf_counter()
     ctx.announce("refine", 0, len(trials), start)

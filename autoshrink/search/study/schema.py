@@ -52,6 +52,9 @@ class TrialAttr:
     BASELINE_POLICY = "baseline_policy"
     DRIVER = "driver"  # host:pid:id of the driver that runs it
     LATENCY_PREDICTED_MS = "latency_predicted_ms"
+    # a refine trial's score on the held-out test_data, taken in its own evaluation; read only by the
+    # held-out stage, and only once the trial is on the final feasible front
+    HELD_OUT = "held_out"
 
 
 DRIVER_ATTR = TrialAttr.DRIVER
