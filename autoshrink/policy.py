@@ -7,7 +7,7 @@ says whether to fine-tune with distillation. The defaults mean "leave alone".
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,18 +163,7 @@ class LayerPolicy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "") -> LayerPolicy:
-        if not isinstance(data, Mapping):
-            raise PolicyError(
-                f"{where or 'layer policy'}: got {describe(data)}; expected a mapping with keys "
-                f"{', '.join(_LAYER_KEYS)}."
-            )
-        unknown = sorted(set(data) - set(_LAYER_KEYS))
-        if unknown:
-            raise PolicyError(
-                f"{where or 'layer policy'}: unknown key(s) {', '.join(map(repr, unknown))}; "
-                f"allowed are {', '.join(_LAYER_KEYS)}."
-            )
-        return cls(**{k: data[k] for k in _LAYER_KEYS if k in data}, where=where)
+        return cls(**_known_keys(data, _LAYER_KEYS, where or "layer policy"), where=where)
 
 
 @dataclass(frozen=True)
@@ -224,18 +213,17 @@ class BlockPolicy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "") -> BlockPolicy:
-        if not isinstance(data, Mapping):
-            raise PolicyError(
-                f"{where or 'block policy'}: got {describe(data)}; expected a mapping with keys "
-                f"{', '.join(_BLOCK_KEYS)}."
-            )
-        unknown = sorted(set(data) - set(_BLOCK_KEYS))
-        if unknown:
-            raise PolicyError(
-                f"{where or 'block policy'}: unknown key(s) {', '.join(map(repr, unknown))}; "
-                f"allowed are {', '.join(_BLOCK_KEYS)}."
-            )
-        return cls(**{k: data[k] for k in _BLOCK_KEYS if k in data}, where=where)
+        return cls(**_known_keys(data, _BLOCK_KEYS, where or "block policy"), where=where)
+
+
+def _known_keys(data: Any, keys: Sequence[str], where: str) -> dict[str, Any]:
+    """`data`'s entries, which must be a mapping of some of `keys` (else a PolicyError naming `where`)."""
+    if not isinstance(data, Mapping):
+        raise PolicyError(f"{where}: got {describe(data)}; expected a mapping with keys {', '.join(keys)}.")
+    unknown = sorted(set(data) - set(keys))
+    if unknown:
+        raise PolicyError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed are {', '.join(keys)}.")
+    return {k: data[k] for k in keys if k in data}
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,33 +229,7 @@ def parse_space(data: Any, src: Source) -> SearchSpace:
     if bad:
         raise src.error(f"defaults.{bad[0]}", f"unknown field {bad[0]!r}; allowed are {', '.join(FIELDS)}.")
     defaults = {f: parse_choice(raw_defaults.get(f, IDENTITY[f]), f, f"defaults.{f}", src) for f in FIELDS}
-    raw_rules = data.get("rules") or []
-    if not isinstance(raw_rules, list):
-        raise src.error("rules", "expected a list of rules (each a mapping with match and/or type).")
-    rules = []
-    for i, r in enumerate(raw_rules):
-        path = f"rules[{i}]"
-        if not isinstance(r, Mapping):
-            raise src.error(path, f"got {r!r}; a rule is a mapping with match and/or type plus fields.")
-        bad = sorted(set(r) - _RULE_KEYS)
-        if bad:
-            raise src.error(f"{path}.{bad[0]}", f"unknown key {bad[0]!r}; allowed are {', '.join(sorted(_RULE_KEYS))}.")
-        if "match" not in r and "type" not in r:
-            raise src.error(path, "a rule needs `match` (module names) and/or `type` (module types).")
-        skip, optional = r.get("skip", False), r.get("optional", False)
-        for key, v in (("skip", skip), ("optional", optional)):
-            if not isinstance(v, bool):
-                raise src.error(f"{path}.{key}", f"got {v!r}; it must be true or false.")
-        rules.append(
-            Rule(
-                match=_str_list(r["match"], f"{path}.match", src) if "match" in r else (),
-                types=_str_list(r["type"], f"{path}.type", src) if "type" in r else (),
-                fields={f: parse_choice(r[f], f, f"{path}.{f}", src) for f in FIELDS if f in r},
-                skip=skip,
-                path=path,
-                optional=optional,
-            )
-        )
+    rules = _parse_rules(data.get("rules") or [], "rules", _LAYER_RULES, src)
     distill = parse_choice(data.get("distill", [False]), "distill", "distill", src)
     raw_ft = data.get("finetune") or {}
     if not isinstance(raw_ft, Mapping):
@@ -270,7 +244,7 @@ def parse_space(data: Any, src: Source) -> SearchSpace:
     blocks = _parse_blocks(data["blocks"], src) if "blocks" in data else None
     return SearchSpace(
         defaults=defaults,
-        rules=tuple(rules),
+        rules=rules,
         distill=distill,
         finetune=finetune,
         source=src,
@@ -291,33 +265,65 @@ def _parse_blocks(raw: Any, src: Source) -> BlockSpace:
     if bad:
         raise src.error(f"blocks.{bad[0]}", f"unknown key {bad[0]!r}; allowed are {', '.join(BLOCK_FIELDS)} and rules.")
     defaults = {f: _block_choice(raw.get(f, BLOCK_IDENTITY[f]), f, f"blocks.{f}", src) for f in BLOCK_FIELDS}
-    raw_rules = raw.get("rules") or []
-    if not isinstance(raw_rules, list):
-        raise src.error("blocks.rules", "expected a list of rules (each a mapping with match plus fields).")
+    rules = _parse_rules(raw.get("rules") or [], "blocks.rules", _BLOCK_RULES, src)
+    return BlockSpace(defaults=defaults, rules=rules)
+
+
+@dataclass(frozen=True)
+class _RuleForm:
+    """What a list of rules may hold: the layers' (match and/or type) or the blocks' (match only)."""
+
+    keys: frozenset[str]
+    fields: tuple[str, ...]
+    choice: Callable[[Any, str, str, Source], Choice]
+    shape: str  # what a rule is, for the messages
+    needs: str  # the message for a rule that says what it matches
+    types: bool  # `type` allowed
+
+
+_LAYER_RULES = _RuleForm(
+    frozenset(_RULE_KEYS),
+    tuple(FIELDS),
+    parse_choice,
+    "match and/or type plus fields",
+    "a rule needs `match` (module names) and/or `type` (module types).",
+    True,
+)
+_BLOCK_RULES = _RuleForm(
+    frozenset(_BLOCK_RULE_KEYS),
+    tuple(BLOCK_FIELDS),
+    _block_choice,
+    "match plus fields or skip",
+    "a block rule needs `match` (block names: exact, glob or re:).",
+    False,
+)
+
+
+def _parse_rules(raw: Any, where: str, form: _RuleForm, src: Source) -> tuple[Rule, ...]:
+    if not isinstance(raw, list):
+        raise src.error(where, f"expected a list of rules (each a mapping with {form.shape}).")
     rules = []
-    for i, r in enumerate(raw_rules):
-        path = f"blocks.rules[{i}]"
+    for i, r in enumerate(raw):
+        path = f"{where}[{i}]"
         if not isinstance(r, Mapping):
-            raise src.error(path, f"got {r!r}; a rule is a mapping with match plus fields or skip.")
-        bad = sorted(set(r) - _BLOCK_RULE_KEYS)
+            raise src.error(path, f"got {r!r}; a rule is a mapping with {form.shape}.")
+        bad = sorted(set(r) - form.keys)
         if bad:
-            raise src.error(
-                f"{path}.{bad[0]}", f"unknown key {bad[0]!r}; allowed are {', '.join(sorted(_BLOCK_RULE_KEYS))}."
-            )
-        if "match" not in r:
-            raise src.error(path, "a block rule needs `match` (block names: exact, glob or re:).")
+            raise src.error(f"{path}.{bad[0]}", f"unknown key {bad[0]!r}; allowed are {', '.join(sorted(form.keys))}.")
+        if "match" not in r and not (form.types and "type" in r):
+            raise src.error(path, form.needs)
         skip, optional = r.get("skip", False), r.get("optional", False)
         for key, v in (("skip", skip), ("optional", optional)):
             if not isinstance(v, bool):
                 raise src.error(f"{path}.{key}", f"got {v!r}; it must be true or false.")
         rules.append(
             Rule(
-                match=_str_list(r["match"], f"{path}.match", src),
-                types=(),
-                fields={f: _block_choice(r[f], f, f"{path}.{f}", src) for f in BLOCK_FIELDS if f in r},
+                match=_str_list(r["match"], f"{path}.match", src) if "match" in r else (),
+                types=_str_list(r["type"], f"{path}.type", src) if form.types and "type" in r else (),
+                fields={f: form.choice(r[f], f, f"{path}.{f}", src) for f in form.fields if f in r},
                 skip=skip,
                 path=path,
                 optional=optional,
             )
         )
-    return BlockSpace(defaults=defaults, rules=tuple(rules))
+    return tuple(rules)

@@ -24,7 +24,7 @@ from autoshrink.techniques.block_importance import head_importance, lowest, neur
 from autoshrink.techniques.transformer_blocks import find_blocks
 from autoshrink.weights import quantize_value, weight_bits
 
-from .conftest import FAST, HEAD_SIZE, HEADS, INTER, MODELS, SEQ, argmax_accuracy, bert_task, transformers
+from .conftest import FAST, HEAD_SIZE, HEADS, INTER, MODELS, SEQ, argmax_accuracy, bert_task, tiny_bert, transformers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -287,3 +287,20 @@ def test_a_recipe_without_a_task_traces_zeros_of_the_named_inputs(searched) -> N
     no_task = measure_recipe(small, plain, latency=FAST)
     assert math.isnan(no_task.accuracy)
     assert no_task.size_bytes == ash.measure(small, searched.task, latency=FAST).size_bytes
+
+
+def test_the_transformer_space_starts_from_a_uniform_structural_baseline() -> None:
+    from autoshrink.search.setup import _baselines
+    from autoshrink.space import bind
+
+    model = tiny_bert()
+    bound = bind(ash.load_space("transformer"), model)
+    baselines = [bound.policy_from_params(p) for p in _baselines(bound)]
+    assert len(baselines) == 3  # untouched, every layer 8-bit, and 8-bit with half the heads and neurons
+    assert baselines[0] == ash.Policy()
+    linear = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    eight = {n: ash.LayerPolicy(bits=8, rounding="gptq") for n in linear}
+    half = ash.BlockPolicy(heads=0.5, neurons=0.5, criterion="activation")
+    assert baselines[1].layers == baselines[2].layers
+    assert {n: lp for n, lp in baselines[1].layers.items() if n in linear} == eight
+    assert dict(baselines[2].blocks) == dict.fromkeys(BLOCKS, half) and not baselines[1].blocks
