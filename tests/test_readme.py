@@ -85,7 +85,7 @@ def test_python_examples_run(page: str, tmp_path: Path) -> None:
             exec(compile(block, f"{page} python block {i + 1}", "exec"), {"__name__": "__readme__"})
     finally:
         os.chdir(cwd)
-    assert check is not None
+    assert check is not None, f"{page} has Python blocks: give it a check function in PAGES"
     check(tmp_path)
 
 

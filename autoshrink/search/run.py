@@ -28,8 +28,9 @@ from . import display
 from .config import SearchConfig, check_names
 from .context import Progress
 from .loop import run_loop
+from .plan import Plan, plan
 from .result import SearchResult
-from .setup import Plan, plan, setup
+from .setup import setup
 from .stages.held_out import run_held_out
 from .stages.refine import refine_candidates, refine_slack, run_refine, screened_refine_limit
 from .study.leases import open_locks

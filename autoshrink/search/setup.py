@@ -1,5 +1,5 @@
-"""Before the loop: what a search's settings resolve to (the Plan, no side effects), and the study's
-set-up under its mutex (open or create, runtime, baseline, pre-pass, narrowing, enqueued policies)."""
+"""Before the loop: the study's set-up under its mutex (open or create, runtime, baseline, pre-pass,
+narrowing, enqueued policies), from the Plan (plan.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
@@ -16,23 +15,22 @@ from torch import nn
 from ..errors import ConfigError
 from ..executors import Executor, Job, Outcome
 from ..inputs import is_mapping
-from ..measure import LatencyConfig, Measurement
+from ..measure import Measurement
 from ..measure.cost import STAGES
 from ..policy import Policy
 from ..recipe import InputSpec, fingerprint, versions
-from ..space import BoundSpace, SearchSpace, bind
+from ..space import BoundSpace
 from ..task import Task
-from ..techniques.structured import structured_blockers
 from ..train import FinetuneConfig
 from .config import SearchConfig
 from .context import LoopContext, Progress, Session, WaitClock, stage_progress
-from .objectives import Objective, replayable_values, resolve
+from .objectives import Objective, replayable_values
+from .plan import Plan
 from .result import SearchResult
 from .sampling.samplers import make_sampler
 from .stages.fidelity import Screening
 from .stages.latency_limit import ATTR as LIMIT_ATTR
 from .stages.narrow import narrow
-from .stages.narrow import narrow_cutoff as cutoff_for
 from .stages.prepass_budget import (
     budget_seconds,
     enqueue_room,
@@ -43,7 +41,6 @@ from .stages.prepass_budget import (
     stopped_at_budget,
     subsample_accuracy,
 )
-from .stages.refine import refine_config, refine_steps
 from .stages.runtime import study_runtime
 from .stages.sensitivity import Choice1, choices, run_choices
 from .stages.warmstart import warm_start_params
@@ -51,80 +48,9 @@ from .study.claims import Reaper
 from .study.latency_records import load_table, save_table
 from .study.leases import DriverLocks
 from .study.schema import StudyAttr, TrialAttr
-from .study.storage import default_storage, open_study
+from .study.storage import open_study
 
 BASELINE_KEY = -1
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a SearchConfig resolves to for one model and space, before anything is created."""
-
-    objectives: tuple[Objective, ...]
-    bound: BoundSpace
-    blocked: list[str]  # layers structured pruning cannot touch
-    finetune: FinetuneConfig
-    refine: FinetuneConfig | None
-    latency: LatencyConfig | None
-    screening: Screening | None
-    n_warm: int
-    cutoff: float | None
-    first_sampler: Any
-    study_name: str
-    storage: str
-
-
-def plan(model: nn.Module, task: Task, space: SearchSpace, cfg: SearchConfig) -> Plan:
-    """Bind the space, derive the fine-tune, refine, screening, warm-start and sampler settings."""
-    objs = resolve(cfg.objectives)
-    bound = bind(space, model)
-    # layers structured pruning cannot touch (e.g. the classifier) would only waste trials on no-ops
-    blocked = structured_blockers(model, bound.structured_candidates(), task.example_input)
-    bound = bound.without_structured(blocked)
-    latency = cfg.latency
-    if any(o.name == "latency" for o in objs):  # time each searched layer too: the latency lookup table
-        latency = replace(latency or LatencyConfig(), layers=tuple(bound.layers))
-    ft = space.finetune.to_dict()
-    if cfg.finetune_steps is not None:
-        ft["steps"] = cfg.finetune_steps
-    ft = FinetuneConfig.from_dict({**ft, "seed": cfg.seed})
-    refine = None
-    if cfg.refine_top:
-        steps = cfg.refine_steps if cfg.refine_steps is not None else refine_steps(ft.steps)
-        refine = refine_config(ft, steps, cfg.refine_finetune)
-    grid = {name: list(choice.values) for name, choice in bound.params()}
-    study_name = cfg.study_name or f"autoshrink-{type(model).__name__.lower()}"
-    return Plan(
-        objectives=objs,
-        bound=bound,
-        blocked=blocked,
-        finetune=ft,
-        refine=refine,
-        latency=latency,
-        screening=_screening(cfg.screen) if ft.steps > 0 else None,  # a post-training candidate is screened by itself
-        n_warm=_warm_count(cfg.warm_start, cfg.n_trials),
-        cutoff=cutoff_for(cfg.max_accuracy_drop, cfg.narrow_cutoff) if cfg.sensitivity else None,
-        first_sampler=make_sampler(
-            cfg.sampler, seed=cfg.seed, n_trials=cfg.n_trials, search_space=grid, values_of=replayable_values(objs)
-        ),
-        study_name=study_name,
-        storage=cfg.storage or default_storage(study_name),
-    )
-
-
-def _screening(screen: bool | float | Screening) -> Screening | None:
-    if screen is False:
-        return None
-    if screen is True:
-        return Screening()
-    return screen if isinstance(screen, Screening) else Screening(share=float(screen))
-
-
-def _warm_count(warm_start: bool | int, n_trials: int | None) -> int:
-    """How many warm-start policies: True -> min(8, max(2, n_trials // 5)); an int as given; False -> 0."""
-    if warm_start is True:
-        return 8 if n_trials is None else min(8, max(2, n_trials // 5))
-    return int(warm_start)
 
 
 def _baselines(bound: BoundSpace) -> list[dict[str, Any]]:
