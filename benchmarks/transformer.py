@@ -38,7 +38,7 @@ Fixed before the runs (issue 26):
 - seeds 0, 1, 2 (the search's seed), medians, wall time of each run.
 
 Usage: make bench-deps; .venv/bin/python benchmarks/transformer.py [--seeds 0 1 2] [--budget 2400]
-       [--out OUT.json]
+       [--out OUT.json] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -301,6 +302,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--budget", type=float, default=2400.0, help="search timeout in seconds (refine comes after)")
     ap.add_argument("--out", help="write every run as JSON here")
+    ap.add_argument("--keep", help="copy each seed's study (SQLite) into this folder, to read its trials later")
     ap.add_argument("--refine-steps", type=int, help="smoke runs only (default: the search's, 200)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -308,6 +310,9 @@ def main() -> None:
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
             runs.append(run(seed, args.budget, Path(tmp), args.refine_steps))
+            if args.keep:
+                Path(args.keep).mkdir(parents=True, exist_ok=True)
+                shutil.copy(Path(tmp) / f"minilm-{seed}.db", Path(args.keep) / f"minilm-{seed}.db")
         print(json.dumps(runs[-1], indent=1, default=str), flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(runs, indent=1, default=str))
