@@ -18,9 +18,15 @@ CODEBOOKS = ("linear", "kmeans")
 ROUNDINGS = ("nearest", "gptq")
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
 CALIBRATED_CRITERIA = ("wanda", "sparsegpt")
+SEMI_STRUCTURED = "2:4"  # 2 of every 4 consecutive weights of a row zero: the pattern GPU sparse kernels run
 _LAYER_KEYS = ("sparsity", "structured", "bits", "rank", "codebook", "rounding", "group_size", "criterion")
 BLOCK_CRITERIA = ("magnitude", "activation")
 _BLOCK_KEYS = ("heads", "neurons", "criterion")
+
+
+def sparsity_fraction(value: float | str) -> float:
+    """The fraction of weights a sparsity choice removes: "2:4" removes half."""
+    return 0.5 if value == SEMI_STRUCTURED else float(value)
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,9 @@ class LayerPolicy:
     """What to do to one layer.
 
     sparsity: fraction in [0, 1) of the weight entries set to zero (unstructured), or of the
-        output channels removed (structured=True).
+        output channels removed (structured=True), or "2:4": in every row, exactly 2 of each 4
+        consecutive weights zero (semi-structured; what cuSPARSELt / `to_sparse_semi_structured` run).
+        "2:4" is stored as sparsity 0.5 with `pattern` "2:4" and written back as "2:4".
     structured: remove whole output channels/neurons physically instead of masking entries.
     bits: 32 = float32 untouched, 16 = float16 storage, 2..8 = signed symmetric integer codes
         with one scale per output channel.
@@ -57,16 +65,22 @@ class LayerPolicy:
     rounding: str = "nearest"
     group_size: int = 0
     criterion: str = "magnitude"
+    pattern: str = ""  # "" or "2:4" (set by sparsity="2:4")
     where: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         where = f"{self.where}." if self.where else ""
         s = self.sparsity
+        if s == SEMI_STRUCTURED:
+            object.__setattr__(self, "pattern", SEMI_STRUCTURED)
+            s = 0.5
         if not finite_number(s) or not 0.0 <= s < 1.0:
             raise PolicyError(
                 f"{where}sparsity: got {describe(s)}; it must be a number in [0, 1) "
-                "(the fraction of weights, or of channels when structured, removed). Fix: use e.g. 0.5."
+                "(the fraction of weights, or of channels when structured, removed) or "
+                f'"{SEMI_STRUCTURED}" (2 of every 4 weights of a row). Fix: use e.g. 0.5 or "{SEMI_STRUCTURED}".'
             )
+        self._check_pattern(where, float(s))
         if not isinstance(self.structured, bool):
             raise PolicyError(f"{where}structured: got {describe(self.structured)}; it must be true or false.")
         b = self.bits
@@ -94,6 +108,28 @@ class LayerPolicy:
         self._check_calibrated(where)
         object.__setattr__(self, "sparsity", float(s))
         object.__setattr__(self, "rank", float(r))
+
+    def _check_pattern(self, where: str, s: float) -> None:
+        if self.pattern not in ("", SEMI_STRUCTURED):
+            raise PolicyError(
+                f'{where}pattern: got {describe(self.pattern)}; the one sparsity pattern is "{SEMI_STRUCTURED}". '
+                f'Fix: write sparsity="{SEMI_STRUCTURED}" (pattern follows), or leave pattern out.'
+            )
+        if self.pattern and s != 0.5:
+            raise PolicyError(
+                f'{where}pattern: "{SEMI_STRUCTURED}" removes exactly half of the weights, but sparsity is {s:g}. '
+                f'Fix: write sparsity="{SEMI_STRUCTURED}".'
+            )
+        if self.pattern and self.structured:
+            raise PolicyError(
+                f'{where}sparsity: "{SEMI_STRUCTURED}" zeroes single weights, but structured is true (whole '
+                f"channels). Fix: set structured to false, or sparsity to a fraction of the channels, e.g. 0.5."
+            )
+
+    @property
+    def semi_structured(self) -> bool:
+        """Whether the layer's sparsity is the 2:4 pattern."""
+        return self.pattern == SEMI_STRUCTURED
 
     def _check_calibrated(self, where: str) -> None:
         linear = 2 <= self.bits <= 8 and self.codebook == "linear"
@@ -148,9 +184,11 @@ class LayerPolicy:
         return self.sparsity == 0.0 and self.bits == 32 and self.rank == 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields; `codebook`, `rounding`, `group_size` and `criterion` only where they are not the
-        defaults (older recipes read the same, and a policy without them writes what older versions did)."""
-        out = {"sparsity": self.sparsity, "structured": self.structured, "bits": self.bits, "rank": self.rank}
+        """The fields (sparsity "2:4" for the pattern); `codebook`, `rounding`, `group_size` and `criterion`
+        only where they are not the defaults (older recipes read the same, and a policy without them writes
+        what older versions did)."""
+        sparsity = self.pattern or self.sparsity
+        out = {"sparsity": sparsity, "structured": self.structured, "bits": self.bits, "rank": self.rank}
         if self.codebook != "linear":
             out["codebook"] = self.codebook
         if self.rounding != "nearest":

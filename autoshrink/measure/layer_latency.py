@@ -4,8 +4,10 @@ The entries of a search's latency lookup table (measure/latency_table.py). Each 
 receives in the whole model (a forward pre-hook on the materialized float model, deploy batch) and is
 timed like `time_forward`: "float" the materialized layer; "int8-dynamic" the layer of torch's
 dynamic-int8 copy; "onnxruntime" / "onnxruntime-static" the layer exported alone (export/onnx.py) in its
-own ORT session (static: calibrated on the captured input). A layer whose input is not one tensor, or
-that the model never calls, is left out; the caller sees which ones are missing.
+own ORT session (static: calibrated on the captured input); "cuda-graph" / "cuda-int8" the layer of the
+runtime's float16 module, launched eagerly (a graph of one layer would time the replay, not the layer).
+A layer whose input is not one tensor, or that the model never calls, is left out; the caller sees which
+ones are missing.
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ def layer_latencies(
             )
         elif runtime == "int8-dynamic" and runtime_model is not None:
             layer = runtime_model.get_submodule(name)
+        elif runtime in ("cuda-graph", "cuda-int8") and runtime_model is not None:
+            layer = runtime_model.get_submodule(name)  # its float16 (2:4, int8) module, launched alone
+            x = x.half() if x.is_floating_point() else x
         else:
             layer = plain.get_submodule(name)
         out[name] = statistics.median(time_forward(layer, x, device, config))

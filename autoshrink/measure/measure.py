@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from ..task import Task, require_model_and_task
 from .accuracy import score
 from .cost import CostClock
+from .gpu_runtime import GPU_RUNTIMES, gpu_available, gpu_runtime, require_gpu
 from .latency import LatencyConfig, time_forward, timing_guard
 from .layer_latency import layer_latencies
 from .macs import count_macs
@@ -20,7 +21,7 @@ from .packing import packed_size
 from .paired import pack_correct
 from .runtime import deploy_runtime, int8_available, int8_runtime, materialize
 
-RUNTIMES = ("float", "int8", "onnxruntime", "onnxruntime-static", "auto")
+RUNTIMES = ("float", "int8", "onnxruntime", "onnxruntime-static", "cuda-graph", "cuda-int8", "auto")
 
 
 def _pick_runtime(
@@ -62,8 +63,13 @@ def measure(
                activations quantized per batch) in an ONNX Runtime session with torch's thread count;
       "onnxruntime-static"  the same with static activation quantization: the activations' scales
                calibrated on the task's first 4 training batches (no per-batch min/max);
-      "auto"   times float and int8 in interleaved rounds and reports the faster -- timing-dependent, so two
-               calls can pick differently; use it to explore, not to compare.
+      "cuda-graph"  float16 on a CUDA GPU, captured as CUDA graphs; 2:4-sparse Linear layers through
+               the semi-structured kernels (measure/gpu_runtime.py);
+      "cuda-int8"  the same, with every Linear at <= 8 bits (one scale per channel) an int8 matmul;
+               on either, Measurement.simulated lists the layers whose compression runs as plain weights;
+      "auto"   times float and int8 (on a CUDA device: float, cuda-graph and cuda-int8) in interleaved
+               rounds and reports the faster -- timing-dependent, so two calls can pick differently; use
+               it to explore, not to compare.
       None     (default) the runtime recorded for this model by `apply_recipe` (the recipe's), else
                "float". A search decides its runtime once per study (see `search(runtime=...)`).
     The same model measured twice on "float" or "int8" gives the same accuracy.
@@ -86,6 +92,8 @@ def measure(
             f"measure: runtime='int8' but the device ({device}) has no int8 kernels (torch's dynamic "
             "int8 Linear runs on CPU); use runtime='float'."
         )
+    if runtime in GPU_RUNTIMES:
+        require_gpu(runtime, device, "measure")
     clock = clock or CostClock()
     with clock.stage("pack"):
         size, entries = packed_size(model, where="measure()")
@@ -97,9 +105,12 @@ def measure(
         chosen = min(latencies, key=latencies.get)
         layer_ms: dict[str, float] = {}
         if config.layers:
+            runtime_model = candidates.get("int8-dynamic")
+            if chosen in GPU_RUNTIMES:
+                runtime_model = candidates[chosen].module
             with timing_guard():
                 layer_ms = layer_latencies(
-                    model, plain, candidates.get("int8-dynamic"), chosen, task.example_input, config.layers, device
+                    model, plain, runtime_model, chosen, task.example_input, config.layers, device
                 )
         macs = count_macs(plain, task.example_input, device)
     with clock.stage("evaluate"):
@@ -135,6 +146,7 @@ def measure(
         latency_by_runtime=latencies,
         layers=layers,
         skipped=tuple(skipped),
+        simulated=tuple(getattr(candidates[chosen], "notes", ())),
         layer_latency_ms=layer_ms,
         examples=len(task.eval_data) if examples is None else len(examples),
         correct="" if hits is None else pack_correct(hits),
@@ -146,8 +158,9 @@ def measure(
 
 
 def time_runtimes(model: nn.Module, task: Task, *, latency: LatencyConfig | None = None) -> RuntimeTiming:
-    """Time `model` on float and (where the device has the kernels) int8, in interleaved rounds as
-    measure(runtime="auto") does, and nothing else: what a search's runtime decision needs."""
+    """Time `model` on float and (where the device has the kernels) int8, or on a CUDA device float,
+    cuda-graph and cuda-int8, in interleaved rounds as measure(runtime="auto") does, and nothing else:
+    what a search's runtime decision needs."""
     require_model_and_task(model, task, "time_runtimes")
     device = task.torch_device
     candidates = _candidates(model, materialize(model).to(device), task, "auto", device)
@@ -176,6 +189,9 @@ def _candidates(
             activations="static" if static else "dynamic",
             calibration=calibration_batches(task) if static else None,
         )
+    for gpu in GPU_RUNTIMES:
+        if runtime == gpu or (runtime == "auto" and gpu_available(device)):
+            candidates[gpu] = gpu_runtime(model, gpu, device)[0]
     q = int8_runtime(model, device) if runtime in ("auto", "int8") else None
     if q is not None:
         candidates["int8-dynamic"] = q

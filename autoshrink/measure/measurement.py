@@ -67,6 +67,8 @@ class Measurement:
         `device` with `threads` CPU threads, after warm-up, device synchronized, on `runtime`
         ("float": dense float kernels; "int8-dynamic": int8 Linear kernels), the faster of those
         available for this model. macs: multiply-accumulates of one forward of example_input.
+    simulated: on a GPU runtime, the compressed layers it runs without a fast kernel for their compression
+        ("fc1: float16; simulated: 4-bit codes run as float16 weights"; measure/gpu_runtime.py).
     layer_latency_ms: the layers named in LatencyConfig.layers, each timed alone on the same runtime
         (measure/layer_latency.py); empty unless asked for.
     examples / correct: eval_data's example count and, for the accuracy metric, which examples the
@@ -90,6 +92,7 @@ class Measurement:
     latency_by_runtime: Mapping[str, float] = field(default_factory=dict)
     layers: tuple[LayerStats, ...] = ()
     skipped: tuple[str, ...] = ()
+    simulated: tuple[str, ...] = ()  # "layer: kernel; simulated: why" where the GPU runtime has no fast kernel
     layer_latency_ms: Mapping[str, float] = field(default_factory=dict)
     examples: int = 0
     correct: str = ""
@@ -103,6 +106,7 @@ class Measurement:
         d["latency_by_runtime"] = dict(self.latency_by_runtime)
         d["layers"] = [dict(asdict(l), shape=list(l.shape)) for l in self.layers]
         d["skipped"] = list(self.skipped)
+        d["simulated"] = list(self.simulated)
         d["layer_latency_ms"] = dict(self.layer_latency_ms)
         d["cost"] = dict(self.cost)
         return d
@@ -112,6 +116,7 @@ class Measurement:
         d = dict(data)
         d["layers"] = tuple(LayerStats(**dict(l, shape=tuple(l["shape"]))) for l in d.get("layers", ()))
         d["skipped"] = tuple(d.get("skipped", ()))
+        d["simulated"] = tuple(d.get("simulated", ()))
         d["latency_by_runtime"] = dict(d.get("latency_by_runtime", {}))
         d["layer_latency_ms"] = dict(d.get("layer_latency_ms", {}))
         d["cost"] = dict(d.get("cost", {}))

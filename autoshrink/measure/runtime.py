@@ -20,7 +20,7 @@ from torch.nn.utils import parametrize
 from ..weights import per_channel, strip_parametrizations, weight_bits, weight_quantizer
 
 INT8_ENGINES = ("x86", "fbgemm", "qnnpack")
-DEPLOY_RUNTIMES = ("float", "int8", "onnxruntime", "onnxruntime-static")
+DEPLOY_RUNTIMES = ("float", "int8", "onnxruntime", "onnxruntime-static", "cuda-graph", "cuda-int8")
 
 _deployed: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 

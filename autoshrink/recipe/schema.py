@@ -52,6 +52,8 @@ RUNTIMES = {
     "int8-dynamic": "int8",
     "onnxruntime": "onnxruntime",
     "onnxruntime-static": "onnxruntime-static",
+    "cuda-graph": "cuda-graph",
+    "cuda-int8": "cuda-int8",
 }  # recorded runtime -> measure(runtime=...)
 
 

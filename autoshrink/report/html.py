@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from ..errors import ConfigError
 from ..files import write_atomically
 from ..search.result import SearchResult
-from ..search.study.schema import StudyAttr
+from ..search.study.schema import StudyAttr, TrialAttr
 from ..version import __version__
 from .costs import cost_figure
 from .figures import (
@@ -47,6 +47,12 @@ RUNTIME_WHY = {
     "the rest float.",
     "onnxruntime-static": "This study's runtime is ONNX Runtime with static activation quantization: Linear layers "
     "at <= 8 bits as int8 GEMM with calibrated activation scales, the rest float.",
+    "cuda-graph": "This study's runtime is float16 on the GPU, captured as CUDA graphs: 2:4-sparse Linear layers run "
+    "the semi-structured sparse kernels; integer codes, unstructured zeros and codebooks run as float16 weights "
+    "(simulated: listed per trial).",
+    "cuda-int8": "This study's runtime is float16 on the GPU, captured as CUDA graphs, with every Linear at <= 8 bits "
+    "(one scale per channel) an int8 matmul; other compressions run as float16 weights (simulated: listed per "
+    "trial).",
 }
 
 
@@ -65,6 +71,7 @@ dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em} dt{font-wei
 .caption{color:#5f6368;font-size:.9em} .empty{color:#b3261e;font-weight:600}
 .badge{display:inline-block;padding:0 .5em;border-radius:.8em;font-size:.8em;white-space:nowrap}
 .badge.slower{background:#fce8e6;color:#b3261e} tr.slower td{background:#fff4f2}
+.badge.simulated{background:#fef7e0;color:#8a5a00}
 .note{background:#f1f3f4;padding:.6em 1em;border-radius:4px}
 """
 
@@ -176,6 +183,7 @@ def _front_table(result: SearchResult, frame: pd.DataFrame) -> str:
     if front.empty:
         return '<p class="empty">No feasible trial: the front is empty.</p>'
     info = frame.set_index("trial")
+    simulated_layers = _simulated(result, [int(t) for t in front["trial"] if info.loc[t].get("simulated", 0) > 0])
     head = (
         "<tr><th>trial</th><th>accuracy (%)</th><th>drop (pp)</th><th>drop 95 % (pp)</th>"
         "<th>held-out accuracy (%)</th><th>held-out drop (pp)</th><th>held-out 95 % (pp)</th>"
@@ -188,6 +196,11 @@ def _front_table(result: SearchResult, frame: pd.DataFrame) -> str:
     for r in front.itertuples():
         slower = bool(info.loc[r.trial, "slower"])
         badge = '<span class="badge slower">smaller but slower</span>' if slower else ""
+        simulated = simulated_layers.get(int(r.trial))
+        if simulated:
+            lines = "&#10;".join(escape(line, quote=True) for line in simulated)  # one line each in the tooltip
+            badge += f' <span class="badge simulated" title="{lines}">simulated: {len(simulated)} layer(s)</span>'
+
         cls = ' class="slower"' if slower else ""
         body.append(
             f'<tr data-trial="{int(r.trial)}"{cls}><td>{int(r.trial)}</td>'
@@ -210,6 +223,19 @@ def _front_table(result: SearchResult, frame: pd.DataFrame) -> str:
             f"{RUNTIME_WHY.get(study_runtime(result), '')}</p>"
         )
     return f'<table id="front-table">{head}{"".join(body)}</table>{why}'
+
+
+def _simulated(result: SearchResult, trials: list[int]) -> dict[int, list[str]]:
+    """Per trial: the layers its GPU runtime ran without a fast kernel for their compression (one read
+    of the study, and only where some front trial has any)."""
+    if not trials:
+        return {}
+    wanted = set(trials)
+    out = {}
+    for t in result.study.get_trials(deepcopy=False):
+        if t.number in wanted:
+            out[t.number] = list((t.user_attrs.get(TrialAttr.MEASUREMENT) or {}).get("simulated") or ())
+    return out
 
 
 def _steps(v: Any) -> str:

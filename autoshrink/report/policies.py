@@ -10,6 +10,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..policy import SEMI_STRUCTURED, sparsity_fraction
 from ..search.result import SearchResult
 from ..space.schema import IDENTITY
 
@@ -19,7 +20,7 @@ UNTOUCHED = dict(IDENTITY)  # LayerPolicy defaults
 def layer_label(layer: Mapping[str, Any] | None) -> str:
     """One layer's policy in a few characters: '4b 90%s r0.25 S' (bits, sparsity, rank, structured;
     '4bk': a 4-bit k-means codebook; 'gptq', 'g64': GPTQ rounding, 64 weights a scale; 'wanda',
-    'sparsegpt': the pruning criterion where it is not magnitude)."""
+    'sparsegpt': the pruning criterion where it is not magnitude; '2:4s': the 2:4 pattern)."""
     if not layer:
         return "-"
     bits = int(layer.get("bits", 32))
@@ -34,8 +35,10 @@ def layer_label(layer: Mapping[str, Any] | None) -> str:
         parts.append(str(layer["rounding"]))
     if layer.get("group_size"):
         parts.append(f"g{int(layer['group_size'])}")
-    sparsity = float(layer.get("sparsity", 0.0))
-    if sparsity:
+    sparsity = sparsity_fraction(layer.get("sparsity", 0.0))
+    if layer.get("sparsity") == SEMI_STRUCTURED:
+        parts.append(f"{SEMI_STRUCTURED}s")
+    elif sparsity:
         parts.append(f"{round(sparsity * 100, 1):g}%s")
         if layer.get("criterion", "magnitude") != "magnitude":
             parts.append(str(layer["criterion"]))
@@ -100,11 +103,16 @@ def policy_heatmaps(result: SearchResult) -> go.Figure | None:
     # a policy dict lists the layers it changes; a searched layer it leaves out is untouched
     cells = [[dict(UNTOUCHED, **((p.get("layers") or {}).get(name) or {})) for name in layers] for p in policies]
     bits = [[math.log2(int(c["bits"])) for c in row] for row in cells]
-    sparsity = [[round(float(c["sparsity"]) * 100, 2) for c in row] for row in cells]
+    sparsity = [[round(sparsity_fraction(c["sparsity"]) * 100, 2) for c in row] for row in cells]
     labels = [[layer_label(c) for c in row] for row in cells]
-    bits_text = [[" ".join(w for w in label.split() if not w.endswith(("%s", "S"))) for label in row] for row in labels]
+    bits_only = lambda label: " ".join(w for w in label.split() if not w.endswith(("%s", "S", ":4s")))  # noqa: E731
+    bits_text = [[bits_only(label) for label in row] for row in labels]
     sparsity_text = [
-        [f"{v:g}%" + (" S" if c["structured"] and v else "") for v, c in zip(vs, row)]
+        [
+            (SEMI_STRUCTURED if c["sparsity"] == SEMI_STRUCTURED else f"{v:g}%")
+            + (" S" if c["structured"] and v else "")
+            for v, c in zip(vs, row)
+        ]
         for vs, row in zip(sparsity, cells)
     ]
     fig = make_subplots(

@@ -10,8 +10,10 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from ..policy import sparsity_fraction
 from ..search.result import SearchResult
 from ..search.study.schema import StudyAttr, TrialAttr
+from ..space.schema import value_key
 
 FIELD_LABEL = {
     "sparsity": "sparsity {v:g}",
@@ -23,7 +25,14 @@ STAGES = ("baseline", "warm-start", "search", "refined")
 
 
 def choice_label(field: str, value: Any) -> str:
-    return FIELD_LABEL[field].format(v=float(value))
+    return f"{field} {value}" if isinstance(value, str) else FIELD_LABEL[field].format(v=float(value))
+
+
+def _column_order(column: tuple[str, Any]) -> tuple[int, float, bool]:
+    """Sparsity, structured, bits (descending), rank; "2:4" just past sparsity 0.5."""
+    f, v = column
+    x = sparsity_fraction(v)
+    return ({"sparsity": 0, "structured": 1, "bits": 2, "rank": 3}[f], -x if f == "bits" else x, isinstance(v, str))
 
 
 def sensitivity_rows(result: SearchResult) -> list[Mapping[str, Any]]:
@@ -37,7 +46,7 @@ def sensitivity_heatmap(result: SearchResult) -> go.Figure | None:
     if not rows:
         return None
     removed = {
-        (r["layer"], r["field"], float(r["value"]))
+        (r["layer"], r["field"], value_key(r["value"]))
         for r in result.study.user_attrs.get(StudyAttr.NARROWED) or []
         if r["field"] != "structured"
     }
@@ -45,11 +54,8 @@ def sensitivity_heatmap(result: SearchResult) -> go.Figure | None:
         r["layer"] for r in result.study.user_attrs.get(StudyAttr.NARROWED) or [] if r["field"] == "structured"
     }
     layers = list(dict.fromkeys(r["layer"] for r in rows))
-    order = {"sparsity": 0, "structured": 1, "bits": 2, "rank": 3}
-    columns = sorted(
-        {(r["field"], float(r["value"])) for r in rows}, key=lambda c: (order[c[0]], -c[1] if c[0] == "bits" else c[1])
-    )
-    by = {(r["layer"], r["field"], float(r["value"])): r for r in rows}
+    columns = sorted({(r["field"], value_key(r["value"])) for r in rows}, key=_column_order)
+    by = {(r["layer"], r["field"], value_key(r["value"])): r for r in rows}
     z, text = [], []
     for layer in layers:
         zr, tr = [], []

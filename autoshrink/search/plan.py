@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from ..measure import LatencyConfig
+from ..measure.gpu_runtime import GPU_RUNTIMES, require_gpu
 from ..space import BoundSpace, SearchSpace, bind
 from ..task import Task
 from ..techniques.structured import structured_blockers
@@ -42,6 +43,8 @@ class Plan:
 
 def plan(model: nn.Module, task: Task, space: SearchSpace, cfg: SearchConfig) -> Plan:
     """Bind the space, derive the fine-tune, refine, screening, warm-start and sampler settings."""
+    if cfg.runtime in GPU_RUNTIMES and cfg.executor == "local":  # Ray actors may have the GPU the driver lacks
+        require_gpu(cfg.runtime, task.torch_device, "search")
     objs = resolve(cfg.objectives)
     bound = bind(space, model)
     # layers structured pruning cannot touch (e.g. the classifier) would only waste trials on no-ops

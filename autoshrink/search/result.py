@@ -91,6 +91,7 @@ class SearchResult:
     @property
     def trials(self) -> pd.DataFrame:
         """Every trial: number, state, measured values, drop/compression/speedup, policy, failure, skipped;
+        simulated (how many compressed layers a GPU runtime ran as plain weights, Measurement.simulated);
         eval_s (its evaluation's wall seconds, the screening one included) and its cost split (COST_COLUMNS:
         apply_s, calibrate_s, finetune_s, evaluate_s, pack_s, latency_s; measure/cost.py)."""
         rows = []
@@ -124,6 +125,7 @@ class SearchResult:
             "mac_reduction": b.macs / m["macs"] if m["macs"] else float("nan"),
             "runtime": m["runtime"],
             "device": m["device"],
+            "simulated": len(m.get("simulated") or ()),  # layers a GPU runtime ran without a fast kernel
             **self._splits(m, trial, attrs),
         }
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from ..policy import BlockPolicy, LayerPolicy, Policy
+from ..policy import SEMI_STRUCTURED, BlockPolicy, LayerPolicy, Policy
 from ..techniques.layers import WEIGHT_LAYERS
 from ..techniques.transformer_blocks import find_blocks
 from .schema import BLOCK_FIELDS, BLOCK_IDENTITY, FIELDS, IDENTITY, BlockSpace, Choice, Rule, SearchSpace
@@ -37,14 +37,16 @@ def calibrated_variant(fields: Mapping[str, Choice]) -> dict[str, Any]:
 def without_moot(values: dict[str, Any]) -> dict[str, Any]:
     """The layer's field values with the choices that do not apply set to their identity: a codebook,
     rounding or group size where the weight is not 2..8-bit codes (a k-means codebook takes no
-    rounding or groups), a pruning criterion where nothing is pruned, "sparsegpt" for structured pruning
-    (which ranks channels by "magnitude" or "wanda")."""
+    rounding or groups), `structured` where the sparsity is "2:4", a pruning criterion where nothing is
+    pruned, "sparsegpt" for structured pruning (which ranks channels by "magnitude" or "wanda")."""
     out = dict(values)
     codes = 2 <= out["bits"] <= 8
     if not codes:
         out["codebook"] = "linear"
     if not codes or out["codebook"] != "linear":
         out["rounding"], out["group_size"] = "nearest", 0
+    if out["sparsity"] == SEMI_STRUCTURED:
+        out["structured"] = False  # the 2:4 pattern zeroes single weights
     if out["sparsity"] == 0 or (out["structured"] and out["criterion"] == "sparsegpt"):
         out["criterion"] = "magnitude"  # sparsegpt chooses single weights; channels rank by magnitude or wanda
     return out

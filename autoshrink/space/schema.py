@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..policy import ALLOWED_BITS, BLOCK_CRITERIA, CODEBOOKS, CRITERIA, ROUNDINGS
+from ..policy import ALLOWED_BITS, BLOCK_CRITERIA, CODEBOOKS, CRITERIA, ROUNDINGS, SEMI_STRUCTURED
 from ..train import FinetuneConfig
 from .yaml_source import Source
 
@@ -80,15 +80,24 @@ def _valid_value(fld: str, v: Any) -> str | None:
     if fld == "group_size":
         ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_NUMBER
         return None if ok else "must be 0 (one scale per output channel) or a positive whole number, e.g. 64"
+    if fld == "sparsity" and v == SEMI_STRUCTURED:
+        return None
     if not _finite(v):
-        return "must be a finite number" + _text_hint(v)
+        why = f"must be a finite number{' or ' + repr(SEMI_STRUCTURED) if fld == 'sparsity' else ''}"
+        return why + _text_hint(v)
     if fld == "sparsity" and not 0 <= v < 1:
-        return "must be in [0, 1)"
+        sexagesimal = " (YAML reads an unquoted 2:4 as the number 124: write it in quotes)" if v == 124 else ""
+        return f"must be in [0, 1) or {SEMI_STRUCTURED!r}{sexagesimal}"
     if fld == "bits" and (v != int(v) or int(v) not in ALLOWED_BITS):
         return f"must be one of {', '.join(map(str, ALLOWED_BITS))}"
     if fld == "rank" and not 0 < v <= 1:
         return "must be in (0, 1]"
     return None
+
+
+def value_key(value: Any) -> Any:
+    """A choice's value as the pre-pass table's rows are keyed: numbers as float, "2:4" as it is."""
+    return value if value == SEMI_STRUCTURED else float(value)
 
 
 @dataclass(frozen=True)
@@ -106,9 +115,10 @@ class Choice:
         """The allowed value closest to `target` (first on ties)."""
         if target in self.values:
             return target
-        if isinstance(target, (bool, str)):
+        numbers = [v for v in self.values if not isinstance(v, (bool, str))]  # sparsity may offer "2:4"
+        if isinstance(target, (bool, str)) or not numbers:
             return self.values[0]
-        return min(self.values, key=lambda v: abs(float(v) - float(target)))
+        return min(numbers, key=lambda v: abs(float(v) - float(target)))
 
 
 def parse_choice(raw: Any, fld: str, path: str, src: Source) -> Choice:
@@ -156,7 +166,7 @@ def parse_choice(raw: Any, fld: str, path: str, src: Source) -> Choice:
     if fld in ("bits", "group_size"):
         values = tuple(int(v) for v in values)
     elif fld in ("sparsity", "rank", "heads", "neurons"):
-        values = tuple(float(v) for v in values)
+        values = tuple(v if v == SEMI_STRUCTURED else float(v) for v in values)
     if len(set(values)) != len(values):
         raise src.error(path, f"got {list(values)!r}; the choices repeat a value.")
     return Choice(values, is_range)

@@ -31,6 +31,10 @@ def weight_layers(module: nn.Module) -> list[nn.Module] | str:
 class LayerwiseTechnique(Technique):
     """A technique acting on each selected layer's weight(s) independently (pruning, quantization)."""
 
+    def refuses(self, layer: nn.Module, lp: LayerPolicy) -> str | None:
+        """Why this technique cannot act on `layer` as `lp` asks (it is then skipped), or None."""
+        return None
+
     @abstractmethod
     def apply_layer(self, layer: nn.Module, lp: LayerPolicy, context: dict[str, Any]) -> None:
         """Apply the technique to one leaf layer's weight (`context`: as `apply` has it)."""
@@ -41,6 +45,10 @@ class LayerwiseTechnique(Technique):
             layers = weight_layers(model.get_submodule(name))
             if isinstance(layers, str):
                 skipped.append(Skipped(name, self.name, layers))
+                continue
+            reasons = [why for why in map(lambda leaf: self.refuses(leaf, lp), layers) if why]
+            if reasons:
+                skipped.append(Skipped(name, self.name, reasons[0]))
                 continue
             for layer in layers:
                 self.apply_layer(layer, lp, context)

@@ -8,6 +8,11 @@ sparsegpt.py, which also updates the weights kept. The mask is a parametrization
 so pruned entries stay zero through fine-tuning. Ties are broken by position (stable sort), so results
 are deterministic. A layer without calibration statistics (calibration.py says why) is pruned by
 magnitude.
+
+Sparsity "2:4" (semi-structured): in every row of the weight (flattened to (out, in)), each group of 4
+consecutive entries keeps its 2 highest-scoring entries, the score being the criterion's (|w|, or
+|w| * ||X_j|| for "wanda"; "sparsegpt" chooses per group of 4 columns as it goes). Rows whose length is
+not a multiple of 4 cannot hold the pattern: such a layer is skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..policy import LayerPolicy
+from ..policy import SEMI_STRUCTURED, LayerPolicy
 from ..weights import add_mask, set_weight
 from .calibration import pop_stats
 from .layers import LayerwiseTechnique
@@ -38,6 +43,19 @@ def prune_smallest(weight: torch.Tensor, k: int) -> torch.Tensor:
         order = torch.argsort(weight.detach().abs().flatten(), stable=True)
         mask[order[:k]] = False
     return mask.view_as(weight)
+
+
+def semi_structured_mask(score: torch.Tensor) -> torch.Tensor:
+    """Bool mask keeping, in each row (dims after the first flattened) and each group of 4 consecutive
+    entries, the 2 of highest `score` (ties: the later position kept, as the stable sort drops the first)."""
+    rows = score.detach().float().reshape(score.shape[0], -1)
+    if rows.shape[1] % 4:
+        raise ValueError(f"rows of {rows.shape[1]} entries cannot hold the 2:4 pattern (not a multiple of 4)")
+    groups = rows.reshape(rows.shape[0], -1, 4)
+    order = torch.argsort(groups, dim=-1, stable=True)
+    mask = torch.ones_like(groups, dtype=torch.bool)
+    mask.scatter_(-1, order[..., :2], False)
+    return mask.view_as(score)
 
 
 def wanda_mask(weight: torch.Tensor, feature_norms: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -66,15 +84,30 @@ class Prune(LayerwiseTechnique):
     def selects(self, lp: LayerPolicy) -> bool:
         return lp.sparsity > 0 and not lp.structured
 
+    def refuses(self, layer: nn.Module, lp: LayerPolicy) -> str | None:
+        inputs = layer.weight[0].numel()
+        if lp.semi_structured and inputs % 4:
+            return f"{SEMI_STRUCTURED} needs rows of a multiple of 4 weights; this layer's rows have {inputs}"
+        return None
+
     def apply_layer(self, layer: nn.Module, lp: LayerPolicy, context: dict[str, Any]) -> None:
         stats = None
+        pattern = lp.pattern
         if lp.criterion != "magnitude":
             stats = pop_stats(context, layer, keep=lp.calibrated and lp.rounding == "gptq")
         if stats is None:
-            add_mask(layer, magnitude_mask(layer.weight, lp.sparsity))
+            w = layer.weight
+            mask = semi_structured_mask(w.abs()) if pattern else magnitude_mask(w, lp.sparsity)
+            add_mask(layer, mask, pattern=pattern)
         elif lp.criterion == "wanda":
-            add_mask(layer, wanda_mask(layer.weight, stats.feature_norms, lp.sparsity))
+            norms = stats.feature_norms
+            if pattern:
+                w = layer.weight.detach().float().reshape(layer.weight.shape[0], -1)
+                mask = semi_structured_mask(w.abs() * norms.to(w.device).float().unsqueeze(0)).view_as(layer.weight)
+            else:
+                mask = wanda_mask(layer.weight, norms, lp.sparsity)
+            add_mask(layer, mask, pattern=pattern)
         else:
-            updated, keep = sparsegpt(layer.weight, stats.hessian(), lp.sparsity)
+            updated, keep = sparsegpt(layer.weight, stats.hessian(), lp.sparsity, semi_structured=bool(pattern))
             set_weight(layer, updated)
-            add_mask(layer, keep)
+            add_mask(layer, keep, pattern=pattern)

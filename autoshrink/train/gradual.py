@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..errors import TrainingError
 from ..policy import LayerPolicy
 from ..techniques.layers import weight_layers
-from ..techniques.prune import prune_smallest
+from ..techniques.prune import prune_smallest, semi_structured_mask
 from ..techniques.quantize import quantize_layer
 from ..techniques.structured import StructuredPrune
 from ..weights import PruneMask, add_mask, unparametrize, weight_parametrizations
@@ -88,12 +88,12 @@ class GradualPruning:
         if plan is None:
             for m in model.modules():
                 pm = _prune_mask(m)
-                if pm is not None:
+                if pm is not None and not pm.pattern:  # a 2:4 mask holds from the start: no ramp keeps it 2:4
                     self.sparsity[id(m)] = float((~pm.mask).sum()) / pm.mask.numel()
         else:
             for name, lp in plan.layers.items():
                 leaves = weight_layers(model.get_submodule(name))
-                if lp.sparsity > 0 and not lp.structured and isinstance(leaves, list):
+                if lp.sparsity > 0 and not lp.structured and not lp.pattern and isinstance(leaves, list):
                     self.sparsity.update({id(leaf): lp.sparsity for leaf in leaves})
 
     @property
@@ -143,7 +143,20 @@ class GradualPruning:
             for leaf in leaves if isinstance(leaves, list) else []:
                 if id(leaf) in self.sparsity:
                     add_mask(leaf, torch.ones_like(leaf.weight, dtype=torch.bool))
+                elif lp.semi_structured and not lp.structured:
+                    add_mask(leaf, _semi_structured_again(leaf, name), pattern=lp.pattern)
                 quantize_layer(leaf, lp)
+
+
+def _semi_structured_again(leaf: nn.Module, name: str) -> Tensor:
+    """A 2:4 layer's mask after a structured round changed its inputs: 2:4 again, by magnitude."""
+    inputs = leaf.weight[0].numel()
+    if inputs % 4:
+        raise TrainingError(
+            f"gradual structured pruning: {name} is 2:4 sparse, and a round left its rows {inputs} weights long, "
+            "which cannot hold the pattern. Fix: use schedule='oneshot' for this policy."
+        )
+    return semi_structured_mask(leaf.weight.abs())
 
 
 def _channels(model: nn.Module, name: str) -> int:

@@ -24,11 +24,13 @@ class _StraightThrough(torch.autograd.Function):
 
 
 class PruneMask(nn.Module):
-    """Parametrization multiplying the weight by a fixed 0/1 mask (kept through training)."""
+    """Parametrization multiplying the weight by a fixed 0/1 mask (kept through training). `pattern`:
+    "2:4" where the mask has that shape (the gradual ramp then leaves it as it is), else ""."""
 
-    def __init__(self, mask: Tensor) -> None:
+    def __init__(self, mask: Tensor, pattern: str = "") -> None:
         super().__init__()
         self.register_buffer("mask", mask.to(torch.bool))
+        self.pattern = pattern
 
     def forward(self, weight: Tensor) -> Tensor:
         return weight * self.mask
@@ -119,15 +121,17 @@ def set_weight(module: nn.Module, value: Tensor) -> None:
         target.copy_(value)
 
 
-def add_mask(module: nn.Module, mask: Tensor) -> None:
-    """Attach (or combine with the existing) pruning mask; must precede quantization."""
-    existing = weight_mask(module)
+def add_mask(module: nn.Module, mask: Tensor, pattern: str = "") -> None:
+    """Attach (or combine with the existing) pruning mask; must precede quantization. `pattern`: "2:4"
+    where `mask` has that shape (PruneMask)."""
+    existing = _find(module, PruneMask)
     if existing is not None:
-        existing.mul_(mask.to(torch.bool))
+        existing.mask.mul_(mask.to(torch.bool))
+        existing.pattern = existing.pattern or pattern
         return
     if _quantized(module):
         raise RuntimeError("a pruning mask must be added before quantization (order: prune, then quantize)")
-    parametrize.register_parametrization(module, "weight", PruneMask(mask), unsafe=True)
+    parametrize.register_parametrization(module, "weight", PruneMask(mask, pattern), unsafe=True)
 
 
 def add_fake_quant(module: nn.Module, bits: int, group_size: int = 0, scales: Tensor | None = None) -> None:

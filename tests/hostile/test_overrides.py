@@ -49,7 +49,11 @@ FLAGS = [  # id, the flags, the message
     ("ray-address-not-host-port", ["--ray-address", "nohost"], "RayExecutor.address 'nohost': not host:port"),
     ("latency-list", ["--latency", "[1]"], "search: --latency [1]: use a mapping with any of warmup, min_repeats"),
     ("screen-maybe", ["--screen", "maybe"], "search: --screen 'maybe': use true (default), false, a share"),
-    ("runtime-gpu", ["--runtime", "gpu"], "--runtime 'gpu': use auto, float, int8, onnxruntime, onnxruntime-static."),
+    (
+        "runtime-gpu",
+        ["--runtime", "gpu"],
+        "--runtime 'gpu': use auto, float, int8, onnxruntime, onnxruntime-static, cuda-graph, cuda-int8.",
+    ),
     ("max-latency-negative", ["--max-latency-ms", "-1"], "search: --max-latency-ms -1.0: use a latency in milli"),
     ("narrow-cutoff-two", ["--narrow-cutoff", "2"], "search: --narrow-cutoff 2.0: use a drop in (0, 1] (0.1 = 10 pp)"),
     ("sensitivity-sometimes", ["--sensitivity", "sometimes"], "search: --sensitivity 'sometimes': use true"),
@@ -71,3 +75,11 @@ def test_a_bad_override_is_one_line_and_creates_nothing(tmp_path, flags, message
     (tmp_path / "study.yaml").write_text(GOOD)
     err = refused_by_cli(["search", "study.yaml", *flags], tmp_path, message)
     assert "secretpw" not in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where CUDA is absent")
+@pytest.mark.parametrize("runtime", ["cuda-graph", "cuda-int8"])
+def test_a_gpu_runtime_without_cuda_is_one_line_and_creates_nothing(tmp_path, runtime) -> None:
+    (tmp_path / "study.yaml").write_text(GOOD)
+    message = f"search: runtime='{runtime}' runs on an NVIDIA GPU, but torch sees no CUDA GPU on this machine"
+    refused_by_cli(["search", "study.yaml", "--runtime", runtime], tmp_path, message)

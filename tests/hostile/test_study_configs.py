@@ -89,7 +89,7 @@ CASES = [  # id, config text, the message
     (
         "runtime-unknown",
         _config(runtime="tensorrt"),
-        "runtime: got 'tensorrt'; use auto, float, int8, onnxruntime, onnxruntime-static.",
+        "runtime: got 'tensorrt'; use auto, float, int8, onnxruntime, onnxruntime-static, cuda-graph, cuda-int8.",
     ),
     ("timeout-bool", _config(timeout="true"), "timeout: got True; use seconds > 0."),
     (

@@ -71,12 +71,15 @@ def synthetic(
     objectives: tuple[str, ...] = ("accuracy", "size", "latency"),
     max_drop: float | None = None,
     storage: str | None = None,
+    simulated: dict[int, list[str]] | None = None,
 ) -> SearchResult:
-    """A SearchResult over an in-memory study whose trials measured exactly (accuracy, size, latency)."""
+    """A SearchResult over an in-memory study whose trials measured exactly (accuracy, size, latency);
+    `simulated`: Measurement.simulated of some trials, by row index."""
     objs = resolve(objectives)
     study = optuna.create_study(directions=[o.direction for o in objs])
-    for accuracy, size, latency in rows:
+    for i, (accuracy, size, latency) in enumerate(rows):
         m = {**BASE.to_dict(), "accuracy": accuracy, "size_bytes": size, "latency_ms": latency}
+        m["simulated"] = (simulated or {}).get(i, [])
         study.add_trial(
             optuna.trial.create_trial(
                 values=[m[o.field] for o in objs], user_attrs={"measurement": m, "policy": POLICY}
@@ -215,6 +218,23 @@ def test_smaller_but_slower_badge_marks_exactly_those_rows(searched, pages) -> N
     assert table_rows(page, "front-table") == [0, 1, 2]
     assert badge_rows(page) == [1]
     assert "sub-8-bit codes shrink the packed file, not dense-kernel latency" in page
+
+
+def test_simulated_badge_lists_the_layers_a_gpu_runtime_ran_as_plain_weights() -> None:
+    lines = [
+        "fc1: float16; simulated: 4-bit codes run as float16 weights",
+        "fc2: float16; simulated: unstructured <zeros>",
+    ]
+    result = synthetic(ROWS, max_drop=0.10, simulated={2: lines})
+    page = build_report(result)
+    table = page[page.index('<table id="front-table">') :]
+    rows = dict(re.findall(r'<tr data-trial="(\d+)"[^>]*>(.*?)</tr>', table[: table.index("</table>")]))
+    assert [n for n, body in rows.items() if "badge simulated" in body] == ["2"]
+    assert (
+        '<span class="badge simulated" title="fc1: float16; simulated: 4-bit codes run as float16 weights&#10;'
+        'fc2: float16; simulated: unstructured &lt;zeros&gt;">simulated: 2 layer(s)</span>'
+    ) in rows["2"]
+    assert list(result.trials["simulated"]) == [0, 0, 2, 0, 0]
 
 
 def test_infeasible_trial_is_marked_apart_and_kept_off_the_front() -> None:
@@ -362,6 +382,7 @@ def test_storage_password_is_masked() -> None:
 def test_labels_and_summaries() -> None:
     assert layer_label({"sparsity": 0.9, "structured": True, "bits": 4, "rank": 0.25}) == "4b 90%s r0.25 S"
     assert layer_label({"sparsity": 0.0, "structured": True, "bits": 16, "rank": 1.0}) == "fp16"
+    assert layer_label({"sparsity": "2:4", "structured": False, "bits": 8, "rank": 1.0}) == "8b 2:4s"
     policy = {
         "layers": {
             "fc1": {"sparsity": 0.5, "structured": False, "bits": 8, "rank": 1.0},

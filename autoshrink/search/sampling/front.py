@@ -21,6 +21,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from ...policy import SEMI_STRUCTURED, sparsity_fraction
 from ..pareto import non_dominated
 
 EXPLORE = 0.1
@@ -35,7 +36,10 @@ def _group(name: str) -> str:
 
 
 def _ordered(values: Sequence[Any]) -> list[Any]:
-    """Choices in their natural order (numbers ascending, False before True), for neighbour steps."""
+    """Choices in their natural order (numbers ascending, False before True, sparsity "2:4" just past
+    0.5), for neighbour steps."""
+    if SEMI_STRUCTURED in values:
+        return sorted(values, key=lambda v: (sparsity_fraction(v), isinstance(v, str)))
     try:
         return sorted(values)
     except TypeError:

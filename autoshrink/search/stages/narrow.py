@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ...policy import SEMI_STRUCTURED
 from ...space import BoundSpace
-from ...space.schema import IDENTITY
+from ...space.schema import IDENTITY, value_key
 
 NARROW_FACTOR = 20.0
 NARROW_FLOOR = 0.35
@@ -39,7 +40,9 @@ def _bad(r: Mapping[str, Any], cutoff: float) -> str | None:
 
 def narrow(bound: BoundSpace, rows: Sequence[Mapping[str, Any]], cutoff: float) -> tuple[BoundSpace, list[dict]]:
     """The narrowed space and the removed choices: [{layer, field, value, accuracy_drop, reason}]."""
-    by: dict[tuple[str, str, float], Mapping[str, Any]] = {(r["layer"], r["field"], float(r["value"])): r for r in rows}
+    by: dict[tuple[str, str, Any], Mapping[str, Any]] = {
+        (r["layer"], r["field"], value_key(r["value"])): r for r in rows
+    }
     keep: dict[str, dict[str, tuple]] = {}
     removed: list[dict[str, Any]] = []
 
@@ -59,7 +62,7 @@ def narrow(bound: BoundSpace, rows: Sequence[Mapping[str, Any]], cutoff: float) 
         for f in ("bits", "rank"):
             values = []
             for v in fields[f].values:
-                r = by.get((layer, f, float(v)))
+                r = by.get((layer, f, value_key(v)))
                 why = None if v == IDENTITY[f] or r is None else _bad(r, cutoff)
                 if why:
                     note(layer, f, v, why, r)
@@ -76,7 +79,11 @@ def narrow(bound: BoundSpace, rows: Sequence[Mapping[str, Any]], cutoff: float) 
             ru, rs = by.get((layer, "sparsity", s)), by.get((layer, "structured", s))
             why_u = _bad(ru, cutoff) if ru is not None else None
             why_s = _bad(rs, cutoff) if rs is not None else None
-            if (not unstructured_offered or why_u) and (not structured_offered or why_s):
+            if s == SEMI_STRUCTURED:  # never structured: its own row decides
+                unstructured, structured = True, False
+            else:
+                unstructured, structured = unstructured_offered, structured_offered
+            if (not unstructured or why_u) and (not structured or why_s):
                 note(layer, "sparsity", s, why_u or why_s or "", ru or rs)
             else:
                 sparsity.append(s)
@@ -85,7 +92,8 @@ def narrow(bound: BoundSpace, rows: Sequence[Mapping[str, Any]], cutoff: float) 
             fine = [
                 s
                 for s in sparsity
-                if s > 0
+                if s != 0
+                and s != SEMI_STRUCTURED
                 and by.get((layer, "structured", s)) is not None
                 and not _bad(by[(layer, "structured", s)], cutoff)
             ]

@@ -42,6 +42,7 @@ from torch import nn
 
 from ...measure import Measurement
 from ...measure.paired import unpack_correct
+from ...policy import sparsity_fraction
 from ...task import Task, subsample_indices
 from ...techniques.calibration import CALIBRATION_EXAMPLES
 from ...train import FinetuneConfig
@@ -199,13 +200,18 @@ def _calibrated(c: Choice1) -> bool:
     return c.policy().layers[c.layer].calibrated
 
 
+def _aggressiveness(c: Choice1) -> tuple[float, bool]:
+    """Sort key of a choice's value; "2:4" sits just past sparsity 0.5 (the same count, fewer ways)."""
+    return (sparsity_fraction(c.value), True) if isinstance(c.value, str) else (c.value, False)
+
+
 def _aggressive_first(own: Sequence[Choice1]) -> list[Choice1]:
     """Level 0: each (layer, field)'s most aggressive value; level 1: the next; ... (layers in order)."""
     lanes: dict[tuple[str, str], list[Choice1]] = {}
     for c in own:
         lanes.setdefault((c.layer, c.field), []).append(c)
     for key, lane in lanes.items():
-        lane.sort(key=lambda c: c.value, reverse=_MILD_LAST[key[1]])
+        lane.sort(key=_aggressiveness, reverse=_MILD_LAST[key[1]])
     out: list[Choice1] = []
     for level in range(max((len(v) for v in lanes.values()), default=0)):
         out += [lane[level] for lane in lanes.values() if level < len(lane)]

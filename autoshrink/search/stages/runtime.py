@@ -2,9 +2,10 @@
 
 One runtime for every measurement, so a trial's accuracy never depends on a timing race: "float",
 "int8" (torch's dynamic int8 kernels for every Linear at <= 8 bits), "onnxruntime" (the ONNX export in
-ONNX Runtime, measure/onnxruntime.py) or "onnxruntime-static" (calibrated static activations); chosen by
-the user or, with "auto", by timing float against int8 once with every Linear at 8 bits, at the
-example-input shape, on the evaluating device. Stored in the study (user attribute "runtime").
+ONNX Runtime, measure/onnxruntime.py), "onnxruntime-static" (calibrated static activations), or on a CUDA
+GPU "cuda-graph" / "cuda-int8" (float16 CUDA graphs, 2:4 and int8 kernels; measure/gpu_runtime.py);
+chosen by the user or, with "auto", by timing the runtimes the device has once with every Linear at 8
+bits, at the example-input shape, on the evaluating device. Stored in the study (user attribute "runtime").
 """
 
 from __future__ import annotations
@@ -17,19 +18,21 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...executors import Outcome
+from ...measure.gpu_runtime import GPU_RUNTIMES, gpu_versions
 from ...policy import LayerPolicy, Policy
 from ...train import FinetuneConfig
 from ..study.schema import StudyAttr
 
-RUNTIME_CHOICES = ("auto", "float", "int8", "onnxruntime", "onnxruntime-static")
+RUNTIME_CHOICES = ("auto", "float", "int8", "onnxruntime", "onnxruntime-static", "cuda-graph", "cuda-int8")
 PROBE_KEY = -2
 
 
 def check_runtime(runtime: Any) -> str:
     if runtime not in RUNTIME_CHOICES:
         raise ConfigError(
-            f"search: runtime={runtime!r}; use 'auto' (float or int8, timed once on the baseline), 'float', "
-            "'int8', 'onnxruntime' or 'onnxruntime-static'."
+            f"search: runtime={runtime!r}; use 'auto' (the fastest of float, int8 and on a GPU cuda-graph and "
+            "cuda-int8, timed once on the baseline), 'float', 'int8', 'onnxruntime', 'onnxruntime-static', "
+            "'cuda-graph' or 'cuda-int8'."
         )
     return runtime
 
@@ -59,6 +62,8 @@ def study_runtime(
         decision = {"runtime": requested, "decided_by": "the user"}
     else:
         decision, seconds = _probe(model, ex, wait)
+    if decision["runtime"] in GPU_RUNTIMES:
+        decision["versions"] = gpu_versions()
     study.set_user_attr(StudyAttr.RUNTIME, decision)
     return decision["runtime"], seconds
 
@@ -80,10 +85,10 @@ def _probe(model: nn.Module, ex: Any, wait: Callable[[Any], list[Outcome]]) -> t
     t = o.timing
     lat = t.latency_by_runtime
     timed = ", ".join(f"{k} {v:.4g} ms" for k, v in sorted(lat.items()))
-    chosen = "int8" if t.fastest == "int8-dynamic" else "float"
+    chosen = {"int8-dynamic": "int8"}.get(t.fastest, t.fastest)
     how = (
         f"auto: every Linear at 8 bits, batch {t.batch_size} on {t.device}: {timed}"
         if len(lat) > 1
-        else f"auto: no int8 kernels on {t.device}"
+        else f"auto: no integer or GPU runtime on {t.device}"
     )
     return {"runtime": chosen, "decided_by": how}, o.seconds

@@ -24,7 +24,7 @@ from ...executors import Job, Outcome, make_executor
 from ...measure import LatencyConfig, Measurement
 from ...measure.cost import COLUMNS as COST_COLUMNS
 from ...measure.cost import columns
-from ...policy import LayerPolicy, Policy
+from ...policy import SEMI_STRUCTURED, LayerPolicy, Policy
 from ...space import BoundSpace, SearchSpace, bind
 from ...space.bind import calibrated_variant
 from ...task import Task, require_model_and_task
@@ -59,7 +59,7 @@ class Choice1:
 
     layer: str
     field: str  # sparsity | structured | bits | rank
-    value: float
+    value: float | str  # sparsity may be "2:4"
     rounding: str = "nearest"
     group_size: int = 0
     criterion: str = "magnitude"
@@ -100,9 +100,11 @@ def choices(bound: BoundSpace) -> list[Choice1]:
         v = calibrated_variant(fields)
         structured = fields["structured"].values
         for s in fields["sparsity"].values:
-            if s > 0 and False in structured:
+            if s == 0:
+                continue
+            if False in structured or s == SEMI_STRUCTURED:  # 2:4 is never structured (without_moot)
                 out.append(Choice1(layer, "sparsity", s, criterion=v["criterion"]))
-            if s > 0 and True in structured:  # channels rank by wanda where it is the variant (without_moot)
+            if True in structured and s != SEMI_STRUCTURED:  # channels rank by wanda where it is the variant
                 channels = "wanda" if v["criterion"] == "wanda" else "magnitude"
                 out.append(Choice1(layer, "structured", s, criterion=channels))
         out += [

@@ -24,9 +24,11 @@ from torch import nn
 
 from ...measure import Measurement
 from ...measure.packing.sizing import payload_bytes
+from ...policy import SEMI_STRUCTURED
 from ...space import BoundSpace
+from ...space.schema import value_key
 from ...techniques.lowrank import factor_params, svd_factors, target_rank
-from ...techniques.prune import magnitude_mask
+from ...techniques.prune import magnitude_mask, semi_structured_mask
 from ...weights import quantize_value
 
 BUDGETS_PER_OBJECTIVE = 6
@@ -39,7 +41,7 @@ _BITS_WIDTH = {16: 16, 32: 32}
 class Combo:
     """One layer's combination of choices and its predictions."""
 
-    sparsity: float
+    sparsity: float | str  # or "2:4"
     structured: bool
     bits: int
     rank: float
@@ -53,10 +55,15 @@ class Combo:
         return {f"{layer}.{f}": v for f, v in values.items() if f"{layer}.{f}" in searched}
 
 
-def _payload(weight: torch.Tensor, sparsity: float, bits: int) -> int:
-    """Exact payload bytes of `weight` pruned by magnitude to `sparsity` and stored at `bits`: the
-    packer's own encoding of it (layout and entropy coding included)."""
-    w = weight * magnitude_mask(weight, sparsity).to(weight.dtype)
+def _payload(weight: torch.Tensor, sparsity: float | str, bits: int) -> int:
+    """Exact payload bytes of `weight` pruned by magnitude to `sparsity` ("2:4": that pattern, where rows
+    hold it) and stored at `bits`: the packer's own encoding of it (layout and entropy coding included)."""
+    if sparsity == SEMI_STRUCTURED:
+        fits = weight[0].numel() % 4 == 0  # else the prune technique skips the layer
+        mask = semi_structured_mask(weight.abs()) if fits else torch.ones_like(weight, dtype=torch.bool)
+    else:
+        mask = magnitude_mask(weight, sparsity)
+    w = weight * mask.to(weight.dtype)
     if bits != 32:
         w = quantize_value(w, bits)
     return payload_bytes(w, 0 if bits == 32 else bits)
@@ -76,7 +83,7 @@ def _weights(module: nn.Module, rank: float) -> list[torch.Tensor] | None:
 
 
 def _rows(table: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, float], Mapping[str, Any]]:
-    return {(r["layer"], r["field"], float(r["value"])): r for r in table}
+    return {(r["layer"], r["field"], value_key(r["value"])): r for r in table}
 
 
 _AGGRESSIVE_BELOW = {"bits": True, "rank": True, "sparsity": False, "structured": False}
@@ -91,7 +98,7 @@ def _bound(
     found = [
         (v, r.get("accuracy_drop"))
         for (lay, f, v), r in rows.items()
-        if lay == layer and f == field and (v < value if below else v > value)
+        if lay == layer and f == field and not isinstance(v, str) and (v < value if below else v > value)
     ]
     found = [(v, d) for v, d in found if d is not None and math.isfinite(d)]
     if not found:
@@ -130,12 +137,12 @@ def layer_combos(
             continue
 
         def row(field: str, value: Any, layer: str = layer) -> Mapping[str, Any]:
-            return rows.get((layer, field, float(value)), {})
+            return rows.get((layer, field, value_key(value)), {})
 
         def drop(field: str, value: Any, layer: str = layer) -> float | None:
-            r = rows.get((layer, field, float(value)))
+            r = rows.get((layer, field, value_key(value)))
             if r is None:  # not measured (the pre-pass budget): bounded by a more aggressive value's drop
-                return _bound(rows, layer, field, float(value))
+                return None if value == SEMI_STRUCTURED else _bound(rows, layer, field, float(value))
             d = r.get("accuracy_drop")
             return max(0.0, float(d)) if d is not None and math.isfinite(d) else 0.0
 
@@ -148,14 +155,14 @@ def layer_combos(
         for s, structured, b, r in itertools.product(
             fields["sparsity"].values, fields["structured"].values, fields["bits"].values, fields["rank"].values
         ):
-            if structured and s == 0.0:
-                continue  # the same as unstructured at 0
-            if r < 1.0 and s > 0.0 and not (structured and compute):
+            if structured and s in (0.0, SEMI_STRUCTURED):
+                continue  # the same as unstructured at 0; 2:4 is never structured
+            if r < 1.0 and s != 0.0 and not (structured and compute):
                 continue  # pruning low-rank factors compounds two losses the additive drop does not see
             if factors[r] is None:
                 continue  # low-rank gives no saving here: the technique would skip it
             parts = [
-                drop("structured" if structured else "sparsity", s) if s > 0 else 0.0,
+                drop("structured" if structured else "sparsity", s) if s != 0.0 else 0.0,
                 drop("bits", b) if b != 32 else 0.0,
                 drop("rank", r) if r < 1 else 0.0,
             ]
