@@ -33,7 +33,7 @@ GPU_RUNTIMES = ("cuda-graph", "cuda-int8")
 GRAPH_SHAPES = 8  # input shapes captured as graphs per runtime copy; further shapes run eagerly
 HALF = torch.float16
 INT8_MIN_ROWS = 17  # torch._int_mm on CUDA needs more than 16 rows: fewer are padded with zero rows
-INT8_MULTIPLE = 8  # ... and inner / output sizes that are multiples of 8
+INT8_MULTIPLE = 8  # ... and inner / output sizes that are multiples of 8: codes are padded with zeros to them
 
 
 def gpu_available(device: torch.device) -> bool:
@@ -107,9 +107,6 @@ def _int8_kernel(module: nn.Module) -> str | None:
         return "codebook values run as float16 weights"
     if not per_channel(module):
         return f"group-wise scales (group_size {weight_quantizer(module).group_size}) run as float16 weights"
-    rows, cols = module.weight.shape
-    if rows % INT8_MULTIPLE or cols % INT8_MULTIPLE:
-        return f"the int8 matmul needs sizes of a multiple of {INT8_MULTIPLE}, this weight is {rows} x {cols}"
     return None
 
 
@@ -156,15 +153,22 @@ def kernel_plan(model: nn.Module, runtime: str) -> dict[str, str]:
     return plan
 
 
+def _up(n: int) -> int:
+    return -(-n // INT8_MULTIPLE) * INT8_MULTIPLE
+
+
 class Int8Linear(nn.Module):
     """y = (q(x) @ codes^T) * s_x * s_w + b: int8 codes with one scale per output channel, the input
-    quantized per row (symmetric, 127 levels) at every call, int32 accumulation (`torch._int_mm`)."""
+    quantized per row (symmetric, 127 levels) at every call, int32 accumulation (`torch._int_mm`). Sizes
+    that are not multiples of 8 are padded with zero codes and zero inputs (the sums do not change)."""
 
     def __init__(self, codes: Tensor, scales: Tensor, bias: Tensor | None, dtype: torch.dtype = HALF) -> None:
         super().__init__()
         self.in_features, self.out_features = codes.shape[1], codes.shape[0]
-        self.register_buffer("codes", codes.to(torch.int8).contiguous())  # (out, in); passed transposed: the
-        # column-major right operand cuBLASLt's int8 kernels take (a "TN" product)
+        padded = torch.zeros(_up(codes.shape[0]), _up(codes.shape[1]), dtype=torch.int8)
+        padded[: codes.shape[0], : codes.shape[1]] = codes.to(torch.int8)
+        self.register_buffer("codes", padded)  # (out, in) padded; passed transposed: the column-major
+        # right operand cuBLASLt's int8 kernels take (a "TN" product)
         self.register_buffer("scales", scales.reshape(1, -1).float())
         self.register_buffer("bias", None if bias is None else bias.detach().float())
         self.dtype = dtype
@@ -173,12 +177,14 @@ class Int8Linear(nn.Module):
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).float()
         n = rows.shape[0]
-        if n < INT8_MIN_ROWS and rows.is_cuda:
-            rows = torch.cat([rows, rows.new_zeros(INT8_MIN_ROWS - n, rows.shape[1])])
+        pad_rows = INT8_MIN_ROWS - n if n < INT8_MIN_ROWS and rows.is_cuda else 0
+        pad_cols = self.codes.shape[1] - self.in_features
+        if pad_rows or pad_cols:
+            rows = torch.nn.functional.pad(rows, (0, pad_cols, 0, pad_rows))
         amax = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
         sx = amax / 127.0
         q = torch.round(rows / sx).clamp_(-127, 127).to(torch.int8)
-        acc = torch._int_mm(q, self.codes.t())[:n]
+        acc = torch._int_mm(q, self.codes.t())[:n, : self.out_features]
         y = acc.float() * sx[:n] * self.scales
         if self.bias is not None:
             y = y + self.bias
