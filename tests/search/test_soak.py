@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 N = 1000
 STUDY = """name: soak
-model: tests.search.test_faults:slow_tiny
+model: tests.search.test_faults:gated_tiny
 task: tests.search.test_faults:digits
 space: {space}
 n_trials: {n}
