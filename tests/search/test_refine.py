@@ -278,6 +278,33 @@ def test_refine_candidates_take_each_objective_in_turn_and_look_further_after_po
     assert (refine_slack(200), refine_slack(0)) == (REFINE_SLACK, POST_TRAINING_REFINE_SLACK) == (0.02, 0.10)
 
 
+def test_refine_candidates_take_the_fewest_parameters_left_in_turn_even_off_the_front() -> None:
+    from autoshrink.measure import Measurement
+    from autoshrink.search.objectives import OBJECTIVES
+
+    base = Measurement(
+        accuracy=0.9, size_bytes=1000, latency_ms=10.0, macs=100, device="cpu", threads=1, batch_size=1, params=1000
+    )
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+
+    def add(acc: float, size: int, ms: float, params: int, sparsity: float) -> None:
+        policy = ash.Policy(layers={"fc1": ash.LayerPolicy(sparsity=sparsity)}).to_dict()
+        m = {"accuracy": acc, "latency_ms": ms, "params": params}
+        attrs = {"policy": policy, "measurement": m}
+        study.add_trial(optuna.trial.create_trial(values=[acc, size, ms], user_attrs=attrs))
+
+    add(0.895, 100, 9.0, 1000, 0.1)  # 0: the smallest
+    add(0.894, 200, 5.0, 900, 0.2)  # 1: the fastest
+    add(0.893, 150, 8.0, 1000, 0.3)  # 2: second smallest
+    add(0.880, 300, 9.5, 500, 0.4)  # 3: dominated by 0, the fewest parameters within 1 + 2 pp
+    add(0.850, 400, 9.9, 100, 0.5)  # 4: fewer still, 5 pp down: only after a post-training search
+    objs = [OBJECTIVES["accuracy"], OBJECTIVES["size"], OBJECTIVES["latency"]]
+    assert [t.number for t in refine_candidates(study, base, objs, 0.01, k=3, slack=0.02)] == [0, 1, 3]
+    assert [t.number for t in refine_candidates(study, base, objs, 0.01, k=4, slack=0.02)] == [0, 1, 3, 2]
+    assert [t.number for t in refine_candidates(study, base, objs, 0.01, k=3, slack=0.10)] == [0, 1, 4]
+    assert [t.number for t in refine_candidates(study, base, objs, 0.01, k=5, slack=0.10)] == [0, 1, 4, 2, 3]
+
+
 @pytest.mark.parametrize(
     ("settings", "slack"),
     [({"finetune_steps": 0}, 0.10), ({"finetune_steps": 2}, 0.02), ({"finetune_steps": 0, "refine_slack": 0.05}, 0.05)],

@@ -4,7 +4,10 @@ Sources: the front of completed trials within `max_accuracy_drop` (1 pp without 
 (`refine_slack`: REFINE_SLACK, or POST_TRAINING_REFINE_SLACK after a post-training search), plus
 screened-out trials within REFINE_SCREEN_FACTOR times the screen's limit (fidelity.py), taken from each
 non-accuracy objective's ranking in turn (the smallest, the fastest, the next smallest, ...; ties: higher
-accuracy), so the refine reaches every end of the front; the first k policies (distill twins count once)
+accuracy), so the refine reaches every end of the front, and where candidates remove parameters physically
+(heads, FFN neurons, channels), a last ranking in the turn: the fewest parameters left among all of them,
+on the front or not (size and latency favour low bit-widths, whose drop a fine-tune recovers least, while
+removal's post-training drop overstates it most); the first k policies (distill twins count once)
 re-run with `steps` steps and gradual pruning (`refine_config`). Where the space searches distillation
 each is refined with both settings, as the short fine-tune cannot tell which recovers better in the long
 one (`distill=True/False` forces one). Results are trials of the same study (`refined_from`, `finetune`,
@@ -125,6 +128,7 @@ def refine_candidates(
     limit = (0.01 if max_drop is None else max_drop) + slack
     done = refined_sources(study) if skip_refined else set()
     near: list[tuple[optuna.trial.FrozenTrial, list[float]]] = []
+    params: dict[int, int] = {}  # parameters left after physical removal (heads, neurons, channels)
     for t in study.get_trials(
         deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     ):
@@ -140,10 +144,12 @@ def refine_candidates(
                 continue
             if baseline.accuracy - t.user_attrs[TrialAttr.MEASUREMENT]["accuracy"] <= limit + 1e-12:
                 near.append((t, list(t.values)))
+                params[t.number] = int(t.user_attrs[TrialAttr.MEASUREMENT].get("params") or 0)
         elif screened_limit is not None and "measurement" in (t.user_attrs.get(TrialAttr.SCREEN) or {}):
             m = Measurement.from_dict(t.user_attrs[TrialAttr.SCREEN]["measurement"])
             if baseline.accuracy - m.accuracy <= screened_limit + 1e-12 and not over_limit(m.latency_ms, max_latency):
                 near.append((t, [o.value(m) for o in objectives]))
+                params[t.number] = m.params
     if not near:
         return []
     points = np.array([[o.normalized(v, baseline) for o, v in zip(objectives, vals)] for _, vals in near], dtype=float)
@@ -159,10 +165,14 @@ def refine_candidates(
         return [t for t, _ in sorted(front, key=key)]
 
     rankings = [ranking(i) for i in costs]
+    removed = [tv for tv in near if 0 < params[tv[0].number] < baseline.params]
+    if removed:  # the fewest parameters left, off the front too: what the rankings above may never reach
+        by_params = sorted(removed, key=lambda tv: (params[tv[0].number], -tv[1][acc] if acc is not None else 0.0))
+        rankings.append([t for t, _ in by_params])
     picked: dict[str, optuna.trial.FrozenTrial] = {}
-    for rank in range(len(front)):  # each objective's next best in turn; twins: the first taken stands for both
+    for rank in range(max(map(len, rankings))):  # each ranking's next in turn; twins: the first taken stands for both
         for order in rankings:
-            if len(picked) < k:
+            if len(picked) < k and rank < len(order):
                 picked.setdefault(layers_key(order[rank].user_attrs[TrialAttr.POLICY]), order[rank])
     return list(picked.values())[:k]
 
