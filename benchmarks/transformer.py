@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -297,6 +296,19 @@ def _query_shapes(path: Path) -> dict[str, list[int]]:
     return dict(sorted(out.items()))
 
 
+def keep_study(src: Path, dst: Path) -> None:
+    """Copy a SQLite study with SQLite's backup API: a file copy misses what is still in its write-ahead log
+    (the 5b5bc59 run's kept studies of seeds 0 and 2 ended before their refine)."""
+    import sqlite3
+
+    a, b = sqlite3.connect(src), sqlite3.connect(dst)
+    try:
+        a.backup(b)
+    finally:
+        a.close()
+        b.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -312,7 +324,7 @@ def main() -> None:
             runs.append(run(seed, args.budget, Path(tmp), args.refine_steps))
             if args.keep:
                 Path(args.keep).mkdir(parents=True, exist_ok=True)
-                shutil.copy(Path(tmp) / f"minilm-{seed}.db", Path(args.keep) / f"minilm-{seed}.db")
+                keep_study(Path(tmp) / f"minilm-{seed}.db", Path(args.keep) / f"minilm-{seed}.db")
         print(json.dumps(runs[-1], indent=1, default=str), flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(runs, indent=1, default=str))

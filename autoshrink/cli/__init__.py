@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 import traceback
 import warnings
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from ..errors import AutoshrinkError, Terminated
 from ..techniques import CompressionWarning
 from ..version import __version__
 from . import dashboard, demo, recipes, report, search, sensitivity, walkthrough
+from .signals import SignalGuard, restore
 
 COMMANDS = (demo, search, sensitivity, recipes, walkthrough, dashboard, report)
 BUG_REPORTS = "the autoshrink issue tracker of the repository you installed it from"
@@ -64,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    previous = _terminate_on_sigterm()
+    previous = SignalGuard().install()
     try:
         return int(args.func(args) or 0)
     except AutoshrinkError as exc:
@@ -85,20 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _terminate_on_sigterm() -> Any:
-    """SIGTERM raises Terminated in the main thread (the previous handler is returned to restore), so
-    a search unwinds as on Ctrl-C: its running trials are failed and queued again."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def _on_term(signum: int, frame: Any) -> None:
-        raise Terminated()
-
-    return signal.signal(signal.SIGTERM, _on_term)
+        restore(previous)
 
 
 def _resume_hint(args: argparse.Namespace) -> str:

@@ -5,15 +5,15 @@ Sources: the front of completed trials within `max_accuracy_drop` (1 pp without 
 screened-out trials within REFINE_SCREEN_FACTOR times the screen's limit (fidelity.py), taken from each
 non-accuracy objective's ranking in turn (the smallest, the fastest, the next smallest, ...; ties: higher
 accuracy), so the refine reaches every end of the front, and where candidates remove parameters physically
-(heads, FFN neurons, channels), a last ranking in the turn: the fewest parameters left among all of them,
-on the front or not (size and latency favour low bit-widths, whose drop a fine-tune recovers least, while
-removal's post-training drop overstates it most); the first k policies (distill twins count once)
-re-run with `steps` steps and gradual pruning (`refine_config`). Where the space searches distillation
-each is refined with both settings, as the short fine-tune cannot tell which recovers better in the long
-one (`distill=True/False` forces one). Results are trials of the same study (`refined_from`, `finetune`,
-`stage: refined`), outside n_trials; a policy with a completed refined trial is not refined again.
-Each is also scored on the task's test_data in the same evaluation (TrialAttr.HELD_OUT), so the held-out
-stage need not repeat its fine-tune; no decision reads that score.
+(heads, FFN neurons, channels, low-rank factors), a last ranking in the turn: the fewest parameters left
+among all of them, on the front or not (with int8 kernels the smallest and the fastest points are low
+bit-widths, so the front's ends may hold no structural point); the first k policies (distill twins count
+once) re-run with `steps` steps and gradual pruning (`refine_config`). Where the space searches distillation
+each is refined with both settings, as the short fine-tune cannot tell which recovers better in the long one
+(`distill=True/False` forces one). Results are trials of the same study (`refined_from`, `finetune`, `stage:
+refined`), outside n_trials; a policy with a completed refined trial is not refined again. Each is also
+scored on the task's test_data in the same evaluation (TrialAttr.HELD_OUT), so the held-out stage need not
+repeat its fine-tune; no decision reads that score.
 """
 
 from __future__ import annotations
