@@ -21,7 +21,7 @@ CALIBRATED_CRITERIA = ("wanda", "sparsegpt")
 SEMI_STRUCTURED = "2:4"  # 2 of every 4 consecutive weights of a row zero: the pattern GPU sparse kernels run
 _LAYER_KEYS = ("sparsity", "structured", "bits", "rank", "codebook", "rounding", "group_size", "criterion")
 BLOCK_CRITERIA = ("magnitude", "activation")
-_BLOCK_KEYS = ("heads", "neurons", "criterion")
+_BLOCK_KEYS = ("heads", "neurons", "criterion", "refit")
 
 
 def sparsity_fraction(value: float | str) -> float:
@@ -213,11 +213,15 @@ class BlockPolicy:
     neurons: fraction in [0, 1) of its FFN neurons removed (up-projection rows, down-projection columns).
     criterion: which go first: "magnitude" (weight norms; needs no data) or "activation" (what each
         head / neuron adds to the block's output on calibration batches; apply_policy(task=...)).
+    refit: after the removal, refit the attention output and FFN down projections (their remaining
+        columns and bias) by least squares to the untouched block's outputs on calibration batches
+        (techniques/block_refit.py); needs data like "activation". Written only when true.
     """
 
     heads: float = 0.0
     neurons: float = 0.0
     criterion: str = "magnitude"
+    refit: bool = False
     where: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -236,6 +240,8 @@ class BlockPolicy:
                 + ", ".join(map(repr, BLOCK_CRITERIA))
                 + "."
             )
+        if not isinstance(self.refit, bool):
+            raise PolicyError(f"{where}refit: got {describe(self.refit)}; use true or false.")
 
     @property
     def is_identity(self) -> bool:
@@ -244,10 +250,11 @@ class BlockPolicy:
     @property
     def calibrated(self) -> bool:
         """Whether applying it reads calibration batches."""
-        return self.criterion == "activation" and not self.is_identity
+        return (self.criterion == "activation" or self.refit) and not self.is_identity
 
     def to_dict(self) -> dict[str, Any]:
-        return {"heads": self.heads, "neurons": self.neurons, "criterion": self.criterion}
+        out = {"heads": self.heads, "neurons": self.neurons, "criterion": self.criterion}
+        return {**out, "refit": True} if self.refit else out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "") -> BlockPolicy:

@@ -11,7 +11,8 @@ Fixed before the runs (issue 26):
   latency at batch 1 and sequence length 128 (deploy_length), 2 torch threads, CPU.
 - search: `ash.search(model, task, "transformer", n_trials=None, timeout=--budget, refine_top=4,
   seed=s)`, every other setting default (runtime "auto", objectives accuracy/size/latency; the refine
-  takes the two smallest and the two fastest points up to 10 pp past 1 pp, and fine-tunes them 200
+  takes the smallest, the fastest, the fewest parameters left and the next smallest point up to 10 pp
+  past 1 pp -- 5 pp for points whose removed heads and neurons were refitted -- and fine-tunes them 200
   steps distilling logits and hidden states, the space's settings; refined points are scored on the
   held-out split in their own evaluation). The run's wall time
   (search, refine and held-out scoring: what a user waits for) is `search_s`; `timing` splits it.

@@ -51,7 +51,7 @@ def layer_label(layer: Mapping[str, Any] | None) -> str:
 
 def block_label(block: Mapping[str, Any] | None) -> str:
     """One transformer block's removals: '-50%h -25%n' (heads, FFN neurons removed; 'mag' where they were
-    ranked by weight magnitude, not activations)."""
+    ranked by weight magnitude, not activations; 'refit' where the projections were refitted)."""
     if not block:
         return "-"
     parts = [f"-{round(float(block.get(k, 0.0)) * 100, 1):g}%{k[0]}" for k in ("heads", "neurons") if block.get(k)] or [
@@ -59,6 +59,8 @@ def block_label(block: Mapping[str, Any] | None) -> str:
     ]
     if block.get("criterion") == "magnitude" and parts != ["-"]:
         parts.append("mag")
+    if block.get("refit") and parts != ["-"]:
+        parts.append("refit")
     return " ".join(parts)
 
 

@@ -141,6 +141,7 @@ def _stages(
                     screened_limit=screened_refine_limit(study.user_attrs[StudyAttr.SCREEN]),
                     max_latency=cfg.max_latency_ms,
                     skip_refined=False,
+                    refit_slack=None if cfg.refine_slack is not None else refine_slack(p.finetune.steps, refitted=True),
                 )
                 run_refine(ctx, sources, p.refine)
             held = run_held_out(ctx, cfg.max_latency_ms) if task.test_data is not None else (0, 0.0)

@@ -69,7 +69,7 @@ def _rule_matches(rule: Rule, name: str, module: nn.Module) -> bool:
 @dataclass(frozen=True)
 class BoundSpace:
     """Per-layer choices for one model, and per transformer block. Parameter names: '<layer>.<field>',
-    '<block>.heads' / '.neurons' / '.criterion' and 'distill'."""
+    '<block>.heads' / '.neurons' / '.criterion' / '.refit' and 'distill'."""
 
     layers: Mapping[str, Mapping[str, Choice]]
     distill: Choice
@@ -143,7 +143,7 @@ class BoundSpace:
         if name == "distill":
             return False
         if layer in self.blocks:
-            return BLOCK_IDENTITY[fld] if fld != "criterion" else self.blocks[layer][fld].values[0]
+            return BLOCK_IDENTITY[fld] if fld in ("heads", "neurons") else self.blocks[layer][fld].values[0]
         if fld in ("rounding", "group_size", "criterion"):
             return calibrated_variant(self.layers[layer])[fld]
         return IDENTITY[fld]

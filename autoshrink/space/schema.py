@@ -5,7 +5,7 @@ YAML form (commented example: autoshrink/spaces/default.yaml, the built-in space
 group_size, criterion: each a list of choices or {low, high, step}); `rules`, applied in order, later
 ones overriding earlier ones field by field, each with `match` (exact name, glob or "re:" regex)
 and/or `type` (module type names), then fields or `skip: true`; `distill` and `finetune`; `blocks`
-(transformer models): `heads`, `neurons` (fractions removed) and `criterion` choices for every
+(transformer models): `heads`, `neurons` (fractions removed), `criterion` and `refit` choices for every
 recognized transformer block, and its own `rules` (each with `match` on block names, fields or `skip`). A rule
 with `match` that matches no compressible layer is an error unless `optional: true`; a `type`-only
 rule may match nothing, but its types must be real module classes.
@@ -37,13 +37,18 @@ IDENTITY = {
     "group_size": 0,
     "criterion": "magnitude",
 }
-WORDS = {"structured": "[false, true]", "distill": "[false, true]", "codebook": "[linear, kmeans]"}
+WORDS = {
+    "structured": "[false, true]",
+    "distill": "[false, true]",
+    "refit": "[false, true]",
+    "codebook": "[linear, kmeans]",
+}
 WORDS |= {"rounding": "[nearest, gptq]", "criterion": "[magnitude, wanda, sparsegpt]"}
 WORDS |= {"block_criterion": "[magnitude, activation]"}
 _RULE_KEYS = set(FIELDS) | {"match", "type", "skip", "optional"}
 _TOP_KEYS = {"defaults", "rules", "distill", "finetune", "description", "version", "blocks"}
-BLOCK_FIELDS = ("heads", "neurons", "criterion")
-BLOCK_IDENTITY = {"heads": 0.0, "neurons": 0.0, "criterion": "magnitude"}
+BLOCK_FIELDS = ("heads", "neurons", "criterion", "refit")
+BLOCK_IDENTITY = {"heads": 0.0, "neurons": 0.0, "criterion": "magnitude", "refit": False}
 _BLOCK_RULE_KEYS = set(BLOCK_FIELDS) | {"match", "skip", "optional"}
 
 
@@ -65,7 +70,7 @@ def _text_hint(v: Any) -> str:
 
 def _valid_value(fld: str, v: Any) -> str | None:
     """Why `v` is not a valid value for `fld`, or None."""
-    if fld == "structured" or fld == "distill":
+    if fld in ("structured", "distill", "refit"):
         return None if isinstance(v, bool) else "must be true or false"
     if fld == "codebook":
         return None if v in CODEBOOKS else f"must be one of {', '.join(CODEBOOKS)}"
@@ -270,7 +275,7 @@ def _block_choice(raw: Any, fld: str, path: str, src: Source) -> Choice:
 def _parse_blocks(raw: Any, src: Source) -> BlockSpace:
     """`blocks`: {heads, neurons, criterion, rules}; every field optional (default: leave alone)."""
     if not isinstance(raw, Mapping):
-        raise src.error("blocks", f"got {raw!r}; expected a mapping with heads, neurons, criterion and rules.")
+        raise src.error("blocks", f"got {raw!r}; expected a mapping with heads, neurons, criterion, refit and rules.")
     bad = sorted(set(raw) - set(BLOCK_FIELDS) - {"rules"})
     if bad:
         raise src.error(f"blocks.{bad[0]}", f"unknown key {bad[0]!r}; allowed are {', '.join(BLOCK_FIELDS)} and rules.")

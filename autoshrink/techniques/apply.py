@@ -147,7 +147,10 @@ def structure_key(policy: Policy) -> tuple[tuple[str, float, str, float], ...]:
         for name, lp in policy.layers.items()
         if (lp.structured and lp.sparsity > 0) or lp.rank < 1.0
     ]
-    blocks = [(name, bp.heads, f"block:{bp.criterion}", bp.neurons) for name, bp in policy.active_blocks().items()]
+    blocks = [
+        (name, bp.heads, f"block:{bp.criterion}{':refit' if bp.refit else ''}", bp.neurons)
+        for name, bp in policy.active_blocks().items()
+    ]
     return tuple(sorted(layers + blocks))
 
 

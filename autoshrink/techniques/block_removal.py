@@ -5,7 +5,9 @@ criterion ("activation" on the calibration batches, or "magnitude"; transformer_
 and the lowest round(fraction * count) go -- at least one head and one neuron stay. Ranking on the
 untouched model makes the ranks of one block independent of what other blocks lose, so a search can
 keep them (`StatsCache.importance`) across candidates. The removal comes before every per-layer
-technique: those act on the smaller layers.
+technique: those act on the smaller layers. With `refit`, the out / down projections of a block that
+lost heads / neurons are then refitted by least squares to the untouched block's outputs on the
+calibration batches (block_refit.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 from ..errors import PolicyError
 from ..policy import BlockPolicy
 from .block_importance import block_importance, lowest
+from .block_refit import head_columns, refit_stats, refit_weights, set_linear
 from .calibration import Batches, StatsCache
 from .transformer_blocks import Block, find_blocks, remove_heads, remove_neurons
 
@@ -76,9 +79,14 @@ def remove_block_units(
     found = check_blocks(model, active)
     needs = [n for n, bp in active.items() if bp.calibrated]
     if needs and calibration is None:
+        what = (
+            "criterion 'activation' ranks heads and neurons"
+            if active[needs[0]].criterion == "activation"
+            else "refit fits the out and down projections"
+        )
         raise PolicyError(
-            f"blocks.{needs[0]}: criterion 'activation' ranks heads and neurons on calibration batches, and no "
-            "data was given. Fix: pass task=<your Task>, or use criterion 'magnitude'."
+            f"blocks.{needs[0]}: {what} on calibration batches, and no data was given. "
+            "Fix: pass task=<your Task>, or use criterion 'magnitude' without refit."
         )
     scores: dict[str, tuple[Tensor, Tensor]] = {}
     for criterion in sorted({bp.criterion for bp in active.values()}):
@@ -89,6 +97,7 @@ def remove_block_units(
         heads = lowest(scores[name][0], bp.heads) if bp.heads else []
         neurons = lowest(scores[name][1], bp.neurons) if bp.neurons else []
         plans[name] = (heads, neurons)
+    refits = _refits(model, found, active, plans, calibration, cache)
     report = {}
     for name, (heads, neurons) in plans.items():
         block = found[name]
@@ -98,4 +107,36 @@ def remove_block_units(
         if neurons:
             block = remove_neurons(model, block, neurons)
         report[name] = {"heads": (before[0], block.heads), "neurons": (before[1], block.neurons)}
+    for layer, (weight, bias) in refits.items():
+        set_linear(model, layer, weight, bias)
     return report
+
+
+def _refits(
+    model: nn.Module,
+    found: Mapping[str, Block],
+    active: Mapping[str, BlockPolicy],
+    plans: Mapping[str, tuple[list[int], list[int]]],
+    calibration: Batches | None,
+    cache: StatsCache | None,
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Layer name -> its refitted (weight, bias) (block_refit.py) for the out / down projections of the
+    blocks with `refit` that lose heads / neurons, computed on the model before any removal."""
+    wanted: dict[str, list[int]] = {}
+    for name, bp in active.items():
+        heads, neurons = plans[name]
+        block = found[name]
+        if bp.refit and heads:
+            wanted[block.out] = head_columns(block, heads)
+        if bp.refit and neurons:
+            gone = set(neurons)
+            wanted[block.down] = [j for j in range(block.neurons) if j not in gone]
+    if not wanted or calibration is None:
+        return {}
+    every = [layer for b in (find_blocks(model) if cache is not None else found.values()) for layer in (b.out, b.down)]
+    stats = refit_stats(model, every if cache is not None else list(wanted), calibration, cache)
+    out = {}
+    for layer, keep in wanted.items():
+        linear = model.get_submodule(layer)
+        out[layer] = refit_weights(linear.weight, linear.bias, stats[layer], keep)
+    return out

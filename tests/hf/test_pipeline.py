@@ -121,7 +121,7 @@ def test_activation_ranked_blocks_need_the_task(any_bert, task) -> None:
         ash.apply_policy(any_bert, policy)
     assert str(info.value) == (
         "blocks.bert.encoder.layer.1: criterion 'activation' ranks heads and neurons on calibration batches, and "
-        "no data was given. Fix: pass task=<your Task>, or use criterion 'magnitude'."
+        "no data was given. Fix: pass task=<your Task>, or use criterion 'magnitude' without refit."
     )
 
 
@@ -300,7 +300,7 @@ def test_the_transformer_space_starts_from_a_uniform_structural_baseline() -> No
     assert baselines[0] == ash.Policy()
     linear = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     eight = {n: ash.LayerPolicy(bits=8, rounding="gptq") for n in linear}
-    half = ash.BlockPolicy(heads=0.5, neurons=0.5, criterion="activation")
+    half = ash.BlockPolicy(heads=0.5, neurons=0.5, criterion="activation", refit=True)
     assert baselines[1].layers == baselines[2].layers
     assert {n: lp for n, lp in baselines[1].layers.items() if n in linear} == eight
     assert dict(baselines[2].blocks) == dict.fromkeys(BLOCKS, half) and not baselines[1].blocks

@@ -9,6 +9,8 @@ def test_block_labels() -> None:
     assert block_label({"heads": 0.5, "neurons": 0.25, "criterion": "activation"}) == "-50%h -25%n"
     assert block_label({"heads": 0.0, "neurons": 0.75, "criterion": "magnitude"}) == "-75%n mag"
     assert block_label({"heads": 0.0, "neurons": 0.0}) == "-"
+    assert block_label({"heads": 0.5, "neurons": 0.0, "criterion": "activation", "refit": True}) == "-50%h refit"
+    assert block_label({"heads": 0.0, "neurons": 0.0, "refit": True}) == "-"
     assert block_label(None) == "-"
 
 

@@ -305,20 +305,57 @@ def test_refine_candidates_take_the_fewest_parameters_left_in_turn_even_off_the_
     assert [t.number for t in refine_candidates(study, base, objs, 0.01, k=5, slack=0.10)] == [0, 1, 4, 2, 3]
 
 
+def test_refitted_structural_candidates_get_their_own_slack() -> None:
+    from autoshrink.measure import Measurement
+    from autoshrink.search.objectives import OBJECTIVES
+    from autoshrink.search.stages.refine import POST_TRAINING_REFIT_SLACK, refine_slack, refitted
+
+    base = Measurement(
+        accuracy=0.9, size_bytes=1000, latency_ms=10.0, macs=100, device="cpu", threads=1, batch_size=1, params=1000
+    )
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+
+    def add(acc: float, params: int, refit: bool | None) -> None:
+        blocks = {} if refit is None else {"b0": ash.BlockPolicy(heads=params / 1000, refit=refit)}
+        policy = ash.Policy(layers={"fc1": ash.LayerPolicy(bits=8)}, blocks=blocks).to_dict()
+        attrs = {"policy": policy, "measurement": {"accuracy": acc, "latency_ms": 5.0, "params": params}}
+        study.add_trial(optuna.trial.create_trial(values=[acc, 100, 5.0], user_attrs=attrs))
+
+    add(0.895, 1000, None)  # 0: the smallest and fastest
+    add(0.82, 400, True)  # 1: refitted, 8 pp down: beyond 1 + 5 pp
+    add(0.85, 600, True)  # 2: refitted, 5 pp down
+    add(0.82, 500, False)  # 3: not refitted, 8 pp down: within 1 + 10 pp
+    objs = [OBJECTIVES["accuracy"], OBJECTIVES["size"], OBJECTIVES["latency"]]
+    picks = lambda **kw: [t.number for t in refine_candidates(study, base, objs, 0.01, k=4, slack=0.10, **kw)]  # noqa: E731
+    assert picks() == [0, 1, 3, 2]  # one slack for all: the refitted 1 has the fewest parameters
+    assert picks(refit_slack=0.05) == [0, 3, 2]
+    assert (refine_slack(0, refitted=True), refine_slack(200, refitted=True)) == (POST_TRAINING_REFIT_SLACK, 0.02)
+    assert POST_TRAINING_REFIT_SLACK == 0.05
+    assert refitted({"blocks": {"a": {"heads": 0.5, "refit": True}, "b": {"heads": 0.0, "neurons": 0.0}}})
+    assert not refitted({"blocks": {"a": {"heads": 0.5, "refit": True}, "b": {"neurons": 0.25}}})
+    assert not refitted({"layers": {}})
+
+
 @pytest.mark.parametrize(
-    ("settings", "slack"),
-    [({"finetune_steps": 0}, 0.10), ({"finetune_steps": 2}, 0.02), ({"finetune_steps": 0, "refine_slack": 0.05}, 0.05)],
+    ("settings", "slack", "refit_slack"),
+    [
+        ({"finetune_steps": 0}, 0.10, 0.05),
+        ({"finetune_steps": 2}, 0.02, 0.02),
+        ({"finetune_steps": 0, "refine_slack": 0.05}, 0.05, None),
+    ],
 )
-def test_the_search_refines_within_its_slack(tiny_model, tiny_space, tmp_path, monkeypatch, settings, slack) -> None:
+def test_the_search_refines_within_its_slack(
+    tiny_model, tiny_space, tmp_path, monkeypatch, settings, slack, refit_slack
+) -> None:
     import importlib
 
     search_run = importlib.import_module("autoshrink.search.run")
     seen = []
 
     def record(study, baseline, objectives, max_drop, k, slack, **kw):
-        seen.append((k, slack))
+        seen.append((k, slack, kw["refit_slack"]))
         return []
 
     monkeypatch.setattr(search_run, "refine_candidates", record)
     run(tiny_model, tiny_space, tmp_path, n_trials=3, refine_top=2, runtime="float", **settings)
-    assert seen == [(2, slack)]
+    assert seen == [(2, slack, refit_slack)]

@@ -95,7 +95,12 @@ def test_block_params_follow_the_layer_params(tmp_path, bert) -> None:
 
 def test_a_range_of_heads_expands(tmp_path, bert) -> None:
     bound = bind(space(tmp_path, "blocks: {heads: {low: 0.0, high: 0.5, step: 0.25}}\n"), bert)
-    assert values(bound, L0) == {"heads": (0.0, 0.25, 0.5), "neurons": (0.0,), "criterion": ("magnitude",)}
+    assert values(bound, L0) == {
+        "heads": (0.0, 0.25, 0.5),
+        "neurons": (0.0,),
+        "criterion": ("magnitude",),
+        "refit": (False,),
+    }
 
 
 def test_rules_by_exact_name_glob_and_regex_override_in_order(tmp_path, bert) -> None:
@@ -117,8 +122,18 @@ def test_rules_by_exact_name_glob_and_regex_override_in_order(tmp_path, bert) ->
         ),
         bert,
     )
-    assert values(bound, L0) == {"heads": (0.0, 0.25), "neurons": (0.25,), "criterion": ("activation",)}
-    assert values(bound, L1) == {"heads": (0.0, 0.5, 0.75), "neurons": (0.0, 0.5), "criterion": ("activation",)}
+    assert values(bound, L0) == {
+        "heads": (0.0, 0.25),
+        "neurons": (0.25,),
+        "criterion": ("activation",),
+        "refit": (False,),
+    }
+    assert values(bound, L1) == {
+        "heads": (0.0, 0.5, 0.75),
+        "neurons": (0.0, 0.5),
+        "criterion": ("activation",),
+        "refit": (False,),
+    }
     assert [name for name, _ in bound.params()] == [f"{L0}.heads", f"{L1}.heads", f"{L1}.neurons"]
 
 
@@ -139,7 +154,7 @@ def test_skip_leaves_a_block_alone_and_optional_matches_nothing(tmp_path, bert) 
         ),
         bert,
     )
-    assert values(bound, L1) == {"heads": (0.0,), "neurons": (0.0,), "criterion": ("magnitude",)}
+    assert values(bound, L1) == {"heads": (0.0,), "neurons": (0.0,), "criterion": ("magnitude",), "refit": (False,)}
     assert [name for name, _ in bound.params()] == [f"{L0}.heads"]
     assert bound.policy_from_params({f"{L0}.heads": 0.5}) == ash.Policy(blocks={L0: BlockPolicy(heads=0.5)})
 
@@ -162,8 +177,13 @@ def test_a_rule_after_skip_restarts_from_the_block_defaults(tmp_path, bert) -> N
         ),
         bert,
     )
-    assert values(bound, L0) == {"heads": (0.0,), "neurons": (0.0,), "criterion": ("magnitude",)}
-    assert values(bound, L1) == {"heads": (0.0, 0.5), "neurons": (0.0, 0.5), "criterion": ("activation",)}
+    assert values(bound, L0) == {"heads": (0.0,), "neurons": (0.0,), "criterion": ("magnitude",), "refit": (False,)}
+    assert values(bound, L1) == {
+        "heads": (0.0, 0.5),
+        "neurons": (0.0, 0.5),
+        "criterion": ("activation",),
+        "refit": (False,),
+    }
 
 
 def test_the_builtin_transformer_space_binds_to_bert(bert) -> None:
@@ -172,6 +192,7 @@ def test_the_builtin_transformer_space_binds_to_bert(bert) -> None:
         "heads": (0.0, 0.25, 0.5),
         "neurons": (0.0, 0.25, 0.5, 0.75),
         "criterion": ("activation",),
+        "refit": (True,),
     }
     assert list(bound.layers) == ["bert.embeddings.word_embeddings", *LINEARS]
     assert bound.layers["bert.embeddings.word_embeddings"]["bits"].values == (32, 8, 4)
@@ -227,12 +248,13 @@ def test_a_rule_naming_a_layer_inside_a_block_matches_no_block(tmp_path, bert) -
         ("blocks:\n  heads: [0.5, 0.5]\n", "space.yaml:2: blocks.heads: got [0.5, 0.5]; the choices repeat a value."),
         (
             "blocks:\n  fraction: [0.5]\n",
-            "space.yaml:2: blocks.fraction: unknown key 'fraction'; allowed are heads, neurons, criterion and rules.",
+            "space.yaml:2: blocks.fraction: unknown key 'fraction'; allowed are heads, neurons, criterion, refit "
+            "and rules.",
         ),
         (
             "blocks:\n  rules:\n    - match: x\n      type: Linear\n",
             "space.yaml:4: blocks.rules[0].type: unknown key 'type'; allowed are criterion, heads, match, neurons, "
-            "optional, skip.",
+            "optional, refit, skip.",
         ),
         (
             "blocks:\n  rules:\n    - heads: [0.5]\n",
@@ -244,7 +266,7 @@ def test_a_rule_naming_a_layer_inside_a_block_matches_no_block(tmp_path, bert) -
         ),
         (
             "blocks: [0.5]\n",
-            "space.yaml:1: blocks: got [0.5]; expected a mapping with heads, neurons, criterion and rules.",
+            "space.yaml:1: blocks: got [0.5]; expected a mapping with heads, neurons, criterion, refit and rules.",
         ),
     ],
 )
@@ -416,7 +438,7 @@ def test_bad_block_policies_name_the_field_and_the_fix(kwargs, message) -> None:
 def test_policy_from_dict_refuses_unknown_block_keys_and_non_mappings() -> None:
     with pytest.raises(PolicyError) as info:
         ash.Policy.from_dict({"layers": {}, "blocks": {L0: {"heads": 0.5, "fraction": 1}}})
-    assert str(info.value) == f"blocks.{L0}: unknown key(s) 'fraction'; allowed are heads, neurons, criterion."
+    assert str(info.value) == f"blocks.{L0}: unknown key(s) 'fraction'; allowed are heads, neurons, criterion, refit."
     with pytest.raises(PolicyError) as info:
         ash.Policy.from_dict({"layers": {}, "blocks": [0.5]})
     assert str(info.value) == "policy.blocks: got [0.5]; expected a mapping of block name -> block policy."
