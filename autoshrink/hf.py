@@ -58,6 +58,7 @@ def text_task(
     train: Split,
     eval: Split,  # noqa: A002 - the split's name, as everywhere in autoshrink
     test: Split | None = None,
+    unlabeled: Sequence[str] | None = None,
     max_length: int = 128,
     deploy_length: int | None = None,
     batch_size: int = 32,
@@ -68,7 +69,8 @@ def text_task(
     tokens. `example_input` -- what latency is timed on -- is the first `deploy_batch` texts of `eval`
     padded to `deploy_length` tokens (default `max_length`): the deployment's shape, which may be longer
     than the texts need. `train` fine-tunes and calibrates, `eval` is the selection split, `test` (held
-    out) is read only to report the final front and the picks. Labels are integer class ids."""
+    out) is read only to report the final front and the picks, `unlabeled` (texts without labels) only by
+    a fine-tune that distils (Task.unlabeled_data). Labels are integer class ids."""
     for name, value in (("max_length", max_length), ("deploy_length", deploy_length or max_length)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise TaskError(f"hf.text_task: {name}={describe(value)}; give a positive number of tokens, e.g. 128.")
@@ -82,6 +84,11 @@ def text_task(
     train_x, train_y = _encode(tokenizer, train, "train", max_length)
     eval_x, eval_y = _encode(tokenizer, eval, "eval", max_length)
     test_data = None if test is None else _encode(tokenizer, test, "test", max_length)
+    if unlabeled is not None and (isinstance(unlabeled, str) or not isinstance(unlabeled, Sequence)):
+        raise TaskError(f"hf.text_task: unlabeled={describe(unlabeled)}; give a sequence of texts, or None.")
+    extra = (
+        None if unlabeled is None else _encode(tokenizer, (unlabeled, [0] * len(unlabeled)), "unlabeled", max_length)
+    )
     if deploy_batch > len(eval_y):
         raise TaskError(f"hf.text_task: deploy_batch {deploy_batch} is more than the {len(eval_y)} eval texts.")
     if deploy_length is None or deploy_length == max_length:
@@ -92,6 +99,7 @@ def text_task(
         train_data=(train_x, train_y),
         eval_data=(eval_x, eval_y),
         test_data=test_data,
+        unlabeled_data=None if extra is None else extra[0],
         example_input=example,
         batch_size=batch_size,
         device=device,

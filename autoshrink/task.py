@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from .errors import TaskError, describe, finite_number
 from .inputs import batch_len, check_inputs, take
 from .split import split as split_data
-from .task_data import as_dataset, in_memory
+from .task_data import as_dataset, as_inputs, in_memory
 from .task_data import subset as subset
 
 MetricFn = Callable[[nn.Module, DataLoader, torch.device], float]
@@ -57,7 +57,13 @@ class Task:
     on every fine-tuning batch on the training device (never on eval_data, never on the batches
     that re-estimate BatchNorm statistics). It should draw its randomness from torch's global
     generator (the fine-tune seeds it, so runs replay); it travels to Ray workers by pickling, and
-    its name (`transform_name`) is recorded in studies and recipes.
+    its name (`transform_name`) is recorded in studies and recipes. unlabeled_data (optional): more
+    model inputs of the task's kind without labels (task_data.as_inputs: a tensor, a mapping of named
+    tensors, a `datasets.Dataset` or a list of dicts), read only by a fine-tune that distils from a
+    teacher (the refine, `finetune(teacher=...)`): its batches come between train_data's, in proportion
+    to their sizes, and their loss is the distillation term alone (the teacher's outputs are the
+    targets). Never read to calibrate, select or report. Its example count is recorded in studies and
+    recipes.
     """
 
     train_data: Any
@@ -70,6 +76,7 @@ class Task:
     train_transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
     test_data: Any = None
     holdout: float | None = None
+    unlabeled_data: Any = None
     split: dict[str, Any] | None = field(default=None, init=False, compare=False)  # see split_record()
 
     def __post_init__(self) -> None:
@@ -100,6 +107,8 @@ class Task:
                 raise TaskError("Task.test_data: the dataset is empty; give at least one example, or None.")
             record = {"holdout": None, "selection": len(self.eval_data), "held_out": len(self.test_data)}
             object.__setattr__(self, "split", record)
+        if self.unlabeled_data is not None:
+            object.__setattr__(self, "unlabeled_data", as_inputs(self.unlabeled_data, "unlabeled_data"))
         check_inputs(self.example_input, "Task.example_input")
         if isinstance(self.metric, str) and self.metric not in METRICS:
             raise TaskError(
@@ -162,6 +171,11 @@ class Task:
                 "drop holdout, or build the task without test_data."
             )
         return replace(self, holdout=share)
+
+    @property
+    def unlabeled_count(self) -> int | None:
+        """How many unlabeled inputs distillation may read (None: none given); studies and recipes record it."""
+        return None if self.unlabeled_data is None else len(self.unlabeled_data)
 
     def split_record(self) -> dict[str, Any] | None:
         """What studies and recipes record of the held-out split: its share (None: given as test_data),

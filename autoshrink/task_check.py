@@ -1,8 +1,8 @@
 """The task checked once against the model, before anything runs or is written: the example input
 runs, a first batch of the training and selection splits runs through the model and the loss, its
 inputs match the example input's dtype, and (accuracy metric) its labels are class ids the model's
-outputs can index. The held-out split is not read (a search reads it only in its last stage); held as
-tensors, its dtype and labels are checked. Every
+outputs can index; unlabeled inputs, where given, run as well. The held-out split is not read (a
+search reads it only in its last stage); held as tensors, its dtype and labels are checked. Every
 failure is one TaskError naming the field, what was found and the fix -- not a torch error from deep
 inside a fine-tune or a measurement."""
 
@@ -34,6 +34,8 @@ def check_task(model: nn.Module, task: Task) -> None:
             classes = out.shape[1] if task.metric == "accuracy" and isinstance(out, Tensor) and out.dim() == 2 else None
             for field in ("train_data", "eval_data"):
                 _split(model, task, field, getattr(task, field), device, classes)
+            if task.unlabeled_data is not None:  # inputs only: no labels, no loss
+                _split(model, task, "unlabeled_data", task.unlabeled_data, device, None, labelled=False)
             if task.test_data is not None:
                 _held_out(model, task, classes)
     finally:
@@ -89,7 +91,15 @@ def _dtype_hint(model: nn.Module, x: Any) -> str:
     return ""
 
 
-def _split(model: nn.Module, task: Task, field: str, data: Any, device: torch.device, classes: int | None) -> None:
+def _split(
+    model: nn.Module,
+    task: Task,
+    field: str,
+    data: Any,
+    device: torch.device,
+    classes: int | None,
+    labelled: bool = True,
+) -> None:
     try:
         x, y = next(iterate_batches(data, min(task.batch_size, CHECK_BATCH)))
     except StopIteration:
@@ -113,6 +123,8 @@ def _split(model: nn.Module, task: Task, field: str, data: Any, device: torch.de
             f"Task.{field}: the model cannot run its first batch ({_shown(x)}; example_input {_shown(example)}): "
             f"{_said(exc)}. Fix: give inputs shaped as example_input, batch first."
         ) from None
+    if not labelled:
+        return
     if classes is not None:
         _labels(field, data, y, classes)
     if not isinstance(y, Tensor):

@@ -9,7 +9,8 @@ Which columns of a `datasets.Dataset` or dict rows are model inputs: every colum
 whose values are numbers or (nested) lists of numbers of one length (input_ids, attention_mask,
 token_type_ids, pixel_values); text and other columns are left out, and so is a column of single
 numbers other than the label (e.g. GLUE's `idx`). Sequences must be padded to one length
-(tokenizer(..., padding="max_length", truncation=True, max_length=N)).
+(tokenizer(..., padding="max_length", truncation=True, max_length=N)). Inputs without labels
+(Task.unlabeled_data, `as_inputs`) take the same forms without a label, or X alone.
 """
 
 from __future__ import annotations
@@ -99,15 +100,17 @@ def _ragged(name: str, field: str) -> TaskError:
     )
 
 
-def _from_columns(columns: Mapping[str, Sequence[Any]], field: str) -> MappingDataset:
+def _from_columns(columns: Mapping[str, Sequence[Any]], field: str, labelled: bool = True) -> MappingDataset:
     label = next((k for k in LABEL_KEYS if k in columns), None)
-    if label is None:
+    if not labelled:
+        label = None
+    elif label is None:
         raise TaskError(
             f"Task.{field}: the examples have no 'label' (or 'labels') entry; found {sorted(columns)}. Fix: "
             "name the target column 'label' (dataset.rename_column(old, 'label'))."
         )
-    labels = _column(columns[label], label, field)
-    if labels is None:
+    labels = _column(columns[label], label, field) if label is not None else None
+    if labels is None and label is not None:
         raise TaskError(f"Task.{field}: the '{label}' entries are not numbers; give class ids (or regression targets).")
     inputs = {}
     for name, values in columns.items():
@@ -121,10 +124,17 @@ def _from_columns(columns: Mapping[str, Sequence[Any]], field: str) -> MappingDa
             f"Task.{field}: no column holds model inputs (found {sorted(columns)}); tokenize the texts first, "
             "e.g. dataset.map(lambda b: tokenizer(b['text'], padding='max_length', truncation=True), batched=True)."
         )
+    if labels is None:
+        labels = _no_labels(batch_len(inputs))
     return MappingDataset(inputs, labels)
 
 
-def _from_rows(rows: Sequence[Any], field: str) -> MappingDataset:
+def _no_labels(n: int) -> Tensor:
+    """The targets of unlabeled inputs: never read (a distillation term needs none), -1 so none is a class."""
+    return torch.full((n,), -1, dtype=torch.long)
+
+
+def _from_rows(rows: Sequence[Any], field: str, labelled: bool = True) -> MappingDataset:
     keys = list(rows[0])
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping) or set(row) != set(keys):
@@ -132,7 +142,36 @@ def _from_rows(rows: Sequence[Any], field: str) -> MappingDataset:
                 f"Task.{field}[{i}]: got {describe(row)}; every example of a list must be a dict with the "
                 f"same keys as the first ({keys})."
             )
-    return _from_columns({k: [row[k] for row in rows] for k in keys}, field)
+    return _from_columns({k: [row[k] for row in rows] for k in keys}, field, labelled)
+
+
+def as_inputs(data: Any, field: str) -> Dataset:
+    """Model inputs without labels (Task.unlabeled_data) as a Dataset of (input, -1) pairs: a tensor or a
+    mapping of named tensors (a tokenizer's output), a Hugging Face `datasets.Dataset` or a list of dicts
+    (a label column, if any, is ignored), or a torch Dataset of (input, target) pairs (targets ignored)."""
+    if isinstance(data, Tensor):
+        if data.dim() == 0 or data.shape[0] == 0:
+            raise TaskError(f"Task.{field}: got a tensor of shape {tuple(data.shape)}; give at least one example.")
+        return TensorDataset(data, _no_labels(data.shape[0]))
+    if isinstance(data, Mapping):
+        check_inputs(data, f"Task.{field}")
+        if batch_len(data) == 0:
+            raise TaskError(f"Task.{field}: the inputs hold no example; give at least one.")
+        return MappingDataset(dict(data), _no_labels(batch_len(data)))
+    if _is_hf_dataset(data):
+        if len(data) == 0:
+            raise TaskError(f"Task.{field}: the dataset is empty; give at least one example.")
+        return _from_columns(data.to_dict(), field, labelled=False)
+    if isinstance(data, list) and data and isinstance(data[0], Mapping):
+        return _from_rows(data, field, labelled=False)
+    if isinstance(data, Dataset):
+        if len(data) == 0:  # type: ignore[arg-type]
+            raise TaskError(f"Task.{field}: the dataset is empty; give at least one example.")
+        return data
+    raise TaskError(
+        f"Task.{field}: got {describe(data)}; expected model inputs without labels: a tensor, a mapping of named "
+        "tensors (a tokenizer's output), a Hugging Face datasets.Dataset or a list of dicts."
+    )
 
 
 def as_dataset(data: Any, field: str) -> Dataset:

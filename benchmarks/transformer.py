@@ -39,7 +39,10 @@ Fixed before the runs (issue 26):
 - seeds 0, 1, 2 (the search's seed), medians, wall time of each run.
 
 Usage: make bench-deps; .venv/bin/python benchmarks/transformer.py [--seeds 0 1 2] [--budget 2400]
-       [--out OUT.json] [--keep DIR]
+       [--out OUT.json] [--keep DIR] [--unlabeled]
+--unlabeled: the task also holds snippets 5500.. (7,308) without their labels (Task.unlabeled_data), which
+the refine distils on between the 3,000 labelled ones; the reference stays the one fine-tuned on those
+3,000 (it cannot use texts without labels), and no split reads them.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from autoshrink.measure.paired import paired
 THREADS = 2
 MAX_DROP = 0.01
 FT, EVAL, TEST = (0, 3000), (3000, 3500), (3500, 5500)
+UNLABELED = 5500  # --unlabeled: the snippets from here on, without their labels
 
 
 def _data():
@@ -71,6 +75,13 @@ def _data():
     texts, labels = snippets()
     part = lambda a, b: (list(texts[a:b]), list(labels[a:b]))  # noqa: E731
     return model_dir(), part(*FT), part(*EVAL), part(*TEST)
+
+
+def unlabeled_texts() -> list[str]:
+    """The snippets no split uses (5500..), labels dropped: --unlabeled distils on them."""
+    from autoshrink.zoo.minilm import snippets
+
+    return list(snippets()[0][UNLABELED:])
 
 
 def reference_model():
@@ -162,7 +173,7 @@ def packed_bytes(model, tmp: Path, name: str) -> int:
     return path.stat().st_size
 
 
-def run(seed: int, budget: float, tmp: Path, refine_steps: int | None = None) -> dict:
+def run(seed: int, budget: float, tmp: Path, refine_steps: int | None = None, unlabeled: bool = False) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoTokenizer
 
@@ -171,7 +182,10 @@ def run(seed: int, budget: float, tmp: Path, refine_steps: int | None = None) ->
     path, train, evals, test = _data()
     # --- the user's code: a Hugging Face model as it is, a task from a tokenizer, the default search ---
     tok = AutoTokenizer.from_pretrained(path)
-    task = ash.hf.text_task(tok, train=train, eval=evals, test=test, max_length=64, deploy_length=128, device="cpu")
+    extra = unlabeled_texts() if unlabeled else None  # --unlabeled: more texts for the refine to distil on
+    task = ash.hf.text_task(
+        tok, train=train, eval=evals, test=test, unlabeled=extra, max_length=64, deploy_length=128, device="cpu"
+    )
     t0 = time.perf_counter()
     result = ash.search(
         model, task, "transformer", n_trials=None, timeout=budget, refine_top=4, seed=seed,
@@ -215,8 +229,8 @@ def run(seed: int, budget: float, tmp: Path, refine_steps: int | None = None) ->
     for label, trial in list(picks.items()) + [("most_removed", None)]:
         if trial is None:
             best, trial = -1.0, None
-            for t in removed:  # how many go does not depend on which: rank by magnitude, no calibration
-                blocks = {n: replace(bp, criterion="magnitude") for n, bp in removed[t].blocks.items()}
+            for t in removed:  # how many go does not depend on which: rank by magnitude, no calibration, no refit
+                blocks = {n: replace(bp, criterion="magnitude", refit=False) for n, bp in removed[t].blocks.items()}
                 small = ash.apply_policy(model, ash.Policy(blocks=blocks))
                 share = 1 - encoder_params(small) / encoder_params(model)
                 if share > best:
@@ -267,6 +281,7 @@ def run(seed: int, budget: float, tmp: Path, refine_steps: int | None = None) ->
         }
     return {
         "seed": seed,
+        "unlabeled": task.unlabeled_count,
         "search_s": search_s,
         "timing": {k: v for k, v in result.timing.items() if k in ("sensitivity_s", "held_out_s", "cost")},
         "wall_s": time.perf_counter() - t0,
@@ -317,12 +332,15 @@ def main() -> None:
     ap.add_argument("--out", help="write every run as JSON here")
     ap.add_argument("--keep", help="copy each seed's study (SQLite) into this folder, to read its trials later")
     ap.add_argument("--refine-steps", type=int, help="smoke runs only (default: the search's, 200)")
+    ap.add_argument(
+        "--unlabeled", action="store_true", help="give the task snippets 5500.. without labels (Task.unlabeled_data)"
+    )
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     runs = []
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
-            runs.append(run(seed, args.budget, Path(tmp), args.refine_steps))
+            runs.append(run(seed, args.budget, Path(tmp), args.refine_steps, args.unlabeled))
             if args.keep:
                 Path(args.keep).mkdir(parents=True, exist_ok=True)
                 keep_study(Path(tmp) / f"minilm-{seed}.db", Path(args.keep) / f"minilm-{seed}.db")

@@ -59,6 +59,20 @@ def test_an_empty_example_input_is_refused_when_the_task_is_built() -> None:
     )
 
 
+def test_unlabeled_inputs_run_through_the_model_and_a_wrong_shape_is_one_clear_error() -> None:
+    model = Net()
+    check_task(model, _task(unlabeled_data=torch.rand(30, 1, 8, 8)))
+    assert model.calls == [3, CHECK_BATCH, CHECK_BATCH, CHECK_BATCH]  # example, train, eval, unlabeled
+    with pytest.raises(ash.TaskError) as caught:
+        check_task(Net(), _task(unlabeled_data=torch.rand(30, 1, 6, 6)))
+    assert str(caught.value).startswith("Task.unlabeled_data: the model cannot run its first batch")
+    with pytest.raises(ash.TaskError) as caught:
+        check_task(Net(), _task(unlabeled_data=torch.rand(30, 1, 8, 8).double()))
+    assert str(caught.value).startswith(
+        "Task.unlabeled_data: inputs are torch.float64 but example_input is torch.float32"
+    )
+
+
 class Counting(torch.utils.data.Dataset):
     def __init__(self) -> None:
         self.reads = 0

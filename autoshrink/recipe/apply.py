@@ -129,6 +129,15 @@ def apply_recipe_with_report(
             CompressionWarning,
             stacklevel=3,
         )
+    distils = policy.distill and (recipe.finetune.alpha > 0 or recipe.finetune.hidden > 0)
+    if task is not None and recipe.finetune.steps and distils and task.unlabeled_count != recipe.unlabeled:
+        warnings.warn(
+            f"{_where(recipe)} was fine-tuned distilling on {recipe.unlabeled or 0} unlabeled inputs but the task "
+            f"has {task.unlabeled_count or 0}: the replayed fine-tune will not reproduce the recorded weights. "
+            "Fix: give the task the same unlabeled_data.",
+            CompressionWarning,
+            stacklevel=3,
+        )
     x = task.example_input if task is not None else recipe.example_input.zeros()
     small, applied = compress(target, policy, task=task, finetune_config=recipe.finetune, example_input=x)
     set_deploy_runtime(small, recipe.measure_runtime)

@@ -2,7 +2,8 @@
 
 Fields (format autoshrink-recipe/2): autoshrink_version, torch_version; source {study, storage, trial};
 seed (== finetune.seed); device; example_input {shape, dtype}; metrics / baseline; finetune
-(FinetuneConfig); train_transform (augmentation name or null); policy; model {class, sha256, layers}
+(FinetuneConfig); train_transform (augmentation name or null); unlabeled (written only where the fine-tune
+distilled on Task.unlabeled_data: its example count); policy; model {class, sha256, layers}
 (the fingerprint); checksum (sha256 of the canonical content; delete the line to accept hand edits).
 Loading uses yaml.safe_load only and validates every field; errors name the file, line, field and value.
 Format 1 files (autoshrink 0.1) still load and replay as then (oneshot, bn_batches 0, no augmentation).
@@ -60,6 +61,7 @@ class Recipe:
     baseline: Measurement
     source: Origin
     train_transform: str | None = None
+    unlabeled: int | None = None
     autoshrink_version: str = __version__
     torch_version: str = torch.__version__
     path: str = field(default="", compare=False, repr=False)
@@ -102,6 +104,7 @@ class Recipe:
             "baseline": metric_record(self.baseline),
             "finetune": self.finetune.to_dict(),
             "train_transform": self.train_transform,
+            **({"unlabeled": self.unlabeled} if self.unlabeled is not None else {}),
             "policy": self.policy.to_dict(),
             "model": self.model.to_dict(),
         }
@@ -168,6 +171,7 @@ def recipe_from_search(
     example_input: Mapping[str, Any],
     train_transform: str | None = None,
     produced_by: Mapping[str, str] | None = None,
+    unlabeled: int | None = None,
 ) -> Recipe:
     """A Recipe from a study's stored records (plain dicts: no model needed). A password in the
     storage URL is masked."""
@@ -185,6 +189,7 @@ def recipe_from_search(
         "baseline": metric_record(baseline),
         "finetune": {**FINETUNE_V1, **dict(finetune)},
         "train_transform": train_transform,
+        **({"unlabeled": unlabeled} if unlabeled is not None else {}),
         "policy": dict(policy),
         "model": dict(fingerprint),
     }

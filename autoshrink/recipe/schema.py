@@ -42,6 +42,7 @@ KEYS = (
     "model",
 )
 KEYS_V1 = tuple(k for k in KEYS if k != "train_transform")
+OPTIONAL_KEYS = ("unlabeled",)  # written only where used: how many unlabeled inputs the fine-tune distilled on
 # what a format-1 fine-tune did (its settings lack these keys)
 FINETUNE_V1 = {"schedule": "oneshot", "ramp": 0.5, "ramp_updates": 10, "bn_batches": 0}
 METRIC_KEYS = ("accuracy", "size_bytes", "latency_ms", "macs", "runtime", "batch_size", "threads")
@@ -273,10 +274,13 @@ def parse_fields(data: Any, src: Source) -> dict[str, Any]:
     c = _Checker(src)
     _check_checksum(data, c)
     keys = KEYS if version == 2 else KEYS_V1
-    c.mapping(data, "<root>", keys + ("checksum",), keys)
+    c.mapping(data, "<root>", keys + ("checksum", *OPTIONAL_KEYS), keys)
     transform = data.get("train_transform")
     if transform is not None:
         c.text(transform, "train_transform")
+    unlabeled = data.get("unlabeled")
+    if unlabeled is not None:
+        unlabeled = c.integer(unlabeled, "unlabeled", low=1)
     device = c.text(data["device"], "device")
     source = c.mapping(data["source"], "source", ("study", "storage", "trial"), ("study", "storage", "trial"))
     fp = _fingerprint(c, data["model"])
@@ -285,6 +289,7 @@ def parse_fields(data: Any, src: Source) -> dict[str, Any]:
         policy=_policy(c, data["policy"], fp),
         finetune=_finetune(c, data["finetune"], data["seed"], version),
         train_transform=transform,
+        unlabeled=unlabeled,
         example_input=_example_input(c, data["example_input"]),
         metrics=_metrics(c, data["metrics"], "metrics", device),
         baseline=_metrics(c, data["baseline"], "baseline", device),

@@ -209,6 +209,7 @@ class SearchResult:
             fingerprint=attrs[StudyAttr.FINGERPRINT],
             example_input=attrs[StudyAttr.EXAMPLE_INPUT],
             train_transform=attrs.get(StudyAttr.TRAIN_TRANSFORM),
+            unlabeled=attrs.get(StudyAttr.UNLABELED),
             produced_by=attrs.get(StudyAttr.VERSIONS),
         )
 

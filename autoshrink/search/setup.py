@@ -86,6 +86,8 @@ def _signature(
     }
     if task.split_record() is not None:  # only then: a study written before held-out splits still resumes
         out["split"] = task.split_record()
+    if task.unlabeled_count is not None:  # likewise
+        out["unlabeled"] = task.unlabeled_count
     return out
 
 
@@ -112,6 +114,8 @@ def setup(
         study.set_user_attr(StudyAttr.FINGERPRINT, fingerprint(model).to_dict())
         study.set_user_attr(StudyAttr.EXAMPLE_INPUT, InputSpec.of(task.example_input).to_dict())
         study.set_user_attr(StudyAttr.TRAIN_TRANSFORM, task.transform_name)
+        if task.unlabeled_count is not None:
+            study.set_user_attr(StudyAttr.UNLABELED, task.unlabeled_count)
         if task.split_record() is not None:
             study.set_user_attr(StudyAttr.SPLIT, task.split_record())
         study.set_user_attr(StudyAttr.VERSIONS, versions())

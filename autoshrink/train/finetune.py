@@ -31,6 +31,28 @@ def _endless(task: Task, generator: torch.Generator) -> Iterator[tuple[Tensor, T
             raise TaskError("Task.train_data is empty; fine-tuning needs at least one example (or use steps=0).")
 
 
+def _batches(task: Task, generator: torch.Generator, distilling: bool) -> Iterator[tuple[Any, Tensor, bool]]:
+    """Endless (inputs, targets, labelled) training batches: train_data's, and where a teacher distils and
+    the task has unlabeled_data, its batches between them in proportion to the sizes (each pass over both
+    in an order `generator` draws)."""
+    if not distilling or task.unlabeled_data is None:
+        for x, y in _endless(task, generator):
+            yield x, y, True
+        return
+    size = task.batch_size
+    while True:
+        n_labelled = -(-len(task.train_data) // size)  # type: ignore[arg-type]
+        if n_labelled == 0:
+            raise TaskError("Task.train_data is empty; fine-tuning needs at least one example (or use steps=0).")
+        n_unlabeled = -(-len(task.unlabeled_data) // size)  # type: ignore[arg-type]
+        order = (torch.randperm(n_labelled + n_unlabeled, generator=generator) < n_labelled).tolist()
+        labelled = iterate_batches(task.train_data, size, shuffle=True, generator=generator)
+        unlabeled = iterate_batches(task.unlabeled_data, size, shuffle=True, generator=generator)
+        for is_labelled in order:
+            x, y = next(labelled if is_labelled else unlabeled)
+            yield x, y, is_labelled
+
+
 def _optimizer(cfg: FinetuneConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
@@ -115,7 +137,8 @@ def finetune(
     distillation (alpha = 1: distillation only). `schedule="gradual"` starts from the dense weights
     and ramps every mask to the zero count it has now (see FinetuneConfig); channels that
     `apply_policy` already removed stay removed (search, `evaluate` and `apply_recipe` ramp those
-    too). The task's `train_transform` augments every batch. Other settings (lr, optimizer,
+    too). The task's `train_transform` augments every batch. With a teacher, the task's unlabeled_data
+    adds batches whose loss is the distillation term alone (Task says how). Other settings (lr, optimizer,
     weight_decay, alpha, temperature, ramp, ramp_updates) as in FinetuneConfig.
     """
     require_model_and_task(model, task, "finetune")
@@ -148,9 +171,9 @@ def run_finetune(
         pruning.update(model, 0)  # the dense start (or one-shot at step 0 when ramp = 0)
     opt = _optimizer(cfg, _trainable(model))
     loss_fn = task.loss_fn()
-    batches = _endless(task, generator)
     model.train()
     blocks = _hidden_blocks(model, teacher, cfg)
+    batches = _batches(task, generator, distilling=teacher is not None and (cfg.alpha > 0 or bool(blocks)))
     with (
         _frozen_teacher(teacher, device) as t_model,
         block_outputs(model, blocks) as s_hidden,
@@ -164,13 +187,15 @@ def run_finetune(
                     model.train()
                 for group in opt.param_groups:  # cosine decay (what LambdaLR computes: base lr * factor)
                     group["lr"] = cfg.lr * (0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
-                x, y = next(batches)
+                x, y, labelled = next(batches)
                 x, y = apply_transform(task, to_device(x, device), y.to(device))
                 out = forward(model, x, "finetune")
                 if t_model is not None and (cfg.alpha > 0 or blocks):
                     with torch.no_grad():
                         t_out = forward(t_model, x, "finetune (teacher)")
-                if t_model is not None and cfg.alpha > 0:
+                if not labelled:  # unlabeled_data: the teacher's outputs are the only targets
+                    loss = kd_term(out, t_out, cfg.temperature) if cfg.alpha > 0 else out.new_zeros(())
+                elif t_model is not None and cfg.alpha > 0:
                     if cfg.alpha == 1.0:  # distillation only: no label term at all
                         loss = kd_term(out, t_out, cfg.temperature)
                     else:

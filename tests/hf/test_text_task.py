@@ -43,6 +43,15 @@ def test_splits_are_padded_tokens_with_labels(tokenizer) -> None:
     assert task.deploy_batch == 1
 
 
+def test_unlabeled_texts_become_unlabeled_inputs(tokenizer) -> None:
+    task = ash.hf.text_task(
+        tokenizer, train=(["good"], [1]), eval=(["bad"], [0]), unlabeled=["very bad plot", "film"], max_length=6
+    )
+    assert task.unlabeled_count == 2 and task.unlabeled_data.labels.tolist() == [-1, -1]
+    assert task.unlabeled_data.inputs["input_ids"].tolist() == [[2, 9, 6, 8, 3, 0], [2, 7, 3, 0, 0, 0]]
+    assert ash.hf.text_task(tokenizer, train=(["good"], [1]), eval=(["bad"], [0])).unlabeled_data is None
+
+
 def test_deploy_length_pads_only_the_example_input(tokenizer) -> None:
     task = ash.hf.text_task(
         tokenizer,
@@ -69,6 +78,11 @@ def test_deploy_length_pads_only_the_example_input(tokenizer) -> None:
         (dict(train=(["good"], [1]), max_length=0), "max_length=0; give a positive number of tokens"),
         (dict(train=(["good"], [1]), deploy_batch=3), "deploy_batch 3 is more than the 1 eval texts"),
         (dict(train=["good"]), "train=['good']; give a (texts, labels) pair"),
+        (
+            dict(train=(["good"], [1]), unlabeled="good film"),
+            "unlabeled='good film'; give a sequence of texts, or None",
+        ),
+        (dict(train=(["good"], [1]), unlabeled=[]), "unlabeled has no texts; give at least one"),
     ],
 )
 def test_bad_input_is_one_clear_error(tokenizer, kwargs, message) -> None:

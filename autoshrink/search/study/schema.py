@@ -18,6 +18,7 @@ class StudyAttr:
     FINGERPRINT = "fingerprint"
     EXAMPLE_INPUT = "example_input"
     TRAIN_TRANSFORM = "train_transform"
+    UNLABELED = "unlabeled"  # how many unlabeled inputs distillation read (Task.unlabeled_data); absent: none
     VERSIONS = "versions"
     RUNTIME = "runtime"  # the runtime decision: {"runtime": ..., timings}
     MAX_ACCURACY_DROP = "max_accuracy_drop"  # per run
