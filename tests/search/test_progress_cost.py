@@ -7,6 +7,7 @@ import math
 import os
 import pty
 import select
+import statistics
 import struct
 import subprocess
 import sys
@@ -73,10 +74,17 @@ def test_every_evaluation_records_where_its_seconds_went(run) -> None:
     df = result.trials
     done = df[df["state"] == "COMPLETE"]
     assert len(done) >= 6
+    covered = []
     for r in done.itertuples():
         split = [getattr(r, c) for c in COLUMNS]
         assert all(s >= 0 for s in split)
-        assert 0.9 * r.eval_s <= sum(split) <= r.eval_s + 1e-3  # the stages cover the evaluation
+        assert sum(split) <= r.eval_s + 1e-3  # the stages are timed inside the evaluation's clock
+        covered.append(sum(split) / r.eval_s)
+    # the stages cover the evaluation: judged on the median row, since one evaluation of ~20 ms can lose a
+    # few ms between stages to a busy machine (a preempted or garbage-collecting worker), while a stage
+    # missing from the split lowers every row
+    assert statistics.median(covered) >= 0.9, covered
+    for r in done.itertuples():
         assert r.apply_s > 0 and r.pack_s > 0 and r.evaluate_s > 0 and r.latency_s > 0
         assert (r.finetune_s > 0) == (r.finetune_steps > 0 and r.compression > 1)
     rows = result.study.user_attrs["sensitivity"]["rows"]
