@@ -52,8 +52,6 @@ finetune_module = importlib.import_module("autoshrink.train.finetune")  # the pa
 class MaskRamp:
     """Masks of heads and neurons (1 = kept) on the cubic ramp; the fine-tune calls update(model, step)."""
 
-    active = True
-
     def __init__(self, model, cfg, fractions: tuple[float, float], calibration) -> None:
         self.blocks = {b.name: b for b in find_blocks(model)}
         self.schedule = dict(update_schedule(cfg.steps, cfg.ramp, cfg.ramp_updates))

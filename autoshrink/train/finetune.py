@@ -20,6 +20,8 @@ from .distill import distillation_loss, kd_term
 from .gradual import GradualPruning, StructuredPlan
 from .hidden import block_outputs, hidden_term
 
+EMPTY_TRAIN = "Task.train_data is empty; fine-tuning needs at least one example (or use steps=0)."
+
 
 def _endless(task: Task, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
     while True:
@@ -28,7 +30,7 @@ def _endless(task: Task, generator: torch.Generator) -> Iterator[tuple[Tensor, T
             empty = False
             yield batch
         if empty:
-            raise TaskError("Task.train_data is empty; fine-tuning needs at least one example (or use steps=0).")
+            raise TaskError(EMPTY_TRAIN)
 
 
 def _batches(task: Task, generator: torch.Generator, distilling: bool) -> Iterator[tuple[Any, Tensor, bool]]:
@@ -43,7 +45,7 @@ def _batches(task: Task, generator: torch.Generator, distilling: bool) -> Iterat
     while True:
         n_labelled = -(-len(task.train_data) // size)  # type: ignore[arg-type]
         if n_labelled == 0:
-            raise TaskError("Task.train_data is empty; fine-tuning needs at least one example (or use steps=0).")
+            raise TaskError(EMPTY_TRAIN)
         n_unlabeled = -(-len(task.unlabeled_data) // size)  # type: ignore[arg-type]
         order = (torch.randperm(n_labelled + n_unlabeled, generator=generator) < n_labelled).tolist()
         labelled = iterate_batches(task.train_data, size, shuffle=True, generator=generator)
