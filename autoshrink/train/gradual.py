@@ -96,10 +96,6 @@ class GradualPruning:
                 if lp.sparsity > 0 and not lp.structured and not lp.pattern and isinstance(leaves, list):
                     self.sparsity.update({id(leaf): lp.sparsity for leaf in leaves})
 
-    @property
-    def active(self) -> bool:
-        return bool(self.sparsity) or bool(self.initial)
-
     def update(self, model: nn.Module, step: int) -> bool:
         """Apply the update due at `step`, if any. True when parameters were replaced (a structured
         round): the optimizer must then be rebuilt for `model.parameters()`."""
