@@ -30,6 +30,7 @@ def compress(
     example_input: Tensor | None = None,
     clock: CostClock | None = None,
     calibration_cache: StatsCache | None = None,
+    runtime: str | None = None,
 ) -> tuple[nn.Module, ApplyReport]:
     """Apply `policy` to a copy of `model` and, given a task, fine-tune it (distilling from `model`
     when the policy says so): the compressed model that `evaluate` measures and `apply_recipe`
@@ -45,7 +46,8 @@ def compress(
     layer is not fine-tuned: that would not be "no compression". Calibrated choices (gptq, wanda,
     sparsegpt) calibrate on the task's training inputs (techniques/calibration.py). `clock` gets the
     seconds of its apply, calibrate (statistics and BatchNorm) and finetune stages; `calibration_cache`
-    keeps calibration statistics across calls on this unchanged `model` (techniques/calibration.py)."""
+    keeps calibration statistics across calls on this unchanged `model` (techniques/calibration.py);
+    `runtime`: where the result will be measured, which FinetuneConfig.activations="auto" simulates."""
     clock = clock or CostClock()
     x = example_input if example_input is not None or task is None else task.example_input
     if finetune_config is not None and not isinstance(finetune_config, FinetuneConfig):
@@ -67,7 +69,7 @@ def compress(
                 "and codes by magnitude during the fine-tune. Fix: use schedule='oneshot' with it."
             )
         if structured:
-            return _gradual_structured(model, policy, structured, task, cfg, x, clock)
+            return _gradual_structured(model, policy, structured, task, cfg, x, clock, runtime)
     with clock.stage("apply"):
         small, report = apply_policy_with_report(
             model, policy, example_input=x, calibration=calibration, calibration_cache=calibration_cache
@@ -82,7 +84,7 @@ def compress(
             recalibrate_batchnorm(small, task, batches=cfg.bn_batches, seed=cfg.seed)
     if train:
         with clock.stage("finetune"):
-            run_finetune(small, task, cfg, teacher=teacher)
+            run_finetune(small, task, cfg, teacher=teacher, runtime=runtime)
     return small, report
 
 
@@ -94,6 +96,7 @@ def _gradual_structured(
     cfg: FinetuneConfig,
     x: Tensor | None,
     clock: CostClock,
+    runtime: str | None,
 ) -> tuple[nn.Module, ApplyReport]:
     """A one-shot dry run says which channels the policy removes (and what it skips); the fine-tune
     then starts from the model with everything but the channel removal applied and removes them in
@@ -121,7 +124,7 @@ def _gradual_structured(
             recalibrate_batchnorm(small, task, batches=cfg.bn_batches, seed=cfg.seed)
     plan = StructuredPlan(removals=removals, layers=dict(policy.layers), example_input=x)
     with clock.stage("finetune"):
-        run_finetune(small, task, cfg, teacher=model if policy.distill else None, plan=plan)
+        run_finetune(small, task, cfg, teacher=model if policy.distill else None, plan=plan, runtime=runtime)
     for name, (_, after) in report.channels.items():
         module = small.get_submodule(name)
         layer = getattr(module, "second", module)
@@ -146,7 +149,9 @@ def evaluate_held_out(
     """Replay what `evaluate` measured -- the same compression and fine-tune, so the same model on the
     same machine -- and score it on the task's held-out test_data on `runtime` (the trial's recorded
     one). No latency or packing: the search measured those."""
-    small, _ = compress(model, policy, task=task, finetune_config=finetune_config, calibration_cache=calibration_cache)
+    small, _ = compress(
+        model, policy, task=task, finetune_config=finetune_config, calibration_cache=calibration_cache, runtime=runtime
+    )
     return score_held_out(small, task, runtime)
 
 
@@ -219,7 +224,13 @@ def _evaluate(
         )
     clock = CostClock()
     small, report = compress(
-        model, policy, task=task, finetune_config=finetune_config, clock=clock, calibration_cache=calibration_cache
+        model,
+        policy,
+        task=task,
+        finetune_config=finetune_config,
+        clock=clock,
+        calibration_cache=calibration_cache,
+        runtime=runtime,
     )
     m = measure(small, task, runtime=runtime, latency=latency, skipped=report.lines(), clock=clock, examples=examples)
     return small, m

@@ -49,6 +49,15 @@ def _plain_type(module: nn.Module) -> type:
     return cls.__bases__[0] if parametrize.is_parametrized(module) else cls
 
 
+def integer_linears(model: nn.Module) -> list[str]:
+    """The Linear layers integer kernels run: weights at <= 8 bits with one scale per output channel
+    (group-wise scales run float). The int8 runtime converts these; the ONNX export and "cuda-int8" pick
+    the same; a fine-tune simulating their activation rounding hooks them (train/activations.py)."""
+    return [
+        n for n, m in model.named_modules() if _plain_type(m) is nn.Linear and weight_bits(m) <= 8 and per_channel(m)
+    ]
+
+
 def int8_available(device: torch.device) -> bool:
     return device.type == "cpu" and torch.backends.quantized.engine in INT8_ENGINES
 
@@ -57,11 +66,7 @@ def int8_runtime(model: nn.Module, device: torch.device) -> nn.Module | None:
     """A copy of `model` whose <=8-bit Linear layers use dynamic int8 kernels; None if none apply."""
     if not int8_available(device):
         return None
-    targets = [
-        n
-        for n, m in model.named_modules()
-        if _plain_type(m) is nn.Linear and weight_bits(m) <= 8 and per_channel(m)  # group scales run float
-    ]
+    targets = integer_linears(model)
     if not targets:
         return None
     import torch.ao.nn.quantized.dynamic as nnqd  # imported lazily: only used here

@@ -139,7 +139,9 @@ def apply_recipe_with_report(
             stacklevel=3,
         )
     x = task.example_input if task is not None else recipe.example_input.zeros()
-    small, applied = compress(target, policy, task=task, finetune_config=recipe.finetune, example_input=x)
+    small, applied = compress(
+        target, policy, task=task, finetune_config=recipe.finetune, example_input=x, runtime=recipe.measure_runtime
+    )
     set_deploy_runtime(small, recipe.measure_runtime)
     report = RecipeReport(
         mismatch, left, applied, finetuned=task is not None and recipe.finetune.steps > 0 and policy.changes_model

@@ -10,7 +10,9 @@ from ..errors import ConfigError, describe, finite_number
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("oneshot", "gradual")
-OPTIONAL_FIELDS = ("bias_correction", "hidden")  # added later: absent from files and studies that predate them
+ACTIVATIONS = ("float", "auto", "int8", "onnxruntime", "cuda-int8")
+# added later: absent from files and studies that predate them
+OPTIONAL_FIELDS = ("bias_correction", "hidden", "activations")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +47,10 @@ class FinetuneConfig:
     hidden: with distillation from a transformer, the weight of the hidden-state term (train/hidden.py:
     every block's output matched to the teacher's) added to the logit loss; 0 (default) = logits only.
     Written only when set.
+
+    activations: the deploy runtime whose rounding of each integer Linear's input the fine-tune simulates
+    (train/activations.py): "int8", "onnxruntime", "cuda-int8", "auto" (the runtime the model is measured
+    on: a search's study runtime, a recipe's), or "float" (default: none). Written only when set.
     """
 
     steps: int = 200
@@ -60,6 +66,7 @@ class FinetuneConfig:
     seed: int = 0
     bias_correction: bool = False
     hidden: float = 0.0
+    activations: str = "float"
 
     def __post_init__(self) -> None:
         def bad(field: str, rule: str) -> ConfigError:
@@ -97,6 +104,12 @@ class FinetuneConfig:
             raise bad("bias_correction", "it must be true or false")
         if not finite_number(self.hidden) or self.hidden < 0:
             raise bad("hidden", "it must be a finite number >= 0 (the weight of the hidden-state term; 0 = off)")
+        if self.activations not in ACTIVATIONS:
+            raise bad(
+                "activations",
+                f"use one of {', '.join(ACTIVATIONS)} (the runtime whose activation rounding the fine-tune "
+                "simulates; 'auto' = the one the model is measured on)",
+            )
         object.__setattr__(self, "ramp", float(r))
         object.__setattr__(self, "hidden", float(self.hidden))
 

@@ -13,8 +13,10 @@ from torch import Tensor, nn
 
 from ..errors import TaskError, TrainingError
 from ..inputs import forward, to_device
+from ..measure.runtime import deploy_runtime
 from ..task import Task, apply_transform, iterate_batches, require_model_and_task
 from ..techniques.transformer_blocks import find_blocks
+from .activations import ActivationRounding, resolve
 from .config import FinetuneConfig
 from .distill import distillation_loss, kd_term
 from .gradual import GradualPruning, StructuredPlan
@@ -141,7 +143,8 @@ def finetune(
     `apply_policy` already removed stay removed (search, `evaluate` and `apply_recipe` ramp those
     too). The task's `train_transform` augments every batch. With a teacher, the task's unlabeled_data
     adds batches whose loss is the distillation term alone (Task says how). Other settings (lr, optimizer,
-    weight_decay, alpha, temperature, ramp, ramp_updates) as in FinetuneConfig.
+    weight_decay, alpha, temperature, ramp, ramp_updates, activations: "auto" simulates the runtime recorded
+    for `model`) as in FinetuneConfig.
     """
     require_model_and_task(model, task, "finetune")
     base = config or FinetuneConfig()
@@ -160,8 +163,10 @@ def run_finetune(
     *,
     teacher: nn.Module | None = None,
     plan: StructuredPlan | None = None,
+    runtime: str | None = None,
 ) -> nn.Module:
-    """The fine-tune loop of `finetune`; `plan` adds gradual structured pruning (see train/gradual.py)."""
+    """The fine-tune loop of `finetune`; `plan` adds gradual structured pruning (see train/gradual.py);
+    `runtime` is what activations="auto" simulates (default: the model's recorded deploy runtime)."""
     if cfg.steps == 0:
         return model.eval()
     device = task.torch_device
@@ -171,6 +176,7 @@ def run_finetune(
     pruning = GradualPruning(model, cfg, plan) if cfg.schedule == "gradual" else None
     if pruning is not None:
         pruning.update(model, 0)  # the dense start (or one-shot at step 0 when ramp = 0)
+    rounding = ActivationRounding(resolve(cfg.activations, runtime or deploy_runtime(model)))
     opt = _optimizer(cfg, _trainable(model))
     loss_fn = task.loss_fn()
     model.train()
@@ -183,9 +189,11 @@ def run_finetune(
     ):
         t_hidden = stack.enter_context(block_outputs(t_model, blocks)) if blocks and t_model is not None else {}
         try:
+            rounding.attach(model)
             for step in range(cfg.steps):
                 if pruning is not None and step and pruning.update(model, step):
                     opt = _rebuild(cfg, model, opt)
+                    rounding.attach(model)  # the round replaced layers: hook the current ones
                     model.train()
                 for group in opt.param_groups:  # cosine decay (what LambdaLR computes: base lr * factor)
                     group["lr"] = cfg.lr * (0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
@@ -217,5 +225,6 @@ def run_finetune(
                 loss.backward()
                 opt.step()
         finally:
+            rounding.detach()
             model.eval()
     return model
