@@ -3,6 +3,7 @@ each simulation against the runtime it names, the hooks' lifetime, "auto" and th
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import numpy as np
@@ -177,3 +178,39 @@ def test_the_setting_is_checked_and_written_only_when_set() -> None:
     assert on.to_dict()["activations"] == "auto" and FinetuneConfig.from_dict(on.to_dict()) == on
     with pytest.raises(ConfigError, match=r"^finetune\.activations: got 'int4'; use one of float, auto, int8, "):
         FinetuneConfig(activations="int4")
+
+
+@pytest.mark.skipif(not int8_available(torch.device("cpu")), reason="no int8 engine on this CPU")
+def test_a_search_and_its_recipe_simulate_the_study_runtime(tmp_path) -> None:
+    from tests.search.conftest import FAST, Tiny
+
+    task = digits_task(device="cpu")
+    torch.manual_seed(0)
+    model = Tiny()
+    ash.finetune(model, task, steps=100, lr=3e-3)
+    space = tmp_path / "s.yaml"
+    space.write_text("defaults:\n  bits: [8]\ndistill: [false]\nfinetune: {steps: 5, activations: auto}\n")
+    result = ash.search(
+        model,
+        task,
+        ash.load_space(space),
+        runtime="int8",
+        n_trials=1,
+        storage=f"sqlite:///{tmp_path}/a.db",
+        study_name="a",
+        latency=FAST,
+        refine_top=0,
+    )
+    (trial,) = [t.number for t in result.study.trials if t.state.name == "COMPLETE" and t.number >= 0]
+    recipe = result.recipe(trial)
+    assert recipe.finetune.activations == "auto" and recipe.measure_runtime == "int8"
+    replayed = ash.apply_recipe(model, recipe, task=task)
+    explicit, _ = compress(
+        model, recipe.policy, task=task, finetune_config=dataclasses.replace(recipe.finetune, activations="int8")
+    )
+    plain, _ = compress(
+        model, recipe.policy, task=task, finetune_config=dataclasses.replace(recipe.finetune, activations="float")
+    )
+    state = lambda m: m.fc1.parametrizations.weight.original  # noqa: E731
+    assert torch.equal(state(replayed), state(explicit)) and not torch.equal(state(replayed), state(plain))
+    assert ash.measure(replayed, task).accuracy == result.study.trials[trial].user_attrs["measurement"]["accuracy"]
