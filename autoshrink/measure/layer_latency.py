@@ -80,7 +80,7 @@ def layer_latencies(
                 activations="static" if static else "dynamic",
                 calibration=[x.cpu()] if static else None,
             )
-        elif runtime == "int8-dynamic" and runtime_model is not None:
+        elif runtime in ("int8-dynamic", "int8-full") and runtime_model is not None:
             layer = runtime_model.get_submodule(name)
         elif runtime in ("cuda-graph", "cuda-int8") and runtime_model is not None:
             layer = runtime_model.get_submodule(name)  # its float16 (2:4, int8) module, launched alone

@@ -19,9 +19,9 @@ from .macs import count_macs
 from .measurement import HeldOut, LayerStats, Measurement, RuntimeTiming
 from .packing import packed_size
 from .paired import pack_correct
-from .runtime import deploy_runtime, int8_available, int8_runtime, materialize
+from .runtime import deploy_runtime, int8_available, int8_full_available, int8_runtime, materialize
 
-RUNTIMES = ("float", "int8", "onnxruntime", "onnxruntime-static", "cuda-graph", "cuda-int8", "auto")
+RUNTIMES = ("float", "int8", "int8-full", "onnxruntime", "onnxruntime-static", "cuda-graph", "cuda-int8", "auto")
 
 
 def _pick_runtime(
@@ -58,7 +58,9 @@ def measure(
       "float"  plain float kernels (masks and fake quantization baked into the weights);
       "int8"   torch's dynamic int8 kernels for every Linear quantized to <= 8 bits (our exact codes
                and scales; CPU only), float for the rest; a model with no such layer runs all-float
-               and reports runtime "float";
+               and reports runtime "float"; the kernel quantizes its inputs to 7 bits (torch's reduce_range);
+      "int8-full"  the same kernels with 8-bit inputs, where this CPU computes them exactly (x86 with VNNI;
+               probed once, measure/int8_linear.py; elsewhere a ConfigError);
       "onnxruntime"  the ONNX export (ash.export_onnx, int8 GEMM for every Linear at <= 8 bits,
                activations quantized per batch) in an ONNX Runtime session with torch's thread count;
       "onnxruntime-static"  the same with static activation quantization: the activations' scales
@@ -67,9 +69,9 @@ def measure(
                the semi-structured kernels (measure/gpu_runtime.py);
       "cuda-int8"  the same, with every Linear at <= 8 bits (one scale per channel) an int8 matmul;
                on either, Measurement.simulated lists the layers whose compression runs as plain weights;
-      "auto"   times float and int8 (on a CUDA device: float, cuda-graph and cuda-int8) in interleaved
-               rounds and reports the faster -- timing-dependent, so two calls can pick differently; use
-               it to explore, not to compare.
+      "auto"   times float and int8 (int8-full where the CPU has it; on a CUDA device: float, cuda-graph
+               and cuda-int8) in interleaved rounds and reports the faster -- timing-dependent, so two calls
+               can pick differently; use it to explore, not to compare.
       None     (default) the runtime recorded for this model by `apply_recipe` (the recipe's), else
                "float". A search decides its runtime once per study (see `search(runtime=...)`).
     The same model measured twice on "float" or "int8" gives the same accuracy.
@@ -92,6 +94,12 @@ def measure(
             f"measure: runtime='int8' but the device ({device}) has no int8 kernels (torch's dynamic "
             "int8 Linear runs on CPU); use runtime='float'."
         )
+    if runtime == "int8-full" and not int8_full_available(device):
+        raise ConfigError(
+            f"measure: runtime='int8-full' needs int8 kernels that compute 8-bit inputs exactly (x86 with VNNI), "
+            f"and the device ({device}, engine {torch.backends.quantized.engine!r}) has none; use runtime='int8' "
+            "(torch's 7-bit inputs) or 'float'."
+        )
     if runtime in GPU_RUNTIMES:
         require_gpu(runtime, device, "measure")
     clock = clock or CostClock()
@@ -105,7 +113,7 @@ def measure(
         chosen = min(latencies, key=latencies.get)
         layer_ms: dict[str, float] = {}
         if config.layers:
-            runtime_model = candidates.get("int8-dynamic")
+            runtime_model = candidates.get("int8-dynamic", candidates.get("int8-full"))
             if chosen in GPU_RUNTIMES:
                 runtime_model = candidates[chosen].module
             with timing_guard():
@@ -192,9 +200,10 @@ def _candidates(
     for gpu in GPU_RUNTIMES:
         if runtime == gpu or (runtime == "auto" and gpu_available(device)):
             candidates[gpu] = gpu_runtime(model, gpu, device)[0]
-    q = int8_runtime(model, device) if runtime in ("auto", "int8") else None
+    full = runtime == "int8-full" or (runtime == "auto" and int8_full_available(device))
+    q = int8_runtime(model, device, full=full) if runtime in ("auto", "int8", "int8-full") else None
     if q is not None:
-        candidates["int8-dynamic"] = q
+        candidates["int8-full" if full else "int8-dynamic"] = q
     if runtime in ("auto", "float") or (q is None and not candidates):
         candidates["float"] = plain
     return candidates

@@ -3,14 +3,15 @@
 "float": parametrizations baked into plain float weights (low-rank factors and structurally pruned
 layers are real smaller layers). "int8-dynamic": additionally, every nn.Linear quantized to <= 8 bits
 with one scale per output channel runs torch's dynamic int8 kernel (int8 weights with our exact codes
-and per-channel scales, activations quantized per batch) -- only on CPU, where the x86/fbgemm backend
-has the kernel. Layers with group-wise scales run float (the kernel has one scale per channel).
+and per-channel scales, activations quantized per batch: to torch's 7 bits, or to 8 with `full` -- the
+"int8-full" runtime, where this CPU's kernel computes them exactly; measure/int8_linear.py) -- only on CPU,
+where the x86/fbgemm backend has the kernel. Layers with group-wise scales run float (the kernel has one
+scale per channel).
 """
 
 from __future__ import annotations
 
 import copy
-import warnings
 import weakref
 
 import torch
@@ -20,7 +21,7 @@ from torch.nn.utils import parametrize
 from ..weights import per_channel, strip_parametrizations, weight_bits, weight_quantizer
 
 INT8_ENGINES = ("x86", "fbgemm", "qnnpack")
-DEPLOY_RUNTIMES = ("float", "int8", "onnxruntime", "onnxruntime-static", "cuda-graph", "cuda-int8")
+DEPLOY_RUNTIMES = ("float", "int8", "int8-full", "onnxruntime", "onnxruntime-static", "cuda-graph", "cuda-int8")
 
 _deployed: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
@@ -62,8 +63,18 @@ def int8_available(device: torch.device) -> bool:
     return device.type == "cpu" and torch.backends.quantized.engine in INT8_ENGINES
 
 
-def int8_runtime(model: nn.Module, device: torch.device) -> nn.Module | None:
-    """A copy of `model` whose <=8-bit Linear layers use dynamic int8 kernels; None if none apply."""
+def int8_full_available(device: torch.device) -> bool:
+    """Whether "int8-full" runs here: int8 kernels that compute 8-bit inputs exactly (probed once)."""
+    if not int8_available(device):
+        return False
+    from .int8_linear import input_levels  # lazily: it imports torch's quantized modules
+
+    return input_levels() == 256
+
+
+def int8_runtime(model: nn.Module, device: torch.device, *, full: bool = False) -> nn.Module | None:
+    """A copy of `model` whose <=8-bit Linear layers use dynamic int8 kernels (`full`: with 8-bit inputs,
+    which the caller has checked with `int8_full_available`); None if none apply."""
     if not int8_available(device):
         return None
     targets = integer_linears(model)
@@ -71,20 +82,18 @@ def int8_runtime(model: nn.Module, device: torch.device) -> nn.Module | None:
         return None
     import torch.ao.nn.quantized.dynamic as nnqd  # imported lazily: only used here
 
+    from .int8_linear import FullRangeLinear, per_channel_weight
+
+    kind = FullRangeLinear if full else nnqd.Linear
+
     plain = materialize(model).to(device)
     original = dict(model.named_modules())
     for name in targets:
         src = original[name]
-        fq = weight_quantizer(src)
-        codes, scales = fq.codes(src.weight.detach())
-        scales = scales.reshape(-1)
-        with warnings.catch_warnings():  # torch 2.13 flags quantized-tensor creation as deprecated
-            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-            qweight = torch._make_per_channel_quantized_tensor(
-                codes.cpu(), scales.double().cpu(), torch.zeros(codes.shape[0], dtype=torch.long), 0
-            )
+        codes, scales = weight_quantizer(src).codes(src.weight.detach())
+        qweight = per_channel_weight(codes, scales.reshape(-1))
         layer = plain.get_submodule(name)
-        q = nnqd.Linear(layer.in_features, layer.out_features, bias_=layer.bias is not None, dtype=torch.qint8)
+        q = kind(layer.in_features, layer.out_features, bias_=layer.bias is not None, dtype=torch.qint8)
         q.set_weight_bias(qweight, None if layer.bias is None else layer.bias.detach().float().cpu())
         parent_name, _, child = name.rpartition(".")
         setattr(plain.get_submodule(parent_name) if parent_name else plain, child, q)

@@ -90,7 +90,7 @@ def check_fits(model: nn.Module, recipe: Recipe, task: Task | None) -> None:
         finally:
             for m, mode in modes:
                 m.training = mode
-    if recipe.measure_runtime == "int8" and not any(isinstance(m, nn.Linear) for m in model.modules()):
+    if recipe.measure_runtime in ("int8", "int8-full") and not any(isinstance(m, nn.Linear) for m in model.modules()):
         raise RecipeError(
             f"{_where(recipe)}: metrics.runtime is {recipe.metrics.runtime!r}, whose int8 kernels run nn.Linear "
             f"layers, and {type(model).__name__} has none: its figures could not be reproduced. Fix: export the "

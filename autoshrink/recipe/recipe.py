@@ -86,7 +86,7 @@ class Recipe:
 
     @property
     def measure_runtime(self) -> str:
-        """The `measure(runtime=...)` that reproduces the recorded runtime: "float" or "int8"."""
+        """The `measure(runtime=...)` that reproduces the recorded runtime ("float", "int8", "int8-full", ...)."""
         return RUNTIMES[self.metrics.runtime]
 
     # ------------------------------------------------------------------ (de)serialization

@@ -51,6 +51,7 @@ SPLIT_KEYS = ("examples", "test_accuracy", "test_examples")
 RUNTIMES = {
     "float": "float",
     "int8-dynamic": "int8",
+    "int8-full": "int8-full",
     "onnxruntime": "onnxruntime",
     "onnxruntime-static": "onnxruntime-static",
     "cuda-graph": "cuda-graph",

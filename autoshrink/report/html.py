@@ -42,6 +42,9 @@ RUNTIME_WHY = {
     "float": "This study's runtime is torch float: every layer runs dense float kernels.",
     "int8": "This study's runtime is torch int8: Linear layers at <= 8 bits run torch's dynamic int8 kernel "
     "(activations quantized per batch, a cost that can outweigh the faster GEMM at batch 1).",
+    "int8-full": "This study's runtime is torch int8 with 8-bit inputs: Linear layers at <= 8 bits run torch's "
+    "dynamic int8 kernel with activations quantized per batch to 8 bits (torch's own module takes 7), which this "
+    "CPU's kernel computes exactly.",
     "onnxruntime": "This study's runtime is ONNX Runtime: the exported model, Linear layers at <= 8 bits as int8 "
     "GEMM with activations quantized per batch (a cost that can outweigh the faster GEMM at batch 1), "
     "the rest float.",

@@ -8,10 +8,11 @@ MatMulInteger rewrite and gpu_runtime.py's `Int8Linear` pick the same layers):
 
   "int8"         torch's dynamic int8 Linear (fbgemm/x86): per tensor and per batch, asymmetric over the
                  range [min(0, lo), max(0, hi)] in 128 steps (the kernel's reduce_range: 7-bit inputs);
+  "int8-full"    the same kernel with 8-bit inputs (the "int8-full" runtime): the range in 256 steps;
   "onnxruntime"  ONNX Runtime's DynamicQuantizeLinear: the same range in 256 steps (uint8);
   "cuda-int8"    `Int8Linear`: per row, symmetric, amax / 127 (int8);
   "float"        nothing simulated (the default, and what files without the field read as);
-  "auto"         the runtime the model is measured on, where it is one of the three (else "float"):
+  "auto"         the runtime the model is measured on, where it is one of the four (else "float"):
                  the search's study runtime, a recipe's `measure_runtime`.
 
 The rounding is straight-through (its gradient is the identity), as for the weights' fake quantization.
@@ -29,7 +30,13 @@ from torch import Tensor, nn
 from ..measure.runtime import integer_linears
 
 # runtime (as `measure` takes it, or as a Measurement records it) -> the mode that simulates it
-SIMULATED = {"int8": "int8", "int8-dynamic": "int8", "onnxruntime": "onnxruntime", "cuda-int8": "cuda-int8"}
+SIMULATED = {
+    "int8": "int8",
+    "int8-dynamic": "int8",
+    "int8-full": "int8-full",
+    "onnxruntime": "onnxruntime",
+    "cuda-int8": "cuda-int8",
+}
 
 
 def resolve(activations: str, runtime: str | None) -> str:
@@ -64,6 +71,7 @@ def per_row(x: Tensor) -> Tensor:
 
 ROUNDING: dict[str, Callable[[Tensor], Tensor]] = {
     "int8": lambda x: per_tensor(x, 128),
+    "int8-full": lambda x: per_tensor(x, 256),
     "onnxruntime": lambda x: per_tensor(x, 256),
     "cuda-int8": per_row,
 }

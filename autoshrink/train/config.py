@@ -10,7 +10,7 @@ from ..errors import ConfigError, describe, finite_number
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("oneshot", "gradual")
-ACTIVATIONS = ("float", "auto", "int8", "onnxruntime", "cuda-int8")
+ACTIVATIONS = ("float", "auto", "int8", "int8-full", "onnxruntime", "cuda-int8")
 # added later: absent from files and studies that predate them
 OPTIONAL_FIELDS = ("bias_correction", "hidden", "activations")
 
@@ -49,7 +49,7 @@ class FinetuneConfig:
     Written only when set.
 
     activations: the deploy runtime whose rounding of each integer Linear's input the fine-tune simulates
-    (train/activations.py): "int8", "onnxruntime", "cuda-int8", "auto" (the runtime the model is measured
+    (train/activations.py): "int8", "int8-full", "onnxruntime", "cuda-int8", "auto" (the runtime the model is measured
     on: a search's study runtime, a recipe's), or "float" (default: none). Written only when set.
     """
 

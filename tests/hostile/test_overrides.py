@@ -52,7 +52,7 @@ FLAGS = [  # id, the flags, the message
     (
         "runtime-gpu",
         ["--runtime", "gpu"],
-        "--runtime 'gpu': use auto, float, int8, onnxruntime, onnxruntime-static, cuda-graph, cuda-int8.",
+        "--runtime 'gpu': use auto, float, int8, int8-full, onnxruntime, onnxruntime-static, cuda-graph, cuda-int8.",
     ),
     ("max-latency-negative", ["--max-latency-ms", "-1"], "search: --max-latency-ms -1.0: use a latency in milli"),
     ("narrow-cutoff-two", ["--narrow-cutoff", "2"], "search: --narrow-cutoff 2.0: use a drop in (0, 1] (0.1 = 10 pp)"),

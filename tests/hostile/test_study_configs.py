@@ -89,7 +89,8 @@ CASES = [  # id, config text, the message
     (
         "runtime-unknown",
         _config(runtime="tensorrt"),
-        "runtime: got 'tensorrt'; use auto, float, int8, onnxruntime, onnxruntime-static, cuda-graph, cuda-int8.",
+        "runtime: got 'tensorrt'; use auto, float, int8, int8-full, onnxruntime, onnxruntime-static, cuda-graph, "
+        "cuda-int8.",
     ),
     ("timeout-bool", _config(timeout="true"), "timeout: got True; use seconds > 0."),
     (
@@ -150,7 +151,7 @@ CASES = [  # id, config text, the message
     ("screen-share-two", _config(screen="{share: 2}"), "screen share=2; use a fraction of the steps in (0, 1)"),
     ("storage-number", _config(storage="7"), "storage: got 7; use an Optuna storage URL, e.g. sqlite:///studies"),
     ("seed-fraction", _config(seed="1.5"), "seed: got 1.5; use an integer in [0, 2^32)."),
-    ("runtime-int9", _config(runtime="int9"), "runtime: got 'int9'; use auto, float, int8, onnxruntime"),
+    ("runtime-int9", _config(runtime="int9"), "runtime: got 'int9'; use auto, float, int8, int8-full, onnxruntime"),
     ("root-list", "- name\n- model\n", "a study config is a mapping"),
 ]
 

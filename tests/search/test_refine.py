@@ -237,9 +237,11 @@ def test_the_runtime_probe_times_only(tiny_model, monkeypatch) -> None:
     job = Job(tiny_model, task, FinetuneConfig(steps=50), latency=FAST)
     o = run_job(job, PROBE_KEY, Request(probe_policy(tiny_model), probe=True))
     assert o.ok and o.error is None and o.measurement is None and o.held_out is None
-    expected = (
-        {"float", "int8-dynamic"} if torch.backends.quantized.engine in ("x86", "fbgemm", "qnnpack") else {"float"}
-    )
+    from autoshrink.measure.runtime import int8_available, int8_full_available
+
+    cpu = torch.device("cpu")
+    int8 = "int8-full" if int8_full_available(cpu) else "int8-dynamic"  # 8-bit inputs where exact here
+    expected = {"float", int8} if int8_available(cpu) else {"float"}
     assert set(o.timing.latency_by_runtime) == expected and o.timing.batch_size == task.deploy_batch
     assert o.timing.fastest == min(o.timing.latency_by_runtime, key=o.timing.latency_by_runtime.get)
     assert o.timing.device == "cpu"

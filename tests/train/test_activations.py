@@ -55,6 +55,20 @@ def test_int8_mode_is_what_torchs_dynamic_int8_linear_computes() -> None:
     assert (eight_bit - runtime).abs().max() > 1e-3  # the kernel's inputs are 7-bit, not 8-bit
 
 
+def test_int8_full_mode_is_what_the_int8_full_runtime_computes() -> None:
+    from autoshrink.measure.runtime import int8_full_available
+    from autoshrink.train.activations import ROUNDING
+
+    if not int8_full_available(torch.device("cpu")):
+        pytest.skip("this CPU's int8 kernel is not exact with 8-bit inputs")
+    small = _int8_linear()
+    x = _inputs()
+    with torch.no_grad():
+        runtime = int8_runtime(small, torch.device("cpu"), full=True)(x)
+        simulated = small(ROUNDING["int8-full"](x))
+    assert torch.allclose(simulated, runtime, rtol=0, atol=1e-5)
+
+
 def test_onnxruntime_mode_is_dynamic_quantize_linear() -> None:
     ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper
@@ -110,6 +124,7 @@ def test_per_tensor_rounding_of_a_known_tensor() -> None:
 def test_auto_follows_the_runtime_and_explicit_modes_stay() -> None:
     assert resolve("auto", "int8") == resolve("auto", "int8-dynamic") == "int8"  # measure's name, the recorded one
     assert resolve("auto", "onnxruntime") == "onnxruntime"
+    assert resolve("auto", "int8-full") == "int8-full"
     assert resolve("auto", "cuda-int8") == "cuda-int8"
     for runtime in ("float", "onnxruntime-static", "cuda-graph", None):
         assert resolve("auto", runtime) == "float"
@@ -181,8 +196,13 @@ def test_the_setting_is_checked_and_written_only_when_set() -> None:
 
 
 @pytest.mark.skipif(not int8_available(torch.device("cpu")), reason="no int8 engine on this CPU")
-def test_a_search_and_its_recipe_simulate_the_study_runtime(tmp_path) -> None:
+@pytest.mark.parametrize("runtime", ["int8", "int8-full"])
+def test_a_search_and_its_recipe_simulate_the_study_runtime(tmp_path, runtime: str) -> None:
+    from autoshrink.measure.runtime import int8_full_available
     from tests.search.conftest import FAST, Tiny
+
+    if runtime == "int8-full" and not int8_full_available(torch.device("cpu")):
+        pytest.skip("this CPU's int8 kernel is not exact with 8-bit inputs")
 
     task = digits_task(device="cpu")
     torch.manual_seed(0)
@@ -194,7 +214,7 @@ def test_a_search_and_its_recipe_simulate_the_study_runtime(tmp_path) -> None:
         model,
         task,
         ash.load_space(space),
-        runtime="int8",
+        runtime=runtime,
         n_trials=1,
         storage=f"sqlite:///{tmp_path}/a.db",
         study_name="a",
@@ -203,10 +223,12 @@ def test_a_search_and_its_recipe_simulate_the_study_runtime(tmp_path) -> None:
     )
     (trial,) = [t.number for t in result.study.trials if t.state.name == "COMPLETE" and t.number >= 0]
     recipe = result.recipe(trial)
-    assert recipe.finetune.activations == "auto" and recipe.measure_runtime == "int8"
+    assert recipe.finetune.activations == "auto" and recipe.measure_runtime == runtime
+    recorded = result.study.trials[trial].user_attrs["measurement"]["runtime"]
+    assert recorded == {"int8": "int8-dynamic"}.get(runtime, runtime)
     replayed = ash.apply_recipe(model, recipe, task=task)
     explicit, _ = compress(
-        model, recipe.policy, task=task, finetune_config=dataclasses.replace(recipe.finetune, activations="int8")
+        model, recipe.policy, task=task, finetune_config=dataclasses.replace(recipe.finetune, activations=runtime)
     )
     plain, _ = compress(
         model, recipe.policy, task=task, finetune_config=dataclasses.replace(recipe.finetune, activations="float")
@@ -214,3 +236,6 @@ def test_a_search_and_its_recipe_simulate_the_study_runtime(tmp_path) -> None:
     state = lambda m: m.fc1.parametrizations.weight.original  # noqa: E731
     assert torch.equal(state(replayed), state(explicit)) and not torch.equal(state(replayed), state(plain))
     assert ash.measure(replayed, task).accuracy == result.study.trials[trial].user_attrs["measurement"]["accuracy"]
+    saved = tmp_path / "r.yaml"
+    recipe.save(saved)
+    assert ash.Recipe.load(saved).measure_runtime == runtime

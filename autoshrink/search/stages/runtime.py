@@ -1,7 +1,8 @@
 """The study's deployment runtime: decided once, recorded, used for every trial's latency and accuracy.
 
 One runtime for every measurement, so a trial's accuracy never depends on a timing race: "float",
-"int8" (torch's dynamic int8 kernels for every Linear at <= 8 bits), "onnxruntime" (the ONNX export in
+"int8" (torch's dynamic int8 kernels for every Linear at <= 8 bits, 7-bit inputs), "int8-full" (the same
+kernels with 8-bit inputs, where the CPU computes them exactly), "onnxruntime" (the ONNX export in
 ONNX Runtime, measure/onnxruntime.py), "onnxruntime-static" (calibrated static activations), or on a CUDA
 GPU "cuda-graph" / "cuda-int8" (float16 CUDA graphs, 2:4 and int8 kernels; measure/gpu_runtime.py);
 chosen by the user or, with "auto", by timing the runtimes the device has once with every Linear at 8
@@ -23,16 +24,16 @@ from ...policy import LayerPolicy, Policy
 from ...train import FinetuneConfig
 from ..study.schema import StudyAttr
 
-RUNTIME_CHOICES = ("auto", "float", "int8", "onnxruntime", "onnxruntime-static", "cuda-graph", "cuda-int8")
+RUNTIME_CHOICES = ("auto", "float", "int8", "int8-full", "onnxruntime", "onnxruntime-static", "cuda-graph", "cuda-int8")
 PROBE_KEY = -2
 
 
 def check_runtime(runtime: Any) -> str:
     if runtime not in RUNTIME_CHOICES:
         raise ConfigError(
-            f"search: runtime={runtime!r}; use 'auto' (the fastest of float, int8 and on a GPU cuda-graph and "
-            "cuda-int8, timed once on the baseline), 'float', 'int8', 'onnxruntime', 'onnxruntime-static', "
-            "'cuda-graph' or 'cuda-int8'."
+            f"search: runtime={runtime!r}; use 'auto' (the fastest of float, int8 (int8-full where the CPU "
+            "has it) and on a GPU cuda-graph and cuda-int8, timed once on the baseline), 'float', 'int8', "
+            "'int8-full', 'onnxruntime', 'onnxruntime-static', 'cuda-graph' or 'cuda-int8'."
         )
     return runtime
 
