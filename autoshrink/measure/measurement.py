@@ -65,8 +65,9 @@ class Measurement:
     size_bytes: exact byte length of the packed artifact (`save_packed`), == its file size.
     latency_ms: median wall time of one forward of `example_input` (batch `batch_size`) on
         `device` with `threads` CPU threads, after warm-up, device synchronized, on `runtime`
-        ("float": dense float kernels; "int8-dynamic": int8 Linear kernels), the faster of those
-        available for this model. macs: multiply-accumulates of one forward of example_input.
+        ("float": dense float kernels; "int8-dynamic": int8 Linear kernels, 7-bit inputs; "int8-full": the
+        same with 8-bit inputs; "onnxruntime", ...), the faster of those timed for this model.
+    macs: multiply-accumulates of one forward of example_input.
     simulated: on a GPU runtime, the compressed layers it runs without a fast kernel for their compression
         ("fc1: float16; simulated: 4-bit codes run as float16 weights"; measure/gpu_runtime.py).
     layer_latency_ms: the layers named in LatencyConfig.layers, each timed alone on the same runtime
