@@ -46,17 +46,20 @@ executor: ray
 executor_args: {{address: "{cluster.address}", actors: 1, py_modules: ["{ROOT / "tests"}"]}}
 """)
         env = {**cluster.env, "PYTHONPATH": str(ROOT)}
-        drivers = [
-            subprocess.Popen(
-                [sys.executable, "-m", "autoshrink.cli", "search", str(config), "--storage", url, "--quiet"],
-                cwd=tmp_path,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(2)
-        ]
+        logs = [(tmp_path / f"driver{i}.out", tmp_path / f"driver{i}.err") for i in range(2)]
+        drivers = []
+        for out_path, err_path in logs:  # files, not pipes: a pipe a grandchild holds open never reaches EOF
+            with open(out_path, "w") as out, open(err_path, "w") as err:
+                drivers.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "autoshrink.cli", "search", str(config), "--storage", url, "--quiet"],
+                        cwd=tmp_path,
+                        env=env,
+                        stdout=out,
+                        stderr=err,
+                        text=True,
+                    )
+                )
         try:
             # started with the drivers, as compose starts it: it waits for the first search's tables
             dash = start_dashboard(url, tmp_path, ready_s=600)  # the drivers create the tables
@@ -65,13 +68,21 @@ executor_args: {{address: "{cluster.address}", actors: 1, py_modules: ["{ROOT / 
                 d.kill()
             raise
         try:
-            outs = []
-            for d in drivers:
-                try:
-                    outs.append(d.communicate(timeout=400))
-                finally:
+            try:
+                for d in drivers:
+                    d.wait(timeout=400)
+            except subprocess.TimeoutExpired:
+                states = [d.poll() for d in drivers]  # None: still running
+                raise AssertionError(
+                    f"a driver ran past 400 s; exit codes {states}; stderr tails: "
+                    + " | ".join(err.read_text()[-1500:] for _, err in logs)
+                ) from None
+            finally:
+                for d in drivers:
                     if d.poll() is None:
                         d.kill()
+                        d.wait()
+            outs = [(out.read_text(), err.read_text()) for out, err in logs]
             for d, (out, err) in zip(drivers, outs):
                 assert d.returncode == 0, err[-3000:]
                 assert PASSWORD not in out + err
