@@ -19,7 +19,14 @@ from .macs import count_macs
 from .measurement import HeldOut, LayerStats, Measurement, RuntimeTiming
 from .packing import packed_size
 from .paired import pack_correct
-from .runtime import deploy_runtime, int8_available, int8_full_available, int8_runtime, materialize
+from .runtime import (
+    deploy_runtime,
+    int8_available,
+    int8_full_available,
+    int8_runtime,
+    materialize,
+    require_int8_full,
+)
 
 RUNTIMES = ("float", "int8", "int8-full", "onnxruntime", "onnxruntime-static", "cuda-graph", "cuda-int8", "auto")
 
@@ -94,12 +101,8 @@ def measure(
             f"measure: runtime='int8' but the device ({device}) has no int8 kernels (torch's dynamic "
             "int8 Linear runs on CPU); use runtime='float'."
         )
-    if runtime == "int8-full" and not int8_full_available(device):
-        raise ConfigError(
-            f"measure: runtime='int8-full' needs int8 kernels that compute 8-bit inputs exactly (x86 with VNNI), "
-            f"and the device ({device}, engine {torch.backends.quantized.engine!r}) has none; use runtime='int8' "
-            "(torch's 7-bit inputs) or 'float'."
-        )
+    if runtime == "int8-full":
+        require_int8_full(device, "measure")
     if runtime in GPU_RUNTIMES:
         require_gpu(runtime, device, "measure")
     clock = clock or CostClock()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..errors import ConfigError
 from ..weights import per_channel, strip_parametrizations, weight_bits, weight_quantizer
 
 INT8_ENGINES = ("x86", "fbgemm", "qnnpack")
@@ -70,6 +71,16 @@ def int8_full_available(device: torch.device) -> bool:
     from .int8_linear import input_levels  # lazily: it imports torch's quantized modules
 
     return input_levels() == 256
+
+
+def require_int8_full(device: torch.device, where: str) -> None:
+    """ConfigError naming the fix unless "int8-full" runs on `device` (`where`: "measure", "search")."""
+    if not int8_full_available(device):
+        raise ConfigError(
+            f"{where}: runtime='int8-full' needs int8 kernels that compute 8-bit inputs exactly (x86 with VNNI), and "
+            f"the device ({device}, engine {torch.backends.quantized.engine!r}) has none; use runtime='int8' "
+            "(torch's 7-bit inputs)."
+        )
 
 
 def int8_runtime(model: nn.Module, device: torch.device, *, full: bool = False) -> nn.Module | None:

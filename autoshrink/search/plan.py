@@ -8,10 +8,9 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError
 from ..measure import LatencyConfig
 from ..measure.gpu_runtime import GPU_RUNTIMES, require_gpu
-from ..measure.runtime import int8_full_available
+from ..measure.runtime import require_int8_full
 from ..space import BoundSpace, SearchSpace, bind
 from ..task import Task
 from ..techniques.structured import structured_blockers
@@ -47,11 +46,8 @@ def plan(model: nn.Module, task: Task, space: SearchSpace, cfg: SearchConfig) ->
     """Bind the space, derive the fine-tune, refine, screening, warm-start and sampler settings."""
     if cfg.runtime in GPU_RUNTIMES and cfg.executor == "local":  # Ray actors may have the GPU the driver lacks
         require_gpu(cfg.runtime, task.torch_device, "search")
-    if cfg.runtime == "int8-full" and cfg.executor == "local" and not int8_full_available(task.torch_device):
-        raise ConfigError(
-            f"search: runtime='int8-full' needs int8 kernels that compute 8-bit inputs exactly (x86 with VNNI), and "
-            f"this machine's ({task.torch_device}) have none; use runtime='int8' (torch's 7-bit inputs) or 'auto'."
-        )
+    if cfg.runtime == "int8-full" and cfg.executor == "local":  # Ray actors may run elsewhere: they check
+        require_int8_full(task.torch_device, "search")
     objs = resolve(cfg.objectives)
     bound = bind(space, model)
     # layers structured pruning cannot touch (e.g. the classifier) would only waste trials on no-ops

@@ -92,7 +92,8 @@ def test_int8_full_is_recorded_by_name_refused_where_the_kernel_is_inexact_and_a
     small = ash.apply_policy(model, ash.Policy(layers={"1": ash.LayerPolicy(bits=8), "3": ash.LayerPolicy(bits=8)}))
     fast = ash.LatencyConfig(warmup=1, min_repeats=3, min_seconds=0)
     for available in (True, False):
-        monkeypatch.setattr(measure_module, "int8_full_available", lambda device, a=available: a)
+        for module in (measure_module, importlib.import_module("autoshrink.measure.runtime")):
+            monkeypatch.setattr(module, "int8_full_available", lambda device, a=available: a)
         auto = ash.measure(small, task, runtime="auto", latency=fast)
         assert set(auto.latency_by_runtime) == {"float", "int8-full" if available else "int8-dynamic"}
     with pytest.raises(ConfigError, match=r"^measure: runtime='int8-full' needs int8 kernels that compute 8-bit"):
@@ -117,7 +118,7 @@ def test_a_local_search_on_int8_full_is_refused_before_it_starts_where_the_kerne
     from autoshrink.errors import ConfigError
     from autoshrink.zoo import digits_task
 
-    monkeypatch.setattr(importlib.import_module("autoshrink.search.plan"), "int8_full_available", lambda device: False)
+    monkeypatch.setattr(importlib.import_module("autoshrink.measure.runtime"), "int8_full_available", lambda d: False)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     with pytest.raises(ConfigError, match=r"^search: runtime='int8-full' needs int8 kernels .* use runtime='int8'"):
         ash.search(
